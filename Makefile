@@ -1,0 +1,60 @@
+# Every target is idempotent: run any of them again and it does only what is missing.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIPELINE := $(VENV)/bin/pipeline
+# The broker `make test` and `make demo` start, kept apart from one you may run yourself on 9092.
+TEST_PORT ?= 39092
+TEST_DATA ?= .cache/kafka-test
+DEMO_PORT ?= 9092
+DEMO_DATA ?= .cache/kafka-demo
+PYTEST_ARGS ?=
+
+.PHONY: help install demo test lint bench soak models clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed ## create .venv and install the project with its test and dev extras
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test,dev]'
+	touch $@
+
+demo: install ## run the main job on the embedded local broker: events in, predictions out
+	$(PY) -m pipeline.demo --port $(DEMO_PORT) --data-dir $(DEMO_DATA)
+
+test: install ## start the local broker unless KAFKA_BOOTSTRAP_SERVERS is set, run every test, stop it
+	@set -uo pipefail; \
+	if [ -n "$${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then exec $(PY) -m pytest $(PYTEST_ARGS); fi; \
+	started=0; \
+	if ! $(PIPELINE) kafka status --data-dir $(TEST_DATA) >/dev/null; then \
+		rm -rf $(TEST_DATA); \
+		$(PIPELINE) kafka start --port $(TEST_PORT) --data-dir $(TEST_DATA) || exit $$?; \
+		started=1; \
+		trap '$(PIPELINE) kafka stop --data-dir $(TEST_DATA)' EXIT; \
+	fi; \
+	bootstrap=$$($(PIPELINE) kafka status --data-dir $(TEST_DATA) | sed -E 's/^running at ([^ ]+).*/\1/'); \
+	KAFKA_BOOTSTRAP_SERVERS=$$bootstrap $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install ## ruff and mypy --strict on pipeline/
+	$(VENV)/bin/ruff check pipeline tests scripts
+	$(VENV)/bin/ruff format --check pipeline tests scripts
+	$(VENV)/bin/mypy --strict pipeline
+
+bench: install ## micro-benchmarks and the side-by-side Kafka benchmark (not part of make test)
+	$(VENV)/bin/pip install -q -e '.[bench]'
+	$(PY) -m pipeline.bench.micro
+
+models: install ## regenerate the example models in models/ (deterministic)
+	$(PY) scripts/make_models.py
+
+clean: ## stop the test and demo brokers and remove .cache/
+	-$(PIPELINE) kafka stop --data-dir $(TEST_DATA)
+	-$(PIPELINE) kafka stop --data-dir $(DEMO_DATA)
+	rm -rf .cache

@@ -1,0 +1,55 @@
+"""The errors this package raises, one base class and a few subclasses.
+
+Hierarchy::
+
+    PipelineError                 anything the pipeline raises on purpose
+    +-- ConfigError               a setting is missing, malformed or out of range
+    +-- BrokerError               the local Kafka broker could not be obtained, started or stopped
+    +-- ModelError                a model could not be found or loaded
+    |   +-- ModelNotFoundError    no such model name or version in the store
+    |   +-- ModelLoadError        the file exists but is unsafe, corrupt or fails its checksum
+    +-- KafkaError                the Kafka path failed in a way the worker cannot route around
+
+Every message says what was expected, what arrived, and what to do.
+A bad *event* is never an exception that escapes: it becomes a reject and a dead-letter record.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerError",
+    "ConfigError",
+    "KafkaError",
+    "ModelError",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "PipelineError",
+]
+
+
+class PipelineError(Exception):
+    """Base class of every error the pipeline raises on purpose."""
+
+
+class ConfigError(PipelineError):
+    """A setting is missing, malformed or out of range."""
+
+
+class BrokerError(PipelineError):
+    """The local Kafka broker could not be obtained, started or stopped."""
+
+
+class ModelError(PipelineError):
+    """A model could not be found or loaded."""
+
+
+class ModelNotFoundError(ModelError):
+    """No model of that name, or no such version of it, is in the store."""
+
+
+class ModelLoadError(ModelError):
+    """A model file exists but is unsafe, corrupt, or does not match its checksum."""
+
+
+class KafkaError(PipelineError):
+    """The Kafka path failed in a way the worker cannot route around."""

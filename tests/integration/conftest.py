@@ -1,0 +1,101 @@
+"""A real Kafka broker for the integration tests, and factories for fresh topics and groups.
+
+The broker is chosen once per session, in this order:
+1. an existing cluster named by KAFKA_BOOTSTRAP_SERVERS;
+2. a testcontainers Kafka container, if a Docker engine answers;
+3. the project's own local broker (`pipeline kafka start`), on a free port in a temp dir.
+No test of the Kafka path runs against a mock or an in-process fake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from pipeline.localkafka import LocalKafka
+
+
+def _docker_answers() -> bool:
+    """True if a Docker engine answers `GET /_ping` on its socket within 3 s."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://") or not Path(host[len("unix://") :]).exists():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(3)
+        try:
+            sock.connect(host[len("unix://") :])
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            reply = sock.recv(64)
+        except OSError:
+            return False
+    return reply.startswith(b"HTTP/1.") and b" 200 " in reply
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap address of a real broker for this test session."""
+    existing = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if existing:
+        yield existing
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    broker = LocalKafka(data_dir=tmp_path_factory.mktemp("kafka"))
+    info, _ = broker.start(port=_free_port())
+    try:
+        yield info.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_admin(kafka_bootstrap: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+
+@pytest.fixture
+def make_topic(kafka_admin: AdminClient) -> Iterator[Callable[..., str]]:
+    """Factory: create a fresh topic with N partitions; deleted after the test."""
+    created: list[str] = []
+
+    def make(prefix: str = "t", *, partitions: int = 1) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        futures = kafka_admin.create_topics([NewTopic(name, partitions, 1)], operation_timeout=30)
+        futures[name].result(timeout=30)
+        created.append(name)
+        return name
+
+    yield make
+    if created:
+        with contextlib.suppress(Exception):
+            for future in kafka_admin.delete_topics(created, operation_timeout=30).values():
+                future.result(timeout=30)
+
+
+@pytest.fixture
+def make_group() -> Callable[[], str]:
+    """Factory: a fresh consumer group id."""
+    return lambda: f"g-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
