@@ -1,0 +1,281 @@
+"""Micro-batching: gather rows per key and cut batches by size or by age.
+
+`MicroBatcher` holds pending rows for any number of keys (the worker uses
+``(model, version)``). Each row is a float32 feature vector plus one opaque item
+(the worker stores a reference to the Kafka record there), and the two stay aligned
+through every cut and drop. A key's rows are cut into a `Batch` when
+``max_batch_size`` of them are pending (`MicroBatcher.add`), when its oldest row has
+waited ``max_wait_ms`` (`MicroBatcher.due`), or on demand (`MicroBatcher.flush`).
+
+Rows are kept as the chunks they arrived in and concatenated only when a batch is
+cut, so adding is cheap. The batcher takes ownership of the arrays it is given and
+may hand them (or row slices of them) back without copying; callers must not write
+to them afterwards.
+
+The batcher knows nothing of Kafka or models, so it can be tested and benchmarked on
+its own. Time comes from an injectable monotonic clock, in seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import numpy as np
+
+from pipeline.errors import ConfigError
+
+__all__ = ["Batch", "MicroBatcher"]
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Batch(Generic[T]):
+    """A run of rows for one key, ready for inference.
+
+    Attributes:
+        key: The key the rows were added under, e.g. ``(model, version)``.
+        features: Float32, C-contiguous, shape ``(n, n_features)``.
+        items: One opaque context per row, aligned with ``features``.
+        first_added_at: Clock time at which the oldest row was added.
+    """
+
+    key: Hashable
+    features: np.ndarray
+    items: list[T]
+    first_added_at: float
+
+
+@dataclass(slots=True)
+class _Chunk(Generic[T]):
+    """Rows added by one call to `MicroBatcher.add` (or what is left of them)."""
+
+    features: np.ndarray
+    items: list[T]
+    added_at: float
+
+
+@dataclass(slots=True)
+class _Pending(Generic[T]):
+    """The rows waiting for one key, oldest chunk first."""
+
+    chunks: deque[_Chunk[T]] = field(default_factory=deque)
+    rows: int = 0
+
+    def take(self, n: int) -> tuple[np.ndarray, list[T]]:
+        """Remove the oldest `n` rows; return their features (one array) and items."""
+        parts: list[np.ndarray] = []
+        items: list[T] = []
+        while len(items) < n:
+            chunk = self.chunks[0]
+            size = len(chunk.items)
+            take = min(n - len(items), size)
+            if take == size:
+                self.chunks.popleft()
+                parts.append(chunk.features)
+            else:
+                self.chunks[0] = _Chunk(chunk.features[take:], chunk.items[take:], chunk.added_at)
+                parts.append(chunk.features[:take])
+            items.extend(chunk.items[:take])
+        self.rows -= n
+        return (parts[0] if len(parts) == 1 else np.concatenate(parts)), items
+
+
+class MicroBatcher(Generic[T]):
+    """Groups rows per key and cuts them into batches by size or age.
+
+    Args:
+        max_batch_size: Rows per full batch; `add` returns a batch as soon as a key
+            has this many rows pending.
+        max_wait_ms: How long the oldest pending row of a key may wait before `due`
+            returns the key's rows; 0 makes every added row due at once.
+        clock: Monotonic clock in seconds; injectable for tests.
+
+    Raises:
+        ConfigError: a setting is of the wrong type or out of range.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_batch_size: int = 256,
+        max_wait_ms: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._max_batch_size = _check_batch_size(max_batch_size)
+        self._max_wait_ms = _check_wait_ms(max_wait_ms)
+        self._max_wait_s = self._max_wait_ms / 1000.0
+        self._clock = clock
+        self._pending: dict[Hashable, _Pending[T]] = {}
+        self._widths: dict[Hashable, int] = {}
+        self._rows = 0
+
+    @property
+    def max_batch_size(self) -> int:
+        """Rows per full batch."""
+        return self._max_batch_size
+
+    @property
+    def max_wait_ms(self) -> float:
+        """How long, in milliseconds, a key's oldest row may wait."""
+        return self._max_wait_ms
+
+    def __len__(self) -> int:
+        """Return the number of pending rows over all keys."""
+        return self._rows
+
+    def add(self, key: Hashable, features: np.ndarray, items: Sequence[T]) -> list[Batch[T]]:
+        """Append rows for `key` and return every batch that reached full size.
+
+        Args:
+            key: Which batch the rows belong to, e.g. ``(model, version)``.
+            features: Float32 array of shape ``(n, n_features)``; the batcher keeps
+                it without copying.
+            items: One context per row, ``len(items) == n``.
+
+        Returns:
+            Full batches of exactly ``max_batch_size`` rows, oldest first; rows
+            beyond the last full batch stay pending.
+
+        Raises:
+            ValueError: `features` is not a 2-D float32 array with one row per item,
+                or its width differs from earlier rows of the same key.
+        """
+        _check_rows(features, len(items))
+        self._check_width(key, features.shape[1])
+        if not items:
+            return []
+        pending = self._pending.setdefault(key, _Pending())
+        chunk = _Chunk(np.ascontiguousarray(features), list(items), self._clock())
+        pending.chunks.append(chunk)
+        pending.rows += len(chunk.items)
+        self._rows += len(chunk.items)
+        full: list[Batch[T]] = []
+        while pending.rows >= self._max_batch_size:
+            full.append(self._cut(key, pending, self._max_batch_size))
+        if not pending.rows:
+            del self._pending[key]
+        return full
+
+    def due(self) -> list[Batch[T]]:
+        """Cut and return the rows of every key whose oldest row has waited long enough.
+
+        Returns:
+            One batch per due key, oldest first.
+        """
+        now = self._clock()
+        keys = [key for key, p in self._pending.items() if now >= self._deadline(p)]
+        return self._cut_all(keys)
+
+    def flush(self) -> list[Batch[T]]:
+        """Cut and return everything pending, regardless of age.
+
+        Returns:
+            One batch per key with pending rows, oldest first.
+        """
+        return self._cut_all(list(self._pending))
+
+    def next_deadline(self) -> float | None:
+        """Return the clock time at which the earliest pending key becomes due.
+
+        Returns:
+            That time (possibly already past), or None if nothing is pending.
+        """
+        return min((self._deadline(p) for p in self._pending.values()), default=None)
+
+    def drop(self, predicate: Callable[[T], bool]) -> int:
+        """Remove every pending row whose item matches `predicate`.
+
+        The worker uses this when partitions are revoked or lost. A key's deadline
+        follows its oldest remaining row.
+
+        Args:
+            predicate: Called once per pending item; True removes the row.
+
+        Returns:
+            How many rows were removed.
+        """
+        removed = 0
+        for key in list(self._pending):
+            pending = self._pending[key]
+            kept = (_filter(chunk, predicate) for chunk in pending.chunks)
+            chunks = deque(chunk for chunk in kept if chunk is not None)
+            rows = sum(len(chunk.items) for chunk in chunks)
+            removed += pending.rows - rows
+            self._rows -= pending.rows - rows
+            pending.chunks, pending.rows = chunks, rows
+            if not rows:
+                del self._pending[key]
+        return removed
+
+    def _check_width(self, key: Hashable, width: int) -> None:
+        expected = self._widths.setdefault(key, width)
+        if width != expected:
+            raise ValueError(
+                f"features for key {key!r} must have {expected} columns "
+                f"(as earlier rows did), got {width}"
+            )
+
+    def _deadline(self, pending: _Pending[T]) -> float:
+        return pending.chunks[0].added_at + self._max_wait_s
+
+    def _cut_all(self, keys: list[Hashable]) -> list[Batch[T]]:
+        batches = [self._cut(key, self._pending.pop(key)) for key in keys]
+        batches.sort(key=lambda b: b.first_added_at)
+        return batches
+
+    def _cut(self, key: Hashable, pending: _Pending[T], size: int | None = None) -> Batch[T]:
+        """Take the oldest `size` rows (all if None) of `pending` as one batch."""
+        first_added_at = pending.chunks[0].added_at
+        features, items = pending.take(pending.rows if size is None else size)
+        self._rows -= len(items)
+        return Batch(key, features, items, first_added_at)
+
+
+def _filter(chunk: _Chunk[T], predicate: Callable[[T], bool]) -> _Chunk[T] | None:
+    """Return `chunk` without the rows whose item matches, or None if none remain."""
+    keep = [not predicate(item) for item in chunk.items]
+    if all(keep):
+        return chunk
+    if not any(keep):
+        return None
+    items = [item for item, kept in zip(chunk.items, keep, strict=True) if kept]
+    return _Chunk(chunk.features[np.asarray(keep)], items, chunk.added_at)
+
+
+def _check_rows(features: object, n_items: int) -> None:
+    if not isinstance(features, np.ndarray):
+        raise ValueError(f"features must be a numpy array, got {type(features).__name__}")
+    if features.ndim != 2:
+        raise ValueError(
+            f"features must be 2-D (rows, n_features), got {features.ndim}-D "
+            f"with shape {features.shape}"
+        )
+    if features.dtype != np.float32:
+        raise ValueError(f"features must have dtype float32, got {features.dtype}")
+    if features.shape[0] != n_items:
+        raise ValueError(
+            f"features must have one row per item ({n_items}), got {features.shape[0]} rows"
+        )
+
+
+def _check_batch_size(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ConfigError(f"max_batch_size must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _check_wait_ms(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise ConfigError(f"max_wait_ms must be a number >= 0, got {value!r}")
+    wait = float(value)
+    if not wait >= 0:  # also rejects NaN
+        raise ConfigError(f"max_wait_ms must be a number >= 0, got {value!r}")
+    if not math.isfinite(wait):
+        raise ConfigError(f"max_wait_ms must be a finite number >= 0, got {value!r}")
+    return wait
