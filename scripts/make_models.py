@@ -1,0 +1,214 @@
+"""Train the example models and write them into the model store, reproducibly.
+
+Three binary classifiers are trained on scikit-learn's bundled Wisconsin breast cancer
+data set (569 rows, 30 float features, no download) and converted to ONNX with
+skl2onnx: plain tensor outputs (``label`` int64, ``probabilities`` float32 with one
+column per class), no ZipMap, one float32 input named ``features``. Each is written as
+``<out>/<name>/1/model.onnx`` plus a ``model.json`` manifest that names the features,
+the labels and the probability output, and pins the ONNX file's SHA-256.
+
+Everything that could vary between runs is fixed (split, random states, target
+opsets, ONNX header fields), so running the script twice on the same library versions
+writes byte-identical files. Other library versions may train slightly different
+models; regenerate the manifests together with the models.
+
+Usage::
+
+    python scripts/make_models.py [--out models]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from onnx import ModelProto
+from skl2onnx import convert_sklearn
+from skl2onnx.common.data_types import FloatTensorType
+from sklearn.datasets import load_breast_cancer
+from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+__all__ = [
+    "INPUT_NAME",
+    "PROBABILITY_OUTPUT",
+    "TARGET_OPSET",
+    "VERSION",
+    "build_models",
+    "feature_names",
+    "label_names",
+    "load_data",
+    "main",
+    "write_models",
+]
+
+INPUT_NAME = "features"
+PROBABILITY_OUTPUT = "probabilities"
+VERSION = "1"
+RANDOM_STATE = 0
+TEST_SIZE = 0.25
+# Pinned so the graph does not change with the installed onnx's newest opset.
+TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
+
+DESCRIPTIONS = {
+    "breast-cancer-logreg": "StandardScaler + LogisticRegression on the Wisconsin breast "
+    "cancer data set (30 features).",
+    "breast-cancer-mlp": "StandardScaler + MLPClassifier(64, 32) on the Wisconsin breast "
+    "cancer data set (30 features).",
+    "breast-cancer-gbt": "GradientBoostingClassifier (100 trees of depth 3) on the Wisconsin "
+    "breast cancer data set (30 features).",
+}
+
+
+def load_data() -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Return the whole data set as ``(X, y)``: float64 features and integer classes."""
+    data = load_breast_cancer()
+    return np.asarray(data.data, dtype=np.float64), np.asarray(data.target)
+
+
+def feature_names() -> list[str]:
+    """Return the 30 feature names in column order, spaces replaced by underscores."""
+    return [str(n).replace(" ", "_") for n in load_breast_cancer().feature_names]
+
+
+def label_names() -> list[str]:
+    """Return the class labels in the order of the probability columns."""
+    return [str(n) for n in load_breast_cancer().target_names]
+
+
+def _estimators() -> dict[str, Any]:
+    """Return the untrained estimators, keyed by model name."""
+    return {
+        "breast-cancer-logreg": make_pipeline(
+            StandardScaler(), LogisticRegression(max_iter=1000, random_state=RANDOM_STATE)
+        ),
+        "breast-cancer-mlp": make_pipeline(
+            StandardScaler(),
+            MLPClassifier(
+                hidden_layer_sizes=(64, 32),
+                max_iter=2000,
+                early_stopping=False,
+                random_state=RANDOM_STATE,
+            ),
+        ),
+        # HistGradientBoostingClassifier would be the modern choice, but skl2onnx 1.20
+        # cannot convert it from scikit-learn 1.9 (its `missing_go_to_left` flags are
+        # booleans that onnx rejects), so the classic estimator it converts is used.
+        "breast-cancer-gbt": GradientBoostingClassifier(
+            n_estimators=100, max_depth=3, random_state=RANDOM_STATE
+        ),
+    }
+
+
+def _final_step(model: Any) -> Any:
+    """Return the classifier inside `model` (the last pipeline step, or itself)."""
+    return model.steps[-1][1] if isinstance(model, Pipeline) else model
+
+
+def _to_onnx(name: str, model: Any) -> bytes:
+    """Convert a fitted classifier to deterministic ONNX bytes with tensor outputs."""
+    onx: ModelProto = convert_sklearn(
+        model,
+        name=name,
+        initial_types=[(INPUT_NAME, FloatTensorType([None, 30]))],
+        options={id(_final_step(model)): {"zipmap": False}},
+        target_opset=TARGET_OPSET,
+    )
+    onx.doc_string = DESCRIPTIONS[name]
+    onx.graph.doc_string = ""
+    onx.model_version = int(VERSION)
+    # skl2onnx collects opset imports in a set, whose order follows Python's per-process
+    # string hash seed; sort them so the bytes do not depend on PYTHONHASHSEED.
+    opsets = sorted(onx.opset_import, key=lambda o: (o.domain, o.version))
+    del onx.opset_import[:]
+    onx.opset_import.extend(opsets)
+    blob: bytes = onx.SerializeToString(deterministic=True)
+    return blob
+
+
+def build_models() -> dict[str, tuple[Any, bytes]]:
+    """Train every example model and convert it to ONNX.
+
+    Training uses a fixed, stratified 75/25 split of the data set and fixed random
+    states, so the result depends only on the installed library versions.
+
+    Returns:
+        Model name -> (fitted scikit-learn estimator, ONNX model bytes).
+    """
+    x, y = load_data()
+    x_train, _, y_train, _ = train_test_split(
+        x, y, test_size=TEST_SIZE, random_state=RANDOM_STATE, stratify=y
+    )
+    built: dict[str, tuple[Any, bytes]] = {}
+    for name, model in _estimators().items():
+        model.fit(x_train, y_train)
+        built[name] = (model, _to_onnx(name, model))
+    return built
+
+
+def _manifest(name: str, blob: bytes) -> dict[str, object]:
+    """Return the ``model.json`` content for one model."""
+    return {
+        "features": feature_names(),
+        "labels": label_names(),
+        "probability_output": PROBABILITY_OUTPUT,
+        "description": DESCRIPTIONS[name],
+        "sha256": hashlib.sha256(blob).hexdigest(),
+    }
+
+
+def write_models(out: Path) -> list[Path]:
+    """Train, convert and write every example model under `out`.
+
+    Args:
+        out: The model store root; ``<out>/<name>/1/`` is created as needed.
+
+    Returns:
+        The paths written, model files and manifests.
+    """
+    written: list[Path] = []
+    for name, (_, blob) in build_models().items():
+        directory = out / name / VERSION
+        directory.mkdir(parents=True, exist_ok=True)
+        manifest_path = directory / "model.json"
+        model_path = directory / "model.onnx"
+        # The manifest first and the model last: a version counts as present once its
+        # model.onnx exists, so a running cache must never see a model without its
+        # manifest, nor a half-written model.
+        text = json.dumps(_manifest(name, blob), indent=2) + "\n"
+        _write_atomically(manifest_path, text.encode("utf-8"))
+        _write_atomically(model_path, blob)
+        written += [model_path, manifest_path]
+    return written
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary sibling of `path`, then rename it into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point: write the example models and list what was written."""
+    parser = argparse.ArgumentParser(description="Train and write the example models.")
+    default_out = Path(__file__).resolve().parent.parent / "models"
+    parser.add_argument("--out", type=Path, default=default_out, help="model store root")
+    args = parser.parse_args(argv)
+    for path in write_models(args.out):
+        print(f"{path} {path.stat().st_size} bytes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

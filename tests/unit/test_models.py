@@ -1,0 +1,594 @@
+"""Tests of the model store and cache, against copies of the real example models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from pipeline import models
+from pipeline.errors import ConfigError, ModelLoadError, ModelNotFoundError
+from pipeline.models import LoadedModel, ModelCache, ModelStore
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "models"
+LOGREG = EXAMPLES / "breast-cancer-logreg" / "1"
+MLP = EXAMPLES / "breast-cancer-mlp" / "1"
+WAIT_S = 10.0
+
+
+class FakeClock:
+    """A monotonic clock that only moves when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class CountingFactory:
+    """Session factory that counts loads, can hold them at a gate, and can fail them."""
+
+    def __init__(self, *, gate: threading.Event | None = None) -> None:
+        self.calls = 0
+        self.options: list[ort.SessionOptions] = []
+        self.fail_with: Exception | None = None
+        self._gate = gate
+        self._lock = threading.Lock()
+
+    def __call__(self, data: bytes, options: ort.SessionOptions) -> ort.InferenceSession:
+        with self._lock:
+            self.calls += 1
+            self.options.append(options)
+        if self._gate is not None and not self._gate.wait(WAIT_S):
+            raise TimeoutError("test gate was never opened")
+        if self.fail_with is not None:
+            raise self.fail_with
+        return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    store_root = tmp_path / "store"
+    store_root.mkdir()
+    return store_root
+
+
+@pytest.fixture
+def add_version(root: Path) -> Callable[..., Path]:
+    """Copy an example model into the tmp store as `name`/`version`; return its dir."""
+
+    def add(
+        name: str = "m", version: str = "1", source: Path = LOGREG, manifest: bool = True
+    ) -> Path:
+        directory = root / name / version
+        directory.mkdir(parents=True)
+        if manifest:
+            shutil.copyfile(source / "model.json", directory / "model.json")
+        shutil.copyfile(source / "model.onnx", directory / "model.onnx")
+        return directory
+
+    return add
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_cache(root: Path, clock: FakeClock) -> Callable[..., ModelCache]:
+    def make(**kwargs: Any) -> ModelCache:
+        kwargs.setdefault("clock", clock)
+        return ModelCache(ModelStore(root), **kwargs)
+
+    return make
+
+
+def run(model: LoadedModel) -> list[Any]:
+    """Run one all-ones row through a loaded model."""
+    row = np.ones((1, model.spec.n_features), dtype=np.float32)
+    return list(model.session.run(list(model.output_names), {model.input_name: row}))
+
+
+def write_manifest(directory: Path, content: object) -> None:
+    (directory / "model.json").write_text(json.dumps(content), encoding="utf-8")
+
+
+def in_threads(n: int, target: Callable[[], Any]) -> tuple[list[Any], list[BaseException]]:
+    """Call `target` from `n` threads at once; return results and errors."""
+    results: list[Any] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(n)
+
+    def body() -> None:
+        barrier.wait(WAIT_S)
+        try:
+            results.append(target())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT_S)
+    assert not any(t.is_alive() for t in threads), "a thread did not finish"
+    return results, errors
+
+
+# --- store: layout, names, versions ---------------------------------------------------
+
+
+def test_store_root_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="existing directory"):
+        ModelStore(tmp_path / "missing")
+
+
+def test_only_directories_with_a_model_file_count(
+    root: Path, add_version: Callable[..., Path]
+) -> None:
+    add_version("m", "1")
+    (root / "m" / "2").mkdir()  # no model.onnx yet
+    (root / "m" / "notes.txt").write_text("not a version")
+    add_version("m", ".hidden")
+    (root / "empty-model").mkdir()
+    add_version(".hidden-model", "1")
+    store = ModelStore(root)
+    assert store.names() == ["m"]
+    assert store.versions("m") == ["1"]
+
+
+def test_versions_sort_naturally_newest_last(root: Path) -> None:
+    shuffled = ["10", "v10", "1.9", "2", "abc", "1", "v2", "9", "1.10"]
+    for version in shuffled:
+        (root / "m" / version).mkdir(parents=True)
+        (root / "m" / version / "model.onnx").write_bytes(b"placeholder")
+    store = ModelStore(root)
+    expected = ["1", "1.9", "1.10", "2", "9", "10", "abc", "v2", "v10"]
+    assert store.versions("m") == expected
+    assert store.latest("m") == "v10"
+
+
+def test_unknown_model_and_version_are_not_found(
+    root: Path, add_version: Callable[..., Path]
+) -> None:
+    add_version("m", "1")
+    store = ModelStore(root)
+    with pytest.raises(ModelNotFoundError, match=r"no model named 'nope'.*available: m"):
+        store.latest("nope")
+    with pytest.raises(ModelNotFoundError, match=r"no version '7'.*available versions: 1"):
+        store.path("m", "7")
+
+
+# --- store: path safety ---------------------------------------------------------------
+
+UNSAFE = ["../x", "..", ".", "/abs", "a/b", "", "a\\b", "x" * 129, ".hidden"]
+
+
+@pytest.mark.parametrize("bad", UNSAFE)
+def test_path_refuses_names_that_are_not_plain(
+    root: Path, add_version: Callable[..., Path], bad: str
+) -> None:
+    add_version("m", "1")
+    store = ModelStore(root)
+    with pytest.raises(ModelNotFoundError, match=r"model name must be 1 to 128 characters"):
+        store.path(bad, "1")
+    with pytest.raises(ModelNotFoundError, match=r"model version must be 1 to 128 characters"):
+        store.path("m", bad)
+
+
+def test_path_refuses_a_symlinked_model_file_outside_the_store(
+    tmp_path: Path, root: Path, make_cache: Callable[..., ModelCache]
+) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copyfile(LOGREG / "model.onnx", outside / "model.onnx")
+    (root / "m" / "1").mkdir(parents=True)
+    (root / "m" / "1" / "model.onnx").symlink_to(outside / "model.onnx")
+    link = str(root / "m" / "1" / "model.onnx")
+    with pytest.raises(ModelLoadError, match="outside the model store") as info:
+        ModelStore(root).path("m", "1")
+    assert link in str(info.value)
+    with pytest.raises(ModelLoadError, match="outside the model store"):
+        make_cache().get("m", "1")
+
+
+def test_path_refuses_a_symlinked_version_directory_outside_the_store(
+    tmp_path: Path, root: Path
+) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copyfile(LOGREG / "model.onnx", outside / "model.onnx")
+    (root / "m").mkdir()
+    (root / "m" / "1").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ModelLoadError, match="outside the model store"):
+        ModelStore(root).path("m", "1")
+
+
+def test_manifest_symlinked_outside_the_store_is_refused(
+    tmp_path: Path, root: Path, add_version: Callable[..., Path]
+) -> None:
+    directory = add_version("m", "1", manifest=False)
+    (tmp_path / "model.json").write_text("{}")
+    (directory / "model.json").symlink_to(tmp_path / "model.json")
+    with pytest.raises(ModelLoadError, match=r"model\.json resolves to .* outside"):
+        ModelStore(root).manifest("m", "1")
+
+
+def test_symlinks_inside_the_store_are_followed(
+    root: Path, add_version: Callable[..., Path], make_cache: Callable[..., ModelCache]
+) -> None:
+    add_version("m", "1")
+    (root / "m" / "2").symlink_to(root / "m" / "1", target_is_directory=True)
+    assert ModelStore(root).path("m", "2") == (root / "m" / "1" / "model.onnx").resolve()
+    assert make_cache().resolve("m", None).version == "2"
+
+
+# --- loading: broken files --------------------------------------------------------------
+
+
+def test_truncated_model_names_the_file_and_onnxruntime_error(
+    root: Path, add_version: Callable[..., Path], make_cache: Callable[..., ModelCache]
+) -> None:
+    directory = add_version("m", "1", source=MLP, manifest=False)
+    data = (MLP / "model.onnx").read_bytes()
+    (directory / "model.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match="onnxruntime cannot load the model") as info:
+        make_cache().get("m", "1")
+    assert str((directory / "model.onnx").resolve()) in str(info.value)
+    assert info.value.__cause__ is not None
+
+
+def test_checksum_mismatch_names_both_hashes(
+    root: Path, add_version: Callable[..., Path], make_cache: Callable[..., ModelCache]
+) -> None:
+    directory = add_version("m", "1", source=LOGREG)
+    shutil.copyfile(MLP / "model.onnx", directory / "model.onnx")  # logreg's manifest
+    expected = json.loads((LOGREG / "model.json").read_text())["sha256"]
+    actual = json.loads((MLP / "model.json").read_text())["sha256"]
+    with pytest.raises(ModelLoadError, match="regenerate the manifest") as info:
+        make_cache().get("m", "1")
+    message = str(info.value)
+    assert expected in message
+    assert actual in message
+    assert str((directory / "model.onnx").resolve()) in message
+
+
+BAD_MANIFESTS: list[tuple[object, str]] = [
+    ({"features": "mean_radius"}, "'features'"),
+    ({"features": ["a", 2]}, "'features'.*a number at index 1"),
+    ({"features": []}, "'features'.*an empty array"),
+    ({"features": ["a", "a"]}, "'features'.*duplicates"),
+    ({"labels": [""]}, "'labels'"),
+    ({"labels": {"0": "malignant"}}, "'labels'.*an object"),
+    ({"probability_output": 3}, "'probability_output'.*a number"),
+    ({"description": ["x"]}, "'description'.*an array"),
+    ({"sha256": "abc"}, "'sha256'.*64 hex digits"),
+    ({"sha256": True}, "'sha256'.*a boolean"),
+    ({"feature": ["a"]}, r"unknown manifest field\(s\) \['feature'\]"),
+    (["features"], "must be a JSON object, got an array"),
+]
+
+
+@pytest.mark.parametrize(("content", "pattern"), BAD_MANIFESTS)
+def test_manifest_with_bad_types_names_file_and_field(
+    root: Path, add_version: Callable[..., Path], content: object, pattern: str
+) -> None:
+    directory = add_version("m", "1", manifest=False)
+    write_manifest(directory, content)
+    with pytest.raises(ModelLoadError, match=pattern) as info:
+        ModelStore(root).manifest("m", "1")
+    assert str((directory / "model.json").resolve()) in str(info.value)
+
+
+def test_manifest_that_is_not_json_is_refused(root: Path, add_version: Callable[..., Path]) -> None:
+    directory = add_version("m", "1", manifest=False)
+    (directory / "model.json").write_text("{features: [}")
+    with pytest.raises(ModelLoadError, match="not valid UTF-8 JSON"):
+        ModelStore(root).manifest("m", "1")
+
+
+def test_manifest_null_fields_count_as_absent(root: Path, add_version: Callable[..., Path]) -> None:
+    directory = add_version("m", "1", manifest=False)
+    write_manifest(directory, {"labels": None, "description": "d"})
+    assert ModelStore(root).manifest("m", "1") == {"description": "d"}
+
+
+def test_manifest_feature_count_must_match_the_graph(
+    add_version: Callable[..., Path], make_cache: Callable[..., ModelCache]
+) -> None:
+    directory = add_version("m", "1", manifest=False)
+    write_manifest(directory, {"features": [f"f{i}" for i in range(29)]})
+    with pytest.raises(ModelLoadError, match=r"takes 30 features but its model\.json lists 29"):
+        make_cache().get("m", "1")
+
+
+def test_manifest_probability_output_must_exist(
+    add_version: Callable[..., Path], make_cache: Callable[..., ModelCache]
+) -> None:
+    directory = add_version("m", "1", manifest=False)
+    write_manifest(directory, {"probability_output": "probs"})
+    with pytest.raises(ModelLoadError, match=r"'probs', but the model's outputs are"):
+        make_cache().get("m", "1")
+
+
+def test_manifest_labels_must_match_probability_columns(
+    add_version: Callable[..., Path], make_cache: Callable[..., ModelCache]
+) -> None:
+    directory = add_version("m", "1", manifest=False)
+    write_manifest(directory, {"probability_output": "probabilities", "labels": ["a", "b", "c"]})
+    with pytest.raises(ModelLoadError, match=r"has 2 columns but .* lists 3 labels"):
+        make_cache().get("m", "1")
+
+
+def test_without_manifest_the_graph_gives_the_feature_count(
+    add_version: Callable[..., Path], make_cache: Callable[..., ModelCache]
+) -> None:
+    add_version("m", "1", manifest=False)
+    spec = make_cache().resolve("m", "1")
+    assert (spec.n_features, spec.feature_names, spec.labels) == (30, None, None)
+
+
+def _symbolic_width_model() -> bytes:
+    """An Identity model whose input is [batch, F] with a symbolic F."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "F"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "F"])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    data: bytes = model.SerializeToString()
+    return data
+
+
+def test_symbolic_width_needs_features_in_the_manifest(
+    root: Path, make_cache: Callable[..., ModelCache]
+) -> None:
+    directory = root / "m" / "1"
+    directory.mkdir(parents=True)
+    (directory / "model.onnx").write_bytes(_symbolic_width_model())
+    with pytest.raises(ModelLoadError, match=r"add a 'features' list to its model\.json"):
+        make_cache().get("m", "1")
+    write_manifest(directory, {"features": ["a", "b", "c"]})
+    spec = make_cache().resolve("m", "1")
+    assert (spec.n_features, spec.feature_index) == (3, {"a": 0, "b": 1, "c": 2})
+
+
+# --- loading: sessions ------------------------------------------------------------------
+
+
+def test_session_options_and_one_warm_up_run(
+    add_version: Callable[..., Path], make_cache: Callable[..., ModelCache]
+) -> None:
+    add_version("m", "1")
+    runs: list[dict[str, np.ndarray]] = []
+
+    class RecordingSession:
+        def __init__(self, data: bytes, options: ort.SessionOptions) -> None:
+            self.options = options
+            self._inner = ort.InferenceSession(
+                data, sess_options=options, providers=["CPUExecutionProvider"]
+            )
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+        def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> Any:
+            runs.append(feeds)
+            return self._inner.run(outputs, feeds)
+
+    cache = make_cache(intra_op_threads=2, inter_op_threads=3, session_factory=RecordingSession)
+    model = cache.get("m", "1")
+    options = model.session.options
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (2, 3)
+    assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert len(runs) == 1
+    (row,) = runs[0].values()
+    assert row.dtype == np.float32
+    assert row.shape == (1, 30)
+    assert not row.any()
+
+
+def test_failed_warm_up_is_a_load_error(
+    add_version: Callable[..., Path], make_cache: Callable[..., ModelCache]
+) -> None:
+    add_version("m", "1")
+
+    class BrokenSession:
+        def __init__(self, data: bytes, options: ort.SessionOptions) -> None:
+            self._inner = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+        def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> Any:
+            raise RuntimeError("kernel exploded")
+
+    with pytest.raises(ModelLoadError, match=r"warm-up inference .* kernel exploded"):
+        make_cache(session_factory=BrokenSession).get("m", "1")
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("max_loaded", 0),
+        ("max_loaded", True),
+        ("intra_op_threads", -1),
+        ("inter_op_threads", 1.5),
+        ("reload_interval_s", -1.0),
+        ("reload_interval_s", float("nan")),
+    ],
+)
+def test_cache_settings_are_checked(
+    make_cache: Callable[..., ModelCache], setting: str, value: object
+) -> None:
+    with pytest.raises(ConfigError, match=setting):
+        make_cache(**{setting: value})
+
+
+# --- cache: single flight, failures, LRU ------------------------------------------------
+
+
+@pytest.fixture
+def gate() -> Iterator[threading.Event]:
+    event = threading.Event()
+    yield event
+    event.set()  # never leave a loader blocked
+
+
+@pytest.fixture
+def seven_waiting(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Set once 7 callers wait on an in-flight load (the 8th is the one loading)."""
+    event = threading.Event()
+    lock = threading.Lock()
+    waiting = [0]
+
+    class CountingFuture(Future[Any]):
+        def result(self, timeout: float | None = None) -> Any:
+            with lock:
+                waiting[0] += 1
+                if waiting[0] == 7:
+                    event.set()
+            return super().result(timeout)
+
+    monkeypatch.setattr(models, "Future", CountingFuture)
+    return event
+
+
+def open_when(ready: threading.Event, gate: threading.Event) -> threading.Thread:
+    """Start a thread that opens `gate` once `ready` is set."""
+
+    def open_gate() -> None:
+        if ready.wait(WAIT_S):
+            gate.set()
+
+    opener = threading.Thread(target=open_gate)
+    opener.start()
+    return opener
+
+
+def test_concurrent_callers_share_one_load(
+    add_version: Callable[..., Path],
+    make_cache: Callable[..., ModelCache],
+    gate: threading.Event,
+    seven_waiting: threading.Event,
+) -> None:
+    add_version("m", "1")
+    factory = CountingFactory(gate=gate)
+    cache = make_cache(session_factory=factory)
+    opener = open_when(seven_waiting, gate)  # the load finishes only once 7 wait on it
+    results, errors = in_threads(8, lambda: cache.get("m", "1"))
+    opener.join(WAIT_S)
+    assert errors == []
+    assert factory.calls == 1
+    assert len(results) == 8
+    assert all(r is results[0] for r in results)
+
+
+def test_failed_load_reaches_every_waiter_and_is_retried_later(
+    add_version: Callable[..., Path],
+    make_cache: Callable[..., ModelCache],
+    clock: FakeClock,
+    gate: threading.Event,
+    seven_waiting: threading.Event,
+) -> None:
+    add_version("m", "1")
+    factory = CountingFactory(gate=gate)
+    factory.fail_with = RuntimeError("out of memory, pretend")
+    cache = make_cache(session_factory=factory, reload_interval_s=2.0)
+    opener = open_when(seven_waiting, gate)
+    results, errors = in_threads(8, lambda: cache.get("m", "1"))
+    opener.join(WAIT_S)
+    assert results == []
+    assert len(errors) == 8
+    assert all(e is errors[0] for e in errors)
+    assert isinstance(errors[0], ModelLoadError)
+    assert "out of memory, pretend" in str(errors[0])
+    assert factory.calls == 1
+
+    with pytest.raises(ModelLoadError):  # remembered for reload_interval_s: no new load
+        cache.get("m", "1")
+    assert factory.calls == 1
+
+    factory.fail_with = None
+    clock.advance(2.0)
+    assert cache.get("m", "1").spec.name == "m"
+    assert factory.calls == 2
+
+
+def test_not_found_is_not_remembered(
+    root: Path, add_version: Callable[..., Path], make_cache: Callable[..., ModelCache]
+) -> None:
+    cache = make_cache()
+    with pytest.raises(ModelNotFoundError):
+        cache.get("m", "1")
+    add_version("m", "1")
+    assert cache.get("m", "1").spec.version == "1"
+
+
+def test_least_recently_used_is_evicted_first(
+    add_version: Callable[..., Path], make_cache: Callable[..., ModelCache]
+) -> None:
+    for name in ("a", "b", "c"):
+        add_version(name, "1")
+    factory = CountingFactory()
+    cache = make_cache(max_loaded=2, session_factory=factory)
+    cache.get("a", "1")
+    held_b = cache.get("b", "1")
+    cache.get("a", "1")  # a is now more recent than b
+    cache.get("c", "1")
+    assert cache.loaded() == [("a", "1"), ("c", "1")]
+    assert factory.calls == 3
+    run(held_b)  # evicted, but a batch holding it can still run it
+
+    cache.get("b", "1")
+    assert cache.loaded() == [("c", "1"), ("b", "1")]
+    assert factory.calls == 4
+
+
+# --- cache: hot reload ------------------------------------------------------------------
+
+
+def test_new_version_becomes_default_after_the_reload_interval(
+    add_version: Callable[..., Path], make_cache: Callable[..., ModelCache], clock: FakeClock
+) -> None:
+    add_version("m", "1")
+    cache = make_cache(reload_interval_s=2.0)
+    assert cache.resolve("m", None).version == "1"
+    held = cache.get("m", "1")
+
+    add_version("m", "2", source=MLP)
+    clock.advance(1.0)
+    assert cache.resolve("m", None).version == "1"  # listing is still fresh
+    clock.advance(1.5)
+    assert cache.resolve("m", None).version == "2"
+
+    label, probabilities = run(held)
+    assert label.shape == (1,)
+    assert probabilities.shape == (1, 2)
+    assert cache.resolve("m", "1").version == "1"
+
+
+def test_broken_newest_version_fails_at_resolve(
+    root: Path, add_version: Callable[..., Path], make_cache: Callable[..., ModelCache]
+) -> None:
+    add_version("m", "1")
+    (root / "m" / "2").mkdir()
+    (root / "m" / "2" / "model.onnx").write_bytes(b"\x08\x07half-written")
+    with pytest.raises(ModelLoadError, match=r"m/2/model\.onnx"):
+        make_cache().resolve("m", None)
