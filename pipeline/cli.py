@@ -1,20 +1,214 @@
 """The `pipeline` command: parses arguments and hands each subcommand to its module.
 
 Subcommands:
+    run                       the stream worker (pipeline.worker, pipeline.supervisor)
+    produce                   send events to a topic (pipeline.tools)
+    consume                   print a topic's records as JSON lines (pipeline.tools)
     kafka start|stop|status   the embedded local broker (pipeline.localkafka)
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pipeline.config import load_config, parse_properties
 from pipeline.errors import PipelineError
 from pipeline.localkafka import DEFAULT_DATA_DIR, DEFAULT_PORT, LocalKafka
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main", "setup_logging"]
+
+_DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+def setup_logging(*, prefix: str = "", level: int = logging.INFO) -> None:
+    """One line per record, to stderr."""
+    logging.basicConfig(
+        level=level,
+        format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    flags = {k: v for k, v in vars(args).items() if k not in ("handler", "command", "config", "X")}
+    if args.X:
+        flags["kafka"] = parse_properties(args.X)
+    if "input_topics" in flags:
+        flags["input_topics"] = tuple(flags["input_topics"])
+    config = load_config(flags, config_file=args.config)
+    setup_logging()
+    if config.workers > 1:
+        from pipeline.supervisor import supervise
+
+        return supervise(config)
+    from pipeline.worker import run_worker
+
+    return run_worker(config)
+
+
+def _bootstrap(args: argparse.Namespace) -> str:
+    return args.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or _DEFAULT_BOOTSTRAP
+
+
+def _produce(args: argparse.Namespace) -> int:
+    from pipeline.tools import open_source, produce
+
+    produce(
+        bootstrap_servers=_bootstrap(args),
+        topic=args.topic,
+        kafka=parse_properties(args.X or []),
+        source=open_source(args.file),
+        synthetic=args.synthetic,
+        count=args.count,
+        rate=args.rate,
+        key_field=args.key_field or None,
+    )
+    return 0
+
+
+def _consume(args: argparse.Namespace) -> int:
+    from pipeline.tools import consume
+
+    consume(
+        bootstrap_servers=_bootstrap(args),
+        topic=args.topic,
+        kafka=parse_properties(args.X or []),
+        count=args.count,
+        from_beginning=args.from_beginning,
+        timeout_s=args.timeout,
+    )
+    return 0
+
+
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = sub.add_parser(
+        "run",
+        help="run the stream worker",
+        description="Consume feature events, micro-batch them per model, run ONNX Runtime, "
+        "publish predictions. Flags win over environment (PIPELINE_<FLAG>, "
+        "KAFKA_BOOTSTRAP_SERVERS), which wins over the --config TOML file.",
+        argument_default=argparse.SUPPRESS,
+    )
+    add = run.add_argument
+    add("--bootstrap-servers", help=f"Kafka bootstrap servers (default {_DEFAULT_BOOTSTRAP})")
+    add(
+        "--input-topic",
+        dest="input_topics",
+        action="append",
+        metavar="TOPIC",
+        help="topic to consume feature events from (repeatable; default: features)",
+    )
+    add("--output-topic", help="topic for predictions (default: predictions)")
+    add("--dlq-topic", help="dead-letter topic (default: the output topic + .dlq)")
+    add("--group-id", help="consumer group (default: pipeline)")
+    add("--models", type=Path, metavar="DIR", help="model store directory (default: models)")
+    add("--default-model", metavar="NAME", help="model for events that name none")
+    add("--max-batch-size", type=int, help="rows per inference batch at most (default: 256)")
+    add("--max-wait-ms", type=float, help="longest a row waits for its batch (default: 5)")
+    add("--workers", type=int, metavar="N", help="worker processes in this group (default: 1)")
+    add(
+        "--guarantee",
+        choices=("at-least-once", "exactly-once"),
+        help="delivery guarantee (default: at-least-once)",
+    )
+    add(
+        "--offset-reset",
+        choices=("earliest", "latest"),
+        help="where a new group starts reading (default: earliest)",
+    )
+    add(
+        "--no-create-topics",
+        dest="create_topics",
+        action="store_false",
+        help="fail instead of creating missing topics",
+    )
+    add("--topic-partitions", type=int, help="partitions of topics it creates (default: 4)")
+    add(
+        "--max-in-flight",
+        type=int,
+        help="events consumed but not yet acknowledged before partitions pause (default: 20000)",
+    )
+    add("--commit-interval-ms", type=int, help="how often offsets are committed (default: 1000)")
+    add("--stats-interval-s", type=float, help="seconds between stats lines (default: 5)")
+    add("--model-threads", type=int, help="ONNX Runtime intra-op threads (default: 1)")
+    add("--max-loaded-models", type=int, help="sessions kept loaded, LRU (default: 8)")
+    add(
+        "--allow-unsafe-kafka-properties",
+        action="store_true",
+        help="allow plugin.library.paths and sasl.kerberos.kinit.cmd",
+    )
+    add("--config", type=Path, default=None, metavar="FILE", help="TOML settings file")
+    add(
+        "-X",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="librdkafka property, e.g. -X security.protocol=SASL_SSL (repeatable; "
+        "file:PATH and env:NAME values are read from there)",
+    )
+    run.set_defaults(handler=_run)
+
+
+def _add_clients(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    produce = sub.add_parser("produce", help="send JSON-lines or synthetic events to a topic")
+    consume = sub.add_parser("consume", help="print a topic's records as JSON lines")
+    for parser, topic in ((produce, "features"), (consume, "predictions")):
+        parser.add_argument(
+            "--bootstrap-servers",
+            default=None,
+            help=f"default: $KAFKA_BOOTSTRAP_SERVERS or {_DEFAULT_BOOTSTRAP}",
+        )
+        parser.add_argument("--topic", default=topic, help=f"default: {topic}")
+        parser.add_argument(
+            "-X",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="librdkafka property (repeatable)",
+        )
+        parser.add_argument(
+            "--count",
+            type=int,
+            default=None,
+            help="stop after this many events"
+            if parser is produce
+            else "stop after this many records",
+        )
+    source = produce.add_mutually_exclusive_group(required=True)
+    source.add_argument("--file", metavar="PATH", help="JSON-lines events; - for stdin")
+    source.add_argument(
+        "--synthetic",
+        metavar="MODEL",
+        help="example events for MODEL (real breast cancer rows); '' for no model field",
+    )
+    produce.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="events/s, open loop (default: as fast as possible)",
+    )
+    produce.add_argument(
+        "--key-field",
+        default="id",
+        help="event field used as the Kafka key for --file events ('' for none; default: id)",
+    )
+    produce.set_defaults(handler=_produce)
+    consume.add_argument(
+        "--from-beginning", action="store_true", help="read from the earliest offset"
+    )
+    consume.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="stop after this many seconds without a record (default: 10)",
+    )
+    consume.set_defaults(handler=_consume)
 
 
 def _kafka_start(args: argparse.Namespace) -> int:
@@ -86,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Kafka-native prediction pipeline: feature events in, ONNX predictions out.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_clients(sub)
     _add_kafka(sub)
     return parser
 

@@ -1,0 +1,110 @@
+"""Which input offsets may be committed: the highest contiguous finished offset per partition.
+
+An input record is *finished* once the output it paid for (a prediction or a dead-letter
+record) has been acknowledged by the broker. Records of one partition finish out of order
+(different models, different batches), so the committable position of a partition is the
+lowest offset still in flight, or one past the last consumed offset when nothing is.
+Nothing here knows about Kafka clients; partitions are plain ``(topic, partition)`` pairs.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+__all__ = ["OffsetTracker", "TopicPartitionKey"]
+
+TopicPartitionKey = tuple[str, int]
+
+
+class _Partition:
+    __slots__ = ("committed", "done", "next_offset", "pending")
+
+    def __init__(self) -> None:
+        self.pending: deque[int] = deque()  # consumed, not yet finished, ascending
+        self.done: set[int] = set()  # finished offsets still behind an unfinished one
+        self.next_offset: int | None = None  # one past the last consumed offset
+        self.committed: int | None = None  # last position handed out by `commit_positions`
+
+
+class OffsetTracker:
+    """Tracks consumed and finished offsets, per partition, for safe commits."""
+
+    def __init__(self) -> None:
+        self._parts: dict[TopicPartitionKey, _Partition] = {}
+        self._in_flight = 0
+
+    def __len__(self) -> int:
+        """Events consumed and not yet finished, over all partitions."""
+        return self._in_flight
+
+    def partitions(self) -> list[TopicPartitionKey]:
+        """The partitions being tracked."""
+        return list(self._parts)
+
+    def in_flight(self, tp: TopicPartitionKey) -> int:
+        """Events of `tp` consumed and not yet finished."""
+        part = self._parts.get(tp)
+        return len(part.pending) - len(part.done) if part else 0
+
+    def consumed(self, tp: TopicPartitionKey, offset: int) -> None:
+        """Record that `offset` of `tp` was read and its output is now owed."""
+        part = self._parts.get(tp)
+        if part is None:
+            part = self._parts[tp] = _Partition()
+        part.pending.append(offset)
+        part.next_offset = offset + 1
+        self._in_flight += 1
+
+    def finished(self, tp: TopicPartitionKey, offset: int) -> None:
+        """Record that the output for `offset` of `tp` was acknowledged.
+
+        Unknown partitions (revoked or lost since) and unknown offsets are ignored: their
+        work was dropped, and the output that arrived late cannot move a commit.
+        """
+        part = self._parts.get(tp)
+        if part is None or not part.pending or offset < part.pending[0] or offset in part.done:
+            return
+        self._in_flight -= 1
+        if offset != part.pending[0]:
+            part.done.add(offset)
+            return
+        part.pending.popleft()
+        while part.pending and part.pending[0] in part.done:
+            part.done.discard(part.pending.popleft())
+
+    def position(self, tp: TopicPartitionKey) -> int | None:
+        """The offset to commit for `tp` (the next record to read after a restart), or None."""
+        part = self._parts.get(tp)
+        if part is None:
+            return None
+        return part.pending[0] if part.pending else part.next_offset
+
+    def commit_positions(
+        self, only: Iterable[TopicPartitionKey] | None = None
+    ) -> dict[TopicPartitionKey, int]:
+        """Positions that moved since the last call (of the given partitions, or all)."""
+        moved: dict[TopicPartitionKey, int] = {}
+        for tp in self._parts if only is None else only:
+            position = self.position(tp)
+            part = self._parts.get(tp)
+            if part is not None and position is not None and position != part.committed:
+                moved[tp] = position
+        return moved
+
+    def mark_committed(self, positions: dict[TopicPartitionKey, int]) -> None:
+        """Remember positions the broker accepted, so they are not sent again."""
+        for tp, position in positions.items():
+            part = self._parts.get(tp)
+            if part is not None:
+                part.committed = position
+
+    def forget(self, tps: Iterable[TopicPartitionKey]) -> int:
+        """Stop tracking `tps` (revoked or lost); return how many unfinished events were dropped."""
+        dropped = 0
+        for tp in tps:
+            part = self._parts.pop(tp, None)
+            if part is not None:
+                dropped += len(part.pending) - len(part.done)
+        self._in_flight -= dropped
+        return dropped
