@@ -1,0 +1,426 @@
+"""docker-compose.yml and the Dockerfile keep their promises, checked without a Docker engine.
+
+Nothing here builds an image or starts a container. The tests read both files and hold them
+against the code they configure: every `pipeline` command line goes through the real
+argument parser, every ``PIPELINE_*`` variable through the real config loader, every model
+name through the model store, and the broker's listeners, the topics, the bootstrap
+addresses and the published ports against each other. What they cannot show is that the
+images pull, the image builds, or the broker starts; that needs ``docker compose up``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fnmatch
+import io
+import json
+import re
+import shlex
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline.cli import build_parser
+from pipeline.config import WorkerConfig, load_config
+from pipeline.errors import PipelineError
+from pipeline.models import ModelStore
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+BUILT = sorted(name for name, service in SERVICES.items() if "build" in service)
+BROKER = "kafka"  # the broker's service name, which is also its host name in the network
+TOPICS = "topics"  # the one-shot service that creates the topics
+LOOPBACK = "127.0.0.1"
+# PIPELINE_* variables that are not WorkerConfig settings but are still read by `pipeline`.
+NON_SETTING_VARS = {"PIPELINE_CONFIG", "PIPELINE_HOME"}
+
+
+@dataclasses.dataclass
+class Image:
+    """What the last stage of a Dockerfile sets up, as far as these tests need it."""
+
+    context: Path
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    copies: list[tuple[list[str], str]] = dataclasses.field(default_factory=list)
+    entrypoint: list[str] = dataclasses.field(default_factory=list)
+    cmd: list[str] = dataclasses.field(default_factory=list)
+    user: str = "root"
+
+
+def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """Return ``(KEYWORD, arguments)`` pairs, with continuation lines joined."""
+    found: list[tuple[str, str]] = []
+    pending = ""
+    for line in dockerfile.read_text().splitlines():
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if text.endswith("\\"):
+            pending += text[:-1] + " "
+            continue
+        keyword, _, arguments = (pending + text).partition(" ")
+        found.append((keyword.upper(), arguments.strip()))
+        pending = ""
+    return found
+
+
+def _words(arguments: str) -> list[str]:
+    """Split exec form (a JSON list) or shell form."""
+    return list(json.loads(arguments)) if arguments.startswith("[") else shlex.split(arguments)
+
+
+def _image(service: Mapping[str, Any]) -> Image:
+    build = service["build"]
+    if isinstance(build, str):
+        context, dockerfile = REPO / build, "Dockerfile"
+    else:
+        context, dockerfile = (
+            REPO / build.get("context", "."),
+            build.get("dockerfile", "Dockerfile"),
+        )
+    image = Image(context=context)
+    workdir = PurePosixPath("/")
+    for keyword, arguments in _instructions(context / dockerfile):
+        if keyword == "FROM":
+            image = Image(context=context)  # only the last stage becomes the image
+            workdir = PurePosixPath("/")
+        elif keyword == "WORKDIR":
+            workdir = workdir / arguments
+        elif keyword == "ENV":
+            words = shlex.split(arguments)
+            if "=" not in words[0]:  # the legacy `ENV KEY value` form
+                image.env[words[0]] = " ".join(words[1:])
+            else:
+                image.env.update(word.split("=", 1) for word in words)
+        elif keyword in ("COPY", "ADD"):
+            words = _words(arguments)
+            if any(word.startswith("--from") for word in words):
+                continue
+            paths = [word for word in words if not word.startswith("--")]
+            image.copies.append((paths[:-1], str(workdir / paths[-1]).rstrip("/")))
+        elif keyword == "ENTRYPOINT":
+            image.entrypoint = _words(arguments)
+        elif keyword == "CMD":
+            image.cmd = _words(arguments)
+        elif keyword == "USER":
+            image.user = arguments
+    return image
+
+
+def _environment(service: Mapping[str, Any]) -> dict[str, str]:
+    """The variables a container of `service` sees: its image's, then the service's own."""
+    env = dict(_image(service).env) if "build" in service else {}
+    declared = service.get("environment") or {}
+    if isinstance(declared, list):
+        pairs = (item.partition("=") for item in declared)
+        declared = {key: value if sep else None for key, sep, value in pairs}
+    for key, value in declared.items():
+        if value is None:  # `KEY:` with no value passes the host's KEY through, if set
+            continue
+        env[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+def _argv(service: Mapping[str, Any]) -> list[str]:
+    """The arguments `pipeline` gets in a container of `service` (a service built here)."""
+    command = service.get("command")
+    if command is None:
+        return _image(service).cmd
+    return shlex.split(command) if isinstance(command, str) else [str(word) for word in command]
+
+
+def _parse(name: str) -> argparse.Namespace:
+    """Parse service `name`'s arguments with pipeline's own parser, or fail saying why."""
+    argv = _argv(SERVICES[name])
+    message = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(message):
+            return build_parser().parse_args(argv)
+    except SystemExit:
+        reason = message.getvalue().strip().rpartition("\n")[2]
+        pytest.fail(
+            f"service {name!r} runs `pipeline {shlex.join(argv)}`, which pipeline's argument "
+            f"parser refuses: {reason}"
+        )
+
+
+def _settings_by_variable() -> dict[str, str]:
+    """Map each environment variable `load_config` reads to its WorkerConfig field."""
+    names = [f.name for f in dataclasses.fields(WorkerConfig) if f.name != "kafka"]
+    return {
+        ("PIPELINE_INPUT_TOPIC" if n == "input_topics" else f"PIPELINE_{n.upper()}"): n
+        for n in names
+    }
+
+
+def _run_config(name: str) -> WorkerConfig:
+    """The settings the worker of service `name` would start with, or fail saying why."""
+    args = _parse(name)
+    settings = set(_settings_by_variable().values())
+    flags: dict[str, object] = {k: v for k, v in vars(args).items() if k in settings}
+    if "input_topics" in flags:
+        flags["input_topics"] = tuple(args.input_topics)
+    try:
+        return load_config(flags, env=_environment(SERVICES[name]))
+    except PipelineError as exc:
+        pytest.fail(f"service {name!r}: pipeline refuses its settings: {exc}")
+
+
+def _services_running(subcommand: str) -> list[str]:
+    return [name for name in BUILT if _argv(SERVICES[name])[:1] == [subcommand]]
+
+
+def _ports(service: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """Published ports as ``(host_ip, host_port, container_port)``; ``""`` when unset."""
+    found = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            found.append(
+                (
+                    str(port.get("host_ip", "")),
+                    str(port.get("published", "")),
+                    str(port["target"]),
+                )
+            )
+            continue
+        parts = str(port).split("/")[0].rsplit(":", 2)
+        host_ip = parts[0].strip("[]") if len(parts) == 3 else ""
+        host_port = parts[-2] if len(parts) >= 2 else ""
+        found.append((host_ip, host_port, parts[-1]))
+    return found
+
+
+def _listeners(variable: str) -> dict[str, tuple[str, str]]:
+    """Parse a broker listener list into ``{name: (host, port)}``."""
+    value = _environment(SERVICES[BROKER])[variable]
+    found = {}
+    for listener in value.split(","):
+        name, _, address = listener.partition("://")
+        host, _, port = address.rpartition(":")
+        found[name] = (host, port)
+    return found
+
+
+def _kafka_topics_calls(name: str) -> list[argparse.Namespace]:
+    """The ``kafka-topics.sh`` invocations in service `name`'s command, parsed."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for flag in ("--bootstrap-server", "--topic", "--partitions", "--replication-factor"):
+        parser.add_argument(flag)
+    for flag in ("--create", "--if-not-exists"):
+        parser.add_argument(flag, action="store_true")
+    command = SERVICES[name]["command"]
+    script = command if isinstance(command, str) else "\n".join(map(str, command))
+    return [
+        parser.parse_known_args(shlex.split(line.split("kafka-topics.sh", 1)[1]))[0]
+        for line in script.splitlines()
+        if "kafka-topics.sh" in line
+    ]
+
+
+def _dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether a .dockerignore leaves `path` (relative, with /) out of the build context.
+
+    Follows Docker's rules closely enough for a check: the last matching pattern wins, a
+    pattern matching a directory excludes everything in it, ``!`` re-includes. Here ``*``
+    also crosses ``/``, so this errs towards reporting a file as left out.
+    """
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for raw in patterns:
+        pattern = raw.removeprefix("!").strip().strip("/")
+        candidates = {pattern, pattern.removeprefix("**/")}
+        if any(fnmatch.fnmatchcase(p, c) for p in prefixes for c in candidates):
+            ignored = not raw.startswith("!")
+    return ignored
+
+
+def _model_store(name: str, container_path: Path) -> ModelStore:
+    """The repository directory the image of service `name` copies to `container_path`."""
+    image = _image(SERVICES[name])
+    for sources, destination in image.copies:
+        if destination == str(container_path) and len(sources) == 1:
+            return ModelStore(image.context / sources[0])
+    pytest.fail(
+        f"service {name!r} reads models from {container_path}, but its Dockerfile copies "
+        f"nothing there (copies: {image.copies})"
+    )
+
+
+@pytest.mark.parametrize("name", BUILT)
+def test_build_context_and_dockerfile_exist(name: str) -> None:
+    build = SERVICES[name]["build"]
+    context = build if isinstance(build, str) else build.get("context", ".")
+    dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+    assert (REPO / context).is_dir(), f"service {name!r}: build context {context} is missing"
+    assert (REPO / context / dockerfile).is_file(), f"service {name!r}: no {dockerfile}"
+
+
+@pytest.mark.parametrize("name", BUILT)
+def test_dockerfile_copies_files_that_exist_and_reach_the_build_context(name: str) -> None:
+    image = _image(SERVICES[name])
+    ignore = image.context / ".dockerignore"
+    patterns = [
+        line.strip()
+        for line in (ignore.read_text().splitlines() if ignore.is_file() else [])
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    assert image.copies, "the Dockerfile copies nothing"
+    for sources, _ in image.copies:
+        for source in sources:
+            path = image.context / source
+            assert path.exists(), f"the Dockerfile copies {source}, which does not exist"
+            files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+            for file in files:
+                relative = file.relative_to(image.context).as_posix()
+                if "__pycache__" in file.parts or file.suffix == ".pyc":
+                    continue
+                assert not _dockerignored(relative, patterns), (
+                    f"{relative} is copied into the image but .dockerignore leaves it out"
+                )
+
+
+@pytest.mark.parametrize("name", BUILT)
+def test_image_runs_the_pipeline_command_as_a_non_root_user(name: str) -> None:
+    image = _image(SERVICES[name])
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert image.entrypoint == ["pipeline"], f"ENTRYPOINT is {image.entrypoint}"
+    assert scripts["pipeline"] == f"{build_parser.__module__}:main"
+    assert image.cmd == ["run"], f"CMD is {image.cmd}"
+    assert image.user.split(":")[0] not in ("root", "0"), f"the image runs as {image.user!r}"
+    assert "entrypoint" not in SERVICES[name], (
+        f"service {name!r} replaces the `pipeline` entrypoint, so its command is not checked"
+    )
+
+
+@pytest.mark.parametrize("name", BUILT)
+def test_command_is_accepted_by_the_cli(name: str) -> None:
+    _parse(name)
+
+
+@pytest.mark.parametrize("name", BUILT)
+def test_pipeline_variables_name_real_settings(name: str) -> None:
+    known = set(_settings_by_variable()) | NON_SETTING_VARS
+    env = _environment(SERVICES[name])
+    unknown = sorted(var for var in env if var.startswith("PIPELINE_") and var not in known)
+    assert not unknown, (
+        f"service {name!r} sets {unknown}, which pipeline never reads; "
+        f"the settings are {sorted(known)}"
+    )
+
+
+@pytest.mark.parametrize("name", _services_running("run"))
+def test_worker_settings_load_and_name_an_existing_model(name: str) -> None:
+    config = _run_config(name)
+    store = _model_store(name, config.models)
+    if config.default_model:
+        store.latest(config.default_model)  # raises ModelNotFoundError if there is none
+
+
+@pytest.mark.parametrize("name", _services_running("produce"))
+def test_producer_feeds_a_worker_a_model_it_has(name: str) -> None:
+    args = _parse(name)
+    workers = _services_running("run")
+    assert workers, "nothing in the compose file runs `pipeline run`"
+    for worker in workers:
+        config = _run_config(worker)
+        assert args.topic in config.input_topics, (
+            f"{name!r} produces to {args.topic!r}; {worker!r} reads {config.input_topics}"
+        )
+        if args.synthetic:
+            _model_store(worker, config.models).latest(args.synthetic)
+
+
+def test_workers_wait_for_a_healthy_broker_and_can_scale() -> None:
+    assert "healthcheck" in SERVICES[BROKER], "service_healthy needs a broker healthcheck"
+    for name in _services_running("run"):
+        service = SERVICES[name]
+        depends = service.get("depends_on", {})
+        assert isinstance(depends, dict), f"{name!r}: depends_on needs conditions"
+        assert depends.get(BROKER, {}).get("condition") == "service_healthy", (
+            f"{name!r} does not wait for a healthy broker"
+        )
+        assert depends.get(TOPICS, {}).get("condition") == "service_completed_successfully"
+        assert "container_name" not in service, f"{name!r} has a fixed name: cannot scale"
+        fixed = [port for port in _ports(service) if port[1]]
+        assert not fixed, f"{name!r} publishes fixed host ports {fixed}: cannot scale"
+
+
+def test_published_ports_listen_on_loopback_only() -> None:
+    for name, service in SERVICES.items():
+        for host_ip, host_port, target in _ports(service):
+            assert host_ip == LOOPBACK, (
+                f"service {name!r} publishes {host_port or '?'}:{target} on "
+                f"{host_ip or 'every interface'}; bind it to {LOOPBACK}"
+            )
+
+
+def test_broker_is_apache_kafka_4() -> None:
+    image = SERVICES[BROKER]["image"]
+    assert re.fullmatch(r"apache/kafka:4\.\d+\.\d+", image), f"broker image is {image}"
+    assert SERVICES[TOPICS]["image"] == image, "the topics service uses another Kafka image"
+
+
+def test_broker_listeners_are_consistent() -> None:
+    env = _environment(SERVICES[BROKER])
+    listeners = _listeners("KAFKA_LISTENERS")
+    advertised = _listeners("KAFKA_ADVERTISED_LISTENERS")
+    protocols = dict(
+        item.split(":") for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+    )
+    controller = env["KAFKA_CONTROLLER_LISTENER_NAMES"]
+    assert set(listeners) <= set(protocols), f"listeners without a protocol: {protocols}"
+    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] in advertised
+    assert controller in listeners and controller not in advertised
+    voter = env["KAFKA_CONTROLLER_QUORUM_VOTERS"]
+    assert voter == f"{env['KAFKA_NODE_ID']}@{BROKER}:{listeners[controller][1]}"
+    published = {(host_port, target) for _ip, host_port, target in _ports(SERVICES[BROKER])}
+    for name, (host, port) in advertised.items():
+        assert name in listeners and listeners[name][1] == port, f"{name} is advertised on {port}"
+        if host in ("localhost", LOOPBACK):  # for clients on the host: must be published
+            assert (port, port) in published, f"{name} advertises {host}:{port}, not published"
+        else:
+            assert host == BROKER, f"{name} advertises {host}, not reachable in the network"
+    health = " ".join(SERVICES[BROKER]["healthcheck"]["test"])
+    probe = re.search(r"--bootstrap-server\s+localhost:(\d+)", health)
+    assert probe and probe.group(1) in {port for _, port in listeners.values()}
+
+
+def test_clients_bootstrap_from_the_internal_listener() -> None:
+    internal = {
+        f"{host}:{port}"
+        for host, port in _listeners("KAFKA_ADVERTISED_LISTENERS").values()
+        if host == BROKER
+    }
+    used = {name: _run_config(name).bootstrap_servers for name in _services_running("run")}
+    for name in _services_running("produce") + _services_running("consume"):
+        env = _environment(SERVICES[name])
+        used[name] = _parse(name).bootstrap_servers or env.get("KAFKA_BOOTSTRAP_SERVERS", "")
+    used[TOPICS] = ",".join(call.bootstrap_server for call in _kafka_topics_calls(TOPICS))
+    used["kafka-ui"] = _environment(SERVICES["kafka-ui"])["KAFKA_CLUSTERS_0_BOOTSTRAPSERVERS"]
+    for name, servers in used.items():
+        assert servers and set(servers.split(",")) <= internal, (
+            f"service {name!r} bootstraps from {servers!r}; the broker advertises {internal}"
+        )
+
+
+def test_topics_service_creates_what_the_workers_use() -> None:
+    calls = _kafka_topics_calls(TOPICS)
+    assert calls and all(c.create and c.if_not_exists for c in calls), (
+        "use --create --if-not-exists"
+    )
+    created = {call.topic: int(call.partitions) for call in calls}
+    assert all(count >= 1 for count in created.values()), f"partitions: {created}"
+    for name in _services_running("run"):
+        config = _run_config(name)
+        used = {*config.input_topics, config.output_topic, config.dlq_topic}
+        assert set(created) == used, (
+            f"{TOPICS!r} creates {sorted(created)}; {name!r} uses {sorted(used)}"
+        )
