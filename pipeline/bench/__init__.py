@@ -1,0 +1,1 @@
+"""Benchmarks of the pipeline's parts (`micro`): measured figures, never pass/fail tests."""
