@@ -14,12 +14,15 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.localkafka import LocalKafka
+
+from .kafkaio import WorkerProcess
 
 
 def _docker_answers() -> bool:
@@ -99,3 +102,63 @@ def make_group() -> Callable[[], str]:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Pipeline:
+    """Topics and a group for one test's worker(s)."""
+
+    bootstrap: str
+    input: str
+    output: str
+    dlq: str
+    group: str
+    models: Path
+    log_dir: Path
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    def args(self, *extra: str) -> list[str]:
+        return [
+            "--bootstrap-servers", self.bootstrap, "--input-topic", self.input,
+            "--output-topic", self.output, "--dlq-topic", self.dlq, "--group-id", self.group,
+            "--models", str(self.models), "--stats-interval-s", "1", *extra,
+        ]  # fmt: skip
+
+    def start_worker(self, *extra: str, env: dict[str, str] | None = None) -> WorkerProcess:
+        worker = WorkerProcess(
+            self.args(*extra), self.log_dir / f"worker-{len(self.workers)}.log", env=env
+        )
+        self.workers.append(worker)
+        return worker
+
+
+@pytest.fixture
+def make_pipeline(
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    make_group: Callable[[], str],
+    repo_root: Path,
+    tmp_path: Path,
+) -> Iterator[Callable[..., Pipeline]]:
+    """Factory: fresh input/output/DLQ topics and group; stops its workers after the test."""
+    made: list[Pipeline] = []
+
+    def make(*, partitions: int = 4, models: Path | None = None) -> Pipeline:
+        pipeline = Pipeline(
+            bootstrap=kafka_bootstrap,
+            input=make_topic("in", partitions=partitions),
+            output=make_topic("out", partitions=partitions),
+            dlq=make_topic("dlq", partitions=1),
+            group=make_group(),
+            models=models or repo_root / "models",
+            log_dir=tmp_path,
+        )
+        made.append(pipeline)
+        return pipeline
+
+    yield make
+    for pipeline in made:
+        for worker in pipeline.workers:
+            if worker.proc.poll() is None:
+                worker.proc.kill()
+                worker.proc.wait()

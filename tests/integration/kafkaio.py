@@ -1,0 +1,222 @@
+"""Test helpers that talk to the real broker: send events, read topics back, run workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, Producer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes | None]
+
+    @property
+    def json(self) -> Any:
+        return orjson.loads(self.value) if self.value else None
+
+
+def send(
+    bootstrap: str,
+    topic: str,
+    events: Iterable[
+        tuple[bytes | None, bytes | None]
+        | tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
+    ],
+    *,
+    partition: int | None = None,
+) -> int:
+    """Produce events (key, value[, headers]) and wait until all are acknowledged."""
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True}
+    )
+    n = 0
+    for event in events:
+        key, value = event[0], event[1]
+        headers = event[2] if len(event) > 2 else None  # type: ignore[misc]
+        kwargs: dict[str, Any] = {"headers": headers}
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                producer.produce(topic, value, key, **kwargs)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        n += 1
+        producer.poll(0)
+    assert producer.flush(60) == 0
+    return n
+
+
+def good_events(
+    n: int, *, model: str | None = "breast-cancer-mlp", run: str | None = None, **extra: Any
+) -> list[tuple[bytes, bytes]]:
+    """`n` valid events with unique ids and real breast-cancer rows; keys cycle over 50 entities."""
+    from pipeline.tools import _sample_rows
+
+    rows = _sample_rows()
+    run = run or uuid.uuid4().hex[:8]
+    out = []
+    for i in range(n):
+        event: dict[str, Any] = {"id": f"{run}-{i}", "features": rows[i % len(rows)], **extra}
+        if model is not None:
+            event["model"] = model
+        out.append((f"entity-{i % 50}".encode(), orjson.dumps(event)))
+    return out
+
+
+def read_all(
+    bootstrap: str,
+    topics: Sequence[str],
+    *,
+    expect: int,
+    timeout_s: float = 60.0,
+    settle_s: float = 1.5,
+) -> list[Record]:
+    """Read topics from the beginning (read_committed) until `expect` records came and then
+    `settle_s` passed with nothing new (to catch duplicates), or `timeout_s` passed."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"verify-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    consumer.subscribe(list(topics))
+    records: list[Record] = []
+    deadline = time.monotonic() + timeout_s
+    settled_at: float | None = None
+    try:
+        while time.monotonic() < deadline:
+            msgs = consumer.consume(1000, 0.2)
+            for m in msgs:
+                assert m.error() is None, m.error()
+                records.append(
+                    Record(
+                        m.topic(),
+                        m.partition(),
+                        m.offset(),
+                        m.key(),
+                        m.value(),
+                        dict(m.headers() or []),
+                    )
+                )
+            if len(records) >= expect:
+                if msgs or settled_at is None:
+                    settled_at = time.monotonic()
+                elif time.monotonic() - settled_at >= settle_s:
+                    break
+    finally:
+        consumer.close()
+    return records
+
+
+@dataclass
+class Accounting:
+    """Where each input id ended: predictions and dead letters, with duplicates counted."""
+
+    predicted: Counter[str] = field(default_factory=Counter)
+    dead: Counter[str] = field(default_factory=Counter)
+
+    @classmethod
+    def of(cls, predictions: Iterable[Record], dead_letters: Iterable[Record]) -> Accounting:
+        acc = cls()
+        for r in predictions:
+            acc.predicted[r.json["id"]] += 1
+        for r in dead_letters:
+            acc.dead[dead_letter_identity(r)] += 1
+        return acc
+
+    def lost(self, ids: Iterable[str]) -> list[str]:
+        return [i for i in ids if i not in self.predicted and i not in self.dead]
+
+    def duplicates(self) -> int:
+        both = set(self.predicted) & set(self.dead)
+        return (
+            sum(c - 1 for c in self.predicted.values())
+            + sum(c - 1 for c in self.dead.values())
+            + len(both)
+        )
+
+
+def dead_letter_identity(r: Record) -> str:
+    """A dead letter's event id if its value parses with one, else its source position."""
+    try:
+        value = orjson.loads(r.value or b"")
+        if isinstance(value, dict) and isinstance(value.get("id"), str):
+            return value["id"]
+    except orjson.JSONDecodeError:
+        pass
+    h = r.headers
+    return f"{h['pipeline.source.topic'].decode()}:{h['pipeline.source.partition'].decode()}:{h['pipeline.source.offset'].decode()}"  # type: ignore[union-attr]
+
+
+class WorkerProcess:
+    """`pipeline run` in a subprocess, its log kept in a file for the test to read."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "run", *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if text in self.log:
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"worker exited {self.proc.returncode} before {text!r}:\n{self.log[-3000:]}"
+                )
+            time.sleep(0.1)
+        raise AssertionError(
+            f"no {text!r} in the worker log within {timeout_s} s:\n{self.log[-3000:]}"
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> tuple[int, float]:
+        """Send `sig`, wait; return (exit code, seconds it took)."""
+        started = time.monotonic()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(
+                f"worker did not exit within {timeout_s} s of {sig}:\n{self.log[-3000:]}"
+            ) from None
+        finally:
+            self._log.close()
+        return code, time.monotonic() - started

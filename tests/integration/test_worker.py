@@ -1,0 +1,308 @@
+"""The stream worker against the real broker: every event ends as exactly one prediction or
+one dead-letter record, with its key, and predictions equal ONNX Runtime's own."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+import pytest
+
+from pipeline.tools import _sample_rows
+
+from .conftest import Pipeline
+from .kafkaio import Accounting, good_events, read_all, send
+
+MLP = "breast-cancer-mlp"
+
+
+def _session(models: Path, name: str, version: str = "1") -> ort.InferenceSession:
+    return ort.InferenceSession(str(models / name / version / "model.onnx"),
+                                providers=["CPUExecutionProvider"])  # fmt: skip
+
+
+def test_predictions_equal_onnxruntime_and_keep_keys(
+    make_pipeline: Callable[..., Pipeline],
+) -> None:
+    p = make_pipeline()
+    events = good_events(3000)
+    send(p.bootstrap, p.input, events)
+    worker = p.start_worker("--default-model", MLP)
+
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(events))
+    code, took = worker.stop()
+    assert code == 0
+
+    acc = Accounting.of(
+        [r for r in out if r.topic == p.output], [r for r in out if r.topic == p.dlq]
+    )
+    ids = [orjson.loads(v)["id"] for _, v in events]
+    assert acc.lost(ids) == []
+    assert acc.duplicates() == 0
+    assert not acc.dead
+    sent = {orjson.loads(v)["id"]: (k, orjson.loads(v)["features"]) for k, v in events}
+    features = np.array([sent[r.json["id"]][1] for r in out], dtype=np.float32)
+    label, proba = _session(p.models, MLP).run(None, {"features": features})
+    for i, record in enumerate(out):
+        prediction = record.json
+        assert record.key == sent[prediction["id"]][0]
+        assert prediction["model"] == MLP and prediction["version"] == "1"
+        assert prediction["outputs"]["label"] == int(label[i])
+        assert prediction["outputs"]["probabilities"] == pytest.approx(proba[i].tolist(), abs=1e-6)
+        assert prediction["label"] == ("malignant", "benign")[int(label[i])]
+        assert prediction["score"] == pytest.approx(float(proba[i].max()), abs=1e-6)
+        assert isinstance(prediction["ts"], int) and prediction["predicted_at"] >= prediction["ts"]
+
+
+BAD_VALUES: dict[str, bytes | None] = {
+    "non-utf8": b'{"id": "\xff\xfe", "features": [1]}',
+    "empty": b"",
+    "null-value": None,
+    "truncated-json": b'{"id": "x", "features": [1, 2',
+    "not-an-object": b"[1, 2, 3]",
+    "missing-id": b'{"features": [1.0]}',
+    "non-string-id": b'{"id": 7, "features": [1.0]}',
+    "missing-features": b'{"id": "no-features"}',
+    "wrong-count": b'{"id": "short", "features": [1.0, 2.0]}',
+    "unknown-named-feature": b'{"id": "named", "features": {"bogus": 1.0}}',
+    "string-feature": b'{"id": "str", "features": ["a"' + b", 1.0" * 29 + b"]}",
+    "null-feature": b'{"id": "nul", "features": [null' + b", 1.0" * 29 + b"]}",
+    "infinite": b'{"id": "inf", "features": [1e400' + b", 1.0" * 29 + b"]}",
+    "float32-overflow": b'{"id": "big", "features": [1e39' + b", 1.0" * 29 + b"]}",
+    "too-large": b'{"id": "huge", "features": [' + b"1.0, " * 40000 + b"1.0]}",
+    "too-deep": b'{"id": "deep", "features": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    "unknown-model": b'{"id": "um", "model": "no-such-model", "features": [1.0]}',
+    "unknown-version": b'{"id": "uv", "model": "breast-cancer-mlp", "version": "99", "features": [1.0]}',
+    "path-trick-model": b'{"id": "pt", "model": "../../etc/passwd", "features": [1.0]}',
+}
+
+
+def test_each_bad_input_lands_in_the_dlq_with_its_original_bytes(
+    make_pipeline: Callable[..., Pipeline],
+) -> None:
+    p = make_pipeline(partitions=1)
+    goods = good_events(len(BAD_VALUES) + 1)
+    events: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
+    for i, (kind, value) in enumerate(BAD_VALUES.items()):
+        events.append((goods[i][0], goods[i][1], []))
+        events.append((f"bad-{kind}".encode(), value, [("trace", kind.encode())]))
+    events.append((goods[-1][0], goods[-1][1], []))
+    send(p.bootstrap, p.input, events)
+    worker = p.start_worker("--default-model", MLP)
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(events))
+    assert worker.stop()[0] == 0
+
+    predictions = [r for r in out if r.topic == p.output]
+    dead = {r.key.decode(): r for r in out if r.topic == p.dlq and r.key}
+    assert sorted(r.json["id"] for r in predictions) == sorted(
+        orjson.loads(v)["id"] for _, v in goods
+    )
+    assert len(out) == len(events)
+    decode = {
+        "non-utf8",
+        "empty",
+        "null-value",
+        "truncated-json",
+        "not-an-object",
+        "too-large",
+        "too-deep",
+        "infinite",  # orjson refuses 1e400 while parsing
+    }
+    route = {"unknown-model", "unknown-version", "path-trick-model"}
+    want = {
+        k: "decode" if k in decode else "route" if k in route else "validate" for k in BAD_VALUES
+    }
+    got = {k: dead[f"bad-{k}"].headers["pipeline.error.stage"].decode() for k in BAD_VALUES}
+    assert got == want
+    for kind, value in BAD_VALUES.items():
+        record = dead[f"bad-{kind}"]
+        assert record.value == value, kind  # the original bytes, unchanged
+        h = record.headers
+        assert h["trace"] == kind.encode(), "original headers are kept"
+        assert h["pipeline.error.type"] and h["pipeline.error.message"], kind
+        print(
+            f"{kind}: {h['pipeline.error.type'].decode()}: {h['pipeline.error.message'].decode()}"
+        )
+        assert h["pipeline.source.topic"] == p.input.encode()
+        assert int(h["pipeline.source.offset"]) == 2 * list(BAD_VALUES).index(kind) + 1
+        assert h["pipeline.source.partition"] == b"0"
+        assert int(h["pipeline.failed_at"]) > 0
+
+
+def test_events_naming_models_and_versions_each_get_theirs(
+    make_pipeline: Callable[..., Pipeline], repo_root: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "models"
+    shutil.copytree(repo_root / "models", store)
+    # Version 2 of the MLP is the logistic regression's graph: easy to tell apart.
+    (store / MLP / "2").mkdir()
+    shutil.copy(
+        repo_root / "models/breast-cancer-logreg/1/model.onnx", store / MLP / "2/model.onnx"
+    )
+    p = make_pipeline(models=store)
+    wanted = {
+        "mlp-v1": (dict(model=MLP, version="1"), (MLP, "1")),
+        "mlp-newest": (dict(model=MLP), (MLP, "2")),
+        "default": (dict(model=None), (MLP, "2")),
+        "logreg": (dict(model="breast-cancer-logreg"), ("breast-cancer-logreg", "1")),
+        "gbt": (dict(model="breast-cancer-gbt", version="1"), ("breast-cancer-gbt", "1")),
+    }
+    events = []
+    for run, (fields, _) in wanted.items():
+        fields = dict(fields)
+        model = fields.pop("model")
+        events += good_events(40, model=model, run=run, **fields)
+    send(p.bootstrap, p.input, events)
+    worker = p.start_worker("--default-model", MLP)
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(events))
+    assert worker.stop()[0] == 0
+    assert len(out) == len(events) and all(r.topic == p.output for r in out)
+    rows = np.array(_sample_rows()[:40], dtype=np.float32)
+    for run, (_, (model, version)) in wanted.items():
+        mine = sorted((r.json for r in out if r.json["id"].startswith(f"{run}-")),
+                      key=lambda j: int(j["id"].split("-")[-1]))  # fmt: skip
+        assert {(j["model"], j["version"]) for j in mine} == {(model, version)}, run
+        _, proba = _session(store, model, version).run(None, {"features": rows})
+        got = np.array([j["outputs"]["probabilities"] for j in mine])
+        np.testing.assert_allclose(got, proba, atol=1e-6)
+
+
+def _produce_stream(p: Pipeline, n: int) -> list[str]:
+    events = good_events(n)
+    send(p.bootstrap, p.input, events)
+    return [orjson.loads(v)["id"] for _, v in events]
+
+
+class _BackgroundProducer(threading.Thread):
+    """Sends `n` events in chunks at about `rate` events/s while the test breaks things."""
+
+    def __init__(self, p: Pipeline, n: int, rate: float = 10_000, chunk: int = 500) -> None:
+        super().__init__(daemon=True)
+        self.events = good_events(n)
+        self.ids = [orjson.loads(v)["id"] for _, v in self.events]
+        self._p, self._rate, self._chunk = p, rate, chunk
+        self.start()
+
+    def run(self) -> None:
+        started = time.monotonic()
+        for i in range(0, len(self.events), self._chunk):
+            send(self._p.bootstrap, self._p.input, self.events[i : i + self._chunk])
+            delay = started + (i + self._chunk) / self._rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+
+
+def test_sigterm_mid_stream_commits_and_restart_adds_no_duplicate(
+    make_pipeline: Callable[..., Pipeline],
+) -> None:
+    p = make_pipeline()
+    stream = _BackgroundProducer(p, 60_000, rate=10_000)
+    first = p.start_worker("--default-model", MLP)
+    first.wait_for_log("total in", timeout_s=30)  # predictions are flowing
+    code, took = first.stop(signal.SIGTERM)
+    assert stream.is_alive(), "the stream should still have been flowing at SIGTERM"
+    assert code == 0, first.log[-2000:]
+    assert took < 10.0
+    stream.join()
+    second = p.start_worker("--default-model", MLP)
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(stream.ids), timeout_s=120)
+    assert second.stop()[0] == 0
+    acc = Accounting.of(out, [])
+    assert acc.lost(stream.ids) == []
+    assert acc.duplicates() == 0
+    print(f"SIGTERM mid-stream: exit 0 in {took:.2f} s; after restart 0 duplicates, 0 lost")
+
+
+def test_sigkill_mid_stream_loses_nothing(make_pipeline: Callable[..., Pipeline]) -> None:
+    p = make_pipeline()
+    stream = _BackgroundProducer(p, 60_000, rate=10_000)
+    first = p.start_worker("--default-model", MLP, "--commit-interval-ms", "200")
+    first.wait_for_log("total in", timeout_s=30)
+    first.stop(signal.SIGKILL)
+    assert stream.is_alive(), "the stream should still have been flowing at SIGKILL"
+    stream.join()
+    second = p.start_worker("--default-model", MLP)
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(stream.ids), timeout_s=120)
+    assert second.stop()[0] == 0
+    acc = Accounting.of(out, [])
+    assert acc.lost(stream.ids) == []
+    print(f"SIGKILL mid-stream: 0 lost, {acc.duplicates()} duplicates (allowed at-least-once)")
+
+
+def test_two_workers_share_partitions_and_one_leaves(
+    make_pipeline: Callable[..., Pipeline],
+) -> None:
+    p = make_pipeline(partitions=4)
+    ids = _produce_stream(p, 40_000)
+    a = p.start_worker("--default-model", MLP)
+    a.wait_for_log("assigned")
+    b = p.start_worker("--default-model", MLP)
+    b.wait_for_log("assigned")
+    b.wait_for_log("total in", timeout_s=30)
+    code, _ = b.stop(signal.SIGTERM)
+    assert code == 0
+    ids += _produce_stream(p, 10_000)
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(ids), timeout_s=120)
+    assert a.stop()[0] == 0
+    acc = Accounting.of(out, [])
+    assert acc.lost(ids) == []
+    assert "revoked" in a.log or "assigned" in a.log
+    print(f"two workers, one left: 0 lost, {acc.duplicates()} duplicates")
+
+
+def test_workers_flag_runs_processes_in_one_group(make_pipeline: Callable[..., Pipeline]) -> None:
+    p = make_pipeline(partitions=4)
+    ids = _produce_stream(p, 20_000)
+    parent = p.start_worker("--default-model", MLP, "--workers", "2")
+    parent.wait_for_log("worker-0 INFO pipeline.worker: assigned")
+    parent.wait_for_log("worker-1 INFO pipeline.worker: assigned")
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(ids), timeout_s=120)
+    code, took = parent.stop(signal.SIGTERM)
+    assert code == 0 and took < 10.0
+    acc = Accounting.of(out, [])
+    assert acc.lost(ids) == [] and acc.duplicates() == 0
+
+
+def test_fast_producer_memory_stays_bounded_and_worker_catches_up(
+    make_pipeline: Callable[..., Pipeline],
+) -> None:
+    psutil = pytest.importorskip("psutil")
+    p = make_pipeline(partitions=4)
+    worker = p.start_worker("--default-model", MLP, "--max-in-flight", "2000")
+    worker.wait_for_log("assigned")
+    producer = subprocess.Popen([
+        sys.executable, "-m", "pipeline", "produce", "--bootstrap-servers", p.bootstrap,
+        "--topic", p.input, "--synthetic", MLP, "--count", "150000",
+    ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    peak = 0
+    proc = psutil.Process(worker.proc.pid)
+    while producer.poll() is None:
+        peak = max(peak, proc.memory_info().rss)
+        time.sleep(0.05)
+    assert producer.returncode == 0
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=150_000, timeout_s=180)
+    peak = max(peak, proc.memory_info().rss)
+    assert worker.stop()[0] == 0
+    assert len({r.json["id"] for r in out}) == 150_000
+    assert peak < 400 * 2**20, f"worker RSS peaked at {peak / 2**20:.0f} MiB"
+    print(f"150k events produced flat out: worker peak RSS {peak / 2**20:.0f} MiB")
+
+
+def test_unreachable_broker_is_a_clear_error_not_a_hang(tmp_path: Path) -> None:
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", "--bootstrap-servers", "127.0.0.1:1"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "could not reach Kafka at 127.0.0.1:1" in done.stderr
+    assert time.monotonic() - started < 30
