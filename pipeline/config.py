@@ -23,16 +23,23 @@ from typing import Any
 
 from pipeline.errors import ConfigError
 
-__all__ = ["WorkerConfig", "load_config", "redact"]
+__all__ = ["WorkerConfig", "load_config", "parse_properties", "redact"]
 
-_SECRET_KEY = re.compile(r"password|secret|\.pem$|key\.pem|sasl\.oauthbearer\.config", re.I)
+_SECRET_KEY = re.compile(
+    r"password|passphrase|secret|\.pem$|key\.pem|private\.key|sasl\.oauthbearer\.config", re.I
+)
 GUARANTEES = ("at-least-once", "exactly-once")
 OFFSET_RESETS = ("earliest", "latest")
 # librdkafka properties that load code or run commands: refused unless explicitly allowed.
-UNSAFE_PROPERTIES = ("plugin.library.paths", "sasl.kerberos.kinit.cmd")
+UNSAFE_PROPERTIES = (
+    "plugin.library.paths",
+    "sasl.kerberos.kinit.cmd",
+    "ssl.engine.location",
+    "ssl.providers",
+)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
 class WorkerConfig:
     """Everything one worker process needs, validated at start-up."""
 
@@ -72,7 +79,7 @@ class WorkerConfig:
             raise ConfigError(
                 f"max_wait_ms must be a number from 0 to 60000, got {self.max_wait_ms!r}"
             )
-        if self.stats_interval_s <= 0:
+        if not (isinstance(self.stats_interval_s, int | float) and 0 < self.stats_interval_s < 1e9):
             raise ConfigError(f"stats_interval_s must be > 0, got {self.stats_interval_s!r}")
         if self.guarantee not in GUARANTEES:
             raise ConfigError(
@@ -91,12 +98,21 @@ class WorkerConfig:
                 "loop back in"
             )
 
+        if self.dlq_topic == self.output_topic:
+            raise ConfigError(
+                f"the DLQ topic must differ from the output topic, both are {self.output_topic!r}; "
+                "consumers of predictions would read dead letters as predictions"
+            )
         unsafe = sorted(k for k in self.kafka if k in UNSAFE_PROPERTIES)
         if unsafe and not self.allow_unsafe_kafka_properties:
             raise ConfigError(
                 f"librdkafka properties {unsafe} load code or run commands and are refused; "
                 "pass --allow-unsafe-kafka-properties if you really mean it"
             )
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.redacted.items())
+        return f"WorkerConfig({shown})"
 
     @property
     def redacted(self) -> dict[str, Any]:
@@ -136,7 +152,8 @@ def _coerce(name: str, raw: object, source: str) -> object:
                 raise ValueError(raw)
             return raw.lower() in ("1", "true", "yes")
     except ValueError as exc:
-        raise ConfigError(f"{name} from {source} must be a {kind}, got {raw!r}") from exc
+        article = "an" if kind == "int" else "a"
+        raise ConfigError(f"{name} from {source} must be {article} {kind}, got {raw!r}") from exc
     if name == "input_topics":
         return tuple(t.strip() for t in raw.split(",") if t.strip())
     if name == "models":
@@ -144,7 +161,19 @@ def _coerce(name: str, raw: object, source: str) -> object:
     return raw or None if name == "default_model" else raw
 
 
-def _from_file(path: Path) -> tuple[dict[str, object], dict[str, str]]:
+def _flatten(table: Mapping[str, object], prefix: str = "") -> dict[str, object]:
+    """``sasl.password = "x"`` unquoted in TOML is a nested table; librdkafka wants the dots."""
+    flat: dict[str, object] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _from_file(path: Path, env: Mapping[str, str]) -> tuple[dict[str, object], dict[str, str]]:
     try:
         data = tomllib.loads(path.read_text())
     except OSError as exc:
@@ -165,7 +194,11 @@ def _from_file(path: Path) -> tuple[dict[str, object], dict[str, str]]:
                 f"unknown setting {key!r} in {path}; known: {', '.join(sorted(known))}"
             )
         settings[name] = _coerce(name, value, str(path))
-    return settings, {str(k): _secret_value(str(v)) for k, v in kafka.items()}
+    properties = {
+        k: _secret_value(str(v).lower() if isinstance(v, bool) else str(v), env)
+        for k, v in _flatten(kafka).items()
+    }
+    return settings, properties
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, object]:
@@ -179,7 +212,7 @@ def _from_env(env: Mapping[str, str]) -> dict[str, object]:
     return settings
 
 
-def _secret_value(value: str) -> str:
+def _secret_value(value: str, env: Mapping[str, str]) -> str:
     """Resolve ``file:/path`` and ``env:NAME`` references, so secrets need not sit in files."""
     if value.startswith("file:"):
         try:
@@ -188,20 +221,21 @@ def _secret_value(value: str) -> str:
             raise ConfigError(f"cannot read secret file {value[5:]}: {exc.strerror}") from exc
     if value.startswith("env:"):
         name = value[4:]
-        if name not in os.environ:
+        if name not in env:
             raise ConfigError(f"environment variable {name} named by a Kafka property is not set")
-        return os.environ[name]
+        return env[name]
     return value
 
 
-def parse_properties(pairs: list[str]) -> dict[str, str]:
+def parse_properties(pairs: list[str], env: Mapping[str, str] | None = None) -> dict[str, str]:
     """Parse ``-X key=value`` flags into librdkafka properties."""
+    env = os.environ if env is None else env
     props: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"-X takes key=value, got {pair!r}")
-        props[key.strip()] = _secret_value(value)
+        props[key.strip()] = _secret_value(value, env)
     return props
 
 
@@ -221,7 +255,7 @@ def load_config(
     """
     env = os.environ if env is None else env
     path = config_file or (Path(env["PIPELINE_CONFIG"]) if env.get("PIPELINE_CONFIG") else None)
-    file_settings, file_kafka = _from_file(path) if path else ({}, {})
+    file_settings, file_kafka = _from_file(path, env) if path else ({}, {})
     settings = {
         **file_settings,
         **_from_env(env),

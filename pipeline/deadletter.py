@@ -33,10 +33,15 @@ def dead_letter_headers(
     headers += [
         ("pipeline.error.stage", stage.encode()),
         ("pipeline.error.type", error_type.encode()),
-        ("pipeline.error.message", message.encode()[:_MAX_MESSAGE_BYTES]),
+        ("pipeline.error.message", _cut(message)),
         ("pipeline.source.topic", topic.encode()),
         ("pipeline.source.partition", str(partition).encode()),
         ("pipeline.source.offset", str(offset).encode()),
         ("pipeline.failed_at", str(failed_at_ms).encode()),
     ]
     return headers
+
+
+def _cut(message: str) -> bytes:
+    """At most 1 KiB of UTF-8, never ending inside a character."""
+    return message.encode()[:_MAX_MESSAGE_BYTES].decode("utf-8", "ignore").encode()

@@ -5,6 +5,10 @@ record) has been acknowledged by the broker. Records of one partition finish out
 (different models, different batches), so the committable position of a partition is the
 lowest offset still in flight, or one past the last consumed offset when nothing is.
 Nothing here knows about Kafka clients; partitions are plain ``(topic, partition)`` pairs.
+
+Each assignment of a partition is a new *generation*. `consumed` returns it and
+`finished` takes it back, so an acknowledgement that arrives late for an assignment that
+was lost (its record since re-consumed under a new one) can never move a commit.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ TopicPartitionKey = tuple[str, int]
 
 
 class _Partition:
-    __slots__ = ("committed", "done", "next_offset", "pending")
+    __slots__ = ("committed", "done", "generation", "members", "next_offset", "pending")
 
-    def __init__(self) -> None:
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
         self.pending: deque[int] = deque()  # consumed, not yet finished, ascending
+        self.members: set[int] = set()  # the offsets in `pending`, for membership tests
         self.done: set[int] = set()  # finished offsets still behind an unfinished one
         self.next_offset: int | None = None  # one past the last consumed offset
         self.committed: int | None = None  # last position handed out by `commit_positions`
@@ -32,6 +38,7 @@ class OffsetTracker:
 
     def __init__(self) -> None:
         self._parts: dict[TopicPartitionKey, _Partition] = {}
+        self._generations: dict[TopicPartitionKey, int] = {}
         self._in_flight = 0
 
     def __len__(self) -> int:
@@ -47,31 +54,46 @@ class OffsetTracker:
         part = self._parts.get(tp)
         return len(part.pending) - len(part.done) if part else 0
 
-    def consumed(self, tp: TopicPartitionKey, offset: int) -> None:
-        """Record that `offset` of `tp` was read and its output is now owed."""
-        part = self._parts.get(tp)
-        if part is None:
-            part = self._parts[tp] = _Partition()
-        part.pending.append(offset)
-        part.next_offset = offset + 1
-        self._in_flight += 1
+    def consumed(self, tp: TopicPartitionKey, offset: int) -> int:
+        """Record that `offset` of `tp` was read and its output is now owed.
 
-    def finished(self, tp: TopicPartitionKey, offset: int) -> None:
-        """Record that the output for `offset` of `tp` was acknowledged.
-
-        Unknown partitions (revoked or lost since) and unknown offsets are ignored: their
-        work was dropped, and the output that arrived late cannot move a commit.
+        Returns:
+            The generation of this assignment of `tp`, to hand back to `finished`.
         """
         part = self._parts.get(tp)
-        if part is None or not part.pending or offset < part.pending[0] or offset in part.done:
+        if part is None:
+            generation = self._generations.get(tp, 0) + 1
+            self._generations[tp] = generation
+            part = self._parts[tp] = _Partition(generation)
+        if offset in part.members:  # the same record again (a rewind): still owed once
+            return part.generation
+        part.pending.append(offset)
+        part.members.add(offset)
+        part.next_offset = offset + 1
+        self._in_flight += 1
+        return part.generation
+
+    def finished(self, tp: TopicPartitionKey, offset: int, generation: int | None = None) -> None:
+        """Record that the output for `offset` of `tp` was acknowledged.
+
+        Ignored unless `offset` is in flight in the current assignment (`generation`, when
+        given, must be the one `consumed` returned): work of revoked or lost partitions was
+        dropped, and an output that arrives late for it cannot move a commit.
+        """
+        part = self._parts.get(tp)
+        if part is None or offset not in part.members or offset in part.done:
+            return
+        if generation is not None and generation != part.generation:
             return
         self._in_flight -= 1
         if offset != part.pending[0]:
             part.done.add(offset)
             return
-        part.pending.popleft()
+        part.members.discard(part.pending.popleft())
         while part.pending and part.pending[0] in part.done:
-            part.done.discard(part.pending.popleft())
+            head = part.pending.popleft()
+            part.done.discard(head)
+            part.members.discard(head)
 
     def position(self, tp: TopicPartitionKey) -> int | None:
         """The offset to commit for `tp` (the next record to read after a restart), or None."""

@@ -57,9 +57,11 @@ _REJECTED_BY_BROKER = {
 
 @dataclass(slots=True)
 class _Row:
-    """One accepted event waiting in a batch: its record, id and event time."""
+    """One event on its way: its record, the partition assignment (generation) it was read
+    in, and, once accepted, its id and event time."""
 
     msg: Message
+    generation: int
     id: str
     ts: int
 
@@ -91,9 +93,13 @@ class Worker:
             }
         )
         self._producer = Producer(
-            {"enable.idempotence": True, "linger.ms": 2, "queue.buffering.max.messages": 200_000,
-             **common}
-        )  # fmt: skip
+            {
+                "enable.idempotence": True,
+                "linger.ms": 2,
+                "queue.buffering.max.messages": 200_000,
+                **common,
+            }
+        )
         self._cache = ModelCache(
             ModelStore(config.models),
             max_loaded=config.max_loaded_models,
@@ -188,21 +194,20 @@ class Worker:
         records = [m for m in msgs if self._usable(m)]
         if not records:
             return
-        for msg in records:
-            self._tracker.consumed(_tp(msg), msg.offset())  # type: ignore[arg-type]
+        generations = [self._tracker.consumed(_tp(m), m.offset()) for m in records]  # type: ignore[arg-type]
         self._stats.events_in += len(records)
         decoded = self._decoder.decode(
             [m.value() for m in records], [m.timestamp()[1] for m in records]
         )
         for reject in decoded.rejects:
-            self._dead_letter(
-                records[reject.index], reject.stage, reject.error_type, reject.message
-            )
-        for (model, version), block in decoded.blocks.items():
+            row = _Row(records[reject.index], generations[reject.index], "", 0)
+            self._dead_letter(row, reject.stage, reject.error_type, reject.message)
+        for key, block in decoded.blocks.items():
             rows = [
-                _Row(records[i], block.ids[n], block.ts[n]) for n, i in enumerate(block.indices)
+                _Row(records[i], generations[i], block.ids[n], block.ts[n])
+                for n, i in enumerate(block.indices)
             ]
-            for batch in self._batcher.add((model, version), block.features, rows):
+            for batch in self._batcher.add(key, block.features, rows):
                 self._infer(batch)
 
     def _usable(self, msg: Message) -> bool:
@@ -222,14 +227,13 @@ class Worker:
         try:
             loaded = self._cache.get(model, version)
         except ModelError as exc:  # e.g. the version was deleted from the store meanwhile
-            for row in batch.items:
-                self._dead_letter(row.msg, "route", type(exc).__name__, str(exc))
+            self._dead_letter_all(batch.items, "route", type(exc).__name__, str(exc))
             return
         result = run_batch(loaded, batch.features)
         self._stats.batch(len(batch.items))
         for failure in result.failures:
             row = batch.items[failure.position]
-            self._dead_letter(row.msg, "infer", failure.error_type, failure.message)
+            self._dead_letter(row, "infer", failure.error_type, failure.message)
         if not result.ok_positions:
             return
         ok = [batch.items[p] for p in result.ok_positions]
@@ -240,13 +244,22 @@ class Worker:
             ids=[r.id for r in ok],
             ts=[r.ts for r in ok],
         )
-        predictions = encode_predictions(block, result.outputs, _now_ms())
+        try:
+            predictions = encode_predictions(block, result.outputs, _now_ms())
+        except ValueError as exc:  # outputs that do not fit the manifest, e.g. the label count
+            self._dead_letter_all(ok, "infer", "OutputMismatch", str(exc))
+            return
         topic = self.config.output_topic
         for row, value in zip(ok, predictions, strict=True):
-            self._produce(topic, value, row.msg.key(), None,
-                          functools.partial(self._prediction_delivered, row))  # fmt: skip
+            on_delivery = functools.partial(self._prediction_delivered, row)
+            self._produce(topic, value, row.msg.key(), None, on_delivery)
 
-    def _dead_letter(self, msg: Message, stage: str, error_type: str, message: str) -> None:
+    def _dead_letter_all(self, rows: list[_Row], stage: str, error_type: str, message: str) -> None:
+        for row in rows:
+            self._dead_letter(row, stage, error_type, message)
+
+    def _dead_letter(self, row: _Row, stage: str, error_type: str, message: str) -> None:
+        msg = row.msg
         headers = dead_letter_headers(
             cast(list[tuple[str, bytes | None]] | None, msg.headers()),
             stage=stage,
@@ -257,8 +270,8 @@ class Worker:
             offset=msg.offset() or 0,
             failed_at_ms=_now_ms(),
         )
-        self._produce(self.config.dlq_topic, msg.value(), msg.key(), headers,
-                      functools.partial(self._dead_letter_delivered, msg))  # fmt: skip
+        on_delivery = functools.partial(self._dead_letter_delivered, row)
+        self._produce(self.config.dlq_topic, msg.value(), msg.key(), headers, on_delivery)
 
     def _produce(
         self,
@@ -280,18 +293,23 @@ class Worker:
     def _prediction_delivered(self, row: _Row, err: RdKafkaError | None, _: Message) -> None:
         if err is None:
             self._stats.prediction(_now_ms() - row.ts)
-            self._tracker.finished(_tp(row.msg), row.msg.offset())  # type: ignore[arg-type]
+            self._finished(row)
         elif err.code() in _REJECTED_BY_BROKER:
-            self._dead_letter(row.msg, "produce", err.name(), f"the prediction was refused: {err}")
+            message = f"the broker refused the prediction: {err}"
+            self._dead_letter(row, "produce", _camel(err.name()), message)
         else:
             self._delivery_failed(row.msg, err)
 
-    def _dead_letter_delivered(self, msg: Message, err: RdKafkaError | None, _: Message) -> None:
+    def _dead_letter_delivered(self, row: _Row, err: RdKafkaError | None, _: Message) -> None:
         if err is None:
             self._stats.dead_letters += 1
-            self._tracker.finished(_tp(msg), msg.offset())  # type: ignore[arg-type]
+            self._finished(row)
         else:
-            self._delivery_failed(msg, err)
+            self._delivery_failed(row.msg, err)
+
+    def _finished(self, row: _Row) -> None:
+        tp = _tp(row.msg)
+        self._tracker.finished(tp, row.msg.offset(), row.generation)  # type: ignore[arg-type]
 
     def _delivery_failed(self, msg: Message, err: RdKafkaError) -> None:
         if self._fatal is None:
@@ -375,6 +393,11 @@ class Worker:
             self._consumer.resume(self._paused)
             log.info("resumed %d partitions", len(self._paused))
             self._paused = []
+
+
+def _camel(name: str) -> str:
+    """librdkafka's MSG_SIZE_TOO_LARGE as the DLQ's error type MsgSizeTooLarge."""
+    return "".join(part.capitalize() for part in name.strip("_").split("_")) or "KafkaError"
 
 
 def _names(partitions: list[TopicPartition]) -> str:

@@ -1,0 +1,88 @@
+"""The public names: `pipeline.__all__` pinned, every module's `__all__` importable and sorted."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from types import ModuleType
+
+import pytest
+
+import pipeline
+
+MODULES = sorted(
+    info.name
+    for info in pkgutil.walk_packages(pipeline.__path__, "pipeline.")
+    if not info.name.endswith(".__main__")  # importing one runs the command
+    and hasattr(importlib.import_module(info.name), "__all__")
+)
+# These order `__all__` the way ruff's RUF022 does (constants, then classes, then
+# functions), which is not plain `sorted()`; they are checked against that order instead.
+RUF022_ORDERED = {"pipeline.codec", "pipeline.localkafka", "pipeline.models"}
+
+
+def module_all(name: str) -> list[str]:
+    module: ModuleType = importlib.import_module(name)
+    return list(module.__all__)
+
+
+def isort_style_key(name: str) -> tuple[int, str]:
+    """RUF022's order: SCREAMING_CASE first, then CamelCase, then everything else."""
+    if len(name) > 1 and name.isupper():
+        return (0, name)
+    if name[0].isupper():
+        return (1, name)
+    return (2, name)
+
+
+def test_package_exports_are_pinned() -> None:
+    assert pipeline.__all__ == [
+        "BrokerError",
+        "ConfigError",
+        "KafkaError",
+        "ModelError",
+        "ModelLoadError",
+        "ModelNotFoundError",
+        "PipelineError",
+    ]
+
+
+def test_package_exports_are_the_errors_module_classes() -> None:
+    errors = importlib.import_module("pipeline.errors")
+
+    for name in pipeline.__all__:
+        assert getattr(pipeline, name) is getattr(errors, name)
+        assert issubclass(getattr(pipeline, name), pipeline.PipelineError)
+
+
+def test_the_module_walk_finds_the_modules() -> None:
+    for name in ("pipeline.config", "pipeline.deadletter", "pipeline.offsets", "pipeline.stats"):
+        assert name in MODULES
+
+
+@pytest.mark.parametrize("name", ["pipeline", *MODULES])
+def test_every_exported_name_is_importable_and_listed_once(name: str) -> None:
+    module = importlib.import_module(name)
+    exported = module_all(name)
+
+    assert exported, f"{name}.__all__ is empty"
+    assert len(exported) == len(set(exported)), f"{name}.__all__ has duplicates"
+    missing = [member for member in exported if not hasattr(module, member)]
+    assert missing == []
+    namespace: dict[str, object] = {}
+    exec(f"from {name} import *", namespace)
+    assert set(exported) <= set(namespace)
+
+
+@pytest.mark.parametrize("name", [m for m in ["pipeline", *MODULES] if m not in RUF022_ORDERED])
+def test_all_is_sorted(name: str) -> None:
+    exported = module_all(name)
+
+    assert exported == sorted(exported)
+
+
+@pytest.mark.parametrize("name", sorted(RUF022_ORDERED))
+def test_all_is_in_ruff_order_where_not_plainly_sorted(name: str) -> None:
+    exported = module_all(name)
+
+    assert exported == sorted(exported, key=isort_style_key)
