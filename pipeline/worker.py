@@ -79,7 +79,11 @@ class Worker:
 
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
-        common: dict[str, Any] = {**config.kafka, "bootstrap.servers": config.bootstrap_servers}
+        common: dict[str, Any] = {
+            **config.kafka,
+            "bootstrap.servers": config.bootstrap_servers,
+            "logger": logging.getLogger("librdkafka"),  # one log format for everything
+        }
         self._consumer = Consumer(
             {
                 "group.id": config.group_id,
