@@ -118,6 +118,12 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="delivery guarantee (default: at-least-once)",
     )
     add(
+        "--transactional-id",
+        metavar="ID",
+        help="exactly-once: transactional.id, unique per worker process and stable across "
+        "its restarts (default: pipeline-<group>-<hostname>-<index>)",
+    )
+    add(
         "--offset-reset",
         choices=("earliest", "latest"),
         help="where a new group starts reading (default: earliest)",

@@ -29,7 +29,7 @@ def _child(config: WorkerConfig, index: int) -> None:
     from pipeline.worker import run_worker
 
     setup_logging(prefix=f"worker-{index} ")
-    raise SystemExit(run_worker(config))
+    raise SystemExit(run_worker(config, index))
 
 
 def supervise(config: WorkerConfig) -> int:

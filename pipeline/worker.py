@@ -24,7 +24,15 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, cast
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka import KafkaError as RdKafkaError
 
 from pipeline.batching import Batch, MicroBatcher
@@ -37,6 +45,7 @@ from pipeline.models import ModelCache, ModelStore
 from pipeline.offsets import OffsetTracker, TopicPartitionKey
 from pipeline.stats import Stats
 from pipeline.topics import admin_client, ensure_topics
+from pipeline.transactions import Transactions, default_transactional_id
 
 __all__ = ["Worker", "run_worker"]
 
@@ -77,8 +86,9 @@ def _tp(msg: Message) -> TopicPartitionKey:
 class Worker:
     """One consumer-group member: its own consumer, producer, model sessions and batches."""
 
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(self, config: WorkerConfig, *, index: int = 0) -> None:
         self.config = config
+        self._index = index
         common: dict[str, Any] = {
             **config.kafka,
             "bootstrap.servers": config.bootstrap_servers,
@@ -96,14 +106,16 @@ class Worker:
                 "on_commit": self._on_commit,
             }
         )
-        self._producer = Producer(
-            {
-                "enable.idempotence": True,
-                "linger.ms": 2,
-                "queue.buffering.max.messages": 200_000,
-                **common,
-            }
-        )
+        self._producer_settings: dict[str, Any] = {
+            "enable.idempotence": True,
+            "linger.ms": 2,
+            "queue.buffering.max.messages": 200_000,
+            **common,
+        }
+        self._txn: Transactions | None = None  # exactly-once: made in run(), once Kafka answers
+        self._plain_producer: Producer | None = None
+        if config.guarantee == "at-least-once":
+            self._plain_producer = Producer(self._producer_settings)
         self._cache = ModelCache(
             ModelStore(config.models),
             max_loaded=config.max_loaded_models,
@@ -120,6 +132,14 @@ class Worker:
         self._stopping = False
         self._fatal: KafkaError | None = None
         self._next_commit = time.monotonic()
+        self._abort_pending = False
+
+    @property
+    def _producer(self) -> Producer:
+        if self._txn is not None:
+            return self._txn.producer  # rebuilt after fencing, so never cached
+        assert self._plain_producer is not None
+        return self._plain_producer
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -142,6 +162,10 @@ class Worker:
             create=cfg.create_topics,
             partitions=cfg.topic_partitions,
         )
+        if cfg.guarantee == "exactly-once":
+            txn_id = cfg.transactional_id or default_transactional_id(cfg.group_id, self._index)
+            self._txn = Transactions(self._producer_settings, transactional_id=txn_id)
+            log.info("exactly-once: transactional.id %s", txn_id)
         log.info("worker starting with %s", cfg.redacted)
         self._consumer.subscribe(
             list(cfg.input_topics),
@@ -160,6 +184,8 @@ class Worker:
         if self._fatal is None:
             self._drain(self._batcher.flush(), _SHUTDOWN_FLUSH_S)
             self._commit(asynchronous=False)
+        elif self._txn is not None:
+            self._txn.abort()  # nothing of the open transaction becomes visible
         else:
             self._producer.flush(_SHUTDOWN_FLUSH_S)
             self._commit(asynchronous=False)  # only offsets whose outputs were acknowledged
@@ -285,6 +311,8 @@ class Worker:
         headers: list[tuple[str, bytes | None]] | None,
         on_delivery: Callable[[Any, Message], None],
     ) -> None:
+        if self._txn is not None:
+            self._txn.begin()
         while True:
             try:
                 self._producer.produce(
@@ -316,6 +344,11 @@ class Worker:
         self._tracker.finished(tp, row.msg.offset(), row.generation)  # type: ignore[arg-type]
 
     def _delivery_failed(self, msg: Message, err: RdKafkaError) -> None:
+        if self._txn is not None:  # exactly-once: abort the transaction and redo it
+            log.warning("output for %s[%s]@%s failed (%s): aborting the transaction",
+                        msg.topic(), msg.partition(), msg.offset(), err)  # fmt: skip
+            self._abort_pending = True
+            return
         if self._fatal is None:
             self._fatal = KafkaError(
                 f"the output for {msg.topic()}[{msg.partition()}]@{msg.offset()} was not delivered "
@@ -329,6 +362,9 @@ class Worker:
     def _commit(
         self, *, asynchronous: bool, only: Sequence[TopicPartitionKey] | None = None
     ) -> None:
+        if self._txn is not None:
+            self._commit_transaction()
+            return
         positions = self._tracker.commit_positions(only)
         if not positions:
             return
@@ -347,6 +383,42 @@ class Worker:
             log.warning("offset commit failed (will retry): %s", exc.args[0])
             return
         self._tracker.mark_committed(positions)
+
+    def _commit_transaction(self) -> None:
+        """Finish every pending batch, then commit outputs and offsets in one transaction."""
+        assert self._txn is not None
+        if not self._txn.open:
+            return
+        self._drain(self._batcher.flush(), _REVOKE_FLUSH_S)
+        if self._abort_pending:
+            self._abort_and_rewind(None, "an output was not delivered")
+            return
+        positions = self._tracker.commit_positions()
+        offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
+        try:
+            self._txn.commit(offsets, self._consumer.consumer_group_metadata())
+        except KafkaException as exc:
+            self._abort_and_rewind(exc)
+            return
+        self._tracker.mark_committed(positions)
+
+    def _abort_and_rewind(self, cause: KafkaException | None, reason: object = None) -> None:
+        """Abort the transaction and redo everything since the last committed offsets."""
+        assert self._txn is not None
+        reason = cause.args[0] if cause is not None else reason
+        log.warning("transaction aborted (%s): rewinding to the committed offsets", reason)
+        self._txn.abort(cause)
+        self._abort_pending = False
+        self._batcher.drop(lambda _: True)
+        held = sorted(self._assigned)
+        self._tracker.forget(held)
+        if not held:
+            return
+        reset = OFFSET_BEGINNING if self.config.offset_reset == "earliest" else OFFSET_END
+        parts = [TopicPartition(t, p) for t, p in held]
+        for tp in self._consumer.committed(parts, timeout=30):
+            offset = tp.offset if tp.offset >= 0 else reset
+            self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
 
     def _on_commit(self, err: RdKafkaError | None, partitions: list[TopicPartition]) -> None:
         if err is not None:
@@ -379,6 +451,8 @@ class Worker:
             "lost %s: dropped %d unfinished events, committing none", _names(partitions), dropped
         )
         self._forget(list(lost))
+        if self._txn is not None and self._txn.open:  # its outputs may belong to lost partitions
+            self._abort_and_rewind(None, "partitions were lost")
 
     def _forget(self, tps: list[TopicPartitionKey]) -> None:
         self._tracker.forget(tps)
@@ -408,9 +482,9 @@ def _names(partitions: list[TopicPartition]) -> str:
     return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing"
 
 
-def run_worker(config: WorkerConfig) -> int:
-    """Run one worker in this process until SIGTERM or SIGINT; return its exit code."""
-    worker = Worker(config)
+def run_worker(config: WorkerConfig, index: int = 0) -> int:
+    """Run one worker (the `index`-th of its parent) until SIGTERM or SIGINT; return 0."""
+    worker = Worker(config, index=index)
 
     def _stop(signum: int, _: FrameType | None) -> None:
         log.info(

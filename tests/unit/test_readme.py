@@ -1,0 +1,43 @@
+"""The README tells the truth: its contract examples validate against schemas/, and the
+flags it documents for `pipeline run` are the ones the parser accepts."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from pipeline.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+EXAMPLES = re.findall(r"<!-- schema: ([a-z-]+) -->\n```json\n(.*?)\n```", README, re.S)
+
+
+def test_the_readme_has_an_example_of_each_record() -> None:
+    assert {name for name, _ in EXAMPLES} == {"feature-event", "prediction", "dead-letter"}
+
+
+@pytest.mark.parametrize(("schema", "example"), EXAMPLES)
+def test_readme_examples_validate_against_the_schemas(schema: str, example: str) -> None:
+    validator = Draft202012Validator(
+        json.loads((ROOT / f"schemas/{schema}.schema.json").read_text())
+    )
+    errors = [e.message for e in validator.iter_errors(json.loads(example))]
+    assert errors == []
+
+
+def test_every_run_flag_in_the_readme_table_is_accepted() -> None:
+    table = README.split("### `pipeline run`", 1)[1].split("###", 1)[0]
+    flags = set(re.findall(r"^\| `(--[a-z-]+|-X)", table, re.M))
+    run = next(
+        a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "run"
+    )[1]  # type: ignore[union-attr]
+    accepted = {o for action in run._actions for o in action.option_strings}
+    assert flags and flags <= accepted, flags - accepted
+    assert accepted - {"-h", "--help"} <= flags, (
+        f"undocumented: {accepted - flags - {'-h', '--help'}}"
+    )
