@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipeline.config import load_config, parse_properties
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.localkafka import DEFAULT_DATA_DIR, DEFAULT_PORT, LocalKafka
 
 __all__ = ["build_parser", "main", "setup_logging"]
@@ -218,12 +218,24 @@ def _add_clients(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _kafka_start(args: argparse.Namespace) -> int:
-    info, started = LocalKafka(data_dir=args.data_dir).start(port=args.port, timeout_s=args.timeout)
+    users = dict(_scram_user(u) for u in args.scram_user)
+    if users and args.sasl_port is None:
+        raise ConfigError("--scram-user needs --sasl-port, the port of the SASL listener")
+    info, started = LocalKafka(data_dir=args.data_dir).start(
+        port=args.port, timeout_s=args.timeout, sasl_port=args.sasl_port, scram_users=users
+    )
     if started:
         print(info.bootstrap)
     else:
         print(f"{info.bootstrap} (already running, pid {info.pid}, data dir {info.data_dir})")
     return 0
+
+
+def _scram_user(text: str) -> tuple[str, str]:
+    name, sep, password = text.partition(":")
+    if not sep or not name:
+        raise ConfigError(f"--scram-user takes NAME:PASSWORD (or NAME:env:VAR), got {text!r}")
+    return name, parse_properties([f"p={password}"])["p"]
 
 
 def _kafka_stop(args: argparse.Namespace) -> int:
@@ -275,6 +287,19 @@ def _add_kafka(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                 type=float,
                 default=90.0,
                 help="seconds to wait for the broker to answer (default: 90)",
+            )
+            action.add_argument(
+                "--sasl-port",
+                type=int,
+                default=None,
+                help="also listen for SASL_PLAINTEXT with SCRAM-SHA-256/512 on this port",
+            )
+            action.add_argument(
+                "--scram-user",
+                action="append",
+                default=[],
+                metavar="NAME:PASSWORD",
+                help="create a SCRAM user (repeatable; NAME:env:VAR reads the password from VAR)",
             )
         action.set_defaults(handler=handler)
 

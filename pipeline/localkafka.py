@@ -27,6 +27,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -63,6 +64,7 @@ class BrokerInfo:
     controller_port: int
     bootstrap: str
     data_dir: str
+    sasl_port: int | None = None  # a SASL_PLAINTEXT listener with SCRAM-SHA-256/512, if asked
 
 
 def _resource(name: str) -> Path:
@@ -178,7 +180,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _server_properties(info: BrokerInfo, log_dirs: Path) -> str:
-    settings = {
+    settings: dict[str, str] = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@{_HOST}:{info.controller_port}",
@@ -201,6 +203,14 @@ def _server_properties(info: BrokerInfo, log_dirs: Path) -> str:
         "auto.create.topics.enable": "true",
         "log.retention.hours": "24",
     }
+    if info.sasl_port is not None:
+        settings["listeners"] += f",SASL_PLAINTEXT://{_HOST}:{info.sasl_port}"
+        settings["advertised.listeners"] += f",SASL_PLAINTEXT://{_HOST}:{info.sasl_port}"
+        settings["listener.security.protocol.map"] += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
+        settings["sasl.enabled.mechanisms"] = "SCRAM-SHA-256,SCRAM-SHA-512"
+        jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        for mechanism in ("scram-sha-256", "scram-sha-512"):
+            settings[f"listener.name.sasl_plaintext.{mechanism}.sasl.jaas.config"] = jaas
     return "".join(f"{k}={v}\n" for k, v in settings.items())
 
 
@@ -222,9 +232,21 @@ class LocalKafka:
         return info if _pid_alive(info.pid) else None
 
     def start(
-        self, *, port: int = DEFAULT_PORT, timeout_s: float = _START_TIMEOUT_S
+        self,
+        *,
+        port: int = DEFAULT_PORT,
+        timeout_s: float = _START_TIMEOUT_S,
+        sasl_port: int | None = None,
+        scram_users: Mapping[str, str] | None = None,
     ) -> tuple[BrokerInfo, bool]:
         """Start the broker unless it runs already; return it and whether this call started it.
+
+        Args:
+            port: The PLAINTEXT client port on 127.0.0.1.
+            timeout_s: How long to wait for the broker to answer a metadata request.
+            sasl_port: Also listen for SASL_PLAINTEXT (SCRAM-SHA-256 and -512) on this port.
+            scram_users: User name to password: SCRAM credentials (both mechanisms) to
+                create or update once the broker answers.
 
         Raises:
             BrokerError: Java or Maven missing, port taken, or no answer within `timeout_s`.
@@ -233,11 +255,12 @@ class LocalKafka:
         if current is not None:
             return current, False
         java = _java()
-        if not _port_free(port):
-            raise BrokerError(
-                f"port {_HOST}:{port} is already in use by another process; stop it or pass "
-                "--port with a free port"
-            )
+        for wanted, flag in ((port, "--port"), (sasl_port, "--sasl-port")):
+            if wanted is not None and not _port_free(wanted):
+                raise BrokerError(
+                    f"port {_HOST}:{wanted} is already in use by another process; stop it or "
+                    f"pass {flag} with a free port"
+                )
         classpath = broker_classpath()
         info = BrokerInfo(
             pid=0,
@@ -245,6 +268,7 @@ class LocalKafka:
             controller_port=self._controller_port(port),
             bootstrap=f"{_HOST}:{port}",
             data_dir=str(self.data_dir),
+            sasl_port=sasl_port,
         )
         config = self._write_config(info)
         self._format(java, classpath, config)
@@ -271,6 +295,12 @@ class LocalKafka:
         info = BrokerInfo(**{**asdict(info), "pid": proc.pid})
         self._state.write_text(json.dumps(asdict(info)))
         self._wait_ready(proc, info, timeout_s)
+        if scram_users:
+            try:
+                _add_scram_users(info.bootstrap, scram_users)
+            except BrokerError:
+                self.stop()
+                raise
         return info, True
 
     def stop(self, *, timeout_s: float = _STOP_TIMEOUT_S) -> BrokerInfo | None:
@@ -369,6 +399,29 @@ class LocalKafka:
 _SILENT = logging.getLogger("pipeline.localkafka.librdkafka")
 _SILENT.addHandler(logging.NullHandler())
 _SILENT.propagate = False
+
+
+def _add_scram_users(bootstrap: str, users: Mapping[str, str]) -> None:
+    from confluent_kafka.admin import (  # type: ignore[attr-defined]
+        AdminClient,
+        ScramCredentialInfo,
+        ScramMechanism,
+        UserScramCredentialAlteration,
+        UserScramCredentialUpsertion,
+    )
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    # One request per mechanism: the broker refuses two changes to one user in a request.
+    for mechanism in (ScramMechanism.SCRAM_SHA_256, ScramMechanism.SCRAM_SHA_512):
+        upserts: list[UserScramCredentialAlteration] = [
+            UserScramCredentialUpsertion(name, ScramCredentialInfo(mechanism, 8192), pw.encode())
+            for name, pw in users.items()
+        ]
+        for name, future in admin.alter_user_scram_credentials(upserts).items():
+            try:
+                future.result(timeout=30)
+            except Exception as exc:
+                raise BrokerError(f"could not create the SCRAM user {name!r}: {exc}") from exc
 
 
 def _terminate(pid: int, timeout_s: float) -> None:
