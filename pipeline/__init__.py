@@ -1,5 +1,15 @@
-"""Kafka-native prediction pipeline: feature events in, ONNX Runtime predictions out."""
+"""Kafka-native prediction pipeline: feature events in, ONNX Runtime predictions out.
 
+The Kafka-free core is public so other front doors (HTTP, gRPC, a Faust agent) can reuse
+it: `EventDecoder` turns raw values into per-model rows and rejects, `MicroBatcher`
+groups rows, `ModelCache` finds sessions in a `ModelStore`, `run_batch` infers, and
+`encode_predictions` writes the prediction records. `WorkerConfig` configures the Kafka
+worker (`pipeline run`).
+"""
+
+from pipeline.batching import Batch, MicroBatcher
+from pipeline.codec import Decoded, EventDecoder, Reject, RowBlock, encode_predictions
+from pipeline.config import WorkerConfig
 from pipeline.errors import (
     BrokerError,
     ConfigError,
@@ -9,14 +19,33 @@ from pipeline.errors import (
     ModelNotFoundError,
     PipelineError,
 )
+from pipeline.inference import InferenceResult, RowFailure, run_batch
+from pipeline.models import LoadedModel, ModelCache, ModelStore
+from pipeline.spec import ModelCatalog, ModelSpec
 
 __all__ = [
+    "Batch",
     "BrokerError",
     "ConfigError",
+    "Decoded",
+    "EventDecoder",
+    "InferenceResult",
     "KafkaError",
+    "LoadedModel",
+    "MicroBatcher",
+    "ModelCache",
+    "ModelCatalog",
     "ModelError",
     "ModelLoadError",
     "ModelNotFoundError",
+    "ModelSpec",
+    "ModelStore",
     "PipelineError",
+    "Reject",
+    "RowBlock",
+    "RowFailure",
+    "WorkerConfig",
+    "encode_predictions",
+    "run_batch",
 ]
 __version__ = "0.1.0"

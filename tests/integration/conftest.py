@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.localkafka import LocalKafka
 
-from .kafkaio import WorkerProcess
+from .kafkaio import WorkerProcess, free_port
 
 
 def _docker_answers() -> bool:
@@ -41,13 +41,6 @@ def _docker_answers() -> bool:
     return reply.startswith(b"HTTP/1.") and b" 200 " in reply
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Bootstrap address of a real broker for this test session."""
@@ -62,7 +55,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             yield container.get_bootstrap_server()
         return
     broker = LocalKafka(data_dir=tmp_path_factory.mktemp("kafka"))
-    info, _ = broker.start(port=_free_port())
+    info, _ = broker.start(port=free_port())
     try:
         yield info.bootstrap
     finally:

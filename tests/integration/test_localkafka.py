@@ -12,6 +12,8 @@ from confluent_kafka.admin import AdminClient
 
 from pipeline.localkafka import LocalKafka, _pid_alive
 
+from .kafkaio import free_port
+
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -23,15 +25,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_start_status_second_start_stop(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     data = str(tmp_path / "kafka")
     started = _cli("start", "--port", str(port), "--data-dir", data)
     assert started.returncode == 0, started.stderr
@@ -78,7 +73,7 @@ def test_missing_java_says_what_to_do(tmp_path: Path, missing: str) -> None:
             "--data-dir",
             str(tmp_path / "k"),
             "--port",
-            str(_free_port()),
+            str(free_port()),
         ],
         capture_output=True,
         text=True,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,24 +12,15 @@ import pytest
 
 from pipeline.localkafka import BrokerInfo, LocalKafka
 
-from .kafkaio import WorkerProcess, good_events, read_all, send
+from .kafkaio import WorkerProcess, free_port, good_events, read_all, send
 
 PASSWORD = "s3cret-scram-pw-7f3a"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
 def scram_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerInfo]:
     broker = LocalKafka(data_dir=tmp_path_factory.mktemp("kafka-sasl"))
-    info, _ = broker.start(
-        port=_free_port(), sasl_port=_free_port(), scram_users={"alice": PASSWORD}
-    )
+    info, _ = broker.start(port=free_port(), sasl_port=free_port(), scram_users={"alice": PASSWORD})
     try:
         yield info
     finally:

@@ -37,22 +37,52 @@ def isort_style_key(name: str) -> tuple[int, str]:
 
 def test_package_exports_are_pinned() -> None:
     assert pipeline.__all__ == [
+        "Batch",
         "BrokerError",
         "ConfigError",
+        "Decoded",
+        "EventDecoder",
+        "InferenceResult",
         "KafkaError",
+        "LoadedModel",
+        "MicroBatcher",
+        "ModelCache",
+        "ModelCatalog",
         "ModelError",
         "ModelLoadError",
         "ModelNotFoundError",
+        "ModelSpec",
+        "ModelStore",
         "PipelineError",
+        "Reject",
+        "RowBlock",
+        "RowFailure",
+        "WorkerConfig",
+        "encode_predictions",
+        "run_batch",
     ]
 
 
-def test_package_exports_are_the_errors_module_classes() -> None:
-    errors = importlib.import_module("pipeline.errors")
-
+def test_package_exports_are_the_defining_modules_objects() -> None:
     for name in pipeline.__all__:
-        assert getattr(pipeline, name) is getattr(errors, name)
+        obj = getattr(pipeline, name)
+        home = importlib.import_module(obj.__module__)
+        assert getattr(home, name) is obj
+
+
+def test_the_package_errors_all_derive_from_pipeline_error() -> None:
+    errors = importlib.import_module("pipeline.errors")
+    for name in errors.__all__:
         assert issubclass(getattr(pipeline, name), pipeline.PipelineError)
+
+
+def test_importing_the_core_does_not_import_kafka() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, pipeline; print('confluent_kafka' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
 
 
 def test_the_module_walk_finds_the_modules() -> None:
