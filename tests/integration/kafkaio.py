@@ -213,6 +213,13 @@ class WorkerProcess:
             f"no {text!r} in the worker log within {timeout_s} s:\n{self.log[-3000:]}"
         )
 
+    def wait(self, timeout_s: float) -> int:
+        """Wait for the worker to exit by itself; return its exit code."""
+        try:
+            return self.proc.wait(timeout_s)
+        finally:
+            self._log.close()
+
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> tuple[int, float]:
         """Send `sig`, wait; return (exit code, seconds it took)."""
         started = time.monotonic()

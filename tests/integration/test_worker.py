@@ -306,3 +306,32 @@ def test_unreachable_broker_is_a_clear_error_not_a_hang(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "could not reach Kafka at 127.0.0.1:1" in done.stderr
     assert time.monotonic() - started < 30
+
+
+def test_a_dying_child_is_reported_and_the_parent_stops_the_rest(
+    make_pipeline: Callable[..., Pipeline],
+) -> None:
+    psutil = pytest.importorskip("psutil")
+    p = make_pipeline(partitions=4)
+    parent = p.start_worker("--default-model", MLP, "--workers", "2")
+    parent.wait_for_log("worker-1 INFO pipeline.worker: assigned")
+    children = psutil.Process(parent.proc.pid).children()
+    workers = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+    assert len(workers) == 2
+    workers[0].send_signal(signal.SIGKILL)
+    code = parent.wait(30)
+    assert code == 1
+    assert f"(pid {workers[0].pid}) died with exit code -9; stopping the others" in parent.log
+    assert not workers[1].is_running() or workers[1].status() == psutil.STATUS_ZOMBIE
+
+
+def test_missing_topics_without_creation_is_a_clear_error(kafka_bootstrap: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", "--bootstrap-servers", kafka_bootstrap,
+         "--input-topic", "no-such-topic-7d1c", "--output-topic", "no-such-out-7d1c",
+         "--no-create-topics"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "do not exist" in done.stderr and "no-such-topic-7d1c" in done.stderr
+    assert "--no-create-topics" in done.stderr
