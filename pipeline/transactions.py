@@ -19,6 +19,8 @@ from typing import Any
 
 from confluent_kafka import KafkaException, Producer, TopicPartition
 
+from pipeline.errors import KafkaError
+
 __all__ = ["Transactions", "default_transactional_id"]
 
 log = logging.getLogger("pipeline.transactions")
@@ -51,7 +53,15 @@ class Transactions:
 
     def _new_producer(self) -> Producer:
         producer = self._make_producer(dict(self._settings))
-        producer.init_transactions(_TIMEOUT_S)  # fences any earlier producer with this id
+        try:
+            producer.init_transactions(_TIMEOUT_S)  # fences any earlier producer with this id
+        except KafkaException as exc:
+            raise KafkaError(
+                f"could not start transactions as {self.transactional_id!r} ({exc.args[0]}); "
+                "exactly-once needs a broker with transactions enabled (transaction state log "
+                "replication <= brokers) and the principal allowed to write with this "
+                "transactional id"
+            ) from exc
         return producer
 
     def begin(self) -> None:
