@@ -5,11 +5,8 @@ The store (`ModelStore`) is a directory tree::
     <root>/<name>/<version>/model.onnx    the model (required)
     <root>/<name>/<version>/model.json    its manifest (optional)
 
-A manifest is a JSON object with any of these keys: ``features`` (column names in
-input order), ``labels`` (class labels in probability-column order),
-``probability_output`` (the ONNX output holding class probabilities), ``description``
-and ``sha256`` (hex digest of model.onnx, checked on every load). Unknown keys are
-refused, so a misspelt key fails loudly instead of being ignored; ``null`` means absent.
+The manifest (`pipeline.manifest`) names the features, labels and probability output,
+and may carry the sha256 of model.onnx, checked on every load.
 
 Names and versions come from events, so the store only accepts plain names
 (`pipeline.names.is_plain_name`) and refuses any file whose real path, symlinks
@@ -34,8 +31,6 @@ as a new version rather than overwriting an old one.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import threading
 import time
@@ -44,44 +39,32 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
 
 import numpy as np
 import onnxruntime as ort
 
 from pipeline.errors import ConfigError, ModelLoadError, ModelNotFoundError
+from pipeline.manifest import MANIFEST_FILE, Manifest, read_manifest, verify_sha256
 from pipeline.names import PLAIN_NAME_RULE, is_plain_name
 from pipeline.spec import ModelSpec
 
 __all__ = [
-    "MANIFEST_FILE",
+    "MANIFEST_FILE",  # re-exported from pipeline.manifest
     "MODEL_FILE",
     "LoadedModel",
-    "Manifest",
+    "Manifest",  # re-exported from pipeline.manifest
     "ModelCache",
     "ModelStore",
     "SessionFactory",
 ]
 
 MODEL_FILE = "model.onnx"
-MANIFEST_FILE = "model.json"
 
 SessionFactory = Callable[[bytes, ort.SessionOptions], ort.InferenceSession]
 """Builds a session from model bytes and options; injectable for tests."""
 
-_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _DIGITS = re.compile(r"(\d+)")
 _LISTING_LIMIT = 10
-
-
-class Manifest(TypedDict, total=False):
-    """A validated ``model.json``; every key is optional."""
-
-    features: list[str]
-    labels: list[str]
-    probability_output: str
-    description: str
-    sha256: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -191,7 +174,7 @@ class ModelStore:
         file = self._root / name / version / MANIFEST_FILE
         if not (file.exists() or file.is_symlink()):
             return {}
-        return _read_manifest(self._inside(file))
+        return read_manifest(self._inside(file))
 
     def _inside(self, file: Path) -> Path:
         """Return the real path of `file`, refusing one that leaves the store root."""
@@ -356,7 +339,7 @@ class ModelCache:
         path = self._store.path(name, version)
         manifest = self._store.manifest(name, version)
         data = _read_bytes(path)
-        _verify_sha256(path, data, manifest.get("sha256"))
+        verify_sha256(path, data, manifest.get("sha256"))
         session = self._open_session(path, data)
         model = _describe(name, version, path, session, manifest)
         _warm_up(model)
@@ -481,105 +464,6 @@ def _read_bytes(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise ModelLoadError(f"cannot read model file {path}: {exc}") from exc
-
-
-def _verify_sha256(path: Path, data: bytes, expected: str | None) -> None:
-    """Refuse model bytes whose SHA-256 differs from the manifest's."""
-    if expected is None:
-        return
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != expected.lower():
-        raise ModelLoadError(
-            f"{path}: SHA-256 is {actual} but {MANIFEST_FILE} says {expected.lower()}; the "
-            f"file is incomplete or was replaced. If the new file is intended, regenerate "
-            f"the manifest (for the example models: python scripts/make_models.py)"
-        )
-
-
-def _read_manifest(path: Path) -> Manifest:
-    """Read and validate one manifest file."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ModelLoadError(f"cannot read manifest {path}: {exc}") from exc
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise ModelLoadError(f"{path}: manifest is not valid UTF-8 JSON: {exc}") from exc
-    return _parse_manifest(path, raw)
-
-
-def _parse_manifest(path: Path, raw: object) -> Manifest:
-    """Validate a decoded manifest; messages name the file and the field."""
-    if not isinstance(raw, dict):
-        raise ModelLoadError(f"{path}: manifest must be a JSON object, got {_kind(raw)}")
-    unknown = sorted(set(raw) - set(Manifest.__annotations__))
-    if unknown:
-        raise ModelLoadError(
-            f"{path}: unknown manifest field(s) {unknown}; "
-            f"expected any of {sorted(Manifest.__annotations__)}"
-        )
-    fields = {k: v for k, v in raw.items() if v is not None}
-    manifest: Manifest = {}
-    if "features" in fields:
-        manifest["features"] = _names_field(path, "features", fields["features"])
-    if "labels" in fields:
-        manifest["labels"] = _names_field(path, "labels", fields["labels"])
-    if "probability_output" in fields:
-        manifest["probability_output"] = _text_field(path, "probability_output", fields)
-    if "description" in fields:
-        manifest["description"] = _text_field(path, "description", fields)
-    if "sha256" in fields:
-        manifest["sha256"] = _sha256_field(path, fields["sha256"])
-    return manifest
-
-
-def _names_field(path: Path, field: str, value: object) -> list[str]:
-    """Validate a non-empty list of distinct non-empty strings."""
-    expected = f"{path}: manifest field {field!r} must be a non-empty list of distinct strings"
-    if not isinstance(value, list) or not value:
-        raise ModelLoadError(f"{expected}, got {_kind(value)}")
-    for i, item in enumerate(value):
-        if not isinstance(item, str) or not item:
-            raise ModelLoadError(f"{expected}, got {_kind(item)} at index {i}")
-    if len(set(value)) != len(value):
-        duplicates = sorted({v for v in value if value.count(v) > 1})
-        raise ModelLoadError(f"{expected}, got duplicates {duplicates}")
-    return list(value)
-
-
-def _text_field(path: Path, field: str, fields: dict[str, object]) -> str:
-    """Validate a non-empty string field."""
-    value = fields[field]
-    if not isinstance(value, str) or not value:
-        raise ModelLoadError(
-            f"{path}: manifest field {field!r} must be a non-empty string, got {_kind(value)}"
-        )
-    return value
-
-
-def _sha256_field(path: Path, value: object) -> str:
-    """Validate a SHA-256 hex digest."""
-    if not isinstance(value, str) or _SHA256.fullmatch(value) is None:
-        raise ModelLoadError(
-            f"{path}: manifest field 'sha256' must be 64 hex digits, got {_kind(value)}"
-        )
-    return value.lower()
-
-
-def _kind(value: object) -> str:
-    """Describe a JSON value's kind for error messages, quoting short strings."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return f"the string {value[:40]!r}" if value else "an empty string"
-    if isinstance(value, list):
-        return "an array" if value else "an empty array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 def _check_plain(what: str, value: str) -> None:
