@@ -53,6 +53,7 @@ log = logging.getLogger("pipeline.worker")
 
 _POLL_SIZE = 1000
 _IDLE_POLL_S = 0.1
+_MIN_POLL_S = 0.001
 _SHUTDOWN_FLUSH_S = 6.0
 _REVOKE_FLUSH_S = 10.0
 # Deliveries that fail because the record itself is unacceptable go to the DLQ (stage
@@ -214,8 +215,10 @@ class Worker:
     def _consume(self) -> list[Message]:
         """Wait for the first record (or the next batch deadline), then take what is queued."""
         deadline = self._batcher.next_deadline()
-        timeout = _IDLE_POLL_S if deadline is None else max(0.0, deadline - time.monotonic())
-        first = self._consumer.poll(min(timeout, _IDLE_POLL_S))
+        timeout = _IDLE_POLL_S if deadline is None else deadline - time.monotonic()
+        # librdkafka counts whole milliseconds: a timeout under 1 ms would be a non-blocking
+        # poll, and the loop would spin. A due batch is cut by the caller right after.
+        first = self._consumer.poll(min(max(timeout, _MIN_POLL_S), _IDLE_POLL_S))
         if first is None:
             return []
         return [first, *self._consumer.consume(_POLL_SIZE - 1, 0)]
