@@ -12,6 +12,9 @@ TEST_DATA ?= .cache/kafka-test
 DEMO_PORT ?= 9092
 DEMO_DATA ?= .cache/kafka-demo
 PYTEST_ARGS ?=
+# `make bench BENCH_ARGS=--publish` also updates docs/bench.md and docs/bench-latency.png.
+BENCH_ARGS ?=
+BENCH_QUIX ?= .cache/bench-quix
 
 .PHONY: help install demo test lint bench soak models clean
 
@@ -47,9 +50,17 @@ lint: install ## ruff and mypy --strict on pipeline/
 	$(VENV)/bin/ruff format --check pipeline tests scripts
 	$(VENV)/bin/mypy --strict pipeline
 
-bench: install ## micro-benchmarks and the side-by-side Kafka benchmark (not part of make test)
+bench: install $(BENCH_QUIX)/.installed ## micro-benchmarks and the side-by-side Kafka benchmark (not part of make test)
 	$(VENV)/bin/pip install -q -e '.[bench]'
 	$(PY) -m pipeline.bench.micro
+	$(PY) -m pipeline.bench $(BENCH_ARGS)
+
+# Quix Streams pins confluent-kafka below the worker's version, so its peer gets a venv of its own.
+$(BENCH_QUIX)/.installed:
+	$(PYTHON) -m venv $(BENCH_QUIX)
+	$(BENCH_QUIX)/bin/pip install -q --upgrade pip
+	$(BENCH_QUIX)/bin/pip install -q quixstreams onnxruntime numpy orjson
+	touch $@
 
 models: install ## regenerate the example models in models/ (deterministic)
 	$(PY) scripts/make_models.py

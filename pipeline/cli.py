@@ -5,6 +5,7 @@ Subcommands:
     produce                   send events to a topic (pipeline.tools)
     consume                   print a topic's records as JSON lines (pipeline.tools)
     kafka start|stop|status   the embedded local broker (pipeline.localkafka)
+    bench                     the side-by-side benchmark (pipeline.bench)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pipeline.bench.cli import add_bench_parser
 from pipeline.config import load_config, parse_properties
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.localkafka import DEFAULT_DATA_DIR, DEFAULT_PORT, LocalKafka
@@ -314,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_clients(sub)
     _add_kafka(sub)
+    add_bench_parser(sub)
     return parser
 
 

@@ -1,0 +1,51 @@
+"""`python -m pipeline.bench --quick` against the session broker, so the benchmark cannot rot.
+
+It checks the shape of what the benchmark reports, never its figures: every row has a
+positive throughput (or, for the optional Faust and Quix peers, a reason it did not
+run) and the worker has latency percentiles for every ``--max-wait-ms``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REQUIRED = ("relay-1", "relay-2", "naive", "worker-1", "worker-2")
+OPTIONAL = ("faust", "quix")
+
+
+def test_quick_benchmark_reports_every_row(
+    kafka_bootstrap: str, repo_root: Path, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.bench", "--quick",
+         "--bootstrap-servers", kafka_bootstrap, "--results-dir", str(tmp_path)],
+        cwd=repo_root, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "latest.json").read_text())
+
+    rows = {row["key"]: row for row in results["contenders"]}
+    assert set(rows) == {*REQUIRED, *OPTIONAL}
+    for key in REQUIRED:
+        assert rows[key]["throughput"] > 0, rows[key]
+        assert rows[key]["cpu_s_per_100k"] > 0 and rows[key]["peak_rss_mb"] > 0, rows[key]
+    for key in OPTIONAL:
+        assert rows[key].get("throughput", 0) > 0 or rows[key]["not_run"], rows[key]
+    assert results["ceilings"]["codec"]["events_per_s"] > 0
+    assert results["ceilings"]["inference"]["rows_per_s"] > 0
+
+    points = results["latency"]["points"]
+    assert sorted(p["max_wait_ms"] for p in points) == [1, 5, 20]
+    for point in points:
+        assert point["events"] > 0, point
+        assert 0 < point["p50_ms"] <= point["p99_ms"] <= point["p999_ms"], point
+
+    assert {t["target"] for t in results["targets"]}, "targets are evaluated"
+    table = (tmp_path / "latest.md").read_text()
+    assert "pipeline run, 1 process" in table and table in done.stdout
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "latest.png").stat().st_size > 0
