@@ -62,6 +62,20 @@ $(BENCH_QUIX)/.installed:
 	$(BENCH_QUIX)/bin/pip install -q quixstreams onnxruntime numpy orjson
 	touch $@
 
+soak: install ## the full fault-injection suite (minutes to hours); figures in bench-results/reliability.jsonl
+	@mkdir -p bench-results
+	@set -uo pipefail; \
+	started=0; \
+	if [ -z "$${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then \
+		if ! $(PIPELINE) kafka status --data-dir $(TEST_DATA) >/dev/null; then \
+			rm -rf $(TEST_DATA); \
+			$(PIPELINE) kafka start --port $(TEST_PORT) --data-dir $(TEST_DATA) || exit $$?; \
+			trap '$(PIPELINE) kafka stop --data-dir $(TEST_DATA)' EXIT; \
+		fi; \
+		export KAFKA_BOOTSTRAP_SERVERS=$$($(PIPELINE) kafka status --data-dir $(TEST_DATA) | sed -E 's/^running at ([^ ]+).*/\1/'); \
+	fi; \
+	PIPELINE_SOAK=1 PIPELINE_RELIABILITY_REPORT=bench-results/reliability.jsonl $(PY) -m pytest tests/reliability -s $(PYTEST_ARGS)
+
 models: install ## regenerate the example models in models/ (deterministic)
 	$(PY) scripts/make_models.py
 
