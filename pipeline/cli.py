@@ -122,8 +122,8 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add(
         "--transactional-id",
         metavar="ID",
-        help="exactly-once: transactional.id, unique per worker process and stable across "
-        "its restarts (default: pipeline-<group>-<hostname>-<index>)",
+        help="exactly-once: transactional.id, unique per live worker process "
+        "(default: pipeline-<group>-<hostname>-<index>-<pid>)",
     )
     add(
         "--offset-reset",

@@ -54,7 +54,7 @@ class WorkerConfig:
     max_wait_ms: float = 5.0
     workers: int = 1
     guarantee: str = "at-least-once"
-    transactional_id: str = ""  # exactly-once; "" means pipeline-<group>-<host>-<index>
+    transactional_id: str = ""  # exactly-once; "" means pipeline-<group>-<host>-<index>-<pid>
     offset_reset: str = "earliest"
     create_topics: bool = True
     topic_partitions: int = 4

@@ -13,6 +13,7 @@ what to do after an abort (rewind to the committed offsets and redo).
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -28,8 +29,13 @@ _TIMEOUT_S = 30.0
 
 
 def default_transactional_id(group_id: str, index: int) -> str:
-    """Unique per live worker process, stable across its restarts on the same host."""
-    return f"pipeline-{group_id}-{socket.gethostname()}-{index}"
+    """Unique per live worker process: group, host, index under its parent, and pid.
+
+    Zombie fencing does not need a stable id here: with the consumer's group metadata sent
+    to each transaction (KIP-447), the group coordinator fences an instance that lost its
+    partitions. A shared id would instead make two live workers fence each other.
+    """
+    return f"pipeline-{group_id}-{socket.gethostname()}-{index}-{os.getpid()}"
 
 
 class Transactions:

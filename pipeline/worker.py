@@ -314,16 +314,24 @@ class Worker:
         headers: list[tuple[str, bytes | None]] | None,
         on_delivery: Callable[[Any, Message], None],
     ) -> None:
-        if self._txn is not None:
-            self._txn.begin()
         while True:
             try:
+                if self._txn is not None:
+                    self._txn.begin()
                 self._producer.produce(
                     topic, value, key, headers=cast(Any, headers), on_delivery=on_delivery
                 )
                 return
             except BufferError:  # the producer's queue is full: serve delivery reports first
                 self._producer.poll(0.05)
+            except KafkaException as exc:
+                if self._txn is None:
+                    raise
+                # Exactly-once: a fenced or failed transactional producer; the commit step
+                # aborts (rebuilding the producer) and redoes from the committed offsets.
+                log.warning("produce failed in the transaction (%s): will abort", exc.args[0])
+                self._abort_pending = True
+                return
 
     def _prediction_delivered(self, row: _Row, err: RdKafkaError | None, _: Message) -> None:
         if err is None:
@@ -390,7 +398,7 @@ class Worker:
     def _commit_transaction(self) -> None:
         """Finish every pending batch, then commit outputs and offsets in one transaction."""
         assert self._txn is not None
-        if not self._txn.open:
+        if not self._txn.open and not self._abort_pending:
             return
         self._drain(self._batcher.flush(), _REVOKE_FLUSH_S)
         if self._abort_pending:

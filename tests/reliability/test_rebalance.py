@@ -177,8 +177,8 @@ def test_workers_join_leave_and_die_mid_stream_lose_nothing(
 def test_exactly_once_workers_started_alike_on_one_host_do_not_crash(
     make_pipeline: Callable[..., Pipeline],
 ) -> None:
-    """Two exactly-once workers of one group started the same way on one host get the same
-    default transactional.id (pipeline-<group>-<host>-0), so the second fences the first.
+    """Two exactly-once workers of one group started the same way on one host (same flags,
+    index 0 each) must not fence each other (the default transactional.id carries the pid).
     A fenced worker must keep serving (transactions.py rebuilds the producer after a fatal
     error) or stop with a one-line error naming the id; never die with a traceback. Either
     way nothing may be lost or duplicated."""
