@@ -93,16 +93,8 @@ def good_events(
     return out
 
 
-def read_all(
-    bootstrap: str,
-    topics: Sequence[str],
-    *,
-    expect: int,
-    timeout_s: float = 60.0,
-    settle_s: float = 1.5,
-) -> list[Record]:
-    """Read topics from the beginning (read_committed) until `expect` records came and then
-    `settle_s` passed with nothing new (to catch duplicates), or `timeout_s` passed."""
+def verify_consumer(bootstrap: str, topics: Sequence[str]) -> Consumer:
+    """A consumer in a fresh group, reading `topics` from the beginning, read_committed."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -113,6 +105,20 @@ def read_all(
         }
     )
     consumer.subscribe(list(topics))
+    return consumer
+
+
+def read_all(
+    bootstrap: str,
+    topics: Sequence[str],
+    *,
+    expect: int,
+    timeout_s: float = 60.0,
+    settle_s: float = 1.5,
+) -> list[Record]:
+    """Read topics from the beginning (read_committed) until `expect` records came and then
+    `settle_s` passed with nothing new (to catch duplicates), or `timeout_s` passed."""
+    consumer = verify_consumer(bootstrap, topics)
     records: list[Record] = []
     deadline = time.monotonic() + timeout_s
     settled_at: float | None = None

@@ -18,7 +18,6 @@ import os
 import random
 import threading
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from tests.integration.kafkaio import Record, dead_letter_identity
+from tests.integration.kafkaio import Record, dead_letter_identity, verify_consumer
 
 SOAK = os.environ.get("PIPELINE_SOAK") == "1"
 MLP = "breast-cancer-mlp"
@@ -279,16 +278,7 @@ def read_committed(
     in `want` was seen and then `settle_s` passed with nothing new (so late duplicates are
     caught), or `timeout_s` passed. Unlike counting records, waiting for ids cannot stop
     early when duplicates make up for records still missing."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"verify-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
-    )
-    consumer.subscribe(list(topics))
+    consumer = verify_consumer(bootstrap, topics)
     missing = set(want)
     records: list[TimedRecord] = []
     deadline = time.monotonic() + timeout_s
@@ -319,16 +309,7 @@ class LiveReader(threading.Thread):
     def __init__(self, bootstrap: str, topics: Sequence[str]) -> None:
         super().__init__(daemon=True, name="live-reader")
         self.records: list[TimedRecord] = []
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"live-{uuid.uuid4().hex[:8]}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-            }
-        )
-        self._consumer.subscribe(list(topics))
+        self._consumer = verify_consumer(bootstrap, topics)
         self._done = threading.Event()
         self._error: BaseException | None = None
         self.start()

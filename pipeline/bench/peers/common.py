@@ -11,6 +11,7 @@ publishes the same bytes per event (up to float formatting).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import threading
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import orjson
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaException, Message, Producer
 
 __all__ = [
     "Model",
@@ -188,3 +189,14 @@ def kafka_clients(args: PeerArgs) -> tuple[Consumer, Producer]:
     )
     producer = Producer({**args.producer, "bootstrap.servers": args.bootstrap})
     return consumer, producer
+
+
+def store_after_delivery(
+    peer: str, consumer: Consumer, source: Message, err: object, _: Message
+) -> None:
+    """Delivery callback: store `source`'s offset only once its output is acknowledged."""
+    if err is not None:
+        raise SystemExit(f"{peer}: delivery failed: {err}")  # never store past a lost output
+    # KafkaException: the partition was revoked meanwhile; its new owner redoes the record.
+    with contextlib.suppress(KafkaException):
+        consumer.store_offsets(message=source)

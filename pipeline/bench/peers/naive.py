@@ -8,13 +8,11 @@ every event pays a poll, a model call and a produce of its own.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Sequence
 
 import numpy as np
 import orjson
-from confluent_kafka import Consumer, KafkaException, Message
 
 from pipeline.bench.peers.common import (
     Model,
@@ -23,17 +21,10 @@ from pipeline.bench.peers.common import (
     parse_peer_args,
     prediction,
     stop_flag,
+    store_after_delivery,
 )
 
 __all__ = ["main"]
-
-
-def _delivered(consumer: Consumer, source: Message, err: object, _: Message) -> None:
-    if err is not None:
-        raise SystemExit(f"naive: delivery failed: {err}")  # never store past a lost output
-    # KafkaException: the partition was revoked meanwhile; its new owner redoes the record.
-    with contextlib.suppress(KafkaException):
-        consumer.store_offsets(message=source)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         labels, probabilities = model.predict(np.asarray([event["features"]], dtype=np.float32))
         ts = event.get("ts", msg.timestamp()[1])
         value = encode(prediction(model, event["id"], ts, labels[0], probabilities[0]))
-        on_delivery = functools.partial(_delivered, consumer, msg)
+        on_delivery = functools.partial(store_after_delivery, "naive", consumer, msg)
         while True:
             try:
                 producer.produce(args.output, value, msg.key(), on_delivery=on_delivery)

@@ -9,25 +9,19 @@ worker's throughput can be read as a fraction of this one.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Sequence
 
-from confluent_kafka import Consumer, KafkaException, Message
-
-from pipeline.bench.peers.common import kafka_clients, parse_peer_args, stop_flag
+from pipeline.bench.peers.common import (
+    kafka_clients,
+    parse_peer_args,
+    stop_flag,
+    store_after_delivery,
+)
 
 __all__ = ["main"]
 
 _BATCH = 1000
-
-
-def _delivered(consumer: Consumer, source: Message, err: object, _: Message) -> None:
-    if err is not None:
-        raise SystemExit(f"relay: delivery failed: {err}")  # never store past a lost output
-    # KafkaException: the partition was revoked meanwhile; its new owner redoes the record.
-    with contextlib.suppress(KafkaException):
-        consumer.store_offsets(message=source)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for msg in [first, *more]:
             if msg.error() is not None:
                 continue
-            on_delivery = functools.partial(_delivered, consumer, msg)
+            on_delivery = functools.partial(store_after_delivery, "relay", consumer, msg)
             while True:
                 try:
                     producer.produce(args.output, msg.value(), msg.key(), on_delivery=on_delivery)
