@@ -38,14 +38,14 @@ def test_worker_runs_through_scram_and_never_logs_the_password(
     sasl = f"127.0.0.1:{scram_broker.sasl_port}"
     events = good_events(500)
     send(scram_broker.bootstrap, "scram-in", events)
-    worker = WorkerProcess(
+    with WorkerProcess(
         ["--bootstrap-servers", sasl, "--input-topic", "scram-in", "--output-topic", "scram-out",
          "--group-id", "scram", "--default-model", "breast-cancer-mlp", "--stats-interval-s", "1",
          *_sasl_flags("env:TEST_SCRAM_PASSWORD")],
         tmp_path / "worker.log", env={"TEST_SCRAM_PASSWORD": PASSWORD},
-    )  # fmt: skip
-    out = read_all(scram_broker.bootstrap, ["scram-out", "scram-out.dlq"], expect=len(events))
-    code, _ = worker.stop()
+    ) as worker:  # fmt: skip
+        out = read_all(scram_broker.bootstrap, ["scram-out", "scram-out.dlq"], expect=len(events))
+        code, _ = worker.stop()
     assert code == 0, worker.log[-2000:]
     assert sorted(r.json["id"] for r in out) == sorted(orjson.loads(v)["id"] for _, v in events)
     assert "sasl.password" in worker.log and "'***'" in worker.log  # the config dump is redacted

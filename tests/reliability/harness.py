@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from tests.integration.kafkaio import Record, dead_letter_identity, verify_consumer
+from tests.integration.kafkaio import Record, checked, dead_letter_identity, verify_consumer
 
 SOAK = os.environ.get("PIPELINE_SOAK") == "1"
 MLP = "breast-cancer-mlp"
@@ -286,8 +286,7 @@ def read_committed(
     try:
         while time.monotonic() < deadline:
             msgs = consumer.consume(1000, 0.2)
-            for m in msgs:
-                assert m.error() is None, m.error()
+            for m in checked(msgs):
                 record = _timed(m)
                 records.append(record)
                 missing.discard(key(record))
@@ -317,9 +316,7 @@ class LiveReader(threading.Thread):
     def run(self) -> None:
         try:
             while not self._done.is_set():
-                for m in self._consumer.consume(1000, 0.1):
-                    if m.error() is not None:
-                        raise AssertionError(str(m.error()))
+                for m in checked(self._consumer.consume(1000, 0.1)):
                     self.records.append(_timed(m, seen_ms=now_ms()))
         except BaseException as exc:  # handed to the test thread by wait_for()
             self._error = exc
