@@ -8,6 +8,14 @@ not at all. Consumers of the output must read with ``isolation.level=read_commit
 
 `Transactions` owns the producer and its state; the worker decides when to commit and
 what to do after an abort (rewind to the committed offsets and redo).
+
+Every transactional step is bounded (`STEP_TIMEOUT_S`) and never retried in place: while
+the worker blocks in a step it does not poll its consumer, so a group that is rebalancing
+(after a broker restart, say) waits for it, and the step can wait for the group. A step
+that fails or times out ends the transaction instead, and the worker returns to its loop.
+After a timeout librdkafka still counts the step as in progress and refuses an abort, so
+the producer is rebuilt: a new producer with the same transactional.id fences the old one
+and the coordinator aborts its open transaction.
 """
 
 from __future__ import annotations
@@ -25,7 +33,14 @@ from pipeline.errors import KafkaError
 __all__ = ["Transactions", "default_transactional_id"]
 
 log = logging.getLogger("pipeline.transactions")
-_TIMEOUT_S = 30.0
+STEP_TIMEOUT_S = 10.0  # send offsets, commit, abort: milliseconds when the broker is well
+_INIT_TIMEOUT_S = 30.0  # init_transactions, which may wait for an earlier transaction to end
+
+# librdkafka 2.16 re-bootstraps when every broker was unreachable (a single broker that
+# restarted, say), and the transactional producer can then keep the old, decommissioned
+# group coordinator: send_offsets_to_transaction never sends its TxnOffsetCommit and times
+# out. Without re-bootstrap it reconnects to the same brokers. -X can set it back.
+_PRODUCER_DEFAULTS = {"metadata.recovery.strategy": "none"}
 
 
 def default_transactional_id(group_id: str, index: int) -> str:
@@ -49,7 +64,7 @@ class Transactions:
         transactional_id: str,
         make_producer: Callable[[dict[str, Any]], Producer] = Producer,
     ) -> None:
-        self._settings = {**settings, "transactional.id": transactional_id}
+        self._settings = {**_PRODUCER_DEFAULTS, **settings, "transactional.id": transactional_id}
         self._make_producer = make_producer
         self.transactional_id = transactional_id
         self.producer = self._new_producer()
@@ -60,7 +75,7 @@ class Transactions:
     def _new_producer(self) -> Producer:
         producer = self._make_producer(dict(self._settings))
         try:
-            producer.init_transactions(_TIMEOUT_S)  # fences any earlier producer with this id
+            producer.init_transactions(_INIT_TIMEOUT_S)  # fences any earlier producer with this id
         except KafkaException as exc:
             raise KafkaError(
                 f"could not start transactions as {self.transactional_id!r} ({exc.args[0]}); "
@@ -77,47 +92,41 @@ class Transactions:
             self.open = True
 
     def commit(self, offsets: list[TopicPartition], group_metadata: object) -> None:
-        """Send `offsets` to the open transaction and commit it (retrying retriable errors).
+        """Send `offsets` to the open transaction and commit it.
 
         Raises:
-            KafkaException: the transaction must be aborted, or the producer is fenced or
-                failed fatally; call `abort` (which rebuilds the producer when needed).
+            KafkaException: a step failed or timed out; call `abort` with it (which rebuilds
+                the producer when an abort is not possible).
         """
         if not self.open:
             return
         if offsets:
-            send = self.producer.send_offsets_to_transaction
-            self._retrying(lambda: send(offsets, group_metadata, _TIMEOUT_S))
-        self._retrying(lambda: self.producer.commit_transaction(_TIMEOUT_S))
+            self.producer.send_offsets_to_transaction(offsets, group_metadata, STEP_TIMEOUT_S)
+        self.producer.commit_transaction(STEP_TIMEOUT_S)
         self.open = False
         self.commits += 1
 
     def abort(self, cause: BaseException | None = None) -> None:
-        """Abort the open transaction; after a fatal error, rebuild the producer instead."""
+        """End the open transaction without making any of it visible: abort it, or, after a
+        fatal error or a step that timed out, rebuild the producer (which aborts it)."""
+        if not self.open and cause is None:
+            return  # nothing begun, nothing to abort
         self.aborts += 1
         self.open = False
         error = cause.args[0] if isinstance(cause, KafkaException) and cause.args else None
-        if error is not None and error.fatal():
-            log.warning("transactional producer failed fatally (%s): rebuilding it", error)
+        if error is not None and (error.fatal() or error.retriable()):
+            log.warning("transactional producer cannot abort after %s: rebuilding it", error)
             self._rebuild()
             return
         try:
-            self.producer.abort_transaction(_TIMEOUT_S)
+            self.producer.abort_transaction(STEP_TIMEOUT_S)
         except KafkaException as exc:
             log.warning("abort failed (%s): rebuilding the transactional producer", exc.args[0])
             self._rebuild()
 
     def _rebuild(self) -> None:
+        """Drop the producer and its unsent outputs; a new one with the same transactional.id
+        fences it, and the coordinator aborts whatever transaction it left open."""
+        self.producer.purge(in_queue=True, in_flight=True, blocking=False)
         self.producer.flush(0)
         self.producer = self._new_producer()
-
-    def _retrying(self, call: Callable[[], object], attempts: int = 3) -> None:
-        for attempt in range(attempts):
-            try:
-                call()
-                return
-            except KafkaException as exc:
-                error = exc.args[0]
-                if not error.retriable() or attempt == attempts - 1:
-                    raise
-                log.info("retrying a transaction step after a retriable error: %s", error)

@@ -90,6 +90,8 @@ class Worker:
     def __init__(self, config: WorkerConfig, *, index: int = 0) -> None:
         self.config = config
         self._index = index
+        if "debug" in config.kafka:  # -X debug=...: the user asked to see librdkafka's debug lines
+            logging.getLogger("librdkafka").setLevel(logging.DEBUG)
         common: dict[str, Any] = {
             **config.kafka,
             "bootstrap.servers": config.bootstrap_servers,
@@ -374,7 +376,7 @@ class Worker:
         self, *, asynchronous: bool, only: Sequence[TopicPartitionKey] | None = None
     ) -> None:
         if self._txn is not None:
-            self._commit_transaction()
+            self._commit_transaction(final=not asynchronous)
             return
         positions = self._tracker.commit_positions(only)
         if not positions:
@@ -395,14 +397,24 @@ class Worker:
             return
         self._tracker.mark_committed(positions)
 
-    def _commit_transaction(self) -> None:
-        """Finish every pending batch, then commit outputs and offsets in one transaction."""
+    def _commit_transaction(self, *, final: bool) -> None:
+        """Finish every pending batch, then commit outputs and offsets in one transaction.
+
+        The offsets sent are those whose outputs were acknowledged, so every output in the
+        transaction must be: committing with some still in flight would make them visible
+        while their inputs stay uncommitted, to be redone (duplicated) later. Then the
+        commit waits for the next turn; a `final` one (revoke, shutdown) aborts instead.
+        """
         assert self._txn is not None
         if not self._txn.open and not self._abort_pending:
             return
-        self._drain(self._batcher.flush(), _REVOKE_FLUSH_S)
+        unacknowledged = self._drain(self._batcher.flush(), _REVOKE_FLUSH_S)
         if self._abort_pending:
             self._abort_and_rewind(None, "an output was not delivered")
+            return
+        if unacknowledged:
+            if final:
+                self._abort_and_rewind(None, f"{unacknowledged} outputs were not acknowledged")
             return
         positions = self._tracker.commit_positions()
         offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
@@ -427,7 +439,17 @@ class Worker:
             return
         reset = OFFSET_BEGINNING if self.config.offset_reset == "earliest" else OFFSET_END
         parts = [TopicPartition(t, p) for t, p in held]
-        for tp in self._consumer.committed(parts, timeout=30):
+        try:
+            committed = self._consumer.committed(parts, timeout=30)
+        except KafkaException as exc:
+            # Reading on from here would skip the aborted events; a restart redoes them.
+            self._fatal = KafkaError(
+                f"after an aborted transaction the committed offsets of {_names(parts)} could "
+                f"not be read ({exc.args[0]}); stopping so a restart resumes from them. "
+                "Check that the broker is reachable"
+            )
+            return
+        for tp in committed:
             offset = tp.offset if tp.offset >= 0 else reset
             self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
 
@@ -436,13 +458,15 @@ class Worker:
             log.warning("offset commit failed (will retry): %s", err)
             self._tracker.mark_committed({(p.topic, p.partition): -1 for p in partitions})
 
-    def _drain(self, batches: list[Batch[_Row]], timeout_s: float) -> None:
-        """Infer `batches` and wait for every output to be acknowledged (or the timeout)."""
+    def _drain(self, batches: list[Batch[_Row]], timeout_s: float) -> int:
+        """Infer `batches` and wait for every output to be acknowledged (or the timeout);
+        return how many are not."""
         for batch in batches:
             self._infer(batch)
-        remaining = self._producer.flush(timeout_s)
+        remaining: int = self._producer.flush(timeout_s)
         if remaining:
             log.warning("%d outputs still unacknowledged after %.0f s", remaining, timeout_s)
+        return remaining
 
     def _on_assign(self, _: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned |= {(p.topic, p.partition) for p in partitions}

@@ -152,12 +152,7 @@ def test_broker_restart_mid_stream_workers_resume_by_themselves(
             failures.append(f"{g}: {len(lost)} lost, {len(dead)} dead letters, exit {code}")
         if g != AT_LEAST_ONCE and acc.duplicates():
             failures.append(f"{g}: {acc.duplicates()} duplicates")
-    known = [f for f in failures if f.startswith("exactly-once: after the broker came back")]
-    assert not [f for f in failures if f not in known], "\n\n".join(failures)
-    if known:
-        # Known bug, open: after a broker restart the exactly-once worker can abort inside
-        # librdkafka (SIGABRT, "Fatal Python error: Aborted"). At-least-once is checked above.
-        pytest.xfail("exactly-once worker aborted after a broker restart:\n" + known[0][:2000])
+    assert not failures, "\n\n".join(failures)
 
 
 def test_outage_longer_than_the_delivery_timeout_is_a_clear_error_then_nothing_is_lost(

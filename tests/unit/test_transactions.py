@@ -1,0 +1,134 @@
+"""How exactly-once ends a transaction that went wrong, without a broker.
+
+The Kafka path itself (commits, aborts, fencing against a real broker) is tested in
+tests/integration and tests/reliability; here a recording stand-in for the producer shows
+which librdkafka calls each failure leads to.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from pipeline.transactions import STEP_TIMEOUT_S, Transactions
+
+
+class RecordingProducer:
+    """Records transactional calls; `fail` maps a call name to the exception it raises."""
+
+    def __init__(self, settings: dict[str, Any], fail: dict[str, KafkaException]) -> None:
+        self.settings = settings
+        self.fail = fail
+        self.calls: list[tuple[str, Any]] = []
+
+    def _call(self, name: str, arg: Any = None) -> None:
+        self.calls.append((name, arg))
+        if name in self.fail:
+            raise self.fail[name]
+
+    def init_transactions(self, timeout: float) -> None:
+        self._call("init_transactions")
+
+    def begin_transaction(self) -> None:
+        self._call("begin_transaction")
+
+    def send_offsets_to_transaction(self, offsets: Any, metadata: Any, timeout: float) -> None:
+        self._call("send_offsets_to_transaction", timeout)
+
+    def commit_transaction(self, timeout: float) -> None:
+        self._call("commit_transaction", timeout)
+
+    def abort_transaction(self, timeout: float) -> None:
+        self._call("abort_transaction", timeout)
+
+    def purge(self, **_: bool) -> None:
+        self._call("purge")
+
+    def flush(self, timeout: float) -> int:
+        self._call("flush")
+        return 0
+
+
+def _txn(
+    fail: dict[str, KafkaException] | None = None, settings: dict[str, Any] | None = None
+) -> tuple[Transactions, list[RecordingProducer]]:
+    made: list[RecordingProducer] = []
+
+    def make(conf: dict[str, Any]) -> Any:
+        made.append(RecordingProducer(conf, (fail or {}) if not made else {}))
+        return made[-1]
+
+    txn = Transactions(settings or {}, transactional_id="t-1", make_producer=make)
+    return txn, made
+
+
+def _error(code: int, **flags: bool) -> KafkaException:
+    return KafkaException(KafkaError(code, "test", **flags))
+
+
+OFFSETS = [TopicPartition("in", 0, 42)]
+
+
+def test_a_commit_sends_the_offsets_then_commits_within_the_step_timeout() -> None:
+    txn, made = _txn()
+    txn.begin()
+    txn.commit(OFFSETS, object())
+    assert [c for c, _ in made[0].calls] == [
+        "init_transactions", "begin_transaction", "send_offsets_to_transaction",
+        "commit_transaction",
+    ]  # fmt: skip
+    assert made[0].calls[2][1] == made[0].calls[3][1] == STEP_TIMEOUT_S
+    assert (txn.open, txn.commits) == (False, 1)
+
+
+def test_a_timed_out_step_is_not_retried_in_place_and_the_abort_rebuilds_the_producer() -> None:
+    timeout = _error(KafkaError._TIMED_OUT, retriable=True)
+    txn, made = _txn({"send_offsets_to_transaction": timeout})
+    txn.begin()
+    with pytest.raises(KafkaException):
+        txn.commit(OFFSETS, object())
+    assert [c for c, _ in made[0].calls].count("send_offsets_to_transaction") == 1
+    txn.abort(timeout)
+    # librdkafka still counts the timed-out step as in progress: no abort_transaction call,
+    # a new producer with the same id instead (its init fences the old one).
+    assert "abort_transaction" not in [c for c, _ in made[0].calls]
+    assert [c for c, _ in made[0].calls][-2:] == ["purge", "flush"]
+    assert len(made) == 2 and made[1].calls == [("init_transactions", None)]
+    assert txn.producer is made[1] and made[1].settings["transactional.id"] == "t-1"
+
+
+def test_an_abortable_error_is_aborted_on_the_same_producer() -> None:
+    abortable = _error(KafkaError.INVALID_TXN_STATE, txn_requires_abort=True)
+    txn, made = _txn({"commit_transaction": abortable})
+    txn.begin()
+    with pytest.raises(KafkaException):
+        txn.commit(OFFSETS, object())
+    txn.abort(abortable)
+    assert made[0].calls[-1] == ("abort_transaction", STEP_TIMEOUT_S)
+    assert len(made) == 1 and txn.aborts == 1
+
+
+def test_a_fatal_error_rebuilds_and_a_failed_abort_rebuilds() -> None:
+    txn, made = _txn({"abort_transaction": _error(KafkaError._STATE)})
+    txn.begin()
+    txn.abort(_error(KafkaError._FENCED, fatal=True))
+    assert len(made) == 2
+    txn.begin()
+    made[1].fail = {"abort_transaction": _error(KafkaError._STATE)}
+    txn.abort()
+    assert len(made) == 3
+
+
+def test_nothing_begun_means_nothing_to_abort() -> None:
+    txn, made = _txn()
+    txn.abort()
+    assert [c for c, _ in made[0].calls] == ["init_transactions"] and txn.aborts == 0
+
+
+def test_re_bootstrap_is_off_by_default_and_a_user_setting_wins() -> None:
+    _, made = _txn()
+    assert made[0].settings["metadata.recovery.strategy"] == "none"
+    _, made = _txn(settings={"metadata.recovery.strategy": "rebootstrap"})
+    assert made[0].settings["metadata.recovery.strategy"] == "rebootstrap"
