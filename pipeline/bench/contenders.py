@@ -132,15 +132,22 @@ def _worker_args(topics: RunTopics) -> list[str]:
     ]
 
 
-def worker_contender(processes: int, max_wait_ms: float = 5.0) -> Contender:
+def worker_contender(
+    processes: int, max_wait_ms: float = 5.0, *, guarantee: str = "at-least-once"
+) -> Contender:
     """``pipeline run --workers N`` with the default batch size (256)."""
+    exactly_once = guarantee == "exactly-once"
     return Contender(
-        key=f"worker-{processes}",
-        label=f"pipeline run, {processes} process{'es' if processes > 1 else ''}",
+        key=f"worker-{processes}" + ("-eos" if exactly_once else ""),
+        label=f"pipeline run, {processes} process{'es' if processes > 1 else ''}"
+        + (", exactly-once" if exactly_once else ""),
         kind="worker",
         processes=processes,
         module="pipeline",
-        extra_args=("--workers", str(processes), "--max-wait-ms", f"{max_wait_ms:g}"),
+        extra_args=(
+            *("--workers", str(processes), "--max-wait-ms", f"{max_wait_ms:g}"),
+            *("--guarantee", guarantee),
+        ),
     )
 
 

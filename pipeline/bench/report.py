@@ -117,6 +117,14 @@ def _throughput_table(results: dict[str, Any]) -> list[str]:
             f"{row['throughput']:,.0f} | {_times(worker, row['throughput'])} | "
             f"{row['cpu_s_per_100k']:.2f} | {row['peak_rss_mb']:.0f} |"
         )
+    eos = _row(results, "worker-1-eos").get("throughput")
+    if worker and eos:
+        lines += [
+            "",
+            f"Exactly-once costs the worker {1 - eos / worker:.0%} of its throughput here "
+            f"({eos:,.0f} vs {worker:,.0f} events/s, one transaction per "
+            f"--commit-interval-ms {results['meta']['client_settings']['commit_interval_ms']}).",
+        ]
     return lines
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from confluent_kafka import KafkaException, Producer, TopicPartition
+from confluent_kafka import IsolationLevel, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     NewTopic,
@@ -211,7 +211,11 @@ class OutputCounter:
 
     def count(self) -> int:
         """The number of records on the topics now."""
-        futures = self._admin.list_offsets(self._request, request_timeout=10)
+        # read_committed: an exactly-once contender's records count once their transaction
+        # commits (each commit also adds one marker offset per partition it wrote).
+        futures = self._admin.list_offsets(
+            self._request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=10
+        )
         return sum(f.result().offset for f in futures.values())
 
 

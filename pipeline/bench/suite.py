@@ -111,6 +111,7 @@ def contenders(plan: Plan, *, quix_python: Path | None, skip: Sequence[str]) -> 
         faust_contender(),
         quix_contender(quix_python),
         worker_contender(1),
+        worker_contender(1, guarantee="exactly-once"),
         worker_contender(plan.worker_processes),
     ]
     return [

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REQUIRED = ("relay-1", "relay-2", "naive", "worker-1", "worker-2")
+REQUIRED = ("relay-1", "relay-2", "naive", "worker-1", "worker-1-eos", "worker-2")
 OPTIONAL = ("faust", "quix")
 
 
