@@ -327,7 +327,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
-        return 130
+        code = 130
+    worker = sys.modules.get("pipeline.worker")
+    if worker is not None and worker.ABANDONED:
+        # A consumer whose close never returned would block the interpreter's exit too.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code

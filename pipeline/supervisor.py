@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
+import sys
 import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
 from pipeline.config import WorkerConfig
+from pipeline.errors import PipelineError
 
 __all__ = ["supervise"]
 
@@ -25,11 +28,19 @@ _CHILD_STOP_TIMEOUT_S = 15.0
 
 
 def _child(config: WorkerConfig, index: int) -> None:
+    from pipeline import worker
     from pipeline.cli import setup_logging
-    from pipeline.worker import run_worker
 
     setup_logging(prefix=f"worker-{index} ")
-    raise SystemExit(run_worker(config, index))
+    try:
+        code = worker.run_worker(config, index)
+    except PipelineError as exc:
+        log.error("error: %s", exc)
+        code = 2
+    if worker.ABANDONED:  # a consumer whose close never returned would block the exit too
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
 
 
 def supervise(config: WorkerConfig) -> int:

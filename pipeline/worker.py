@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -56,6 +57,11 @@ _IDLE_POLL_S = 0.1
 _MIN_POLL_S = 0.001
 _SHUTDOWN_FLUSH_S = 6.0
 _REVOKE_FLUSH_S = 10.0
+_CLOSE_TIMEOUT_S = 10.0
+
+# Consumers whose close() did not return (an unreachable coordinator can hold it without
+# end). Kept referenced: freeing one would run librdkafka's destroy, which waits as well.
+ABANDONED: list[Consumer] = []
 # Deliveries that fail because the record itself is unacceptable go to the DLQ (stage
 # "produce"); any other failed delivery stops the worker without committing past it.
 _REJECTED_BY_BROKER = {
@@ -192,10 +198,24 @@ class Worker:
         else:
             self._producer.flush(_SHUTDOWN_FLUSH_S)
             self._commit(asynchronous=False)  # only offsets whose outputs were acknowledged
-        self._consumer.close()
+        self._close_consumer()
         log.info("worker stopped: %s", self._stats.snapshot(0).line())
         if self._fatal is not None:
             raise self._fatal
+
+    def _close_consumer(self) -> None:
+        """Leave the group, waiting at most `_CLOSE_TIMEOUT_S`: with the broker gone,
+        librdkafka's close can wait for the group coordinator indefinitely."""
+        closer = threading.Thread(target=self._consumer.close, name="close", daemon=True)
+        closer.start()
+        closer.join(_CLOSE_TIMEOUT_S)
+        if closer.is_alive():
+            ABANDONED.append(self._consumer)
+            log.warning(
+                "the consumer did not close within %.0f s (is the broker reachable?): exiting "
+                "without leaving the group; its partitions move once the session times out",
+                _CLOSE_TIMEOUT_S,
+            )
 
     # -- one turn of the loop --------------------------------------------------------------
 
