@@ -97,7 +97,6 @@ def test_markdown_shows_every_row_and_the_reason_a_peer_did_not_run() -> None:
 def test_markdown_states_what_exactly_once_costs() -> None:
     results = _results()
     results["contenders"].append(_row("worker-1-eos", 800))
-    results["meta"]["client_settings"] = {"commit_interval_ms": 1000}
     results["targets"] = evaluate_targets(results)
     assert "Exactly-once costs the worker 20% of its throughput here (800 vs 1,000" in (
         markdown(results)
