@@ -36,11 +36,20 @@ log = logging.getLogger("pipeline.transactions")
 STEP_TIMEOUT_S = 10.0  # send offsets, commit, abort: milliseconds when the broker is well
 _INIT_TIMEOUT_S = 30.0  # init_transactions, which may wait for an earlier transaction to end
 
-# librdkafka 2.16 re-bootstraps when every broker was unreachable (a single broker that
-# restarted, say), and the transactional producer can then keep the old, decommissioned
-# group coordinator: send_offsets_to_transaction never sends its TxnOffsetCommit and times
-# out. Without re-bootstrap it reconnects to the same brokers. -X can set it back.
-_PRODUCER_DEFAULTS = {"metadata.recovery.strategy": "none"}
+# -X can override both.
+_PRODUCER_DEFAULTS = {
+    # librdkafka 2.16 re-bootstraps when every broker was unreachable (a single broker
+    # that restarted, say), and the transactional producer can then keep the old,
+    # decommissioned group coordinator: send_offsets_to_transaction never sends its
+    # TxnOffsetCommit and times out. Without re-bootstrap it reconnects to the same brokers.
+    "metadata.recovery.strategy": "none",
+    # A worker that dies leaves its transaction open, and read_committed consumers of the
+    # output partitions it wrote see nothing past it until the coordinator aborts it,
+    # after transaction.timeout.ms (librdkafka's default: 60 s; the fault suite measured a
+    # 60.3 s pause). A restart does not fence it sooner: the default transactional.id ends
+    # in the pid. Our transactions last one commit interval plus a few bounded steps.
+    "transaction.timeout.ms": 15_000,
+}
 
 
 def default_transactional_id(group_id: str, index: int) -> str:

@@ -130,5 +130,6 @@ def test_nothing_begun_means_nothing_to_abort() -> None:
 def test_re_bootstrap_is_off_by_default_and_a_user_setting_wins() -> None:
     _, made = _txn()
     assert made[0].settings["metadata.recovery.strategy"] == "none"
+    assert made[0].settings["transaction.timeout.ms"] == 15_000
     _, made = _txn(settings={"metadata.recovery.strategy": "rebootstrap"})
     assert made[0].settings["metadata.recovery.strategy"] == "rebootstrap"
