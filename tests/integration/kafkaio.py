@@ -10,15 +10,16 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
 ROOT = Path(__file__).resolve().parents[2]
+R = TypeVar("R")
 
 
 def free_port() -> int:
@@ -122,6 +123,38 @@ def checked(msgs: Iterable[Message]) -> Iterator[Message]:
             raise AssertionError(f"the verifying consumer failed: {error}")
 
 
+def read_settled(
+    bootstrap: str,
+    topics: Sequence[str],
+    *,
+    convert: Callable[[Message], R],
+    complete: Callable[[list[R]], bool],
+    timeout_s: float,
+    settle_s: float,
+) -> list[R]:
+    """Read `topics` from the beginning (read_committed), each record through `convert`,
+    until `complete` (given each turn's new records) says all wanted records came and then
+    `settle_s` passed with nothing new (to catch duplicates), or `timeout_s` passed."""
+    consumer = verify_consumer(bootstrap, topics)
+    records: list[R] = []
+    deadline = time.monotonic() + timeout_s
+    quiet_since: float | None = None
+    try:
+        while time.monotonic() < deadline:
+            msgs = consumer.consume(1000, 0.2)
+            new = [convert(m) for m in checked(msgs)]
+            records += new
+            if not complete(new):
+                continue
+            if msgs or quiet_since is None:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= settle_s:
+                break
+    finally:
+        consumer.close()
+    return records
+
+
 def read_all(
     bootstrap: str,
     topics: Sequence[str],
@@ -132,32 +165,21 @@ def read_all(
 ) -> list[Record]:
     """Read topics from the beginning (read_committed) until `expect` records came and then
     `settle_s` passed with nothing new (to catch duplicates), or `timeout_s` passed."""
-    consumer = verify_consumer(bootstrap, topics)
-    records: list[Record] = []
-    deadline = time.monotonic() + timeout_s
-    settled_at: float | None = None
-    try:
-        while time.monotonic() < deadline:
-            msgs = consumer.consume(1000, 0.2)
-            for m in checked(msgs):
-                records.append(
-                    Record(
-                        m.topic(),
-                        m.partition(),
-                        m.offset(),
-                        m.key(),
-                        m.value(),
-                        dict(m.headers() or []),
-                    )
-                )
-            if len(records) >= expect:
-                if msgs or settled_at is None:
-                    settled_at = time.monotonic()
-                elif time.monotonic() - settled_at >= settle_s:
-                    break
-    finally:
-        consumer.close()
-    return records
+    count = 0
+
+    def complete(new: list[Record]) -> bool:
+        nonlocal count
+        count += len(new)
+        return count >= expect
+
+    def convert(m: Message) -> Record:
+        headers = dict(m.headers() or [])
+        return Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), headers)
+
+    return read_settled(
+        bootstrap, topics, convert=convert, complete=complete, timeout_s=timeout_s,
+        settle_s=settle_s,
+    )  # fmt: skip
 
 
 @dataclass

@@ -27,7 +27,13 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from tests.integration.kafkaio import Record, checked, dead_letter_identity, verify_consumer
+from tests.integration.kafkaio import (
+    Record,
+    checked,
+    dead_letter_identity,
+    read_settled,
+    verify_consumer,
+)
 
 SOAK = os.environ.get("PIPELINE_SOAK") == "1"
 MLP = "breast-cancer-mlp"
@@ -278,27 +284,16 @@ def read_committed(
     in `want` was seen and then `settle_s` passed with nothing new (so late duplicates are
     caught), or `timeout_s` passed. Unlike counting records, waiting for ids cannot stop
     early when duplicates make up for records still missing."""
-    consumer = verify_consumer(bootstrap, topics)
     missing = set(want)
-    records: list[TimedRecord] = []
-    deadline = time.monotonic() + timeout_s
-    quiet_since: float | None = None
-    try:
-        while time.monotonic() < deadline:
-            msgs = consumer.consume(1000, 0.2)
-            for m in checked(msgs):
-                record = _timed(m)
-                records.append(record)
-                missing.discard(key(record))
-            if missing:
-                continue
-            if msgs or quiet_since is None:
-                quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since >= settle_s:
-                break
-    finally:
-        consumer.close()
-    return records
+
+    def complete(new: list[TimedRecord]) -> bool:
+        missing.difference_update(key(r) for r in new)
+        return not missing
+
+    return read_settled(
+        bootstrap, topics, convert=_timed, complete=complete, timeout_s=timeout_s,
+        settle_s=settle_s,
+    )  # fmt: skip
 
 
 class LiveReader(threading.Thread):
@@ -329,11 +324,11 @@ class LiveReader(threading.Thread):
         """Wait until every id in `want` arrived and `settle_s` passed with nothing new (or
         `timeout_s`); stop reading; return everything read."""
         deadline = time.monotonic() + timeout_s
-        missing, checked = set(want), 0
+        missing, read_upto = set(want), 0
         quiet_since, last_count = time.monotonic(), -1
         while time.monotonic() < deadline and self._error is None:
-            records = self.records[checked:]
-            checked += len(records)
+            records = self.records[read_upto:]
+            read_upto += len(records)
             missing.difference_update(identity(r) for r in records)
             if len(self.records) != last_count:
                 quiet_since, last_count = time.monotonic(), len(self.records)
