@@ -330,10 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = 2
     except KeyboardInterrupt:
         code = 130
-    worker = sys.modules.get("pipeline.worker")
-    if worker is not None and worker.ABANDONED:
-        # A consumer whose close never returned would block the interpreter's exit too.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+    worker = sys.modules.get("pipeline.worker")  # loaded only if this command ran one
+    if worker is not None:
+        worker.exit_if_abandoned(code)
     return code

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import signal
-import sys
 import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -37,9 +35,7 @@ def _child(config: WorkerConfig, index: int) -> None:
     except PipelineError as exc:
         log.error("error: %s", exc)
         code = 2
-    if worker.ABANDONED:  # a consumer whose close never returned would block the exit too
-        sys.stderr.flush()
-        os._exit(code)
+    worker.exit_if_abandoned(code)
     raise SystemExit(code)
 
 

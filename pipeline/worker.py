@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -48,7 +50,7 @@ from pipeline.stats import Stats
 from pipeline.topics import admin_client, ensure_topics
 from pipeline.transactions import Transactions, default_transactional_id
 
-__all__ = ["Worker", "run_worker"]
+__all__ = ["ABANDONED", "Worker", "exit_if_abandoned", "run_worker"]
 
 log = logging.getLogger("pipeline.worker")
 
@@ -535,6 +537,15 @@ def _camel(name: str) -> str:
 
 def _names(partitions: list[TopicPartition]) -> str:
     return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing"
+
+
+def exit_if_abandoned(code: int) -> None:
+    """End the process now with `code` if a consumer's close never returned: the
+    interpreter's own exit would free it and block in librdkafka's destroy."""
+    if ABANDONED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def run_worker(config: WorkerConfig, index: int = 0) -> int:
