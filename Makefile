@@ -30,7 +30,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install ## run the main job on the embedded local broker: events in, predictions out
-	$(PY) -m pipeline.demo --port $(DEMO_PORT) --data-dir $(DEMO_DATA)
+	$(PY) -m pipeline.dev.demo --port $(DEMO_PORT) --data-dir $(DEMO_DATA)
 
 test: install ## start the local broker unless KAFKA_BOOTSTRAP_SERVERS is set, run every test, stop it
 	@set -uo pipefail; \
@@ -52,8 +52,8 @@ lint: install ## ruff and mypy --strict on pipeline/
 
 bench: install $(BENCH_QUIX)/.installed ## micro-benchmarks and the side-by-side Kafka benchmark (not part of make test)
 	$(VENV)/bin/pip install -q -e '.[bench]'
-	$(PY) -m pipeline.bench.micro
-	$(PY) -m pipeline.bench $(BENCH_ARGS)
+	$(PY) -m pipeline.dev.bench.micro
+	$(PY) -m pipeline.dev.bench $(BENCH_ARGS)
 
 # Quix Streams pins confluent-kafka below the worker's version, so its peer gets a venv of its own.
 $(BENCH_QUIX)/.installed:

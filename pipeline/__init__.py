@@ -7,9 +7,12 @@ groups rows, `ModelCache` finds sessions in a `ModelStore`, `run_batch` infers, 
 worker (`pipeline run`).
 """
 
-from pipeline.batching import Batch, MicroBatcher
-from pipeline.codec import Decoded, EventDecoder, Reject, RowBlock, encode_predictions
 from pipeline.config import WorkerConfig
+from pipeline.engine.batching import Batch, MicroBatcher
+from pipeline.engine.codec import Decoded, EventDecoder, Reject, RowBlock, encode_predictions
+from pipeline.engine.inference import InferenceResult, RowFailure, run_batch
+from pipeline.engine.models import LoadedModel, ModelCache, ModelStore
+from pipeline.engine.spec import ModelCatalog, ModelSpec
 from pipeline.errors import (
     BrokerError,
     ConfigError,
@@ -19,9 +22,6 @@ from pipeline.errors import (
     ModelNotFoundError,
     PipelineError,
 )
-from pipeline.inference import InferenceResult, RowFailure, run_batch
-from pipeline.models import LoadedModel, ModelCache, ModelStore
-from pipeline.spec import ModelCatalog, ModelSpec
 
 __all__ = [
     "Batch",

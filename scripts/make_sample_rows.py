@@ -1,4 +1,4 @@
-"""Write pipeline/_data/breast_cancer_rows.json: 200 rows of scikit-learn's bundled breast
+"""Write pipeline/dev/_data/breast_cancer_rows.json: 200 rows of scikit-learn's bundled breast
 cancer data set, which `pipeline produce --synthetic` and the benchmark send as events.
 
 Run `python scripts/make_sample_rows.py`; the output is deterministic.
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.datasets import load_breast_cancer
 
-OUT = Path(__file__).resolve().parents[1] / "pipeline" / "_data" / "breast_cancer_rows.json"
+OUT = Path(__file__).resolve().parents[1] / "pipeline" / "dev" / "_data" / "breast_cancer_rows.json"
 
 
 def main() -> None:

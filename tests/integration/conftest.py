@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from pipeline.localkafka import LocalKafka
+from pipeline.dev.localkafka import LocalKafka
 
 from .kafkaio import WorkerProcess, free_port
 

@@ -81,7 +81,7 @@ def good_events(
     n: int, *, model: str | None = "breast-cancer-mlp", run: str | None = None, **extra: Any
 ) -> list[tuple[bytes, bytes]]:
     """`n` valid events with unique ids and real breast-cancer rows; keys cycle over 50 entities."""
-    from pipeline.tools import _sample_rows
+    from pipeline.dev.tools import _sample_rows
 
     rows = _sample_rows()
     run = run or uuid.uuid4().hex[:8]

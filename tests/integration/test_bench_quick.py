@@ -1,4 +1,4 @@
-"""`python -m pipeline.bench --quick` against the session broker, so the benchmark cannot rot.
+"""`python -m pipeline.dev.bench --quick` against the session broker, so the benchmark cannot rot.
 
 It checks the shape of what the benchmark reports, never its figures: every row has a
 positive throughput (or, for the optional Faust and Quix peers, a reason it did not
@@ -21,7 +21,7 @@ def test_quick_benchmark_reports_every_row(
     kafka_bootstrap: str, repo_root: Path, tmp_path: Path
 ) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.bench", "--quick",
+        [sys.executable, "-m", "pipeline.dev.bench", "--quick",
          "--bootstrap-servers", kafka_bootstrap, "--results-dir", str(tmp_path)],
         cwd=repo_root, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

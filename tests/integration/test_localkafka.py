@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from pipeline.localkafka import LocalKafka, _pid_alive
+from pipeline.dev.localkafka import LocalKafka, _pid_alive
 
 from .kafkaio import free_port
 

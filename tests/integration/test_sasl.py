@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.localkafka import BrokerInfo, LocalKafka
+from pipeline.dev.localkafka import BrokerInfo, LocalKafka
 
 from .kafkaio import WorkerProcess, free_port, good_events, read_all, send
 

@@ -17,7 +17,7 @@ import onnxruntime as ort
 import orjson
 import pytest
 
-from pipeline.tools import _sample_rows
+from pipeline.dev.tools import _sample_rows
 
 from .conftest import Pipeline
 from .kafkaio import Accounting, good_events, read_all, send

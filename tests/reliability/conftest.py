@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from pipeline.localkafka import LocalKafka
+from pipeline.dev.localkafka import LocalKafka
 from tests.integration.conftest import (  # noqa: F401  (fixtures, registered by import)
     kafka_admin,
     kafka_bootstrap,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from pipeline.batching import Batch, MicroBatcher
+from pipeline.engine.batching import Batch, MicroBatcher
 from pipeline.errors import ConfigError
 
 WIDTH = 3

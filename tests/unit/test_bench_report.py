@@ -6,9 +6,9 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from pipeline.bench.contenders import RunTopics, relay_contender, worker_contender
-from pipeline.bench.report import evaluate_targets, markdown, write_plot
-from pipeline.bench.runner import CLIENT_SETTINGS
+from pipeline.dev.bench.contenders import RunTopics, relay_contender, worker_contender
+from pipeline.dev.bench.report import evaluate_targets, markdown, write_plot
+from pipeline.dev.bench.runner import CLIENT_SETTINGS
 
 
 def _row(key: str, throughput: float | None, rss: float = 100.0) -> dict[str, Any]:
@@ -59,7 +59,7 @@ def _results(worker_rss: float = 120.0) -> dict[str, Any]:
         "latency": {"max_throughput": 1000.0, "points": [point]},
         "meta": {
             "finished_at": "now",
-            "command": "python -m pipeline.bench --quick",
+            "command": "python -m pipeline.dev.bench --quick",
             "machine": {
                 "cores": 2,
                 "cpu": "cpu",
@@ -91,7 +91,7 @@ def test_markdown_shows_every_row_and_the_reason_a_peer_did_not_run() -> None:
     text = markdown(results)
     for label in ("relay-1", "naive", "worker-1", "not installed", "| 5 | 50% | 500 |"):
         assert label in text
-    assert "Reproduce with `python -m pipeline.bench --quick`" in text
+    assert "Reproduce with `python -m pipeline.dev.bench --quick`" in text
 
 
 def test_markdown_states_what_exactly_once_costs() -> None:

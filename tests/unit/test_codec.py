@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
-from pipeline.codec import (
+from pipeline.engine.codec import (
     Decoded,
     EventDecoder,
     Reject,
@@ -16,8 +16,8 @@ from pipeline.codec import (
     encode_predictions,
     is_plain_name,
 )
+from pipeline.engine.spec import ModelSpec
 from pipeline.errors import ModelLoadError, ModelNotFoundError
-from pipeline.spec import ModelSpec
 
 NAMES = ("radius", "texture", "mean area")
 LABELS = ("malignant", "benign")

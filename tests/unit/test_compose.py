@@ -28,8 +28,8 @@ import yaml
 
 from pipeline.cli import build_parser
 from pipeline.config import WorkerConfig, load_config
+from pipeline.engine.models import ModelStore
 from pipeline.errors import PipelineError
-from pipeline.models import ModelStore
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())

@@ -9,7 +9,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from pipeline.deadletter import STAGES, dead_letter_headers
+from pipeline.kafka.deadletter import STAGES, dead_letter_headers
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schemas" / "dead-letter.schema.json"
 SCHEMA = json.loads(SCHEMA_FILE.read_text())

@@ -17,8 +17,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from pipeline.models import ModelCache, ModelStore
-from pipeline.names import is_plain_name
+from pipeline.engine.models import ModelCache, ModelStore
+from pipeline.engine.names import is_plain_name
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "models"

@@ -19,12 +19,12 @@ MODULES = sorted(
 # These order `__all__` the way ruff's RUF022 does (constants, then classes, then
 # functions), which is not plain `sorted()`; they are checked against that order instead.
 RUF022_ORDERED = {
-    "pipeline.bench.contenders",
-    "pipeline.bench.runner",
-    "pipeline.bench.suite",
-    "pipeline.codec",
-    "pipeline.localkafka",
-    "pipeline.models",
+    "pipeline.dev.bench.contenders",
+    "pipeline.dev.bench.runner",
+    "pipeline.dev.bench.suite",
+    "pipeline.engine.codec",
+    "pipeline.dev.localkafka",
+    "pipeline.engine.models",
 }
 
 
@@ -93,7 +93,12 @@ def test_importing_the_core_does_not_import_kafka() -> None:
 
 
 def test_the_module_walk_finds_the_modules() -> None:
-    for name in ("pipeline.config", "pipeline.deadletter", "pipeline.offsets", "pipeline.stats"):
+    for name in (
+        "pipeline.config",
+        "pipeline.kafka.deadletter",
+        "pipeline.kafka.offsets",
+        "pipeline.kafka.stats",
+    ):
         assert name in MODULES
 
 

@@ -14,8 +14,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
-from pipeline.inference import InferenceResult, RowFailure, SessionLike, run_batch
-from pipeline.spec import ModelSpec
+from pipeline.engine.inference import InferenceResult, RowFailure, SessionLike, run_batch
+from pipeline.engine.spec import ModelSpec
 
 N_FEATURES = 3
 MARKER = -999.0
@@ -59,7 +59,7 @@ def expected_outputs(features: np.ndarray) -> dict[str, np.ndarray]:
 
 @dataclass(frozen=True)
 class FakeModel:
-    """Shaped like pipeline.models.LoadedModel (a frozen dataclass)."""
+    """Shaped like pipeline.engine.models.LoadedModel (a frozen dataclass)."""
 
     session: SessionLike
     spec: ModelSpec = SPEC

@@ -16,9 +16,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from pipeline import models
+from pipeline.engine import models
+from pipeline.engine.models import LoadedModel, ModelCache, ModelStore
 from pipeline.errors import ConfigError, ModelLoadError, ModelNotFoundError
-from pipeline.models import LoadedModel, ModelCache, ModelStore
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "models"
 LOGREG = EXAMPLES / "breast-cancer-logreg" / "1"

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from pipeline.offsets import OffsetTracker, TopicPartitionKey
+from pipeline.kafka.offsets import OffsetTracker, TopicPartitionKey
 
 TP = ("features", 0)
 TP1 = ("features", 1)

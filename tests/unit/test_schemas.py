@@ -15,9 +15,9 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from pipeline.codec import EventDecoder, RowBlock, encode_predictions
+from pipeline.engine.codec import EventDecoder, RowBlock, encode_predictions
+from pipeline.engine.spec import ModelSpec
 from pipeline.errors import ModelNotFoundError
-from pipeline.spec import ModelSpec
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
 EXAMPLES_DIR = SCHEMAS_DIR / "examples"

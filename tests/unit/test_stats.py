@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from pipeline.stats import Stats, StatsSnapshot
+from pipeline.kafka.stats import Stats, StatsSnapshot
 
 
 class FakeClock:

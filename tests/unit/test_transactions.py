@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from pipeline.transactions import STEP_TIMEOUT_S, Transactions
+from pipeline.kafka.transactions import STEP_TIMEOUT_S, Transactions
 
 
 class RecordingProducer:

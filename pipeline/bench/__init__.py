@@ -1,8 +1,0 @@
-"""Benchmarks: measured figures, never pass/fail tests.
-
-`micro` times the codec and ONNX Runtime without Kafka. The side-by-side benchmark
-(``python -m pipeline.bench``, `cli`) runs the worker, its peers (`peers`) and the
-ceilings on a real broker: `suite` plans the run, `runner` runs one contender and
-measures it (`procstats` for CPU and memory), `latency` drives the worker open loop,
-and `report` writes the table, the JSON and the plot.
-"""

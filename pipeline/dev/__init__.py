@@ -1,0 +1,1 @@
+"""Developer tooling: the local broker, the demo, the produce/consume clients, the benchmark."""

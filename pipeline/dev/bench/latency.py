@@ -1,0 +1,322 @@
+"""Event-to-prediction latency of the worker under an open-loop producer.
+
+For one ``--max-wait-ms`` the worker is started on fresh topics, and once its group has
+its partitions, a producer in a separate process sends events at a fixed rate for each
+load in turn (lowest first). It does not slow down when the worker falls behind (open
+loop): event ``n`` of a phase is due ``n / rate`` seconds after the phase starts, and its
+``ts`` field is that due time, so a producer that lags shows up as latency instead of
+hiding it. A consumer of the output topic takes, for every prediction, its receive time
+(when ``consume`` returned it) minus ``ts``: the end-to-end latency. The worker's own
+``predicted_at - ts`` is kept beside it, and so is how busy the machine's CPUs were
+(worker, broker, producer and this reader share them). The first ``warmup_s`` of each
+phase is left out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, TypedDict
+
+import numpy as np
+import orjson
+import psutil
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
+
+from pipeline.dev.bench.contenders import MODEL, Contender, RunTopics
+from pipeline.dev.bench.procstats import ProcessTreeSampler
+from pipeline.dev.bench.runner import CLIENT_SETTINGS, PARTITIONS, BenchError, BenchTopics
+from pipeline.dev.tools import synthetic_events
+
+__all__ = ["LatencyPoint", "Phase", "measure_latency", "open_loop"]
+
+_GROUP_READY_TIMEOUT_S = 60.0
+_DRAIN_TIMEOUT_S = 20.0
+_TIMES = re.compile(rb'"ts":(\d+),"predicted_at":(\d+)')
+_DISTINCT_ROWS = 569  # the breast cancer data set's rows, which synthetic events cycle over
+
+
+class LatencyPoint(TypedDict):
+    """One (max-wait, load) point; latencies in milliseconds."""
+
+    max_wait_ms: float
+    load: float
+    rate: float
+    events: int
+    p50_ms: float | None
+    p99_ms: float | None
+    p999_ms: float | None
+    worker_p50_ms: float | None
+    worker_p99_ms: float | None
+    produced_rate: float
+    producer_max_lag_ms: float
+    missing: int
+    worker_peak_rss_mb: float
+    machine_cpu_busy: float
+    worker_cpu_cores: float
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """One load step: its share of the worker's maximum and the rate that is."""
+
+    load: float
+    rate: float
+
+
+def _event_maker(tag: str) -> Callable[[int, int], bytes]:
+    """Return ``make(n, ts)``: the JSON bytes of event `n` of phase `tag`, cheaply."""
+    rows = [
+        orjson.dumps(orjson.loads(value)["features"])
+        for _, value in synthetic_events(None, count=_DISTINCT_ROWS)
+    ]
+    head, middle = f'{{"id":"{tag}-'.encode(), f'","model":"{MODEL}","ts":'.encode()
+
+    def make(n: int, ts: int) -> bytes:
+        row = rows[n % len(rows)]
+        return b"".join(
+            (head, str(n).encode(), middle, str(ts).encode(), b',"features":', row, b"}")
+        )
+
+    return make
+
+
+def open_loop(
+    bootstrap: str, topic: str, tag: str, rate: float, seconds: float
+) -> dict[str, float]:
+    """Send ``rate * seconds`` events at `rate`, ids ``<tag>-<n>``, ``ts`` = due time (ms).
+
+    Returns:
+        ``sent``, ``seconds`` taken, and ``max_lag_ms``: how far the producer fell behind.
+    """
+    make = _event_maker(tag)
+    producer = Producer({**CLIENT_SETTINGS["producer"], "bootstrap.servers": bootstrap})
+    total = int(rate * seconds)
+    start_wall_ms = time.time_ns() / 1e6
+    start = time.monotonic()
+    sent, max_lag = 0, 0.0
+    while sent < total:
+        elapsed = time.monotonic() - start
+        due = min(total, int(elapsed * rate) + 1)
+        if due <= sent:
+            time.sleep(max(0.0, min(0.001, sent / rate - elapsed)))
+            continue
+        max_lag = max(max_lag, elapsed - sent / rate)
+        for n in range(sent, due):
+            value = make(n, round(start_wall_ms + n * 1000 / rate))
+            while True:
+                try:
+                    producer.produce(topic, value, f"entity-{n % 1000}".encode())
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+        producer.poll(0)
+        sent = due
+    producer.flush(30)
+    return {"sent": sent, "seconds": time.monotonic() - start, "max_lag_ms": max_lag * 1000}
+
+
+def measure_latency(
+    topics: BenchTopics,
+    worker: Contender,
+    phases: Sequence[Phase],
+    *,
+    max_wait_ms: float,
+    seconds: float,
+    warmup_s: float,
+    log_path: Path,
+) -> list[LatencyPoint]:
+    """Run `worker` on fresh topics and measure each phase in turn.
+
+    Raises:
+        BenchError: The worker did not get its partitions, or exited.
+    """
+    run = RunTopics(
+        bootstrap=topics.bootstrap,
+        input=topics.create("lat-in"),
+        output=topics.create("lat-out"),
+        dlq=topics.create("lat-dlq"),
+        group=topics.group("lat"),
+    )
+    (command,) = worker.commands(run, 0)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        env = {**os.environ, **worker.env}
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        with ProcessTreeSampler([proc.pid]) as sampler, _output_reader(run) as reader:
+            _wait_for_assignment(topics, run.group, proc)
+            with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+                return [
+                    _point(
+                        max_wait_ms,
+                        phase,
+                        *_phase(pool, run, reader, proc, sampler, phase, seconds + warmup_s),
+                        warmup_s,
+                        sampler,
+                    )
+                    for phase in phases
+                ]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _phase(
+    pool: ProcessPoolExecutor,
+    run: RunTopics,
+    reader: _OutputReader,
+    proc: subprocess.Popen[bytes],
+    sampler: ProcessTreeSampler,
+    phase: Phase,
+    total_s: float,
+) -> tuple[dict[str, float], list[tuple[int, float, float]], float, float]:
+    """Produce one phase in the pool while reading its predictions.
+
+    Returns:
+        What the producer reports, what the reader got, the share of the machine's CPU
+        time that was busy, and the CPU cores the worker used, on average.
+    """
+    tag = f"p{uuid.uuid4().hex[:6]}"
+    psutil.cpu_percent()  # starts the phase's measurement of the machine
+    started, worker_cpu = time.monotonic(), sampler.cpu_seconds()
+    sending = pool.submit(open_loop, run.bootstrap, run.input, tag, phase.rate, total_s)
+    got = reader.collect(tag, int(phase.rate * total_s), proc)
+    busy = psutil.cpu_percent() / 100
+    worker_cores = (sampler.cpu_seconds() - worker_cpu) / (time.monotonic() - started)
+    return sending.result(), got, busy, worker_cores
+
+
+def _wait_for_assignment(topics: BenchTopics, group: str, proc: subprocess.Popen[bytes]) -> None:
+    """Wait until the group's members hold every input partition."""
+    deadline = time.monotonic() + _GROUP_READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"the worker exited with code {proc.returncode} while starting")
+        with contextlib.suppress(Exception):
+            desc = topics.admin.describe_consumer_groups([group])[group].result(timeout=10)
+            held = sum(len(m.assignment.topic_partitions) for m in desc.members)
+            if held >= PARTITIONS:
+                return
+        time.sleep(0.2)
+    raise BenchError(f"group {group} did not get its {PARTITIONS} partitions in time")
+
+
+class _OutputReader:
+    """Reads predictions from the output topic and keeps each phase's latencies."""
+
+    def __init__(self, run: RunTopics) -> None:
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": run.bootstrap,
+                "group.id": f"lat-reader-{uuid.uuid4().hex[:6]}",
+                "enable.auto.commit": False,
+                "fetch.min.bytes": 1,
+            }
+        )
+        self._consumer.assign(
+            [TopicPartition(run.output, p, OFFSET_BEGINNING) for p in range(PARTITIONS)]
+        )
+
+    def collect(
+        self, tag: str, expected: int, proc: subprocess.Popen[bytes]
+    ) -> list[tuple[int, float, float]]:
+        """Read until `expected` predictions of phase `tag` arrived (or a timeout).
+
+        Returns:
+            ``(ts, end-to-end ms, worker ms)`` for each prediction of the phase.
+        """
+        prefix = f'"id":"{tag}-'.encode()
+        got: list[tuple[int, float, float]] = []
+        deadline = time.monotonic() + _DRAIN_TIMEOUT_S + expected / 1000
+        while len(got) < expected and time.monotonic() < deadline and proc.poll() is None:
+            msgs = self._receive()
+            received_ms = time.time_ns() / 1e6
+            for msg in msgs:
+                value = msg.value()
+                if msg.error() is not None or not value or prefix not in value:
+                    continue
+                ts, predicted_at = _times(value)
+                got.append((ts, received_ms - ts, float(predicted_at - ts)))
+        return got
+
+    def _receive(self) -> list[Message]:
+        """Wait up to 50 ms for one record, then take whatever else is already here.
+
+        (``consume(n, timeout)`` alone would wait for `n` records or the whole timeout.)
+        """
+        first = self._consumer.poll(0.05)
+        return [] if first is None else [first, *self._consumer.consume(999, 0)]
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def _times(value: bytes) -> tuple[int, int]:
+    """A prediction's ``ts`` and ``predicted_at``, without parsing the whole document."""
+    match = _TIMES.search(value)
+    if match is not None:
+        return int(match.group(1)), int(match.group(2))
+    doc: dict[str, Any] = orjson.loads(value)
+    return int(doc["ts"]), int(doc["predicted_at"])
+
+
+@contextlib.contextmanager
+def _output_reader(run: RunTopics) -> Any:
+    reader = _OutputReader(run)
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+def _point(
+    max_wait_ms: float,
+    phase: Phase,
+    sent: dict[str, float],
+    got: list[tuple[int, float, float]],
+    machine_cpu_busy: float,
+    worker_cpu_cores: float,
+    warmup_s: float,
+    sampler: ProcessTreeSampler,
+) -> LatencyPoint:
+    first_ts = min((ts for ts, _, _ in got), default=0)
+    kept = [(e2e, own) for ts, e2e, own in got if ts >= first_ts + warmup_s * 1000]
+    e2e = np.array([k[0] for k in kept]) if kept else None
+    own = np.array([k[1] for k in kept]) if kept else None
+
+    def pct(values: Any, q: float) -> float | None:
+        return None if values is None else float(np.percentile(values, q))
+
+    return {
+        "max_wait_ms": max_wait_ms,
+        "load": phase.load,
+        "rate": phase.rate,
+        "events": len(kept),
+        "p50_ms": pct(e2e, 50),
+        "p99_ms": pct(e2e, 99),
+        "p999_ms": pct(e2e, 99.9),
+        "worker_p50_ms": pct(own, 50),
+        "worker_p99_ms": pct(own, 99),
+        "produced_rate": sent["sent"] / max(sent["seconds"], 1e-9),
+        "producer_max_lag_ms": sent["max_lag_ms"],
+        "missing": int(sent["sent"]) - len(got),
+        "worker_peak_rss_mb": sampler.figures().peak_rss_mb,
+        "machine_cpu_busy": machine_cpu_busy,
+        "worker_cpu_cores": worker_cpu_cores,
+    }

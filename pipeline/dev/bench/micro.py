@@ -1,0 +1,280 @@
+"""Micro-benchmarks: the codec's cost per event and ONNX Runtime's rows/s per batch size.
+
+Neither needs Kafka. `bench_codec` times `EventDecoder.decode` and `encode_predictions` on
+synthetic 30-feature events in poll-sized batches; `bench_inference` times each example
+model in a models directory at several batch sizes on one thread, which is what makes
+micro-batching worth its latency. `main` prints both as Markdown tables followed by the
+project's two speed targets, each marked met or missed.
+
+Run with ``python -m pipeline.dev.bench.micro [--quick] [--models-dir models]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypedDict
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+
+from pipeline.engine.codec import EventDecoder, encode_predictions
+from pipeline.engine.spec import ModelSpec
+from pipeline.errors import ModelNotFoundError
+
+__all__ = ["CodecFigures", "ModelFigures", "bench_codec", "bench_inference", "main"]
+
+CODEC_TARGET_US = 6.0
+"""decode + encode must cost at most this many microseconds per event."""
+
+BATCHING_TARGET = 20.0
+"""The MLP must run at least this many times more rows/s at batch 256 than at batch 1."""
+
+_N_FEATURES = 30
+_POLL_SIZE = 500  # values per decode call, as the worker consumes them
+_WARMUP_RUNS = 3
+
+
+class CodecFigures(TypedDict):
+    """Median microseconds per event over the timed repetitions."""
+
+    events: int
+    decode_us: float
+    encode_us: float
+    total_us: float
+
+
+class ModelFigures(TypedDict):
+    """One model's median rows/s per batch size, and batch 256's speed-up over batch 1."""
+
+    rows_per_s: dict[int, float]
+    speedup_256_over_1: float | None
+
+
+class _OneModelCatalog:
+    """A catalog holding one spec, answering as the model store would."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self._spec = spec
+
+    def resolve(self, name: str, version: str | None) -> ModelSpec:
+        if name == self._spec.name and version in (None, self._spec.version):
+            return self._spec
+        raise ModelNotFoundError(f"no model {name!r} version {version!r} in the benchmark")
+
+
+def _synthetic_events(n_events: int, spec: ModelSpec, seed: int = 0) -> list[bytes]:
+    """Encode `n_events` array-form events with plausible, varied feature values."""
+    rng = np.random.default_rng(seed)
+    rows = np.round(rng.lognormal(mean=0.0, sigma=2.0, size=(n_events, spec.n_features)), 5)
+    base_ts = 1_732_550_400_000
+    return [
+        orjson.dumps({"id": f"evt-{i:09d}", "model": spec.name, "features": row, "ts": base_ts + i})
+        for i, row in enumerate(rows.tolist())
+    ]
+
+
+def bench_codec(n_events: int = 20000, repeats: int = 5) -> CodecFigures:
+    """Time decoding and encoding synthetic 30-feature array events.
+
+    Args:
+        n_events: Events per timed repetition, decoded in batches of 500.
+        repeats: Timed repetitions (after one untimed warm-up); medians are reported.
+
+    Returns:
+        Median microseconds per event for decode, encode, and both together.
+    """
+    spec = ModelSpec(
+        name="breast-cancer-mlp",
+        version="1",
+        n_features=_N_FEATURES,
+        labels=("malignant", "benign"),
+        probability_output="probabilities",
+    )
+    decoder = EventDecoder(catalog=_OneModelCatalog(spec))
+    events = _synthetic_events(n_events, spec)
+    batches = [events[i : i + _POLL_SIZE] for i in range(0, n_events, _POLL_SIZE)]
+    fallback = [[0] * len(batch) for batch in batches]
+    probabilities = np.random.default_rng(1).dirichlet((1.0, 1.0), size=_POLL_SIZE)
+    outputs = {
+        "label": probabilities.argmax(axis=1).astype(np.int64),
+        "probabilities": probabilities.astype(np.float32),
+    }
+
+    def run_once() -> tuple[float, float]:
+        decode_s = encode_s = 0.0
+        for batch, ts in zip(batches, fallback, strict=True):
+            started = time.perf_counter()
+            decoded = decoder.decode(batch, ts)
+            decoded_at = time.perf_counter()
+            for block in decoded.blocks.values():
+                n = len(block.ids)
+                encode_predictions(block, {k: v[:n] for k, v in outputs.items()}, 0)
+            decode_s += decoded_at - started
+            encode_s += time.perf_counter() - decoded_at
+        return decode_s, encode_s
+
+    run_once()
+    timings = [run_once() for _ in range(repeats)]
+    per_event = 1e6 / n_events
+    return {
+        "events": n_events,
+        "decode_us": statistics.median(d for d, _ in timings) * per_event,
+        "encode_us": statistics.median(e for _, e in timings) * per_event,
+        "total_us": statistics.median(d + e for d, e in timings) * per_event,
+    }
+
+
+def _single_thread_session(model_file: Path) -> Any:
+    """Open `model_file` the way one worker thread runs it: one thread, sequential."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(
+        str(model_file), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+
+
+def _rows_per_second(session: Any, feed: dict[str, np.ndarray[Any, Any]], seconds: float) -> float:
+    """Median rows/s of ``session.run(None, feed)`` over five timed slices of `seconds`."""
+    batch_size = len(next(iter(feed.values())))
+    for _ in range(_WARMUP_RUNS):
+        session.run(None, feed)
+    rates = []
+    for _ in range(5):
+        calls = 0
+        started = now = time.perf_counter()
+        deadline = started + seconds / 5
+        while now < deadline:
+            session.run(None, feed)
+            calls += 1
+            now = time.perf_counter()
+        rates.append(calls * batch_size / (now - started))
+    return statistics.median(rates)
+
+
+def bench_inference(
+    models_dir: Path,
+    batch_sizes: Sequence[int] = (1, 8, 64, 256, 1024),
+    seconds_per_point: float = 1.0,
+) -> dict[str, ModelFigures]:
+    """Time every ``models_dir/<name>/1/model.onnx`` at each batch size, on one thread.
+
+    Args:
+        models_dir: The model store's root directory.
+        batch_sizes: Rows per `InferenceSession.run` call.
+        seconds_per_point: Time spent timing each (model, batch size) pair.
+
+    Returns:
+        Model name -> its figures; empty if no model is there yet.
+    """
+    rng = np.random.default_rng(0)
+    results: dict[str, ModelFigures] = {}
+    for model_file in sorted(models_dir.glob("*/1/model.onnx")):
+        session = _single_thread_session(model_file)
+        first = session.get_inputs()[0]
+        width = first.shape[1] if isinstance(first.shape[1], int) else _N_FEATURES
+        rates = {
+            size: _rows_per_second(
+                session,
+                {first.name: rng.standard_normal((size, width)).astype(np.float32)},
+                seconds_per_point,
+            )
+            for size in batch_sizes
+        }
+        speedup = rates[256] / rates[1] if 256 in rates and 1 in rates else None
+        results[model_file.parent.parent.name] = {
+            "rows_per_s": rates,
+            "speedup_256_over_1": speedup,
+        }
+    return results
+
+
+def _codec_table(figures: CodecFigures) -> list[str]:
+    """The codec figures as a Markdown table."""
+    return [
+        f"Codec: {figures['events']} synthetic 30-feature array events, "
+        f"decoded in batches of {_POLL_SIZE} (median us/event)",
+        "",
+        "| step | us/event |",
+        "| --- | ---: |",
+        f"| decode | {figures['decode_us']:.2f} |",
+        f"| encode | {figures['encode_us']:.2f} |",
+        f"| decode + encode | {figures['total_us']:.2f} |",
+    ]
+
+
+def _inference_table(results: dict[str, ModelFigures], batch_sizes: Sequence[int]) -> list[str]:
+    """The inference figures as a Markdown table (rows/s per batch size)."""
+    if not results:
+        return ["ONNX Runtime: no models/<name>/1/model.onnx found; skipped."]
+    header = " | ".join(f"batch {b}" for b in batch_sizes)
+    lines = [
+        "ONNX Runtime, 1 intra-op thread, sequential (median rows/s)",
+        "",
+        f"| model | {header} | 256 vs 1 |",
+        "| --- |" + " ---: |" * (len(batch_sizes) + 1),
+    ]
+    for name, figures in results.items():
+        rates = " | ".join(f"{figures['rows_per_s'][b]:,.0f}" for b in batch_sizes)
+        speedup = figures["speedup_256_over_1"]
+        lines.append(f"| {name} | {rates} | {'-' if speedup is None else f'{speedup:.1f}x'} |")
+    return lines
+
+
+def _target_lines(codec: CodecFigures, results: dict[str, ModelFigures]) -> list[str]:
+    """One line per speed target: met, missed, or not measured."""
+    total = codec["total_us"]
+    lines = [
+        f"decode+encode <= {CODEC_TARGET_US:g} us/event: "
+        f"{'met' if total <= CODEC_TARGET_US else 'missed'} ({total:.2f} us)"
+    ]
+    mlp = next((name for name in sorted(results) if "mlp" in name), None)
+    speedup = results[mlp]["speedup_256_over_1"] if mlp else None
+    target = f"MLP batch 256 >= {BATCHING_TARGET:g}x batch 1"
+    if speedup is None:
+        lines.append(f"{target}: not measured (no MLP model timed at batch 1 and 256)")
+    else:
+        verdict = "met" if speedup >= BATCHING_TARGET else "missed"
+        lines.append(f"{target}: {verdict} ({speedup:.1f} x, {mlp})")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run both benchmarks and print their tables and the target lines.
+
+    Args:
+        argv: Command-line arguments; None means ``sys.argv[1:]``.
+
+    Returns:
+        The exit status, 0.
+    """
+    parser = argparse.ArgumentParser(prog="python -m pipeline.dev.bench.micro", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer events, shorter timings")
+    parser.add_argument("--models-dir", type=Path, default=Path("models"), help="model store")
+    args = parser.parse_args(argv)
+    batch_sizes = (1, 8, 64, 256, 1024)
+    if args.quick:
+        codec = bench_codec(n_events=4000, repeats=3)
+        inference = bench_inference(args.models_dir, batch_sizes, seconds_per_point=0.2)
+    else:
+        codec = bench_codec()
+        inference = bench_inference(args.models_dir, batch_sizes)
+    lines = [
+        *_codec_table(codec),
+        "",
+        *_inference_table(inference, batch_sizes),
+        "",
+        *_target_lines(codec, inference),
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,359 @@
+"""One benchmark run of one contender against a real broker, and what every run shares.
+
+`CLIENT_SETTINGS` are the Kafka client settings every contender gets (the worker through
+``-X``, the peers through ``--client-settings``, Faust mapped onto aiokafka's names).
+`broker` starts the project's local broker for the benchmark unless one is given;
+`BenchTopics` creates the topics (4 partitions each) and deletes them afterwards;
+`preload` fills the input topic once with synthetic events that every run then reads
+from the start under a fresh consumer group.
+
+`run_contender` starts a contender's processes, watches the end offsets of its output
+topics (one `list_offsets` request every few milliseconds: exact, and cheap for the
+broker), and measures throughput as the records that appeared after the first one,
+divided by the time from the first output record to the last, so start-up and group
+joins are left out. CPU seconds over the same window and peak RSS come from
+`pipeline.dev.bench.procstats`. Once every output is there, the processes get SIGTERM and
+are waited for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from confluent_kafka import IsolationLevel, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    NewTopic,
+    OffsetSpec,
+)
+
+from pipeline.dev.bench.procstats import ProcessTreeSampler
+from pipeline.dev.localkafka import LocalKafka
+from pipeline.dev.tools import synthetic_events
+from pipeline.errors import PipelineError
+
+__all__ = [
+    "CLIENT_SETTINGS",
+    "PARTITIONS",
+    "BenchError",
+    "BenchTopics",
+    "Launch",
+    "OutputCounter",
+    "RunFigures",
+    "broker",
+    "client_settings_json",
+    "preload",
+    "run_contender",
+]
+
+PARTITIONS: Final = 4
+"""Partitions of every topic the benchmark creates."""
+
+CLIENT_SETTINGS: Final[Mapping[str, Any]] = {
+    # librdkafka producer properties; the worker's own defaults, given to everyone.
+    "producer": {
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 2,
+        "batch.size": 1_000_000,
+        "compression.type": "none",
+        "queue.buffering.max.messages": 200_000,
+    },
+    # librdkafka consumer properties (each program sets its own group id and offset store).
+    "consumer": {
+        "auto.offset.reset": "earliest",
+        "fetch.min.bytes": 1,
+        "max.partition.fetch.bytes": 1_048_576,
+        "queued.max.messages.kbytes": 16_384,
+    },
+    # How often finished offsets are committed (worker: --commit-interval-ms).
+    "commit_interval_ms": 1000,
+}
+"""The Kafka client settings every contender runs with."""
+
+_POLL_S = 0.02
+_FIRST_OUTPUT_TIMEOUT_S = 120.0
+_STOP_TIMEOUT_S = 30.0
+
+
+def client_settings_json() -> str:
+    """`CLIENT_SETTINGS` as the JSON a peer takes with ``--client-settings``."""
+    return json.dumps(CLIENT_SETTINGS)
+
+
+class BenchError(PipelineError):
+    """A contender failed, or the benchmark's broker or topics could not be set up."""
+
+
+@contextlib.contextmanager
+def broker(bootstrap_servers: str | None) -> Iterator[str]:
+    """Yield a bootstrap address: the one given, or a local broker started for the run.
+
+    A broker this starts lives in a temporary directory and is stopped and removed after.
+    """
+    if bootstrap_servers:
+        yield bootstrap_servers
+        return
+    data_dir = Path(tempfile.mkdtemp(prefix="pipeline-bench-kafka-"))
+    local = LocalKafka(data_dir=data_dir)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    info, _ = local.start(port=port)
+    try:
+        yield info.bootstrap
+    finally:
+        local.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+class BenchTopics:
+    """Creates uniquely named topics for one benchmark and deletes them all at the end."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self.admin = AdminClient({"bootstrap.servers": bootstrap})
+        self._prefix = f"bench-{uuid.uuid4().hex[:8]}"
+        self._created: dict[str, int] = {}
+
+    def create(self, name: str, partitions: int = PARTITIONS) -> str:
+        """Create ``<prefix>-<name>-<n>``, wait until it can be read, and return its name."""
+        topic = f"{self._prefix}-{name}-{len(self._created)}"
+        future = self.admin.create_topics([NewTopic(topic, partitions, 1)], operation_timeout=30)
+        future[topic].result(timeout=60)
+        self._created[topic] = partitions
+        started = time.monotonic()
+        while True:  # a new topic's leaders take a moment to be known everywhere
+            try:
+                self.counter([topic]).count()
+                return topic
+            except KafkaException:
+                waited = time.monotonic() - started
+                if waited > 60:
+                    raise
+                if waited > 5:
+                    # Seen once in CI: "No leaders found" for 30 s from one admin client
+                    # while the topic was fine; a new client asks the broker afresh.
+                    self.admin = AdminClient({"bootstrap.servers": self.bootstrap})
+                time.sleep(0.2)
+
+    def counter(self, topics: Sequence[str]) -> OutputCounter:
+        """An `OutputCounter` over some of the topics this object created."""
+        return OutputCounter(self.admin, {t: self._created[t] for t in topics})
+
+    def group(self, name: str) -> str:
+        """A fresh consumer group id."""
+        return f"{self._prefix}-{name}-{uuid.uuid4().hex[:6]}"
+
+    def delete_all(self) -> None:
+        """Delete every topic this object created (errors are ignored)."""
+        if not self._created:
+            return
+        with contextlib.suppress(Exception):
+            for future in self.admin.delete_topics(
+                list(self._created), operation_timeout=30
+            ).values():
+                future.result(timeout=60)
+        self._created.clear()
+
+
+def preload(bootstrap: str, topic: str, count: int, model: str) -> float:
+    """Produce `count` synthetic events for `model`; return the seconds it took.
+
+    Raises:
+        BenchError: Not every event was acknowledged.
+    """
+    producer = Producer({**CLIENT_SETTINGS["producer"], "bootstrap.servers": bootstrap})
+    failed: list[str] = []
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failed.append(str(err))
+
+    started = time.monotonic()
+    for key, value in synthetic_events(model, count=count):
+        while True:
+            try:
+                producer.produce(topic, value, key, on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    remaining = producer.flush(120)
+    if failed or remaining:
+        raise BenchError(f"pre-loading {topic} failed: {remaining} unacknowledged, {failed[:1]}")
+    return time.monotonic() - started
+
+
+class OutputCounter:
+    """Counts the records on some topics from their end offsets (one request per call).
+
+    Args:
+        admin: An admin client of the broker.
+        topics: Topic name -> its number of partitions.
+    """
+
+    def __init__(self, admin: AdminClient, topics: Mapping[str, int]) -> None:
+        self._admin = admin
+        self._request = {
+            TopicPartition(t, p): OffsetSpec.latest()  # type: ignore[no-untyped-call]
+            for t, partitions in topics.items()
+            for p in range(partitions)
+        }
+
+    def count(self) -> int:
+        """The number of records on the topics now."""
+        # read_committed: an exactly-once contender's records count once their transaction
+        # commits (each commit also adds one marker offset per partition it wrote).
+        futures = self._admin.list_offsets(
+            self._request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=10
+        )
+        return sum(f.result().offset for f in futures.values())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunFigures:
+    """One run of one contender.
+
+    Attributes:
+        events: Output records that appeared within the measured window.
+        seconds: The window: from the first output record to the last.
+        throughput: ``events / seconds``.
+        cpu_s_per_100k: CPU seconds of the contender's processes in the window, per 100k.
+        peak_rss_mb: The largest peak RSS of any one of its processes, MiB.
+        peak_rss_sum_mb: Its processes' peak RSS added up, MiB.
+        startup_s: From starting the processes to the first output record.
+        exit_codes: Each process's exit code after SIGTERM.
+    """
+
+    events: int
+    seconds: float
+    throughput: float
+    cpu_s_per_100k: float
+    peak_rss_mb: float
+    peak_rss_sum_mb: float
+    startup_s: float
+    exit_codes: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """How to start a contender: one command per process, the environment, where to log."""
+
+    commands: list[list[str]]
+    env: Mapping[str, str]
+    log_path: Path
+
+
+def run_contender(
+    launch: Launch, counter: OutputCounter, *, count: int, timeout_s: float
+) -> RunFigures:
+    """Start the processes, wait until `count` outputs exist, stop them; return the figures.
+
+    Raises:
+        BenchError: No output within the start-up timeout, not all outputs within
+            `timeout_s`, or every process exited before the outputs were complete.
+    """
+    launch.log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **launch.env}
+    with launch.log_path.open("ab") as log:
+        started = time.monotonic()
+        procs = [
+            subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            for cmd in launch.commands
+        ]
+        try:
+            with ProcessTreeSampler([p.pid for p in procs]) as sampler:
+                first_at, first_count = _wait_for(
+                    procs, counter, 1, started + _FIRST_OUTPUT_TIMEOUT_S, launch.log_path
+                )
+                first_cpu = sampler.cpu_seconds()
+                end_at, end_count = _wait_for(
+                    procs, counter, count, started + timeout_s, launch.log_path
+                )
+                end_cpu = sampler.cpu_seconds()
+                codes = _stop(procs)
+                tree = sampler.figures()
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    events = end_count - first_count
+    seconds = max(end_at - first_at, 1e-9)
+    return RunFigures(
+        events=events,
+        seconds=seconds,
+        throughput=events / seconds,
+        cpu_s_per_100k=(end_cpu - first_cpu) / max(events, 1) * 100_000,
+        peak_rss_mb=tree.peak_rss_mb,
+        peak_rss_sum_mb=tree.peak_rss_sum_mb,
+        startup_s=first_at - started,
+        exit_codes=codes,
+    )
+
+
+def _wait_for(
+    procs: list[subprocess.Popen[bytes]],
+    counter: OutputCounter,
+    target: int,
+    deadline: float,
+    log_path: Path,
+) -> tuple[float, int]:
+    """Poll the output count until it reaches `target`; return when (monotonic) and the count.
+
+    Raises:
+        BenchError: The deadline passed, or every process exited short of `target`.
+    """
+    while True:
+        asked = time.monotonic()
+        n = counter.count()
+        now = time.monotonic()
+        if n >= target:
+            return (asked + now) / 2, n
+        if all(p.poll() is not None for p in procs) and counter.count() < target:
+            raise BenchError(
+                f"the contender exited (codes {[p.returncode for p in procs]}) after {n} of "
+                f"{target} outputs; see {log_path}:\n{_tail(log_path)}"
+            )
+        if now > deadline:
+            raise BenchError(
+                f"only {n} of {target} outputs before the timeout; see {log_path}:\n"
+                f"{_tail(log_path)}"
+            )
+        time.sleep(_POLL_S)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> list[int]:
+    """SIGTERM every process still running, wait for each, SIGKILL a straggler."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    codes = []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(_STOP_TIMEOUT_S))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            codes.append(proc.wait())
+    return codes
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])

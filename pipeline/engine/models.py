@@ -1,0 +1,507 @@
+"""The model store and the model cache: find ONNX models on disk, load each once, keep a few.
+
+The store (`ModelStore`) is a directory tree::
+
+    <root>/<name>/<version>/model.onnx    the model (required)
+    <root>/<name>/<version>/model.json    its manifest (optional)
+
+The manifest (`pipeline.engine.manifest`) names the features, labels and probability output,
+and may carry the sha256 of model.onnx, checked on every load.
+
+Names and versions come from events, so the store only accepts plain names
+(`pipeline.engine.names.is_plain_name`) and refuses any file whose real path, symlinks
+followed, leaves the store root.
+
+The cache (`ModelCache`) answers `pipeline.engine.spec.ModelCatalog` and hands out
+`LoadedModel` objects holding warmed-up onnxruntime sessions. It loads each model once
+even when many threads ask at the same time, keeps at most ``max_loaded`` sessions
+(least recently used evicted first), and re-lists a model's versions at most every
+``reload_interval_s`` so a new version becomes the default without a restart.
+
+Publishing a new version while workers run: a version exists as soon as its
+``model.onnx`` does, and the newest such version becomes the default. So write
+``model.json`` first, then write the model under a temporary name in the same
+directory (e.g. ``.model.onnx.tmp``) and rename it to ``model.onnx`` (an atomic
+rename). A model file that is still being written is not skipped: loading it fails with
+`ModelLoadError` (its events are dead-lettered) until it is complete; there is no
+silent fall-back to an older version. A failed load is retried after
+``reload_interval_s``. A version, once loaded, is never re-read: publish a changed model
+as a new version rather than overwriting an old one.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from pipeline.engine.manifest import MANIFEST_FILE, Manifest, read_manifest, verify_sha256
+from pipeline.engine.names import PLAIN_NAME_RULE, is_plain_name
+from pipeline.engine.spec import ModelSpec
+from pipeline.errors import ConfigError, ModelLoadError, ModelNotFoundError
+
+__all__ = [
+    "MANIFEST_FILE",  # re-exported from pipeline.engine.manifest
+    "MODEL_FILE",
+    "LoadedModel",
+    "Manifest",  # re-exported from pipeline.engine.manifest
+    "ModelCache",
+    "ModelStore",
+    "SessionFactory",
+]
+
+MODEL_FILE = "model.onnx"
+
+SessionFactory = Callable[[bytes, ort.SessionOptions], ort.InferenceSession]
+"""Builds a session from model bytes and options; injectable for tests."""
+
+_DIGITS = re.compile(r"(\d+)")
+_LISTING_LIMIT = 10
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadedModel:
+    """One model version, loaded and warmed up, ready for `session.run`.
+
+    Holding a reference keeps the session usable even after the cache evicts it or a
+    newer version becomes the default, so a batch in flight always finishes.
+
+    Attributes:
+        spec: What events and predictions need to know about the model.
+        session: The onnxruntime session.
+        input_name: Name of the single float32 matrix input.
+        output_names: Names of all outputs, in the model's order.
+        path: The model file that was loaded (symlinks resolved).
+    """
+
+    spec: ModelSpec
+    session: ort.InferenceSession
+    input_name: str
+    output_names: tuple[str, ...]
+    path: Path
+
+
+class ModelStore:
+    """Read-only view of a model directory tree; see the module docstring for layout.
+
+    Args:
+        root: The store's root directory. It must exist.
+
+    Raises:
+        ConfigError: `root` is not an existing directory.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self._root = Path(root)
+        if not self._root.is_dir():
+            raise ConfigError(f"model store root must be an existing directory, got {root}")
+        self._real_root = self._root.resolve()
+
+    @property
+    def root(self) -> Path:
+        """The store's root directory, as given."""
+        return self._root
+
+    def names(self) -> list[str]:
+        """Return the names of all models that have at least one version, sorted."""
+        return sorted(d.name for d in _plain_subdirs(self._root) if _version_names(d))
+
+    def versions(self, name: str) -> list[str]:
+        """Return the versions of model `name`, oldest first, newest last.
+
+        A version is a plain-named directory holding a ``model.onnx``. Versions are
+        ordered naturally: runs of digits compare as numbers and the rest as text, so
+        ``2 < 9 < 10``, ``1.9 < 1.10`` and ``v2 < v10``; purely numeric versions sort
+        before versions that start with a letter.
+
+        Raises:
+            ModelNotFoundError: `name` is not plain, or no such model has any version.
+        """
+        _check_plain("model name", name)
+        found = _version_names(self._root / name)
+        if not found:
+            raise ModelNotFoundError(
+                f"no model named {name!r} in {self._root} (a model is a directory holding "
+                f"<version>/{MODEL_FILE}); available: {_listing(self.names())}"
+            )
+        return sorted(found, key=_version_key)
+
+    def latest(self, name: str) -> str:
+        """Return the newest version of model `name` (the last of `versions`).
+
+        Raises:
+            ModelNotFoundError: `name` is not plain, or no such model has any version.
+        """
+        return self.versions(name)[-1]
+
+    def path(self, name: str, version: str) -> Path:
+        """Return the real path of the model file of `name` at `version`.
+
+        Raises:
+            ModelNotFoundError: `name` or `version` is not plain, or there is no such
+                model file.
+            ModelLoadError: the file's real path (symlinks followed) is outside the
+                store root.
+        """
+        _check_plain("model name", name)
+        _check_plain("model version", version)
+        file = self._root / name / version / MODEL_FILE
+        if not file.is_file():
+            raise ModelNotFoundError(
+                f"model {name!r} has no version {version!r} (no file {file}); "
+                f"available versions: {_listing(self.versions(name))}"
+            )
+        return self._inside(file)
+
+    def manifest(self, name: str, version: str) -> Manifest:
+        """Return the validated manifest of `name` at `version`; empty if it has none.
+
+        Raises:
+            ModelNotFoundError: as for `path`.
+            ModelLoadError: the manifest is unreadable, not JSON, has an unknown key or
+                a field of the wrong type (the message names the file and the field),
+                or its real path is outside the store root.
+        """
+        self.path(name, version)
+        file = self._root / name / version / MANIFEST_FILE
+        if not (file.exists() or file.is_symlink()):
+            return {}
+        return read_manifest(self._inside(file))
+
+    def _inside(self, file: Path) -> Path:
+        """Return the real path of `file`, refusing one that leaves the store root."""
+        real = file.resolve()
+        if not real.is_relative_to(self._real_root):
+            raise ModelLoadError(
+                f"{file} resolves to {real}, which is outside the model store "
+                f"{self._real_root}; symlinks in the store must point inside it"
+            )
+        return real
+
+
+class ModelCache:
+    """Loads models from a `ModelStore` on demand and keeps the most recently used.
+
+    Implements `pipeline.engine.spec.ModelCatalog`. All methods are thread-safe.
+
+    Args:
+        store: Where the models are.
+        max_loaded: Most sessions kept at once; the least recently used goes first.
+        intra_op_threads: onnxruntime threads within one operator (0: onnxruntime
+            chooses).
+        inter_op_threads: onnxruntime threads across operators (0: onnxruntime
+            chooses).
+        reload_interval_s: How long the newest version of a model is trusted before
+            the store is listed again; also how long a failed load is remembered
+            before it is tried again.
+        clock: Monotonic time source in seconds; injectable for tests.
+        session_factory: Builds a session from model bytes and options; the default
+            uses onnxruntime's CPU execution provider.
+
+    Raises:
+        ConfigError: a setting is out of range.
+    """
+
+    def __init__(
+        self,
+        store: ModelStore,
+        *,
+        max_loaded: int = 8,
+        intra_op_threads: int = 1,
+        inter_op_threads: int = 1,
+        reload_interval_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+        session_factory: SessionFactory | None = None,
+    ) -> None:
+        _check_count("max_loaded", max_loaded, 1)
+        _check_count("intra_op_threads", intra_op_threads, 0)
+        _check_count("inter_op_threads", inter_op_threads, 0)
+        if not (isinstance(reload_interval_s, int | float) and reload_interval_s >= 0):
+            raise ConfigError(f"reload_interval_s must be a number >= 0, got {reload_interval_s!r}")
+        self._store = store
+        self._max_loaded = max_loaded
+        self._threads = (intra_op_threads, inter_op_threads)
+        self._reload_interval_s = float(reload_interval_s)
+        self._clock = clock
+        self._session_factory = session_factory or _cpu_session
+        self._lock = threading.Lock()
+        self._loaded: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
+        self._loading: dict[tuple[str, str], Future[LoadedModel]] = {}
+        self._failed: dict[tuple[str, str], tuple[ModelLoadError, float]] = {}
+        self._newest: dict[str, tuple[str, float]] = {}
+
+    @property
+    def store(self) -> ModelStore:
+        """The store models are loaded from."""
+        return self._store
+
+    def resolve(self, name: str, version: str | None) -> ModelSpec:
+        """Return the spec of `name` at `version` (newest if None), loading it if needed.
+
+        Cheap for a loaded model: one short lock for the lookup, plus one for the
+        newest version when `version` is None.
+
+        Raises:
+            ModelNotFoundError: no such model or version in the store.
+            ModelLoadError: the model exists but cannot be loaded.
+        """
+        return self.get(name, self._newest_version(name) if version is None else version).spec
+
+    def get(self, name: str, version: str) -> LoadedModel:
+        """Return model `name` at `version`, loading it once however many threads ask.
+
+        Raises:
+            ModelNotFoundError: no such model or version in the store.
+            ModelLoadError: the model exists but cannot be loaded. Every thread that
+                waited for the same load gets the same error; the next call after
+                ``reload_interval_s`` tries again.
+        """
+        key = (name, version)
+        # The hit path takes the lock too, but only for a dict lookup and an O(1)
+        # move_to_end: the LRU order changes on every hit, and mutating an OrderedDict
+        # from several threads is only safe under a lock (and not at all on free-threaded
+        # builds). An uncontended acquire costs tens of nanoseconds, far below one
+        # inference. Loading itself never happens under the lock.
+        with self._lock:
+            model = self._loaded.get(key)
+            if model is not None:
+                self._loaded.move_to_end(key)
+                return model
+            future, owner = self._claim(key)
+        if not owner:
+            return future.result()
+        return self._load_for_waiters(key, future)
+
+    def loaded(self) -> list[tuple[str, str]]:
+        """Return the ``(name, version)`` pairs held, least recently used first."""
+        with self._lock:
+            return list(self._loaded)
+
+    def _newest_version(self, name: str) -> str:
+        """Return the newest version of `name`, listing the store at most once a period."""
+        now = self._clock()
+        with self._lock:
+            cached = self._newest.get(name)
+        if cached is not None and now - cached[1] < self._reload_interval_s:
+            return cached[0]
+        version = self._store.latest(name)
+        with self._lock:
+            self._newest[name] = (version, now)
+        return version
+
+    def _claim(self, key: tuple[str, str]) -> tuple[Future[LoadedModel], bool]:
+        """Return the pending load of `key` and whether the caller must run it.
+
+        Called with the lock held. Re-raises a load failure younger than the reload
+        interval instead of starting another load of a file known to be broken.
+        """
+        pending = self._loading.get(key)
+        if pending is not None:
+            return pending, False
+        failed = self._failed.get(key)
+        if failed is not None:
+            if self._clock() - failed[1] < self._reload_interval_s:
+                raise failed[0].with_traceback(None)
+            del self._failed[key]
+        future: Future[LoadedModel] = Future()
+        self._loading[key] = future
+        return future, True
+
+    def _load_for_waiters(self, key: tuple[str, str], future: Future[LoadedModel]) -> LoadedModel:
+        """Load `key`, record the outcome, and hand it to every thread waiting on `future`."""
+        try:
+            model = self._load(*key)
+        except BaseException as exc:
+            with self._lock:
+                del self._loading[key]
+                if isinstance(exc, ModelLoadError):
+                    self._failed[key] = (exc, self._clock())
+            future.set_exception(exc)
+            raise
+        with self._lock:
+            del self._loading[key]
+            self._loaded[key] = model
+            while len(self._loaded) > self._max_loaded:
+                self._loaded.popitem(last=False)
+        future.set_result(model)
+        return model
+
+    def _load(self, name: str, version: str) -> LoadedModel:
+        """Read, verify, open and warm up one model version."""
+        path = self._store.path(name, version)
+        manifest = self._store.manifest(name, version)
+        data = _read_bytes(path)
+        verify_sha256(path, data, manifest.get("sha256"))
+        session = self._open_session(path, data)
+        model = _describe(name, version, path, session, manifest)
+        _warm_up(model)
+        return model
+
+    def _open_session(self, path: Path, data: bytes) -> ort.InferenceSession:
+        """Build a session for the bytes of `path` with this cache's options."""
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = self._threads
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            return self._session_factory(data, options)
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own Exception subclasses
+            raise ModelLoadError(f"{path}: onnxruntime cannot load the model: {exc}") from exc
+
+
+def _cpu_session(data: bytes, options: ort.SessionOptions) -> ort.InferenceSession:
+    """Build a session on onnxruntime's CPU execution provider (the default factory)."""
+    return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _describe(
+    name: str, version: str, path: Path, session: ort.InferenceSession, manifest: Manifest
+) -> LoadedModel:
+    """Check the session against its manifest and build the `LoadedModel`."""
+    input_name, width = _graph_input(path, session)
+    features = manifest.get("features")
+    labels = manifest.get("labels")
+    probability_output = manifest.get("probability_output")
+    if probability_output is not None:
+        _check_probability_output(path, session, probability_output, labels)
+    spec = ModelSpec(
+        name=name,
+        version=version,
+        n_features=_n_features(path, width, features),
+        feature_names=tuple(features) if features is not None else None,
+        labels=tuple(labels) if labels is not None else None,
+        probability_output=probability_output,
+    )
+    outputs = tuple(str(o.name) for o in session.get_outputs())
+    return LoadedModel(
+        spec=spec, session=session, input_name=input_name, output_names=outputs, path=path
+    )
+
+
+def _graph_input(path: Path, session: ort.InferenceSession) -> tuple[str, int | None]:
+    """Return the single input's name and its fixed feature count (None if symbolic)."""
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        names = [str(i.name) for i in inputs]
+        raise ModelLoadError(
+            f"{path}: expected exactly one input (a float32 matrix of rows x features), "
+            f"got {len(inputs)}: {names}"
+        )
+    arg = inputs[0]
+    if arg.type != "tensor(float)":
+        raise ModelLoadError(
+            f"{path}: input {arg.name!r} must be tensor(float) (float32), got {arg.type}"
+        )
+    shape = list(arg.shape)
+    if len(shape) != 2:
+        raise ModelLoadError(
+            f"{path}: input {arg.name!r} must be a matrix [rows, features], got shape {shape}"
+        )
+    width = shape[1]
+    return str(arg.name), width if isinstance(width, int) and width > 0 else None
+
+
+def _n_features(path: Path, width: int | None, features: list[str] | None) -> int:
+    """Reconcile the graph's feature count with the manifest's feature list."""
+    if features is None:
+        if width is None:
+            raise ModelLoadError(
+                f"{path}: the input's feature dimension is not a fixed number; add a "
+                f"'features' list to its {MANIFEST_FILE} to say how many columns a row has"
+            )
+        return width
+    if width is not None and width != len(features):
+        raise ModelLoadError(
+            f"{path}: the model's input takes {width} features but its {MANIFEST_FILE} "
+            f"lists {len(features)}; make them agree"
+        )
+    return len(features)
+
+
+def _check_probability_output(
+    path: Path, session: ort.InferenceSession, output: str, labels: list[str] | None
+) -> None:
+    """Check that the manifest's probability output exists and fits its labels."""
+    found = {str(o.name): list(o.shape) for o in session.get_outputs()}
+    if output not in found:
+        raise ModelLoadError(
+            f"{path}: {MANIFEST_FILE} field 'probability_output' is {output!r}, but the "
+            f"model's outputs are {sorted(found)}"
+        )
+    shape = found[output]
+    columns = shape[1] if len(shape) == 2 else None
+    if labels is not None and isinstance(columns, int) and columns != len(labels):
+        raise ModelLoadError(
+            f"{path}: output {output!r} has {columns} columns but {MANIFEST_FILE} field "
+            f"'labels' lists {len(labels)} labels; make them agree"
+        )
+
+
+def _warm_up(model: LoadedModel) -> None:
+    """Run one zero row through the session so the first real batch is not slow."""
+    row = np.zeros((1, model.spec.n_features), dtype=np.float32)
+    try:
+        model.session.run(list(model.output_names), {model.input_name: row})
+    except Exception as exc:  # onnxruntime raises its own Exception subclasses
+        raise ModelLoadError(
+            f"{model.path}: warm-up inference on one zero row failed: {exc}"
+        ) from exc
+
+
+def _read_bytes(path: Path) -> bytes:
+    """Read a model file, turning I/O errors into `ModelLoadError`."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read model file {path}: {exc}") from exc
+
+
+def _check_plain(what: str, value: str) -> None:
+    """Refuse a name or version that could spell more than one path component."""
+    if not is_plain_name(value):
+        raise ModelNotFoundError(f"{what} must be {PLAIN_NAME_RULE}, got {value!r}")
+
+
+def _check_count(name: str, value: int, minimum: int) -> None:
+    """Refuse a setting that is not an integer >= `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _plain_subdirs(directory: Path) -> list[Path]:
+    """Return the plain-named subdirectories of `directory`; none if it is missing."""
+    try:
+        entries = list(directory.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [e for e in entries if is_plain_name(e.name) and e.is_dir()]
+
+
+def _version_names(model_dir: Path) -> list[str]:
+    """Return the names of the version directories under `model_dir` (unsorted)."""
+    return [d.name for d in _plain_subdirs(model_dir) if (d / MODEL_FILE).is_file()]
+
+
+def _version_key(version: str) -> tuple[tuple[str | int, ...], str]:
+    """Natural sort key: digit runs compare as numbers; ties broken by the raw text."""
+    parts = _DIGITS.split(version)
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), version
+
+
+def _listing(items: Sequence[str]) -> str:
+    """Join names for an error message, shortening a long list."""
+    if not items:
+        return "none"
+    shown = ", ".join(items[:_LISTING_LIMIT])
+    more = len(items) - _LISTING_LIMIT
+    return f"{shown} and {more} more" if more > 0 else shown

@@ -1,0 +1,106 @@
+"""`pipeline run`: the stream worker's command line."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.config import load_config, parse_properties
+from pipeline.logs import setup_logging
+
+__all__ = ["DEFAULT_BOOTSTRAP", "add_run_parser"]
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+def _run(args: argparse.Namespace) -> int:
+    flags = {k: v for k, v in vars(args).items() if k not in ("handler", "command", "config", "X")}
+    if args.X:
+        flags["kafka"] = parse_properties(args.X)
+    if "input_topics" in flags:
+        flags["input_topics"] = tuple(flags["input_topics"])
+    config = load_config(flags, config_file=args.config)
+    setup_logging()
+    if config.workers > 1:
+        from pipeline.kafka.supervisor import supervise
+
+        return supervise(config)
+    from pipeline.kafka.worker import run_worker
+
+    return run_worker(config)
+
+
+def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `pipeline run` to the subcommands."""
+    run = sub.add_parser(
+        "run",
+        help="run the stream worker",
+        description="Consume feature events, micro-batch them per model, run ONNX Runtime, "
+        "publish predictions. Flags win over environment (PIPELINE_<FLAG>, "
+        "KAFKA_BOOTSTRAP_SERVERS), which wins over the --config TOML file.",
+        argument_default=argparse.SUPPRESS,
+    )
+    add = run.add_argument
+    add("--bootstrap-servers", help=f"Kafka bootstrap servers (default {DEFAULT_BOOTSTRAP})")
+    add(
+        "--input-topic",
+        dest="input_topics",
+        action="append",
+        metavar="TOPIC",
+        help="topic to consume feature events from (repeatable; default: features)",
+    )
+    add("--output-topic", help="topic for predictions (default: predictions)")
+    add("--dlq-topic", help="dead-letter topic (default: the output topic + .dlq)")
+    add("--group-id", help="consumer group (default: pipeline)")
+    add("--models", type=Path, metavar="DIR", help="model store directory (default: models)")
+    add("--default-model", metavar="NAME", help="model for events that name none")
+    add("--max-batch-size", type=int, help="rows per inference batch at most (default: 256)")
+    add("--max-wait-ms", type=float, help="longest a row waits for its batch (default: 5)")
+    add("--workers", type=int, metavar="N", help="worker processes in this group (default: 1)")
+    add(
+        "--guarantee",
+        choices=("at-least-once", "exactly-once"),
+        help="delivery guarantee (default: at-least-once)",
+    )
+    add(
+        "--transactional-id",
+        metavar="ID",
+        help="exactly-once: transactional.id, unique per live worker process "
+        "(default: pipeline-<group>-<hostname>-<index>-<pid>)",
+    )
+    add(
+        "--offset-reset",
+        choices=("earliest", "latest"),
+        help="where a new group starts reading (default: earliest)",
+    )
+    add(
+        "--no-create-topics",
+        dest="create_topics",
+        action="store_false",
+        help="fail instead of creating missing topics",
+    )
+    add("--topic-partitions", type=int, help="partitions of topics it creates (default: 4)")
+    add(
+        "--max-in-flight",
+        type=int,
+        help="events consumed but not yet acknowledged before partitions pause (default: 20000)",
+    )
+    add("--commit-interval-ms", type=int, help="how often offsets are committed (default: 1000)")
+    add("--stats-interval-s", type=float, help="seconds between stats lines (default: 5)")
+    add("--model-threads", type=int, help="ONNX Runtime intra-op threads (default: 1)")
+    add("--max-loaded-models", type=int, help="sessions kept loaded, LRU (default: 8)")
+    add(
+        "--allow-unsafe-kafka-properties",
+        action="store_true",
+        help="allow plugin.library.paths and sasl.kerberos.kinit.cmd",
+    )
+    add("--config", type=Path, default=None, metavar="FILE", help="TOML settings file")
+    add(
+        "-X",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="librdkafka property, e.g. -X security.protocol=SASL_SSL (repeatable; "
+        "file:PATH and env:NAME values are read from there)",
+    )
+    run.set_defaults(handler=_run)
