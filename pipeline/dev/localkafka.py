@@ -1,5 +1,7 @@
 """The embedded local broker: a real Apache Kafka 4.x node in KRaft mode, without Docker.
 
+Share groups (KIP-932) are enabled: the storage is formatted with ``share.version=1``.
+
 `pipeline kafka start` obtains the broker jars (from ``$KAFKA_HOME/libs`` when set,
 else resolved from Maven Central by ``mvn`` through ``pipeline/dev/_kafka/pom.xml`` into a
 cache outside git), formats the storage for one combined broker+controller node, starts
@@ -203,6 +205,7 @@ def _server_properties(info: BrokerInfo, log_dirs: Path) -> str:
         "transaction.state.log.num.partitions": "10",
         "share.coordinator.state.topic.replication.factor": "1",
         "share.coordinator.state.topic.min.isr": "1",
+        "share.coordinator.state.topic.num.partitions": "10",
         "group.initial.rebalance.delay.ms": "0",
         "auto.create.topics.enable": "true",
         "log.retention.hours": "24",
@@ -361,6 +364,10 @@ class LocalKafka:
                 cluster_id,
                 "-c",
                 str(config),
+                # Share groups (KIP-932) are production-ready from Kafka 4.2 and on by default
+                # there; naming the feature makes a KAFKA_HOME too old for them fail here.
+                "--feature",
+                "share.version=1",
             ],
             capture_output=True,
             text=True,

@@ -5,10 +5,21 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Message, Producer, ShareConsumer
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 
 from pipeline.dev.localkafka import LocalKafka, _pid_alive
 
@@ -83,3 +94,77 @@ def test_missing_java_says_what_to_do(tmp_path: Path, missing: str) -> None:
     )
     assert done.returncode != 0
     assert "Java 17+" in done.stderr and "JAVA_HOME" in done.stderr
+
+
+@pytest.fixture
+def started_broker(tmp_path: Path) -> Iterator[str]:
+    """A broker started by `pipeline kafka start` for this test alone; stopped after."""
+    port, data = free_port(), str(tmp_path / "kafka")
+    started = _cli("start", "--port", str(port), "--data-dir", data)
+    assert started.returncode == 0, started.stderr
+    try:
+        yield started.stdout.strip()
+    finally:
+        _cli("stop", "--data-dir", data)
+
+
+def _share_group_from_earliest(admin: AdminClient, group: str) -> None:
+    """A share group starts at the latest offset by default; this one reads from the start."""
+    reset = ConfigEntry(
+        "share.auto.offset.reset", "earliest", incremental_operation=AlterConfigOpType.SET
+    )
+    resource = ConfigResource(ResourceType.GROUP, group, incremental_configs=[reset])
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=30)
+
+
+def _take(consumer: ShareConsumer, into: list[Message]) -> None:
+    """Poll once; acknowledge (explicitly) and commit whatever arrived."""
+    msgs = [m for m in consumer.poll(0.2) if m.error() is None]
+    for m in msgs:
+        consumer.acknowledge(m)
+    if msgs:
+        consumer.commit_sync(30)
+    into.extend(msgs)
+
+
+def test_two_share_consumers_split_one_partition(started_broker: str) -> None:
+    """Share groups (KIP-932) are on: two members of one share group both read records of a
+    single partition, which a consumer group would give to one member only."""
+    admin = AdminClient({"bootstrap.servers": started_broker})
+    topic, group = f"share-{uuid.uuid4().hex[:8]}", f"share-{uuid.uuid4().hex[:8]}"
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(timeout=30)
+    _share_group_from_earliest(admin, group)
+    settings = {
+        "bootstrap.servers": started_broker,
+        "group.id": group,
+        "share.acknowledgement.mode": "explicit",
+    }
+    members = [ShareConsumer(settings), ShareConsumer(settings)]
+    received: list[list[Message]] = [[], []]
+    producer = Producer({"bootstrap.servers": started_broker})
+    sent = 0
+    try:
+        for member in members:
+            member.subscribe([topic])
+        deadline = time.monotonic() + 90
+        # Records keep coming in small rounds until both members got some, so neither can
+        # take every record in one fetch before the other has joined.
+        while not all(received) and time.monotonic() < deadline:
+            for _ in range(20):
+                producer.produce(topic, str(sent).encode())
+                sent += 1
+            producer.flush(30)
+            for member, into in zip(members, received, strict=True):
+                _take(member, into)
+        while sum(map(len, received)) < sent and time.monotonic() < deadline:
+            for member, into in zip(members, received, strict=True):
+                _take(member, into)
+    finally:
+        for member in members:
+            member.close()
+    counts = [len(r) for r in received]
+    assert all(counts), f"one share-group member received nothing: {counts} of {sent} records"
+    values = sorted(int(m.value() or b"-1") for r in received for m in r)
+    assert values == list(range(sent)), f"{counts} records for {sent} sent, not each one once"
+    assert {m.delivery_count() for r in received for m in r} == {1}
