@@ -29,7 +29,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -43,6 +43,7 @@ __all__ = [
     "BrokerInfo",
     "LocalKafka",
     "broker_classpath",
+    "new_cluster_id",
 ]
 
 DEFAULT_PORT = 9092
@@ -157,6 +158,21 @@ def _resolve_jars(libs: Path) -> None:
     with contextlib.suppress(OSError):  # another process may have won the race: keep its copy
         staging.rename(libs)
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def new_cluster_id(draw: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> str:
+    """Return a KRaft cluster id: a random UUID in URL-safe base64, not starting with "-".
+
+    One id in 64 starts with "-", which ``StorageTool format -t`` would take for an option;
+    like Kafka's own ``Uuid.randomUuid()``, such an id is drawn again.
+
+    Args:
+        draw: The source of 16 random bytes (tests pass their own).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(draw()).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _port_free(port: int) -> bool:
@@ -351,7 +367,7 @@ class LocalKafka:
     def _format(self, java: str, classpath: str, config: Path) -> None:
         if (self.data_dir / "logs" / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         done = subprocess.run(
             [
                 java,
