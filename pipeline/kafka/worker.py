@@ -37,6 +37,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka import KafkaError as RdKafkaError
+from confluent_kafka.admin import AdminClient
 
 from pipeline.config import WorkerConfig
 from pipeline.engine.batching import Batch, MicroBatcher
@@ -47,10 +48,10 @@ from pipeline.errors import KafkaError, ModelError
 from pipeline.kafka.deadletter import dead_letter_headers
 from pipeline.kafka.offsets import OffsetTracker, TopicPartitionKey
 from pipeline.kafka.stats import Stats
-from pipeline.kafka.topics import admin_client, ensure_topics
+from pipeline.kafka.topics import ensure_topics
 from pipeline.kafka.transactions import Transactions, default_transactional_id
 
-__all__ = ["ABANDONED", "Worker", "exit_if_abandoned", "run_worker"]
+__all__ = ["ABANDONED", "KafkaClients", "Worker", "exit_if_abandoned", "run_worker"]
 
 log = logging.getLogger("pipeline.worker")
 
@@ -71,6 +72,15 @@ _REJECTED_BY_BROKER = {
     RdKafkaError.INVALID_RECORD,
     RdKafkaError.INVALID_MSG,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaClients:
+    """How the worker makes its Kafka clients from settings; tests pass stand-ins."""
+
+    consumer: Callable[[dict[str, Any]], Consumer] = Consumer
+    producer: Callable[[dict[str, Any]], Producer] = Producer
+    admin: Callable[[dict[str, Any]], AdminClient] = AdminClient
 
 
 @dataclass(slots=True)
@@ -95,9 +105,12 @@ def _tp(msg: Message) -> TopicPartitionKey:
 class Worker:
     """One consumer-group member: its own consumer, producer, model sessions and batches."""
 
-    def __init__(self, config: WorkerConfig, *, index: int = 0) -> None:
+    def __init__(
+        self, config: WorkerConfig, *, index: int = 0, clients: KafkaClients | None = None
+    ) -> None:
         self.config = config
         self._index = index
+        self._clients = clients or KafkaClients()
         if "debug" in config.kafka:  # -X debug=...: the user asked to see librdkafka's debug lines
             logging.getLogger("librdkafka").setLevel(logging.DEBUG)
         common: dict[str, Any] = {
@@ -105,7 +118,7 @@ class Worker:
             "bootstrap.servers": config.bootstrap_servers,
             "logger": logging.getLogger("librdkafka"),  # one log format for everything
         }
-        self._consumer = Consumer(
+        self._consumer = self._clients.consumer(
             {
                 "group.id": config.group_id,
                 "auto.offset.reset": config.offset_reset,
@@ -126,7 +139,7 @@ class Worker:
         self._txn: Transactions | None = None  # exactly-once: made in run(), once Kafka answers
         self._plain_producer: Producer | None = None
         if config.guarantee == "at-least-once":
-            self._plain_producer = Producer(self._producer_settings)
+            self._plain_producer = self._clients.producer(self._producer_settings)
         self._cache = ModelCache(
             ModelStore(config.models),
             max_loaded=config.max_loaded_models,
@@ -167,7 +180,7 @@ class Worker:
         """
         cfg = self.config
         ensure_topics(
-            admin_client(cfg.bootstrap_servers, cfg.kafka),
+            self._clients.admin({**cfg.kafka, "bootstrap.servers": cfg.bootstrap_servers}),
             cfg.bootstrap_servers,
             [*cfg.input_topics, cfg.output_topic, cfg.dlq_topic],
             create=cfg.create_topics,
@@ -175,7 +188,11 @@ class Worker:
         )
         if cfg.guarantee == "exactly-once":
             txn_id = cfg.transactional_id or default_transactional_id(cfg.group_id, self._index)
-            self._txn = Transactions(self._producer_settings, transactional_id=txn_id)
+            self._txn = Transactions(
+                self._producer_settings,
+                transactional_id=txn_id,
+                make_producer=self._clients.producer,
+            )
             log.info("exactly-once: transactional.id %s", txn_id)
         log.info("worker starting with %s", cfg.redacted)
         self._consumer.subscribe(

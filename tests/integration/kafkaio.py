@@ -182,6 +182,19 @@ def read_all(
     )  # fmt: skip
 
 
+def wait_for_outputs(bootstrap: str, topic: str, n: int, timeout_s: float = 60.0) -> None:
+    """Wait until `topic` holds at least `n` records (read_committed): work is flowing."""
+    consumer = verify_consumer(bootstrap, [topic])
+    seen = 0
+    deadline = time.monotonic() + timeout_s
+    try:
+        while seen < n:
+            assert time.monotonic() < deadline, f"{seen} of {n} records on {topic} in {timeout_s} s"
+            seen += sum(1 for _ in checked(consumer.consume(1000, 0.2)))
+    finally:
+        consumer.close()
+
+
 @dataclass
 class Accounting:
     """Where each input id ended: predictions and dead letters, with duplicates counted."""

@@ -44,6 +44,11 @@ def _hostile_store(repo_root: Path, tmp_path: Path) -> Path:
     data = (good / "model.onnx").read_bytes()
     (truncated / "model.onnx").write_bytes(data[: len(data) // 2])  # no manifest: no checksum
 
+    looped = store / "manifest-loop" / "1"
+    looped.mkdir(parents=True)
+    shutil.copyfile(good / "model.onnx", looped / "model.onnx")
+    (looped / "model.json").symlink_to(looped / "model.json")  # ELOOP on every read
+
     mismatch = store / "bad-checksum" / "1"
     shutil.copytree(good, mismatch)
     manifest = orjson.loads((mismatch / "model.json").read_bytes())
@@ -67,6 +72,7 @@ HOSTILE: dict[str, tuple[dict[str, str], str, tuple[str, ...]]] = {
     "file-link": ({"model": "file-link"}, "ModelLoadFailed", ("outside the model store",)),
     "truncated": ({"model": "truncated"}, "ModelLoadFailed", ("onnxruntime cannot load",)),
     "bad-checksum": ({"model": "bad-checksum"}, "ModelLoadFailed", ("SHA-256", "0" * 64)),
+    "manifest-loop": ({"model": "manifest-loop"}, "ModelLoadFailed", ("model.json",)),
 }
 
 

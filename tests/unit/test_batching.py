@@ -337,3 +337,14 @@ def test_bad_features_are_rejected(
         batcher.add(KEY_A, features, list(range(n_items)))
 
     assert len(batcher) == 0
+
+
+def test_a_key_that_drained_may_come_back_with_another_width(
+    make_batcher: Callable[..., MicroBatcher[int]],
+) -> None:
+    batcher = make_batcher()
+    batcher.add("k", np.zeros((1, 3), dtype=np.float32), [1])
+    batcher.flush()
+    batcher.add("k", np.zeros((1, 5), dtype=np.float32), [2])  # a new version of the model
+    (batch,) = batcher.flush()
+    assert batch.features.shape == (1, 5)

@@ -491,3 +491,29 @@ def test_decoded_rows_round_trip_to_predictions() -> None:
         ("a", 1, "2", "malignant"),
         ("b", 2, "2", "benign"),
     ]
+
+
+# --- outputs that are not tensors (ZipMap) ----------------------------------------------
+
+
+def test_map_outputs_become_objects_with_string_keys() -> None:
+    spec = ModelSpec(name="zm", version="1", n_features=3)
+    block = block_of(spec, 2)
+    maps = np.empty(2, dtype=object)
+    maps[:] = [{0: 0.25, 1: 0.75}, {0: 1.0, 1: 0.0}]
+    outputs = {"output_label": np.array([1, 0], dtype=np.int64), "output_probability": maps}
+    docs = [orjson.loads(d) for d in encode_predictions(block, outputs, 5)]
+    assert docs[0]["outputs"] == {"output_label": 1, "output_probability": {"0": 0.25, "1": 0.75}}
+    assert docs[1]["outputs"]["output_probability"] == {"0": 1.0, "1": 0.0}
+
+
+def test_labels_and_scores_come_from_a_map_probability_output() -> None:
+    spec = ModelSpec(
+        name="zm", version="1", n_features=3, labels=("malignant", "benign"),
+        probability_output="output_probability",
+    )  # fmt: skip
+    maps = np.empty(2, dtype=object)
+    maps[:] = [{0: 0.25, 1: 0.75}, {0: 0.875, 1: 0.125}]
+    outputs = {"output_label": np.array([1, 0], dtype=np.int64), "output_probability": maps}
+    docs = [orjson.loads(d) for d in encode_predictions(block_of(spec, 2), outputs, 5)]
+    assert [(d["label"], d["score"]) for d in docs] == [("benign", 0.75), ("malignant", 0.875)]

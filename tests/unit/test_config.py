@@ -631,3 +631,22 @@ def test_unsafe_properties_are_allowed_when_asked(allow: dict[str, dict[str, obj
 def test_properties_that_load_a_library_are_refused(key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         load({"kafka": {key: "/tmp/evil.so"}})
+
+
+@pytest.mark.parametrize("key", ["enable.auto.commit", "enable.auto.offset.store"])
+def test_properties_that_would_break_at_least_once_are_refused(key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{key}.*offsets are committed only after"):
+        load({"kafka": {key: "true"}})
+
+
+@pytest.mark.parametrize("command", ["produce", "consume"])
+def test_produce_and_consume_refuse_unsafe_properties_too(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.cli import main
+
+    args = [command, "--bootstrap-servers", "127.0.0.1:1", "-X", "plugin.library.paths=x.so"]
+    if command == "produce":
+        args += ["--synthetic", "m", "--count", "1"]
+    assert main(args) == 2
+    assert "plugin.library.paths" in capsys.readouterr().err

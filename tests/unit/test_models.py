@@ -592,3 +592,100 @@ def test_broken_newest_version_fails_at_resolve(
     (root / "m" / "2" / "model.onnx").write_bytes(b"\x08\x07half-written")
     with pytest.raises(ModelLoadError, match=r"m/2/model\.onnx"):
         make_cache().resolve("m", None)
+
+
+# --- models the store refuses or serves with care (outside review, issue 11) -----------
+
+
+def test_a_model_with_external_data_is_refused_even_with_its_file_beside_it(
+    root: Path, make_cache: Callable[..., ModelCache]
+) -> None:
+    from tests.modelfactory import external_data_model
+
+    directory = external_data_model(root / "ext" / "1")
+    assert (directory / "weights.bin").exists()
+    with pytest.raises(ModelLoadError, match=r"external.*weights\.bin.*save_as_external_data"):
+        make_cache().get("ext", "1")
+
+
+def test_map_outputs_load_and_are_described(
+    root: Path, make_cache: Callable[..., ModelCache]
+) -> None:
+    from tests.modelfactory import zipmap_classifier
+
+    zipmap_classifier(root / "zm" / "1")
+    model = make_cache().get("zm", "1")
+    assert model.output_names == ("output_label", "output_probability")
+    assert model.map_outputs == ("output_probability",)
+
+
+def test_a_sequence_of_tensors_output_is_refused_with_a_reason(
+    root: Path, make_cache: Callable[..., ModelCache]
+) -> None:
+    from tests.modelfactory import sequence_output_model
+
+    sequence_output_model(root / "seq" / "1")
+    with pytest.raises(ModelLoadError, match=r"output 'seq' is seq\(tensor\(float\)\).*tensors"):
+        make_cache().get("seq", "1")
+
+
+def test_a_manifest_in_a_symlink_loop_is_a_load_error(
+    root: Path, add_version: Callable[..., Path], make_cache: Callable[..., ModelCache]
+) -> None:
+    directory = add_version("m", "1", manifest=False)
+    (directory / "model.json").symlink_to(directory / "model.json")
+    with pytest.raises(ModelLoadError, match=r"model\.json"):
+        make_cache().get("m", "1")
+
+
+def test_an_unreadable_version_directory_is_a_load_error(
+    root: Path,
+    add_version: Callable[..., Path],
+    make_cache: Callable[..., ModelCache],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    add_version("m", "1")
+    real_iterdir = Path.iterdir
+
+    def iterdir(self: Path) -> Any:
+        if self == root / "m":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    with pytest.raises(ModelLoadError, match=r"Permission denied"):
+        make_cache().resolve("m", None)
+
+
+def test_an_unknown_model_is_remembered_for_the_reload_interval(
+    root: Path,
+    add_version: Callable[..., Path],
+    make_cache: Callable[..., ModelCache],
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    listings: list[str] = []
+    real_latest = ModelStore.latest
+
+    def latest(self: ModelStore, name: str) -> str:
+        listings.append(name)
+        return real_latest(self, name)
+
+    monkeypatch.setattr(ModelStore, "latest", latest)
+    cache = make_cache(reload_interval_s=2.0)
+    for _ in range(3):
+        with pytest.raises(ModelNotFoundError):
+            cache.resolve("bogus", None)
+    assert listings == ["bogus"]
+    add_version("bogus", "1")
+    clock.advance(2.0)
+    assert cache.resolve("bogus", None).version == "1"
+
+
+def test_unknown_model_errors_do_not_list_the_store(
+    root: Path, add_version: Callable[..., Path]
+) -> None:
+    add_version("secret-model", "1")
+    with pytest.raises(ModelNotFoundError) as caught:
+        ModelStore(root).latest("nope")
+    assert "secret-model" not in str(caught.value) and str(root) not in str(caught.value)

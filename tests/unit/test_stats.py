@@ -179,3 +179,15 @@ def test_a_snapshot_is_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         snap.seconds = 2.0  # type: ignore[misc]
     assert snap.totals == {}
+
+
+def test_a_long_interval_keeps_a_bounded_sample_of_latencies(
+    stats: Stats, clock: FakeClock
+) -> None:
+    for n in range(300_000):
+        stats.prediction(float(n % 100))
+    assert stats.latency_samples <= 10_000
+    clock.advance(5.0)
+    snap = stats.snapshot(1)
+    assert snap.predictions == 300_000
+    assert snap.latency_p50_ms is not None and 40 <= snap.latency_p50_ms <= 60

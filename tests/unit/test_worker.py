@@ -1,0 +1,297 @@
+"""The worker's own decisions, with stand-in Kafka clients: what it produces, dead-letters,
+pauses, resumes, seeks and commits when Kafka says something unusual.
+
+Each behaviour here is also exercised against the real broker in tests/integration and
+tests/reliability; these tests pin the decision itself, deterministically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from pipeline.config import WorkerConfig
+from pipeline.errors import KafkaError as PipelineKafkaError
+from pipeline.kafka.worker import KafkaClients, Worker
+
+from .fakekafka import BREAK, FakeAdmin, FakeConsumer, FakeMessage, FakeProducer, Produced, Step
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+MLP = "breast-cancer-mlp"
+IN, OUT, DLQ = "in", "out", "out.dlq"
+ROW = orjson.loads((Path(__file__).resolve().parents[2] / "schemas/examples/feature-event-array.json").read_bytes())["features"]  # fmt: skip
+
+
+def event(n: int, **extra: Any) -> bytes:
+    return orjson.dumps({"id": f"e-{n}", "features": ROW, **extra})
+
+
+def record(partition: int, offset: int, value: bytes | None = None, **kw: Any) -> FakeMessage:
+    return FakeMessage(IN, partition, offset, event(offset) if value is None else value, **kw)
+
+
+class Run:
+    """A worker wired to stand-in clients; `go` runs it until the consumer's script ends."""
+
+    def __init__(self, **settings: Any) -> None:
+        settings = {"max_wait_ms": 0, "commit_interval_ms": 1, **settings}
+        self.config = WorkerConfig(
+            input_topics=(IN,), output_topic=OUT, dlq_topic=DLQ, models=MODELS,
+            default_model=MLP, **settings,
+        )  # fmt: skip
+        self.consumer = FakeConsumer({})
+        self.producers: list[FakeProducer] = []
+        self.refuse: Callable[[Produced], KafkaException | None] = lambda _: None
+        self.fail: Callable[[Produced], KafkaError | None] = lambda _: None
+        self.hold = False
+        clients = KafkaClients(
+            consumer=self._consumer, producer=self._producer,
+            admin=lambda s: FakeAdmin(s, [IN, OUT, DLQ]),
+        )  # fmt: skip
+        self.worker = Worker(self.config, clients=clients)
+        self.consumer.when_done = self.worker.stop
+
+    def _consumer(self, settings: dict[str, Any]) -> Any:
+        self.consumer.settings = settings
+        return self.consumer
+
+    def _producer(self, settings: dict[str, Any]) -> Any:
+        producer = FakeProducer(
+            settings, refuse=self._refuse, fail=self._fail, hold=lambda: self.hold
+        )
+        self.producers.append(producer)
+        return producer
+
+    def _refuse(self, record: Produced) -> KafkaException | None:
+        return self.refuse(record)
+
+    def _fail(self, record: Produced) -> KafkaError | None:
+        return self.fail(record)
+
+    def go(self, *script: Step) -> None:
+        self.consumer.script = list(script)
+        assert self.worker.run() == 0
+
+    @property
+    def produced(self) -> list[Produced]:
+        return [r for p in self.producers for r in p.produced]
+
+    def outputs(self, topic: str) -> list[Produced]:
+        return [r for r in self.produced if r.topic == topic]
+
+    def last_commit(self, partition: int = 0) -> int | None:
+        positions = [o for c in self.consumer.commits for t, p, o in c if (t, p) == (IN, partition)]
+        return positions[-1] if positions else None
+
+
+@pytest.fixture
+def run() -> Iterator[Callable[..., Run]]:
+    yield Run
+
+
+def headers(r: Produced) -> dict[str, bytes | None]:
+    return dict(r.headers)
+
+
+def too_large(limit: int) -> Callable[[Produced], KafkaException | None]:
+    """Refuse, at produce time, any record whose value is over `limit` bytes."""
+
+    def refuse(r: Produced) -> KafkaException | None:
+        if len(r.value or b"") > limit:
+            return KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+        return None
+
+    return refuse
+
+
+# -- records the broker refuses ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
+def test_a_dead_letter_too_large_to_produce_is_written_without_its_value(
+    run: Callable[..., Run], guarantee: str
+) -> None:
+    r = run(guarantee=guarantee)
+    big = orjson.dumps({"id": "big", "features": ROW, "blob": "x" * 200_000})
+    r.refuse = too_large(100_000)
+    r.go(r.consumer.assign((IN, 0)), record(0, 0, big), record(0, 1))
+
+    (dead,) = r.outputs(DLQ)
+    h = headers(dead)
+    assert dead.value is None
+    assert h["pipeline.error.stage"] == b"decode" and h["pipeline.error.type"] == b"TooLarge"
+    assert h["pipeline.value.omitted"] == str(len(big)).encode()
+    assert h["pipeline.source.offset"] == b"0" and h["pipeline.source.topic"] == IN.encode()
+    assert [orjson.loads(p.value or b"")["id"] for p in r.outputs(OUT)] == ["e-1"]
+    assert r.last_commit() == 2
+    if guarantee == "exactly-once":
+        assert "abort" not in r.producers[-1].transactions
+        assert r.producers[-1].transactions[-1] == "commit"
+
+
+def test_a_prediction_the_producer_refuses_becomes_a_produce_dead_letter(
+    run: Callable[..., Run],
+) -> None:
+    r = run()
+    r.refuse = lambda rec: (
+        KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)) if rec.topic == OUT else None
+    )
+    r.go(r.consumer.assign((IN, 0)), record(0, 0))
+
+    (dead,) = r.outputs(DLQ)
+    assert headers(dead)["pipeline.error.stage"] == b"produce"
+    assert headers(dead)["pipeline.error.type"] == b"MsgSizeTooLarge"
+    assert dead.value == event(0)
+    assert r.last_commit() == 1
+
+
+def test_a_dead_letter_whose_headers_are_too_large_drops_them_too(
+    run: Callable[..., Run],
+) -> None:
+    r = run()
+
+    def refuse(rec: Produced) -> KafkaException | None:
+        size = len(rec.value or b"") + sum(len(k) + len(v or b"") for k, v in rec.headers)
+        if size > 10_000:
+            return KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
+        return None
+
+    r.refuse = refuse
+    huge_headers: list[tuple[str, bytes | None]] = [("trace", b"t" * 20_000)]
+    r.go(r.consumer.assign((IN, 0)), record(0, 0, b"not json", _headers=huge_headers))
+
+    (dead,) = r.outputs(DLQ)
+    h = headers(dead)
+    assert dead.value is None and "trace" not in h
+    assert h["pipeline.error.type"] == b"InvalidJson"
+    assert h["pipeline.headers.omitted"] == b"1"
+    assert r.last_commit() == 1
+
+
+# -- rebalances and backpressure ---------------------------------------------------------------
+
+
+def test_records_of_a_partition_revoked_before_they_were_processed_are_dropped(
+    run: Callable[..., Run],
+) -> None:
+    r = run()
+    c = r.consumer
+    r.go(c.assign((IN, 0), (IN, 1)), record(0, 0), c.revoke((IN, 1)), record(1, 7), record(0, 1))
+
+    ids = sorted(orjson.loads(p.value or b"")["id"] for p in r.outputs(OUT))
+    assert ids == ["e-0", "e-1"], "e-7 belongs to a partition this worker no longer owns"
+    assert r.last_commit(1) is None
+    assert r.last_commit(0) == 2
+
+
+def test_a_paused_partition_that_comes_back_after_a_revoke_is_resumed(
+    run: Callable[..., Run],
+) -> None:
+    r = run(max_in_flight=2, max_batch_size=1)
+    c = r.consumer
+    r.hold = True
+    script: list[Step] = [c.assign((IN, 0)), record(0, 0), record(0, 1), record(0, 2), BREAK]
+    script += [c.revoke((IN, 0)), c.assign((IN, 0)), record(0, 3), BREAK]
+    r.go(*script)
+
+    assert [(IN, 0)] in c.pause_calls, "two events in flight pause the partition"
+    assert (IN, 0) not in c.paused, "a partition assigned again is not left paused"
+
+
+def test_backpressure_also_pauses_partitions_that_become_busy_later(
+    run: Callable[..., Run],
+) -> None:
+    r = run(max_in_flight=2, max_batch_size=1)
+    c = r.consumer
+    r.hold = True
+    paused_when: list[set[tuple[str, int]]] = []
+    script: list[Step] = [c.assign((IN, 0), (IN, 1)), record(0, 0), record(0, 1), record(0, 2)]
+    script += [BREAK, record(1, 0), record(1, 1), BREAK]
+    script += [lambda: paused_when.append(set(c.paused))]
+    r.go(*script)
+
+    assert paused_when and paused_when[0] >= {(IN, 0), (IN, 1)}
+
+
+# -- exactly-once rewinds ----------------------------------------------------------------------
+
+
+def test_an_abort_rewinds_to_where_the_transaction_started_even_with_offset_reset_latest(
+    run: Callable[..., Run],
+) -> None:
+    r = run(guarantee="exactly-once", offset_reset="latest")
+    failed_once: list[bool] = []
+
+    def fail(rec: Produced) -> KafkaError | None:
+        if not failed_once:
+            failed_once.append(True)
+            return KafkaError(KafkaError._MSG_TIMED_OUT)
+        return None
+
+    r.fail = fail
+    r.go(r.consumer.assign((IN, 0)), record(0, 5), record(0, 6))
+
+    assert r.consumer.seeks[0] == (IN, 0, 5), "not OFFSET_END: that would skip offsets 5 and 6"
+
+
+def test_committed_offsets_that_cannot_be_read_after_an_abort_stop_the_worker(
+    run: Callable[..., Run],
+) -> None:
+    r = run(guarantee="exactly-once")
+    r.fail = lambda _: KafkaError(KafkaError._MSG_TIMED_OUT)
+    r.consumer.committed_errors[(IN, 0)] = KafkaError(KafkaError._TIMED_OUT)
+    with pytest.raises(PipelineKafkaError, match=r"committed offsets of in\[0\]"):
+        r.go(r.consumer.assign((IN, 0)), record(0, 0))
+
+
+# -- commits -----------------------------------------------------------------------------------
+
+
+def test_a_commit_refused_for_one_partition_is_sent_again(run: Callable[..., Run]) -> None:
+    r = run()
+    c = r.consumer
+    c.commit_errors[(IN, 0)] = KafkaError(KafkaError.REBALANCE_IN_PROGRESS)
+    r.go(c.assign((IN, 0)), record(0, 0), BREAK, lambda: c.commit_errors.clear(), BREAK, BREAK)
+
+    assert c.committed_offsets.get((IN, 0)) == 1, c.commits
+
+
+# -- odd records -------------------------------------------------------------------------------
+
+
+def test_a_record_without_a_timestamp_gets_the_time_it_was_read(run: Callable[..., Run]) -> None:
+    r = run()
+    r.go(r.consumer.assign((IN, 0)), record(0, 0, _timestamp=-1))
+
+    (prediction,) = r.outputs(OUT)
+    assert orjson.loads(prediction.value or b"")["ts"] > 1_700_000_000_000
+
+
+def test_header_names_that_are_not_utf8_do_not_stop_the_worker(run: Callable[..., Run]) -> None:
+    r = run()
+    r.go(
+        r.consumer.assign((IN, 0)),
+        record(0, 0, _bad_header_names=True),
+        record(0, 1, b"{", _bad_header_names=True),
+    )
+
+    assert [orjson.loads(p.value or b"")["id"] for p in r.outputs(OUT)] == ["e-0"]
+    (dead,) = r.outputs(DLQ)
+    assert headers(dead)["pipeline.headers.omitted"] == b"1"
+    assert r.last_commit() == 2
+
+
+def test_dead_letters_for_unknown_models_do_not_show_the_store(run: Callable[..., Run]) -> None:
+    r = run()
+    r.go(r.consumer.assign((IN, 0)), record(0, 0, event(0, model="nope")))
+
+    (dead,) = r.outputs(DLQ)
+    message = (headers(dead)["pipeline.error.message"] or b"").decode()
+    assert headers(dead)["pipeline.error.type"] == b"UnknownModel"
+    assert "nope" in message
+    assert str(MODELS) not in message and MLP not in message
