@@ -39,12 +39,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import onnxruntime as ort
 
 from pipeline.engine.manifest import MANIFEST_FILE, Manifest, read_manifest, verify_sha256
 from pipeline.engine.names import PLAIN_NAME_RULE, is_plain_name
+from pipeline.engine.onnxfile import refuse_external_data
 from pipeline.engine.spec import ModelSpec
 from pipeline.errors import ConfigError, ModelLoadError, ModelNotFoundError
 
@@ -59,12 +61,16 @@ __all__ = [
 ]
 
 MODEL_FILE = "model.onnx"
+T = TypeVar("T")
 
 SessionFactory = Callable[[bytes, ort.SessionOptions], ort.InferenceSession]
 """Builds a session from model bytes and options; injectable for tests."""
 
 _DIGITS = re.compile(r"(\d+)")
 _LISTING_LIMIT = 10
+_MAX_UNKNOWN = 4096  # unknown model names remembered at once
+# Output types served: tensors, and a sequence of maps (one map per row: skl2onnx's ZipMap).
+_MAP_OUTPUT = re.compile(r"seq\(map\((int64|string),tensor\((float|double)\)\)\)")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,6 +86,8 @@ class LoadedModel:
         input_name: Name of the single float32 matrix input.
         output_names: Names of all outputs, in the model's order.
         path: The model file that was loaded (symlinks resolved).
+        map_outputs: The outputs that are a sequence of maps, one ``{key: value}`` per row
+            (skl2onnx's ZipMap) rather than a tensor.
     """
 
     spec: ModelSpec
@@ -87,6 +95,7 @@ class LoadedModel:
     input_name: str
     output_names: tuple[str, ...]
     path: Path
+    map_outputs: tuple[str, ...] = ()
 
 
 class ModelStore:
@@ -111,7 +120,11 @@ class ModelStore:
         return self._root
 
     def names(self) -> list[str]:
-        """Return the names of all models that have at least one version, sorted."""
+        """Return the names of all models that have at least one version, sorted.
+
+        Raises:
+            ModelLoadError: a directory of the store cannot be read.
+        """
         return sorted(d.name for d in _plain_subdirs(self._root) if _version_names(d))
 
     def versions(self, name: str) -> list[str]:
@@ -124,13 +137,15 @@ class ModelStore:
 
         Raises:
             ModelNotFoundError: `name` is not plain, or no such model has any version.
+            ModelLoadError: the model's directory cannot be read.
         """
         _check_plain("model name", name)
         found = _version_names(self._root / name)
         if not found:
+            # Names come from events: the message never lists the store or shows its path.
             raise ModelNotFoundError(
-                f"no model named {name!r} in {self._root} (a model is a directory holding "
-                f"<version>/{MODEL_FILE}); available: {_listing(self.names())}"
+                f"no model named {name!r} in the store (a model is a directory holding "
+                f"<version>/{MODEL_FILE})"
             )
         return sorted(found, key=_version_key)
 
@@ -149,15 +164,15 @@ class ModelStore:
             ModelNotFoundError: `name` or `version` is not plain, or there is no such
                 model file.
             ModelLoadError: the file's real path (symlinks followed) is outside the
-                store root.
+                store root, or the file cannot be examined.
         """
         _check_plain("model name", name)
         _check_plain("model version", version)
         file = self._root / name / version / MODEL_FILE
-        if not file.is_file():
+        if not _guarded(file, file.is_file):
             raise ModelNotFoundError(
-                f"model {name!r} has no version {version!r} (no file {file}); "
-                f"available versions: {_listing(self.versions(name))}"
+                f"model {name!r} has no version {version!r} (no {name}/{version}/{MODEL_FILE}"
+                f" in the store); its versions: {_listing(self.versions(name))}"
             )
         return self._inside(file)
 
@@ -172,17 +187,31 @@ class ModelStore:
         """
         self.path(name, version)
         file = self._root / name / version / MANIFEST_FILE
-        if not (file.exists() or file.is_symlink()):
+        if not _guarded(file, lambda: file.exists() or file.is_symlink()):
             return {}
-        return read_manifest(self._inside(file))
+        real = self._inside(file)
+        try:
+            return read_manifest(real)
+        except ModelLoadError as exc:  # say where the file is in the store, not on the host
+            raise ModelLoadError(str(exc).replace(str(real), self.shown(file))) from exc
+
+    def shown(self, file: Path) -> str:
+        """`file` as messages show it: relative to the store root, never absolute."""
+        try:
+            return str(Path(file).relative_to(self._root))
+        except ValueError:
+            try:
+                return str(Path(file).relative_to(self._real_root))
+            except ValueError:
+                return Path(file).name
 
     def _inside(self, file: Path) -> Path:
         """Return the real path of `file`, refusing one that leaves the store root."""
-        real = file.resolve()
+        real = _guarded(file, file.resolve)
         if not real.is_relative_to(self._real_root):
             raise ModelLoadError(
-                f"{file} resolves to {real}, which is outside the model store "
-                f"{self._real_root}; symlinks in the store must point inside it"
+                f"{self.shown(file)} is a symlink to a file outside the model store; "
+                "symlinks in the store must point inside it"
             )
         return real
 
@@ -237,6 +266,7 @@ class ModelCache:
         self._loading: dict[tuple[str, str], Future[LoadedModel]] = {}
         self._failed: dict[tuple[str, str], tuple[ModelLoadError, float]] = {}
         self._newest: dict[str, tuple[str, float]] = {}
+        self._unknown: OrderedDict[str, tuple[ModelNotFoundError, float]] = OrderedDict()
 
     @property
     def store(self) -> ModelStore:
@@ -286,15 +316,32 @@ class ModelCache:
             return list(self._loaded)
 
     def _newest_version(self, name: str) -> str:
-        """Return the newest version of `name`, listing the store at most once a period."""
+        """Return the newest version of `name`, listing the store at most once a period.
+
+        A name the store does not have is remembered as unknown for the same period (at
+        most `_MAX_UNKNOWN` names), so events naming many bogus models cannot make every
+        event list the store.
+        """
         now = self._clock()
         with self._lock:
             cached = self._newest.get(name)
+            unknown = self._unknown.get(name)
         if cached is not None and now - cached[1] < self._reload_interval_s:
             return cached[0]
-        version = self._store.latest(name)
+        if unknown is not None and now - unknown[1] < self._reload_interval_s:
+            raise unknown[0].with_traceback(None)
+        try:
+            version = self._store.latest(name)
+        except ModelNotFoundError as exc:
+            with self._lock:
+                self._unknown[name] = (exc, now)
+                self._unknown.move_to_end(name)
+                while len(self._unknown) > _MAX_UNKNOWN:
+                    self._unknown.popitem(last=False)
+            raise
         with self._lock:
             self._newest[name] = (version, now)
+            self._unknown.pop(name, None)
         return version
 
     def _claim(self, key: tuple[str, str]) -> tuple[Future[LoadedModel], bool]:
@@ -338,14 +385,16 @@ class ModelCache:
         """Read, verify, open and warm up one model version."""
         path = self._store.path(name, version)
         manifest = self._store.manifest(name, version)
-        data = _read_bytes(path)
-        verify_sha256(path, data, manifest.get("sha256"))
-        session = self._open_session(path, data)
-        model = _describe(name, version, path, session, manifest)
-        _warm_up(model)
+        shown = f"{name}/{version}/{MODEL_FILE}"
+        data = _read_bytes(path, shown)
+        verify_sha256(Path(shown), data, manifest.get("sha256"))
+        refuse_external_data(shown, data)
+        session = self._open_session(shown, data)
+        model = _describe(name, version, path, shown, session, manifest)
+        _warm_up(model, shown)
         return model
 
-    def _open_session(self, path: Path, data: bytes) -> ort.InferenceSession:
+    def _open_session(self, path: str, data: bytes) -> ort.InferenceSession:
         """Build a session for the bytes of `path` with this cache's options."""
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = self._threads
@@ -365,30 +414,57 @@ def _cpu_session(data: bytes, options: ort.SessionOptions) -> ort.InferenceSessi
 
 
 def _describe(
-    name: str, version: str, path: Path, session: ort.InferenceSession, manifest: Manifest
+    name: str,
+    version: str,
+    path: Path,
+    shown: str,
+    session: ort.InferenceSession,
+    manifest: Manifest,
 ) -> LoadedModel:
     """Check the session against its manifest and build the `LoadedModel`."""
-    input_name, width = _graph_input(path, session)
+    input_name, width = _graph_input(shown, session)
+    map_outputs = _map_outputs(shown, session)
     features = manifest.get("features")
     labels = manifest.get("labels")
     probability_output = manifest.get("probability_output")
     if probability_output is not None:
-        _check_probability_output(path, session, probability_output, labels)
+        _check_probability_output(shown, session, probability_output, labels)
     spec = ModelSpec(
         name=name,
         version=version,
-        n_features=_n_features(path, width, features),
+        n_features=_n_features(shown, width, features),
         feature_names=tuple(features) if features is not None else None,
         labels=tuple(labels) if labels is not None else None,
         probability_output=probability_output,
     )
     outputs = tuple(str(o.name) for o in session.get_outputs())
     return LoadedModel(
-        spec=spec, session=session, input_name=input_name, output_names=outputs, path=path
+        spec=spec,
+        session=session,
+        input_name=input_name,
+        output_names=outputs,
+        path=path,
+        map_outputs=map_outputs,
     )
 
 
-def _graph_input(path: Path, session: ort.InferenceSession) -> tuple[str, int | None]:
+def _map_outputs(path: str, session: ort.InferenceSession) -> tuple[str, ...]:
+    """Return the outputs that are a sequence of per-row maps; refuse any other non-tensor."""
+    maps = []
+    for output in session.get_outputs():
+        kind = str(output.type)
+        if _MAP_OUTPUT.fullmatch(kind):
+            maps.append(str(output.name))
+        elif not kind.startswith("tensor("):
+            raise ModelLoadError(
+                f"{path}: output {output.name!r} is {kind}; only tensors and sequences of "
+                "maps (one map per row, as skl2onnx's ZipMap gives) can become predictions. "
+                "Convert the model with tensor outputs (for skl2onnx: options={'zipmap': False})"
+            )
+    return tuple(maps)
+
+
+def _graph_input(path: str, session: ort.InferenceSession) -> tuple[str, int | None]:
     """Return the single input's name and its fixed feature count (None if symbolic)."""
     inputs = session.get_inputs()
     if len(inputs) != 1:
@@ -411,7 +487,7 @@ def _graph_input(path: Path, session: ort.InferenceSession) -> tuple[str, int | 
     return str(arg.name), width if isinstance(width, int) and width > 0 else None
 
 
-def _n_features(path: Path, width: int | None, features: list[str] | None) -> int:
+def _n_features(path: str, width: int | None, features: list[str] | None) -> int:
     """Reconcile the graph's feature count with the manifest's feature list."""
     if features is None:
         if width is None:
@@ -429,7 +505,7 @@ def _n_features(path: Path, width: int | None, features: list[str] | None) -> in
 
 
 def _check_probability_output(
-    path: Path, session: ort.InferenceSession, output: str, labels: list[str] | None
+    path: str, session: ort.InferenceSession, output: str, labels: list[str] | None
 ) -> None:
     """Check that the manifest's probability output exists and fits its labels."""
     found = {str(o.name): list(o.shape) for o in session.get_outputs()}
@@ -447,23 +523,35 @@ def _check_probability_output(
         )
 
 
-def _warm_up(model: LoadedModel) -> None:
+def _warm_up(model: LoadedModel, shown: str) -> None:
     """Run one zero row through the session so the first real batch is not slow."""
     row = np.zeros((1, model.spec.n_features), dtype=np.float32)
     try:
         model.session.run(list(model.output_names), {model.input_name: row})
     except Exception as exc:  # onnxruntime raises its own Exception subclasses
-        raise ModelLoadError(
-            f"{model.path}: warm-up inference on one zero row failed: {exc}"
-        ) from exc
+        raise ModelLoadError(f"{shown}: warm-up inference on one zero row failed: {exc}") from exc
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_bytes(path: Path, shown: str) -> bytes:
     """Read a model file, turning I/O errors into `ModelLoadError`."""
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise ModelLoadError(f"cannot read model file {path}: {exc}") from exc
+        raise ModelLoadError(f"cannot read model file {shown}: {exc.strerror}") from exc
+
+
+def _guarded(path: Path, examine: Callable[[], T]) -> T:
+    """Run a file-system check on `path`, turning what a broken store raises into
+    `ModelLoadError`: a directory without read permission (a deploy as another user), a
+    symlink loop (Python raises RuntimeError for it), any other OSError."""
+    try:
+        return examine()
+    except (OSError, RuntimeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ModelLoadError(
+            f"the model store cannot read {path.name!r} under {path.parent.name!r}: {reason}; "
+            "check its permissions and symlinks"
+        ) from exc
 
 
 def _check_plain(what: str, value: str) -> None:
@@ -479,17 +567,25 @@ def _check_count(name: str, value: int, minimum: int) -> None:
 
 
 def _plain_subdirs(directory: Path) -> list[Path]:
-    """Return the plain-named subdirectories of `directory`; none if it is missing."""
+    """Return the plain-named subdirectories of `directory`; none if it is missing.
+
+    Raises:
+        ModelLoadError: the directory exists but cannot be read.
+    """
     try:
         entries = list(directory.iterdir())
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return [e for e in entries if is_plain_name(e.name) and e.is_dir()]
+    except OSError as exc:
+        raise ModelLoadError(
+            f"the model store cannot list {directory.name!r}: {exc.strerror}; check its permissions"
+        ) from exc
+    return [e for e in entries if is_plain_name(e.name) and _guarded(e, e.is_dir)]
 
 
 def _version_names(model_dir: Path) -> list[str]:
     """Return the names of the version directories under `model_dir` (unsorted)."""
-    return [d.name for d in _plain_subdirs(model_dir) if (d / MODEL_FILE).is_file()]
+    return [d.name for d in _plain_subdirs(model_dir) if _guarded(d, (d / MODEL_FILE).is_file)]
 
 
 def _version_key(version: str) -> tuple[tuple[str | int, ...], str]:

@@ -168,9 +168,9 @@ def test_unknown_model_and_version_are_not_found(
 ) -> None:
     add_version("m", "1")
     store = ModelStore(root)
-    with pytest.raises(ModelNotFoundError, match=r"no model named 'nope'.*available: m"):
+    with pytest.raises(ModelNotFoundError, match=r"no model named 'nope' in the store"):
         store.latest("nope")
-    with pytest.raises(ModelNotFoundError, match=r"no version '7'.*available versions: 1"):
+    with pytest.raises(ModelNotFoundError, match=r"no version '7'.*its versions: 1"):
         store.path("m", "7")
 
 
@@ -199,10 +199,10 @@ def test_path_refuses_a_symlinked_model_file_outside_the_store(
     shutil.copyfile(LOGREG / "model.onnx", outside / "model.onnx")
     (root / "m" / "1").mkdir(parents=True)
     (root / "m" / "1" / "model.onnx").symlink_to(outside / "model.onnx")
-    link = str(root / "m" / "1" / "model.onnx")
     with pytest.raises(ModelLoadError, match="outside the model store") as info:
         ModelStore(root).path("m", "1")
-    assert link in str(info.value)
+    assert str(info.value).startswith("m/1/model.onnx is a symlink")
+    assert str(outside) not in str(info.value), "the host's paths stay out of dead letters"
     with pytest.raises(ModelLoadError, match="outside the model store"):
         make_cache().get("m", "1")
 
@@ -225,7 +225,9 @@ def test_manifest_symlinked_outside_the_store_is_refused(
     directory = add_version("m", "1", manifest=False)
     (tmp_path / "model.json").write_text("{}")
     (directory / "model.json").symlink_to(tmp_path / "model.json")
-    with pytest.raises(ModelLoadError, match=r"model\.json resolves to .* outside"):
+    with pytest.raises(
+        ModelLoadError, match=r"m/1/model\.json is a symlink to a file outside the model store"
+    ):
         ModelStore(root).manifest("m", "1")
 
 
@@ -249,7 +251,7 @@ def test_truncated_model_names_the_file_and_onnxruntime_error(
     (directory / "model.onnx").write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelLoadError, match="onnxruntime cannot load the model") as info:
         make_cache().get("m", "1")
-    assert str((directory / "model.onnx").resolve()) in str(info.value)
+    assert str(info.value).startswith("m/1/model.onnx: "), "named as the store shows it"
     assert info.value.__cause__ is not None
 
 
@@ -265,7 +267,7 @@ def test_checksum_mismatch_names_both_hashes(
     message = str(info.value)
     assert expected in message
     assert actual in message
-    assert str((directory / "model.onnx").resolve()) in message
+    assert message.startswith("m/1/model.onnx: ")
 
 
 BAD_MANIFESTS: list[tuple[object, str]] = [
@@ -292,7 +294,7 @@ def test_manifest_with_bad_types_names_file_and_field(
     write_manifest(directory, content)
     with pytest.raises(ModelLoadError, match=pattern) as info:
         ModelStore(root).manifest("m", "1")
-    assert str((directory / "model.json").resolve()) in str(info.value)
+    assert str(info.value).startswith("m/1/model.json: ")
 
 
 def test_manifest_that_is_not_json_is_refused(root: Path, add_version: Callable[..., Path]) -> None:
