@@ -112,7 +112,6 @@ class MicroBatcher(Generic[T]):
         self._max_wait_s = self._max_wait_ms / 1000.0
         self._clock = clock
         self._pending: dict[Hashable, _Pending[T]] = {}
-        self._widths: dict[Hashable, int] = {}
         self._rows = 0
 
     @property
@@ -147,10 +146,13 @@ class MicroBatcher(Generic[T]):
                 or its width differs from earlier rows of the same key.
         """
         _check_rows(features, len(items))
-        self._check_width(key, features.shape[1])
         if not items:
             return []
-        pending = self._pending.setdefault(key, _Pending())
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = _Pending()
+        else:
+            _check_width(key, pending, features.shape[1])
         chunk = _Chunk(np.ascontiguousarray(features), list(items), self._clock())
         pending.chunks.append(chunk)
         pending.rows += len(chunk.items)
@@ -213,14 +215,6 @@ class MicroBatcher(Generic[T]):
                 del self._pending[key]
         return removed
 
-    def _check_width(self, key: Hashable, width: int) -> None:
-        expected = self._widths.setdefault(key, width)
-        if width != expected:
-            raise ValueError(
-                f"features for key {key!r} must have {expected} columns "
-                f"(as earlier rows did), got {width}"
-            )
-
     def _deadline(self, pending: _Pending[T]) -> float:
         return pending.chunks[0].added_at + self._max_wait_s
 
@@ -235,6 +229,16 @@ class MicroBatcher(Generic[T]):
         features, items = pending.take(pending.rows if size is None else size)
         self._rows -= len(items)
         return Batch(key, features, items, first_added_at)
+
+
+def _check_width(key: Hashable, pending: _Pending[T], width: int) -> None:
+    """Refuse rows whose width differs from the rows still pending for the same key."""
+    expected = pending.chunks[0].features.shape[1]
+    if width != expected:
+        raise ValueError(
+            f"features for key {key!r} must have {expected} columns "
+            f"(as the rows pending for it do), got {width}"
+        )
 
 
 def _filter(chunk: _Chunk[T], predicate: Callable[[T], bool]) -> _Chunk[T] | None:

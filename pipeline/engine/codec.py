@@ -343,14 +343,13 @@ class EventDecoder:
         except ModelLoadError as exc:
             raise _Rejected("route", "ModelLoadFailed", str(exc)) from exc
         except ModelNotFoundError as exc:
+            # Model names come from events: the message names only what the event asked for.
             if version is None or not self._model_exists(model):
                 raise _Rejected(
-                    "route", "UnknownModel", f"model {model!r} is not in the store ({exc})"
+                    "route", "UnknownModel", f"model {model!r} is not in the store"
                 ) from exc
             raise _Rejected(
-                "route",
-                "UnknownVersion",
-                f"model {model!r} has no version {version!r} ({exc})",
+                "route", "UnknownVersion", f"model {model!r} has no version {version!r}"
             ) from exc
 
     def _model_exists(self, model: str) -> bool:
@@ -636,7 +635,11 @@ def _per_row_outputs(names: list[str], columns: list[list[Any]], n: int) -> list
 
 
 def _output_rows(name: str, array: np.ndarray[Any, Any], n: int) -> list[Any]:
-    """Split one output array into per-row Python values (float32 kept short)."""
+    """Split one output array into per-row Python values (float32 kept short).
+
+    An object array of maps (a sequence-of-maps output such as skl2onnx's ZipMap) gives one
+    JSON object per row, its keys as strings.
+    """
     if array.ndim == 0 or array.shape[0] != n:
         raise ValueError(
             f"output {name!r} must have one entry per row ({n}) on its first axis, "
@@ -647,7 +650,30 @@ def _output_rows(name: str, array: np.ndarray[Any, Any], n: int) -> list[Any]:
             orjson.dumps(np.ascontiguousarray(array), option=_FLOAT32_JSON)
         )
         return rows
+    if array.dtype == object and n and isinstance(array[0], dict):
+        return [_json_map(name, row) for row in array]
     return array.tolist()  # type: ignore[no-any-return]
+
+
+def _json_map(name: str, row: object) -> dict[str, Any]:
+    """One row of a map output as a JSON object: string keys, float32 values kept short."""
+    if not isinstance(row, dict):
+        raise ValueError(f"output {name!r} must hold one map per row, got {type(row).__name__}")
+    values = orjson.loads(orjson.dumps(np.asarray(list(row.values()), dtype=np.float32),
+                                       option=_FLOAT32_JSON))  # fmt: skip
+    return dict(zip(map(str, row), values, strict=True))
+
+
+def _map_columns(name: str, maps: np.ndarray[Any, Any], n_labels: int) -> np.ndarray[Any, Any]:
+    """A map output (one ``{class: probability}`` per row) as an (n, classes) matrix, its
+    columns in the maps' key order (the class order of the model)."""
+    rows = [list(row.values()) if isinstance(row, dict) else [] for row in maps]
+    if any(len(row) != n_labels for row in rows):
+        raise ValueError(
+            f"probability output {name!r} must map each of the {n_labels} labels to a "
+            "probability in every row"
+        )
+    return np.asarray(rows, dtype=np.float32).reshape(len(rows), n_labels)
 
 
 def _labels_and_scores(
@@ -662,6 +688,8 @@ def _labels_and_scores(
         return None
     output = spec.probability_output
     probs = outputs.get(output)
+    if probs is not None and probs.dtype == object and probs.ndim == 1:
+        probs = _map_columns(output, probs, len(spec.labels))
     if probs is None or probs.ndim != 2 or probs.shape[1] != len(spec.labels):
         got = "no such output" if probs is None else f"shape {probs.shape}"
         raise ValueError(
@@ -670,4 +698,6 @@ def _labels_and_scores(
         )
     best = np.argmax(probs, axis=1).tolist()
     rows = columns[names.index(output)]
+    if rows and isinstance(rows[0], dict):  # a map output: its values in key order
+        rows = [list(row.values()) for row in rows]
     return [spec.labels[j] for j in best], [row[j] for row, j in zip(rows, best, strict=True)]

@@ -18,7 +18,7 @@ import numpy as np
 __all__ = ["Stats", "StatsSnapshot"]
 
 log = logging.getLogger("pipeline.stats")
-_MAX_SAMPLES = 50_000
+_MAX_SAMPLES = 5_000  # latencies kept per interval: every stride-th, thinned as it grows
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +60,14 @@ class Stats:
         self._clock = clock
         self._started = clock()
         self._latencies = array("d")
+        self._stride = 1
         self.events_in = self.predictions = self.dead_letters = self.batches = self.batch_rows = 0
         self._totals = {"events_in": 0, "out": 0, "dead_letters": 0}
+
+    @property
+    def latency_samples(self) -> int:
+        """How many latencies of this interval are kept (bounded, whatever its length)."""
+        return len(self._latencies)
 
     def batch(self, rows: int) -> None:
         self.batches += 1
@@ -69,7 +75,12 @@ class Stats:
 
     def prediction(self, latency_ms: float) -> None:
         self.predictions += 1
+        if self.predictions % self._stride:
+            return
         self._latencies.append(latency_ms)
+        if len(self._latencies) >= 2 * _MAX_SAMPLES:  # keep every other one from now on
+            self._latencies = self._latencies[::2]
+            self._stride *= 2
 
     def due(self) -> bool:
         return self._clock() - self._started >= self._interval_s
@@ -80,8 +91,6 @@ class Stats:
         p50 = p99 = None
         if self._latencies:
             latencies = np.frombuffer(self._latencies, dtype=np.float64)
-            # A systematic sample bounds the pause: percentiles of at most ~50k values.
-            latencies = latencies[:: max(1, len(latencies) // _MAX_SAMPLES)]
             p50, p99 = (float(x) for x in np.percentile(latencies, [50, 99]))
         self._totals["events_in"] += self.events_in
         self._totals["out"] += self.predictions + self.dead_letters
@@ -100,5 +109,6 @@ class Stats:
         )
         self._started = now
         self._latencies = array("d")
+        self._stride = 1
         self.events_in = self.predictions = self.dead_letters = self.batches = self.batch_rows = 0
         return snap

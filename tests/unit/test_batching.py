@@ -312,7 +312,9 @@ def test_width_change_for_a_key_is_rejected(make_batcher: Callable[..., MicroBat
     batcher = make_batcher()
     batcher.add(KEY_A, *rows(0, 2))
 
-    with pytest.raises(ValueError, match=r"must have 3 columns \(as earlier rows did\), got 4"):
+    with pytest.raises(
+        ValueError, match=r"must have 3 columns \(as the rows pending for it do\), got 4"
+    ):
         batcher.add(KEY_A, *rows(2, 4, width=4))
 
     assert len(batcher) == 2
