@@ -23,7 +23,7 @@ from typing import Any
 
 from pipeline.errors import ConfigError
 
-__all__ = ["WorkerConfig", "load_config", "parse_properties", "redact"]
+__all__ = ["WorkerConfig", "check_properties", "load_config", "parse_properties", "redact"]
 
 _SECRET_KEY = re.compile(
     r"password|passphrase|secret|\.pem$|key\.pem|private\.key|sasl\.oauthbearer\.config", re.I
@@ -37,6 +37,9 @@ UNSAFE_PROPERTIES = (
     "ssl.engine.location",
     "ssl.providers",
 )
+# librdkafka properties the worker sets itself because its delivery guarantee rests on them:
+# offsets are stored and committed only after the output they paid for is acknowledged.
+OWNED_PROPERTIES = ("enable.auto.commit", "enable.auto.offset.store")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
@@ -104,11 +107,14 @@ class WorkerConfig:
                 f"the DLQ topic must differ from the output topic, both are {self.output_topic!r}; "
                 "consumers of predictions would read dead letters as predictions"
             )
-        unsafe = sorted(k for k in self.kafka if k in UNSAFE_PROPERTIES)
-        if unsafe and not self.allow_unsafe_kafka_properties:
+        check_properties(self.kafka, allow_unsafe=self.allow_unsafe_kafka_properties)
+        owned = sorted(k for k in self.kafka if k in OWNED_PROPERTIES)
+        if owned:
             raise ConfigError(
-                f"librdkafka properties {unsafe} load code or run commands and are refused; "
-                "pass --allow-unsafe-kafka-properties if you really mean it"
+                f"librdkafka properties {owned} are set by the worker and cannot be changed: "
+                "offsets are committed only after the output they paid for is acknowledged, "
+                "and automatic commits or offset stores would commit before. Remove them "
+                "from -X and the [kafka] table; --commit-interval-ms sets how often it commits"
             )
 
     def __repr__(self) -> str:
@@ -122,6 +128,20 @@ class WorkerConfig:
         shown["models"] = str(self.models)
         shown["kafka"] = redact(self.kafka)
         return shown
+
+
+def check_properties(properties: Mapping[str, str], *, allow_unsafe: bool) -> None:
+    """Refuse librdkafka properties that load code or run commands, unless allowed.
+
+    Raises:
+        ConfigError: such a property is set and `allow_unsafe` is False.
+    """
+    unsafe = sorted(k for k in properties if k in UNSAFE_PROPERTIES)
+    if unsafe and not allow_unsafe:
+        raise ConfigError(
+            f"librdkafka properties {unsafe} load code or run commands and are refused; "
+            "pass --allow-unsafe-kafka-properties if you really mean it"
+        )
 
 
 def redact(properties: Mapping[str, str]) -> dict[str, str]:

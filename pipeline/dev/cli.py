@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.config import parse_properties
+from pipeline.config import check_properties, parse_properties
 from pipeline.dev.localkafka import DEFAULT_DATA_DIR, DEFAULT_PORT, LocalKafka
 from pipeline.errors import ConfigError
 from pipeline.kafka.cli import DEFAULT_BOOTSTRAP
@@ -19,13 +19,20 @@ def _bootstrap(args: argparse.Namespace) -> str:
     return args.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP
 
 
+def _properties(args: argparse.Namespace) -> dict[str, str]:
+    """The -X properties, refused if unsafe (as `pipeline run` refuses them)."""
+    properties = parse_properties(args.X or [])
+    check_properties(properties, allow_unsafe=args.allow_unsafe_kafka_properties)
+    return properties
+
+
 def _produce(args: argparse.Namespace) -> int:
     from pipeline.dev.tools import open_source, produce
 
     produce(
         bootstrap_servers=_bootstrap(args),
         topic=args.topic,
-        kafka=parse_properties(args.X or []),
+        kafka=_properties(args),
         source=open_source(args.file),
         synthetic=args.synthetic,
         count=args.count,
@@ -41,7 +48,7 @@ def _consume(args: argparse.Namespace) -> int:
     consume(
         bootstrap_servers=_bootstrap(args),
         topic=args.topic,
-        kafka=parse_properties(args.X or []),
+        kafka=_properties(args),
         count=args.count,
         from_beginning=args.from_beginning,
         timeout_s=args.timeout,
@@ -66,6 +73,11 @@ def add_client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
             default=[],
             metavar="KEY=VALUE",
             help="librdkafka property (repeatable)",
+        )
+        parser.add_argument(
+            "--allow-unsafe-kafka-properties",
+            action="store_true",
+            help="allow properties that load code or run commands (as for pipeline run)",
         )
         parser.add_argument(
             "--count",
