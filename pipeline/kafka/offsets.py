@@ -22,7 +22,7 @@ TopicPartitionKey = tuple[str, int]
 
 
 class _Partition:
-    __slots__ = ("committed", "done", "generation", "members", "next_offset", "pending")
+    __slots__ = ("committed", "done", "first", "generation", "members", "next_offset", "pending")
 
     def __init__(self, generation: int) -> None:
         self.generation = generation
@@ -30,6 +30,7 @@ class _Partition:
         self.members: set[int] = set()  # the offsets in `pending`, for membership tests
         self.done: set[int] = set()  # finished offsets still behind an unfinished one
         self.next_offset: int | None = None  # one past the last consumed offset
+        self.first: int | None = None  # the first offset consumed in this assignment
         self.committed: int | None = None  # last position handed out by `commit_positions`
 
 
@@ -70,6 +71,8 @@ class OffsetTracker:
         part.pending.append(offset)
         part.members.add(offset)
         part.next_offset = offset + 1
+        if part.first is None:
+            part.first = offset
         self._in_flight += 1
         return part.generation
 
@@ -101,6 +104,12 @@ class OffsetTracker:
         if part is None:
             return None
         return part.pending[0] if part.pending else part.next_offset
+
+    def first_offset(self, tp: TopicPartitionKey) -> int | None:
+        """The first offset consumed in this assignment of `tp`, or None: where to rewind
+        when the group has no committed offset for it yet."""
+        part = self._parts.get(tp)
+        return part.first if part is not None else None
 
     def commit_positions(
         self, only: Iterable[TopicPartitionKey] | None = None

@@ -65,13 +65,16 @@ _CLOSE_TIMEOUT_S = 10.0
 # Consumers whose close() did not return (an unreachable coordinator can hold it without
 # end). Kept referenced: freeing one would run librdkafka's destroy, which waits as well.
 ABANDONED: list[Consumer] = []
-# Deliveries that fail because the record itself is unacceptable go to the DLQ (stage
-# "produce"); any other failed delivery stops the worker without committing past it.
+# Errors that say the record itself is unacceptable (too large, malformed), raised by
+# produce() or reported on delivery: a prediction becomes a dead letter (stage "produce"), a
+# dead letter is written again without its value. Any other failure stops the worker
+# (at-least-once) or aborts the transaction, never committing past the record.
 _REJECTED_BY_BROKER = {
     RdKafkaError.MSG_SIZE_TOO_LARGE,
     RdKafkaError.INVALID_RECORD,
     RdKafkaError.INVALID_MSG,
 }
+_QUEUE_FULL_LIMIT_S = 60.0  # the producer's queue stays full this long: the broker is gone
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +155,9 @@ class Worker:
         self._tracker = OffsetTracker()
         self._stats = Stats(interval_s=config.stats_interval_s)
         self._assigned: set[TopicPartitionKey] = set()
-        self._paused: list[TopicPartition] = []
+        self._paused: set[TopicPartitionKey] = set()
+        # Exactly-once: inputs whose output the broker refused in an aborted transaction.
+        self._refused: dict[tuple[TopicPartitionKey, int], RdKafkaError] = {}
         self._stopping = False
         self._fatal: KafkaError | None = None
         self._next_commit = time.monotonic()
@@ -265,13 +270,18 @@ class Worker:
         return [first, *self._consumer.consume(_POLL_SIZE - 1, 0)]
 
     def _ingest(self, msgs: list[Message]) -> None:
-        records = [m for m in msgs if self._usable(m)]
+        # Records of a partition revoked between poll() and consume() are not ours any more:
+        # their new owner reads them from the committed offset.
+        records = [m for m in msgs if self._usable(m) and _tp(m) in self._assigned]
         if not records:
             return
         generations = [self._tracker.consumed(_tp(m), m.offset()) for m in records]  # type: ignore[arg-type]
         self._stats.events_in += len(records)
+        if self._refused:
+            records, generations = self._redo_refused(records, generations)
+        now = _now_ms()
         decoded = self._decoder.decode(
-            [m.value() for m in records], [m.timestamp()[1] for m in records]
+            [m.value() for m in records], [_timestamp(m, now) for m in records]
         )
         for reject in decoded.rejects:
             row = _Row(records[reject.index], generations[reject.index], "", 0)
@@ -283,6 +293,24 @@ class Worker:
             ]
             for batch in self._batcher.add(key, block.features, rows):
                 self._infer(batch)
+
+    def _redo_refused(
+        self, records: list[Message], generations: list[int]
+    ) -> tuple[list[Message], list[int]]:
+        """Dead-letter, without their values, the records whose outputs the broker refused
+        in an aborted transaction; return the others."""
+        kept: list[Message] = []
+        kept_generations: list[int] = []
+        for msg, generation in zip(records, generations, strict=True):
+            err = self._refused.pop((_tp(msg), msg.offset()), None)  # type: ignore[arg-type]
+            if err is None:
+                kept.append(msg)
+                kept_generations.append(generation)
+                continue
+            message = f"the broker refused an output of this event: {err}"
+            row = _Row(msg, generation, "", 0)
+            self._dead_letter(row, "produce", _camel(err.name()), message, omit=1)
+        return kept, kept_generations
 
     def _usable(self, msg: Message) -> bool:
         err = msg.error()
@@ -320,22 +348,42 @@ class Worker:
         )
         try:
             predictions = encode_predictions(block, result.outputs, _now_ms())
-        except ValueError as exc:  # outputs that do not fit the manifest, e.g. the label count
+        except (ValueError, TypeError) as exc:  # outputs that do not fit the manifest or JSON
             self._dead_letter_all(ok, "infer", "OutputMismatch", str(exc))
             return
         topic = self.config.output_topic
         for row, value in zip(ok, predictions, strict=True):
             on_delivery = functools.partial(self._prediction_delivered, row)
-            self._produce(topic, value, row.msg.key(), None, on_delivery)
+            refused = self._produce(topic, value, row.msg.key(), None, on_delivery)
+            if refused is not None:
+                message = f"the producer refused the prediction: {refused}"
+                self._dead_letter(row, "produce", _camel(refused.name()), message)
 
     def _dead_letter_all(self, rows: list[_Row], stage: str, error_type: str, message: str) -> None:
         for row in rows:
             self._dead_letter(row, stage, error_type, message)
 
-    def _dead_letter(self, row: _Row, stage: str, error_type: str, message: str) -> None:
+    def _dead_letter(
+        self, row: _Row, stage: str, error_type: str, message: str, *, omit: int = 0
+    ) -> None:
+        """Write `row`'s record to the DLQ with the error headers.
+
+        `omit` 0 sends the original value and headers; 1 leaves the value out (it cannot be
+        written, e.g. too large: `pipeline.value.omitted` says its size, and the source
+        headers say where to read it back); 2 also leaves the original headers out.
+        """
         msg = row.msg
+        original, unreadable = _headers(msg)
+        value = msg.value()
+        extra: list[tuple[str, bytes | None]] = []
+        if omit >= 1:
+            extra.append(("pipeline.value.omitted", str(len(value or b"")).encode()))
+            value = None
+        if unreadable or (omit >= 2 and original):
+            extra.append(("pipeline.headers.omitted", b"1"))
+            original = None
         headers = dead_letter_headers(
-            cast(list[tuple[str, bytes | None]] | None, msg.headers()),
+            original,
             stage=stage,
             error_type=error_type,
             message=message,
@@ -344,8 +392,23 @@ class Worker:
             offset=msg.offset() or 0,
             failed_at_ms=_now_ms(),
         )
-        on_delivery = functools.partial(self._dead_letter_delivered, row)
-        self._produce(self.config.dlq_topic, msg.value(), msg.key(), headers, on_delivery)
+        on_delivery = functools.partial(
+            self._dead_letter_delivered, row, (stage, error_type, message, omit)
+        )
+        refused = self._produce(self.config.dlq_topic, value, msg.key(), headers + extra,
+                                on_delivery)  # fmt: skip
+        if refused is not None:
+            self._dead_letter_refused(row, (stage, error_type, message, omit), refused)
+
+    def _dead_letter_refused(
+        self, row: _Row, letter: tuple[str, str, str, int], error: RdKafkaError
+    ) -> None:
+        """A dead letter the producer or broker would not take: send it smaller, or stop."""
+        stage, error_type, message, omit = letter
+        if omit < 2:
+            self._dead_letter(row, stage, error_type, message, omit=omit + 1)
+        else:
+            self._delivery_failed(row.msg, error)
 
     def _produce(
         self,
@@ -354,7 +417,15 @@ class Worker:
         key: bytes | str | None,
         headers: list[tuple[str, bytes | None]] | None,
         on_delivery: Callable[[Any, Message], None],
-    ) -> None:
+    ) -> RdKafkaError | None:
+        """Hand one record to the producer.
+
+        Returns:
+            The error if the producer refused this record itself (too large, say); the
+            caller writes it differently. None when it was queued, or when the producer
+            failed as a whole (then the worker stops, or the transaction aborts).
+        """
+        full_since: float | None = None
         while True:
             try:
                 if self._txn is not None:
@@ -362,32 +433,53 @@ class Worker:
                 self._producer.produce(
                     topic, value, key, headers=cast(Any, headers), on_delivery=on_delivery
                 )
-                return
+                return None
             except BufferError:  # the producer's queue is full: serve delivery reports first
+                full_since = full_since or time.monotonic()
+                if time.monotonic() - full_since > _QUEUE_FULL_LIMIT_S:
+                    self._producer_failed(f"its queue stayed full for {_QUEUE_FULL_LIMIT_S:.0f} s")
+                    return None
                 self._producer.poll(0.05)
             except KafkaException as exc:
-                if self._txn is None:
-                    raise
-                # Exactly-once: a fenced or failed transactional producer; the commit step
-                # aborts (rebuilding the producer) and redoes from the committed offsets.
-                log.warning("produce failed in the transaction (%s): will abort", exc.args[0])
-                self._abort_pending = True
-                return
+                error: RdKafkaError = exc.args[0]
+                if error.code() in _REJECTED_BY_BROKER:
+                    return error
+                self._producer_failed(str(error))
+                return None
+
+    def _producer_failed(self, reason: str) -> None:
+        """The producer cannot take records at all: abort (exactly-once) or stop."""
+        if self._txn is not None:
+            # A fenced or failed transactional producer: the commit step aborts (rebuilding
+            # the producer) and redoes from the committed offsets.
+            log.warning("produce failed in the transaction (%s): will abort", reason)
+            self._abort_pending = True
+            return
+        if self._fatal is None:
+            self._fatal = KafkaError(
+                f"the producer refused outputs ({reason}); stopping without committing past "
+                "them, so a restart redoes them. Check the broker and the output topics"
+            )
+        self._stopping = True
 
     def _prediction_delivered(self, row: _Row, err: RdKafkaError | None, _: Message) -> None:
         if err is None:
             self._stats.prediction(_now_ms() - row.ts)
             self._finished(row)
-        elif err.code() in _REJECTED_BY_BROKER:
+        elif err.code() in _REJECTED_BY_BROKER and self._txn is None:
             message = f"the broker refused the prediction: {err}"
             self._dead_letter(row, "produce", _camel(err.name()), message)
         else:
             self._delivery_failed(row.msg, err)
 
-    def _dead_letter_delivered(self, row: _Row, err: RdKafkaError | None, _: Message) -> None:
+    def _dead_letter_delivered(
+        self, row: _Row, letter: tuple[str, str, str, int], err: RdKafkaError | None, _: Message
+    ) -> None:
         if err is None:
             self._stats.dead_letters += 1
             self._finished(row)
+        elif err.code() in _REJECTED_BY_BROKER and self._txn is None:
+            self._dead_letter_refused(row, letter, err)
         else:
             self._delivery_failed(row.msg, err)
 
@@ -399,6 +491,10 @@ class Worker:
         if self._txn is not None:  # exactly-once: abort the transaction and redo it
             log.warning("output for %s[%s]@%s failed (%s): aborting the transaction",
                         msg.topic(), msg.partition(), msg.offset(), err)  # fmt: skip
+            if err.code() in _REJECTED_BY_BROKER:
+                # A refused record makes the transaction abortable; the redo writes this
+                # input as a dead letter without its value, so it cannot be refused again.
+                self._refused[(_tp(msg), msg.offset())] = err  # type: ignore[index]
             self._abort_pending = True
             return
         if self._fatal is None:
@@ -465,7 +561,12 @@ class Worker:
         self._tracker.mark_committed(positions)
 
     def _abort_and_rewind(self, cause: KafkaException | None, reason: object = None) -> None:
-        """Abort the transaction and redo everything since the last committed offsets."""
+        """Abort the transaction and redo everything since the last committed offsets.
+
+        A partition the group has no committed offset for yet rewinds to the first offset
+        consumed in this assignment, not to the reset policy (which, for ``latest``, would
+        skip what the aborted transaction consumed).
+        """
         assert self._txn is not None
         reason = cause.args[0] if cause is not None else reason
         log.warning("transaction aborted (%s): rewinding to the committed offsets", reason)
@@ -473,29 +574,39 @@ class Worker:
         self._abort_pending = False
         self._batcher.drop(lambda _: True)
         held = sorted(self._assigned)
+        firsts = {tp: self._tracker.first_offset(tp) for tp in held}
         self._tracker.forget(held)
         if not held:
             return
-        reset = OFFSET_BEGINNING if self.config.offset_reset == "earliest" else OFFSET_END
         parts = [TopicPartition(t, p) for t, p in held]
         try:
             committed = self._consumer.committed(parts, timeout=30)
+            unread = [tp for tp in committed if tp.error is not None]
+            if unread:
+                raise KafkaException(unread[0].error)
+            for tp in committed:
+                first = firsts.get((tp.topic, tp.partition))
+                offset = tp.offset if tp.offset >= 0 else first
+                if offset is None:
+                    offset = (
+                        OFFSET_BEGINNING if self.config.offset_reset == "earliest" else OFFSET_END
+                    )
+                self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
         except KafkaException as exc:
             # Reading on from here would skip the aborted events; a restart redoes them.
             self._fatal = KafkaError(
                 f"after an aborted transaction the committed offsets of {_names(parts)} could "
-                f"not be read ({exc.args[0]}); stopping so a restart resumes from them. "
-                "Check that the broker is reachable"
+                f"not be read or sought to ({exc.args[0]}); stopping so a restart resumes from "
+                "them. Check that the broker is reachable"
             )
-            return
-        for tp in committed:
-            offset = tp.offset if tp.offset >= 0 else reset
-            self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
 
     def _on_commit(self, err: RdKafkaError | None, partitions: list[TopicPartition]) -> None:
-        if err is not None:
-            log.warning("offset commit failed (will retry): %s", err)
-            self._tracker.mark_committed({(p.topic, p.partition): -1 for p in partitions})
+        failed = partitions if err is not None else [p for p in partitions if p.error]
+        if failed:
+            log.warning("offset commit of %s failed (will retry): %s",
+                        _names(failed), err or failed[0].error)  # fmt: skip
+            # -1 is never a position: the next commit sends these partitions again.
+            self._tracker.mark_committed({(p.topic, p.partition): -1 for p in failed})
 
     def _drain(self, batches: list[Batch[_Row]], timeout_s: float) -> int:
         """Infer `batches` and wait for every output to be acknowledged (or the timeout);
@@ -509,6 +620,10 @@ class Worker:
 
     def _on_assign(self, _: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned |= {(p.topic, p.partition) for p in partitions}
+        if partitions:
+            # librdkafka keeps a partition's pause across a revoke and a new assignment: a
+            # partition this worker paused before must not come back paused.
+            self._consumer.resume(partitions)
         log.info("assigned %s", _names(partitions))
 
     def _on_revoke(self, _: Consumer, partitions: list[TopicPartition]) -> None:
@@ -531,20 +646,41 @@ class Worker:
     def _forget(self, tps: list[TopicPartitionKey]) -> None:
         self._tracker.forget(tps)
         self._assigned -= set(tps)
-        self._paused = [p for p in self._paused if (p.topic, p.partition) not in tps]
+        self._paused -= set(tps)
 
     def _backpressure(self) -> None:
-        """Pause busy partitions while too many events are in flight; resume once drained."""
+        """Pause busy partitions while too many events are in flight; resume once drained.
+
+        Every partition that has events in flight while the bound is exceeded is paused,
+        including those that became busy after others were paused.
+        """
         in_flight = len(self._tracker)
-        if not self._paused and in_flight >= self.config.max_in_flight:
-            busy = [tp for tp in self._assigned if self._tracker.in_flight(tp) > 0]
-            self._paused = [TopicPartition(t, p) for t, p in busy]
-            self._consumer.pause(self._paused)
-            log.info("paused %d partitions: %d events in flight", len(self._paused), in_flight)
+        if in_flight >= self.config.max_in_flight:
+            busy = {tp for tp in self._assigned if self._tracker.in_flight(tp) > 0}
+            newly = sorted(busy - self._paused)
+            if newly:
+                self._consumer.pause([TopicPartition(t, p) for t, p in newly])
+                self._paused |= set(newly)
+                log.info("paused %d partitions: %d events in flight", len(newly), in_flight)
         elif self._paused and in_flight <= self.config.max_in_flight // 2:
-            self._consumer.resume(self._paused)
+            self._consumer.resume([TopicPartition(t, p) for t, p in sorted(self._paused)])
             log.info("resumed %d partitions", len(self._paused))
-            self._paused = []
+            self._paused = set()
+
+
+def _headers(msg: Message) -> tuple[list[tuple[str, bytes | None]] | None, bool]:
+    """A record's headers, and whether they could not be read: confluent-kafka cannot
+    decode a header name that is not UTF-8 (other clients can write one)."""
+    try:
+        return cast(list[tuple[str, bytes | None]] | None, msg.headers()), False
+    except (SystemError, UnicodeError):
+        return None, True
+
+
+def _timestamp(msg: Message, now_ms: int) -> int:
+    """The record's timestamp, or `now_ms` if it has none (librdkafka then gives -1)."""
+    ts: int = msg.timestamp()[1]
+    return ts if ts >= 0 else now_ms
 
 
 def _camel(name: str) -> str:
