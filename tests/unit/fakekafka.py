@@ -61,6 +61,17 @@ class FakeMessage:
 Action = Callable[[], None]
 
 
+@dataclass
+class FakeTopicPartition:
+    """A TopicPartition as commit() and committed() return it (the real one's `error` is
+    read-only)."""
+
+    topic: str
+    partition: int
+    offset: int
+    error: KafkaError | None = None
+
+
 class _Break:
     """A script step that ends the current `poll`/`consume` call: the next records come in
     the worker's next loop turn."""
@@ -89,6 +100,7 @@ class FakeConsumer:
         self.resume_calls: list[list[tuple[str, int]]] = []
         self.closed = False
         self.when_done: Action | None = None  # called once the script is used up
+        self._commit_reports: list[list[FakeTopicPartition]] = []  # served by poll/consume
 
     # -- the script ------------------------------------------------------------------------
 
@@ -106,6 +118,11 @@ class FakeConsumer:
         callback(self, [TopicPartition(t, p) for t, p in tps])
 
     def _next_messages(self, limit: int) -> list[FakeMessage]:
+        on_commit = self.settings.get("on_commit")
+        reports, self._commit_reports = self._commit_reports, []
+        for report in reports:  # as librdkafka: commit results come from poll/consume
+            if on_commit is not None:
+                on_commit(None, report)
         out: list[FakeMessage] = []
         while self.script and len(out) < limit:
             step = self.script.pop(0)
@@ -136,22 +153,17 @@ class FakeConsumer:
 
     def commit(
         self, offsets: list[TopicPartition] | None = None, asynchronous: bool = True
-    ) -> list[TopicPartition] | None:
+    ) -> list[FakeTopicPartition] | None:
         assert offsets is not None
         done = []
         for tp in offsets:
             error = self.commit_errors.get((tp.topic, tp.partition))
-            result = TopicPartition(tp.topic, tp.partition, tp.offset)
             if error is None:
                 self.committed_offsets[(tp.topic, tp.partition)] = tp.offset
-            else:
-                result.error = error
-            done.append(result)
+            done.append(FakeTopicPartition(tp.topic, tp.partition, tp.offset, error))
         self.commits.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
-        on_commit = self.settings.get("on_commit")
         if asynchronous:
-            if on_commit is not None:
-                on_commit(None, done)
+            self._commit_reports.append(done)
             return None
         return done
 
@@ -159,10 +171,10 @@ class FakeConsumer:
         out = []
         for tp in partitions:
             key = (tp.topic, tp.partition)
-            result = TopicPartition(tp.topic, tp.partition, self.committed_offsets.get(key, -1001))
-            if key in self.committed_errors:
-                result.error = self.committed_errors[key]
-            out.append(result)
+            offset = self.committed_offsets.get(key, -1001)
+            out.append(
+                FakeTopicPartition(tp.topic, tp.partition, offset, self.committed_errors.get(key))
+            )
         return out
 
     def seek(self, tp: TopicPartition) -> None:
@@ -212,6 +224,7 @@ class FakeProducer:
     produced: list[Produced] = field(default_factory=list)
     pending: list[Produced] = field(default_factory=list)
     transactions: list[str] = field(default_factory=list)
+    sent_offsets: list[list[tuple[str, int, int]]] = field(default_factory=list)
 
     def produce(
         self,
@@ -259,6 +272,7 @@ class FakeProducer:
 
     def send_offsets_to_transaction(self, offsets: Any, metadata: Any, timeout: float) -> None:
         self.transactions.append("send_offsets")
+        self.sent_offsets.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
 
     def commit_transaction(self, timeout: float) -> None:
         self.flush()

@@ -85,7 +85,9 @@ class Run:
         return [r for r in self.produced if r.topic == topic]
 
     def last_commit(self, partition: int = 0) -> int | None:
-        positions = [o for c in self.consumer.commits for t, p, o in c if (t, p) == (IN, partition)]
+        """The last position committed for `partition`, by the consumer or a transaction."""
+        commits = [*self.consumer.commits, *(c for p in self.producers for c in p.sent_offsets)]
+        positions = [o for c in commits for t, p, o in c if (t, p) == (IN, partition)]
         return positions[-1] if positions else None
 
 
