@@ -15,8 +15,10 @@ PYTEST_ARGS ?=
 # `make bench BENCH_ARGS=--publish` also updates docs/bench.md and docs/bench-latency.png.
 BENCH_ARGS ?=
 BENCH_QUIX ?= .cache/bench-quix
+# tritonclient, the standard Open Inference Protocol client the door tests talk to the server with.
+TRITON ?= .cache/tritonclient
 
-.PHONY: help install demo test lint bench soak models clean
+.PHONY: help install demo test lint bench soak models protos clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
@@ -32,7 +34,7 @@ $(VENV)/.installed: pyproject.toml
 demo: install ## run the main job on the embedded local broker: events in, predictions out
 	$(PY) -m pipeline.dev.demo --port $(DEMO_PORT) --data-dir $(DEMO_DATA)
 
-test: install ## start the local broker unless KAFKA_BOOTSTRAP_SERVERS is set, run every test, stop it
+test: install $(TRITON)/.installed ## start the local broker unless KAFKA_BOOTSTRAP_SERVERS is set, run every test, stop it
 	@set -uo pipefail; \
 	if [ -n "$${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then exec $(PY) -m pytest $(PYTEST_ARGS); fi; \
 	started=0; \
@@ -62,6 +64,13 @@ $(BENCH_QUIX)/.installed:
 	$(BENCH_QUIX)/bin/pip install -q quixstreams onnxruntime numpy orjson
 	touch $@
 
+# tritonclient needs protobuf<7 (the project needs >=7.35) and its `inference` protos collide
+# with ours in one process, so the tests run it from a venv of its own (tests/doors/triton_client.py).
+$(TRITON)/.installed:
+	$(PYTHON) -m venv $(TRITON)
+	$(TRITON)/bin/pip install -q --disable-pip-version-check 'tritonclient[http,grpc]' numpy
+	touch $@
+
 soak: install ## the full fault-injection suite (minutes to hours); figures in bench-results/reliability.jsonl
 	@mkdir -p bench-results
 	@set -uo pipefail; \
@@ -75,6 +84,9 @@ soak: install ## the full fault-injection suite (minutes to hours); figures in b
 		export KAFKA_BOOTSTRAP_SERVERS=$$($(PIPELINE) kafka status --data-dir $(TEST_DATA) | sed -E 's/^running at ([^ ]+).*/\1/'); \
 	fi; \
 	PIPELINE_SOAK=1 PIPELINE_RELIABILITY_REPORT=bench-results/reliability.jsonl $(PY) -m pytest tests/reliability -s $(PYTEST_ARGS)
+
+protos: install ## regenerate pipeline/serve/_proto from schemas/*.proto (a test checks they match)
+	$(PY) -m pipeline.dev.protos
 
 models: install ## regenerate the example models in models/ (deterministic)
 	$(PY) scripts/make_models.py
