@@ -9,6 +9,7 @@ Hierarchy::
     |   +-- ModelNotFoundError    no such model name or version in the store
     |   +-- ModelLoadError        the file exists but is unsafe, corrupt or fails its checksum
     +-- KafkaError                the Kafka path failed in a way the worker cannot route around
+    +-- Overloaded                the engine's queue for a model is full: retry later
 
 Every message says what was expected, what arrived, and what to do.
 A bad *event* is never an exception that escapes: it becomes a reject and a dead-letter record.
@@ -23,6 +24,7 @@ __all__ = [
     "ModelError",
     "ModelLoadError",
     "ModelNotFoundError",
+    "Overloaded",
     "PipelineError",
 ]
 
@@ -53,3 +55,7 @@ class ModelLoadError(ModelError):
 
 class KafkaError(PipelineError):
     """The Kafka path failed in a way the worker cannot route around."""
+
+
+class Overloaded(PipelineError):
+    """The engine's queue for a model version is full; the caller should retry later."""

@@ -1,19 +1,21 @@
 """Micro-batching: gather rows per key and cut batches by size or by age.
 
-`MicroBatcher` holds pending rows for any number of keys (the worker uses
-``(model, version)``). Each row is a float32 feature vector plus one opaque item
-(the worker stores a reference to the Kafka record there), and the two stay aligned
-through every cut and drop. A key's rows are cut into a `Batch` when
-``max_batch_size`` of them are pending (`MicroBatcher.add`), when its oldest row has
-waited ``max_wait_ms`` (`MicroBatcher.due`), or on demand (`MicroBatcher.flush`).
+`MicroBatcher` holds pending rows for any number of keys (the engine uses
+``(model, version)``). Rows arrive in *submissions*: a float32 matrix plus one opaque
+*ticket* that stands for all its rows (the Kafka worker's ticket holds the records of a
+decoded block; a front door's holds one request). A submission may be split across
+batches, so a `Batch` names its rows as `Slice`\\ s: a ticket and a row range of its
+submission, in order. A key's rows are cut into a batch when ``max_batch_size`` of them are
+pending (`MicroBatcher.add`), when its oldest row has waited ``max_wait_ms``
+(`MicroBatcher.due`), or on demand (`MicroBatcher.flush`).
 
-Rows are kept as the chunks they arrived in and concatenated only when a batch is
-cut, so adding is cheap. The batcher takes ownership of the arrays it is given and
-may hand them (or row slices of them) back without copying; callers must not write
-to them afterwards.
+Rows are kept as the chunks they arrived in and concatenated only when a batch is cut, so
+adding is cheap and nothing is allocated per row. The batcher takes ownership of the arrays
+it is given and may hand them (or row slices of them) back without copying; callers must
+not write to them afterwards.
 
-The batcher knows nothing of Kafka or models, so it can be tested and benchmarked on
-its own. Time comes from an injectable monotonic clock, in seconds.
+The batcher knows nothing of Kafka or models, and is not thread-safe (the engine guards
+it). Time comes from an injectable monotonic clock, in seconds.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -29,9 +31,21 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 
-__all__ = ["Batch", "MicroBatcher"]
+__all__ = ["Batch", "MicroBatcher", "Slice"]
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Slice(Generic[T]):
+    """Rows ``start:stop`` of one submission, identified by its ticket."""
+
+    ticket: T
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
 
 
 @dataclass(slots=True)
@@ -41,22 +55,29 @@ class Batch(Generic[T]):
     Attributes:
         key: The key the rows were added under, e.g. ``(model, version)``.
         features: Float32, C-contiguous, shape ``(n, n_features)``.
-        items: One opaque context per row, aligned with ``features``.
+        slices: Where the rows came from, in row order; their lengths add up to ``n``.
         first_added_at: Clock time at which the oldest row was added.
     """
 
     key: Hashable
     features: np.ndarray
-    items: list[T]
+    slices: list[Slice[T]]
     first_added_at: float
+
+    @property
+    def rows(self) -> int:
+        """How many rows the batch has."""
+        return int(self.features.shape[0])
 
 
 @dataclass(slots=True)
 class _Chunk(Generic[T]):
-    """Rows added by one call to `MicroBatcher.add` (or what is left of them)."""
+    """The rows of one submission not yet cut into a batch: ``features`` are rows
+    ``start:`` of it."""
 
     features: np.ndarray
-    items: list[T]
+    ticket: T
+    start: int
     added_at: float
 
 
@@ -64,26 +85,31 @@ class _Chunk(Generic[T]):
 class _Pending(Generic[T]):
     """The rows waiting for one key, oldest chunk first."""
 
+    width: int
     chunks: deque[_Chunk[T]] = field(default_factory=deque)
     rows: int = 0
 
-    def take(self, n: int) -> tuple[np.ndarray, list[T]]:
-        """Remove the oldest `n` rows; return their features (one array) and items."""
+    def take(self, n: int) -> tuple[np.ndarray, list[Slice[T]]]:
+        """Remove the oldest `n` rows; return their features (one array) and slices."""
         parts: list[np.ndarray] = []
-        items: list[T] = []
-        while len(items) < n:
+        slices: list[Slice[T]] = []
+        taken = 0
+        while taken < n:
             chunk = self.chunks[0]
-            size = len(chunk.items)
-            take = min(n - len(items), size)
+            size = chunk.features.shape[0]
+            take = min(n - taken, size)
             if take == size:
                 self.chunks.popleft()
                 parts.append(chunk.features)
             else:
-                self.chunks[0] = _Chunk(chunk.features[take:], chunk.items[take:], chunk.added_at)
                 parts.append(chunk.features[:take])
-            items.extend(chunk.items[:take])
+                self.chunks[0] = _Chunk(
+                    chunk.features[take:], chunk.ticket, chunk.start + take, chunk.added_at
+                )
+            slices.append(Slice(chunk.ticket, chunk.start, chunk.start + take))
+            taken += take
         self.rows -= n
-        return (parts[0] if len(parts) == 1 else np.concatenate(parts)), items
+        return (parts[0] if len(parts) == 1 else np.concatenate(parts)), slices
 
 
 class MicroBatcher(Generic[T]):
@@ -128,35 +154,43 @@ class MicroBatcher(Generic[T]):
         """Return the number of pending rows over all keys."""
         return self._rows
 
-    def add(self, key: Hashable, features: np.ndarray, items: Sequence[T]) -> list[Batch[T]]:
-        """Append rows for `key` and return every batch that reached full size.
+    def pending(self, key: Hashable) -> int:
+        """Return the number of rows pending for `key`."""
+        pending = self._pending.get(key)
+        return pending.rows if pending is not None else 0
+
+    def add(self, key: Hashable, features: np.ndarray, ticket: T) -> list[Batch[T]]:
+        """Append one submission's rows for `key`; return every batch that reached full size.
 
         Args:
             key: Which batch the rows belong to, e.g. ``(model, version)``.
-            features: Float32 array of shape ``(n, n_features)``; the batcher keeps
-                it without copying.
-            items: One context per row, ``len(items) == n``.
+            features: Float32 array of shape ``(n, n_features)``; the batcher keeps it
+                without copying.
+            ticket: Stands for all `n` rows; batches name it in their slices.
 
         Returns:
-            Full batches of exactly ``max_batch_size`` rows, oldest first; rows
-            beyond the last full batch stay pending.
+            Full batches of exactly ``max_batch_size`` rows, oldest first; rows beyond the
+            last full batch stay pending.
 
         Raises:
-            ValueError: `features` is not a 2-D float32 array with one row per item,
-                or its width differs from earlier rows of the same key.
+            ValueError: `features` is not a 2-D float32 array, or its width differs from
+                the rows still pending for the same key.
         """
-        _check_rows(features, len(items))
-        if not items:
+        _check_rows(features)
+        if not features.shape[0]:
             return []
         pending = self._pending.get(key)
         if pending is None:
-            pending = self._pending[key] = _Pending()
-        else:
-            _check_width(key, pending, features.shape[1])
-        chunk = _Chunk(np.ascontiguousarray(features), list(items), self._clock())
+            pending = self._pending[key] = _Pending(features.shape[1])
+        elif features.shape[1] != pending.width:
+            raise ValueError(
+                f"features for key {key!r} must have {pending.width} columns "
+                f"(as the rows pending for it do), got {features.shape[1]}"
+            )
+        chunk = _Chunk(np.ascontiguousarray(features), ticket, 0, self._clock())
         pending.chunks.append(chunk)
-        pending.rows += len(chunk.items)
-        self._rows += len(chunk.items)
+        pending.rows += features.shape[0]
+        self._rows += features.shape[0]
         full: list[Batch[T]] = []
         while pending.rows >= self._max_batch_size:
             full.append(self._cut(key, pending, self._max_batch_size))
@@ -191,13 +225,12 @@ class MicroBatcher(Generic[T]):
         return min((self._deadline(p) for p in self._pending.values()), default=None)
 
     def drop(self, predicate: Callable[[T], bool]) -> int:
-        """Remove every pending row whose item matches `predicate`.
+        """Remove the pending rows of every submission whose ticket matches `predicate`.
 
-        The worker uses this when partitions are revoked or lost. A key's deadline
-        follows its oldest remaining row.
+        A key's deadline follows its oldest remaining row.
 
         Args:
-            predicate: Called once per pending item; True removes the row.
+            predicate: Called once per pending chunk's ticket; True removes its rows.
 
         Returns:
             How many rows were removed.
@@ -205,12 +238,11 @@ class MicroBatcher(Generic[T]):
         removed = 0
         for key in list(self._pending):
             pending = self._pending[key]
-            kept = (_filter(chunk, predicate) for chunk in pending.chunks)
-            chunks = deque(chunk for chunk in kept if chunk is not None)
-            rows = sum(len(chunk.items) for chunk in chunks)
+            kept = deque(chunk for chunk in pending.chunks if not predicate(chunk.ticket))
+            rows = sum(chunk.features.shape[0] for chunk in kept)
             removed += pending.rows - rows
             self._rows -= pending.rows - rows
-            pending.chunks, pending.rows = chunks, rows
+            pending.chunks, pending.rows = kept, rows
             if not rows:
                 del self._pending[key]
         return removed
@@ -226,33 +258,12 @@ class MicroBatcher(Generic[T]):
     def _cut(self, key: Hashable, pending: _Pending[T], size: int | None = None) -> Batch[T]:
         """Take the oldest `size` rows (all if None) of `pending` as one batch."""
         first_added_at = pending.chunks[0].added_at
-        features, items = pending.take(pending.rows if size is None else size)
-        self._rows -= len(items)
-        return Batch(key, features, items, first_added_at)
+        features, slices = pending.take(pending.rows if size is None else size)
+        self._rows -= features.shape[0]
+        return Batch(key, features, slices, first_added_at)
 
 
-def _check_width(key: Hashable, pending: _Pending[T], width: int) -> None:
-    """Refuse rows whose width differs from the rows still pending for the same key."""
-    expected = pending.chunks[0].features.shape[1]
-    if width != expected:
-        raise ValueError(
-            f"features for key {key!r} must have {expected} columns "
-            f"(as the rows pending for it do), got {width}"
-        )
-
-
-def _filter(chunk: _Chunk[T], predicate: Callable[[T], bool]) -> _Chunk[T] | None:
-    """Return `chunk` without the rows whose item matches, or None if none remain."""
-    keep = [not predicate(item) for item in chunk.items]
-    if all(keep):
-        return chunk
-    if not any(keep):
-        return None
-    items = [item for item, kept in zip(chunk.items, keep, strict=True) if kept]
-    return _Chunk(chunk.features[np.asarray(keep)], items, chunk.added_at)
-
-
-def _check_rows(features: object, n_items: int) -> None:
+def _check_rows(features: object) -> None:
     if not isinstance(features, np.ndarray):
         raise ValueError(f"features must be a numpy array, got {type(features).__name__}")
     if features.ndim != 2:
@@ -262,10 +273,6 @@ def _check_rows(features: object, n_items: int) -> None:
         )
     if features.dtype != np.float32:
         raise ValueError(f"features must have dtype float32, got {features.dtype}")
-    if features.shape[0] != n_items:
-        raise ValueError(
-            f"features must have one row per item ({n_items}), got {features.shape[0]} rows"
-        )
 
 
 def _check_batch_size(value: object) -> int:

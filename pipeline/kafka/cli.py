@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.config import load_config, parse_properties
+from pipeline.flags import add_door_flags, add_engine_flags
 from pipeline.logs import setup_logging
 
 __all__ = ["DEFAULT_BOOTSTRAP", "add_run_parser"]
@@ -36,8 +37,9 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "run",
         help="run the stream worker",
         description="Consume feature events, micro-batch them per model, run ONNX Runtime, "
-        "publish predictions. Flags win over environment (PIPELINE_<FLAG>, "
-        "KAFKA_BOOTSTRAP_SERVERS), which wins over the --config TOML file.",
+        "publish predictions; with --http-port or --grpc-port, also answer requests from the "
+        "same engine. Flags win over environment (PIPELINE_<FLAG>, KAFKA_BOOTSTRAP_SERVERS), "
+        "which wins over the --config TOML file.",
         argument_default=argparse.SUPPRESS,
     )
     add = run.add_argument
@@ -52,10 +54,8 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     add("--output-topic", help="topic for predictions (default: predictions)")
     add("--dlq-topic", help="dead-letter topic (default: the output topic + .dlq)")
     add("--group-id", help="consumer group (default: pipeline)")
-    add("--models", type=Path, metavar="DIR", help="model store directory (default: models)")
-    add("--default-model", metavar="NAME", help="model for events that name none")
-    add("--max-batch-size", type=int, help="rows per inference batch at most (default: 256)")
-    add("--max-wait-ms", type=float, help="longest a row waits for its batch (default: 5)")
+    add_engine_flags(add)
+    add_door_flags(add, http_default=0, grpc_default=0)
     add("--workers", type=int, metavar="N", help="worker processes in this group (default: 1)")
     add(
         "--guarantee",
@@ -85,10 +85,18 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         type=int,
         help="events consumed but not yet acknowledged before partitions pause (default: 20000)",
     )
-    add("--commit-interval-ms", type=int, help="how often offsets are committed (default: 1000)")
-    add("--stats-interval-s", type=float, help="seconds between stats lines (default: 5)")
-    add("--model-threads", type=int, help="ONNX Runtime intra-op threads (default: 1)")
-    add("--max-loaded-models", type=int, help="sessions kept loaded, LRU (default: 8)")
+    add(
+        "--commit-interval-ms",
+        type=int,
+        help="how often finished offsets (or, exactly-once, transactions) are committed "
+        "(default: 100)",
+    )
+    add(
+        "--commit-every-events",
+        type=int,
+        help="at-least-once: also commit once this many events finished since the last "
+        "commit (default: 10000)",
+    )
     add(
         "--allow-unsafe-kafka-properties",
         action="store_true",

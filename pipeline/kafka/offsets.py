@@ -105,6 +105,11 @@ class OffsetTracker:
             return None
         return part.pending[0] if part.pending else part.next_offset
 
+    def generation(self, tp: TopicPartitionKey) -> int | None:
+        """The generation of the current assignment of `tp`, or None if it is not tracked."""
+        part = self._parts.get(tp)
+        return part.generation if part is not None else None
+
     def first_offset(self, tp: TopicPartitionKey) -> int | None:
         """The first offset consumed in this assignment of `tp`, or None: where to rewind
         when the group has no committed offset for it yet."""

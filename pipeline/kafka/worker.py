@@ -1,55 +1,60 @@
-"""The stream worker: consume, decode, micro-batch, infer, publish, and commit what is done.
+"""The stream worker: the Kafka adapter around the engine.
 
 The data path of one loop turn reads in one direction::
 
     records --consume--> values --EventDecoder--> row blocks + rejects
-    row blocks --MicroBatcher--> batches --run_batch--> outputs
-    outputs --encode_predictions--> predictions --produce--> delivery reports
-    delivery reports --OffsetTracker--> committable offsets --commit--> the group
+    row blocks --Engine.submit--> batches --run_due--> outcomes
+    outcomes --Outputs--> predictions and dead letters --produce--> acknowledgements
+    acknowledgements --OffsetTracker--> committable offsets --Committer--> the group
 
 An input offset is committed only once the output it paid for (a prediction or a
-dead-letter record) has been acknowledged by the broker: the tracker hands out the
-highest contiguous finished offset per partition. A delivery that fails for good stops
-the worker without committing past it.
+dead-letter record) has been acknowledged by the broker: the tracker hands out the highest
+contiguous finished offset per partition. How offsets are committed (asynchronously to the
+group, or inside a transaction) is the committer's business (`pipeline.kafka.committer`).
+
+The worker runs the engine's batches on its own thread (`Engine.run_due`), unless the
+engine is shared with front doors (`pipeline run --http-port`), where an `EngineLoop` may run
+them too; outcomes reach the worker through a deque either way and are produced from its
+thread.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, cast
+from typing import Any
 
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    OFFSET_END,
-    Consumer,
-    KafkaException,
-    Message,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka.admin import AdminClient
 
 from pipeline.config import WorkerConfig
-from pipeline.engine.batching import Batch, MicroBatcher
-from pipeline.engine.codec import EventDecoder, RowBlock, encode_predictions
-from pipeline.engine.inference import run_batch
+from pipeline.engine.codec import EventDecoder
+from pipeline.engine.engine import Engine, Outcome
 from pipeline.engine.models import ModelCache, ModelStore
-from pipeline.errors import KafkaError, ModelError
-from pipeline.kafka.deadletter import dead_letter_headers
+from pipeline.engine.spec import ModelSpec
+from pipeline.errors import KafkaError
+from pipeline.kafka.committer import (
+    DRAIN_TIMEOUT_S,
+    AtLeastOnceCommitter,
+    Committer,
+    TransactionalCommitter,
+    names,
+)
 from pipeline.kafka.offsets import OffsetTracker, TopicPartitionKey
-from pipeline.kafka.stats import Stats
+from pipeline.kafka.outputs import Outputs, camel, now_ms
 from pipeline.kafka.topics import ensure_topics
 from pipeline.kafka.transactions import Transactions, default_transactional_id
+from pipeline.metrics import Sensor, Sensors
+from pipeline.metrics.statsline import StatsLine
 
 __all__ = ["ABANDONED", "KafkaClients", "Worker", "exit_if_abandoned", "run_worker"]
 
@@ -58,23 +63,11 @@ log = logging.getLogger("pipeline.worker")
 _POLL_SIZE = 1000
 _IDLE_POLL_S = 0.1
 _MIN_POLL_S = 0.001
-_SHUTDOWN_FLUSH_S = 6.0
-_REVOKE_FLUSH_S = 10.0
 _CLOSE_TIMEOUT_S = 10.0
 
 # Consumers whose close() did not return (an unreachable coordinator can hold it without
 # end). Kept referenced: freeing one would run librdkafka's destroy, which waits as well.
 ABANDONED: list[Consumer] = []
-# Errors that say the record itself is unacceptable (too large, malformed), raised by
-# produce() or reported on delivery: a prediction becomes a dead letter (stage "produce"), a
-# dead letter is written again without its value. Any other failure stops the worker
-# (at-least-once) or aborts the transaction, never committing past the record.
-_REJECTED_BY_BROKER = {
-    RdKafkaError.MSG_SIZE_TOO_LARGE,
-    RdKafkaError.INVALID_RECORD,
-    RdKafkaError.INVALID_MSG,
-}
-_QUEUE_FULL_LIMIT_S = 60.0  # the producer's queue stays full this long: the broker is gone
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,37 +79,52 @@ class KafkaClients:
     admin: Callable[[dict[str, Any]], AdminClient] = AdminClient
 
 
-@dataclass(slots=True)
-class _Row:
-    """One event on its way: its record, the partition assignment (generation) it was read
-    in, and, once accepted, its id and event time."""
+@dataclass(slots=True, eq=False)
+class _Block:
+    """The records of one decoded block on their way through the engine (its ticket).
 
-    msg: Message
-    generation: int
-    id: str
-    ts: int
+    `epoch` is the worker's epoch when the block was submitted: while it is unchanged, no
+    partition was lost and no transaction aborted since, so every record is still owed.
+    """
 
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _tp(msg: Message) -> TopicPartitionKey:
-    return (msg.topic(), msg.partition())  # type: ignore[return-value]
+    spec: ModelSpec
+    records: list[Message]
+    generations: list[int]
+    ids: list[str]
+    ts: list[int]
+    epoch: int
 
 
 class Worker:
-    """One consumer-group member: its own consumer, producer, model sessions and batches."""
+    """One consumer-group member: its consumer, its committer and producer, and an engine.
+
+    Args:
+        config: The worker's settings.
+        index: Its index under a ``--workers N`` parent (part of the transactional.id).
+        clients: How Kafka clients are made (tests pass stand-ins).
+        engine: An engine shared with front doors; by default the worker makes its own.
+        stats: The stats line to log (shared with that engine); by default its own.
+        sensors: Further readers of what the worker reports.
+    """
 
     def __init__(
-        self, config: WorkerConfig, *, index: int = 0, clients: KafkaClients | None = None
+        self,
+        config: WorkerConfig,
+        *,
+        index: int = 0,
+        clients: KafkaClients | None = None,
+        engine: Engine[Any] | None = None,
+        stats: StatsLine | None = None,
+        sensors: Sequence[Sensor] = (),
     ) -> None:
         self.config = config
         self._index = index
         self._clients = clients or KafkaClients()
         if "debug" in config.kafka:  # -X debug=...: the user asked to see librdkafka's debug lines
             logging.getLogger("librdkafka").setLevel(logging.DEBUG)
-        common: dict[str, Any] = {
+        self._stats = stats or StatsLine(interval_s=config.stats_interval_s)
+        self._sensor = Sensors([self._stats, *sensors])
+        self._common: dict[str, Any] = {
             **config.kafka,
             "bootstrap.servers": config.bootstrap_servers,
             "logger": logging.getLogger("librdkafka"),  # one log format for everything
@@ -129,46 +137,76 @@ class Worker:
                 "enable.auto.offset.store": False,
                 "partition.assignment.strategy": "cooperative-sticky",
                 "queued.max.messages.kbytes": 16384,
-                **common,
+                **self._common,
                 "on_commit": self._on_commit,
             }
         )
-        self._producer_settings: dict[str, Any] = {
-            "enable.idempotence": True,
-            "linger.ms": 2,
-            "queue.buffering.max.messages": 200_000,
-            **common,
-        }
-        self._txn: Transactions | None = None  # exactly-once: made in run(), once Kafka answers
-        self._plain_producer: Producer | None = None
-        if config.guarantee == "at-least-once":
-            self._plain_producer = self._clients.producer(self._producer_settings)
-        self._cache = ModelCache(
-            ModelStore(config.models),
-            max_loaded=config.max_loaded_models,
-            intra_op_threads=config.model_threads,
+        self._shared_engine = engine is not None
+        self._engine: Engine[Any] = engine or Engine(
+            ModelCache(
+                ModelStore(config.models),
+                max_loaded=config.max_loaded_models,
+                intra_op_threads=config.model_threads,
+            ),
+            max_batch_size=config.max_batch_size,
+            max_wait_ms=config.max_wait_ms,
+            sensor=self._sensor,
         )
-        self._decoder = EventDecoder(catalog=self._cache, default_model=config.default_model)
-        self._batcher: MicroBatcher[_Row] = MicroBatcher(
-            max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms
+        self._decoder = EventDecoder(
+            catalog=self._engine.models, default_model=config.default_model
         )
         self._tracker = OffsetTracker()
-        self._stats = Stats(interval_s=config.stats_interval_s)
+        self._committer: Committer | None = None  # made in run(), once Kafka answers
+        self._outputs: Outputs | None = None
+        self._outcomes: deque[Outcome[_Block]] = deque()
+        self._in_engine = 0  # rows submitted to the engine and not yet come back
+        self._epoch = 0
         self._assigned: set[TopicPartitionKey] = set()
         self._paused: set[TopicPartitionKey] = set()
         # Exactly-once: inputs whose output the broker refused in an aborted transaction.
         self._refused: dict[tuple[TopicPartitionKey, int], RdKafkaError] = {}
         self._stopping = False
         self._fatal: KafkaError | None = None
-        self._next_commit = time.monotonic()
-        self._abort_pending = False
+
+    # -- what the committer sees (committer.Host) ---------------------------------------------
 
     @property
-    def _producer(self) -> Producer:
-        if self._txn is not None:
-            return self._txn.producer  # rebuilt after fencing, so never cached
-        assert self._plain_producer is not None
-        return self._plain_producer
+    def consumer(self) -> Consumer:
+        return self._consumer
+
+    @property
+    def tracker(self) -> OffsetTracker:
+        return self._tracker
+
+    def drain(self, timeout_s: float) -> int:
+        """Run every waiting batch, produce its outputs and wait for their acknowledgement;
+        return how many outputs are still unacknowledged."""
+        self._engine.flush()
+        self._produce_outcomes()
+        remaining: int = self._producer.flush(timeout_s)
+        if remaining:
+            log.warning("%d outputs still unacknowledged after %.0f s", remaining, timeout_s)
+        return remaining
+
+    def discard_work(self) -> dict[TopicPartitionKey, int | None]:
+        """Drop all work in flight and stop tracking the partitions held (an aborted
+        transaction); return each one's first offset consumed in this assignment."""
+        self._epoch += 1
+        self._engine.drop(lambda ticket: isinstance(ticket, _Block))
+        self._outcomes.clear()
+        self._in_engine = 0
+        held = sorted(self._assigned)
+        firsts = {tp: self._tracker.first_offset(tp) for tp in held}
+        self._tracker.forget(held)
+        return firsts
+
+    def remember_refused(self, msg: Message, error: RdKafkaError) -> None:
+        self._refused[(_tp(msg), msg.offset())] = error  # type: ignore[index]
+
+    def fail(self, error: KafkaError) -> None:
+        if self._fatal is None:
+            self._fatal = error
+        self._stopping = True
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -191,14 +229,14 @@ class Worker:
             create=cfg.create_topics,
             partitions=cfg.topic_partitions,
         )
-        if cfg.guarantee == "exactly-once":
-            txn_id = cfg.transactional_id or default_transactional_id(cfg.group_id, self._index)
-            self._txn = Transactions(
-                self._producer_settings,
-                transactional_id=txn_id,
-                make_producer=self._clients.producer,
-            )
-            log.info("exactly-once: transactional.id %s", txn_id)
+        self._committer = self._make_committer()
+        self._outputs = Outputs(
+            self._committer,
+            output_topic=cfg.output_topic,
+            dlq_topic=cfg.dlq_topic,
+            sensor=self._sensor,
+            finish=self._finished,
+        )
         log.info("worker starting with %s", cfg.redacted)
         self._consumer.subscribe(
             list(cfg.input_topics),
@@ -207,23 +245,52 @@ class Worker:
             on_lost=self._on_lost,
         )
         try:
-            while not self._stopping and self._fatal is None:
+            while not self._stopping:
                 self._turn()
         finally:
             self._shutdown()
         return 0
 
+    def _make_committer(self) -> Committer:
+        cfg = self.config
+        producer_settings = {
+            "enable.idempotence": True,
+            "linger.ms": 2,
+            "queue.buffering.max.messages": 200_000,
+            **self._common,
+        }
+        if cfg.guarantee == "exactly-once":
+            txn_id = cfg.transactional_id or default_transactional_id(cfg.group_id, self._index)
+            transactions = Transactions(
+                producer_settings, transactional_id=txn_id, make_producer=self._clients.producer
+            )
+            log.info("exactly-once: transactional.id %s", txn_id)
+            return TransactionalCommitter(
+                self,
+                transactions,
+                interval_ms=cfg.commit_interval_ms,
+                offset_reset=cfg.offset_reset,
+                sensor=self._sensor,
+            )
+        return AtLeastOnceCommitter(
+            self,
+            self._clients.producer(producer_settings),
+            interval_ms=cfg.commit_interval_ms,
+            every_events=cfg.commit_every_events,
+        )
+
+    @property
+    def _producer(self) -> Producer:
+        assert self._committer is not None
+        return self._committer.producer
+
     def _shutdown(self) -> None:
+        assert self._committer is not None
         if self._fatal is None:
-            self._drain(self._batcher.flush(), _SHUTDOWN_FLUSH_S)
-            self._commit(asynchronous=False)
-        elif self._txn is not None:
-            self._txn.abort()  # nothing of the open transaction becomes visible
-        else:
-            self._producer.flush(_SHUTDOWN_FLUSH_S)
-            self._commit(asynchronous=False)  # only offsets whose outputs were acknowledged
+            self.drain(DRAIN_TIMEOUT_S)
+        self._committer.close(fatal=self._fatal is not None)
         self._close_consumer()
-        log.info("worker stopped: %s", self._stats.snapshot(0).line())
+        log.info("worker stopped: %s", self._stats.snapshot().line())
         if self._fatal is not None:
             raise self._fatal
 
@@ -244,61 +311,70 @@ class Worker:
     # -- one turn of the loop --------------------------------------------------------------
 
     def _turn(self) -> None:
+        assert self._committer is not None
         msgs = self._consume()
         if msgs:
             self._ingest(msgs)
-        for batch in self._batcher.due():
-            self._infer(batch)
+        self._engine.run_due()
+        self._produce_outcomes()
         self._producer.poll(0)
-        now = time.monotonic()
-        if now >= self._next_commit:
-            self._commit(asynchronous=True)
-            self._next_commit = now + self.config.commit_interval_ms / 1000
+        self._committer.tick(time.monotonic())
         self._backpressure()
         if self._stats.due():
-            log.info("%s", self._stats.snapshot(len(self._assigned)).line())
+            self._sensor.partitions(len(self._assigned), len(self._paused))
+            log.info("%s", self._stats.snapshot().line())
 
     def _consume(self) -> list[Message]:
         """Wait for the first record (or the next batch deadline), then take what is queued."""
-        deadline = self._batcher.next_deadline()
+        deadline = self._engine.next_deadline()
         timeout = _IDLE_POLL_S if deadline is None else deadline - time.monotonic()
+        if self._shared_engine and (self._in_engine or self._outcomes):
+            timeout = _MIN_POLL_S  # the engine's own thread may hand back outcomes any time
         # librdkafka counts whole milliseconds: a timeout under 1 ms would be a non-blocking
-        # poll, and the loop would spin. A due batch is cut by the caller right after.
+        # poll, and the loop would spin. A due batch is run by the caller right after.
         first = self._consumer.poll(min(max(timeout, _MIN_POLL_S), _IDLE_POLL_S))
         if first is None:
             return []
         return [first, *self._consumer.consume(_POLL_SIZE - 1, 0)]
 
     def _ingest(self, msgs: list[Message]) -> None:
+        """Decode records into row blocks, dead-letter the rejects, submit the blocks."""
+        assert self._outputs is not None
         # Records of a partition revoked between poll() and consume() are not ours any more:
         # their new owner reads them from the committed offset.
         records = [m for m in msgs if self._usable(m) and _tp(m) in self._assigned]
         if not records:
             return
         generations = [self._tracker.consumed(_tp(m), m.offset()) for m in records]  # type: ignore[arg-type]
-        self._stats.events_in += len(records)
+        for topic in {m.topic() for m in records}:
+            self._sensor.records_consumed(str(topic), sum(1 for m in records if m.topic() == topic))
         if self._refused:
             records, generations = self._redo_refused(records, generations)
-        now = _now_ms()
+        now = now_ms()
         decoded = self._decoder.decode(
             [m.value() for m in records], [_timestamp(m, now) for m in records]
         )
         for reject in decoded.rejects:
-            row = _Row(records[reject.index], generations[reject.index], "", 0)
-            self._dead_letter(row, reject.stage, reject.error_type, reject.message)
-        for key, block in decoded.blocks.items():
-            rows = [
-                _Row(records[i], generations[i], block.ids[n], block.ts[n])
-                for n, i in enumerate(block.indices)
-            ]
-            for batch in self._batcher.add(key, block.features, rows):
-                self._infer(batch)
+            reason = (reject.stage, reject.error_type, reject.message)
+            self._outputs.dead_letter(records[reject.index], generations[reject.index], reason)
+        for (name, version), block in decoded.blocks.items():
+            ticket = _Block(
+                spec=block.spec,
+                records=[records[i] for i in block.indices],
+                generations=[generations[i] for i in block.indices],
+                ids=block.ids,
+                ts=block.ts,
+                epoch=self._epoch,
+            )
+            self._in_engine += len(ticket.records)
+            self._engine.submit(name, version, block.features, ticket, self._outcomes.append)
 
     def _redo_refused(
         self, records: list[Message], generations: list[int]
     ) -> tuple[list[Message], list[int]]:
         """Dead-letter, without their values, the records whose outputs the broker refused
         in an aborted transaction; return the others."""
+        assert self._outputs is not None
         kept: list[Message] = []
         kept_generations: list[int] = []
         for msg, generation in zip(records, generations, strict=True):
@@ -307,9 +383,12 @@ class Worker:
                 kept.append(msg)
                 kept_generations.append(generation)
                 continue
-            message = f"the broker refused an output of this event: {err}"
-            row = _Row(msg, generation, "", 0)
-            self._dead_letter(row, "produce", _camel(err.name()), message, omit=1)
+            reason = (
+                "produce",
+                camel(err.name()),
+                f"the broker refused an output of this event: {err}",
+            )
+            self._outputs.dead_letter(msg, generation, reason, omit=1)
         return kept, kept_generations
 
     def _usable(self, msg: Message) -> bool:
@@ -317,306 +396,72 @@ class Worker:
         if err is None:
             return True
         if err.fatal():
-            self._fatal = KafkaError(f"the consumer hit a fatal Kafka error: {err}")
+            self.fail(KafkaError(f"the consumer hit a fatal Kafka error: {err}"))
         elif err.code() != RdKafkaError._PARTITION_EOF:
             log.warning("consumer error (librdkafka retries it): %s", err)
         return False
 
-    # -- inference and publishing ----------------------------------------------------------
+    # -- outcomes, outputs, offsets -------------------------------------------------------
 
-    def _infer(self, batch: Batch[_Row]) -> None:
-        model, version = cast(tuple[str, str], batch.key)
-        try:
-            loaded = self._cache.get(model, version)
-        except ModelError as exc:  # e.g. the version was deleted from the store meanwhile
-            self._dead_letter_all(batch.items, "route", type(exc).__name__, str(exc))
-            return
-        result = run_batch(loaded, batch.features)
-        self._stats.batch(len(batch.items))
-        for failure in result.failures:
-            row = batch.items[failure.position]
-            self._dead_letter(row, "infer", failure.error_type, failure.message)
-        if not result.ok_positions:
-            return
-        ok = [batch.items[p] for p in result.ok_positions]
-        block = RowBlock(
-            spec=loaded.spec,
-            features=batch.features,
-            indices=result.ok_positions,
-            ids=[r.id for r in ok],
-            ts=[r.ts for r in ok],
-        )
-        try:
-            predictions = encode_predictions(block, result.outputs, _now_ms())
-        except (ValueError, TypeError) as exc:  # outputs that do not fit the manifest or JSON
-            self._dead_letter_all(ok, "infer", "OutputMismatch", str(exc))
-            return
-        topic = self.config.output_topic
-        for row, value in zip(ok, predictions, strict=True):
-            on_delivery = functools.partial(self._prediction_delivered, row)
-            refused = self._produce(topic, value, row.msg.key(), None, on_delivery)
-            if refused is not None:
-                message = f"the producer refused the prediction: {refused}"
-                self._dead_letter(row, "produce", _camel(refused.name()), message)
-
-    def _dead_letter_all(self, rows: list[_Row], stage: str, error_type: str, message: str) -> None:
-        for row in rows:
-            self._dead_letter(row, stage, error_type, message)
-
-    def _dead_letter(
-        self, row: _Row, stage: str, error_type: str, message: str, *, omit: int = 0
-    ) -> None:
-        """Write `row`'s record to the DLQ with the error headers.
-
-        `omit` 0 sends the original value and headers; 1 leaves the value out (it cannot be
-        written, e.g. too large: `pipeline.value.omitted` says its size, and the source
-        headers say where to read it back); 2 also leaves the original headers out.
-        """
-        msg = row.msg
-        original, unreadable = _headers(msg)
-        value = msg.value()
-        extra: list[tuple[str, bytes | None]] = []
-        if omit >= 1:
-            extra.append(("pipeline.value.omitted", str(len(value or b"")).encode()))
-            value = None
-        if unreadable or (omit >= 2 and original):
-            extra.append(("pipeline.headers.omitted", b"1"))
-            original = None
-        headers = dead_letter_headers(
-            original,
-            stage=stage,
-            error_type=error_type,
-            message=message,
-            topic=msg.topic() or "",
-            partition=msg.partition() or 0,
-            offset=msg.offset() or 0,
-            failed_at_ms=_now_ms(),
-        )
-        on_delivery = functools.partial(
-            self._dead_letter_delivered, row, (stage, error_type, message, omit)
-        )
-        refused = self._produce(self.config.dlq_topic, value, msg.key(), headers + extra,
-                                on_delivery)  # fmt: skip
-        if refused is not None:
-            self._dead_letter_refused(row, (stage, error_type, message, omit), refused)
-
-    def _dead_letter_refused(
-        self, row: _Row, letter: tuple[str, str, str, int], error: RdKafkaError
-    ) -> None:
-        """A dead letter the producer or broker would not take: send it smaller, or stop."""
-        stage, error_type, message, omit = letter
-        if omit < 2:
-            self._dead_letter(row, stage, error_type, message, omit=omit + 1)
-        else:
-            self._delivery_failed(row.msg, error)
-
-    def _produce(
-        self,
-        topic: str,
-        value: bytes | None,
-        key: bytes | str | None,
-        headers: list[tuple[str, bytes | None]] | None,
-        on_delivery: Callable[[Any, Message], None],
-    ) -> RdKafkaError | None:
-        """Hand one record to the producer.
-
-        Returns:
-            The error if the producer refused this record itself (too large, say); the
-            caller writes it differently. None when it was queued, or when the producer
-            failed as a whole (then the worker stops, or the transaction aborts).
-        """
-        full_since: float | None = None
-        while True:
-            try:
-                if self._txn is not None:
-                    self._txn.begin()
-                self._producer.produce(
-                    topic, value, key, headers=cast(Any, headers), on_delivery=on_delivery
+    def _produce_outcomes(self) -> None:
+        """Produce the predictions and dead letters of the outcomes the engine handed back."""
+        assert self._outputs is not None
+        outputs = self._outputs
+        while self._outcomes:
+            outcome = self._outcomes.popleft()
+            block = outcome.ticket
+            self._in_engine -= len(outcome.rows) + len(outcome.errors)
+            if block.epoch != self._epoch and not self._still_owed(block):
+                continue
+            for error in outcome.errors:
+                reason = (error.stage, error.error_type, error.message)
+                outputs.dead_letter(block.records[error.row], block.generations[error.row], reason)
+            if not outcome.rows:
+                continue
+            rows = outcome.rows
+            if isinstance(rows, range) and len(rows) == len(block.records):
+                records, generations, ids, ts = (
+                    block.records,
+                    block.generations,
+                    block.ids,
+                    block.ts,
                 )
-                return None
-            except BufferError:  # the producer's queue is full: serve delivery reports first
-                full_since = full_since or time.monotonic()
-                if time.monotonic() - full_since > _QUEUE_FULL_LIMIT_S:
-                    self._producer_failed(f"its queue stayed full for {_QUEUE_FULL_LIMIT_S:.0f} s")
-                    return None
-                self._producer.poll(0.05)
-            except KafkaException as exc:
-                error: RdKafkaError = exc.args[0]
-                if error.code() in _REJECTED_BY_BROKER:
-                    return error
-                self._producer_failed(str(error))
-                return None
-
-    def _producer_failed(self, reason: str) -> None:
-        """The producer cannot take records at all: abort (exactly-once) or stop."""
-        if self._txn is not None:
-            # A fenced or failed transactional producer: the commit step aborts (rebuilding
-            # the producer) and redoes from the committed offsets.
-            log.warning("produce failed in the transaction (%s): will abort", reason)
-            self._abort_pending = True
-            return
-        if self._fatal is None:
-            self._fatal = KafkaError(
-                f"the producer refused outputs ({reason}); stopping without committing past "
-                "them, so a restart redoes them. Check the broker and the output topics"
-            )
-        self._stopping = True
-
-    def _prediction_delivered(self, row: _Row, err: RdKafkaError | None, _: Message) -> None:
-        if err is None:
-            self._stats.prediction(_now_ms() - row.ts)
-            self._finished(row)
-        elif err.code() in _REJECTED_BY_BROKER and self._txn is None:
-            message = f"the broker refused the prediction: {err}"
-            self._dead_letter(row, "produce", _camel(err.name()), message)
-        else:
-            self._delivery_failed(row.msg, err)
-
-    def _dead_letter_delivered(
-        self, row: _Row, letter: tuple[str, str, str, int], err: RdKafkaError | None, _: Message
-    ) -> None:
-        if err is None:
-            self._stats.dead_letters += 1
-            self._finished(row)
-        elif err.code() in _REJECTED_BY_BROKER and self._txn is None:
-            self._dead_letter_refused(row, letter, err)
-        else:
-            self._delivery_failed(row.msg, err)
-
-    def _finished(self, row: _Row) -> None:
-        tp = _tp(row.msg)
-        self._tracker.finished(tp, row.msg.offset(), row.generation)  # type: ignore[arg-type]
-
-    def _delivery_failed(self, msg: Message, err: RdKafkaError) -> None:
-        if self._txn is not None:  # exactly-once: abort the transaction and redo it
-            log.warning("output for %s[%s]@%s failed (%s): aborting the transaction",
-                        msg.topic(), msg.partition(), msg.offset(), err)  # fmt: skip
-            if err.code() in _REJECTED_BY_BROKER:
-                # A refused record makes the transaction abortable; the redo writes this
-                # input as a dead letter without its value, so it cannot be refused again.
-                self._refused[(_tp(msg), msg.offset())] = err  # type: ignore[index]
-            self._abort_pending = True
-            return
-        if self._fatal is None:
-            self._fatal = KafkaError(
-                f"the output for {msg.topic()}[{msg.partition()}]@{msg.offset()} was not delivered "
-                f"({err}); stopping without committing past it, so a restart will redo it. "
-                "Check the broker, or raise delivery.timeout.ms with -X"
-            )
-        self._stopping = True
-
-    # -- offsets, rebalances, backpressure ------------------------------------------------
-
-    def _commit(
-        self, *, asynchronous: bool, only: Sequence[TopicPartitionKey] | None = None
-    ) -> None:
-        if self._txn is not None:
-            self._commit_transaction(final=not asynchronous)
-            return
-        positions = self._tracker.commit_positions(only)
-        if not positions:
-            return
-        offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
-        try:
-            if asynchronous:
-                self._consumer.commit(offsets=offsets, asynchronous=True)
             else:
-                failed = [
-                    p for p in self._consumer.commit(offsets=offsets, asynchronous=False) if p.error
-                ]
-                for p in failed:
-                    log.warning("offset commit of %s[%d] failed: %s", p.topic, p.partition, p.error)
-                    positions.pop((p.topic, p.partition), None)
-        except KafkaException as exc:
-            log.warning("offset commit failed (will retry): %s", exc.args[0])
-            return
-        self._tracker.mark_committed(positions)
+                records = [block.records[r] for r in rows]
+                generations = [block.generations[r] for r in rows]
+                ids = [block.ids[r] for r in rows]
+                ts = [block.ts[r] for r in rows]
+            assert outcome.model is not None
+            outputs.predictions(outcome.model.spec, records, generations, ids, ts, outcome.outputs)
 
-    def _commit_transaction(self, *, final: bool) -> None:
-        """Finish every pending batch, then commit outputs and offsets in one transaction.
+    def _still_owed(self, block: _Block) -> bool:
+        """After a loss or an abort: keep only the block's records of partitions still held
+        in the same assignment (the others are someone else's, or will be redone)."""
+        keep = [
+            i for i, (m, g) in enumerate(zip(block.records, block.generations, strict=True))
+            if self._tracker.generation(_tp(m)) == g
+        ]  # fmt: skip
+        if len(keep) == len(block.records):
+            return True
+        block.records = [block.records[i] for i in keep]
+        block.generations = [block.generations[i] for i in keep]
+        block.ids = [block.ids[i] for i in keep]
+        block.ts = [block.ts[i] for i in keep]
+        return bool(keep)
 
-        The offsets sent are those whose outputs were acknowledged, so every output in the
-        transaction must be: committing with some still in flight would make them visible
-        while their inputs stay uncommitted, to be redone (duplicated) later. Then the
-        commit waits for the next turn; a `final` one (revoke, shutdown) aborts instead.
-        """
-        assert self._txn is not None
-        if not self._txn.open and not self._abort_pending:
-            return
-        unacknowledged = self._drain(self._batcher.flush(), _REVOKE_FLUSH_S)
-        if self._abort_pending:
-            self._abort_and_rewind(None, "an output was not delivered")
-            return
-        if unacknowledged:
-            if final:
-                self._abort_and_rewind(None, f"{unacknowledged} outputs were not acknowledged")
-            return
-        positions = self._tracker.commit_positions()
-        offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
-        try:
-            self._txn.commit(offsets, self._consumer.consumer_group_metadata())
-        except KafkaException as exc:
-            self._abort_and_rewind(exc)
-            return
-        self._tracker.mark_committed(positions)
-
-    def _abort_and_rewind(self, cause: KafkaException | None, reason: object = None) -> None:
-        """Abort the transaction and redo everything since the last committed offsets.
-
-        A partition the group has no committed offset for yet rewinds to the first offset
-        consumed in this assignment, not to the reset policy (which, for ``latest``, would
-        skip what the aborted transaction consumed).
-        """
-        assert self._txn is not None
-        reason = cause.args[0] if cause is not None else reason
-        log.warning("transaction aborted (%s): rewinding to the committed offsets", reason)
-        self._txn.abort(cause)
-        self._abort_pending = False
-        self._batcher.drop(lambda _: True)
-        held = sorted(self._assigned)
-        firsts = {tp: self._tracker.first_offset(tp) for tp in held}
-        self._tracker.forget(held)
-        if not held:
-            return
-        parts = [TopicPartition(t, p) for t, p in held]
-        try:
-            committed = self._consumer.committed(parts, timeout=30)
-            unread = [tp for tp in committed if tp.error is not None]
-            if unread:
-                raise KafkaException(unread[0].error)
-            for tp in committed:
-                first = firsts.get((tp.topic, tp.partition))
-                offset = tp.offset if tp.offset >= 0 else first
-                if offset is None:
-                    offset = (
-                        OFFSET_BEGINNING if self.config.offset_reset == "earliest" else OFFSET_END
-                    )
-                self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
-        except KafkaException as exc:
-            # Reading on from here would skip the aborted events; a restart redoes them.
-            self._fatal = KafkaError(
-                f"after an aborted transaction the committed offsets of {_names(parts)} could "
-                f"not be read or sought to ({exc.args[0]}); stopping so a restart resumes from "
-                "them. Check that the broker is reachable"
-            )
+    def _finished(self, records: Sequence[Message], generations: Sequence[int]) -> None:
+        """Outputs of `records` were acknowledged: their offsets may be committed."""
+        assert self._committer is not None
+        tracker = self._tracker
+        for msg, generation in zip(records, generations, strict=True):
+            tracker.finished(_tp(msg), msg.offset(), generation)  # type: ignore[arg-type]
+        self._committer.finished(len(records))
 
     def _on_commit(self, err: RdKafkaError | None, partitions: list[TopicPartition]) -> None:
-        failed = partitions if err is not None else [p for p in partitions if p.error]
-        if failed:
-            log.warning("offset commit of %s failed (will retry): %s",
-                        _names(failed), err or failed[0].error)  # fmt: skip
-            # -1 is never a position: the next commit sends these partitions again.
-            self._tracker.mark_committed({(p.topic, p.partition): -1 for p in failed})
+        if self._committer is not None:
+            self._committer.on_commit(err, partitions)
 
-    def _drain(self, batches: list[Batch[_Row]], timeout_s: float) -> int:
-        """Infer `batches` and wait for every output to be acknowledged (or the timeout);
-        return how many are not."""
-        for batch in batches:
-            self._infer(batch)
-        remaining: int = self._producer.flush(timeout_s)
-        if remaining:
-            log.warning("%d outputs still unacknowledged after %.0f s", remaining, timeout_s)
-        return remaining
+    # -- rebalances and backpressure ------------------------------------------------------
 
     def _on_assign(self, _: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned |= {(p.topic, p.partition) for p in partitions}
@@ -624,24 +469,26 @@ class Worker:
             # librdkafka keeps a partition's pause across a revoke and a new assignment: a
             # partition this worker paused before must not come back paused.
             self._consumer.resume(partitions)
-        log.info("assigned %s", _names(partitions))
+            self._sensor.rebalance("assigned", len(partitions))
+        log.info("assigned %s", names(partitions))
 
     def _on_revoke(self, _: Consumer, partitions: list[TopicPartition]) -> None:
+        assert self._committer is not None
         revoked = [(p.topic, p.partition) for p in partitions]
-        log.info("revoked %s: finishing their work and committing", _names(partitions))
-        self._drain(self._batcher.flush(), _REVOKE_FLUSH_S)
-        self._commit(asynchronous=False, only=revoked)
+        log.info("revoked %s: finishing their work and committing", names(partitions))
+        self.drain(DRAIN_TIMEOUT_S)
+        self._committer.revoked(revoked)
         self._forget(revoked)
+        self._sensor.rebalance("revoked", len(partitions))
 
     def _on_lost(self, _: Consumer, partitions: list[TopicPartition]) -> None:
-        lost = {(p.topic, p.partition) for p in partitions}
-        dropped = self._batcher.drop(lambda row: _tp(row.msg) in lost)
-        log.warning(
-            "lost %s: dropped %d unfinished events, committing none", _names(partitions), dropped
-        )
-        self._forget(list(lost))
-        if self._txn is not None and self._txn.open:  # its outputs may belong to lost partitions
-            self._abort_and_rewind(None, "partitions were lost")
+        assert self._committer is not None
+        lost = [(p.topic, p.partition) for p in partitions]
+        log.warning("lost %s: dropping their unfinished events, committing none", names(partitions))
+        self._epoch += 1  # outcomes of their records are dropped when they come back
+        self._forget(lost)
+        self._committer.lost()
+        self._sensor.rebalance("lost", len(partitions))
 
     def _forget(self, tps: list[TopicPartitionKey]) -> None:
         self._tracker.forget(tps)
@@ -668,28 +515,14 @@ class Worker:
             self._paused = set()
 
 
-def _headers(msg: Message) -> tuple[list[tuple[str, bytes | None]] | None, bool]:
-    """A record's headers, and whether they could not be read: confluent-kafka cannot
-    decode a header name that is not UTF-8 (other clients can write one)."""
-    try:
-        return cast(list[tuple[str, bytes | None]] | None, msg.headers()), False
-    except (SystemError, UnicodeError):
-        return None, True
+def _tp(msg: Message) -> TopicPartitionKey:
+    return (msg.topic(), msg.partition())  # type: ignore[return-value]
 
 
 def _timestamp(msg: Message, now_ms: int) -> int:
     """The record's timestamp, or `now_ms` if it has none (librdkafka then gives -1)."""
     ts: int = msg.timestamp()[1]
     return ts if ts >= 0 else now_ms
-
-
-def _camel(name: str) -> str:
-    """librdkafka's MSG_SIZE_TOO_LARGE as the DLQ's error type MsgSizeTooLarge."""
-    return "".join(part.capitalize() for part in name.strip("_").split("_")) or "KafkaError"
-
-
-def _names(partitions: list[TopicPartition]) -> str:
-    return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing"
 
 
 def exit_if_abandoned(code: int) -> None:
@@ -702,9 +535,39 @@ def exit_if_abandoned(code: int) -> None:
 
 
 def run_worker(config: WorkerConfig, index: int = 0) -> int:
-    """Run one worker (the `index`-th of its parent) until SIGTERM or SIGINT; return 0."""
-    worker = Worker(config, index=index)
+    """Run one worker (the `index`-th of its parent) until SIGTERM or SIGINT; return 0.
 
+    With ``--http-port`` or ``--grpc-port`` the front doors answer requests from the
+    worker's own engine, on a thread of their own, for as long as the worker runs.
+    """
+    if not (config.http_port or config.grpc_port):
+        worker = Worker(config, index=index)
+        _stop_on_signals(worker)
+        return worker.run()
+    from pipeline.engine.engine import EngineLoop
+    from pipeline.serve.server import Doors, DoorsThread, build_engine, warm_up
+    from pipeline.serve.state import Readiness
+
+    stats = StatsLine(interval_s=config.stats_interval_s)
+    engine = build_engine(config, Sensors([stats]), max_queue=config.max_queue)
+    runner = EngineLoop(engine)
+    runner.start()
+    readiness = Readiness()
+    warm_up(engine, config, readiness)
+    doors = DoorsThread(
+        Doors(config, engine, readiness, Sensors([stats]), default_model=config.default_model)
+    )
+    doors.start_and_wait()
+    worker = Worker(config, index=index, engine=engine, stats=stats)
+    _stop_on_signals(worker)
+    try:
+        return worker.run()
+    finally:
+        doors.stop()
+        runner.stop()
+
+
+def _stop_on_signals(worker: Worker) -> None:
     def _stop(signum: int, _: FrameType | None) -> None:
         log.info(
             "received %s: finishing batches in flight, then committing", signal.Signals(signum).name
@@ -713,4 +576,3 @@ def run_worker(config: WorkerConfig, index: int = 0) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    return worker.run()

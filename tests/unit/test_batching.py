@@ -41,18 +41,22 @@ def make_batcher(clock: FakeClock) -> Callable[..., MicroBatcher[int]]:
     return make
 
 
-def rows(start: int, stop: int, width: int = WIDTH) -> tuple[np.ndarray, list[int]]:
-    """Rows whose every value is their item id, so alignment is checkable."""
-    ids = list(range(start, stop))
+def rows(start: int, stop: int, width: int = WIDTH) -> tuple[np.ndarray, int]:
+    """One submission of rows whose every value is their id; its ticket is the first id."""
     features = np.repeat(np.arange(start, stop, dtype=np.float32)[:, None], width, axis=1)
-    return features, ids
+    return features, start
+
+
+def items(batch: Batch[int]) -> list[int]:
+    """The ids of a batch's rows, read from its slices (ticket = the submission's first id)."""
+    return [s.ticket + i for s in batch.slices for i in range(s.start, s.stop)]
 
 
 def assert_aligned(batch: Batch[int]) -> None:
     assert batch.features.dtype == np.float32
     assert batch.features.flags.c_contiguous
-    assert batch.features.shape == (len(batch.items), WIDTH)
-    np.testing.assert_array_equal(batch.features[:, 0], np.asarray(batch.items, dtype=np.float32))
+    assert batch.features.shape == (len(items(batch)), WIDTH) == (batch.rows, WIDTH)
+    np.testing.assert_array_equal(batch.features[:, 0], np.asarray(items(batch), dtype=np.float32))
     np.testing.assert_array_equal(batch.features, batch.features[:, :1].repeat(WIDTH, axis=1))
 
 
@@ -63,14 +67,14 @@ def test_size_trigger_returns_full_batches_and_keeps_the_rest(
 
     batches = batcher.add(KEY_A, *rows(0, 600))
 
-    assert [len(b.items) for b in batches] == [256, 256]
-    assert [b.items[0] for b in batches] == [0, 256]
+    assert [b.rows for b in batches] == [256, 256]
+    assert [items(b)[0] for b in batches] == [0, 256]
     assert all(b.key == KEY_A for b in batches)
     for batch in batches:
         assert_aligned(batch)
     assert len(batcher) == 88
     (rest,) = batcher.flush()
-    assert rest.items == list(range(512, 600))
+    assert items(rest) == list(range(512, 600))
     assert_aligned(rest)
 
 
@@ -92,8 +96,8 @@ def test_items_stay_aligned_across_chunk_boundaries(
         out.extend(batcher.add(KEY_A, *rows(start, stop)))
     out.extend(batcher.flush())
 
-    assert [len(b.items) for b in out] == [10, 10, 10, 10, 3]
-    assert [i for b in out for i in b.items] == list(range(43))
+    assert [len(items(b)) for b in out] == [10, 10, 10, 10, 3]
+    assert [i for b in out for i in items(b)] == list(range(43))
     for batch in out:
         assert_aligned(batch)
     assert len(batcher) == 0
@@ -103,9 +107,9 @@ def test_a_single_chunk_of_exactly_the_batch_size_is_not_copied(
     make_batcher: Callable[..., MicroBatcher[int]],
 ) -> None:
     batcher = make_batcher(max_batch_size=8)
-    features, ids = rows(0, 8)
+    features, ticket = rows(0, 8)
 
-    (batch,) = batcher.add(KEY_A, features, ids)
+    (batch,) = batcher.add(KEY_A, features, ticket)
 
     assert batch.features is features
 
@@ -134,7 +138,7 @@ def test_due_at_and_after_max_wait_ms(
     (batch,) = batcher.due()
 
     assert batch.key == KEY_A
-    assert batch.items == [0, 1, 2]
+    assert items(batch) == [0, 1, 2]
     assert batch.first_added_at == added_at
     assert_aligned(batch)
     assert len(batcher) == 0
@@ -166,12 +170,12 @@ def test_keys_have_separate_deadlines(
     (batch,) = batcher.due()
 
     assert batch.key == KEY_A
-    assert batch.items == [0, 1]
+    assert items(batch) == [0, 1]
     assert len(batcher) == 4
     clock.advance_ms(3)
     (later,) = batcher.due()
     assert later.key == KEY_B
-    assert later.items == [100, 101, 102, 103]
+    assert items(later) == [100, 101, 102, 103]
 
 
 def test_deadline_follows_the_oldest_row_left_after_a_full_cut(
@@ -184,7 +188,7 @@ def test_deadline_follows_the_oldest_row_left_after_a_full_cut(
 
     (full,) = batcher.add(KEY_A, *rows(3, 6))
 
-    assert full.items == [0, 1, 2, 3]
+    assert items(full) == [0, 1, 2, 3]
     assert batcher.next_deadline() == pytest.approx(second_at + 0.005)
     clock.advance_ms(3)
     assert batcher.due() == []
@@ -219,30 +223,43 @@ def test_flush_returns_everything_oldest_first(
 
     batches = batcher.flush()
 
-    assert [(b.key, b.items) for b in batches] == [(KEY_B, [10, 11, 12]), (KEY_A, [0, 1, 2])]
+    assert [(b.key, items(b)) for b in batches] == [(KEY_B, [10, 11, 12]), (KEY_A, [0, 1, 2])]
     for batch in batches:
         assert_aligned(batch)
     assert len(batcher) == 0
     assert batcher.flush() == []
 
 
-def test_drop_removes_matching_rows_and_keeps_the_rest_aligned(
+def test_drop_removes_the_rows_of_matching_submissions_and_keeps_the_rest_aligned(
     make_batcher: Callable[..., MicroBatcher[int]],
 ) -> None:
     batcher = make_batcher(max_batch_size=100)
     batcher.add(KEY_A, *rows(0, 5))
     batcher.add(KEY_A, *rows(5, 10))
-    batcher.add(KEY_B, *rows(10, 14))
+    batcher.add(KEY_A, *rows(10, 12))
+    batcher.add(KEY_B, *rows(20, 24))
 
-    removed = batcher.drop(lambda item: item % 2 == 0)
+    removed = batcher.drop(lambda ticket: ticket in (5, 20))
 
-    assert removed == 7
+    assert removed == 9
     assert len(batcher) == 7
-    batches = {b.key: b for b in batcher.flush()}
-    assert batches[KEY_A].items == [1, 3, 5, 7, 9]
-    assert batches[KEY_B].items == [11, 13]
-    for batch in batches.values():
-        assert_aligned(batch)
+    (batch,) = batcher.flush()
+    assert items(batch) == [0, 1, 2, 3, 4, 10, 11]
+    assert_aligned(batch)
+
+
+def test_a_submission_split_across_batches_is_named_by_its_slices(
+    make_batcher: Callable[..., MicroBatcher[int]],
+) -> None:
+    batcher = make_batcher(max_batch_size=4)
+    batcher.add(KEY_A, *rows(0, 3))
+    first, second = batcher.add(KEY_A, *rows(3, 9))
+    (rest,) = batcher.flush()
+
+    assert [(s.ticket, s.start, s.stop) for s in first.slices] == [(0, 0, 3), (3, 0, 1)]
+    assert [(s.ticket, s.start, s.stop) for s in second.slices] == [(3, 1, 5)]
+    assert [(s.ticket, s.start, s.stop) for s in rest.slices] == [(3, 5, 6)]
+    assert items(second) == [4, 5, 6, 7] and items(rest) == [8]
 
 
 def test_drop_of_every_row_of_a_key_forgets_the_key(
@@ -268,13 +285,13 @@ def test_max_wait_zero_makes_every_add_due(
 
     assert batcher.next_deadline() == clock.now()
     (batch,) = batcher.due()
-    assert batch.items == [0, 1]
+    assert items(batch) == [0, 1]
 
 
 def test_empty_add_changes_nothing(make_batcher: Callable[..., MicroBatcher[int]]) -> None:
     batcher = make_batcher()
 
-    assert batcher.add(KEY_A, np.empty((0, WIDTH), dtype=np.float32), []) == []
+    assert batcher.add(KEY_A, np.empty((0, WIDTH), dtype=np.float32), 0) == []
 
     assert len(batcher) == 0
     assert batcher.next_deadline() is None
@@ -322,21 +339,20 @@ def test_width_change_for_a_key_is_rejected(make_batcher: Callable[..., MicroBat
 
 
 @pytest.mark.parametrize(
-    ("features", "n_items", "message"),
+    ("features", "message"),
     [
-        (np.zeros((2, WIDTH), dtype=np.float64), 2, "dtype float32, got float64"),
-        (np.zeros(WIDTH, dtype=np.float32), 3, "must be 2-D"),
-        (np.zeros((2, WIDTH), dtype=np.float32), 3, r"one row per item \(3\), got 2 rows"),
-        ([[0.0, 1.0, 2.0]], 1, "must be a numpy array, got list"),
+        (np.zeros((2, WIDTH), dtype=np.float64), "dtype float32, got float64"),
+        (np.zeros(WIDTH, dtype=np.float32), "must be 2-D"),
+        ([[0.0, 1.0, 2.0]], "must be a numpy array, got list"),
     ],
 )
 def test_bad_features_are_rejected(
-    make_batcher: Callable[..., MicroBatcher[int]], features: np.ndarray, n_items: int, message: str
+    make_batcher: Callable[..., MicroBatcher[int]], features: np.ndarray, message: str
 ) -> None:
     batcher = make_batcher()
 
     with pytest.raises(ValueError, match=message):
-        batcher.add(KEY_A, features, list(range(n_items)))
+        batcher.add(KEY_A, features, 0)
 
     assert len(batcher) == 0
 
@@ -345,8 +361,8 @@ def test_a_key_that_drained_may_come_back_with_another_width(
     make_batcher: Callable[..., MicroBatcher[int]],
 ) -> None:
     batcher = make_batcher()
-    batcher.add("k", np.zeros((1, 3), dtype=np.float32), [1])
+    batcher.add("k", np.zeros((1, 3), dtype=np.float32), 1)
     batcher.flush()
-    batcher.add("k", np.zeros((1, 5), dtype=np.float32), [2])  # a new version of the model
+    batcher.add("k", np.zeros((1, 5), dtype=np.float32), 2)  # a new version of the model
     (batch,) = batcher.flush()
     assert batch.features.shape == (1, 5)

@@ -48,6 +48,8 @@ def test_package_exports_are_pinned() -> None:
         "BrokerError",
         "ConfigError",
         "Decoded",
+        "Engine",
+        "EngineLoop",
         "EventDecoder",
         "InferenceResult",
         "KafkaError",
@@ -60,10 +62,15 @@ def test_package_exports_are_pinned() -> None:
         "ModelNotFoundError",
         "ModelSpec",
         "ModelStore",
+        "Outcome",
+        "Overloaded",
         "PipelineError",
         "Reject",
         "RowBlock",
+        "RowError",
         "RowFailure",
+        "Sensor",
+        "Slice",
         "WorkerConfig",
         "encode_predictions",
         "run_batch",
@@ -87,9 +94,13 @@ def test_importing_the_core_does_not_import_kafka() -> None:
     import subprocess
     import sys
 
-    code = "import sys, pipeline; print('confluent_kafka' in sys.modules)"
+    engine = [m for m in MODULES if m.startswith(("pipeline.engine", "pipeline.metrics"))]
+    code = (
+        f"import sys, pipeline; [__import__(m) for m in {engine!r}]; "
+        "print('confluent_kafka' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "False"
+    assert done.stdout.strip() == "False", "pipeline.engine must not import a Kafka client"
 
 
 def test_the_module_walk_finds_the_modules() -> None:
@@ -97,7 +108,8 @@ def test_the_module_walk_finds_the_modules() -> None:
         "pipeline.config",
         "pipeline.kafka.deadletter",
         "pipeline.kafka.offsets",
-        "pipeline.kafka.stats",
+        "pipeline.engine.engine",
+        "pipeline.metrics.statsline",
     ):
         assert name in MODULES
 

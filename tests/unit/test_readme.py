@@ -32,7 +32,8 @@ def test_readme_examples_validate_against_the_schemas(schema: str, example: str)
 
 def test_every_run_flag_in_the_readme_table_is_accepted() -> None:
     table = README.split("### `pipeline run`", 1)[1].split("###", 1)[0]
-    flags = set(re.findall(r"^\| `(--[a-z-]+|-X)", table, re.M))
+    cells = re.findall(r"^\| ([^|]+) \|", table, re.M)
+    flags = {f for cell in cells for f in re.findall(r"`(--[a-z-]+|-X)", cell)}
     run = next(
         a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "run"
     )[1]  # type: ignore[union-attr]

@@ -1,12 +1,14 @@
-"""The stats line: rates, mean batch size, latency percentiles and totals, on a fake clock."""
+"""The stats line: rates, mean batch size, latency percentiles and totals, on a fake clock,
+fed through the sensor events the worker and the engine report."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 
-from pipeline.kafka.stats import Stats, StatsSnapshot
+from pipeline.metrics.statsline import StatsLine, StatsSnapshot
 
 
 class FakeClock:
@@ -28,29 +30,31 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def stats(clock: FakeClock) -> Stats:
-    return Stats(interval_s=5.0, clock=clock.now)
+def stats(clock: FakeClock) -> StatsLine:
+    return StatsLine(interval_s=5.0, clock=clock.now)
 
 
 def fill(
-    stats: Stats,
+    stats: StatsLine,
     *,
     events_in: int,
     batches: list[int],
     latencies: list[float],
     dead_letters: int,
+    partitions: int = 1,
 ) -> None:
-    """Record an interval's work the way the worker does."""
-    stats.events_in += events_in
+    """Record an interval's work the way the worker and the engine report it."""
+    stats.records_consumed("in", events_in)
     for rows in batches:
-        stats.batch(rows)
-    for latency in latencies:
-        stats.prediction(latency)
-    stats.dead_letters += dead_letters
+        stats.inference("m", "1", rows, 0.001, 0.001)
+    if latencies:
+        stats.predictions("m", "1", np.asarray(latencies) / 1000.0)
+    stats.dead_letters("validate", "NonNumeric", dead_letters)
+    stats.partitions(partitions, 0)
 
 
 def test_due_once_the_interval_has_passed_and_again_after_a_snapshot(
-    stats: Stats, clock: FakeClock
+    stats: StatsLine, clock: FakeClock
 ) -> None:
     assert not stats.due()
     clock.advance(4.75)
@@ -58,14 +62,14 @@ def test_due_once_the_interval_has_passed_and_again_after_a_snapshot(
     clock.advance(0.25)
     assert stats.due()
 
-    stats.snapshot(partitions=1)
+    stats.snapshot()
 
     assert not stats.due()
     clock.advance(5.0)
     assert stats.due()
 
 
-def test_snapshot_figures_and_line(stats: Stats, clock: FakeClock) -> None:
+def test_snapshot_figures_and_line(stats: StatsLine, clock: FakeClock) -> None:
     fill(
         stats,
         events_in=105,
@@ -75,7 +79,8 @@ def test_snapshot_figures_and_line(stats: Stats, clock: FakeClock) -> None:
     )
     clock.advance(5.0)
 
-    snap = stats.snapshot(partitions=4)
+    stats.partitions(4, 0)
+    snap = stats.snapshot()
 
     assert snap.seconds == 5.0
     assert (snap.events_in, snap.predictions, snap.dead_letters) == (105, 100, 5)
@@ -90,15 +95,15 @@ def test_snapshot_figures_and_line(stats: Stats, clock: FakeClock) -> None:
 
 
 def test_counters_reset_and_totals_accumulate_across_snapshots(
-    stats: Stats, clock: FakeClock
+    stats: StatsLine, clock: FakeClock
 ) -> None:
     fill(stats, events_in=50, batches=[25, 25], latencies=[3.0] * 48, dead_letters=2)
     clock.advance(5.0)
-    stats.snapshot(partitions=2)
+    stats.snapshot()
 
-    fill(stats, events_in=20, batches=[20], latencies=[7.0] * 17, dead_letters=3)
+    fill(stats, events_in=20, batches=[20], latencies=[7.0] * 17, dead_letters=3, partitions=3)
     clock.advance(10.0)
-    second = stats.snapshot(partitions=3)
+    second = stats.snapshot()
 
     assert second.seconds == 10.0
     assert (second.events_in, second.predictions, second.dead_letters) == (20, 17, 3)
@@ -111,13 +116,15 @@ def test_counters_reset_and_totals_accumulate_across_snapshots(
     )
 
 
-def test_an_idle_interval_has_no_latencies_and_zero_rates(stats: Stats, clock: FakeClock) -> None:
+def test_an_idle_interval_has_no_latencies_and_zero_rates(
+    stats: StatsLine, clock: FakeClock
+) -> None:
     fill(stats, events_in=10, batches=[10], latencies=[1.0] * 10, dead_letters=0)
     clock.advance(5.0)
-    stats.snapshot(partitions=1)
+    stats.snapshot()
     clock.advance(5.0)
 
-    idle = stats.snapshot(partitions=1)
+    idle = stats.snapshot()
 
     assert idle.latency_p50_ms is None
     assert idle.latency_p99_ms is None
@@ -127,25 +134,26 @@ def test_an_idle_interval_has_no_latencies_and_zero_rates(stats: Stats, clock: F
     )
 
 
-def test_a_snapshot_taken_at_once_does_not_divide_by_zero(stats: Stats) -> None:
+def test_a_snapshot_taken_at_once_does_not_divide_by_zero(stats: StatsLine) -> None:
     fill(stats, events_in=3, batches=[3], latencies=[1.0, 2.0, 3.0], dead_letters=0)
 
-    snap = stats.snapshot(partitions=0)
+    stats.partitions(0, 0)
+    snap = stats.snapshot()
 
     assert snap.seconds == 0.0
     assert snap.line().startswith("in 0/s out 0/s mean batch 3.0 latency p50 2.0 ms p99 3.0 ms")
 
 
 def test_the_interval_runs_from_the_previous_snapshot_not_from_due(
-    stats: Stats, clock: FakeClock
+    stats: StatsLine, clock: FakeClock
 ) -> None:
     clock.advance(7.0)  # the worker was busy past the interval
     assert stats.due()
-    stats.snapshot(partitions=1)
+    stats.snapshot()
     clock.advance(2.5)
 
-    stats.events_in += 10
-    snap = stats.snapshot(partitions=1)
+    stats.records_consumed("in", 10)
+    snap = stats.snapshot()
 
     assert snap.seconds == 2.5
     assert snap.line().startswith("in 4/s ")
@@ -153,12 +161,12 @@ def test_the_interval_runs_from_the_previous_snapshot_not_from_due(
 
 def test_a_snapshot_totals_are_a_copy() -> None:
     clock = FakeClock()
-    stats = Stats(interval_s=1.0, clock=clock.now)
-    stats.events_in = 1
-    first = stats.snapshot(partitions=1)
+    stats = StatsLine(interval_s=1.0, clock=clock.now)
+    stats.records_consumed("in", 1)
+    first = stats.snapshot()
 
-    stats.events_in = 1
-    stats.snapshot(partitions=1)
+    stats.records_consumed("in", 1)
+    stats.snapshot()
 
     assert first.totals["events_in"] == 1
 
@@ -182,12 +190,12 @@ def test_a_snapshot_is_frozen() -> None:
 
 
 def test_a_long_interval_keeps_a_bounded_sample_of_latencies(
-    stats: Stats, clock: FakeClock
+    stats: StatsLine, clock: FakeClock
 ) -> None:
-    for n in range(300_000):
-        stats.prediction(float(n % 100))
+    for _ in range(300):
+        stats.predictions("m", "1", np.arange(1000, dtype=np.float64) % 100 / 1000.0)
     assert stats.latency_samples <= 10_000
     clock.advance(5.0)
-    snap = stats.snapshot(1)
+    snap = stats.snapshot()
     assert snap.predictions == 300_000
     assert snap.latency_p50_ms is not None and 40 <= snap.latency_p50_ms <= 60

@@ -1,0 +1,380 @@
+"""Two guarantees, two committers: how finished input offsets become committed.
+
+The worker's loop only asks a committer to commit what is finished (`Committer.tick`), to
+finish the work of partitions it gives up (`revoked`, `lost`), and to close; how that
+happens is the committer's business:
+
+- `AtLeastOnceCommitter`: outputs go through a plain idempotent producer; finished offsets
+  are committed to the group asynchronously every ``commit_interval_ms`` or every
+  ``commit_every_events`` finished inputs, whichever comes first, one commit at a time
+  (a commit due while another is unanswered waits and carries the newer positions). A
+  delivery that fails for good stops the worker without committing past it.
+- `TransactionalCommitter`: outputs go through a transactional producer
+  (`pipeline.kafka.transactions`); at each commit every pending batch is finished and the
+  finished offsets are sent to the transaction, so outputs and offsets become visible
+  together. A failed delivery aborts the transaction and rewinds to the committed offsets.
+
+Both see the worker only through the small `Host` protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka import KafkaError as RdKafkaError
+
+from pipeline.errors import KafkaError
+from pipeline.kafka.offsets import OffsetTracker, TopicPartitionKey
+from pipeline.kafka.transactions import Transactions
+from pipeline.metrics import Sensor
+
+__all__ = ["AtLeastOnceCommitter", "Committer", "Host", "TransactionalCommitter"]
+
+log = logging.getLogger("pipeline.worker")
+
+DRAIN_TIMEOUT_S = 10.0  # how long a revoke or a transaction waits for outputs to be acknowledged
+_UNANSWERED_COMMIT_S = 10.0  # an async commit unanswered this long no longer holds back the next
+
+
+class Host(Protocol):
+    """What a committer needs of the worker."""
+
+    @property
+    def consumer(self) -> Consumer:
+        """The worker's consumer."""
+        ...
+
+    @property
+    def tracker(self) -> OffsetTracker:
+        """Which input offsets are finished."""
+        ...
+
+    def drain(self, timeout_s: float) -> int:
+        """Run every waiting batch, produce its outputs and wait for their acknowledgement;
+        return how many outputs are still unacknowledged."""
+        ...
+
+    def discard_work(self) -> dict[TopicPartitionKey, int | None]:
+        """Drop all work in flight and stop tracking the partitions held; return each
+        one's first offset consumed in this assignment (None if none was)."""
+        ...
+
+    def remember_refused(self, msg: Message, error: RdKafkaError) -> None:
+        """The broker refused an output of `msg`: write it as a dead letter when redone."""
+        ...
+
+    def fail(self, error: KafkaError) -> None:
+        """Stop the worker with `error` (nothing past unfinished work is committed)."""
+        ...
+
+
+class Committer(Protocol):
+    """How the worker's finished offsets are committed (see the module docstring)."""
+
+    @property
+    def producer(self) -> Producer:
+        """Where outputs are produced (rebuilt after fencing, so never cached)."""
+        ...
+
+    @property
+    def dead_letters_for_refused(self) -> bool:
+        """Whether an output the broker refuses may be dead-lettered at once (otherwise the
+        committer redoes its input, see `Host.remember_refused`)."""
+        ...
+
+    def begin(self) -> None:
+        """Called before outputs are produced."""
+
+    def finished(self, n: int) -> None:
+        """`n` more inputs are finished (their outputs acknowledged)."""
+
+    def tick(self, now: float) -> None:
+        """Commit what is finished, if a commit is due."""
+
+    def revoked(self, partitions: Sequence[TopicPartitionKey]) -> None:
+        """The worker gives up `partitions`, their work drained: commit it now."""
+
+    def lost(self) -> None:
+        """Partitions were lost without a clean revoke."""
+
+    def on_commit(self, err: RdKafkaError | None, partitions: list[TopicPartition]) -> None:
+        """The consumer's commit callback."""
+
+    def output_failed(self, msg: Message, err: RdKafkaError) -> None:
+        """An output of `msg` failed for good."""
+
+    def producer_failed(self, reason: str) -> None:
+        """The producer refuses records altogether."""
+
+    def close(self, *, fatal: bool) -> None:
+        """The worker stops: commit what is finished, or (fatal) end without committing
+        more than what was acknowledged."""
+
+
+class AtLeastOnceCommitter:
+    """Commits finished offsets to the group, asynchronously, one commit at a time."""
+
+    dead_letters_for_refused = True
+
+    def __init__(
+        self,
+        host: Host,
+        producer: Producer,
+        *,
+        interval_ms: int,
+        every_events: int,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self._host = host
+        self._producer = producer
+        self._interval_s = interval_ms / 1000
+        self._every = every_events
+        self._clock = clock
+        self._next = clock() + self._interval_s
+        self._since = 0
+        self._unanswered_since: float | None = None
+
+    @property
+    def producer(self) -> Producer:
+        return self._producer
+
+    def begin(self) -> None:
+        pass
+
+    def finished(self, n: int) -> None:
+        self._since += n
+
+    def tick(self, now: float) -> None:
+        if now < self._next and self._since < self._every:
+            return
+        if (
+            self._unanswered_since is not None
+            and now - self._unanswered_since < _UNANSWERED_COMMIT_S
+        ):
+            return  # coalesced: the next commit carries the newer positions
+        self._next = now + self._interval_s
+        self._since = 0
+        self._commit(asynchronous=True)
+
+    def revoked(self, partitions: Sequence[TopicPartitionKey]) -> None:
+        self._commit(asynchronous=False, only=partitions)
+
+    def lost(self) -> None:
+        pass
+
+    def on_commit(self, err: RdKafkaError | None, partitions: list[TopicPartition]) -> None:
+        self._unanswered_since = None
+        failed = partitions if err is not None else [p for p in partitions if p.error]
+        if failed:
+            log.warning("offset commit of %s failed (will retry): %s",
+                        names(failed), err or failed[0].error)  # fmt: skip
+            # -1 is never a position: the next commit sends these partitions again.
+            self._host.tracker.mark_committed({(p.topic, p.partition): -1 for p in failed})
+
+    def output_failed(self, msg: Message, err: RdKafkaError) -> None:
+        self._host.fail(
+            KafkaError(
+                f"the output for {msg.topic()}[{msg.partition()}]@{msg.offset()} was not "
+                f"delivered ({err}); stopping without committing past it, so a restart will "
+                "redo it. Check the broker, or raise delivery.timeout.ms with -X"
+            )
+        )
+
+    def producer_failed(self, reason: str) -> None:
+        self._host.fail(
+            KafkaError(
+                f"the producer refused outputs ({reason}); stopping without committing past "
+                "them, so a restart redoes them. Check the broker and the output topics"
+            )
+        )
+
+    def close(self, *, fatal: bool) -> None:
+        if fatal:  # only offsets whose outputs were acknowledged
+            self._producer.flush(DRAIN_TIMEOUT_S)
+        self._commit(asynchronous=False)
+
+    def _commit(
+        self, *, asynchronous: bool, only: Sequence[TopicPartitionKey] | None = None
+    ) -> None:
+        tracker = self._host.tracker
+        positions = tracker.commit_positions(only)
+        if not positions:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
+        consumer = self._host.consumer
+        try:
+            if asynchronous:
+                consumer.commit(offsets=offsets, asynchronous=True)
+                self._unanswered_since = self._clock()
+            else:
+                for p in consumer.commit(offsets=offsets, asynchronous=False) or []:
+                    if p.error:
+                        log.warning("offset commit of %s[%d] failed: %s",
+                                    p.topic, p.partition, p.error)  # fmt: skip
+                        positions.pop((p.topic, p.partition), None)
+        except KafkaException as exc:
+            log.warning("offset commit failed (will retry): %s", exc.args[0])
+            return
+        tracker.mark_committed(positions)
+
+
+class TransactionalCommitter:
+    """Commits outputs and offsets in one Kafka transaction per interval."""
+
+    dead_letters_for_refused = False
+
+    def __init__(
+        self,
+        host: Host,
+        transactions: Transactions,
+        *,
+        interval_ms: int,
+        offset_reset: str,
+        sensor: Sensor,
+    ) -> None:
+        self._host = host
+        self._txn = transactions
+        self._interval_s = interval_ms / 1000
+        self._reset = OFFSET_BEGINNING if offset_reset == "earliest" else OFFSET_END
+        self._sensor = sensor
+        self._next = time.monotonic()
+        self._abort_pending = False
+
+    @property
+    def producer(self) -> Producer:
+        return self._txn.producer
+
+    def begin(self) -> None:
+        self._txn.begin()
+
+    def finished(self, n: int) -> None:
+        pass
+
+    def tick(self, now: float) -> None:
+        if now >= self._next:
+            self._next = now + self._interval_s
+            self._commit(final=False)
+
+    def revoked(self, partitions: Sequence[TopicPartitionKey]) -> None:
+        self._commit(final=True)
+
+    def lost(self) -> None:
+        if self._txn.open:  # its outputs may belong to the lost partitions
+            self._abort_and_rewind(None, "partitions were lost")
+
+    def on_commit(self, err: RdKafkaError | None, partitions: list[TopicPartition]) -> None:
+        pass  # offsets are committed by the transaction, never by the consumer
+
+    def output_failed(self, msg: Message, err: RdKafkaError) -> None:
+        log.warning("output for %s[%s]@%s failed (%s): aborting the transaction",
+                    msg.topic(), msg.partition(), msg.offset(), err)  # fmt: skip
+        if err.code() in REFUSED_RECORD:
+            # A refused record makes the transaction abortable; the redo writes this
+            # input as a dead letter without its value, so it cannot be refused again.
+            self._host.remember_refused(msg, err)
+        self._abort_pending = True
+
+    def producer_failed(self, reason: str) -> None:
+        # A fenced or failed transactional producer: the commit step aborts (rebuilding the
+        # producer) and redoes from the committed offsets.
+        log.warning("produce failed in the transaction (%s): will abort", reason)
+        self._abort_pending = True
+
+    def close(self, *, fatal: bool) -> None:
+        if fatal:
+            self._txn.abort()  # nothing of the open transaction becomes visible
+            self._sensor.transaction("aborted")
+        else:
+            self._commit(final=True)
+
+    def _commit(self, *, final: bool) -> None:
+        """Finish every pending batch, then commit outputs and offsets in one transaction.
+
+        The offsets sent are those whose outputs were acknowledged, so every output in the
+        transaction must be: committing with some still in flight would make them visible
+        while their inputs stay uncommitted, to be redone (duplicated) later. Then the
+        commit waits for the next turn; a `final` one (revoke, shutdown) aborts instead.
+        """
+        if not self._txn.open and not self._abort_pending:
+            return
+        unacknowledged = self._host.drain(DRAIN_TIMEOUT_S)
+        if self._abort_pending:
+            self._abort_and_rewind(None, "an output was not delivered")
+            return
+        if unacknowledged:
+            if final:
+                self._abort_and_rewind(None, f"{unacknowledged} outputs were not acknowledged")
+            return
+        tracker = self._host.tracker
+        positions = tracker.commit_positions()
+        offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
+        try:
+            self._txn.commit(offsets, self._host.consumer.consumer_group_metadata())
+        except KafkaException as exc:
+            self._abort_and_rewind(exc)
+            return
+        self._sensor.transaction("committed")
+        tracker.mark_committed(positions)
+
+    def _abort_and_rewind(self, cause: KafkaException | None, reason: object = None) -> None:
+        """Abort the transaction and redo everything since the last committed offsets.
+
+        A partition the group has no committed offset for yet rewinds to the first offset
+        consumed in this assignment, not to the reset policy (which, for ``latest``, would
+        skip what the aborted transaction consumed).
+        """
+        reason = cause.args[0] if cause is not None else reason
+        log.warning("transaction aborted (%s): rewinding to the committed offsets", reason)
+        self._txn.abort(cause)
+        self._sensor.transaction("aborted")
+        self._abort_pending = False
+        firsts = self._host.discard_work()
+        if not firsts:
+            return
+        parts = [TopicPartition(t, p) for t, p in sorted(firsts)]
+        consumer = self._host.consumer
+        try:
+            committed = consumer.committed(parts, timeout=30)
+            unread = [tp for tp in committed if tp.error is not None]
+            if unread:
+                raise KafkaException(unread[0].error)
+            for tp in committed:
+                first = firsts.get((tp.topic, tp.partition))
+                offset = tp.offset if tp.offset >= 0 else first
+                consumer.seek(
+                    TopicPartition(
+                        tp.topic, tp.partition, self._reset if offset is None else offset
+                    )
+                )
+        except KafkaException as exc:
+            # Reading on from here would skip the aborted events; a restart redoes them.
+            self._host.fail(
+                KafkaError(
+                    f"after an aborted transaction the committed offsets of {names(parts)} "
+                    f"could not be read or sought to ({exc.args[0]}); stopping so a restart "
+                    "resumes from them. Check that the broker is reachable"
+                )
+            )
+
+
+# Errors that say the record itself is unacceptable (too large, malformed).
+REFUSED_RECORD = frozenset(
+    (RdKafkaError.MSG_SIZE_TOO_LARGE, RdKafkaError.INVALID_RECORD, RdKafkaError.INVALID_MSG)
+)
+
+
+def names(partitions: Sequence[TopicPartition]) -> str:
+    """``topic[partition], ...`` for log lines and messages."""
+    return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing"

@@ -1,0 +1,310 @@
+"""Producing what the worker owes for each input: a prediction or a dead letter.
+
+`Outputs` encodes the predictions of an engine outcome, produces them and the dead
+letters, and tells the worker when an input is *finished*: its output acknowledged by the
+broker. Acknowledgements are accounted per outcome, not per record: the predictions of one
+outcome share one `_Predictions` object, whose callback only counts down until all are
+acknowledged, then finishes their inputs at once.
+
+Records the producer or the broker refuses (too large, say) do not stop anything: a
+prediction becomes a ``produce``-stage dead letter, and a dead letter is written again
+without its value (``pipeline.value.omitted`` says how large it was; the source headers
+say where to read it back), then without the original headers. In exactly-once mode a
+refusal reported on delivery has already made the transaction abortable, so it goes to the
+committer instead, which redoes the input as a dead letter. Any other failure goes to the
+committer too: at-least-once stops the worker, exactly-once aborts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import numpy as np
+from confluent_kafka import KafkaError as RdKafkaError
+from confluent_kafka import KafkaException, Message
+
+from pipeline.engine.codec import encode_rows
+from pipeline.engine.spec import ModelSpec
+from pipeline.kafka.committer import REFUSED_RECORD, Committer
+from pipeline.kafka.deadletter import dead_letter_headers
+from pipeline.metrics import Sensor
+
+__all__ = ["Outputs", "now_ms"]
+
+log = logging.getLogger("pipeline.worker")
+_QUEUE_FULL_LIMIT_S = 60.0  # the producer's queue stays full this long: the broker is gone
+
+Headers = list[tuple[str, bytes | None]]
+Finish = Callable[[Sequence[Message], Sequence[int]], None]
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds since the epoch, as Kafka timestamps are."""
+    return time.time_ns() // 1_000_000
+
+
+class _Predictions:
+    """The predictions of one outcome on their way to the broker."""
+
+    __slots__ = ("generations", "handed_off", "outputs", "pending", "records", "spec", "ts",
+                 "values")  # fmt: skip
+
+    def __init__(
+        self,
+        outputs: Outputs,
+        spec: ModelSpec,
+        records: Sequence[Message],
+        generations: Sequence[int],
+        ts: Sequence[int],
+        values: list[bytes],
+    ) -> None:
+        self.outputs = outputs
+        self.spec = spec
+        self.records = records
+        self.generations = generations
+        self.ts = ts
+        self.values = values
+        self.pending = len(values)
+        self.handed_off: set[int] = set()  # positions that became dead letters instead
+
+    def delivered(self, err: RdKafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.outputs.prediction_failed(self, err, msg)
+        self.pending -= 1
+        if not self.pending:
+            self.outputs.predictions_done(self)
+
+
+class _Letter:
+    """One dead letter on its way to the broker."""
+
+    __slots__ = ("error_type", "generation", "message", "omit", "outputs", "record", "stage")
+
+    def __init__(
+        self,
+        outputs: Outputs,
+        record: Message,
+        generation: int,
+        reason: tuple[str, str, str],
+        omit: int,
+    ) -> None:
+        self.outputs = outputs
+        self.record = record
+        self.generation = generation
+        self.stage, self.error_type, self.message = reason
+        self.omit = omit
+
+    def delivered(self, err: RdKafkaError | None, _: Message) -> None:
+        self.outputs.letter_delivered(self, err)
+
+
+class Outputs:
+    """Produces predictions and dead letters for the worker.
+
+    Args:
+        committer: Owns the producer and decides what a failed output means.
+        output_topic: Where predictions go.
+        dlq_topic: Where dead letters go.
+        sensor: Receives predictions, dead letters and records produced.
+        finish: Called with inputs (and their generations) whose outputs were acknowledged.
+    """
+
+    def __init__(
+        self,
+        committer: Committer,
+        *,
+        output_topic: str,
+        dlq_topic: str,
+        sensor: Sensor,
+        finish: Finish,
+    ) -> None:
+        self._committer = committer
+        self._output_topic = output_topic
+        self._dlq_topic = dlq_topic
+        self._sensor = sensor
+        self._finish = finish
+
+    # -- predictions ------------------------------------------------------------------------
+
+    def predictions(
+        self,
+        spec: ModelSpec,
+        records: Sequence[Message],
+        generations: Sequence[int],
+        ids: Sequence[str],
+        ts: Sequence[int],
+        outputs: dict[str, np.ndarray],
+    ) -> None:
+        """Encode and produce one prediction per record; dead-letter them all if the
+        outputs cannot be encoded (they do not fit the manifest, or JSON)."""
+        try:
+            values = encode_rows(spec, ids, ts, outputs, now_ms())
+        except (ValueError, TypeError) as exc:
+            for record, generation in zip(records, generations, strict=True):
+                self.dead_letter(record, generation, ("infer", "OutputMismatch", str(exc)))
+            return
+        sent = _Predictions(self, spec, records, generations, ts, values)
+        self._committer.begin()
+        topic, on_delivery = self._output_topic, sent.delivered
+        for position, (record, value) in enumerate(zip(records, values, strict=True)):
+            refused = self._produce(topic, value, record.key(), None, on_delivery)
+            if refused is not None:  # never queued: no delivery report will come for it
+                message = f"the producer refused the prediction: {refused}"
+                self._hand_off(sent, position, ("produce", camel(refused.name()), message))
+                sent.pending -= 1
+        if not sent.pending:
+            self.predictions_done(sent)
+
+    def prediction_failed(self, sent: _Predictions, err: RdKafkaError, msg: Message) -> None:
+        """A prediction's delivery failed: dead-letter its input or hand it to the committer."""
+        position = _position(sent, msg)
+        record = sent.records[position]
+        if err.code() in REFUSED_RECORD and self._committer.dead_letters_for_refused:
+            message = f"the broker refused the prediction: {err}"
+            self._hand_off(sent, position, ("produce", camel(err.name()), message))
+        else:
+            sent.handed_off.add(position)  # not finished: the committer stops or aborts
+            self._committer.output_failed(record, err)
+
+    def predictions_done(self, sent: _Predictions) -> None:
+        """Every prediction of an outcome is acknowledged or handed off: finish the inputs."""
+        records: Sequence[Message]
+        generations: Sequence[int]
+        ts: Sequence[int]
+        if sent.handed_off:
+            keep = [i for i in range(len(sent.records)) if i not in sent.handed_off]
+            records = [sent.records[i] for i in keep]
+            generations = [sent.generations[i] for i in keep]
+            ts = [sent.ts[i] for i in keep]
+        else:
+            records, generations, ts = sent.records, sent.generations, sent.ts
+        if not records:
+            return
+        self._finish(records, generations)
+        self._sensor.records_produced(self._output_topic, len(records))
+        latencies = (now_ms() - np.asarray(ts, dtype=np.float64)) / 1000.0
+        self._sensor.predictions(sent.spec.name, sent.spec.version, latencies)
+
+    def _hand_off(self, sent: _Predictions, position: int, reason: tuple[str, str, str]) -> None:
+        sent.handed_off.add(position)
+        self.dead_letter(sent.records[position], sent.generations[position], reason)
+
+    # -- dead letters -----------------------------------------------------------------------
+
+    def dead_letter(
+        self, record: Message, generation: int, reason: tuple[str, str, str], *, omit: int = 0
+    ) -> None:
+        """Write `record` to the DLQ with the headers of `reason` (stage, type, message).
+
+        `omit` 0 sends the original value and headers; 1 leaves the value out; 2 also
+        leaves the original headers out.
+        """
+        original, unreadable = read_headers(record)
+        value = record.value()
+        extra: Headers = []
+        if omit >= 1:
+            extra.append(("pipeline.value.omitted", str(len(value or b"")).encode()))
+            value = None
+        if unreadable or (omit >= 2 and original):
+            extra.append(("pipeline.headers.omitted", b"1"))
+            original = None
+        stage, error_type, message = reason
+        headers = dead_letter_headers(
+            original,
+            stage=stage,
+            error_type=error_type,
+            message=message,
+            topic=record.topic() or "",
+            partition=record.partition() or 0,
+            offset=record.offset() or 0,
+            failed_at_ms=now_ms(),
+        )
+        letter = _Letter(self, record, generation, reason, omit)
+        self._committer.begin()
+        refused = self._produce(self._dlq_topic, value, record.key(), headers + extra,
+                                letter.delivered)  # fmt: skip
+        if refused is not None:
+            self._letter_refused(letter, refused)
+
+    def letter_delivered(self, letter: _Letter, err: RdKafkaError | None) -> None:
+        if err is None:
+            self._finish((letter.record,), (letter.generation,))
+            self._sensor.records_produced(self._dlq_topic, 1)
+            self._sensor.dead_letters(letter.stage, letter.error_type, 1)
+        elif err.code() in REFUSED_RECORD and self._committer.dead_letters_for_refused:
+            self._letter_refused(letter, err)
+        else:
+            self._committer.output_failed(letter.record, err)
+
+    def _letter_refused(self, letter: _Letter, error: RdKafkaError) -> None:
+        """A dead letter the producer or broker would not take: send it smaller, or give up."""
+        if letter.omit < 2:
+            reason = (letter.stage, letter.error_type, letter.message)
+            self.dead_letter(letter.record, letter.generation, reason, omit=letter.omit + 1)
+        else:
+            self._committer.output_failed(letter.record, error)
+
+    # -- the producer -----------------------------------------------------------------------
+
+    def _produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | str | None,
+        headers: Headers | None,
+        on_delivery: Callable[[Any, Message], None],
+    ) -> RdKafkaError | None:
+        """Hand one record to the producer.
+
+        Returns:
+            The error if the producer refused this record itself (too large, say). None
+            when it was queued, or when the producer failed as a whole (then the committer
+            stops the worker or aborts the transaction).
+        """
+        full_since: float | None = None
+        while True:
+            producer = self._committer.producer
+            try:
+                producer.produce(
+                    topic, value, key, headers=cast(Any, headers), on_delivery=on_delivery
+                )
+                return None
+            except BufferError:  # the producer's queue is full: serve delivery reports first
+                full_since = full_since or time.monotonic()
+                if time.monotonic() - full_since > _QUEUE_FULL_LIMIT_S:
+                    limit = _QUEUE_FULL_LIMIT_S
+                    self._committer.producer_failed(f"its queue stayed full for {limit:.0f} s")
+                    return None
+                producer.poll(0.05)
+            except KafkaException as exc:
+                error: RdKafkaError = exc.args[0]
+                if error.code() in REFUSED_RECORD:
+                    return error
+                self._committer.producer_failed(str(error))
+                return None
+
+
+def _position(sent: _Predictions, msg: Message) -> int:
+    """Which of an outcome's predictions a delivery report is for (rare path: failures)."""
+    value = msg.value()
+    for i, produced in enumerate(sent.values):
+        if produced == value and i not in sent.handed_off:
+            return i
+    return 0
+
+
+def read_headers(msg: Message) -> tuple[Headers | None, bool]:
+    """A record's headers, and whether they could not be read: confluent-kafka cannot
+    decode a header name that is not UTF-8 (other clients can write one)."""
+    try:
+        return cast(Headers | None, msg.headers()), False
+    except (SystemError, UnicodeError):
+        return None, True
+
+
+def camel(name: str) -> str:
+    """librdkafka's MSG_SIZE_TOO_LARGE as the DLQ's error type MsgSizeTooLarge."""
+    return "".join(part.capitalize() for part in name.strip("_").split("_")) or "KafkaError"

@@ -1,0 +1,133 @@
+"""`Sensor`: the events the pipeline reports, each a no-op here; `Sensors` fans them out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+__all__ = ["NULL_SENSOR", "Sensor", "Sensors"]
+
+
+class Sensor:
+    """Receives the pipeline's events. Subclasses override what they read; the rest do
+    nothing. Every method must be cheap and must not raise."""
+
+    # -- the engine and its model cache ---------------------------------------------------
+
+    def inference(
+        self, model: str, version: str, rows: int, queue_wait_s: float, infer_s: float
+    ) -> None:
+        """One execution of a model on a batch of `rows` rows; the oldest row waited
+        `queue_wait_s` for it, the run took `infer_s`."""
+
+    def rows_expired(self, model: str, version: str, rows: int) -> None:
+        """`rows` rows were not run because their caller's deadline passed first."""
+
+    def model_loaded(self, model: str, version: str, seconds: float) -> None:
+        """A model version was loaded and warmed up."""
+
+    def model_load_failed(self, model: str, version: str) -> None:
+        """Loading a model version failed."""
+
+    def model_evicted(self, model: str, version: str) -> None:
+        """A loaded model version was dropped from the cache (least recently used)."""
+
+    # -- the Kafka adapter ------------------------------------------------------------------
+
+    def records_consumed(self, topic: str, n: int) -> None:
+        """`n` records of `topic` were read."""
+
+    def records_produced(self, topic: str, n: int) -> None:
+        """`n` records to `topic` were acknowledged by the broker."""
+
+    def predictions(self, model: str, version: str, latencies_s: np.ndarray) -> None:
+        """Predictions were acknowledged; one event-to-prediction latency each (seconds)."""
+
+    def dead_letters(self, stage: str, error_type: str, n: int) -> None:
+        """`n` dead letters were acknowledged."""
+
+    def partitions(self, assigned: int, paused: int) -> None:
+        """The partitions held and paused now."""
+
+    def rebalance(self, kind: str, partitions: int) -> None:
+        """Partitions were ``assigned``, ``revoked`` or ``lost``."""
+
+    def transaction(self, outcome: str) -> None:
+        """A transaction ended: ``committed`` or ``aborted``."""
+
+    def consumer_lag(self, topic: str, partition: int, lag: int) -> None:
+        """The consumer's lag on one partition, from librdkafka's statistics."""
+
+    # -- the front doors --------------------------------------------------------------------
+
+    def request(self, door: str, status: str, seconds: float) -> None:
+        """A front-door request ended with `status` (an HTTP code or a gRPC status)."""
+
+
+NULL_SENSOR = Sensor()
+
+
+class Sensors(Sensor):
+    """Hands every event to each of `sensors`, in order."""
+
+    def __init__(self, sensors: Iterable[Sensor]) -> None:
+        self.sensors = tuple(sensors)
+
+    def inference(
+        self, model: str, version: str, rows: int, queue_wait_s: float, infer_s: float
+    ) -> None:
+        for s in self.sensors:
+            s.inference(model, version, rows, queue_wait_s, infer_s)
+
+    def rows_expired(self, model: str, version: str, rows: int) -> None:
+        for s in self.sensors:
+            s.rows_expired(model, version, rows)
+
+    def model_loaded(self, model: str, version: str, seconds: float) -> None:
+        for s in self.sensors:
+            s.model_loaded(model, version, seconds)
+
+    def model_load_failed(self, model: str, version: str) -> None:
+        for s in self.sensors:
+            s.model_load_failed(model, version)
+
+    def model_evicted(self, model: str, version: str) -> None:
+        for s in self.sensors:
+            s.model_evicted(model, version)
+
+    def records_consumed(self, topic: str, n: int) -> None:
+        for s in self.sensors:
+            s.records_consumed(topic, n)
+
+    def records_produced(self, topic: str, n: int) -> None:
+        for s in self.sensors:
+            s.records_produced(topic, n)
+
+    def predictions(self, model: str, version: str, latencies_s: np.ndarray) -> None:
+        for s in self.sensors:
+            s.predictions(model, version, latencies_s)
+
+    def dead_letters(self, stage: str, error_type: str, n: int) -> None:
+        for s in self.sensors:
+            s.dead_letters(stage, error_type, n)
+
+    def partitions(self, assigned: int, paused: int) -> None:
+        for s in self.sensors:
+            s.partitions(assigned, paused)
+
+    def rebalance(self, kind: str, partitions: int) -> None:
+        for s in self.sensors:
+            s.rebalance(kind, partitions)
+
+    def transaction(self, outcome: str) -> None:
+        for s in self.sensors:
+            s.transaction(outcome)
+
+    def consumer_lag(self, topic: str, partition: int, lag: int) -> None:
+        for s in self.sensors:
+            s.consumer_lag(topic, partition, lag)
+
+    def request(self, door: str, status: str, seconds: float) -> None:
+        for s in self.sensors:
+            s.request(door, status, seconds)
