@@ -2,6 +2,7 @@
 
 Subcommands:
     run                       the stream worker (pipeline.kafka.cli)
+    serve                     the HTTP and gRPC doors, no Kafka (pipeline.serve.cli)
     produce                   send events to a topic (pipeline.dev.cli)
     consume                   print a topic's records as JSON lines (pipeline.dev.cli)
     kafka start|stop|status   the embedded local broker (pipeline.dev.cli)
@@ -19,6 +20,7 @@ from pipeline.dev.cli import add_client_parsers, add_kafka_parser
 from pipeline.errors import PipelineError
 from pipeline.kafka.cli import add_run_parser
 from pipeline.logs import setup_logging
+from pipeline.serve.cli import add_serve_parser
 
 __all__ = ["build_parser", "main", "setup_logging"]
 
@@ -31,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     add_run_parser(sub)
+    add_serve_parser(sub)
     add_client_parsers(sub)
     add_kafka_parser(sub)
     add_bench_parser(sub)

@@ -19,11 +19,21 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.errors import ConfigError
 
-__all__ = ["WorkerConfig", "check_properties", "load_config", "parse_properties", "redact"]
+__all__ = [
+    "DoorSettings",
+    "EngineSettings",
+    "ServeConfig",
+    "WorkerConfig",
+    "check_properties",
+    "load_config",
+    "load_settings",
+    "parse_properties",
+    "redact",
+]
 
 _SECRET_KEY = re.compile(
     r"password|passphrase|secret|\.pem$|key\.pem|private\.key|sasl\.oauthbearer\.config", re.I
@@ -42,19 +52,89 @@ UNSAFE_PROPERTIES = (
 OWNED_PROPERTIES = ("enable.auto.commit", "enable.auto.offset.store")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
-class WorkerConfig:
-    """Everything one worker process needs, validated at start-up."""
+@dataclass(frozen=True, kw_only=True, repr=False)
+class EngineSettings:
+    """What every process that runs the engine needs: the model store and batching."""
+
+    models: Path = Path("models")
+    default_model: str | None = None
+    max_batch_size: int = 256
+    max_wait_ms: float = 5.0
+    model_threads: int = 1
+    max_loaded_models: int = 8
+    stats_interval_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        _check_int(self.max_batch_size, "max_batch_size", 1)
+        _check_int(self.model_threads, "model_threads", 1)
+        _check_int(self.max_loaded_models, "max_loaded_models", 1)
+        if not (isinstance(self.max_wait_ms, int | float) and 0 <= self.max_wait_ms <= 60_000):
+            raise ConfigError(
+                f"max_wait_ms must be a number from 0 to 60000, got {self.max_wait_ms!r}"
+            )
+        if not (isinstance(self.stats_interval_s, int | float) and 0 < self.stats_interval_s < 1e9):
+            raise ConfigError(f"stats_interval_s must be > 0, got {self.stats_interval_s!r}")
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class DoorSettings:
+    """The request/response front doors (HTTP and gRPC): where they listen and their bounds.
+
+    A port of 0 turns that door off.
+    """
+
+    host: str = "127.0.0.1"
+    http_port: int = 0
+    grpc_port: int = 0
+    max_queue: int = 10_000  # rows waiting per model version before callers get 429
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_rows_per_request: int = 10_000
+    # TLS: a path, file:PATH or env:NAME (the PEM itself); a client CA makes it mutual TLS
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    auth_token_file: str | None = None  # bearer tokens, one per line; same forms
+    open_health: bool = False  # health (and metrics) endpoints without a token
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_header_bytes: int = 16 * 1024
+    max_concurrent_streams: int = 100  # gRPC calls at once on one connection
+
+    def __post_init__(self) -> None:
+        for name in ("http_port", "grpc_port"):
+            port = getattr(self, name)
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+                raise ConfigError(f"{name} must be a port from 0 (off) to 65535, got {port!r}")
+        if self.http_port and self.http_port == self.grpc_port:
+            raise ConfigError(f"http_port and grpc_port must differ, both are {self.http_port}")
+        _check_int(self.max_queue, "max_queue", 1)
+        _check_int(self.max_body_bytes, "max_body_bytes", 64)
+        _check_int(self.max_rows_per_request, "max_rows_per_request", 1)
+        _check_int(self.max_header_bytes, "max_header_bytes", 1024)
+        _check_int(self.max_concurrent_streams, "max_concurrent_streams", 1)
+        for name in ("header_timeout_s", "body_timeout_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0 < value <= 3600):
+                raise ConfigError(
+                    f"{name} must be a number of seconds from 0 to 3600, got {value!r}"
+                )
+        if not self.host:
+            raise ConfigError("host must be an address to listen on, got an empty string")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together: give both, or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ConfigError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class WorkerConfig(EngineSettings, DoorSettings):
+    """Everything one worker process (`pipeline run`) needs, validated at start-up."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
     input_topics: tuple[str, ...] = ("features",)
     output_topic: str = "predictions"
     dlq_topic: str = ""  # "" means output_topic + ".dlq"
     group_id: str = "pipeline"
-    models: Path = Path("models")
-    default_model: str | None = None
-    max_batch_size: int = 256
-    max_wait_ms: float = 5.0
     workers: int = 1
     guarantee: str = "at-least-once"
     transactional_id: str = ""  # exactly-once; "" means pipeline-<group>-<host>-<index>-<pid>
@@ -62,29 +142,21 @@ class WorkerConfig:
     create_topics: bool = True
     topic_partitions: int = 4
     max_in_flight: int = 20_000
-    commit_interval_ms: int = 1_000
-    stats_interval_s: float = 5.0
-    model_threads: int = 1
-    max_loaded_models: int = 8
+    commit_interval_ms: int = 100
+    commit_every_events: int = 10_000
     kafka: Mapping[str, str] = field(default_factory=dict)
     allow_unsafe_kafka_properties: bool = False
 
     def __post_init__(self) -> None:
+        EngineSettings.__post_init__(self)
+        DoorSettings.__post_init__(self)
         if not self.dlq_topic:
             object.__setattr__(self, "dlq_topic", f"{self.output_topic}.dlq")
-        _check_int(self.max_batch_size, "max_batch_size", 1)
         _check_int(self.workers, "workers", 1)
         _check_int(self.topic_partitions, "topic_partitions", 1)
         _check_int(self.commit_interval_ms, "commit_interval_ms", 1)
-        _check_int(self.model_threads, "model_threads", 1)
-        _check_int(self.max_loaded_models, "max_loaded_models", 1)
+        _check_int(self.commit_every_events, "commit_every_events", 1)
         _check_int(self.max_in_flight, "max_in_flight", self.max_batch_size)
-        if not (isinstance(self.max_wait_ms, int | float) and 0 <= self.max_wait_ms <= 60_000):
-            raise ConfigError(
-                f"max_wait_ms must be a number from 0 to 60000, got {self.max_wait_ms!r}"
-            )
-        if not (isinstance(self.stats_interval_s, int | float) and 0 < self.stats_interval_s < 1e9):
-            raise ConfigError(f"stats_interval_s must be > 0, got {self.stats_interval_s!r}")
         if self.guarantee not in GUARANTEES:
             raise ConfigError(
                 f"guarantee must be one of {', '.join(GUARANTEES)}, got {self.guarantee!r}"
@@ -101,11 +173,16 @@ class WorkerConfig:
                 f"differ from the input topics {list(self.input_topics)}, or predictions would "
                 "loop back in"
             )
-
         if self.dlq_topic == self.output_topic:
             raise ConfigError(
                 f"the DLQ topic must differ from the output topic, both are {self.output_topic!r}; "
                 "consumers of predictions would read dead letters as predictions"
+            )
+        if self.workers > 1 and (self.http_port or self.grpc_port):
+            raise ConfigError(
+                f"--workers {self.workers} with --http-port/--grpc-port: the doors serve from "
+                "one process's engine; run `pipeline serve` beside the workers instead, or use "
+                "one worker process"
             )
         check_properties(self.kafka, allow_unsafe=self.allow_unsafe_kafka_properties)
         owned = sorted(k for k in self.kafka if k in OWNED_PROPERTIES)
@@ -118,16 +195,50 @@ class WorkerConfig:
             )
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{k}={v!r}" for k, v in self.redacted.items())
-        return f"WorkerConfig({shown})"
+        return _repr(self)
 
     @property
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict for logs, with secret librdkafka properties masked."""
-        shown = {f.name: getattr(self, f.name) for f in fields(self)}
-        shown["models"] = str(self.models)
-        shown["kafka"] = redact(self.kafka)
-        return shown
+        return _redacted(self)
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class ServeConfig(EngineSettings, DoorSettings):
+    """Everything `pipeline serve` needs: the engine and its front doors, no Kafka."""
+
+    http_port: int = 8080
+    grpc_port: int = 50051
+
+    def __post_init__(self) -> None:
+        EngineSettings.__post_init__(self)
+        DoorSettings.__post_init__(self)
+        if not self.http_port and not self.grpc_port:
+            raise ConfigError("pipeline serve needs a door: --http-port or --grpc-port above 0")
+
+    def __repr__(self) -> str:
+        return _repr(self)
+
+    @property
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict for logs."""
+        return _redacted(self)
+
+
+Settings = TypeVar("Settings", WorkerConfig, ServeConfig)
+
+
+def _redacted(settings: object) -> dict[str, Any]:
+    shown = {f.name: getattr(settings, f.name) for f in fields(settings)}  # type: ignore[arg-type]
+    shown["models"] = str(shown["models"])
+    if "kafka" in shown:
+        shown["kafka"] = redact(shown["kafka"])
+    return shown
+
+
+def _repr(settings: object) -> str:
+    shown = ", ".join(f"{k}={v!r}" for k, v in _redacted(settings).items())
+    return f"{type(settings).__name__}({shown})"
 
 
 def check_properties(properties: Mapping[str, str], *, allow_unsafe: bool) -> None:
@@ -154,9 +265,9 @@ def _check_int(value: object, name: str, minimum: int) -> None:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-def _coerce(name: str, raw: object, source: str) -> object:
+def _coerce(cls: type[Any], name: str, raw: object, source: str) -> object:
     """Turn a string from the environment (or a TOML value) into the field's type."""
-    kind = {f.name: f.type for f in fields(WorkerConfig)}[name]
+    kind = {f.name: f.type for f in fields(cls)}[name]
     if not isinstance(raw, str):
         if name == "input_topics" and isinstance(raw, list):
             return tuple(str(t) for t in raw)
@@ -194,7 +305,9 @@ def _flatten(table: Mapping[str, object], prefix: str = "") -> dict[str, object]
     return flat
 
 
-def _from_file(path: Path, env: Mapping[str, str]) -> tuple[dict[str, object], dict[str, str]]:
+def _from_file(
+    cls: type[Any], path: Path, env: Mapping[str, str]
+) -> tuple[dict[str, object], dict[str, str]]:
     try:
         data = tomllib.loads(path.read_text())
     except OSError as exc:
@@ -204,7 +317,9 @@ def _from_file(path: Path, env: Mapping[str, str]) -> tuple[dict[str, object], d
     kafka = data.pop("kafka", {})
     if not isinstance(kafka, dict):
         raise ConfigError(f"[kafka] in {path} must be a table of librdkafka properties")
-    known = {f.name for f in fields(WorkerConfig)} - {"kafka"}
+    known = {f.name for f in fields(cls)} - {"kafka"}
+    if kafka and "kafka" not in {f.name for f in fields(cls)}:
+        raise ConfigError(f"{path} has a [kafka] table, but this command uses no Kafka")
     settings: dict[str, object] = {}
     for key, value in data.items():
         name = key.replace("-", "_")
@@ -214,7 +329,7 @@ def _from_file(path: Path, env: Mapping[str, str]) -> tuple[dict[str, object], d
             raise ConfigError(
                 f"unknown setting {key!r} in {path}; known: {', '.join(sorted(known))}"
             )
-        settings[name] = _coerce(name, value, str(path))
+        settings[name] = _coerce(cls, name, value, str(path))
     properties = {
         k: _secret_value(str(v).lower() if isinstance(v, bool) else str(v), env)
         for k, v in _flatten(kafka).items()
@@ -222,14 +337,15 @@ def _from_file(path: Path, env: Mapping[str, str]) -> tuple[dict[str, object], d
     return settings, properties
 
 
-def _from_env(env: Mapping[str, str]) -> dict[str, object]:
+def _from_env(cls: type[Any], env: Mapping[str, str]) -> dict[str, object]:
     settings: dict[str, object] = {}
-    if env.get("KAFKA_BOOTSTRAP_SERVERS"):
+    names = {f.name for f in fields(cls)}
+    if "bootstrap_servers" in names and env.get("KAFKA_BOOTSTRAP_SERVERS"):
         settings["bootstrap_servers"] = env["KAFKA_BOOTSTRAP_SERVERS"]
-    for f in fields(WorkerConfig):
-        var = "PIPELINE_INPUT_TOPIC" if f.name == "input_topics" else f"PIPELINE_{f.name.upper()}"
-        if f.name != "kafka" and env.get(var):
-            settings[f.name] = _coerce(f.name, env[var], var)
+    for name in names - {"kafka"}:
+        var = "PIPELINE_INPUT_TOPIC" if name == "input_topics" else f"PIPELINE_{name.upper()}"
+        if env.get(var):
+            settings[name] = _coerce(cls, name, env[var], var)
     return settings
 
 
@@ -274,13 +390,26 @@ def load_config(
         config_file: The TOML file, if any (else ``PIPELINE_CONFIG`` from `env`).
         env: The environment (default: ``os.environ``).
     """
+    return load_settings(WorkerConfig, flags, config_file=config_file, env=env)
+
+
+def load_settings(
+    cls: type[Settings],
+    flags: Mapping[str, object],
+    *,
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build `cls` (`WorkerConfig` or `ServeConfig`): flags over environment over file over
+    defaults; see `load_config`."""
     env = os.environ if env is None else env
     path = config_file or (Path(env["PIPELINE_CONFIG"]) if env.get("PIPELINE_CONFIG") else None)
-    file_settings, file_kafka = _from_file(path, env) if path else ({}, {})
+    file_settings, file_kafka = _from_file(cls, path, env) if path else ({}, {})
     settings = {
         **file_settings,
-        **_from_env(env),
+        **_from_env(cls, env),
         **{k: v for k, v in flags.items() if k != "kafka"},
     }
-    kafka = {**file_kafka, **dict(flags.get("kafka") or {})}  # type: ignore[call-overload]
-    return WorkerConfig(**settings, kafka=kafka)  # type: ignore[arg-type]
+    if cls is WorkerConfig:
+        settings["kafka"] = {**file_kafka, **dict(flags.get("kafka") or {})}  # type: ignore[call-overload]
+    return cls(**settings)  # type: ignore[arg-type]

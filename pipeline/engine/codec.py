@@ -43,7 +43,9 @@ __all__ = [
     "Reject",
     "RowBlock",
     "encode_predictions",
+    "encode_rows",
     "is_plain_name",
+    "output_rows",
 ]
 
 MAX_ID_LENGTH: Final = 256
@@ -212,13 +214,32 @@ class EventDecoder:
                 if exc.stage != "decode" and value:  # a field we checked may nest deeply
                     exc = self._depth_problem(value) or exc
                 rejects.append(Reject(index, exc.stage, exc.error_type, exc.message))
-        blocks = {}
-        for key, collected in state.pending.items():
-            block = _finish(collected, rejects)
-            if block is not None:
-                blocks[key] = block
-        rejects.sort(key=lambda r: r.index)
-        return Decoded(blocks, rejects)
+        return _decoded(state, rejects)
+
+    def decode_events(self, events: Sequence[object], fallback_ts: int) -> Decoded:
+        """Check events that are already parsed JSON (a front door's request bodies) the
+        way `decode` checks record values, from the `id` field on.
+
+        Args:
+            events: Parsed JSON values, each meant to be an event object.
+            fallback_ts: Event time of events without a `ts` (ms since epoch).
+
+        Returns:
+            The accepted rows grouped per (model, version) and one reject per other event;
+            a reject's index is the event's position in `events`.
+        """
+        state = _CallState()
+        rejects: list[Reject] = []
+        for index, event in enumerate(events):
+            try:
+                if type(event) is not dict:
+                    raise _Rejected(
+                        "decode", "NotAnObject", f"value must be a JSON object, got {_show(event)}"
+                    )
+                self._take_event(index, event, fallback_ts, state)
+            except _Rejected as exc:
+                rejects.append(Reject(index, exc.stage, exc.error_type, exc.message))
+        return _decoded(state, rejects)
 
     def _take(
         self,
@@ -228,7 +249,12 @@ class EventDecoder:
         state: _CallState,
     ) -> None:
         """Decode one value and add its row to its block, or raise `_Rejected`."""
-        event = self._parse(value)
+        self._take_event(index, self._parse(value), fallback_ts, state)
+
+    def _take_event(
+        self, index: int, event: dict[str, Any], fallback_ts: int, state: _CallState
+    ) -> None:
+        """Check one parsed event and add its row to its block, or raise `_Rejected`."""
         event_id = event.get("id")
         if type(event_id) is not str or not 0 < len(event_id) <= MAX_ID_LENGTH:
             raise _bad_id(event)
@@ -361,6 +387,17 @@ class EventDecoder:
         except ModelLoadError:
             return True
         return True
+
+
+def _decoded(state: _CallState, rejects: list[Reject]) -> Decoded:
+    """Convert the rows collected in one call to blocks; order the rejects."""
+    blocks = {}
+    for key, collected in state.pending.items():
+        block = _finish(collected, rejects)
+        if block is not None:
+            blocks[key] = block
+    rejects.sort(key=lambda r: r.index)
+    return Decoded(blocks, rejects)
 
 
 def _is_name_or_absent(value: object) -> bool:
@@ -589,17 +626,28 @@ def encode_predictions(
         ValueError: An output has the wrong number of rows, or the probability output is
             missing or does not have one column per label.
     """
-    n = len(block.ids)
+    return encode_rows(block.spec, block.ids, block.ts, outputs, predicted_at_ms)
+
+
+def encode_rows(
+    spec: ModelSpec,
+    ids: Sequence[str],
+    ts: Sequence[int],
+    outputs: Mapping[str, np.ndarray[Any, Any]],
+    predicted_at_ms: int,
+) -> list[bytes]:
+    """`encode_predictions` for rows given by their ids and event times."""
+    n = len(ids)
     names = list(outputs)
     columns = [_output_rows(name, outputs[name], n) for name in names]
     per_row = _per_row_outputs(names, columns, n)
-    labelled = _labels_and_scores(block.spec, names, columns, outputs, n)
-    model, version, at = block.spec.name, block.spec.version, predicted_at_ms
+    labelled = _labels_and_scores(spec, names, columns, outputs, n)
+    model, version, at = spec.name, spec.version, predicted_at_ms
     docs: Iterable[dict[str, Any]]
     if labelled is None:
         docs = (
             {"id": i, "model": model, "version": version, "outputs": o, "ts": t, "predicted_at": at}
-            for i, o, t in zip(block.ids, per_row, block.ts, strict=True)
+            for i, o, t in zip(ids, per_row, ts, strict=True)
         )
     else:
         docs = (
@@ -613,12 +661,20 @@ def encode_predictions(
                 "ts": t,
                 "predicted_at": at,
             }
-            for i, o, t, label, score in zip(block.ids, per_row, block.ts, *labelled, strict=True)
+            for i, o, t, label, score in zip(ids, per_row, ts, *labelled, strict=True)
         )
     # orjson over-allocates its output buffer and shrinks it in place; keeping hundreds of
     # those alive makes glibc grow and trim the heap on almost every call (about 2 us each
     # on the reference machine). Copying into an exactly-sized object costs ~0.05 us.
     return [orjson.dumps(doc).decode().encode() for doc in docs]
+
+
+def output_rows(outputs: Mapping[str, np.ndarray[Any, Any]], n: int) -> list[dict[str, Any]]:
+    """Each row's outputs as JSON-ready values (output name -> number, list or object), the
+    way predictions carry them in their ``outputs`` field."""
+    names = list(outputs)
+    columns = [_output_rows(name, outputs[name], n) for name in names]
+    return _per_row_outputs(names, columns, n)
 
 
 def _per_row_outputs(names: list[str], columns: list[list[Any]], n: int) -> list[dict[str, Any]]:

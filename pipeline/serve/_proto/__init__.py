@@ -1,0 +1,1 @@
+"""Generated gRPC code of the front doors (see pipeline.dev.protos)."""

@@ -1,0 +1,211 @@
+"""What a front door asks of the engine, awaited on the door's event loop.
+
+`ModelCalls.resolve` finds the model version a request names; `ModelCalls.run` submits
+its rows to the shared engine (so they batch with every other caller's) and awaits the
+outcome; `seed_answers` turns outputs into the seed API's ``prediction`` and
+``confidence``. A request that cannot be answered raises `Refusal`, which carries the HTTP
+status and the gRPC code the doors answer with:
+
+=====================  ====  ===================  =====================================
+what                   HTTP  gRPC                 when
+=====================  ====  ===================  =====================================
+bad input              400   INVALID_ARGUMENT     the body, a tensor or a row is wrong
+unknown model          404   NOT_FOUND            no such model or version in the store
+queue full             429   RESOURCE_EXHAUSTED   more than --max-queue rows wait
+deadline passed        504   DEADLINE_EXCEEDED    the caller's deadline came first
+model cannot load      503   UNAVAILABLE          the store's file is broken
+=====================  ====  ===================  =====================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.engine.engine import Engine, Outcome
+from pipeline.engine.models import LoadedModel
+from pipeline.engine.names import is_plain_name
+from pipeline.engine.spec import ModelSpec
+from pipeline.errors import ModelLoadError, ModelNotFoundError, Overloaded
+
+__all__ = ["ModelCalls", "Refusal", "SeedAnswer", "seed_answers"]
+
+
+class Refusal(Exception):
+    """A request the door answers with an error status; `message` says why."""
+
+    def __init__(self, http: int, grpc: str, message: str) -> None:
+        super().__init__(message)
+        self.http = http
+        self.grpc = grpc
+        self.message = message
+
+
+def bad_input(message: str) -> Refusal:
+    """A caller's mistake: 400 / INVALID_ARGUMENT."""
+    return Refusal(400, "INVALID_ARGUMENT", message)
+
+
+@dataclass(slots=True)
+class Predicted:
+    """The outputs of every row of one request, in row order, and the model that ran."""
+
+    model: LoadedModel
+    outputs: dict[str, np.ndarray]
+
+
+class _Waiter:
+    """Collects the outcomes of one submission; resolves its future on the door's loop."""
+
+    __slots__ = ("future", "loop", "outcomes", "remaining")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, rows: int) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[list[Outcome[_Waiter]]] = loop.create_future()
+        self.outcomes: list[Outcome[_Waiter]] = []
+        self.remaining = rows
+
+    def done(self, outcome: Outcome[_Waiter]) -> None:  # on the thread that runs batches
+        self.outcomes.append(outcome)
+        self.remaining -= len(outcome.rows) + len(outcome.errors)
+        if not self.remaining:
+            self.loop.call_soon_threadsafe(_resolve, self.future, self.outcomes)
+
+
+def _resolve(future: asyncio.Future[list[Outcome[_Waiter]]], outcomes: list[Outcome[Any]]) -> None:
+    if not future.done():  # the caller may have gone
+        future.set_result(outcomes)
+
+
+class ModelCalls:
+    """The doors' way into the engine.
+
+    Args:
+        engine: The shared engine (its model cache answers `resolve`).
+        default_model: The model for requests that name none; None to require a name.
+        max_rows: Most rows one request may carry.
+    """
+
+    def __init__(self, engine: Engine[Any], *, default_model: str | None, max_rows: int) -> None:
+        self.engine = engine
+        self._default_model = default_model
+        self._max_rows = max_rows
+
+    def model_name(self, name: object) -> str:
+        """The model a request means: its own, or the default."""
+        if name in (None, ""):
+            if self._default_model is None:
+                raise bad_input("model is required: this server has no default model")
+            return self._default_model
+        if not isinstance(name, str) or not is_plain_name(name):
+            raise bad_input(f"model must be a plain model name, got {name!r}")
+        return name
+
+    def resolve(self, name: object, version: object = None) -> ModelSpec:
+        """The spec of the model version a request names (newest if no version)."""
+        model = self.model_name(name)
+        if version in (None, ""):
+            version = None
+        elif not isinstance(version, str) or not is_plain_name(version):
+            raise bad_input(f"version must be a plain version name, got {version!r}")
+        try:
+            return self.engine.models.resolve(model, version)
+        except ModelLoadError as exc:
+            raise Refusal(503, "UNAVAILABLE", f"model {model!r} cannot be loaded: {exc}") from exc
+        except ModelNotFoundError as exc:
+            what = f"model {model!r}" if version is None else f"model {model!r} version {version!r}"
+            raise Refusal(404, "NOT_FOUND", f"{what} is not in the store") from exc
+
+    async def run(self, spec: ModelSpec, rows: np.ndarray, *, deadline: float | None) -> Predicted:
+        """Predict `rows` (float32, checked) with `spec`'s model version, batched with every
+        other caller's rows; raises `Refusal` when they cannot all be predicted."""
+        n = rows.shape[0]
+        if n == 0:
+            raise bad_input("a request must carry at least one row, got none")
+        if n > self._max_rows:
+            raise bad_input(
+                f"a request may carry at most {self._max_rows} rows (max_rows_per_request), got {n}"
+            )
+        waiter = _Waiter(asyncio.get_running_loop(), n)
+        try:
+            self.engine.submit(
+                spec.name, spec.version, rows, waiter, waiter.done, deadline=deadline, admit=True
+            )
+        except Overloaded as exc:
+            raise Refusal(429, "RESOURCE_EXHAUSTED", str(exc)) from exc
+        return _assemble(await waiter.future, n)
+
+
+def _assemble(outcomes: list[Outcome[Any]], n: int) -> Predicted:
+    """The outputs of all rows in order, or the refusal of the first row that failed."""
+    errors = sorted((e for o in outcomes for e in o.errors), key=lambda e: e.row)
+    if errors:
+        first = errors[0]
+        where = f"row {first.row}: " if n > 1 else ""
+        if first.stage == "deadline":
+            raise Refusal(504, "DEADLINE_EXCEEDED", f"{where}{first.message}")
+        if first.stage == "route":
+            raise Refusal(503, "UNAVAILABLE", f"{where}{first.message}")
+        raise bad_input(f"{where}the model failed on this row: {first.error_type}: {first.message}")
+    ordered = sorted(outcomes, key=lambda o: o.rows[0])
+    model = ordered[0].model
+    assert model is not None
+    if len(ordered) == 1:
+        return Predicted(model, ordered[0].outputs)
+    names = list(ordered[0].outputs)
+    return Predicted(model, {k: np.concatenate([o.outputs[k] for o in ordered]) for k in names})
+
+
+@dataclass(frozen=True, slots=True)
+class SeedAnswer:
+    """The seed API's answer for one row."""
+
+    prediction: float
+    confidence: float | None
+    label: str | None
+
+
+def seed_answers(model: LoadedModel, outputs: dict[str, np.ndarray]) -> list[SeedAnswer]:
+    """Each row's prediction and confidence: a classifier's class index (the column of its
+    largest probability) and that probability; a regressor's value, without confidence."""
+    spec = model.spec
+    probabilities = _probabilities(spec, outputs)
+    if probabilities is not None:
+        best = np.argmax(probabilities, axis=1)
+        scores = probabilities[np.arange(len(best)), best]
+        labels = spec.labels if spec.labels and len(spec.labels) == probabilities.shape[1] else None
+        return [
+            SeedAnswer(float(b), float(s), labels[int(b)] if labels else None)
+            for b, s in zip(best.tolist(), scores.tolist(), strict=True)
+        ]
+    values = _regression_values(outputs)
+    return [SeedAnswer(float(v), None, None) for v in values]
+
+
+def _probabilities(spec: ModelSpec, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The class-probability matrix (rows x classes), if the model has one."""
+    candidates: Sequence[str]
+    if spec.probability_output:
+        candidates = [spec.probability_output]
+    else:
+        candidates = [n for n in outputs if "prob" in n.lower()]
+    for name in candidates:
+        array = outputs.get(name)
+        if array is None:
+            continue
+        if array.dtype == object and array.ndim == 1:  # a map per row (ZipMap)
+            return np.asarray([list(row.values()) for row in array], dtype=np.float64)
+        if array.ndim == 2 and array.shape[1] > 1 and array.dtype.kind == "f":
+            return array.astype(np.float64, copy=False)
+    return None
+
+
+def _regression_values(outputs: dict[str, np.ndarray]) -> list[float]:
+    for array in outputs.values():
+        if array.dtype.kind in "fiu" and array.ndim >= 1:
+            return array.reshape(array.shape[0], -1)[:, 0].astype(np.float64).tolist()  # type: ignore[no-any-return]
+    raise Refusal(500, "INTERNAL", "the model has no numeric output to answer with a prediction")
