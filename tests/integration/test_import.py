@@ -169,3 +169,29 @@ def test_a_version_imported_while_the_worker_runs_becomes_the_default(
     assert found is not None, f"no prediction from version 2 within 20 s:\n{worker.log[-2000:]}"
     assert took < 10
     print(f"version 2 served {took:.1f} s after its import finished")
+
+
+def test_a_missing_signature_or_a_wrong_input_is_refused_naming_what_exists(
+    keras_store: tuple[Path, np.ndarray], tmp_path: Path
+) -> None:
+    from pipeline.errors import ModelError
+
+    store, _ = keras_store
+    saved_model = store.parent / "saved_model"
+    before = sorted(p.name for p in store.rglob("*"))
+    with pytest.raises(
+        ModelError, match=r"no signature 'nope'; it has \['serve', 'serving_default'\]"
+    ):
+        import_model(
+            saved_model, name="tf-saved", models=store, options=SourceOptions(signature="nope")
+        )
+    with pytest.raises(
+        ModelError, match="--labels lists 3 labels, so exactly one output must be a matrix"
+    ):
+        import_model(
+            saved_model,
+            name="tf-saved",
+            models=store,
+            options=SourceOptions(labels=("a", "b", "c")),
+        )
+    assert sorted(p.name for p in store.rglob("*")) == before

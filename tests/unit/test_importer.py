@@ -333,3 +333,16 @@ def test_bad_import_records_are_refused(tmp_path: Path, content: object, message
     path.write_text(json.dumps(content))
     with pytest.raises(ModelLoadError, match=message):
         read_manifest(path)
+
+
+def test_the_import_help_text_names_the_pickle_risk_and_the_extras(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pipeline.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["models", "import", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "loading a pickle or joblib file runs any code it contains" in text
+    assert "--trust-pickle" in text
+    assert "pip install 'kafka-onnx-pipeline[tensorflow]'" in text
