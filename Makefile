@@ -28,7 +28,7 @@ install: $(VENV)/.installed ## create .venv and install the project with its tes
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test,dev]'
+	$(VENV)/bin/pip install -q -e '.[test,dev,import]'
 	touch $@
 
 demo: install ## run the main job on the embedded local broker: events in, predictions out

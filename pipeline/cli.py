@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pipeline.dev.bench.cli import add_bench_parser
 from pipeline.dev.cli import add_client_parsers, add_kafka_parser
 from pipeline.errors import PipelineError
+from pipeline.importer.cli import add_models_parser
 from pipeline.kafka.cli import add_run_parser
 from pipeline.logs import setup_logging
 from pipeline.serve.cli import add_serve_parser
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_client_parsers(sub)
     add_kafka_parser(sub)
     add_bench_parser(sub)
+    add_models_parser(sub)
     return parser
 
 

@@ -119,16 +119,46 @@ def add_client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _kafka_start(args: argparse.Namespace) -> int:
+    kafka = LocalKafka(data_dir=args.data_dir)
+    if args.node is not None:
+        return _kafka_start_node(kafka, args)
+    nodes = args.nodes if args.nodes is not None else kafka.size
+    if nodes == 1:
+        return _kafka_start_single(kafka, args)
+    if args.sasl_port is not None or args.scram_user:
+        raise ConfigError("--sasl-port and --scram-user are for a single node, not --nodes 3")
+    cluster, started = kafka.start_cluster(nodes=nodes, port=args.port, timeout_s=args.timeout)
+    return _said_started(cluster.bootstrap, started, f"{nodes} nodes, data dir {cluster.data_dir}")
+
+
+def _said_started(bootstrap: str, started: bool, detail: str) -> int:
+    """Print the bootstrap address, or that it was running already; return exit code 0."""
+    print(bootstrap if started else f"{bootstrap} (already running, {detail})")
+    return 0
+
+
+def _kafka_start_single(kafka: LocalKafka, args: argparse.Namespace) -> int:
     users = dict(_scram_user(u) for u in args.scram_user)
     if users and args.sasl_port is None:
         raise ConfigError("--scram-user needs --sasl-port, the port of the SASL listener")
-    info, started = LocalKafka(data_dir=args.data_dir).start(
-        port=args.port, timeout_s=args.timeout, sasl_port=args.sasl_port, scram_users=users
+    info, started = kafka.start(
+        port=DEFAULT_PORT if args.port is None else args.port,
+        timeout_s=args.timeout,
+        sasl_port=args.sasl_port,
+        scram_users=users,
     )
-    if started:
-        print(info.bootstrap)
-    else:
-        print(f"{info.bootstrap} (already running, pid {info.pid}, data dir {info.data_dir})")
+    return _said_started(info.bootstrap, started, f"pid {info.pid}, data dir {info.data_dir}")
+
+
+def _kafka_start_node(kafka: LocalKafka, args: argparse.Namespace) -> int:
+    if args.nodes is not None or args.port is not None:
+        raise ConfigError(
+            "--node restarts one node of an existing cluster, on the ports it had; "
+            "drop --nodes and --port"
+        )
+    info, started = kafka.start_node(args.node, timeout_s=args.timeout)
+    how = "started" if started else "already running"
+    print(f"node {info.node_id} {how} at {info.bootstrap} (pid {info.pid})")
     return 0
 
 
@@ -140,33 +170,53 @@ def _scram_user(text: str) -> tuple[str, str]:
 
 
 def _kafka_stop(args: argparse.Namespace) -> int:
-    info = LocalKafka(data_dir=args.data_dir).stop()
-    if info is None:
-        print(f"no local broker running for data dir {Path(args.data_dir).expanduser()}")
-    else:
-        print(f"stopped broker {info.bootstrap} (pid {info.pid})")
+    kafka = LocalKafka(data_dir=args.data_dir)
+    stopped = kafka.stop(node=args.node)
+    if not stopped:
+        which = "broker" if args.node is None else f"node {args.node}"
+        print(f"no local {which} running for data dir {Path(args.data_dir).expanduser()}")
+    elif kafka.size == 1:
+        print(f"stopped broker {stopped[0].bootstrap} (pid {stopped[0].pid})")
+    for info in stopped if kafka.size > 1 else []:
+        print(f"stopped node {info.node_id} at {info.bootstrap} (pid {info.pid})")
     return 0
 
 
 def _kafka_status(args: argparse.Namespace) -> int:
-    info = LocalKafka(data_dir=args.data_dir).running()
-    if info is None:
+    kafka = LocalKafka(data_dir=args.data_dir)
+    cluster = kafka.cluster()
+    if cluster is None:
         print(f"not running (data dir {Path(args.data_dir).expanduser()})")
         return 1
-    print(f"running at {info.bootstrap} (pid {info.pid}, data dir {info.data_dir})")
+    if cluster.size == 1:
+        info = cluster.nodes[0]
+        print(f"running at {info.bootstrap} (pid {info.pid}, data dir {info.data_dir})")
+        return 0
+    # The first line keeps the single node's shape, so `sed 's/^running at ([^ ]+).*/\1/'`
+    # yields a bootstrap list of the running nodes.
+    count = len(cluster.nodes)
+    nodes = f"{count} nodes" if count == cluster.size else f"{count} of {cluster.size} nodes"
+    print(f"running at {cluster.bootstrap} ({nodes}, data dir {cluster.data_dir})")
+    for node_id in range(1, cluster.size + 1):
+        live = kafka.node(node_id)
+        state = f"(pid {live.pid})" if live else "stopped"
+        print(f"node {node_id} at {kafka.address(node_id)} {state}")
     return 0
 
 
 def add_kafka_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `pipeline kafka start|stop|status` to the subcommands."""
-    kafka = sub.add_parser("kafka", help="run a local single-node Apache Kafka broker (KRaft)")
+    kafka = sub.add_parser(
+        "kafka", help="run a local Apache Kafka broker, or a cluster of three (KRaft)"
+    )
     actions = kafka.add_subparsers(dest="action", required=True, metavar="{start,stop,status}")
     handlers: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
         "start": (
-            "start the broker in the background and print its bootstrap address",
+            "start the broker (or the cluster's nodes) in the background and print the "
+            "bootstrap address",
             _kafka_start,
         ),
-        "stop": ("stop the broker started from this data dir", _kafka_stop),
+        "stop": ("stop the broker (or cluster) started from this data dir", _kafka_stop),
         "status": ("say whether the broker runs, and where (exit 1 if not)", _kafka_status),
     }
     for name, (help_text, handler) in handlers.items():
@@ -178,29 +228,51 @@ def add_kafka_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
             help=f"broker state, logs and data (default: {DEFAULT_DATA_DIR})",
         )
         if name == "start":
+            _add_start_flags(action)
+        if name in ("start", "stop"):
+            verb = "restart only" if name == "start" else "stop only"
             action.add_argument(
-                "--port",
-                type=int,
-                default=DEFAULT_PORT,
-                help=f"client port on 127.0.0.1 (default: {DEFAULT_PORT})",
-            )
-            action.add_argument(
-                "--timeout",
-                type=float,
-                default=90.0,
-                help="seconds to wait for the broker to answer (default: 90)",
-            )
-            action.add_argument(
-                "--sasl-port",
+                "--node",
                 type=int,
                 default=None,
-                help="also listen for SASL_PLAINTEXT with SCRAM-SHA-256/512 on this port",
-            )
-            action.add_argument(
-                "--scram-user",
-                action="append",
-                default=[],
-                metavar="NAME:PASSWORD",
-                help="create a SCRAM user (repeatable; NAME:env:VAR reads the password from VAR)",
+                metavar="N",
+                help=f"{verb} node N of the cluster (its data is kept)",
             )
         action.set_defaults(handler=handler)
+
+
+def _add_start_flags(action: argparse.ArgumentParser) -> None:
+    action.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help=f"client port on 127.0.0.1; a cluster's node N gets PORT+N-1 (default: "
+        f"{DEFAULT_PORT}, or the cluster's own)",
+    )
+    action.add_argument(
+        "--nodes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="1 for a single broker, 3 for a cluster of three broker+controller nodes "
+        "(default: what the data dir holds, else 1)",
+    )
+    action.add_argument(
+        "--timeout",
+        type=float,
+        default=90.0,
+        help="seconds to wait for the broker to answer (default: 90)",
+    )
+    action.add_argument(
+        "--sasl-port",
+        type=int,
+        default=None,
+        help="also listen for SASL_PLAINTEXT with SCRAM-SHA-256/512 on this port",
+    )
+    action.add_argument(
+        "--scram-user",
+        action="append",
+        default=[],
+        metavar="NAME:PASSWORD",
+        help="create a SCRAM user (repeatable; NAME:env:VAR reads the password from VAR)",
+    )

@@ -3,9 +3,13 @@
 A manifest is a JSON object with any of these keys: ``features`` (column names in input
 order), ``labels`` (class labels in probability-column order), ``probability_output``
 (the ONNX output holding class probabilities), ``description`` and ``sha256`` (hex
-digest of model.onnx, checked on every load). Unknown keys are refused, so a misspelt
-key fails loudly instead of being ignored; ``null`` means absent. Every error names the
-file and the field.
+digest of model.onnx, checked on every load). ``pipeline models import`` also writes
+``n_features`` (how many columns a row has; it must agree with ``features``) and three
+records of where the model came from, each a JSON object kept as written: ``source``
+(framework, its version, the file format), ``converter`` (name, version, opset, and the
+serving path) and ``parity`` (what the source-versus-ONNX check measured). Unknown keys
+are refused, so a misspelt key fails loudly instead of being ignored; ``null`` means
+absent. Every error names the file and the field.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ class Manifest(TypedDict, total=False):
     probability_output: str
     description: str
     sha256: str
+    n_features: int
+    source: dict[str, object]
+    converter: dict[str, object]
+    parity: dict[str, object]
 
 
 def verify_sha256(path: Path, data: bytes, expected: str | None) -> None:
@@ -80,6 +88,11 @@ def _parse_manifest(path: Path, raw: object) -> Manifest:
         manifest["description"] = _text_field(path, "description", fields)
     if "sha256" in fields:
         manifest["sha256"] = _sha256_field(path, fields["sha256"])
+    if "n_features" in fields:
+        manifest["n_features"] = _count_field(path, fields["n_features"], manifest)
+    for key in ("source", "converter", "parity"):
+        if key in fields:
+            manifest[key] = _object_field(path, key, fields[key])
     return manifest
 
 
@@ -114,6 +127,30 @@ def _sha256_field(path: Path, value: object) -> str:
             f"{path}: manifest field 'sha256' must be 64 hex digits, got {_kind(value)}"
         )
     return value.lower()
+
+
+def _count_field(path: Path, value: object, manifest: Manifest) -> int:
+    """Validate ``n_features``: an integer >= 1 that agrees with ``features`` if present."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ModelLoadError(
+            f"{path}: manifest field 'n_features' must be an integer >= 1, got {_kind(value)}"
+        )
+    features = manifest.get("features")
+    if features is not None and len(features) != value:
+        raise ModelLoadError(
+            f"{path}: manifest field 'n_features' is {value} but 'features' lists "
+            f"{len(features)} names; make them agree"
+        )
+    return value
+
+
+def _object_field(path: Path, field: str, value: object) -> dict[str, object]:
+    """Validate a free-form record: a JSON object, kept as written."""
+    if not isinstance(value, dict):
+        raise ModelLoadError(
+            f"{path}: manifest field {field!r} must be a JSON object, got {_kind(value)}"
+        )
+    return dict(value)
 
 
 def _kind(value: object) -> str:

@@ -1,7 +1,11 @@
-"""`pipeline kafka start|status|stop` drives a real broker and leaves nothing behind."""
+"""`pipeline kafka start|status|stop` drives a real broker, or a real cluster of three, and
+leaves nothing behind."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +25,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from pipeline.dev.localkafka import LocalKafka, _pid_alive
+from pipeline.dev.localkafka import LocalKafka, _pid_alive, _port_free
 
 from .kafkaio import free_port
 
@@ -94,6 +98,72 @@ def test_missing_java_says_what_to_do(tmp_path: Path, missing: str) -> None:
     )
     assert done.returncode != 0
     assert "Java 17+" in done.stderr and "JAVA_HOME" in done.stderr
+
+
+def _free_ports(count: int) -> int:
+    """The first of `count` consecutive free ports on 127.0.0.1."""
+    while True:
+        first = free_port()
+        if all(_port_free(first + i) for i in range(1, count)):
+            return first
+
+
+def _node_pids(status: str) -> dict[int, int]:
+    return {
+        int(n): int(pid) for n, pid in re.findall(r"^node (\d) at \S+ \(pid (\d+)\)", status, re.M)
+    }
+
+
+def test_three_node_cluster_survives_a_node_down_and_takes_it_back(tmp_path: Path) -> None:
+    port, data = _free_ports(3), tmp_path / "cluster"
+    bootstrap = ",".join(f"127.0.0.1:{port + i}" for i in range(3))
+    started = _cli("start", "--nodes", "3", "--port", str(port), "--data-dir", str(data))
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.strip() == bootstrap
+    pids: dict[int, int] = {}
+    try:
+        status = _cli("status", "--data-dir", str(data)).stdout
+        first, *nodes = status.splitlines()
+        assert first == f"running at {bootstrap} (3 nodes, data dir {data})"
+        # what the Makefile's sed takes from the first line: a usable bootstrap list
+        assert re.sub(r"^running at ([^ ]+).*", r"\1", first) == bootstrap
+        pids = _node_pids(status)
+        assert sorted(pids) == [1, 2, 3] and len(nodes) == 3
+
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        assert sorted(admin.list_topics(timeout=10).brokers) == [1, 2, 3]
+        topic = f"rf-{uuid.uuid4().hex[:8]}"
+        admin.create_topics([NewTopic(topic, 2)])[topic].result(timeout=30)  # broker defaults
+        parts = admin.list_topics(topic, timeout=10).topics[topic].partitions.values()
+        assert [sorted(p.replicas) for p in parts] == [[1, 2, 3], [1, 2, 3]]
+
+        os.kill(pids[2], signal.SIGKILL)  # kill -9 by the pid status shows
+        down = _cli("status", "--data-dir", str(data)).stdout
+        assert down.splitlines()[0].startswith(
+            f"running at 127.0.0.1:{port},127.0.0.1:{port + 2} (2 of 3"
+        )
+        assert f"node 2 at 127.0.0.1:{port + 1} stopped" in down
+        producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+        producer.produce(topic, b"with one node down")
+        assert producer.flush(60) == 0, "2 of 3 replicas in sync must take an acks=all write"
+
+        again = _cli("start", "--node", "2", "--data-dir", str(data))
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.startswith(f"node 2 started at 127.0.0.1:{port + 1}")
+        cluster = LocalKafka(data_dir=data)
+        deadline = time.monotonic() + 60
+        while cluster.under_replicated() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert cluster.under_replicated() == [], "node 2 never caught up after its restart"
+        pids = _node_pids(_cli("status", "--data-dir", str(data)).stdout)
+        stopped = _cli("stop", "--node", "3", "--data-dir", str(data))
+        assert stopped.stdout.strip() == f"stopped node 3 at 127.0.0.1:{port + 2} (pid {pids[3]})"
+        assert not _pid_alive(pids[3])
+    finally:
+        stopped = _cli("stop", "--data-dir", str(data))
+    assert stopped.returncode == 0
+    assert not any(_pid_alive(pid) for pid in pids.values())
+    assert _cli("status", "--data-dir", str(data)).returncode == 1
 
 
 @pytest.fixture

@@ -37,6 +37,13 @@ SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 BUILT = sorted(name for name, service in SERVICES.items() if "build" in service)
 BROKER = "kafka"  # the broker's service name, which is also its host name in the network
 TOPICS = "topics"  # the one-shot service that creates the topics
+PROFILE = "cluster"  # the profile of the three-node cluster
+CLUSTER = sorted(  # its nodes
+    name
+    for name, service in SERVICES.items()
+    if PROFILE in service.get("profiles", []) and name.startswith(f"{BROKER}-")
+)
+CLUSTER_TOPICS = "cluster-topics"  # the one-shot service that creates the topics on it
 LOOPBACK = "127.0.0.1"
 # PIPELINE_* variables that are not WorkerConfig settings but are still read by `pipeline`.
 NON_SETTING_VARS = {"PIPELINE_CONFIG", "PIPELINE_HOME"}
@@ -197,9 +204,9 @@ def _ports(service: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     return found
 
 
-def _listeners(variable: str) -> dict[str, tuple[str, str]]:
+def _listeners(variable: str, broker: str = BROKER) -> dict[str, tuple[str, str]]:
     """Parse a broker listener list into ``{name: (host, port)}``."""
-    value = _environment(SERVICES[BROKER])[variable]
+    value = _environment(SERVICES[broker])[variable]
     found = {}
     for listener in value.split(","):
         name, _, address = listener.partition("://")
@@ -368,10 +375,12 @@ def test_broker_is_apache_kafka_4() -> None:
     assert SERVICES[TOPICS]["image"] == image, "the topics service uses another Kafka image"
 
 
-def test_broker_listeners_are_consistent() -> None:
-    env = _environment(SERVICES[BROKER])
-    listeners = _listeners("KAFKA_LISTENERS")
-    advertised = _listeners("KAFKA_ADVERTISED_LISTENERS")
+def _check_listeners(broker: str) -> None:
+    """The broker's listeners, advertised addresses, own quorum vote, published ports and
+    healthcheck agree with each other."""
+    env = _environment(SERVICES[broker])
+    listeners = _listeners("KAFKA_LISTENERS", broker)
+    advertised = _listeners("KAFKA_ADVERTISED_LISTENERS", broker)
     protocols = dict(
         item.split(":") for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
     )
@@ -379,18 +388,24 @@ def test_broker_listeners_are_consistent() -> None:
     assert set(listeners) <= set(protocols), f"listeners without a protocol: {protocols}"
     assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] in advertised
     assert controller in listeners and controller not in advertised
-    voter = env["KAFKA_CONTROLLER_QUORUM_VOTERS"]
-    assert voter == f"{env['KAFKA_NODE_ID']}@{BROKER}:{listeners[controller][1]}"
-    published = {(host_port, target) for _ip, host_port, target in _ports(SERVICES[BROKER])}
+    voters = env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")
+    assert f"{env['KAFKA_NODE_ID']}@{broker}:{listeners[controller][1]}" in voters, voters
+    published = {(host_port, target) for _ip, host_port, target in _ports(SERVICES[broker])}
     for name, (host, port) in advertised.items():
         assert name in listeners and listeners[name][1] == port, f"{name} is advertised on {port}"
         if host in ("localhost", LOOPBACK):  # for clients on the host: must be published
             assert (port, port) in published, f"{name} advertises {host}:{port}, not published"
         else:
-            assert host == BROKER, f"{name} advertises {host}, not reachable in the network"
-    health = " ".join(SERVICES[BROKER]["healthcheck"]["test"])
+            assert host == broker, f"{name} advertises {host}, not reachable in the network"
+    health = " ".join(SERVICES[broker]["healthcheck"]["test"])
     probe = re.search(r"--bootstrap-server\s+localhost:(\d+)", health)
     assert probe and probe.group(1) in {port for _, port in listeners.values()}
+
+
+def test_broker_listeners_are_consistent() -> None:
+    _check_listeners(BROKER)
+    voters = _environment(SERVICES[BROKER])["KAFKA_CONTROLLER_QUORUM_VOTERS"]
+    assert len(voters.split(",")) == 1, f"the single broker is its own quorum, not {voters}"
 
 
 def test_clients_bootstrap_from_the_internal_listener() -> None:
@@ -424,3 +439,86 @@ def test_topics_service_creates_what_the_workers_use() -> None:
         assert set(created) == used, (
             f"{TOPICS!r} creates {sorted(created)}; {name!r} uses {sorted(used)}"
         )
+
+
+# -- the `cluster` profile: three nodes ---------------------------------------------------
+
+
+def test_the_cluster_profile_has_three_kafka_nodes_of_one_image() -> None:
+    assert CLUSTER == ["kafka-1", "kafka-2", "kafka-3"], CLUSTER
+    images = {SERVICES[name]["image"] for name in [*CLUSTER, CLUSTER_TOPICS]}
+    assert len(images) == 1, f"the cluster services use several images: {images}"
+    assert re.fullmatch(r"apache/kafka:4\.\d+\.\d+", images.pop())
+    assert SERVICES[CLUSTER_TOPICS].get("profiles") == [PROFILE]
+
+
+def test_the_default_stack_leaves_the_cluster_out() -> None:
+    for name, service in SERVICES.items():
+        if PROFILE in service.get("profiles", []):
+            continue
+        depends = set(service.get("depends_on", {}))
+        assert not depends & {*CLUSTER, CLUSTER_TOPICS}, (
+            f"{name!r} starts without the profile but depends on cluster services {depends}"
+        )
+
+
+@pytest.mark.parametrize("name", CLUSTER)
+def test_cluster_node_listeners_are_consistent(name: str) -> None:
+    _check_listeners(name)
+
+
+def test_cluster_nodes_form_one_quorum_of_one_cluster() -> None:
+    envs = {name: _environment(SERVICES[name]) for name in CLUSTER}
+    ids = sorted(int(env["KAFKA_NODE_ID"]) for env in envs.values())
+    assert ids == [1, 2, 3], f"node ids {ids}"
+    voters = {env["KAFKA_CONTROLLER_QUORUM_VOTERS"] for env in envs.values()}
+    assert len(voters) == 1, f"the nodes disagree on the quorum: {voters}"
+    named = {vote.split("@")[1].split(":")[0] for vote in voters.pop().split(",")}
+    assert named == set(CLUSTER), f"the quorum names {named}"
+    cluster_ids = {env.get("CLUSTER_ID") for env in envs.values()}
+    assert len(cluster_ids) == 1, f"the nodes would format different clusters: {cluster_ids}"
+    cluster_id = cluster_ids.pop() or ""
+    # StorageTool takes an id starting with "-" for an option; 22 characters of URL-safe
+    # base64 are one UUID.
+    assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]{21}", cluster_id), cluster_id
+
+
+def test_cluster_replicates_three_times_and_writes_need_two_in_sync() -> None:
+    for name in CLUSTER:
+        env = _environment(SERVICES[name])
+        for variable in (
+            "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+            "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+            "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR",
+            "KAFKA_DEFAULT_REPLICATION_FACTOR",
+        ):
+            assert env.get(variable) == "3", f"{name}: {variable}={env.get(variable)}"
+        for variable in (
+            "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR",
+            "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR",
+            "KAFKA_MIN_INSYNC_REPLICAS",
+        ):
+            assert env.get(variable) == "2", f"{name}: {variable}={env.get(variable)}"
+        assert env.get("KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE") == "false", name
+
+
+def test_cluster_topics_are_the_workers_own_replicated_on_the_cluster() -> None:
+    calls = _kafka_topics_calls(CLUSTER_TOPICS)
+    command = SERVICES[CLUSTER_TOPICS]["command"]
+    script = command if isinstance(command, str) else "\n".join(map(str, command))
+    internal = {
+        f"{host}:{port}"
+        for name in CLUSTER
+        for host, port in _listeners("KAFKA_ADVERTISED_LISTENERS", name).values()
+        if host == name
+    }
+    assert calls and all(c.create and c.if_not_exists for c in calls)
+    for call in calls:
+        assert set(call.bootstrap_server.split(",")) == internal, call.bootstrap_server
+        assert call.replication_factor == "3", f"{call.topic}: RF {call.replication_factor}"
+    assert script.count("--config min.insync.replicas=2") == len(calls), script
+    assert {c.topic for c in calls} == {c.topic for c in _kafka_topics_calls(TOPICS)}
+    depends = SERVICES[CLUSTER_TOPICS]["depends_on"]
+    assert {name: d["condition"] for name, d in depends.items()} == dict.fromkeys(
+        CLUSTER, "service_healthy"
+    )

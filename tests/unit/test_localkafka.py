@@ -5,8 +5,19 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
-from pipeline.dev.localkafka import new_cluster_id
+import pytest
+
+from pipeline.dev.localkafka import (
+    BrokerInfo,
+    ClusterInfo,
+    LocalKafka,
+    _Layout,
+    _server_properties,
+    new_cluster_id,
+)
+from pipeline.errors import BrokerError
 
 # A UUID whose URL-safe base64 starts with "-": its first 6 bits are 62 (0b111110).
 DASHED = bytes([0b11111000]) + bytes(15)
@@ -33,3 +44,107 @@ def test_a_cluster_id_is_22_url_safe_characters_of_the_uuid() -> None:
 
     assert len(cluster_id) == 22
     assert base64.urlsafe_b64decode(cluster_id + "==") == raw
+
+
+def _settings(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines())
+
+
+def _info(node_id: int = 1) -> BrokerInfo:
+    return BrokerInfo(
+        pid=0, port=39091 + node_id, controller_port=40000 + node_id,
+        bootstrap=f"127.0.0.1:{39091 + node_id}", data_dir="/d", node_id=node_id,
+    )  # fmt: skip
+
+
+def test_a_single_node_replicates_nothing_and_is_its_own_quorum() -> None:
+    settings = _settings(
+        _server_properties(_info(), Path("/d/logs"), voters="1@127.0.0.1:40001", replicas=1)
+    )
+
+    assert settings["node.id"] == "1"
+    assert settings["controller.quorum.voters"] == "1@127.0.0.1:40001"
+    for name in (
+        "offsets.topic.replication.factor",
+        "transaction.state.log.replication.factor",
+        "transaction.state.log.min.isr",
+        "share.coordinator.state.topic.replication.factor",
+        "share.coordinator.state.topic.min.isr",
+        "default.replication.factor",
+        "min.insync.replicas",
+    ):
+        assert settings[name] == "1", name
+
+
+def test_a_cluster_node_replicates_three_times_and_needs_two_in_sync() -> None:
+    layout = _Layout(3, 39092, (40001, 40002, 40003), "id")
+    settings = _settings(_server_properties(_info(2), Path("/d"), voters=layout.voters, replicas=3))
+
+    assert settings["node.id"] == "2"
+    assert settings["controller.quorum.voters"] == (
+        "1@127.0.0.1:40001,2@127.0.0.1:40002,3@127.0.0.1:40003"
+    )
+    assert settings["listeners"] == "PLAINTEXT://127.0.0.1:39093,CONTROLLER://127.0.0.1:40002"
+    for name in (
+        "offsets.topic.replication.factor",
+        "transaction.state.log.replication.factor",
+        "share.coordinator.state.topic.replication.factor",
+        "default.replication.factor",
+    ):
+        assert settings[name] == "3", name
+    for name in (
+        "transaction.state.log.min.isr",
+        "share.coordinator.state.topic.min.isr",
+        "min.insync.replicas",
+    ):
+        assert settings[name] == "2", name
+    assert settings["unclean.leader.election.enable"] == "false"
+
+
+def test_a_cluster_bootstrap_lists_its_running_nodes() -> None:
+    cluster = ClusterInfo(data_dir="/d", size=3, nodes=(_info(1), _info(3)))
+
+    assert cluster.bootstrap == "127.0.0.1:39092,127.0.0.1:39094"
+
+
+@pytest.mark.parametrize("nodes", [2, 4, 9])
+def test_a_cluster_has_an_odd_number_of_nodes(tmp_path: Path, nodes: int) -> None:
+    with pytest.raises(BrokerError, match=rf"3, 5, 7 nodes .* got {nodes}"):
+        LocalKafka(data_dir=tmp_path).start_cluster(nodes=nodes)
+
+
+def test_a_single_broker_data_dir_refuses_to_become_a_cluster(tmp_path: Path) -> None:
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "meta.properties").write_text("node.id=1\n")
+
+    with pytest.raises(BrokerError, match=r"holds a single-node broker.*another --data-dir"):
+        LocalKafka(data_dir=tmp_path).start_cluster(nodes=3)
+
+
+def test_a_cluster_data_dir_refuses_a_single_broker_start(tmp_path: Path) -> None:
+    _Layout(3, 39092, (1, 2, 3), "id").save(tmp_path / "cluster.json")
+
+    with pytest.raises(BrokerError, match=r"holds a 3-node cluster.*--nodes 3"):
+        LocalKafka(data_dir=tmp_path).start()
+
+
+def test_one_node_alone_cannot_form_a_quorum(tmp_path: Path) -> None:
+    _Layout(3, 39092, (1, 2, 3), "id").save(tmp_path / "cluster.json")
+    kafka = LocalKafka(data_dir=tmp_path)
+
+    with pytest.raises(BrokerError, match=r"quorum needs 2 of 3 .* only 0 other"):
+        kafka.start_node(2)
+    with pytest.raises(BrokerError, match="run from 1 to 3, got 4"):
+        kafka.start_node(4)
+
+
+def test_restarting_a_node_needs_a_cluster(tmp_path: Path) -> None:
+    with pytest.raises(BrokerError, match=r"holds no local cluster.*--nodes 3"):
+        LocalKafka(data_dir=tmp_path).start_node(1)
+
+
+def test_a_cluster_keeps_its_ports(tmp_path: Path) -> None:
+    _Layout(3, 39092, (1, 2, 3), "id").save(tmp_path / "cluster.json")
+
+    with pytest.raises(BrokerError, match=r"ports 39092-39094, but 3 node.*port 40000"):
+        LocalKafka(data_dir=tmp_path).start_cluster(nodes=3, port=40000)

@@ -1,0 +1,140 @@
+"""The rows parity is measured on: a file of the caller's, or rows made up from the signature.
+
+``--sample FILE`` takes JSON lines or CSV. A JSON line is an array of numbers in input
+order, an object of feature names, or a feature event (an object whose ``features`` is
+either). A CSV file may start with a header of feature names; its columns are then put in
+the model's input order. Without a file, 256 rows are drawn from a seeded standard
+normal distribution, and for a model that takes 30 features (the example models'
+breast-cancer rows) the 200 bundled real rows are added, so tree splits and decision
+boundaries see realistic values too.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import ConfigError
+from pipeline.importer.source import Rows
+
+__all__ = ["RANDOM_ROWS", "SEED", "default_rows", "read_rows"]
+
+RANDOM_ROWS = 256
+SEED = 0
+_BREAST_CANCER_FEATURES = 30
+
+
+def default_rows(n_features: int) -> Rows:
+    """Seeded standard-normal rows, plus the bundled breast-cancer rows for 30 features."""
+    rows = np.random.default_rng(SEED).standard_normal((RANDOM_ROWS, n_features))
+    if n_features == _BREAST_CANCER_FEATURES:
+        text = (resources.files("pipeline.dev") / "_data" / "breast_cancer_rows.json").read_text()
+        rows = np.vstack([rows, np.asarray(json.loads(text)["rows"], dtype=np.float64)])
+    return rows.astype(np.float32)
+
+
+def read_rows(path: Path, *, n_features: int, feature_names: Sequence[str] | None) -> Rows:
+    """Read sample rows from a JSON-lines or CSV file, in the model's input order.
+
+    Raises:
+        ConfigError: the file cannot be read, is empty, or a row has the wrong number
+            of values, unknown names, or values that are not finite float32 numbers.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read sample file {path}: {exc}") from exc
+    if path.suffix.lower() == ".csv":
+        rows = _csv_rows(path, text, feature_names)
+    else:
+        rows = _json_rows(path, text, feature_names)
+    if not rows:
+        raise ConfigError(f"sample file {path} has no rows; expected one row per line")
+    return _matrix(path, rows, n_features)
+
+
+def _json_rows(path: Path, text: str, names: Sequence[str] | None) -> list[list[object]]:
+    """Parse JSON lines: arrays, objects of names, or events with ``features``."""
+    rows: list[list[object]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError as exc:
+            raise ConfigError(f"{path} line {number}: not JSON ({exc})") from exc
+        if isinstance(value, dict) and "features" in value:
+            value = value["features"]
+        if isinstance(value, dict):
+            value = _by_name(path, number, value, names)
+        if not isinstance(value, list):
+            raise ConfigError(
+                f"{path} line {number}: expected an array of numbers, an object of feature "
+                f"names or a feature event, got {type(value).__name__}"
+            )
+        rows.append(value)
+    return rows
+
+
+def _csv_rows(path: Path, text: str, names: Sequence[str] | None) -> list[list[object]]:
+    """Parse CSV; a first line that is not all numbers is a header of feature names."""
+    lines = [r for r in csv.reader(text.splitlines()) if r]
+    if lines and not all(_is_number(cell) for cell in lines[0]):
+        header, body = lines[0], lines[1:]
+        return [
+            _by_name(path, n, dict(zip(header, r, strict=False)), names)
+            for n, r in enumerate(body, start=2)
+        ]
+    return [list(r) for r in lines]
+
+
+def _by_name(
+    path: Path, number: int, row: dict[str, object], names: Sequence[str] | None
+) -> list[object]:
+    """Put a row of named values in the model's input order."""
+    if names is None:
+        return list(row.values())
+    unknown = sorted(set(row) - set(names))
+    missing = [n for n in names if n not in row]
+    if unknown or missing:
+        raise ConfigError(
+            f"{path} line {number}: feature names must be the model's; missing {missing[:5]}, "
+            f"unknown {unknown[:5]}"
+        )
+    return [row[n] for n in names]
+
+
+def _is_number(cell: str) -> bool:
+    """True if a CSV cell parses as a float."""
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _matrix(path: Path, rows: list[list[object]], n_features: int) -> Rows:
+    """Check every row's width and values; return them as float32."""
+    for i, row in enumerate(rows):
+        if len(row) != n_features:
+            raise ConfigError(
+                f"{path}: sample row {i} must have {n_features} values (the model's "
+                f"features), got {len(row)}"
+            )
+    try:
+        matrix = np.asarray(rows, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: sample values must all be numbers: {exc}") from exc
+    bad = ~np.isfinite(matrix) | (np.abs(matrix) > np.finfo(np.float32).max)
+    if bad.any():
+        at, column = (int(v) for v in np.argwhere(bad)[0])
+        raise ConfigError(
+            f"{path}: sample row {at} column {column} must be a finite float32 number, "
+            f"got {matrix[at, column]}"
+        )
+    return matrix.astype(np.float32)
