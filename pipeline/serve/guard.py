@@ -78,10 +78,10 @@ class _GuardedHttp(HttpToolsProtocol):
         super().data_received(data)
         # Headers still incomplete after this chunk (counted by on_header as they parse):
         # a client trickling endless headers is cut off without waiting for the deadline.
-        if self._in_headers and not self.transport.is_closing():
-            if self._header_bytes > self.max_header_bytes:
-                self._disarm()
-                self._refuse(431, b"Request Header Fields Too Large")
+        closing = self.transport.is_closing()
+        if self._in_headers and not closing and self._header_bytes > self.max_header_bytes:
+            self._disarm()
+            self._refuse(431, b"Request Header Fields Too Large")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
