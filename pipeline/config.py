@@ -144,6 +144,8 @@ class WorkerConfig(EngineSettings, DoorSettings):
     max_in_flight: int = 20_000
     commit_interval_ms: int = 100
     commit_every_events: int = 10_000
+    metrics_port: int = 0  # 0: no /metrics endpoint of its own (an HTTP door serves one)
+    metrics_host: str = "127.0.0.1"
     kafka: Mapping[str, str] = field(default_factory=dict)
     allow_unsafe_kafka_properties: bool = False
 
@@ -156,6 +158,15 @@ class WorkerConfig(EngineSettings, DoorSettings):
         _check_int(self.topic_partitions, "topic_partitions", 1)
         _check_int(self.commit_interval_ms, "commit_interval_ms", 1)
         _check_int(self.commit_every_events, "commit_every_events", 1)
+        if (
+            isinstance(self.metrics_port, bool)
+            or not isinstance(self.metrics_port, int)
+            or not (0 <= self.metrics_port <= 65535 - self.workers + 1)
+        ):
+            raise ConfigError(
+                f"metrics_port must be a port from 0 (off) to 65535, leaving room for one per "
+                f"worker process, got {self.metrics_port!r}"
+            )
         _check_int(self.max_in_flight, "max_in_flight", self.max_batch_size)
         if self.guarantee not in GUARANTEES:
             raise ConfigError(

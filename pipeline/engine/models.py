@@ -49,6 +49,7 @@ from pipeline.engine.names import PLAIN_NAME_RULE, is_plain_name
 from pipeline.engine.onnxfile import refuse_external_data
 from pipeline.engine.spec import ModelSpec
 from pipeline.errors import ConfigError, ModelLoadError, ModelNotFoundError
+from pipeline.metrics import NULL_SENSOR, Sensor
 
 __all__ = [
     "MANIFEST_FILE",  # re-exported from pipeline.engine.manifest
@@ -234,6 +235,7 @@ class ModelCache:
         clock: Monotonic time source in seconds; injectable for tests.
         session_factory: Builds a session from model bytes and options; the default
             uses onnxruntime's CPU execution provider.
+        sensor: Receives model loads, load failures and evictions.
 
     Raises:
         ConfigError: a setting is out of range.
@@ -249,6 +251,7 @@ class ModelCache:
         reload_interval_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         session_factory: SessionFactory | None = None,
+        sensor: Sensor = NULL_SENSOR,
     ) -> None:
         _check_count("max_loaded", max_loaded, 1)
         _check_count("intra_op_threads", intra_op_threads, 0)
@@ -261,6 +264,7 @@ class ModelCache:
         self._reload_interval_s = float(reload_interval_s)
         self._clock = clock
         self._session_factory = session_factory or _cpu_session
+        self._sensor = sensor
         self._lock = threading.Lock()
         self._loaded: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
         self._loading: dict[tuple[str, str], Future[LoadedModel]] = {}
@@ -364,6 +368,7 @@ class ModelCache:
 
     def _load_for_waiters(self, key: tuple[str, str], future: Future[LoadedModel]) -> LoadedModel:
         """Load `key`, record the outcome, and hand it to every thread waiting on `future`."""
+        started = time.monotonic()
         try:
             model = self._load(*key)
         except BaseException as exc:
@@ -371,13 +376,19 @@ class ModelCache:
                 del self._loading[key]
                 if isinstance(exc, ModelLoadError):
                     self._failed[key] = (exc, self._clock())
+            if isinstance(exc, ModelLoadError):
+                self._sensor.model_load_failed(*key)
             future.set_exception(exc)
             raise
+        evicted = []
         with self._lock:
             del self._loading[key]
             self._loaded[key] = model
             while len(self._loaded) > self._max_loaded:
-                self._loaded.popitem(last=False)
+                evicted.append(self._loaded.popitem(last=False)[0])
+        self._sensor.model_loaded(*key, time.monotonic() - started)
+        for old in evicted:
+            self._sensor.model_evicted(*old)
         future.set_result(model)
         return model
 

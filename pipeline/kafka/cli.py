@@ -98,6 +98,13 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "commit (default: 10000)",
     )
     add(
+        "--metrics-port",
+        type=int,
+        help="serve /metrics, /healthz and /readyz on this port (0: off; with --workers N, "
+        "worker i uses this port + i)",
+    )
+    add("--metrics-host", help="address of the metrics endpoint (default: 127.0.0.1)")
+    add(
         "--allow-unsafe-kafka-properties",
         action="store_true",
         help="allow plugin.library.paths and sasl.kerberos.kinit.cmd",

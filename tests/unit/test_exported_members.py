@@ -25,6 +25,10 @@ RUF022_ORDERED = {
     "pipeline.engine.codec",
     "pipeline.dev.localkafka",
     "pipeline.engine.models",
+    "pipeline.metrics.tracing",
+    "pipeline.metrics.prometheus",
+    "pipeline.metrics.sensor",
+    "pipeline.metrics",
 }
 
 
