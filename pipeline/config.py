@@ -39,6 +39,7 @@ _SECRET_KEY = re.compile(
     r"password|passphrase|secret|\.pem$|key\.pem|private\.key|sasl\.oauthbearer\.config", re.I
 )
 GUARANTEES = ("at-least-once", "exactly-once")
+GROUP_TYPES = ("consumer", "share")
 OFFSET_RESETS = ("earliest", "latest")
 # librdkafka properties that load code or run commands: refused unless explicitly allowed.
 UNSAFE_PROPERTIES = (
@@ -135,6 +136,8 @@ class WorkerConfig(EngineSettings, DoorSettings):
     output_topic: str = "predictions"
     dlq_topic: str = ""  # "" means output_topic + ".dlq"
     group_id: str = "pipeline"
+    group_type: str = "consumer"  # "share": a share group (KIP-932), see pipeline.kafka.share
+    max_delivery_attempts: int = 5  # share groups: acquired more often, a record is dead-lettered
     workers: int = 1
     guarantee: str = "at-least-once"
     transactional_id: str = ""  # exactly-once; "" means pipeline-<group>-<host>-<index>-<pid>
@@ -171,6 +174,19 @@ class WorkerConfig(EngineSettings, DoorSettings):
         if self.guarantee not in GUARANTEES:
             raise ConfigError(
                 f"guarantee must be one of {', '.join(GUARANTEES)}, got {self.guarantee!r}"
+            )
+        if self.group_type not in GROUP_TYPES:
+            raise ConfigError(f"group_type must be consumer or share, got {self.group_type!r}")
+        _check_int(self.max_delivery_attempts, "max_delivery_attempts", 1)
+        if self.group_type == "share" and self.guarantee == "exactly-once":
+            raise ConfigError(
+                "--group-type share gives at-least-once only: share groups acknowledge records "
+                "one by one, outside transactions. Use --group-type consumer for exactly-once"
+            )
+        if self.group_type == "share" and self.max_in_flight != 20_000:
+            raise ConfigError(
+                "--max-in-flight does not apply to --group-type share: each poll's records "
+                "are finished before the next poll, which bounds memory; remove it"
             )
         if self.offset_reset not in OFFSET_RESETS:
             raise ConfigError(f"offset_reset must be earliest or latest, got {self.offset_reset!r}")

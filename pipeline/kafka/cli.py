@@ -53,7 +53,19 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     add("--output-topic", help="topic for predictions (default: predictions)")
     add("--dlq-topic", help="dead-letter topic (default: the output topic + .dlq)")
-    add("--group-id", help="consumer group (default: pipeline)")
+    add("--group-id", help="consumer group, or share group (default: pipeline)")
+    add(
+        "--group-type",
+        choices=("consumer", "share"),
+        help="consumer: a consumer group (default); share: a share group (KIP-932): more "
+        "workers than partitions, no order within a partition, at-least-once",
+    )
+    add(
+        "--max-delivery-attempts",
+        type=int,
+        help="share groups: a record acquired more often than this goes to the dead-letter "
+        "topic (default: 5)",
+    )
     add_engine_flags(add)
     add_door_flags(add, http_default=0, grpc_default=0)
     add("--workers", type=int, metavar="N", help="worker processes in this group (default: 1)")

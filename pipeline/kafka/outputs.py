@@ -86,7 +86,7 @@ class _Predictions:
 class _Letter:
     """One dead letter on its way to the broker."""
 
-    __slots__ = ("error_type", "message", "omit", "outputs", "owed", "record", "stage")
+    __slots__ = ("error_type", "extra", "message", "omit", "outputs", "owed", "record", "stage")
 
     def __init__(
         self,
@@ -95,10 +95,12 @@ class _Letter:
         owed: Owed,
         reason: tuple[str, str, str],
         omit: int,
+        extra: Headers,
     ) -> None:
         self.outputs = outputs
         self.record = record
         self.owed = owed
+        self.extra = [h for h in extra if not h[0].endswith(".omitted")]
         self.stage, self.error_type, self.message = reason
         self.omit = omit
 
@@ -212,16 +214,23 @@ class Outputs:
     # -- dead letters -----------------------------------------------------------------------
 
     def dead_letter(
-        self, record: Message, owed: Owed, reason: tuple[str, str, str], *, omit: int = 0
+        self,
+        record: Message,
+        owed: Owed,
+        reason: tuple[str, str, str],
+        *,
+        omit: int = 0,
+        extra: Headers = (),  # type: ignore[assignment]
     ) -> None:
-        """Write `record` to the DLQ with the headers of `reason` (stage, type, message).
+        """Write `record` to the DLQ with the headers of `reason` (stage, type, message)
+        and `extra` ones.
 
         `omit` 0 sends the original value and headers; 1 leaves the value out; 2 also
         leaves the original headers out.
         """
         original, unreadable = read_headers(record)
         value = record.value()
-        extra: Headers = []
+        extra = list(extra)
         if omit >= 1:
             extra.append(("pipeline.value.omitted", str(len(value or b"")).encode()))
             value = None
@@ -239,7 +248,7 @@ class Outputs:
             offset=record.offset() or 0,
             failed_at_ms=now_ms(),
         )
-        letter = _Letter(self, record, owed, reason, omit)
+        letter = _Letter(self, record, owed, reason, omit, extra)
         self._committer.begin()
         refused = self._produce(self._dlq_topic, value, record.key(), headers + extra,
                                 letter.delivered)  # fmt: skip
@@ -260,7 +269,8 @@ class Outputs:
         """A dead letter the producer or broker would not take: send it smaller, or give up."""
         if letter.omit < 2:
             reason = (letter.stage, letter.error_type, letter.message)
-            self.dead_letter(letter.record, letter.owed, reason, omit=letter.omit + 1)
+            self.dead_letter(letter.record, letter.owed, reason, omit=letter.omit + 1,
+                             extra=letter.extra)  # fmt: skip
         else:
             self._committer.output_failed(letter.record, error)
 

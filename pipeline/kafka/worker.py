@@ -54,6 +54,7 @@ from pipeline.kafka.committer import (
 )
 from pipeline.kafka.offsets import OffsetTracker, TopicPartitionKey
 from pipeline.kafka.outputs import Outputs, Owed, camel, now_ms
+from pipeline.kafka.share import ShareWorker
 from pipeline.kafka.topics import ensure_topics
 from pipeline.kafka.transactions import Transactions, default_transactional_id
 from pipeline.metrics import Sensor, Sensors
@@ -605,10 +606,16 @@ def run_worker(config: WorkerConfig, index: int = 0) -> int:
             stack.callback(endpoint.stop)
         if config.http_port or config.grpc_port:
             stack.enter_context(_doors(config, engine, readiness, sensor, metrics))
-        worker = Worker(
-            config, index=index, engine=engine, stats=stats, sensors=[metrics] if metrics else [],
-            readiness=readiness, lag_interval_ms=_LAG_INTERVAL_MS if metrics else 0,
-        )  # fmt: skip
+        extra = [metrics] if metrics else []
+        worker: Worker | ShareWorker
+        if config.group_type == "share":
+            worker = ShareWorker(config, engine=engine, stats=stats, sensors=extra,
+                                 readiness=readiness)  # fmt: skip
+        else:
+            worker = Worker(
+                config, index=index, engine=engine, stats=stats, sensors=extra,
+                readiness=readiness, lag_interval_ms=_LAG_INTERVAL_MS if metrics else 0,
+            )  # fmt: skip
         _stop_on_signals(worker)
         return worker.run()
 
@@ -637,7 +644,7 @@ def _doors(
         runner.stop()
 
 
-def _stop_on_signals(worker: Worker) -> None:
+def _stop_on_signals(worker: Worker | ShareWorker) -> None:
     def _stop(signum: int, _: FrameType | None) -> None:
         log.info(
             "received %s: finishing batches in flight, then committing", signal.Signals(signum).name

@@ -29,6 +29,7 @@ pipeline_consumer_lag                                       gauge      topic, pa
 pipeline_partitions_assigned, pipeline_partitions_paused    gauge
 pipeline_rebalances_total                                   counter    kind
 pipeline_transactions_total                                 counter    outcome
+pipeline_share_acknowledgements_total                       counter    kind
 pipeline_requests_total                                     counter    door, code
 pipeline_request_seconds                                    histogram  door
 ==========================================================  =========  ============================
@@ -94,6 +95,12 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...]]] = {
     "partitions_paused": ("gauge", "Partitions paused for backpressure", (), ()),
     "rebalances_total": ("counter", "Partitions assigned, revoked or lost", ("kind",), ()),
     "transactions_total": ("counter", "Transactions committed or aborted", ("outcome",), ()),
+    "share_acknowledgements_total": (
+        "counter",
+        "Share groups: records accepted, released or rejected",
+        ("kind",),
+        (),
+    ),
     "requests_total": ("counter", "Front-door requests by door and status", ("door", "code"), ()),
     "request_seconds": ("histogram", "Front-door request duration", ("door",), _SECONDS),
 }
@@ -211,6 +218,9 @@ class PrometheusSensor(Sensor, Collector):
 
     def consumer_lag(self, topic: str, partition: int, lag: int) -> None:
         self._set("consumer_lag", (topic, str(partition)), lag)
+
+    def records_acknowledged(self, kind: str, n: int) -> None:
+        self._add("share_acknowledgements_total", (kind,), n)
 
     def request(self, door: str, status: str, seconds: float) -> None:
         self._add("requests_total", (door, status), 1)

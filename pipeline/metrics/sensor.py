@@ -59,6 +59,9 @@ class Sensor:
     def consumer_lag(self, topic: str, partition: int, lag: int) -> None:
         """The consumer's lag on one partition, from librdkafka's statistics."""
 
+    def records_acknowledged(self, kind: str, n: int) -> None:
+        """Share groups: `n` acquired records were ``accepted``, ``released`` or ``rejected``."""
+
     # -- the front doors --------------------------------------------------------------------
 
     def request(self, door: str, status: str, seconds: float) -> None:
@@ -127,6 +130,10 @@ class Sensors(Sensor):
     def consumer_lag(self, topic: str, partition: int, lag: int) -> None:
         for s in self.sensors:
             s.consumer_lag(topic, partition, lag)
+
+    def records_acknowledged(self, kind: str, n: int) -> None:
+        for s in self.sensors:
+            s.records_acknowledged(kind, n)
 
     def request(self, door: str, status: str, seconds: float) -> None:
         for s in self.sensors:
