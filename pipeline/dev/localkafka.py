@@ -286,6 +286,10 @@ def _server_properties(info: BrokerInfo, log_dirs: Path, *, voters: str, replica
         "share.coordinator.state.topic.num.partitions": "10",
         "unclean.leader.election.enable": "false",
         "group.initial.rebalance.delay.ms": "0",
+        # A share group may shorten its record lock (share.record.lock.duration.ms) down to
+        # 1 s, so a test of redelivery need not wait the default 30 s; groups that do not
+        # ask keep the default.
+        "group.share.min.record.lock.duration.ms": "1000",
         "auto.create.topics.enable": "true",
         "log.retention.hours": "24",
     }
