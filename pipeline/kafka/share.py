@@ -51,6 +51,11 @@ __all__ = ["ShareWorker"]
 
 log = logging.getLogger("pipeline.worker")
 _POLL_S = 0.1
+_ACK_TYPES = {
+    "accepted": AcknowledgeType.ACCEPT,
+    "released": AcknowledgeType.RELEASE,
+    "rejected": AcknowledgeType.REJECT,
+}
 _DRAIN_TIMEOUT_S = 30.0
 
 
@@ -61,13 +66,23 @@ class _Acks:
         self.records = {(m.topic(), m.partition(), m.offset()): m for m in records}
         self.accepted: set[tuple[Any, ...]] = set()
         self.released: set[tuple[Any, ...]] = set()
+        self.rejected: set[tuple[Any, ...]] = set()
 
     def finished(self, owed: Owed, offsets: Sequence[int]) -> None:
         (topic, partition), _ = owed
         self.accepted.update((topic, partition, o) for o in offsets)
 
-    def failed(self, msg: Message) -> None:
-        self.released.add((msg.topic(), msg.partition(), msg.offset()))
+    def failed(self, msg: Message, *, give_up: bool) -> None:
+        key = (msg.topic(), msg.partition(), msg.offset())
+        (self.rejected if give_up else self.released).add(key)
+
+    def kind(self, key: tuple[Any, ...]) -> str:
+        """How to acknowledge the record of `key`."""
+        if key in self.rejected:
+            return "rejected"
+        if key in self.released or key not in self.accepted:
+            return "released"
+        return "accepted"
 
 
 class _ShareCommitter:
@@ -103,14 +118,7 @@ class _ShareCommitter:
         pass
 
     def output_failed(self, msg: Message, err: RdKafkaError) -> None:
-        log.warning(
-            "output for %s[%s]@%s failed (%s): releasing it for redelivery",
-            msg.topic(),
-            msg.partition(),
-            msg.offset(),
-            err,
-        )
-        self._worker.release(msg)
+        self._worker.release(msg, err)
 
     def producer_failed(self, reason: str) -> None:
         self._worker.fail(
@@ -172,10 +180,26 @@ class ShareWorker:
             self.readiness.fatal(str(error))
         self._stopping = True
 
-    def release(self, msg: Message) -> None:
-        """Release `msg` for redelivery instead of accepting it (its output failed)."""
-        if self._acks is not None:
-            self._acks.failed(msg)
+    def release(self, msg: Message, err: RdKafkaError) -> None:
+        """An output of `msg` failed: release it for redelivery, or, once it was acquired
+        more than ``max_delivery_attempts`` times (its dead letter failed too), reject it:
+        the broker archives it and it stays readable in the input topic."""
+        if self._acks is None:
+            return
+        count = msg.delivery_count() or 1
+        give_up = count > self.config.max_delivery_attempts
+        where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+        if give_up:
+            log.error(
+                "output for %s failed (%s) on delivery %d, and so did its dead letter: "
+                "rejecting it; read it back from the input topic",
+                where,
+                err,
+                count,
+            )
+        else:
+            log.warning("output for %s failed (%s): releasing it for redelivery", where, err)
+        self._acks.failed(msg, give_up=give_up)
 
     def run(self) -> int:
         """Run until stopped; return 0 after a clean shutdown.
@@ -206,6 +230,10 @@ class ShareWorker:
             {
                 "group.id": cfg.group_id,
                 "share.acknowledgement.mode": "explicit",
+                # A member acquires at most this many records at a time, so the records a
+                # partition may have locked at once (the group's share.partition.max.record
+                # .locks, 2000 by default) spread over many members instead of one.
+                "max.poll.records": cfg.max_batch_size,
                 **self._common,
             }
         )
