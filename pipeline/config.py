@@ -144,6 +144,8 @@ class WorkerConfig(EngineSettings, DoorSettings):
     offset_reset: str = "earliest"
     create_topics: bool = True
     topic_partitions: int = 4
+    replication_factor: int = 0  # of topics it creates; 0: 3 on clusters of 3+ nodes, else 1
+    min_insync_replicas: int = 0  # of topics it creates; 0: 2 when replicated 3 times, else 1
     max_in_flight: int = 20_000
     commit_interval_ms: int = 100
     commit_every_events: int = 10_000
@@ -159,6 +161,13 @@ class WorkerConfig(EngineSettings, DoorSettings):
             object.__setattr__(self, "dlq_topic", f"{self.output_topic}.dlq")
         _check_int(self.workers, "workers", 1)
         _check_int(self.topic_partitions, "topic_partitions", 1)
+        _check_int(self.replication_factor, "replication_factor", 0)
+        _check_int(self.min_insync_replicas, "min_insync_replicas", 0)
+        if self.replication_factor and self.min_insync_replicas > self.replication_factor:
+            raise ConfigError(
+                f"min_insync_replicas {self.min_insync_replicas} cannot exceed "
+                f"replication_factor {self.replication_factor}: every write would fail"
+            )
         _check_int(self.commit_interval_ms, "commit_interval_ms", 1)
         _check_int(self.commit_every_events, "commit_every_events", 1)
         if (

@@ -93,6 +93,16 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     add("--topic-partitions", type=int, help="partitions of topics it creates (default: 4)")
     add(
+        "--replication-factor",
+        type=int,
+        help="replicas of topics it creates (default: 3 on a cluster of 3+ brokers, else 1)",
+    )
+    add(
+        "--min-insync-replicas",
+        type=int,
+        help="min.insync.replicas of topics it creates (default: 2 with 3 replicas, else 1)",
+    )
+    add(
         "--max-in-flight",
         type=int,
         help="events consumed but not yet acknowledged before partitions pause (default: 20000)",

@@ -215,6 +215,8 @@ class ShareWorker:
             [*cfg.input_topics, cfg.output_topic, cfg.dlq_topic],
             create=cfg.create_topics,
             partitions=cfg.topic_partitions,
+            replication_factor=cfg.replication_factor,
+            min_insync_replicas=cfg.min_insync_replicas,
         )
         _set_offset_reset(admin, cfg.group_id, cfg.offset_reset)
         producer = Producer({"enable.idempotence": True, "linger.ms": 2, **self._common})

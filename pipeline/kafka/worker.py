@@ -250,6 +250,8 @@ class Worker:
             [*cfg.input_topics, cfg.output_topic, cfg.dlq_topic],
             create=cfg.create_topics,
             partitions=cfg.topic_partitions,
+            replication_factor=cfg.replication_factor,
+            min_insync_replicas=cfg.min_insync_replicas,
         )
         self._committer = self._make_committer()
         self._outputs = Outputs(
