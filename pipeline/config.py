@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pipeline.engine.names import is_plain_name
 from pipeline.errors import ConfigError
 
 __all__ = [
@@ -64,6 +65,7 @@ class EngineSettings:
     model_threads: int = 1
     max_loaded_models: int = 8
     stats_interval_s: float = 5.0
+    pins: tuple[str, ...] = ()  # "model=version": served when an event or request names none
 
     def __post_init__(self) -> None:
         _check_int(self.max_batch_size, "max_batch_size", 1)
@@ -75,6 +77,21 @@ class EngineSettings:
             )
         if not (isinstance(self.stats_interval_s, int | float) and 0 < self.stats_interval_s < 1e9):
             raise ConfigError(f"stats_interval_s must be > 0, got {self.stats_interval_s!r}")
+        self.pinned()
+
+    def pinned(self) -> dict[str, str]:
+        """The ``--pin`` settings as model name -> version.
+
+        Raises:
+            ConfigError: an entry is not ``model=version`` of plain names.
+        """
+        pins: dict[str, str] = {}
+        for entry in self.pins:
+            name, sep, version = entry.partition("=")
+            if not sep or not is_plain_name(name.strip()) or not is_plain_name(version.strip()):
+                raise ConfigError(f"--pin takes model=version (plain names), got {entry!r}")
+            pins[name.strip()] = version.strip()
+        return pins
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -305,7 +322,7 @@ def _coerce(cls: type[Any], name: str, raw: object, source: str) -> object:
     """Turn a string from the environment (or a TOML value) into the field's type."""
     kind = {f.name: f.type for f in fields(cls)}[name]
     if not isinstance(raw, str):
-        if name == "input_topics" and isinstance(raw, list):
+        if name in ("input_topics", "pins") and isinstance(raw, list):
             return tuple(str(t) for t in raw)
         if name == "models":
             return Path(str(raw))
@@ -322,7 +339,7 @@ def _coerce(cls: type[Any], name: str, raw: object, source: str) -> object:
     except ValueError as exc:
         article = "an" if kind == "int" else "a"
         raise ConfigError(f"{name} from {source} must be {article} {kind}, got {raw!r}") from exc
-    if name == "input_topics":
+    if name in ("input_topics", "pins"):
         return tuple(t.strip() for t in raw.split(",") if t.strip())
     if name == "models":
         return Path(raw)

@@ -27,6 +27,14 @@ def add_engine_flags(add: Add) -> None:
     add("--stats-interval-s", type=float, help="seconds between stats lines (default: 5)")
     add("--model-threads", type=int, help="ONNX Runtime intra-op threads (default: 1)")
     add("--max-loaded-models", type=int, help="sessions kept loaded, LRU (default: 8)")
+    add(
+        "--pin",
+        dest="pins",
+        action="append",
+        metavar="MODEL=VERSION",
+        help="serve this version to events and requests that name none, instead of the "
+        "newest (repeatable; a store's <model>/PINNED file does the same without a restart)",
+    )
 
 
 def add_door_flags(add: Add, *, http_default: int, grpc_default: int) -> None:

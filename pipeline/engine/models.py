@@ -35,7 +35,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +54,7 @@ from pipeline.metrics import NULL_SENSOR, Sensor
 __all__ = [
     "MANIFEST_FILE",  # re-exported from pipeline.engine.manifest
     "MODEL_FILE",
+    "PIN_FILE",
     "LoadedModel",
     "Manifest",  # re-exported from pipeline.engine.manifest
     "ModelCache",
@@ -62,6 +63,7 @@ __all__ = [
 ]
 
 MODEL_FILE = "model.onnx"
+PIN_FILE = "PINNED"
 T = TypeVar("T")
 
 SessionFactory = Callable[[bytes, ort.SessionOptions], ort.InferenceSession]
@@ -158,6 +160,37 @@ class ModelStore:
         """
         return self.versions(name)[-1]
 
+    def pinned(self, name: str) -> str | None:
+        """Return the version the store pins model `name` to, or None.
+
+        A pin is a file ``<name>/PINNED`` holding one version: events and requests that name
+        no version get it instead of the newest, so a broken new version can be rolled back
+        by writing the old one there, without a restart (it applies within the cache's
+        reload interval).
+
+        Raises:
+            ModelLoadError: the file cannot be read, or names a version that is not a plain
+                name or that the store does not have.
+        """
+        _check_plain("model name", name)
+        file = self._root / name / PIN_FILE
+        if not _guarded(file, file.is_file):
+            return None
+        try:
+            version = file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeError) as exc:
+            raise ModelLoadError(f"cannot read {name}/{PIN_FILE}: {exc}") from exc
+        self.require_version(name, version, f"{name}/{PIN_FILE}")
+        return version
+
+    def require_version(self, name: str, version: str, where: str) -> None:
+        """Refuse a pin (`where` says whose) naming a version the store does not have."""
+        if not is_plain_name(version) or version not in self.versions(name):
+            raise ModelLoadError(
+                f"model {name!r} is pinned to version {version!r} ({where}), which the store "
+                f"does not have; its versions: {_listing(self.versions(name))}"
+            )
+
     def path(self, name: str, version: str) -> Path:
         """Return the real path of the model file of `name` at `version`.
 
@@ -236,6 +269,8 @@ class ModelCache:
         session_factory: Builds a session from model bytes and options; the default
             uses onnxruntime's CPU execution provider.
         sensor: Receives model loads, load failures and evictions.
+        pins: Model name -> the version to serve when none is asked for (``--pin``); wins
+            over the store's own pins (`ModelStore.pinned`).
 
     Raises:
         ConfigError: a setting is out of range.
@@ -252,6 +287,7 @@ class ModelCache:
         clock: Callable[[], float] = time.monotonic,
         session_factory: SessionFactory | None = None,
         sensor: Sensor = NULL_SENSOR,
+        pins: Mapping[str, str] | None = None,
     ) -> None:
         _check_count("max_loaded", max_loaded, 1)
         _check_count("intra_op_threads", intra_op_threads, 0)
@@ -265,6 +301,7 @@ class ModelCache:
         self._clock = clock
         self._session_factory = session_factory or _cpu_session
         self._sensor = sensor
+        self._pins = dict(pins or {})
         self._lock = threading.Lock()
         self._loaded: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
         self._loading: dict[tuple[str, str], Future[LoadedModel]] = {}
@@ -335,7 +372,7 @@ class ModelCache:
         if unknown is not None and now - unknown[1] < self._reload_interval_s:
             raise unknown[0].with_traceback(None)
         try:
-            version = self._store.latest(name)
+            version = self._current(name)
         except ModelNotFoundError as exc:
             with self._lock:
                 self._unknown[name] = (exc, now)
@@ -347,6 +384,15 @@ class ModelCache:
             self._newest[name] = (version, now)
             self._unknown.pop(name, None)
         return version
+
+    def _current(self, name: str) -> str:
+        """The version served to those who name none: a ``--pin``, the store's pin, or the
+        newest."""
+        pin = self._pins.get(name)
+        if pin is not None:
+            self._store.require_version(name, pin, "--pin")
+            return pin
+        return self._store.pinned(name) or self._store.latest(name)
 
     def _claim(self, key: tuple[str, str]) -> tuple[Future[LoadedModel], bool]:
         """Return the pending load of `key` and whether the caller must run it.

@@ -25,6 +25,7 @@ def build_engine(settings: EngineSettings, sensor: Sensor, *, max_queue: int | N
         max_loaded=settings.max_loaded_models,
         intra_op_threads=settings.model_threads,
         sensor=sensor,
+        pins=settings.pinned(),
     )
     return Engine(
         cache,

@@ -18,8 +18,9 @@ def _run(args: argparse.Namespace) -> int:
     flags = {k: v for k, v in vars(args).items() if k not in ("handler", "command", "config", "X")}
     if args.X:
         flags["kafka"] = parse_properties(args.X)
-    if "input_topics" in flags:
-        flags["input_topics"] = tuple(flags["input_topics"])
+    for name in ("input_topics", "pins"):
+        if name in flags:
+            flags[name] = tuple(flags[name])
     config = load_config(flags, config_file=args.config)
     setup_logging()
     if config.workers > 1:

@@ -14,6 +14,8 @@ __all__ = ["add_serve_parser"]
 
 def _serve(args: argparse.Namespace) -> int:
     flags = {k: v for k, v in vars(args).items() if k not in ("handler", "command", "config")}
+    if "pins" in flags:
+        flags["pins"] = tuple(flags["pins"])
     settings = load_settings(ServeConfig, flags, config_file=args.config)
     setup_logging()
     from pipeline.serve.server import serve
