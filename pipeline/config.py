@@ -66,6 +66,7 @@ class EngineSettings:
     max_loaded_models: int = 8
     stats_interval_s: float = 5.0
     pins: tuple[str, ...] = ()  # "model=version": served when an event or request names none
+    latency_target_ms: float = 0.0  # > 0: size batches from this target, not max_wait_ms
 
     def __post_init__(self) -> None:
         _check_int(self.max_batch_size, "max_batch_size", 1)
@@ -77,6 +78,11 @@ class EngineSettings:
             )
         if not (isinstance(self.stats_interval_s, int | float) and 0 < self.stats_interval_s < 1e9):
             raise ConfigError(f"stats_interval_s must be > 0, got {self.stats_interval_s!r}")
+        target = self.latency_target_ms
+        if not (isinstance(target, int | float) and 0 <= target <= 60_000):
+            raise ConfigError(
+                f"latency_target_ms must be a number from 0 (off) to 60000, got {target!r}"
+            )
         self.pinned()
 
     def pinned(self) -> dict[str, str]:

@@ -24,6 +24,12 @@ def add_engine_flags(add: Add) -> None:
     add("--default-model", metavar="NAME", help="model for events and requests that name none")
     add("--max-batch-size", type=int, help="rows per inference batch at most (default: 256)")
     add("--max-wait-ms", type=float, help="longest a row waits for its batch (default: 5)")
+    add(
+        "--latency-target-ms",
+        type=float,
+        help="size batches from this target for an event's time through the worker, from "
+        "the measured cost per batch size, instead of --max-wait-ms (default: 0, off)",
+    )
     add("--stats-interval-s", type=float, help="seconds between stats lines (default: 5)")
     add("--model-threads", type=int, help="ONNX Runtime intra-op threads (default: 1)")
     add("--max-loaded-models", type=int, help="sessions kept loaded, LRU (default: 8)")

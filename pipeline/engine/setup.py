@@ -33,6 +33,7 @@ def build_engine(settings: EngineSettings, sensor: Sensor, *, max_queue: int | N
         max_wait_ms=settings.max_wait_ms,
         max_queue_rows=max_queue,
         sensor=sensor,
+        latency_target_ms=settings.latency_target_ms or None,
     )
 
 

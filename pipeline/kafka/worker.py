@@ -172,6 +172,7 @@ class Worker:
             max_batch_size=config.max_batch_size,
             max_wait_ms=config.max_wait_ms,
             sensor=self._sensor,
+            latency_target_ms=config.latency_target_ms or None,
         )
         self._decoder = EventDecoder(
             catalog=self._engine.models, default_model=config.default_model
