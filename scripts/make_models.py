@@ -46,11 +46,11 @@ __all__ = [
     "PROBABILITY_OUTPUT",
     "TARGET_OPSET",
     "VERSION",
+    "WIDE",
     "build_models",
     "feature_names",
     "label_names",
     "load_data",
-    "WIDE",
     "main",
     "write_models",
 ]
