@@ -52,8 +52,8 @@ def now_ms() -> int:
 class _Predictions:
     """The predictions of one outcome on their way to the broker."""
 
-    __slots__ = ("handed_off", "offsets", "outputs", "owed", "pending", "records", "spec", "ts",
-                 "values")  # fmt: skip
+    __slots__ = ("handed_off", "offsets", "outputs", "owed", "pending", "produced_at", "records",
+                 "spec", "ts", "values")  # fmt: skip
 
     def __init__(
         self,
@@ -74,6 +74,7 @@ class _Predictions:
         self.values = values
         self.pending = len(values)
         self.handed_off: set[int] = set()  # positions that became dead letters instead
+        self.produced_at = time.monotonic()
 
     def delivered(self, err: RdKafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -203,6 +204,10 @@ class Outputs:
         if not offsets:
             return
         self._finish(sent.owed, offsets)
+        spec = sent.spec
+        self._sensor.produce_acknowledged(
+            spec.name, spec.version, time.monotonic() - sent.produced_at
+        )
         self._sensor.records_produced(self._output_topic, len(offsets))
         latencies = (now_ms() - np.asarray(ts, dtype=np.float64)) / 1000.0
         self._sensor.predictions(sent.spec.name, sent.spec.version, latencies)

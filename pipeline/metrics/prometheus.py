@@ -21,6 +21,7 @@ pipeline_rows_expired_total                                 counter    model, ve
 pipeline_batch_size                                         histogram  model, version
 pipeline_queue_wait_seconds                                 histogram  model, version
 pipeline_inference_seconds                                  histogram  model, version
+pipeline_produce_ack_seconds                                histogram  model, version
 pipeline_event_to_prediction_seconds                        histogram  model, version
 pipeline_model_loads_total                                  counter    model, version
 pipeline_model_load_failures_total                          counter    model, version
@@ -76,6 +77,12 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...]]] = {
         _SECONDS,
     ),
     "inference_seconds": ("histogram", "How long one batch took in ONNX Runtime", _MV, _SECONDS),
+    "produce_ack_seconds": (
+        "histogram",
+        "From a batch's first prediction produced to its last acknowledged by the broker",
+        _MV,
+        _SECONDS,
+    ),
     "event_to_prediction_seconds": (
         "histogram",
         "From an event's time to its prediction's acknowledgement",
@@ -202,6 +209,9 @@ class PrometheusSensor(Sensor, Collector):
             series = self._values["predictions_total"]
             series[labels] = series.get(labels, 0.0) + len(latencies_s)
             self._histograms["event_to_prediction_seconds"].observe(labels, latencies_s)
+
+    def produce_acknowledged(self, model: str, version: str, seconds: float) -> None:
+        self._observe("produce_ack_seconds", (model, version), np.array([seconds]))
 
     def dead_letters(self, stage: str, error_type: str, n: int) -> None:
         self._add("dead_letters_total", (stage, error_type), n)

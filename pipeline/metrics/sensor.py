@@ -44,6 +44,10 @@ class Sensor:
     def predictions(self, model: str, version: str, latencies_s: np.ndarray) -> None:
         """Predictions were acknowledged; one event-to-prediction latency each (seconds)."""
 
+    def produce_acknowledged(self, model: str, version: str, seconds: float) -> None:
+        """A batch's predictions took `seconds` from the first produce call to the last
+        acknowledgement by the broker."""
+
     def dead_letters(self, stage: str, error_type: str, n: int) -> None:
         """`n` dead letters were acknowledged."""
 
@@ -110,6 +114,10 @@ class Sensors(Sensor):
     def predictions(self, model: str, version: str, latencies_s: np.ndarray) -> None:
         for s in self.sensors:
             s.predictions(model, version, latencies_s)
+
+    def produce_acknowledged(self, model: str, version: str, seconds: float) -> None:
+        for s in self.sensors:
+            s.produce_acknowledged(model, version, seconds)
 
     def dead_letters(self, stage: str, error_type: str, n: int) -> None:
         for s in self.sensors:

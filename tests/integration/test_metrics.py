@@ -80,6 +80,8 @@ def test_metrics_match_what_was_consumed_predicted_and_dead_lettered(
     assert 1 <= executions <= len(goods)
     assert total(m, "pipeline_batch_size_count", model=MLP) == executions
     assert total(m, "pipeline_event_to_prediction_seconds_count", model=MLP) == len(goods)
+    # one produce-to-acknowledgement per batch of one partition: at least one per execution
+    assert executions <= total(m, "pipeline_produce_ack_seconds_count", model=MLP) <= len(goods)
     assert total(m, "pipeline_partitions_assigned") == 2
     assert total(m, "pipeline_model_loads_total") >= 1
 
