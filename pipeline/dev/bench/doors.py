@@ -1,0 +1,473 @@
+"""``python -m pipeline.dev.bench.doors``: the front doors side by side with per-request peers.
+
+The same model (breast-cancer-mlp), the same 200 rows (``pipeline/dev/_data``, numbers as
+written there) and the same machine for everyone: the seed's design (Flask calling ONNX
+Runtime once per request, under gunicorn) and a FastAPI app doing the same (under uvicorn),
+each with the settings that serve it best, against ``pipeline serve`` in one process (and
+in two). A load generator written in Go (`pipeline.dev.bench.doorload`, built into
+``.cache/`` at the start) calls each door with 1, 8 and 64 closed-loop callers, round after
+round so noise spreads over every contender alike; then the HTTP and gRPC doors of
+``pipeline serve`` get an open loop at half of their 64-caller maximum, for latency.
+
+The full run (the default) takes about ten minutes on two cores; ``--quick`` well under a
+minute (its figures mean nothing: it checks the benchmark still runs). Results go to
+``bench-results/`` (``doors-<timestamp>.json``, ``doors-latest.json``, ``doors-latest.md``
+and the plot); ``--publish`` also writes ``docs/bench-doors.md`` and
+``docs/bench-doors.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pipeline.dev.bench import doorreport
+from pipeline.dev.bench.doorload import DoorBenchError, Load, build_loadgen, run_load
+from pipeline.dev.bench.doorservers import (
+    DOORS,
+    MODEL,
+    REPO_ROOT,
+    Running,
+    Server,
+    Setup,
+    running,
+    servers,
+)
+from pipeline.errors import ConfigError, PipelineError
+
+__all__ = ["FULL", "QUICK", "Plan", "main", "run_suite"]
+
+_ROWS = resources.files("pipeline.dev") / "_data" / "breast_cancer_rows.json"
+_BATCH = re.compile(r"mean batch ([\d.]+) .*? requests (\d+)/s")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """How much to run.
+
+    Attributes:
+        name: ``full`` or ``quick``.
+        rounds: Times every point is measured (the median is reported).
+        concurrencies: Closed-loop callers per point.
+        duration_s: Measured seconds per closed-loop point.
+        warmup_s: Seconds of load before each point's window.
+        latency_load: The open loop's rate, as a share of the door's 64-caller maximum.
+        latency_s: Measured seconds of the open loop.
+        latency_warmup_s: Seconds of open-loop load before its window.
+    """
+
+    name: str
+    rounds: int
+    concurrencies: tuple[int, ...] = (1, 8, 64)
+    duration_s: float
+    warmup_s: float
+    latency_load: float = 0.5
+    latency_s: float
+    latency_warmup_s: float
+
+
+FULL = Plan(name="full", rounds=3, duration_s=5, warmup_s=1.5, latency_s=10, latency_warmup_s=2)
+QUICK = Plan(
+    name="quick", rounds=1, duration_s=0.4, warmup_s=0.2, latency_s=0.5, latency_warmup_s=0.2
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """What every point of a run shares."""
+
+    plan: Plan
+    binary: Path
+    rows: Path
+    logs_dir: Path
+    setup: Setup
+    progress: Callable[[str], None]
+
+
+@dataclass(slots=True)
+class _Figures:
+    """What the rounds have measured so far.
+
+    Attributes:
+        runs: ``(contender, door, callers)`` -> one point per round.
+        memory: Contender -> its peak RSS figures, one per round.
+        latency: The open-loop points (measured in the last round of ``serve-1``).
+    """
+
+    runs: dict[tuple[str, str, int], list[dict[str, Any]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    memory: dict[str, list[dict[str, float]]] = field(default_factory=lambda: defaultdict(list))
+    latency: dict[str, Any] = field(default_factory=dict)
+
+
+def run_suite(
+    plan: Plan,
+    binary: Path,
+    logs_dir: Path,
+    *,
+    max_wait_ms: float,
+    serve_args: Sequence[str] = (),
+    skip: Sequence[str] = (),
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run every contender's points, round by round (the open loop in the last round of
+    ``pipeline serve``, 1 process); return the figures."""
+    setup = Setup(
+        cores=len(os.sched_getaffinity(0)),
+        max_wait_ms=max_wait_ms,
+        stats_interval_s=min(1.0, plan.duration_s / 4),
+        serve_args=tuple(serve_args),
+    )
+    contenders = [
+        replace(s, not_run="skipped with --skip") if s.key in skip and not s.not_run else s
+        for s in servers(setup)
+    ]
+    figures = _Figures()
+    with resources.as_file(_ROWS) as rows:
+        ctx = _Context(plan, binary, rows, logs_dir, setup, progress)
+        for n in range(plan.rounds):
+            for server in contenders:
+                if not server.not_run:
+                    _round(ctx, server, n, figures)
+    table = [_row(server, door, figures, plan) for server in contenders for door in server.doors]
+    return {
+        "plan": asdict(plan),
+        "cores": setup.cores,
+        "max_wait_ms": max_wait_ms,
+        "rows": table,
+        "latency": figures.latency or {"not_run": "pipeline serve did not run", "points": []},
+    }
+
+
+def _round(ctx: _Context, server: Server, n: int, figures: _Figures) -> None:
+    """One round of `server`: start it, measure every door at every concurrency (then, in
+    the last round of ``serve-1``, the open loop), stop it."""
+    logs = ctx.logs_dir / f"round-{n + 1}"
+    try:
+        with running(server, logs, ctx.setup) as up:
+            for door in server.doors:
+                for callers in ctx.plan.concurrencies:
+                    point = _point(ctx, up, server.kind, door, callers=callers)
+                    figures.runs[server.key, door, callers].append(point)
+                    ctx.progress(
+                        f"round {n + 1}/{ctx.plan.rounds} {server.key} {door} "
+                        f"x{callers}: {_describe(point)}"
+                    )
+            if server.key == "serve-1" and n == ctx.plan.rounds - 1:
+                figures.latency = _open_loop(ctx, up, figures)
+            peak = up.sampler.figures()
+        figures.memory[server.key].append(
+            {"peak_rss_mb": peak.peak_rss_mb, "peak_rss_sum_mb": peak.peak_rss_sum_mb}
+        )
+    except DoorBenchError as exc:  # it did not start: every point of the round failed
+        ctx.progress(f"round {n + 1}/{ctx.plan.rounds} {server.key}: {exc}")
+        for door in server.doors:
+            for callers in ctx.plan.concurrencies:
+                figures.runs[server.key, door, callers].append({"error": str(exc)})
+
+
+def _point(
+    ctx: _Context,
+    up: Running,
+    kind: str,
+    door: str,
+    *,
+    callers: int = 1,
+    rate: float | None = None,
+) -> dict[str, Any]:
+    """Run the generator once on `door`; its report plus the server's CPU and batch size."""
+    _, proto, api = DOORS[door]
+    open_loop = rate is not None
+    load = Load(
+        proto=proto,
+        api=api,
+        targets=up.targets(proto),
+        rows=ctx.rows,
+        model=MODEL,
+        concurrency=callers,
+        rate=rate,
+        duration_s=ctx.plan.latency_s if open_loop else ctx.plan.duration_s,
+        warmup_s=ctx.plan.latency_warmup_s if open_loop else ctx.plan.warmup_s,
+    )
+    marks: dict[str, tuple[float, list[int]]] = {}
+
+    def on_mark(mark: str) -> None:
+        marks[mark] = (up.sampler.cpu_seconds(), up.log_sizes())
+
+    try:
+        report = run_load(ctx.binary, load, on_mark)
+        up.check_alive()
+    except DoorBenchError as exc:
+        return {"error": str(exc)}
+    if set(marks) != {"measuring", "measured"}:
+        return {"error": f"the load generator marked {sorted(marks)} of its window, not both"}
+    (cpu_from, logs_from), (cpu_to, logs_to) = marks["measuring"], marks["measured"]
+    server_cpu = cpu_to - cpu_from
+    answered = report["requests"]
+    return {
+        **{k: v for k, v in report.items() if k not in ("targets", "proto", "api", "cpu_s")},
+        "server_cpu_s": server_cpu,
+        "cpu_s_per_1k": server_cpu / answered * 1000 if answered else None,
+        "server_cpu_cores": server_cpu / load.duration_s,
+        "loadgen_cpu_cores": report["cpu_s"] / load.duration_s,
+        "mean_batch": mean_batch(up.log_between(logs_from, logs_to)) if kind == "door" else None,
+    }
+
+
+def mean_batch(log: str) -> float | None:
+    """Rows per inference over the stats lines in `log` (one per interval of equal length):
+    every line's rows divided by every line's batches."""
+    rows = batches = 0.0
+    for match in _BATCH.finditer(log):
+        mean, rate = float(match.group(1)), float(match.group(2))
+        if mean > 0 and rate > 0:
+            rows += rate
+            batches += rate / mean
+    return rows / batches if batches else None
+
+
+def _failure(point: dict[str, Any]) -> str | None:
+    """Why a point has no figures, or None when it has."""
+    if "error" in point:
+        return str(point["error"])
+    if not point["requests"]:
+        return f"no request answered within the window; errors: {point['error_samples']}"
+    return None
+
+
+def _describe(point: dict[str, Any]) -> str:
+    failure = _failure(point)
+    if failure is not None:
+        return "failed: " + failure.splitlines()[0]
+    text = f"{point['requests_per_s']:,.0f} req/s, p50 {point['p50_ms']} p99 {point['p99_ms']} ms"
+    if point.get("mean_batch"):
+        text += f", mean batch {point['mean_batch']:.1f}"
+    return text + (f", {point['errors']} errors {point['error_kinds']}" if point["errors"] else "")
+
+
+def _median(points: list[dict[str, Any]], field: str) -> float | None:
+    values = [p[field] for p in points if p.get(field) is not None]
+    return statistics.median(values) if values else None
+
+
+_SUMMED = (
+    "requests_per_s",
+    "p50_ms",
+    "p99_ms",
+    "p999_ms",
+    "cpu_s_per_1k",
+    "server_cpu_cores",
+    "loadgen_cpu_cores",
+    "mean_batch",
+)
+
+
+def _row(server: Server, door: str, figures: _Figures, plan: Plan) -> dict[str, Any]:
+    """One table row: medians over the rounds per concurrency, the largest peak RSS."""
+    row: dict[str, Any] = {
+        "key": server.key,
+        "door": door,
+        "label": server.label,
+        "door_label": DOORS[door][0],
+        "settings": server.settings,
+        "notes": server.notes,
+        "kind": server.kind,
+        "instances": server.instances,
+        "not_run": server.not_run,
+        "points": {},
+        "runs": {},
+    }
+    failed: dict[str, list[str]] = {}
+    for callers in plan.concurrencies:
+        got = figures.runs.get((server.key, door, callers), [])
+        row["runs"][str(callers)] = got
+        good = [p for p in got if _failure(p) is None]
+        reasons = [r for r in map(_failure, got) if r is not None]
+        if reasons:
+            failed[str(callers)] = reasons
+        if good:
+            row["points"][str(callers)] = {
+                **{f: _median(good, f) for f in _SUMMED},
+                "errors": sum(p["errors"] for p in good),
+                "rounds": len(good),
+            }
+    row["failed"] = failed
+    memory = figures.memory.get(server.key)
+    if memory:
+        row["peak_rss_mb"] = max(m["peak_rss_mb"] for m in memory)
+        row["peak_rss_sum_mb"] = max(m["peak_rss_sum_mb"] for m in memory)
+    if not row["points"] and not row["not_run"]:
+        first = next(iter(failed.values()), ["no run"])[0]
+        row["not_run"] = "failed: " + first.splitlines()[0]
+    return row
+
+
+def _open_loop(ctx: _Context, up: Running, figures: _Figures) -> dict[str, Any]:
+    """The open loop at `plan.latency_load` of each main door's median 64-caller maximum."""
+    top = max(ctx.plan.concurrencies)
+    load = ctx.plan.latency_load
+    points: list[dict[str, Any]] = []
+    for door in ("http", "grpc"):
+        good = [p for p in figures.runs["serve-1", door, top] if p.get("requests")]
+        if not good:
+            why = f"no {top}-caller maximum to take {load:.0%} of"
+            points.append({"door": door, "load": load, "rate": None, "error": why})
+            continue
+        rate = load * (_median(good, "requests_per_s") or 0.0)
+        point = _point(ctx, up, "door", door, rate=rate)
+        ctx.progress(f"open loop serve-1 {door} at {rate:,.0f} req/s: {_describe(point)}")
+        points.append({"door": door, "load": load, "rate": rate, **point})
+    return {"key": "serve-1", "max_wait_ms": ctx.setup.max_wait_ms, "points": points}
+
+
+# -- the command -------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m pipeline.dev.bench.doors``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.dev.bench.doors",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--quick", action="store_true", help="well under a minute: 1 round, 0.4 s points")
+    add(
+        "--publish",
+        action="store_true",
+        help="also write docs/bench-doors.md and docs/bench-doors.png",
+    )
+    add("--results-dir", type=Path, default=Path("bench-results"), help="default: bench-results")
+    add("--docs-dir", type=Path, default=None, help="where --publish writes (default: docs/)")
+    add("--cache-dir", type=Path, default=None, help="where Go builds (default: .cache/)")
+    add("--rounds", type=int, default=None, help="rounds (default: 3; quick 1)")
+    add(
+        "--duration-s",
+        type=float,
+        default=None,
+        help="measured seconds per point (default: 5; quick 0.4)",
+    )
+    add(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="pipeline serve's --max-wait-ms (default: 5, its own default)",
+    )
+    add(
+        "--serve-args",
+        default="",
+        metavar="FLAGS",
+        help="further flags for pipeline serve, as one string: "
+        "--serve-args='--max-concurrent-streams 1000'",
+    )
+    add(
+        "--skip",
+        default="",
+        metavar="KEYS",
+        help="comma-separated contenders to leave out: flask-sync, flask-gthread, fastapi, serve-2",
+    )
+    return parser
+
+
+def _plan(args: argparse.Namespace) -> Plan:
+    plan = QUICK if args.quick else FULL
+    if args.rounds is not None:
+        if args.rounds < 1:
+            raise ConfigError(f"--rounds must be an integer >= 1, got {args.rounds}")
+        plan = replace(plan, rounds=args.rounds)
+    if args.duration_s is not None:
+        if not args.duration_s > 0:
+            raise ConfigError(f"--duration-s must be above 0, got {args.duration_s}")
+        plan = replace(plan, duration_s=args.duration_s)
+    if not 0 <= args.max_wait_ms <= 60_000:
+        raise ConfigError(f"--max-wait-ms must be from 0 to 60000, got {args.max_wait_ms}")
+    skip = {s for s in args.skip.split(",") if s}
+    allowed = {"flask-sync", "flask-gthread", "fastapi", "serve-2"}
+    if skip - allowed:
+        raise ConfigError(
+            f"--skip takes {', '.join(sorted(allowed))}; got {', '.join(sorted(skip - allowed))}"
+        )
+    return plan
+
+
+def run_doors(args: argparse.Namespace) -> int:
+    """Build the generator, run the suite, write the results; print the Markdown; return 0."""
+    plan = _plan(args)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    started = time.monotonic()
+    out: Path = args.results_dir
+    _progress("building the load generator (Go) into .cache/")
+    binary = build_loadgen(args.cache_dir or REPO_ROOT / ".cache")
+    _progress(f"built in {time.monotonic() - started:.1f} s")
+    machine = doorreport.describe_machine()
+    results = run_suite(
+        plan,
+        binary,
+        out / "logs" / f"doors-{stamp}",
+        max_wait_ms=args.max_wait_ms,
+        serve_args=shlex.split(args.serve_args),
+        skip=[s for s in args.skip.split(",") if s],
+        progress=_progress,
+    )
+    results["meta"] = {
+        "started_at": stamp,
+        "finished_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "seconds": round(time.monotonic() - started, 1),
+        "command": _command(args),
+        "machine": machine,
+    }
+    results["targets"] = doorreport.evaluate_targets(results)
+    text = doorreport.write_all(results, out, stamp)
+    print(text)
+    if args.publish:
+        docs: Path = args.docs_dir or REPO_ROOT / "docs"
+        docs.mkdir(parents=True, exist_ok=True)
+        (docs / "bench-doors.md").write_text(text)
+        if (out / "doors-latest.png").exists():
+            shutil.copyfile(out / "doors-latest.png", docs / "bench-doors.png")
+        _progress(f"published {docs / 'bench-doors.md'}")
+    return 0
+
+
+def _progress(line: str) -> None:
+    print(f"bench-doors | {line}", file=sys.stderr, flush=True)
+
+
+def _command(args: argparse.Namespace) -> str:
+    parts = ["python", "-m", "pipeline.dev.bench.doors"]
+    parts += ["--quick"] if args.quick else []
+    for flag, value in (("--rounds", args.rounds), ("--duration-s", args.duration_s)):
+        parts += [flag, f"{value:g}"] if value is not None else []
+    parts += ["--max-wait-ms", f"{args.max_wait_ms:g}"] if args.max_wait_ms != 5.0 else []
+    parts += [f"--serve-args={args.serve_args}"] if args.serve_args else []
+    parts += ["--skip", args.skip] if args.skip else []
+    parts += ["--publish"] if args.publish else []
+    return shlex.join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``python -m pipeline.dev.bench.doors``; return its exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run_doors(args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
