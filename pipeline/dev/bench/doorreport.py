@@ -227,6 +227,26 @@ def _open_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+BUSY_CORES = 0.2
+"""Other processes using more CPU than this during a window make the run not fit to quote."""
+
+
+def _others(results: dict[str, Any]) -> list[str]:
+    """A line on the CPU other processes took during the windows; a warning if too much."""
+    points = [p for r in results["rows"] for runs in r["runs"].values() for p in runs]
+    points += results["latency"]["points"]
+    others = sorted(p["others_cpu_cores"] for p in points if "others_cpu_cores" in p)
+    if not others:
+        return []
+    line = (f"Other processes (neither the server nor the load generator) used "
+            f"{others[len(others) // 2]:.2f} CPU cores in the median window, "
+            f"{others[-1]:.2f} at most.")  # fmt: skip
+    if others[-1] > BUSY_CORES:
+        line += (" **The machine was not idle: these figures are not fit to quote; run again "
+                 "on an idle machine.**")  # fmt: skip
+    return [line, ""]
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The report: machine, closed-loop table, open-loop table, targets, how to reproduce."""
     meta, machine = results["meta"], results["meta"]["machine"]
@@ -245,7 +265,7 @@ def markdown(results: dict[str, Any]) -> str:
             "fraction of a second, so its figures are not fit to quote.",
             "",
         ]
-    lines += [*_closed_table(results), "", *_notes(results), ""]
+    lines += [*_others(results), *_closed_table(results), "", *_notes(results), ""]
     lines += [*_open_table(results), "", "Targets:", ""]
     for t in results["targets"]:
         verdict = {True: "met", False: "missed", None: "not measured"}[t["met"]]

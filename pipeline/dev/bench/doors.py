@@ -34,6 +34,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from pipeline.dev.bench import doorreport
 from pipeline.dev.bench.doorload import DoorBenchError, Load, build_loadgen, run_load
 from pipeline.dev.bench.doorservers import (
@@ -203,29 +205,50 @@ def _point(
         duration_s=ctx.plan.latency_s if open_loop else ctx.plan.duration_s,
         warmup_s=ctx.plan.latency_warmup_s if open_loop else ctx.plan.warmup_s,
     )
-    marks: dict[str, tuple[float, list[int]]] = {}
-
-    def on_mark(mark: str) -> None:
-        marks[mark] = (up.sampler.cpu_seconds(), up.log_sizes())
-
+    marks = _Marks(up)
     try:
-        report = run_load(ctx.binary, load, on_mark)
+        report = run_load(ctx.binary, load, marks)
         up.check_alive()
     except DoorBenchError as exc:
         return {"error": str(exc)}
-    if set(marks) != {"measuring", "measured"}:
-        return {"error": f"the load generator marked {sorted(marks)} of its window, not both"}
-    (cpu_from, logs_from), (cpu_to, logs_to) = marks["measuring"], marks["measured"]
-    server_cpu = cpu_to - cpu_from
-    answered = report["requests"]
-    return {
-        **{k: v for k, v in report.items() if k not in ("targets", "proto", "api", "cpu_s")},
-        "server_cpu_s": server_cpu,
-        "cpu_s_per_1k": server_cpu / answered * 1000 if answered else None,
-        "server_cpu_cores": server_cpu / load.duration_s,
-        "loadgen_cpu_cores": report["cpu_s"] / load.duration_s,
-        "mean_batch": mean_batch(up.log_between(logs_from, logs_to)) if kind == "door" else None,
-    }
+    if set(marks.seen) != {"measuring", "measured"}:
+        return {"error": f"the load generator marked {sorted(marks.seen)} of its window"}
+    return marks.figures(report, load.duration_s, batching=kind == "door")
+
+
+@dataclass(slots=True)
+class _Marks:
+    """What was sampled when the generator's window opened and closed: the server's CPU
+    time, the whole machine's busy CPU time, and how far the server's logs had got."""
+
+    up: Running
+    seen: dict[str, tuple[float, float, list[int]]] = field(default_factory=dict)
+
+    def __call__(self, mark: str) -> None:
+        self.seen[mark] = (self.up.sampler.cpu_seconds(), _busy_s(), self.up.log_sizes())
+
+    def figures(self, report: dict[str, Any], seconds: float, *, batching: bool) -> dict[str, Any]:
+        """The generator's report, plus the server's CPU, the others' and its mean batch."""
+        (cpu_from, busy_from, logs_from) = self.seen["measuring"]
+        (cpu_to, busy_to, logs_to) = self.seen["measured"]
+        server, loadgen = cpu_to - cpu_from, report["cpu_s"]
+        answered = report["requests"]
+        log = self.up.log_between(logs_from, logs_to)
+        return {
+            **{k: v for k, v in report.items() if k not in ("targets", "proto", "api", "cpu_s")},
+            "server_cpu_s": server,
+            "cpu_s_per_1k": server / answered * 1000 if answered else None,
+            "server_cpu_cores": server / seconds,
+            "loadgen_cpu_cores": loadgen / seconds,
+            "others_cpu_cores": max(0.0, busy_to - busy_from - server - loadgen) / seconds,
+            "mean_batch": mean_batch(log) if batching else None,
+        }
+
+
+def _busy_s() -> float:
+    """CPU seconds the whole machine has been busy (all cores, every process)."""
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
 
 
 def mean_batch(log: str) -> float | None:
@@ -264,7 +287,7 @@ def _median(points: list[dict[str, Any]], field: str) -> float | None:
     return statistics.median(values) if values else None
 
 
-_SUMMED = (
+_MEDIANS = (
     "requests_per_s",
     "p50_ms",
     "p99_ms",
@@ -272,6 +295,7 @@ _SUMMED = (
     "cpu_s_per_1k",
     "server_cpu_cores",
     "loadgen_cpu_cores",
+    "others_cpu_cores",
     "mean_batch",
 )
 
@@ -301,7 +325,7 @@ def _row(server: Server, door: str, figures: _Figures, plan: Plan) -> dict[str, 
             failed[str(callers)] = reasons
         if good:
             row["points"][str(callers)] = {
-                **{f: _median(good, f) for f in _SUMMED},
+                **{f: _median(good, f) for f in _MEDIANS},
                 "errors": sum(p["errors"] for p in good),
                 "rounds": len(good),
             }

@@ -215,7 +215,7 @@ def _doors(setup: Setup) -> list[Server]:
     return [
         Server(key="serve-1", label="pipeline serve, 1 process", kind="door", doors=tuple(DOORS),
                settings=f"1 process, {flags}",
-               notes=f"as shipped, but for {flags}: one process, both doors on one event "
+               notes=f"as shipped ({flags}): one process, both doors on one event "
                "loop (HTTP on uvicorn with uvloop and httptools, gRPC on grpc.aio); the "
                "engine batches the rows of concurrent requests (up to 256, waiting at most "
                "--max-wait-ms for more) on one ONNX Runtime thread."),
