@@ -234,27 +234,21 @@ def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+@dataclass(frozen=True, slots=True)
 class Running:
     """Started instances: where they answer, their CPU time and their logs.
 
-    Args:
+    Attributes:
         instances: What was started.
         procs: Their processes.
         sampler: Samples the processes and everything they fork.
         logs: One log file per instance.
     """
 
-    def __init__(
-        self,
-        instances: list[Instance],
-        procs: list[subprocess.Popen[bytes]],
-        sampler: ProcessTreeSampler,
-        logs: list[Path],
-    ) -> None:
-        self.instances = instances
-        self.procs = procs
-        self.sampler = sampler
-        self.logs = logs
+    instances: list[Instance]
+    procs: list[subprocess.Popen[bytes]]
+    sampler: ProcessTreeSampler
+    logs: list[Path]
 
     def targets(self, proto: str) -> tuple[str, ...]:
         """Where the load generator sends `proto` (``http`` or ``grpc``) requests."""

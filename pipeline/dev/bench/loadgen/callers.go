@@ -156,18 +156,8 @@ func predictCaller(conn *grpc.ClientConn, o options, rows [][]json.Number) Calle
 	for i, row := range rows {
 		requests[i] = &predictionpb.PredictRequest{Features: float32s(row), Model: o.model}
 	}
-	return func(row int) error {
-		ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
-		defer cancel()
-		resp, err := client.Predict(ctx, requests[row])
-		if err != nil {
-			return grpcError(err)
-		}
-		if resp.GetModel() == "" {
-			return &callError{"bad answer", clip([]byte(resp.String()))}
-		}
-		return nil
-	}
+	return unaryCaller(client.Predict, requests, o.timeout,
+		func(r *predictionpb.PredictResponse) bool { return r.GetModel() != "" })
 }
 
 func modelInferCaller(conn *grpc.ClientConn, o options, rows [][]json.Number) Caller {
@@ -186,14 +176,24 @@ func modelInferCaller(conn *grpc.ClientConn, o options, rows [][]json.Number) Ca
 			RawInputContents: [][]byte{raw},
 		}
 	}
+	return unaryCaller(client.ModelInfer, requests, o.timeout,
+		func(r *inferencepb.ModelInferResponse) bool { return len(r.GetOutputs()) > 0 })
+}
+
+// unaryCaller calls one gRPC method with the request made for the row; ok says whether
+// an answer carries a prediction.
+func unaryCaller[Req any, Resp interface{ String() string }](
+	call func(context.Context, Req, ...grpc.CallOption) (Resp, error),
+	requests []Req, timeout time.Duration, ok func(Resp) bool,
+) Caller {
 	return func(row int) error {
-		ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
-		resp, err := client.ModelInfer(ctx, requests[row])
+		resp, err := call(ctx, requests[row])
 		if err != nil {
 			return grpcError(err)
 		}
-		if len(resp.GetOutputs()) == 0 {
+		if !ok(resp) {
 			return &callError{"bad answer", clip([]byte(resp.String()))}
 		}
 		return nil
