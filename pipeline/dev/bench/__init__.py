@@ -8,7 +8,7 @@ and `report` writes the table, the JSON and the plot.
 
 The front-door benchmark (``python -m pipeline.dev.bench.doors``, `doors`) puts
 ``pipeline serve``'s HTTP and gRPC doors beside per-request peers (`doorpeers`: the
-seed's Flask app, a FastAPI app): `doorservers` starts each contender, `doorload` builds
-and runs the Go load generator (``loadgen/``), and `doorreport` writes the table, the
-JSON and the plot.
+seed's Flask app, a FastAPI app): `doorsuite` plans the run, `doorservers` starts each
+contender, `doorload` builds and runs the Go load generator (``loadgen/``), and
+`doorreport` writes the table, the JSON and the plot.
 """

@@ -135,7 +135,8 @@ class Server:
                 "--no-access-log",
                 "--log-level",
                 "warning",
-                "pipeline.dev.bench.doorpeers.fastapi_app:app",
+                "--factory",
+                "pipeline.dev.bench.doorpeers.fastapi_app:create_app",
             ]
         else:
             threads = ["-k", "gthread", "--threads", "4"] if self.key == "flask-gthread" else []
@@ -149,7 +150,7 @@ class Server:
                 *threads,
                 "--log-level",
                 "warning",
-                "pipeline.dev.bench.doorpeers.seed_flask:app",
+                "pipeline.dev.bench.doorpeers.seed_flask:create_app()",
             ]
         return [Instance(command, url, None, "/healthz")]
 
