@@ -128,7 +128,7 @@ class Load:
         api: ``predict`` (the seed's API) or ``oip`` (Open Inference Protocol v2).
         targets: HTTP base URLs or gRPC ``host:port``; callers take them in turn.
         rows: The JSON file of rows the requests carry.
-        model: The model the OIP path names (and, if given, /predict asks for).
+        model: The model the OIP path names (``predict`` requests name none, as the seed's).
         concurrency: Closed loop: this many callers.
         rate: Open loop: requests per second (None: closed loop).
         duration_s: The measured window.
@@ -156,13 +156,13 @@ class Load:
             ",".join(self.targets),
             "-rows",
             str(self.rows),
-            "-model",
-            self.model,
             "-duration",
             f"{self.duration_s:g}s",
             "-warmup",
             f"{self.warmup_s:g}s",
         ]
+        if self.api == "oip":  # the seed's requests name no model: the server's default
+            args += ["-model", self.model]
         if self.rate is not None:
             return [*args, "-rate", f"{self.rate:.3f}"]
         return [*args, "-concurrency", str(self.concurrency)]
