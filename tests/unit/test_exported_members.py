@@ -20,6 +20,8 @@ MODULES = sorted(
 # functions), which is not plain `sorted()`; they are checked against that order instead.
 RUF022_ORDERED = {
     "pipeline.dev.bench.contenders",
+    "pipeline.dev.bench.doorservers",
+    "pipeline.dev.bench.doorsuite",
     "pipeline.dev.bench.runner",
     "pipeline.dev.bench.suite",
     "pipeline.engine.codec",
