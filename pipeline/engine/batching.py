@@ -51,6 +51,10 @@ class BatchSizing(Protocol):
         """How long the oldest of `pending` rows of `key` may wait before they are cut."""
         ...
 
+    def added(self, key: Hashable, rows: int, now: float) -> None:
+        """`rows` rows of `key` arrived at `now` (the batcher's clock)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Slice(Generic[T]):
@@ -208,6 +212,8 @@ class MicroBatcher(Generic[T]):
                 f"(as the rows pending for it do), got {features.shape[1]}"
             )
         chunk = _Chunk(np.ascontiguousarray(features), ticket, 0, self._clock())
+        if self._sizing is not None:
+            self._sizing.added(key, features.shape[0], chunk.added_at)
         pending.chunks.append(chunk)
         pending.rows += features.shape[0]
         self._rows += features.shape[0]

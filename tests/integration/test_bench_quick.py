@@ -2,7 +2,8 @@
 
 It checks the shape of what the benchmark reports, never its figures: every row has a
 positive throughput (or, for the optional Faust and Quix peers, a reason it did not
-run) and the worker has latency percentiles for every ``--max-wait-ms``.
+run), every event size has its rows, and the worker has latency percentiles and stage
+histograms for every way of batching and every phase.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REQUIRED = ("relay-1", "relay-2", "naive", "worker-1", "worker-1-eos", "worker-2")
+REQUIRED = ("relay-1", "relay-1-tuned", "relay-2", "relay-2-tuned", "naive", "worker-1",
+            "worker-1-eos", "worker-1-metrics", "worker-2")  # fmt: skip
 OPTIONAL = ("faust", "quix")
 
 
@@ -23,7 +25,7 @@ def test_quick_benchmark_reports_every_row(
     done = subprocess.run(
         [sys.executable, "-m", "pipeline.dev.bench", "--quick",
          "--bootstrap-servers", kafka_bootstrap, "--results-dir", str(tmp_path)],
-        cwd=repo_root, capture_output=True, text=True, timeout=300,
+        cwd=repo_root, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "latest.json").read_text())
@@ -38,11 +40,29 @@ def test_quick_benchmark_reports_every_row(
     assert results["ceilings"]["codec"]["events_per_s"] > 0
     assert results["ceilings"]["inference"]["rows_per_s"] > 0
 
+    for size in results["sizes"]:
+        assert size["events"]["mean_bytes"] > 300, size["events"]
+        for row in size["rows"]:
+            assert row["throughput"] > 0 and row["mb_per_s"] > 0, row
+
     points = results["latency"]["points"]
-    assert sorted(p["max_wait_ms"] for p in points) == [1, 5, 20]
+    assert {p["batching"] for p in points} == {
+        "--max-wait-ms 1", "--max-wait-ms 5", "--max-wait-ms 20", "--latency-target-ms 20"
+    }  # fmt: skip
+    assert len({p["phase"] for p in points}) == 3  # a load, a fixed rate, back from idle
     for point in points:
         assert point["events"] > 0, point
         assert 0 < point["p50_ms"] <= point["p99_ms"] <= point["p999_ms"], point
+        stages = point["stages"]
+        assert stages["inference"]["count"] > 0 and stages["produce_ack"]["count"] > 0, point
+        assert stages["event_to_prediction"]["count"] >= point["events"], point
+
+    share = {row["key"]: row for row in results["share"]["rows"]}
+    assert set(share) == {"consumer-1", "share-1", "consumer-4", "share-4"}
+    for row in share.values():
+        assert row["throughput"] > 0, row
+        assert 1 <= row["busy_workers"] <= row["workers"], row
+    assert share["consumer-4"]["busy_workers"] <= results["share"]["partitions"]
 
     assert {t["target"] for t in results["targets"]}, "targets are evaluated"
     table = (tmp_path / "latest.md").read_text()

@@ -23,7 +23,18 @@ from typing import Any
 
 __all__ = ["add_bench_parser", "build_parser", "main", "run_bench"]
 
-_SKIPPABLE = ("relay-1", "relay-2", "naive", "faust", "quix", "worker-2")
+_SKIPPABLE = (
+    "relay-1",
+    "relay-1-tuned",
+    "relay-2",
+    "relay-2-tuned",
+    "naive",
+    "faust",
+    "quix",
+    "worker-1-eos",
+    "worker-1-metrics",
+    "worker-2",
+)
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,7 +100,8 @@ def run_bench(args: argparse.Namespace) -> int:
     from pipeline.dev.bench import report, suite
     from pipeline.dev.bench.contenders import REPO_ROOT, quix_contender
     from pipeline.dev.bench.machine import describe_machine
-    from pipeline.dev.bench.runner import CLIENT_SETTINGS, broker
+    from pipeline.dev.bench.runner import broker
+    from pipeline.dev.bench.settings import PEER_SETTINGS, RELAY_SETTINGS, WORKER_SETTINGS
     from pipeline.errors import ConfigError
 
     skip = [s for s in args.skip.split(",") if s]
@@ -123,7 +135,11 @@ def run_bench(args: argparse.Namespace) -> int:
         "seconds": round(time.monotonic() - started, 1),
         "command": _command(args),
         "machine": machine,
-        "client_settings": CLIENT_SETTINGS,
+        "client_settings": {
+            "worker": WORKER_SETTINGS,
+            "peers": PEER_SETTINGS,
+            "relay": RELAY_SETTINGS,
+        },
     }
     results["targets"] = report.evaluate_targets(results)
     _write(results, out, stamp)

@@ -1,8 +1,9 @@
 """The contenders: how to start each one on a run's topics, and whether it can run here.
 
-A `Contender` turns a run's topics and event count into one command per process. The
-worker runs as ``pipeline run`` with `CLIENT_SETTINGS` passed as ``-X`` properties; a
-peer runs as ``python -m pipeline.dev.bench.peers.<name>`` with the same settings as JSON.
+A `Contender` turns a run's topics, event count and model into one command per process.
+The worker runs as ``pipeline run`` with its own defaults; a peer or the relay runs as
+``python -m pipeline.dev.bench.peers.<name>`` with its client settings as JSON
+(`pipeline.dev.bench.settings` says which and why).
 Faust runs in this interpreter when faust-streaming is installed. Quix Streams pins
 confluent-kafka below the worker's version, so it runs from a virtualenv of its own
 (``.cache/bench-quix``, made by ``make bench``) with this checkout on ``PYTHONPATH``.
@@ -11,6 +12,7 @@ confluent-kafka below the worker's version, so it runs from a virtualenv of its 
 from __future__ import annotations
 
 import importlib.util
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -18,7 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.dev.bench.runner import CLIENT_SETTINGS, client_settings_json
+from pipeline.dev.bench.settings import (
+    PEER_SETTINGS,
+    RELAY_SETTINGS,
+    WORKER_SETTINGS,
+    as_json,
+    describe,
+)
 
 __all__ = [
     "EOS_COMMIT_INTERVAL_MS",
@@ -26,11 +34,11 @@ __all__ = [
     "Contender",
     "RunTopics",
     "faust_contender",
+    "free_port",
     "naive_contender",
     "quix_contender",
     "relay_contender",
     "worker_contender",
-    "worker_kafka_flags",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -63,6 +71,9 @@ class Contender:
         extra_args: Further arguments for every process.
         env: Extra environment for its processes.
         not_run: Why it cannot run here, or None.
+        settings: Its Kafka client settings (a peer's ``--client-settings``; for the
+            worker, what it sets by itself, for the report).
+        settings_label: Which settings these are, for the table.
     """
 
     key: str
@@ -74,9 +85,12 @@ class Contender:
     extra_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     not_run: str | None = None
+    settings: Mapping[str, Any] = field(default_factory=lambda: PEER_SETTINGS)
+    settings_label: str = "librdkafka defaults, acks=all, idempotence"
 
-    def commands(self, topics: RunTopics, count: int) -> list[list[str]]:
-        """One command per process for a run on `topics` that must produce `count` outputs."""
+    def commands(self, topics: RunTopics, count: int, model: str = MODEL) -> list[list[str]]:
+        """One command per process for a run on `topics` that must produce `count` outputs
+        of `model`."""
         if self.kind == "worker":
             return [[self.python, "-m", self.module, *_worker_args(topics), *self.extra_args]]
         base = [
@@ -92,23 +106,14 @@ class Contender:
             "--group",
             topics.group,
             "--client-settings",
-            client_settings_json(),
+            as_json(self.settings),
+            "--model-dir",
+            str(REPO_ROOT / "models" / model / "1"),
             *self.extra_args,
         ]
         if self.processes == 1:
             return [[*base, "--count", str(count)]]
         return [base for _ in range(self.processes)]  # the runner stops them at `count`
-
-
-def worker_kafka_flags() -> list[str]:
-    """`CLIENT_SETTINGS` as ``pipeline run`` flags (``-X`` for each librdkafka property)."""
-    flags: list[str] = []
-    for role in ("producer", "consumer"):
-        props: Mapping[str, Any] = CLIENT_SETTINGS[role]
-        for key, value in props.items():
-            text = str(value).lower() if isinstance(value, bool) else str(value)
-            flags += ["-X", f"{key}={text}"]
-    return [*flags, "--commit-interval-ms", str(CLIENT_SETTINGS["commit_interval_ms"])]
 
 
 def _worker_args(topics: RunTopics) -> list[str]:
@@ -129,7 +134,8 @@ def _worker_args(topics: RunTopics) -> list[str]:
         "--no-create-topics",
         "--stats-interval-s",
         "5",
-        *worker_kafka_flags(),
+        "--offset-reset",
+        "earliest",
     ]
 
 
@@ -139,34 +145,82 @@ transaction commits, so a 1 s interval would also make the measured window coars
 
 
 def worker_contender(
-    processes: int, max_wait_ms: float = 5.0, *, guarantee: str = "at-least-once"
+    processes: int,
+    max_wait_ms: float = 5.0,
+    *,
+    guarantee: str = "at-least-once",
+    latency_target_ms: float | None = None,
+    metrics: bool = False,
+    extra_args: tuple[str, ...] = (),
 ) -> Contender:
-    """``pipeline run --workers N`` with the default batch size (256)."""
+    """``pipeline run --workers N`` with its own defaults (batches of up to 256).
+
+    Args:
+        processes: ``--workers``.
+        max_wait_ms: ``--max-wait-ms``.
+        guarantee: ``--guarantee``; exactly-once commits every `EOS_COMMIT_INTERVAL_MS`.
+        latency_target_ms: ``--latency-target-ms``, instead of the fixed wait.
+        metrics: Serve ``/metrics`` on a free port (``--metrics-port``), to show its cost.
+        extra_args: Further flags.
+    """
     exactly_once = guarantee == "exactly-once"
     args = ["--workers", str(processes), "--max-wait-ms", f"{max_wait_ms:g}"]
+    key, label = (
+        f"worker-{processes}",
+        f"pipeline run, {processes} process" + ("es" if processes > 1 else ""),
+    )
     if exactly_once:
-        # after the shared flags, so this --commit-interval-ms is the one argparse keeps
         args += ["--guarantee", guarantee, "--commit-interval-ms", str(EOS_COMMIT_INTERVAL_MS)]
+        key += "-eos"
+        label += f", exactly-once (commit every {EOS_COMMIT_INTERVAL_MS} ms)"
+    if latency_target_ms:
+        args += ["--latency-target-ms", f"{latency_target_ms:g}"]
+        key += f"-target{latency_target_ms:g}"
+        label += f", --latency-target-ms {latency_target_ms:g}"
+    if metrics:
+        args += ["--metrics-port", str(free_port())]
+        key += "-metrics"
+        label += ", serving /metrics"
     return Contender(
-        key=f"worker-{processes}" + ("-eos" if exactly_once else ""),
-        label=f"pipeline run, {processes} process{'es' if processes > 1 else ''}"
-        + (f", exactly-once (commit every {EOS_COMMIT_INTERVAL_MS} ms)" if exactly_once else ""),
+        key=key,
+        label=label,
         kind="worker",
         processes=processes,
         module="pipeline",
-        extra_args=tuple(args),
+        extra_args=(*args, *extra_args),
+        settings=WORKER_SETTINGS,
+        settings_label="its own defaults",
     )
 
 
-def relay_contender(processes: int) -> Contender:
-    """The consume -> produce ceiling with `processes` processes in one group."""
+def relay_contender(processes: int, variant: str = "defaults") -> Contender:
+    """The consume -> produce ceiling with `processes` processes in one group.
+
+    Args:
+        processes: Processes in the group.
+        variant: ``defaults`` (librdkafka's) or ``tuned`` (see `RELAY_SETTINGS`).
+    """
+    settings = RELAY_SETTINGS[variant]
     return Contender(
-        key=f"relay-{processes}",
-        label=f"relay ceiling, {processes} process{'es' if processes > 1 else ''}",
+        key=f"relay-{processes}" + ("" if variant == "defaults" else f"-{variant}"),
+        label=f"relay ceiling, {processes} process{'es' if processes > 1 else ''}, {variant}",
         kind="ceiling",
         processes=processes,
         module="pipeline.dev.bench.peers.relay",
+        settings=settings,
+        settings_label=(
+            "librdkafka defaults, acks=all, idempotence"
+            if variant == "defaults"
+            else describe(settings)
+        ),
     )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def naive_contender() -> Contender:

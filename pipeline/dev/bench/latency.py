@@ -1,15 +1,18 @@
 """Event-to-prediction latency of the worker under an open-loop producer.
 
-For one ``--max-wait-ms`` the worker is started on fresh topics, and once its group has
-its partitions, a producer in a separate process sends events at a fixed rate for each
-load in turn (lowest first). It does not slow down when the worker falls behind (open
-loop): event ``n`` of a phase is due ``n / rate`` seconds after the phase starts, and its
-``ts`` field is that due time, so a producer that lags shows up as latency instead of
-hiding it. A consumer of the output topic takes, for every prediction, its receive time
-(when ``consume`` returned it) minus ``ts``: the end-to-end latency. The worker's own
-``predicted_at - ts`` is kept beside it, and so is how busy the machine's CPUs were
-(worker, broker, producer and this reader share them). The first ``warmup_s`` of each
-phase is left out.
+For one way of batching (a ``--max-wait-ms``, or a ``--latency-target-ms``) the worker
+is started on fresh topics, and once its group has its partitions, a producer in a
+separate process sends events at a fixed rate for each phase in turn (lowest load
+first; a phase may first leave the worker idle, to show how it wakes up). It does not
+slow down when the worker falls behind (open loop): event ``n`` of a phase is due
+``n / rate`` seconds after the phase starts, and its ``ts`` field is that due time, so
+a producer that lags shows up as latency instead of hiding it. A consumer of the output
+topic takes, for every prediction, its receive time (when ``consume`` returned it) minus
+``ts``: the end-to-end latency. The worker's own ``predicted_at - ts`` is kept beside
+it, and so is how busy the machine's CPUs were (worker, broker, producer and this
+reader share them). The first ``warmup_s`` of each phase is left out. The worker serves
+``/metrics``, scraped before and after each phase: its stage histograms
+(`pipeline.dev.bench.stages`) say where the time went.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -33,29 +36,34 @@ import orjson
 import psutil
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 
-from pipeline.dev.bench.contenders import MODEL, Contender, RunTopics
+from pipeline.dev.bench import stages
+from pipeline.dev.bench.contenders import RunTopics, free_port, worker_contender
+from pipeline.dev.bench.events import Dataset, dataset
 from pipeline.dev.bench.procstats import ProcessTreeSampler
-from pipeline.dev.bench.runner import CLIENT_SETTINGS, PARTITIONS, BenchError, BenchTopics
-from pipeline.dev.tools import synthetic_events
+from pipeline.dev.bench.runner import PARTITIONS, BenchError, BenchTopics
+from pipeline.dev.bench.settings import LOAD_PRODUCER
 
-__all__ = ["LatencyPoint", "Phase", "measure_latency", "open_loop"]
+__all__ = ["Batching", "LatencyPoint", "Phase", "measure_latency", "open_loop"]
 
 _GROUP_READY_TIMEOUT_S = 60.0
 _DRAIN_TIMEOUT_S = 20.0
 _TIMES = re.compile(rb'"ts":(\d+),"predicted_at":(\d+)')
-_DISTINCT_ROWS = 569  # the breast cancer data set's rows, which synthetic events cycle over
 
 
 class LatencyPoint(TypedDict):
-    """One (max-wait, load) point; latencies in milliseconds."""
+    """One (batching, phase) point; latencies in milliseconds."""
 
+    batching: str
     max_wait_ms: float
-    load: float
+    latency_target_ms: float | None
+    phase: str
+    load: float | None
     rate: float
     events: int
     p50_ms: float | None
     p99_ms: float | None
     p999_ms: float | None
+    max_ms: float | None
     worker_p50_ms: float | None
     worker_p99_ms: float | None
     produced_rate: float
@@ -64,43 +72,55 @@ class LatencyPoint(TypedDict):
     worker_peak_rss_mb: float
     machine_cpu_busy: float
     worker_cpu_cores: float
+    stages: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Batching:
+    """How the worker batches: a fixed ``--max-wait-ms``, or a ``--latency-target-ms``."""
+
+    max_wait_ms: float = 5.0
+    latency_target_ms: float | None = None
+
+    @property
+    def label(self) -> str:
+        if self.latency_target_ms:
+            return f"--latency-target-ms {self.latency_target_ms:g}"
+        return f"--max-wait-ms {self.max_wait_ms:g}"
 
 
 @dataclass(frozen=True, slots=True)
 class Phase:
-    """One load step: its share of the worker's maximum and the rate that is."""
+    """One load step.
 
-    load: float
+    Attributes:
+        label: What the table calls it (``50%``, ``2,000 events/s``, ...).
+        rate: Events per second.
+        load: The rate's share of the worker's measured maximum, if it is one.
+        seconds: Seconds measured, after `warmup_s`.
+        warmup_s: Seconds sent first and left out.
+        idle_before_s: Seconds the worker is left without events before the phase.
+    """
+
+    label: str
     rate: float
-
-
-def _event_maker(tag: str) -> Callable[[int, int], bytes]:
-    """Return ``make(n, ts)``: the JSON bytes of event `n` of phase `tag`, cheaply."""
-    rows = [
-        orjson.dumps(orjson.loads(value)["features"])
-        for _, value in synthetic_events(None, count=_DISTINCT_ROWS)
-    ]
-    head, middle = f'{{"id":"{tag}-'.encode(), f'","model":"{MODEL}","ts":'.encode()
-
-    def make(n: int, ts: int) -> bytes:
-        row = rows[n % len(rows)]
-        return b"".join(
-            (head, str(n).encode(), middle, str(ts).encode(), b',"features":', row, b"}")
-        )
-
-    return make
+    load: float | None
+    seconds: float
+    warmup_s: float
+    idle_before_s: float = 0.0
 
 
 def open_loop(
-    bootstrap: str, topic: str, tag: str, rate: float, seconds: float
+    bootstrap: str, topic: str, tag: str, rate: float, seconds: float, events: str = "full"
 ) -> dict[str, float]:
-    """Send ``rate * seconds`` events at `rate`, ids ``<tag>-<n>``, ``ts`` = due time (ms).
+    """Send ``rate * seconds`` events of the set named `events` at `rate`, ids
+    ``<tag>-<n>``, ``ts`` = due time (ms).
 
     Returns:
         ``sent``, ``seconds`` taken, and ``max_lag_ms``: how far the producer fell behind.
     """
-    make = _event_maker(tag)
-    producer = Producer({**CLIENT_SETTINGS["producer"], "bootstrap.servers": bootstrap})
+    make = dataset(events).maker(tag)
+    producer = Producer({**LOAD_PRODUCER, "bootstrap.servers": bootstrap})
     total = int(rate * seconds)
     start_wall_ms = time.time_ns() / 1e6
     start = time.monotonic()
@@ -128,15 +148,14 @@ def open_loop(
 
 def measure_latency(
     topics: BenchTopics,
-    worker: Contender,
+    batching: Batching,
     phases: Sequence[Phase],
     *,
-    max_wait_ms: float,
-    seconds: float,
-    warmup_s: float,
+    events: Dataset,
     log_path: Path,
 ) -> list[LatencyPoint]:
-    """Run `worker` on fresh topics and measure each phase in turn.
+    """Run ``pipeline run`` (1 process, batching as `batching` says) on fresh topics and
+    measure each phase in turn.
 
     Raises:
         BenchError: The worker did not get its partitions, or exited.
@@ -148,6 +167,13 @@ def measure_latency(
         dlq=topics.create("lat-dlq"),
         group=topics.group("lat"),
     )
+    port = free_port()
+    worker = worker_contender(
+        1,
+        batching.max_wait_ms,
+        latency_target_ms=batching.latency_target_ms,
+        extra_args=("--metrics-port", str(port)),
+    )
     (command,) = worker.commands(run, 0)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
@@ -156,17 +182,16 @@ def measure_latency(
     try:
         with ProcessTreeSampler([proc.pid]) as sampler, _output_reader(run) as reader:
             _wait_for_assignment(topics, run.group, proc)
+            points: list[LatencyPoint] = []
             with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-                return [
-                    _point(
-                        max_wait_ms,
-                        phase,
-                        *_phase(pool, run, reader, proc, sampler, phase, seconds + warmup_s),
-                        warmup_s,
-                        sampler,
-                    )
-                    for phase in phases
-                ]
+                for phase in phases:
+                    time.sleep(phase.idle_before_s)
+                    before = stages.scrape(port)
+                    measured = _phase(pool, run, reader, proc, sampler, phase, events.key)
+                    after = stages.scrape(port)
+                    figures = stages.stage_figures(before, after)
+                    points.append(_point(batching, phase, *measured, sampler, figures))
+            return points
     finally:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
@@ -184,7 +209,7 @@ def _phase(
     proc: subprocess.Popen[bytes],
     sampler: ProcessTreeSampler,
     phase: Phase,
-    total_s: float,
+    events: str,
 ) -> tuple[dict[str, float], list[tuple[int, float, float]], float, float]:
     """Produce one phase in the pool while reading its predictions.
 
@@ -193,9 +218,10 @@ def _phase(
         time that was busy, and the CPU cores the worker used, on average.
     """
     tag = f"p{uuid.uuid4().hex[:6]}"
+    total_s = phase.seconds + phase.warmup_s
     psutil.cpu_percent()  # starts the phase's measurement of the machine
     started, worker_cpu = time.monotonic(), sampler.cpu_seconds()
-    sending = pool.submit(open_loop, run.bootstrap, run.input, tag, phase.rate, total_s)
+    sending = pool.submit(open_loop, run.bootstrap, run.input, tag, phase.rate, total_s, events)
     got = reader.collect(tag, int(phase.rate * total_s), proc)
     busy = psutil.cpu_percent() / 100
     worker_cores = (sampler.cpu_seconds() - worker_cpu) / (time.monotonic() - started)
@@ -286,17 +312,17 @@ def _output_reader(run: RunTopics) -> Any:
 
 
 def _point(
-    max_wait_ms: float,
+    batching: Batching,
     phase: Phase,
     sent: dict[str, float],
     got: list[tuple[int, float, float]],
     machine_cpu_busy: float,
     worker_cpu_cores: float,
-    warmup_s: float,
     sampler: ProcessTreeSampler,
+    stage_figures: dict[str, dict[str, Any]],
 ) -> LatencyPoint:
     first_ts = min((ts for ts, _, _ in got), default=0)
-    kept = [(e2e, own) for ts, e2e, own in got if ts >= first_ts + warmup_s * 1000]
+    kept = [(e2e, own) for ts, e2e, own in got if ts >= first_ts + phase.warmup_s * 1000]
     e2e = np.array([k[0] for k in kept]) if kept else None
     own = np.array([k[1] for k in kept]) if kept else None
 
@@ -304,13 +330,17 @@ def _point(
         return None if values is None else float(np.percentile(values, q))
 
     return {
-        "max_wait_ms": max_wait_ms,
+        "batching": batching.label,
+        "max_wait_ms": batching.max_wait_ms,
+        "latency_target_ms": batching.latency_target_ms,
+        "phase": phase.label,
         "load": phase.load,
         "rate": phase.rate,
         "events": len(kept),
         "p50_ms": pct(e2e, 50),
         "p99_ms": pct(e2e, 99),
         "p999_ms": pct(e2e, 99.9),
+        "max_ms": pct(e2e, 100),
         "worker_p50_ms": pct(own, 50),
         "worker_p99_ms": pct(own, 99),
         "produced_rate": sent["sent"] / max(sent["seconds"], 1e-9),
@@ -319,4 +349,5 @@ def _point(
         "worker_peak_rss_mb": sampler.figures().peak_rss_mb,
         "machine_cpu_busy": machine_cpu_busy,
         "worker_cpu_cores": worker_cpu_cores,
+        "stages": stage_figures,
     }

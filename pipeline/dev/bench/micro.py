@@ -20,8 +20,8 @@ from typing import Any, TypedDict
 
 import numpy as np
 import onnxruntime as ort
-import orjson
 
+from pipeline.dev.bench.events import DATASETS
 from pipeline.engine.codec import EventDecoder, encode_predictions
 from pipeline.engine.spec import ModelSpec
 from pipeline.errors import ModelNotFoundError
@@ -67,19 +67,15 @@ class _OneModelCatalog:
         raise ModelNotFoundError(f"no model {name!r} version {version!r} in the benchmark")
 
 
-def _synthetic_events(n_events: int, spec: ModelSpec, seed: int = 0) -> list[bytes]:
-    """Encode `n_events` array-form events with plausible, varied feature values."""
-    rng = np.random.default_rng(seed)
-    rows = np.round(rng.lognormal(mean=0.0, sigma=2.0, size=(n_events, spec.n_features)), 5)
+def _synthetic_events(n_events: int) -> list[bytes]:
+    """`n_events` of the benchmark's main events (30 full-precision features, ~670 bytes)."""
+    make = DATASETS["full"].maker("evt")
     base_ts = 1_732_550_400_000
-    return [
-        orjson.dumps({"id": f"evt-{i:09d}", "model": spec.name, "features": row, "ts": base_ts + i})
-        for i, row in enumerate(rows.tolist())
-    ]
+    return [make(i, base_ts + i) for i in range(n_events)]
 
 
 def bench_codec(n_events: int = 20000, repeats: int = 5) -> CodecFigures:
-    """Time decoding and encoding synthetic 30-feature array events.
+    """Time decoding and encoding the benchmark's main events (30 full-precision features).
 
     Args:
         n_events: Events per timed repetition, decoded in batches of 500.
@@ -96,7 +92,7 @@ def bench_codec(n_events: int = 20000, repeats: int = 5) -> CodecFigures:
         probability_output="probabilities",
     )
     decoder = EventDecoder(catalog=_OneModelCatalog(spec))
-    events = _synthetic_events(n_events, spec)
+    events = _synthetic_events(n_events)
     batches = [events[i : i + _POLL_SIZE] for i in range(0, n_events, _POLL_SIZE)]
     fallback = [[0] * len(batch) for batch in batches]
     probabilities = np.random.default_rng(1).dirichlet((1.0, 1.0), size=_POLL_SIZE)

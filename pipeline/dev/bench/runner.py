@@ -1,11 +1,10 @@
 """One benchmark run of one contender against a real broker, and what every run shares.
 
-`CLIENT_SETTINGS` are the Kafka client settings every contender gets (the worker through
-``-X``, the peers through ``--client-settings``, Faust mapped onto aiokafka's names).
 `broker` starts the project's local broker for the benchmark unless one is given;
 `BenchTopics` creates the topics (4 partitions each) and deletes them afterwards;
-`preload` fills the input topic once with synthetic events that every run then reads
-from the start under a fresh consumer group.
+`preload` fills an input topic once with one set of events
+(`pipeline.dev.bench.events`) that every run then reads from the start under a fresh
+consumer group.
 
 `run_contender` starts a contender's processes, watches the end offsets of its output
 topics (one `list_offsets` request every few milliseconds: exact, and cheap for the
@@ -19,7 +18,6 @@ are waited for.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -28,7 +26,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -40,13 +38,13 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     OffsetSpec,
 )
 
+from pipeline.dev.bench.events import Dataset
 from pipeline.dev.bench.procstats import ProcessTreeSampler
+from pipeline.dev.bench.settings import LOAD_PRODUCER
 from pipeline.dev.localkafka import LocalKafka
-from pipeline.dev.tools import synthetic_events
 from pipeline.errors import PipelineError
 
 __all__ = [
-    "CLIENT_SETTINGS",
     "PARTITIONS",
     "BenchError",
     "BenchTopics",
@@ -54,7 +52,6 @@ __all__ = [
     "OutputCounter",
     "RunFigures",
     "broker",
-    "client_settings_json",
     "preload",
     "run_contender",
 ]
@@ -62,36 +59,9 @@ __all__ = [
 PARTITIONS: Final = 4
 """Partitions of every topic the benchmark creates."""
 
-CLIENT_SETTINGS: Final[Mapping[str, Any]] = {
-    # librdkafka producer properties; the worker's own defaults, given to everyone.
-    "producer": {
-        "acks": "all",
-        "enable.idempotence": True,
-        "linger.ms": 2,
-        "batch.size": 1_000_000,
-        "compression.type": "none",
-        "queue.buffering.max.messages": 200_000,
-    },
-    # librdkafka consumer properties (each program sets its own group id and offset store).
-    "consumer": {
-        "auto.offset.reset": "earliest",
-        "fetch.min.bytes": 1,
-        "max.partition.fetch.bytes": 1_048_576,
-        "queued.max.messages.kbytes": 16_384,
-    },
-    # How often finished offsets are committed (worker: --commit-interval-ms).
-    "commit_interval_ms": 1000,
-}
-"""The Kafka client settings every contender runs with."""
-
 _POLL_S = 0.02
 _FIRST_OUTPUT_TIMEOUT_S = 120.0
 _STOP_TIMEOUT_S = 30.0
-
-
-def client_settings_json() -> str:
-    """`CLIENT_SETTINGS` as the JSON a peer takes with ``--client-settings``."""
-    return json.dumps(CLIENT_SETTINGS)
 
 
 class BenchError(PipelineError):
@@ -158,6 +128,17 @@ class BenchTopics:
         """A fresh consumer group id."""
         return f"{self._prefix}-{name}-{uuid.uuid4().hex[:6]}"
 
+    def delete(self, *topics: str) -> None:
+        """Delete some of the topics this object created (errors are ignored)."""
+        mine = [t for t in topics if t in self._created]
+        if not mine:
+            return
+        with contextlib.suppress(Exception):
+            for future in self.admin.delete_topics(mine, operation_timeout=30).values():
+                future.result(timeout=60)
+        for topic in mine:
+            del self._created[topic]
+
     def delete_all(self) -> None:
         """Delete every topic this object created (errors are ignored)."""
         if not self._created:
@@ -170,13 +151,13 @@ class BenchTopics:
         self._created.clear()
 
 
-def preload(bootstrap: str, topic: str, count: int, model: str) -> float:
-    """Produce `count` synthetic events for `model`; return the seconds it took.
+def preload(bootstrap: str, topic: str, count: int, dataset: Dataset) -> float:
+    """Produce `count` events of `dataset`; return the seconds it took.
 
     Raises:
         BenchError: Not every event was acknowledged.
     """
-    producer = Producer({**CLIENT_SETTINGS["producer"], "bootstrap.servers": bootstrap})
+    producer = Producer({**LOAD_PRODUCER, "bootstrap.servers": bootstrap})
     failed: list[str] = []
 
     def delivered(err: Any, _msg: Any) -> None:
@@ -184,7 +165,8 @@ def preload(bootstrap: str, topic: str, count: int, model: str) -> float:
             failed.append(str(err))
 
     started = time.monotonic()
-    for key, value in synthetic_events(model, count=count):
+    tag = uuid.uuid4().hex[:8]
+    for key, value in dataset.events(tag, count, time.time_ns() // 1_000_000):
         while True:
             try:
                 producer.produce(topic, value, key, on_delivery=delivered)
@@ -258,9 +240,17 @@ class Launch:
 
 
 def run_contender(
-    launch: Launch, counter: OutputCounter, *, count: int, timeout_s: float
+    launch: Launch,
+    counter: OutputCounter,
+    *,
+    count: int,
+    timeout_s: float,
+    before_stop: Callable[[], object] | None = None,
 ) -> RunFigures:
     """Start the processes, wait until `count` outputs exist, stop them; return the figures.
+
+    `before_stop`, if given, is called once every output exists, before the processes are
+    stopped (to read something from them while they run).
 
     Raises:
         BenchError: No output within the start-up timeout, not all outputs within
@@ -284,6 +274,8 @@ def run_contender(
                     procs, counter, count, started + timeout_s, launch.log_path
                 )
                 end_cpu = sampler.cpu_seconds()
+                if before_stop is not None:
+                    before_stop()
                 codes = _stop(procs)
                 tree = sampler.figures()
         finally:

@@ -5,11 +5,18 @@
 
 1. ceilings without Kafka: the codec (`micro.bench_codec`) and ONNX Runtime at the
    worker's batch size (`micro.bench_inference`);
-2. the input topic is filled once; then, round by round (so noise spreads over every
+2. throughput on the main events (30 full-precision features, about 670 bytes): the
+   input topic is filled once; then, round by round (so noise spreads over every
    contender alike), each contender reads it from the start in a fresh group and writes
    to a fresh output topic (`runner.run_contender`);
-3. the worker (1 process) is run under an open-loop producer at fractions of its median
-   throughput, once per ``--max-wait-ms`` (`latency.measure_latency`).
+3. the same for the other event sizes (5-decimal rows, 200 features), with the relay
+   ceilings and the worker only;
+4. the worker (1 process) under an open-loop producer at fractions of its median
+   throughput, once per way of batching (``--max-wait-ms`` 1, 5, 20 and
+   ``--latency-target-ms``), plus a fixed 2,000 events/s and a return from idle
+   (`latency.measure_latency`), with the worker's stage histograms per point;
+5. share groups against consumer groups, 1 to 8 workers on a 2-partition topic
+   (`sharebench.run_share`).
 """
 
 from __future__ import annotations
@@ -33,8 +40,10 @@ from pipeline.dev.bench.contenders import (
     relay_contender,
     worker_contender,
 )
-from pipeline.dev.bench.latency import LatencyPoint, Phase, measure_latency
+from pipeline.dev.bench.events import DATASETS, Dataset
+from pipeline.dev.bench.latency import Batching, LatencyPoint, Phase, measure_latency
 from pipeline.dev.bench.runner import BenchError, BenchTopics, Launch, preload, run_contender
+from pipeline.dev.bench.sharebench import run_share
 
 __all__ = ["FULL", "QUICK", "Plan", "run_suite"]
 
@@ -49,16 +58,22 @@ class Plan:
 
     Attributes:
         name: ``full`` or ``quick``.
-        events: Events pre-loaded and processed per run.
+        events: Events pre-loaded and processed per run (main events).
         runs: Runs per contender (the median is reported).
         naive_events: Events per run for the naive peer (None: `events`).
         worker_processes: Processes of the multi-process worker and relay rows.
+        size_events: Events per run for the other event sets, by set.
         loads: Fractions of the worker's measured maximum for the latency points.
         max_waits_ms: ``--max-wait-ms`` values for the latency points.
+        latency_targets_ms: ``--latency-target-ms`` values for the latency points.
+        fixed_rate: A latency point at this rate for every way of batching (events/s).
+        idle_s: Before the return-from-idle point, the worker idles this long.
         latency_s: Seconds measured per latency point (after `warmup_s`).
         warmup_s: Seconds of each latency point left out.
         micro_seconds: Seconds timed per ONNX Runtime point.
         codec_events: Events per codec repetition.
+        share_workers: Worker counts of the share-group rows (none: no such rows).
+        share_events: Events per share-group run.
     """
 
     name: str
@@ -66,12 +81,18 @@ class Plan:
     runs: int
     naive_events: int | None
     worker_processes: int
+    size_events: dict[str, int]
     loads: tuple[float, ...]
     max_waits_ms: tuple[float, ...]
+    latency_targets_ms: tuple[float, ...]
+    fixed_rate: float
+    idle_s: float
     latency_s: float
     warmup_s: float
     micro_seconds: float
     codec_events: int
+    share_workers: tuple[int, ...]
+    share_events: int
 
 
 FULL = Plan(
@@ -80,12 +101,18 @@ FULL = Plan(
     runs=3,
     naive_events=None,
     worker_processes=2,
-    loads=(0.1, 0.5, 0.8),
+    size_events={"rounded": 300_000, "wide": 60_000},
+    loads=(0.1, 0.3, 0.5, 0.7, 0.9),
     max_waits_ms=(1, 5, 20),
+    latency_targets_ms=(20,),
+    fixed_rate=2000,
+    idle_s=30,
     latency_s=15,
     warmup_s=5,
     micro_seconds=1.0,
     codec_events=20_000,
+    share_workers=(1, 2, 4, 8),
+    share_events=100_000,
 )
 QUICK = Plan(
     name="quick",
@@ -93,31 +120,47 @@ QUICK = Plan(
     runs=1,
     naive_events=2_000,
     worker_processes=2,
+    size_events={"rounded": 10_000, "wide": 2_000},
     loads=(0.5,),
     max_waits_ms=(1, 5, 20),
-    latency_s=5,
-    warmup_s=2,
+    latency_targets_ms=(20,),
+    fixed_rate=2000,
+    idle_s=2,
+    latency_s=3,
+    warmup_s=1,
     micro_seconds=0.2,
     codec_events=4_000,
+    share_workers=(1, 4),
+    share_events=4_000,
 )
 
 
 def contenders(plan: Plan, *, quix_python: Path | None, skip: Sequence[str]) -> list[Contender]:
-    """Every row of the throughput table, in table order; skipped ones carry a reason."""
+    """Every row of the main throughput table, in table order; skipped ones carry a reason."""
+    n = plan.worker_processes
     rows = [
         relay_contender(1),
-        relay_contender(plan.worker_processes),
+        relay_contender(1, "tuned"),
+        relay_contender(n),
+        relay_contender(n, "tuned"),
         naive_contender(),
         faust_contender(),
         quix_contender(quix_python),
         worker_contender(1),
         worker_contender(1, guarantee="exactly-once"),
-        worker_contender(plan.worker_processes),
+        worker_contender(1, metrics=True),
+        worker_contender(n),
     ]
     return [
         replace(c, not_run="skipped with --skip") if c.key in skip and not c.not_run else c
         for c in rows
     ]
+
+
+def size_contenders(skip: Sequence[str]) -> list[Contender]:
+    """The rows run on every other event set: the relay ceilings and the worker."""
+    rows = [relay_contender(1), relay_contender(1, "tuned"), worker_contender(1)]
+    return [c for c in rows if c.key not in skip]
 
 
 def run_suite(
@@ -134,14 +177,40 @@ def run_suite(
     progress("ceilings without Kafka: codec and ONNX Runtime")
     results["ceilings"] = _ceilings(plan)
     topics = BenchTopics(bootstrap)
+    main = DATASETS["full"]
     try:
         rows = contenders(plan, quix_python=quix_python, skip=skip)
-        results["contenders"] = _throughput(plan, topics, rows, logs_dir, progress)
+        results["events"] = _describe_events(main)
+        results["contenders"] = _throughput(
+            plan.events, plan, topics, rows, main, logs_dir, progress
+        )
+        results["sizes"] = [
+            {
+                "events": _describe_events(DATASETS[key]),
+                "rows": _throughput(
+                    count, plan, topics, size_contenders(skip), DATASETS[key], logs_dir, progress
+                ),
+            }
+            for key, count in plan.size_events.items()
+        ]
         worker = next(r for r in results["contenders"] if r["key"] == "worker-1")
-        results["latency"] = _latency(plan, topics, worker, logs_dir, progress)
+        results["latency"] = _latency(plan, topics, worker, main, logs_dir, progress)
+        if plan.share_workers:
+            results["share"] = run_share(
+                plan.share_workers, plan.share_events, plan.runs, topics, logs_dir, progress
+            )
     finally:
         topics.delete_all()
     return results
+
+
+def _describe_events(events: Dataset) -> dict[str, Any]:
+    return {
+        "key": events.key,
+        "label": events.label,
+        "model": events.model,
+        "mean_bytes": events.mean_bytes(),
+    }
 
 
 def _ceilings(plan: Plan) -> dict[str, Any]:
@@ -155,29 +224,33 @@ def _ceilings(plan: Plan) -> dict[str, Any]:
 
 
 def _throughput(
+    count: int,
     plan: Plan,
     topics: BenchTopics,
     rows: list[Contender],
+    events: Dataset,
     logs_dir: Path,
     progress: Callable[[str], None],
 ) -> list[dict[str, Any]]:
-    source = topics.create("input")
-    progress(f"pre-loading {plan.events:,} events into {source}")
-    seconds = preload(topics.bootstrap, source, plan.events, MODEL)
+    source = topics.create(f"input-{events.key}")
+    progress(f"pre-loading {count:,} events ({events.label}) into {source}")
+    seconds = preload(topics.bootstrap, source, count, events)
     progress(f"pre-loaded in {seconds:.1f} s")
     runs: dict[str, list[dict[str, Any]]] = {c.key: [] for c in rows}
     for n in range(plan.runs):
         for c in rows:
             if c.not_run:
                 continue
-            count = plan.naive_events if c.key == "naive" and plan.naive_events else plan.events
-            runs[c.key].append(_one_run(c, topics, source, count, logs_dir / f"{c.key}-{n}.log"))
-            progress(f"run {n + 1}/{plan.runs} {c.label}: {_describe(runs[c.key][-1])}")
-    return [_summary(c, runs[c.key]) for c in rows]
+            target = plan.naive_events if c.key == "naive" and plan.naive_events else count
+            log_path = logs_dir / f"{events.key}-{c.key}-{n}.log"
+            runs[c.key].append(_one_run(c, topics, source, target, events, log_path))
+            progress(f"run {n + 1}/{plan.runs} {c.label} ({events.key}): "
+                     f"{_describe(runs[c.key][-1])}")  # fmt: skip
+    return [_summary(c, runs[c.key], events) for c in rows]
 
 
 def _one_run(
-    c: Contender, topics: BenchTopics, source: str, count: int, log_path: Path
+    c: Contender, topics: BenchTopics, source: str, count: int, events: Dataset, log_path: Path
 ) -> dict[str, Any]:
     run = RunTopics(
         bootstrap=topics.bootstrap,
@@ -186,7 +259,7 @@ def _one_run(
         dlq=topics.create(f"{c.key}-dlq"),
         group=topics.group(c.key),
     )
-    launch = Launch(c.commands(run, count), c.env, log_path)
+    launch = Launch(c.commands(run, count, events.model), c.env, log_path)
     try:
         figures = run_contender(
             launch,
@@ -196,6 +269,8 @@ def _one_run(
         )
     except BenchError as exc:
         return {"events_target": count, "error": str(exc), "log": str(log_path)}
+    finally:
+        topics.delete(run.output, run.dlq)  # the broker's disk holds one run's outputs
     return {"events_target": count, **asdict(figures), "log": str(log_path)}
 
 
@@ -208,12 +283,14 @@ def _describe(run: dict[str, Any]) -> str:
     )
 
 
-def _summary(c: Contender, runs: list[dict[str, Any]]) -> dict[str, Any]:
+def _summary(c: Contender, runs: list[dict[str, Any]], events: Dataset) -> dict[str, Any]:
     row: dict[str, Any] = {
         "key": c.key,
         "label": c.label,
         "kind": c.kind,
         "processes": c.processes,
+        "settings": c.settings_label,
+        "events_set": events.key,
         "runs": runs,
         "not_run": c.not_run,
     }
@@ -221,9 +298,11 @@ def _summary(c: Contender, runs: list[dict[str, Any]]) -> dict[str, Any]:
     if c.not_run is None and not good:
         row["not_run"] = "failed: " + (runs[0]["error"].splitlines()[0] if runs else "no run")
     if good:
+        throughput = statistics.median(r["throughput"] for r in good)
         row.update(
             events=good[0]["events_target"],
-            throughput=statistics.median(r["throughput"] for r in good),
+            throughput=throughput,
+            mb_per_s=throughput * events.mean_bytes() / 1e6,
             cpu_s_per_100k=statistics.median(r["cpu_s_per_100k"] for r in good),
             peak_rss_mb=max(r["peak_rss_mb"] for r in good),
             failed_runs=len(runs) - len(good),
@@ -235,33 +314,40 @@ def _latency(
     plan: Plan,
     topics: BenchTopics,
     worker: dict[str, Any],
+    events: Dataset,
     logs_dir: Path,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
     maximum = worker.get("throughput")
     if not maximum:
         return {"not_run": "the worker has no measured throughput", "points": []}
-    phases = [Phase(load, load * maximum) for load in plan.loads]
+    seconds, warmup = plan.latency_s, plan.warmup_s
+    phases = [Phase(f"{load:.0%}", load * maximum, load, seconds, warmup) for load in plan.loads]
+    fixed = Phase(f"{plan.fixed_rate:,.0f} events/s", plan.fixed_rate, None, seconds, warmup)
+    # back from idle: no warm-up left out, the first seconds are the point
+    idle = Phase(f"{plan.fixed_rate:,.0f} events/s after {plan.idle_s:g} s idle",
+                 plan.fixed_rate, None, seconds, 0.0, idle_before_s=plan.idle_s)  # fmt: skip
+    ways = [Batching(max_wait_ms=w) for w in plan.max_waits_ms]
+    ways += [Batching(latency_target_ms=t) for t in plan.latency_targets_ms]
     points: list[LatencyPoint] = []
-    for max_wait_ms in plan.max_waits_ms:
+    for batching in ways:
         progress(
-            f"latency, --max-wait-ms {max_wait_ms:g}: loads {list(plan.loads)} "
-            f"of {maximum:,.0f} events/s, {plan.latency_s:g} s each"
+            f"latency, {batching.label}: loads {list(plan.loads)} of {maximum:,.0f} events/s, "
+            f"then {fixed.label} and {idle.label}, {seconds:g} s each"
         )
+        name = batching.label.removeprefix("--").replace(" ", "-")
         try:
             got = measure_latency(
                 topics,
-                worker_contender(1, max_wait_ms),
-                phases,
-                max_wait_ms=max_wait_ms,
-                seconds=plan.latency_s,
-                warmup_s=plan.warmup_s,
-                log_path=logs_dir / f"latency-{max_wait_ms:g}ms.log",
+                batching,
+                [fixed, *phases, idle],
+                events=events,
+                log_path=logs_dir / f"latency-{name}.log",
             )
         except BenchError as exc:
             progress(f"  failed: {exc}")
             continue
         for p in got:
-            progress(f"  {p['load']:.0%}: p50 {p['p50_ms']} p99 {p['p99_ms']} ms")
+            progress(f"  {p['phase']}: p50 {p['p50_ms']} p99 {p['p99_ms']} ms")
         points.extend(got)
     return {"max_throughput": maximum, "points": points}
