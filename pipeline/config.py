@@ -122,7 +122,7 @@ class DoorSettings:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     max_header_bytes: int = 16 * 1024
-    max_concurrent_streams: int = 100  # gRPC calls at once on one connection
+    max_concurrent_streams: int = 100  # gRPC calls at once on one connection; more wait
 
     def __post_init__(self) -> None:
         for name in ("http_port", "grpc_port"):

@@ -93,5 +93,5 @@ def add_door_flags(add: Add, *, http_default: int, grpc_default: int) -> None:
     add(
         "--max-concurrent-streams",
         type=int,
-        help="gRPC calls in flight on one connection (default: 100)",
+        help="gRPC calls running at once on one connection; a client queues more (default: 100)",
     )

@@ -26,13 +26,14 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.engine.codec import Reject
 from pipeline.engine.engine import Engine, Outcome
 from pipeline.engine.models import LoadedModel
 from pipeline.engine.names import is_plain_name
 from pipeline.engine.spec import ModelSpec
 from pipeline.errors import ModelLoadError, ModelNotFoundError, Overloaded
 
-__all__ = ["ModelCalls", "Refusal", "SeedAnswer", "seed_answers"]
+__all__ = ["ModelCalls", "Refusal", "SeedAnswer", "bad_input", "rejected", "seed_answers"]
 
 
 class Refusal(Exception):
@@ -48,6 +49,22 @@ class Refusal(Exception):
 def bad_input(message: str) -> Refusal:
     """A caller's mistake: 400 / INVALID_ARGUMENT."""
     return Refusal(400, "INVALID_ARGUMENT", message)
+
+
+_UNROUTABLE = {  # a rejected row's error type at the route stage -> HTTP status, gRPC code
+    "UnknownModel": (404, "NOT_FOUND"),
+    "UnknownVersion": (404, "NOT_FOUND"),
+    "ModelLoadFailed": (503, "UNAVAILABLE"),
+}
+
+
+def rejected(reject: Reject, prefix: str = "") -> Refusal:
+    """The refusal of a request whose row the codec rejected: a model or version not in the
+    store, or one that cannot load, as in this module's table; anything else is bad input.
+    `prefix` goes before the reject's message (where in the request the row was)."""
+    found = _UNROUTABLE.get(reject.error_type) if reject.stage == "route" else None
+    http, grpc = found or (400, "INVALID_ARGUMENT")
+    return Refusal(http, grpc, prefix + reject.message)
 
 
 @dataclass(slots=True)

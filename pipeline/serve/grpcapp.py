@@ -27,7 +27,7 @@ from pipeline.serve._proto import (
     prediction_pb2,
     prediction_pb2_grpc,
 )
-from pipeline.serve.calls import ModelCalls, Refusal, bad_input, seed_answers
+from pipeline.serve.calls import ModelCalls, Refusal, bad_input, rejected, seed_answers
 from pipeline.serve.security import TokenCheck
 from pipeline.serve.tensors import TensorError, datatype_of, from_raw, to_raw
 
@@ -49,8 +49,6 @@ _CONTENTS = {  # datatype -> the InferTensorContents field that carries it
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
 }
-_ROUTE_STATUS = {"UnknownModel": "NOT_FOUND", "UnknownVersion": "NOT_FOUND",
-                 "ModelLoadFailed": "UNAVAILABLE"}  # fmt: skip
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -104,9 +102,7 @@ class PredictorService(prediction_pb2_grpc.PredictorServicer):
             event["version"] = request.version
         decoded = self._decoder.decode_events([event], fallback_ts=0)
         if decoded.rejects:
-            reject = decoded.rejects[0]
-            status = _ROUTE_STATUS.get(reject.error_type, "INVALID_ARGUMENT")
-            raise Refusal(400, status, reject.message)
+            raise rejected(decoded.rejects[0])
         (block,) = decoded.blocks.values()
         predicted = await calls.run(block.spec, block.features, deadline=_deadline(context))
         (answer,) = seed_answers(predicted.model, predicted.outputs)

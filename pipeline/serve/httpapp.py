@@ -39,7 +39,7 @@ from pipeline.metrics.endpoint import CONTENT_TYPE
 from pipeline.metrics.health import Readiness
 from pipeline.metrics.prometheus import PrometheusSensor
 from pipeline.serve import oip
-from pipeline.serve.calls import ModelCalls, Refusal, bad_input, seed_answers
+from pipeline.serve.calls import ModelCalls, Refusal, bad_input, rejected, seed_answers
 from pipeline.serve.security import TokenCheck
 
 __all__ = ["HttpApp"]
@@ -48,7 +48,6 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 _JSON = [(b"content-type", b"application/json")]
-_ROUTE_STATUS = {"UnknownModel": 404, "UnknownVersion": 404, "ModelLoadFailed": 503}
 _HEALTH = frozenset(("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/metrics"))
 
 
@@ -207,10 +206,7 @@ class HttpApp:
         decoded = self._decoder.decode_events(events, fallback_ts=0)
         if decoded.rejects:
             reject = decoded.rejects[0]
-            prefix = f"{where}[{reject.index}]: " if where else ""
-            status = _ROUTE_STATUS.get(reject.error_type, 400) if reject.stage == "route" else 400
-            grpc = {404: "NOT_FOUND", 503: "UNAVAILABLE"}.get(status, "INVALID_ARGUMENT")
-            raise Refusal(status, grpc, prefix + reject.message)
+            raise rejected(reject, f"{where}[{reject.index}]: " if where else "")
         (block,) = decoded.blocks.values()
         return block.spec, block.features
 

@@ -104,6 +104,12 @@ class Doors:
                     ("grpc.max_receive_message_length", s.max_body_bytes),
                     ("grpc.max_send_message_length", 64 * 1024 * 1024),
                     ("grpc.max_concurrent_streams", s.max_concurrent_streams),
+                    # Count open HTTP/2 streams against that limit, as the client does, so
+                    # callers beyond it wait at the client. grpc core's default instead
+                    # counts stream objects not yet freed, and grpc.aio frees a call only
+                    # when the event loop gets to it: streams already answered kept counting,
+                    # and callers within the limit got RST_STREAM REFUSED_STREAM.
+                    ("grpc.http.overload_protection", 0),
                     ("grpc.server_handshake_timeout_ms", int(s.header_timeout_s * 1000)),
                     ("grpc.keepalive_time_ms", 60_000),
                     ("grpc.keepalive_timeout_ms", 10_000),

@@ -11,6 +11,7 @@ import re
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import grpc
@@ -219,6 +220,52 @@ def test_64_concurrent_callers_are_answered_correctly_and_batched(
     time.sleep(1.5)  # the next stats line
     batches = [float(b) for b in re.findall(r"mean batch ([\d.]+)", server.log)]
     assert max(batches) > 1.0, f"rows of concurrent callers did not share batches: {batches}"
+
+
+@pytest.mark.parametrize("callers", [64, 200])
+def test_grpc_callers_sharing_one_connection_wait_instead_of_failing(
+    server: Server, callers: int
+) -> None:
+    """At the defaults (100 streams per connection), callers on one channel all get answers:
+    up to the limit they run at once, beyond it they wait in the client's queue; none gets
+    UNAVAILABLE (RST_STREAM REFUSED_STREAM) for a stream the server has already answered."""
+    answers = asyncio.run(_predict_on_one_channel(server.grpc_target, callers, 1000 // callers))
+    failed = Counter(a for a in answers if a != "right")
+    assert not failed, f"{sum(failed.values())} of {len(answers)} calls failed: {dict(failed)}"
+
+
+def test_max_concurrent_streams_bounds_the_calls_running_on_one_connection(
+    serve: Callable[..., Server],
+) -> None:
+    server = serve("--max-concurrent-streams", "2", "--max-wait-ms", "100")
+    answers = asyncio.run(_predict_on_one_channel(server.grpc_target, 16, 3))
+    assert answers == ["right"] * 48, Counter(answers)
+    time.sleep(1.5)  # the next stats line
+    batches = [float(b) for b in re.findall(r"mean batch ([\d.]+)", server.log)]
+    assert 0 < max(batches) <= 2.0, f"more than 2 calls ran at once: mean batches {batches}"
+
+
+async def _predict_on_one_channel(target: str, callers: int, calls: int) -> list[str]:
+    """`callers` callers, `calls` calls each, on one channel: "right" for each right
+    prediction, else what went wrong."""
+    label, _ = ort_outputs(MLP, ROWS)
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = prediction_pb2_grpc.PredictorStub(channel)
+
+        async def caller(c: int) -> list[str]:
+            answers = []
+            for i in range(c, c + calls):
+                request = prediction_pb2.PredictRequest(features=ROWS[i % 8].tolist())
+                try:
+                    reply = await stub.Predict(request, timeout=60)
+                except grpc.aio.AioRpcError as exc:
+                    answers.append(f"{exc.code().name}: {exc.details()}")
+                else:
+                    answers.append("right" if reply.prediction == label[i % 8] else "wrong")
+            return answers
+
+        per_caller = await asyncio.gather(*(caller(c) for c in range(callers)))
+    return [answer for answers in per_caller for answer in answers]
 
 
 def test_sigterm_answers_what_is_in_flight_and_exits_0(serve: Callable[..., Server]) -> None:
