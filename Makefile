@@ -23,12 +23,12 @@ TRITON ?= .cache/tritonclient
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
 
-install: $(VENV)/.installed ## create .venv and install the project with its test and dev extras
+install: $(VENV)/.installed ## create .venv and install the project with its test, dev, import and faust extras
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test,dev,import]'
+	$(VENV)/bin/pip install -q -e '.[test,dev,import,faust]'
 	touch $@
 
 demo: install ## run the main job on the embedded local broker: events in, predictions out
