@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 REQUIRED = ("relay-1", "relay-2", "naive", "worker-1", "worker-1-eos", "worker-2")
-OPTIONAL = ("faust", "quix")
+OPTIONAL = ("faust", "faust-engine", "quix")
 
 
 def test_quick_benchmark_reports_every_row(

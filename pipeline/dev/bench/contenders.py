@@ -3,7 +3,8 @@
 A `Contender` turns a run's topics and event count into one command per process. The
 worker runs as ``pipeline run`` with `CLIENT_SETTINGS` passed as ``-X`` properties; a
 peer runs as ``python -m pipeline.dev.bench.peers.<name>`` with the same settings as JSON.
-Faust runs in this interpreter when faust-streaming is installed. Quix Streams pins
+Faust runs in this interpreter when faust-streaming is installed, both as a plain
+``take()`` agent and as this project's `pipeline.faust.predict_agent`. Quix Streams pins
 confluent-kafka below the worker's version, so it runs from a virtualenv of its own
 (``.cache/bench-quix``, made by ``make bench``) with this checkout on ``PYTHONPATH``.
 """
@@ -26,6 +27,7 @@ __all__ = [
     "Contender",
     "RunTopics",
     "faust_contender",
+    "faust_engine_contender",
     "naive_contender",
     "quix_contender",
     "relay_contender",
@@ -63,6 +65,7 @@ class Contender:
         extra_args: Further arguments for every process.
         env: Extra environment for its processes.
         not_run: Why it cannot run here, or None.
+        dead_letters: A peer that writes dead letters: it gets the run's ``--dlq`` topic.
     """
 
     key: str
@@ -74,6 +77,7 @@ class Contender:
     extra_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     not_run: str | None = None
+    dead_letters: bool = False
 
     def commands(self, topics: RunTopics, count: int) -> list[list[str]]:
         """One command per process for a run on `topics` that must produce `count` outputs."""
@@ -93,6 +97,7 @@ class Contender:
             topics.group,
             "--client-settings",
             client_settings_json(),
+            *(("--dlq", topics.dlq) if self.dead_letters else ()),
             *self.extra_args,
         ]
         if self.processes == 1:
@@ -181,16 +186,32 @@ def naive_contender() -> Contender:
 
 def faust_contender() -> Contender:
     """A faust-streaming agent batching with ``take_events(256, within=5 ms)``."""
-    reason = None
-    if importlib.util.find_spec("faust") is None:
-        reason = "faust-streaming is not installed (pip install -e '.[bench]')"
     return Contender(
         key="faust",
         label="Faust agent, take(256, 5 ms)",
         kind="peer",
         module="pipeline.dev.bench.peers.faust_agent",
-        not_run=reason,
+        not_run=_without_faust("bench"),
     )
+
+
+def faust_engine_contender() -> Contender:
+    """`pipeline.faust.predict_agent` in a Faust app: this project's engine behind Faust."""
+    return Contender(
+        key="faust-engine",
+        label="Faust app with pipeline.faust.predict_agent (256, 5 ms)",
+        kind="peer",
+        module="pipeline.dev.bench.peers.faust_engine",
+        not_run=_without_faust("faust"),
+        dead_letters=True,
+    )
+
+
+def _without_faust(extra: str) -> str | None:
+    """Why a Faust row cannot run here (and which extra installs it), or None."""
+    if importlib.util.find_spec("faust") is None:
+        return f"faust-streaming is not installed (pip install -e '.[{extra}]')"
+    return None
 
 
 def quix_contender(python: Path | None = None) -> Contender:
