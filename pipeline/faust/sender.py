@@ -193,6 +193,8 @@ def _already(error: BaseException) -> asyncio.Future[Any]:
 def _refusal(exc: BaseException) -> str | None:
     """The kind of refusal `exc` is (Faust wraps the producer's own errors), or None."""
     for error in (exc, exc.__cause__):
+        if isinstance(error, OSError):  # its errno is the system's, not a broker's
+            continue
         kind = _REFUSED.get(getattr(error, "errno", None))  # type: ignore[arg-type]
         if kind is not None:
             return kind

@@ -22,7 +22,11 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from tests.reliability.harness import EventStream, read_committed, split, uncommitted
-from tests.reliability.test_refused_records import BIG_BYTES, _oversized_event, _send_large
+from tests.reliability.test_refused_records import (
+    _oversized_event,
+    _send_large,
+    check_the_oversized_letter,
+)
 
 from .conftest import Pipeline
 from .kafkaio import (
@@ -34,7 +38,7 @@ from .kafkaio import (
     send,
     wait_for_outputs,
 )
-from .test_worker import BAD_VALUES
+from .test_worker import BAD_VALUES, good_and_bad_events
 
 pytest.importorskip("faust", reason="the [faust] extra is not installed")
 
@@ -143,12 +147,7 @@ def test_bad_inputs_become_the_workers_dead_letters_header_for_header(
 ) -> None:
     run = make_faust(partitions=1)
     p = run.pipeline
-    goods = good_events(len(BAD_VALUES) + 1)
-    events: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
-    for i, (kind, value) in enumerate(BAD_VALUES.items()):
-        events.append((goods[i][0], goods[i][1], []))
-        events.append((f"bad-{kind}".encode(), value, [("trace", kind.encode())]))
-    events.append((goods[-1][0], goods[-1][1], []))
+    goods, events = good_and_bad_events()
     send(p.bootstrap, p.input, events)
     faust_worker = run.start()
     # The Kafka worker reads the same input in a group of its own, for comparison.
@@ -187,14 +186,7 @@ def test_a_record_too_large_to_dead_letter_whole_loses_its_value_not_its_letter(
     out = read_committed(p.bootstrap, [p.output, p.dlq], want=ids, timeout_s=90)
     assert worker.stop()[0] == 0, worker.log[-3000:]
 
-    predictions, dead = split(out)
-    acc = Accounting.of(predictions, dead)
-    assert acc.lost(ids) == [] and acc.duplicates() == 0
-    (letter,) = dead
-    h = letter.headers
-    assert letter.key == b"big-key" and not letter.value
-    assert (h["pipeline.error.stage"], h["pipeline.error.type"]) == (b"decode", b"TooLarge")
-    assert h["pipeline.value.omitted"] == str(BIG_BYTES).encode()
+    check_the_oversized_letter(out, ids)
 
 
 def test_a_faust_worker_killed_mid_batch_loses_nothing_after_a_restart(
