@@ -48,8 +48,8 @@ test: install $(TRITON)/.installed ## start the local broker unless KAFKA_BOOTST
 	KAFKA_BOOTSTRAP_SERVERS=$$bootstrap $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install ## ruff and mypy --strict on pipeline/
-	$(VENV)/bin/ruff check pipeline tests scripts
-	$(VENV)/bin/ruff format --check pipeline tests scripts
+	$(VENV)/bin/ruff check pipeline tests scripts examples
+	$(VENV)/bin/ruff format --check pipeline tests scripts examples
 	$(VENV)/bin/mypy --strict pipeline
 
 bench: install $(BENCH_QUIX)/.installed ## micro-benchmarks and the side-by-side Kafka benchmark (not part of make test)

@@ -9,6 +9,7 @@ tests/integration/test_faust.py.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -319,3 +320,15 @@ def test_the_agent_is_registered_on_the_app_with_its_dead_letter_topic() -> None
 
     assert agent in faust_app.agents.values()
     assert agent.name == "predict-features"
+
+
+def test_the_example_app_builds_with_predict_agent_beside_its_own_agents() -> None:
+    spec = importlib.util.spec_from_file_location(
+        "faust_predict", ROOT / "examples/faust_predict.py"
+    )
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+
+    names = sorted(agent.name for agent in example.app.agents.values())
+    assert len(names) == 3 and "predict-features" in names
