@@ -26,12 +26,12 @@ TRITON ?= .cache/tritonclient
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
 
-install: $(VENV)/.installed ## create .venv and install the project with its test and dev extras
+install: $(VENV)/.installed ## create .venv and install the project with its test, dev, import and faust extras
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test,dev,import]'
+	$(VENV)/bin/pip install -q -e '.[test,dev,import,faust]'
 	touch $@
 
 demo: install ## run the main job on the embedded local broker: events in, predictions out
@@ -51,8 +51,8 @@ test: install $(TRITON)/.installed ## start the local broker unless KAFKA_BOOTST
 	KAFKA_BOOTSTRAP_SERVERS=$$bootstrap $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install ## ruff and mypy --strict on pipeline/
-	$(VENV)/bin/ruff check pipeline tests scripts
-	$(VENV)/bin/ruff format --check pipeline tests scripts
+	$(VENV)/bin/ruff check pipeline tests scripts examples
+	$(VENV)/bin/ruff format --check pipeline tests scripts examples
 	$(VENV)/bin/mypy --strict pipeline
 
 bench: install $(BENCH_QUIX)/.installed ## micro-benchmarks, the side-by-side Kafka benchmark and the front doors' (not part of make test)

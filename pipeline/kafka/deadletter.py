@@ -3,15 +3,23 @@
 A rejected event keeps its key, value bytes and headers exactly as they arrived, and gains
 ``pipeline.error.*`` and ``pipeline.source.*`` headers (after Kafka Connect's
 ``__connect.errors.*``), so a person can see why and replay it once the cause is fixed.
+
+A dead letter the producer or the broker refuses (too large) is sent again smaller:
+`dead_letter` with ``omit=1`` leaves the value out (``pipeline.value.omitted`` says how
+large it was; the source headers say where to read it back), ``omit=2`` also the original
+headers (``pipeline.headers.omitted``). Every producer of dead letters (the Kafka worker, the
+Faust agent) builds them here, so their records are the same.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["STAGES", "dead_letter_headers"]
+__all__ = ["MAX_OMIT", "STAGES", "dead_letter", "dead_letter_headers"]
 
 STAGES = ("decode", "validate", "route", "infer", "produce", "deliver")
+MAX_OMIT = 2
+"""The last `dead_letter` ``omit`` level: value and original headers both left out."""
 _MAX_MESSAGE_BYTES = 1024
 
 Headers = list[tuple[str, bytes | None]]
@@ -40,6 +48,57 @@ def dead_letter_headers(
         ("pipeline.failed_at", str(failed_at_ms).encode()),
     ]
     return headers
+
+
+def dead_letter(
+    value: bytes | None,
+    original: Sequence[tuple[str, bytes | None]] | None,
+    *,
+    reason: tuple[str, str, str],
+    topic: str,
+    partition: int,
+    offset: int,
+    failed_at_ms: int,
+    omit: int = 0,
+    unreadable_headers: bool = False,
+) -> tuple[bytes | None, Headers]:
+    """The value and headers of the dead letter of one source record.
+
+    Args:
+        value: The source record's value.
+        original: The source record's headers.
+        reason: What failed: (stage, error type, message).
+        topic: The source record's topic.
+        partition: Its partition.
+        offset: Its offset.
+        failed_at_ms: When it failed, ms since the epoch.
+        omit: 0 keeps the value and the original headers; 1 leaves the value out; 2
+            (`MAX_OMIT`) also the original headers.
+        unreadable_headers: The source headers could not be read (a client could not
+            decode a name); they are left out and said to be.
+
+    Returns:
+        The value to send (None when omitted) and the headers.
+    """
+    extra: Headers = []
+    if omit >= 1:
+        extra.append(("pipeline.value.omitted", str(len(value or b"")).encode()))
+        value = None
+    if unreadable_headers or (omit >= MAX_OMIT and original):
+        extra.append(("pipeline.headers.omitted", b"1"))
+        original = None
+    stage, error_type, message = reason
+    headers = dead_letter_headers(
+        original,
+        stage=stage,
+        error_type=error_type,
+        message=message,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        failed_at_ms=failed_at_ms,
+    )
+    return value, headers + extra
 
 
 def _cut(message: str) -> bytes:

@@ -29,7 +29,7 @@ from confluent_kafka import KafkaException, Message
 from pipeline.engine.codec import encode_rows
 from pipeline.engine.spec import ModelSpec
 from pipeline.kafka.committer import REFUSED_RECORD, Committer
-from pipeline.kafka.deadletter import dead_letter_headers
+from pipeline.kafka.deadletter import MAX_OMIT, dead_letter
 from pipeline.metrics import Sensor
 from pipeline.metrics.tracing import BatchTracer, trace_headers
 
@@ -234,28 +234,20 @@ class Outputs:
         leaves the original headers out.
         """
         original, unreadable = read_headers(record)
-        value = record.value()
-        extra = list(extra)
-        if omit >= 1:
-            extra.append(("pipeline.value.omitted", str(len(value or b"")).encode()))
-            value = None
-        if unreadable or (omit >= 2 and original):
-            extra.append(("pipeline.headers.omitted", b"1"))
-            original = None
-        stage, error_type, message = reason
-        headers = dead_letter_headers(
+        value, headers = dead_letter(
+            record.value(),
             original,
-            stage=stage,
-            error_type=error_type,
-            message=message,
+            reason=reason,
             topic=record.topic() or "",
             partition=record.partition() or 0,
             offset=record.offset() or 0,
             failed_at_ms=now_ms(),
+            omit=omit,
+            unreadable_headers=unreadable,
         )
-        letter = _Letter(self, record, owed, reason, omit, extra)
+        letter = _Letter(self, record, owed, reason, omit, list(extra))
         self._committer.begin()
-        refused = self._produce(self._dlq_topic, value, record.key(), headers + extra,
+        refused = self._produce(self._dlq_topic, value, record.key(), headers + letter.extra,
                                 letter.delivered)  # fmt: skip
         if refused is not None:
             self._letter_refused(letter, refused)
@@ -272,7 +264,7 @@ class Outputs:
 
     def _letter_refused(self, letter: _Letter, error: RdKafkaError) -> None:
         """A dead letter the producer or broker would not take: send it smaller, or give up."""
-        if letter.omit < 2:
+        if letter.omit < MAX_OMIT:
             reason = (letter.stage, letter.error_type, letter.message)
             self.dead_letter(letter.record, letter.owed, reason, omit=letter.omit + 1,
                              extra=letter.extra)  # fmt: skip

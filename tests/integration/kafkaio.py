@@ -238,11 +238,13 @@ def dead_letter_identity(r: Record) -> str:
 class WorkerProcess:
     """`pipeline run` in a subprocess, its log kept in a file for the test to read."""
 
+    command: tuple[str, ...] = ("-m", "pipeline", "run")  # after the interpreter
+
     def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline", "run", *args],
+            [sys.executable, *self.command, *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 REQUIRED = ("relay-1", "relay-1-tuned", "relay-2", "relay-2-tuned", "naive", "worker-1",
             "worker-1-eos", "worker-1-metrics", "worker-2")  # fmt: skip
-OPTIONAL = ("faust", "quix")
+OPTIONAL = ("faust", "faust-engine", "quix")
 
 
 def test_quick_benchmark_reports_every_row(

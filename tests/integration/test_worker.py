@@ -90,16 +90,26 @@ BAD_VALUES: dict[str, bytes | None] = {
 }
 
 
-def test_each_bad_input_lands_in_the_dlq_with_its_original_bytes(
-    make_pipeline: Callable[..., Pipeline],
-) -> None:
-    p = make_pipeline(partitions=1)
+def good_and_bad_events() -> tuple[
+    list[tuple[bytes, bytes]], list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]
+]:
+    """Good events, and them with one of each `BAD_VALUES` between each two (keyed
+    ``bad-<kind>``, with a ``trace`` header naming the kind): the bad one of kind number
+    i is at offset 2 i + 1 of a one-partition topic."""
     goods = good_events(len(BAD_VALUES) + 1)
     events: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
     for i, (kind, value) in enumerate(BAD_VALUES.items()):
         events.append((goods[i][0], goods[i][1], []))
         events.append((f"bad-{kind}".encode(), value, [("trace", kind.encode())]))
     events.append((goods[-1][0], goods[-1][1], []))
+    return goods, events
+
+
+def test_each_bad_input_lands_in_the_dlq_with_its_original_bytes(
+    make_pipeline: Callable[..., Pipeline],
+) -> None:
+    p = make_pipeline(partitions=1)
+    goods, events = good_and_bad_events()
     send(p.bootstrap, p.input, events)
     worker = p.start_worker("--default-model", MLP)
     out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(events))

@@ -24,7 +24,15 @@ from tests.integration.conftest import Pipeline
 from tests.integration.kafkaio import Accounting, good_events, send
 from tests.modelfactory import sequence_output_model, zipmap_classifier
 
-from .harness import GUARANTEES, MLP, guarantee_args, read_committed, report, split
+from .harness import (
+    GUARANTEES,
+    MLP,
+    TimedRecord,
+    guarantee_args,
+    read_committed,
+    report,
+    split,
+)
 
 BIG_BYTES = 999_688  # the size seen from outside: under the broker's 1 MiB default limit
 
@@ -46,6 +54,20 @@ def _send_large(bootstrap: str, topic: str, key: bytes, value: bytes) -> None:
     assert producer.flush(30) == 0
 
 
+def check_the_oversized_letter(out: list[TimedRecord], ids: list[str]) -> TimedRecord:
+    """Check that every id in `ids` ended once among `out`, the oversized event (sent with
+    `_send_large`) as its only dead letter, without its value; return that letter."""
+    predictions, dead = split(out)
+    acc = Accounting.of(predictions, dead)
+    assert acc.lost(ids) == [] and acc.duplicates() == 0
+    (letter,) = dead
+    h = letter.headers
+    assert letter.key == b"big-key" and not letter.value
+    assert h["pipeline.error.stage"] == b"decode" and h["pipeline.error.type"] == b"TooLarge"
+    assert h["pipeline.value.omitted"] == str(BIG_BYTES).encode()
+    return letter
+
+
 @pytest.mark.parametrize("guarantee", GUARANTEES)
 def test_a_record_too_large_to_dead_letter_whole_ends_as_a_dead_letter_without_its_value(
     make_pipeline: Callable[..., Pipeline], guarantee: str
@@ -63,14 +85,7 @@ def test_a_record_too_large_to_dead_letter_whole_ends_as_a_dead_letter_without_i
     code, _ = worker.stop(signal.SIGTERM)
     assert code == 0, worker.log[-3000:]
 
-    predictions, dead = split(out)
-    acc = Accounting.of(predictions, dead)
-    assert acc.lost(ids) == [] and acc.duplicates() == 0
-    (letter,) = dead
-    h = letter.headers
-    assert letter.key == b"big-key" and not letter.value
-    assert h["pipeline.error.stage"] == b"decode" and h["pipeline.error.type"] == b"TooLarge"
-    assert h["pipeline.value.omitted"] == str(BIG_BYTES).encode()
+    h = check_the_oversized_letter(out, ids).headers
     assert (h["pipeline.source.topic"], h["pipeline.source.offset"]) == (p.input.encode(), b"0")
     assert "Traceback" not in worker.log
     report(f"T12-oversized-{guarantee}", events=len(ids), lost=0, duplicates=0, dead=1)

@@ -9,7 +9,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from pipeline.kafka.deadletter import STAGES, dead_letter_headers
+from pipeline.kafka.deadletter import MAX_OMIT, STAGES, dead_letter, dead_letter_headers
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schemas" / "dead-letter.schema.json"
 SCHEMA = json.loads(SCHEMA_FILE.read_text())
@@ -129,3 +129,48 @@ def test_headers_satisfy_the_dead_letter_schema(stage: str) -> None:
 
     document = {name: value.decode() for name, value in headers if value is not None}
     jsonschema.Draft202012Validator(SCHEMA).validate(document)
+
+
+def letter(omit: int, *, unreadable: bool = False) -> tuple[bytes | None, dict[str, Any]]:
+    value, headers = dead_letter(
+        b"x" * 2000,
+        [("trace", b"t")],
+        reason=("decode", "TooLarge", "too large"),
+        topic="features",
+        partition=1,
+        offset=9,
+        failed_at_ms=1,
+        omit=omit,
+        unreadable_headers=unreadable,
+    )
+    return value, dict(headers)
+
+
+def test_a_whole_dead_letter_keeps_the_value_and_the_original_headers() -> None:
+    value, headers = letter(0)
+
+    assert value == b"x" * 2000
+    assert headers["trace"] == b"t" and headers["pipeline.error.type"] == b"TooLarge"
+    assert "pipeline.value.omitted" not in headers and "pipeline.headers.omitted" not in headers
+
+
+def test_omit_1_leaves_the_value_out_and_says_how_large_it_was() -> None:
+    value, headers = letter(1)
+
+    assert value is None
+    assert headers["pipeline.value.omitted"] == b"2000" and headers["trace"] == b"t"
+
+
+def test_omit_2_also_leaves_the_original_headers_out() -> None:
+    value, headers = letter(MAX_OMIT)
+
+    assert value is None and "trace" not in headers
+    assert headers["pipeline.headers.omitted"] == b"1"
+    assert headers["pipeline.source.offset"] == b"9"
+
+
+def test_unreadable_headers_are_left_out_and_said_to_be() -> None:
+    value, headers = letter(0, unreadable=True)
+
+    assert value == b"x" * 2000 and "trace" not in headers
+    assert headers["pipeline.headers.omitted"] == b"1"

@@ -30,6 +30,7 @@ _SKIPPABLE = (
     "relay-2-tuned",
     "naive",
     "faust",
+    "faust-engine",
     "quix",
     "worker-1-eos",
     "worker-1-metrics",

@@ -4,7 +4,8 @@ A `Contender` turns a run's topics, event count and model into one command per p
 The worker runs as ``pipeline run`` with its own defaults; a peer or the relay runs as
 ``python -m pipeline.dev.bench.peers.<name>`` with its client settings as JSON
 (`pipeline.dev.bench.settings` says which and why).
-Faust runs in this interpreter when faust-streaming is installed. Quix Streams pins
+Faust runs in this interpreter when faust-streaming is installed, both as a plain
+``take()`` agent and as this project's `pipeline.faust.predict_agent`. Quix Streams pins
 confluent-kafka below the worker's version, so it runs from a virtualenv of its own
 (``.cache/bench-quix``, made by ``make bench``) with this checkout on ``PYTHONPATH``.
 """
@@ -34,6 +35,7 @@ __all__ = [
     "Contender",
     "RunTopics",
     "faust_contender",
+    "faust_engine_contender",
     "free_port",
     "naive_contender",
     "quix_contender",
@@ -74,6 +76,7 @@ class Contender:
         settings: Its Kafka client settings (a peer's ``--client-settings``; for the
             worker, what it sets by itself, for the report).
         settings_label: Which settings these are, for the table.
+        dead_letters: A peer that writes dead letters: it gets the run's ``--dlq`` topic.
     """
 
     key: str
@@ -87,6 +90,7 @@ class Contender:
     not_run: str | None = None
     settings: Mapping[str, Any] = field(default_factory=lambda: PEER_SETTINGS)
     settings_label: str = "librdkafka defaults, acks=all, idempotence"
+    dead_letters: bool = False
 
     def commands(self, topics: RunTopics, count: int, model: str = MODEL) -> list[list[str]]:
         """One command per process for a run on `topics` that must produce `count` outputs
@@ -109,6 +113,7 @@ class Contender:
             as_json(self.settings),
             "--model-dir",
             str(REPO_ROOT / "models" / model / "1"),
+            *(("--dlq", topics.dlq) if self.dead_letters else ()),
             *self.extra_args,
         ]
         if self.processes == 1:
@@ -235,16 +240,32 @@ def naive_contender() -> Contender:
 
 def faust_contender() -> Contender:
     """A faust-streaming agent batching with ``take_events(256, within=5 ms)``."""
-    reason = None
-    if importlib.util.find_spec("faust") is None:
-        reason = "faust-streaming is not installed (pip install -e '.[bench]')"
     return Contender(
         key="faust",
         label="Faust agent, take(256, 5 ms)",
         kind="peer",
         module="pipeline.dev.bench.peers.faust_agent",
-        not_run=reason,
+        not_run=_without_faust("bench"),
     )
+
+
+def faust_engine_contender() -> Contender:
+    """`pipeline.faust.predict_agent` in a Faust app: this project's engine behind Faust."""
+    return Contender(
+        key="faust-engine",
+        label="Faust app with pipeline.faust.predict_agent (256, 5 ms)",
+        kind="peer",
+        module="pipeline.dev.bench.peers.faust_engine",
+        not_run=_without_faust("faust"),
+        dead_letters=True,
+    )
+
+
+def _without_faust(extra: str) -> str | None:
+    """Why a Faust row cannot run here (and which extra installs it), or None."""
+    if importlib.util.find_spec("faust") is None:
+        return f"faust-streaming is not installed (pip install -e '.[{extra}]')"
+    return None
 
 
 def quix_contender(python: Path | None = None) -> Contender:

@@ -54,6 +54,7 @@ class PeerArgs:
         consumer: librdkafka consumer properties shared by every contender.
         commit_interval_ms: How often stored offsets are committed.
         model_dir: Directory holding the model's ``model.onnx`` and ``model.json``.
+        dlq: Topic for dead letters, for the peers that write them; None otherwise.
     """
 
     bootstrap: str
@@ -65,6 +66,7 @@ class PeerArgs:
     consumer: dict[str, Any]
     commit_interval_ms: int
     model_dir: Path
+    dlq: str | None = None
 
 
 def parse_peer_args(prog: str, description: str, argv: Sequence[str] | None) -> PeerArgs:
@@ -95,6 +97,7 @@ def parse_peer_args(prog: str, description: str, argv: Sequence[str] | None) -> 
         default=_DEFAULT_MODELS / "breast-cancer-mlp" / "1",
         help="directory with model.onnx and model.json (default: the example MLP)",
     )
+    parser.add_argument("--dlq", default=None, help="topic for dead letters (if the peer has any)")
     args = parser.parse_args(argv)
     settings: dict[str, Any] = json.loads(args.client_settings)
     return PeerArgs(
@@ -107,6 +110,7 @@ def parse_peer_args(prog: str, description: str, argv: Sequence[str] | None) -> 
         consumer=dict(settings.get("consumer", {})),
         commit_interval_ms=int(settings.get("commit_interval_ms", 1000)),
         model_dir=args.model_dir,
+        dlq=args.dlq,
     )
 
 

@@ -3,10 +3,13 @@
 The agent buffers up to 256 events or 5 ms (``take_events`` is ``take`` with the events,
 so keys and record timestamps stay at hand), decodes each value's JSON, runs the model
 once on the batch, and sends one prediction per event with ``topic.send``, keyed like
-the input. Faust acknowledges a batch's events once the agent has sent their outputs,
-and flushes its producer before every offset commit, so it is at-least-once too.
+the input. This is the usual Faust pattern and its trap: ``take_events`` acknowledges a
+batch's events in a ``finally``, so a batch whose inference or send raised is committed
+all the same, and ``topic.send`` returns before the broker acknowledges. Faust flushes its
+producer before every offset commit, so with nothing failing no output is lost; but on a
+failure this peer is *not* at-least-once (`pipeline.faust.predict_agent` is).
 
-Faust's Kafka client is aiokafka, so the shared librdkafka settings are mapped onto
+Faust's Kafka client is aiokafka, so the peer's librdkafka settings are mapped onto
 Faust's own (`faust_settings`); aiokafka's idempotent producer is only switched on in
 Faust's exactly-once mode, so this peer runs with ``acks=all`` without idempotence.
 """
@@ -17,7 +20,7 @@ import logging
 import os
 import signal
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,7 +28,7 @@ import orjson
 
 from pipeline.dev.bench.peers.common import Model, PeerArgs, encode, parse_peer_args, prediction
 
-__all__ = ["build_app", "faust_settings", "main"]
+__all__ = ["build_app", "faust_app", "faust_settings", "main", "run_app"]
 
 MAX_BATCH = 256
 WITHIN_S = 0.005
@@ -46,11 +49,11 @@ def faust_settings(args: PeerArgs) -> dict[str, Any]:
     }
 
 
-def build_app(args: PeerArgs, model: Model, datadir: str) -> Any:
-    """The Faust app with its one agent, keeping its local state in `datadir`."""
+def faust_app(args: PeerArgs, datadir: str) -> Any:
+    """A Faust app with the shared settings and no agent yet, its local state in `datadir`."""
     import faust
 
-    app = faust.App(
+    return faust.App(
         args.group,
         broker=f"kafka://{args.bootstrap}",
         key_serializer="raw",
@@ -61,6 +64,19 @@ def build_app(args: PeerArgs, model: Model, datadir: str) -> Any:
         topic_replication_factor=1,
         **faust_settings(args),
     )
+
+
+def run_app(build: Callable[[str], Any]) -> None:
+    """Run the app `build` makes (given a temporary data directory) until SIGTERM."""
+    from faust.worker import Worker
+
+    with tempfile.TemporaryDirectory(prefix="faust-bench-") as datadir:
+        Worker(build(datadir), loglevel=logging.WARNING, quiet=True).execute_from_commandline()
+
+
+def build_app(args: PeerArgs, model: Model, datadir: str) -> Any:
+    """The Faust app with its one agent, keeping its local state in `datadir`."""
+    app = faust_app(args, datadir)
     source = app.topic(args.input, key_serializer="raw", value_serializer="raw")
     sink = app.topic(args.output, key_serializer="raw", value_serializer="raw")
     done = 0
@@ -87,13 +103,9 @@ def build_app(args: PeerArgs, model: Model, datadir: str) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the Faust worker until `--count` events are done or SIGTERM; return 0."""
-    from faust.worker import Worker
-
     args = parse_peer_args("python -m pipeline.dev.bench.peers.faust_agent", __doc__ or "", argv)
     model = Model(args.model_dir)
-    with tempfile.TemporaryDirectory(prefix="faust-bench-") as datadir:
-        worker = Worker(build_app(args, model, datadir), loglevel=logging.WARNING, quiet=True)
-        worker.execute_from_commandline()
+    run_app(lambda datadir: build_app(args, model, datadir))
     return 0
 
 
