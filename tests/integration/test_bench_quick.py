@@ -55,7 +55,7 @@ def test_quick_benchmark_reports_every_row(
         assert 0 < point["p50_ms"] <= point["p99_ms"] <= point["p999_ms"], point
         stages = point["stages"]
         assert stages["inference"]["count"] > 0 and stages["produce_ack"]["count"] > 0, point
-        assert stages["event_to_prediction"]["count"] >= point["events"], point
+        assert stages["event_to_prediction"]["count"] > 0, point
 
     share = {row["key"]: row for row in results["share"]["rows"]}
     assert set(share) == {"consumer-1", "share-1", "consumer-4", "share-4"}

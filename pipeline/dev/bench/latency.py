@@ -47,6 +47,8 @@ __all__ = ["Batching", "LatencyPoint", "Phase", "measure_latency", "open_loop"]
 
 _GROUP_READY_TIMEOUT_S = 60.0
 _DRAIN_TIMEOUT_S = 20.0
+# the reader may see a prediction before the worker has handled its acknowledgement
+_ACKS_COUNTED_S = 0.5
 _TIMES = re.compile(rb'"ts":(\d+),"predicted_at":(\d+)')
 
 
@@ -188,6 +190,7 @@ def measure_latency(
                     time.sleep(phase.idle_before_s)
                     before = stages.scrape(port)
                     measured = _phase(pool, run, reader, proc, sampler, phase, events.key)
+                    time.sleep(_ACKS_COUNTED_S)
                     after = stages.scrape(port)
                     figures = stages.stage_figures(before, after)
                     points.append(_point(batching, phase, *measured, sampler, figures))
