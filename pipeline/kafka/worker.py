@@ -596,6 +596,9 @@ def run_worker(config: WorkerConfig, index: int = 0) -> int:
     metrics = PrometheusSensor() if wants_metrics else None
     sensor = Sensors([stats, *([metrics] if metrics else [])])
     readiness = Readiness(stale_after_s=_STALE_AFTER_S)
+    # Held back from the start, not from the worker's run: the endpoint and the doors open
+    # before it, and /readyz must not answer 200 in between.
+    readiness.wait_for("partitions", "waiting for the group to assign partitions")
     engine = build_engine(config, sensor, max_queue=config.max_queue)
     readiness.wait_for("models", "the models are loading")
     warm_up(engine, default_model=config.default_model, max_loaded=config.max_loaded_models)
