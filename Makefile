@@ -21,7 +21,7 @@ BENCH_QUIX ?= .cache/bench-quix
 # tritonclient, the standard Open Inference Protocol client the door tests talk to the server with.
 TRITON ?= .cache/tritonclient
 
-.PHONY: help install demo test lint bench soak models protos clean
+.PHONY: help install demo test lint bench soak models protos picture clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
@@ -88,6 +88,10 @@ soak: install ## the full fault-injection suite (minutes to hours); figures in b
 		export KAFKA_BOOTSTRAP_SERVERS=$$($(PIPELINE) kafka status --data-dir $(TEST_DATA) | sed -E 's/^running at ([^ ]+).*/\1/'); \
 	fi; \
 	PIPELINE_SOAK=1 PIPELINE_RELIABILITY_REPORT=bench-results/reliability.jsonl $(PY) -m pytest tests/reliability -s $(PYTEST_ARGS)
+
+picture: install ## docs/monitoring.png: a real run on the local broker, seen by a real Prometheus, shot by Chromium
+	$(VENV)/bin/pip install -q -e '.[bench]'
+	$(PY) -m pipeline.dev.monitorshot --out docs/monitoring.png
 
 protos: install ## regenerate pipeline/serve/_proto from schemas/*.proto (a test checks they match)
 	$(PY) -m pipeline.dev.protos
