@@ -39,6 +39,7 @@ from pipeline.metrics.endpoint import MetricsServer
 from pipeline.metrics.health import Readiness
 from pipeline.metrics.prometheus import METRICS, PrometheusSensor
 from pipeline.serve import httpapp, server
+from tests.unit.test_compose import _run_config
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -319,10 +320,7 @@ def test_kustomize_builds_the_manifests_with_the_generated_config() -> None:
 
 def _compose_worker_port(name: str) -> int:
     """The metrics port of compose service `name`'s worker, from its real settings."""
-    service = COMPOSE[name]
-    args = _parse([str(a) for a in service["command"]], f"compose service {name!r}")
-    env = {k: str(v) for k, v in (service.get("environment") or {}).items()}
-    config = load_settings(WorkerConfig, _flags(args), env=env)
+    config = _run_config(name)  # test_compose's: the command and environment, loaded
     assert config.metrics_host == "0.0.0.0", f"{name}: Prometheus cannot reach /metrics"
     assert config.metrics_port, f"compose service {name!r} serves no /metrics"
     return config.metrics_port
