@@ -1,10 +1,13 @@
-"""Imported models served by the real worker on a real broker: a Keras model (as a
-SavedModel and as a .keras file) and a scikit-learn pipeline, and a version imported while
-the worker runs. Predictions must equal the source framework's own."""
+"""Imported models served by the real worker on a real broker and by `pipeline serve`'s
+doors: a Keras model (as a SavedModel and as a .keras file) and a scikit-learn pipeline,
+and a version imported while the worker runs. Predictions must equal the source
+framework's own."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,7 +27,7 @@ from sklearn.preprocessing import StandardScaler
 from pipeline.importer import SourceOptions, import_model
 
 from .conftest import Pipeline
-from .kafkaio import Record, checked, read_all, send, verify_consumer
+from .kafkaio import Record, checked, free_port, read_all, send, verify_consumer
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
 X, Y = load_breast_cancer(return_X_y=True)
@@ -195,3 +198,45 @@ def test_a_missing_signature_or_a_wrong_input_is_refused_naming_what_exists(
             options=SourceOptions(labels=("a", "b", "c")),
         )
     assert sorted(p.name for p in store.rglob("*")) == before
+
+
+def test_keras_model_served_through_the_doors_equals_tensorflow(
+    keras_store: tuple[Path, np.ndarray], tmp_path: Path
+) -> None:
+    """`pipeline serve` on the imported store: HTTP (TF Serving's batch form) and the Open
+    Inference Protocol over gRPC answer what TensorFlow answers."""
+    import grpc
+    import httpx
+
+    from pipeline.serve._proto import inference_pb2, inference_pb2_grpc
+    from tests.doors.conftest import Server, wait_until_ready
+
+    store, expected = keras_store
+    http_port, grpc_port = free_port(), free_port()
+    log_path = tmp_path / "serve.log"
+    log = log_path.open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "serve", "--models", str(store),
+         "--http-port", str(http_port), "--grpc-port", str(grpc_port)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    server = Server(proc, http_port, grpc_port, log_path, log)
+    try:
+        wait_until_ready(server)
+        reply = httpx.post(f"{server.url}/v1/models/tf-saved:predict",
+                           json={"instances": ROWS[:100].tolist()}, timeout=30)  # fmt: skip
+        assert reply.status_code == 200, reply.text
+        over_http = np.array(reply.json()["predictions"])
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+            request = inference_pb2.ModelInferRequest(model_name="tf-keras")
+            request.inputs.add(name="features", datatype="FP32", shape=[100, 30])
+            request.raw_input_contents.append(ROWS[100:200].astype("<f4").tobytes())
+            answer = stub.ModelInfer(request, timeout=30)
+        assert [o.name for o in answer.outputs] == ["output_0"]
+        over_grpc = np.frombuffer(answer.raw_output_contents[0], dtype="<f4").reshape(100, 2)
+    finally:
+        assert server.stop()[0] == 0
+    for served, tf_rows in ((over_http, expected[:100]), (over_grpc, expected[100:200])):
+        assert served.shape == tf_rows.shape
+        assert (np.abs(served - tf_rows) / np.maximum(1, np.abs(tf_rows))).max() <= TOLERANCE
