@@ -1,6 +1,6 @@
 """Imported models served by the real worker on a real broker and by `pipeline serve`'s
-doors: a Keras model (as a SavedModel and as a .keras file) and a scikit-learn pipeline,
-and a version imported while the worker runs. Predictions must equal the source
+doors: a Keras model (as a SavedModel and as a .keras file), a scikit-learn pipeline, an
+XGBoost and a LightGBM booster, and a version imported while the worker runs. Predictions must equal the source
 framework's own."""
 
 from __future__ import annotations
@@ -108,24 +108,48 @@ def sklearn_source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]
     return path, estimator
 
 
-def test_sklearn_pipeline_served_through_kafka_gives_its_labels_on_all_569_rows(
-    make_pipeline: Callable[..., Pipeline], sklearn_source: tuple[Path, Any], tmp_path: Path
+@pytest.fixture(scope="module")
+def booster_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Any]]:
+    """An XGBoost and a LightGBM classifier, saved in their native formats."""
+    import lightgbm as lgb
+
+    out = tmp_path_factory.mktemp("boosters")
+    booster = xgb.XGBClassifier(n_estimators=40, max_depth=3, random_state=0).fit(X, Y)
+    booster.save_model(out / "x.json")
+    light = lgb.LGBMClassifier(n_estimators=40, random_state=0, verbose=-1).fit(X, Y)
+    light.booster_.save_model(out / "l.txt")
+    return {"xgboost": (out / "x.json", booster), "lightgbm": (out / "l.txt", light)}
+
+
+def framework_labels(framework: str, model: Any) -> list[int]:
+    if framework == "lightgbm":
+        return (model.booster_.predict(ROWS.astype(np.float64)) > 0.5).astype(int).tolist()
+    return [int(v) for v in model.predict(ROWS)]
+
+
+@pytest.mark.parametrize("framework", ["sklearn", "xgboost", "lightgbm"])
+def test_imported_model_served_through_kafka_gives_its_labels_on_all_569_rows(
+    make_pipeline: Callable[..., Pipeline],
+    sklearn_source: tuple[Path, Any],
+    booster_sources: dict[str, tuple[Path, Any]],
+    tmp_path: Path,
+    framework: str,
 ) -> None:
-    path, estimator = sklearn_source
+    path, model = {"sklearn": sklearn_source, **booster_sources}[framework]
     store = tmp_path / "store"
     store.mkdir()
     options = SourceOptions(trust_pickle=True, labels=LABELS)
-    import_model(path, name="bc-sklearn", models=store, options=options)
+    import_model(path, name=f"bc-{framework}", models=store, options=options)
     p = make_pipeline(models=store)
-    sent = events("bc-sklearn", ROWS)
+    sent = events(f"bc-{framework}", ROWS)
     send(p.bootstrap, p.input, sent)
     worker = p.start_worker()
     out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(sent))
     assert worker.stop()[0] == 0
     predictions = by_row([r for r in out if r.topic == p.output])
     assert len(predictions) == 569
-    expected = estimator.predict(ROWS)
-    assert [predictions[i]["outputs"]["label"] for i in range(569)] == expected.tolist()
+    expected = framework_labels(framework, model)
+    assert [predictions[i]["outputs"]["label"] for i in range(569)] == expected
     assert [predictions[i]["label"] for i in range(569)] == [LABELS[j] for j in expected]
 
 
