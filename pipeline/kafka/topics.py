@@ -9,7 +9,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from pipeline.errors import KafkaError
+from pipeline.errors import BrokerUnreachable, KafkaError
 
 __all__ = ["admin_client", "ensure_topics"]
 
@@ -34,13 +34,14 @@ def ensure_topics(
     """Check the topics exist, creating the missing ones; return each topic's partition count.
 
     Raises:
-        KafkaError: the broker does not answer within a bounded time, a topic is missing and
+        BrokerUnreachable: the broker does not answer within a bounded time.
+        KafkaError: a topic is missing and
             `create` is off, or the broker refuses to create it.
     """
     try:
         meta = admin.list_topics(timeout=_CONNECT_TIMEOUT_S)
     except KafkaException as exc:
-        raise KafkaError(
+        raise BrokerUnreachable(
             f"could not reach Kafka at {bootstrap_servers} within {_CONNECT_TIMEOUT_S:.0f} s "
             f"({exc.args[0]}); check --bootstrap-servers and the -X security settings"
         ) from exc
