@@ -286,7 +286,11 @@ def _kafka_status(args: argparse.Namespace) -> int:
 def add_kafka_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `pipeline kafka start|stop|status` to the subcommands."""
     kafka = sub.add_parser(
-        "kafka", help="run a local Apache Kafka broker, or a cluster of three (KRaft)"
+        "kafka",
+        help="run a local Apache Kafka broker, or a cluster of three (KRaft)",
+        description="Start, stop or ask about an Apache Kafka broker (or a cluster of three "
+        "KRaft nodes) running on 127.0.0.1 from this machine's Java, for development and "
+        "tests. Its jars come from Maven Central once, or from KAFKA_HOME.",
     )
     actions = kafka.add_subparsers(dest="action", required=True, metavar="{start,stop,status}")
     handlers: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
