@@ -4,9 +4,10 @@ real broker while `pipeline run` works: every event they send is predicted.
 Java: Maven resolves kafka-clients 4.1.1 and its runtime jars (examples/producers/java/
 pom.xml) into .cache/producers/java/lib, javac compiles the one file. Go: go builds
 examples/producers/go (franz-go) into .cache/producers/go. Both are cached after the first
-run; cold, on the 2-core reference machine, Maven took 47 s (its dependency plugin and the
-jars, with an empty ~/.m2) and Go 100 s (downloading and compiling franz-go); warm, each
-test takes a few seconds. A missing toolchain skips its test, saying which.
+run; cold, on the 2-core reference machine (shared, load about 8), Maven took 50 s and
+javac 7 s (an empty Maven repository: the dependency plugin and the jars), Go 122 s (empty
+module and build caches: downloading and compiling franz-go); warm, each test takes 3 to
+6 s. A missing toolchain skips its test, saying which.
 """
 
 from __future__ import annotations
