@@ -14,6 +14,9 @@ DEMO_DATA ?= .cache/kafka-demo
 PYTEST_ARGS ?=
 # `make bench BENCH_ARGS=--publish` also updates docs/bench.md and docs/bench-latency.png.
 BENCH_ARGS ?=
+# The front-door benchmark takes BENCH_ARGS' --quick and --publish (docs/bench-doors.md and
+# docs/bench-doors.png); DOORS_ARGS for its own flags (python -m pipeline.dev.bench.doors -h).
+DOORS_ARGS ?=
 BENCH_QUIX ?= .cache/bench-quix
 # tritonclient, the standard Open Inference Protocol client the door tests talk to the server with.
 TRITON ?= .cache/tritonclient
@@ -52,10 +55,11 @@ lint: install ## ruff and mypy --strict on pipeline/
 	$(VENV)/bin/ruff format --check pipeline tests scripts
 	$(VENV)/bin/mypy --strict pipeline
 
-bench: install $(BENCH_QUIX)/.installed ## micro-benchmarks and the side-by-side Kafka benchmark (not part of make test)
+bench: install $(BENCH_QUIX)/.installed ## micro-benchmarks, the side-by-side Kafka benchmark and the front doors' (not part of make test)
 	$(VENV)/bin/pip install -q -e '.[bench]'
 	$(PY) -m pipeline.dev.bench.micro
 	$(PY) -m pipeline.dev.bench $(BENCH_ARGS)
+	$(PY) -m pipeline.dev.bench.doors $(filter --quick --publish,$(BENCH_ARGS)) $(DOORS_ARGS)
 
 # Quix Streams pins confluent-kafka below the worker's version, so its peer gets a venv of its own.
 $(BENCH_QUIX)/.installed:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pipeline.engine.names import is_plain_name
 from pipeline.errors import ConfigError
 
 __all__ = [
@@ -55,6 +56,7 @@ _SECRET_KEY = re.compile(
     r"password|passphrase|secret|\.pem$|key\.pem|private\.key|sasl\.oauthbearer\.config", re.I
 )
 GUARANTEES = ("at-least-once", "exactly-once")
+GROUP_TYPES = ("consumer", "share")
 OFFSET_RESETS = ("earliest", "latest")
 # librdkafka properties that load code or run commands: refused unless explicitly allowed.
 UNSAFE_PROPERTIES = (
@@ -92,6 +94,8 @@ class EngineSettings:
     model_threads: int = 1
     max_loaded_models: int = 8
     stats_interval_s: float = 5.0
+    pins: tuple[str, ...] = ()  # "model=version": served when an event or request names none
+    latency_target_ms: float = 0.0  # > 0: size batches from this target, not max_wait_ms
 
     def __post_init__(self) -> None:
         _check_int(self.max_batch_size, "max_batch_size", 1)
@@ -103,6 +107,26 @@ class EngineSettings:
             )
         if not (isinstance(self.stats_interval_s, int | float) and 0 < self.stats_interval_s < 1e9):
             raise ConfigError(f"stats_interval_s must be > 0, got {self.stats_interval_s!r}")
+        target = self.latency_target_ms
+        if not (isinstance(target, int | float) and 0 <= target <= 60_000):
+            raise ConfigError(
+                f"latency_target_ms must be a number from 0 (off) to 60000, got {target!r}"
+            )
+        self.pinned()
+
+    def pinned(self) -> dict[str, str]:
+        """The ``--pin`` settings as model name -> version.
+
+        Raises:
+            ConfigError: an entry is not ``model=version`` of plain names.
+        """
+        pins: dict[str, str] = {}
+        for entry in self.pins:
+            name, sep, version = entry.partition("=")
+            if not sep or not is_plain_name(name.strip()) or not is_plain_name(version.strip()):
+                raise ConfigError(f"--pin takes model=version (plain names), got {entry!r}")
+            pins[name.strip()] = version.strip()
+        return pins
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -187,15 +211,21 @@ class WorkerConfig(EngineSettings, DoorSettings, LogSettings):
     output_topic: str = "predictions"
     dlq_topic: str = ""  # "" means output_topic + ".dlq"
     group_id: str = "pipeline"
+    group_type: str = "consumer"  # "share": a share group (KIP-932), see pipeline.kafka.share
+    max_delivery_attempts: int = 5  # share groups: acquired more often, a record is dead-lettered
     workers: int = 1
     guarantee: str = "at-least-once"
     transactional_id: str = ""  # exactly-once; "" means pipeline-<group>-<host>-<index>-<pid>
     offset_reset: str = "earliest"
     create_topics: bool = True
     topic_partitions: int = 4
+    replication_factor: int = 0  # of topics it creates; 0: 3 on clusters of 3+ nodes, else 1
+    min_insync_replicas: int = 0  # of topics it creates; 0: 2 when replicated 3 times, else 1
     max_in_flight: int = 20_000
     commit_interval_ms: int = 100
     commit_every_events: int = 10_000
+    metrics_port: int = 0  # 0: no /metrics endpoint of its own (an HTTP door serves one)
+    metrics_host: str = "127.0.0.1"
     kafka: Mapping[str, str] = field(default_factory=dict)
     allow_unsafe_kafka_properties: bool = False
 
@@ -207,12 +237,41 @@ class WorkerConfig(EngineSettings, DoorSettings, LogSettings):
             object.__setattr__(self, "dlq_topic", f"{self.output_topic}.dlq")
         _check_int(self.workers, "workers", 1)
         _check_int(self.topic_partitions, "topic_partitions", 1)
+        _check_int(self.replication_factor, "replication_factor", 0)
+        _check_int(self.min_insync_replicas, "min_insync_replicas", 0)
+        if self.replication_factor and self.min_insync_replicas > self.replication_factor:
+            raise ConfigError(
+                f"min_insync_replicas {self.min_insync_replicas} cannot exceed "
+                f"replication_factor {self.replication_factor}: every write would fail"
+            )
         _check_int(self.commit_interval_ms, "commit_interval_ms", 1)
         _check_int(self.commit_every_events, "commit_every_events", 1)
+        if (
+            isinstance(self.metrics_port, bool)
+            or not isinstance(self.metrics_port, int)
+            or not (0 <= self.metrics_port <= 65535 - self.workers + 1)
+        ):
+            raise ConfigError(
+                f"metrics_port must be a port from 0 (off) to 65535, leaving room for one per "
+                f"worker process, got {self.metrics_port!r}"
+            )
         _check_int(self.max_in_flight, "max_in_flight", self.max_batch_size)
         if self.guarantee not in GUARANTEES:
             raise ConfigError(
                 f"guarantee must be one of {', '.join(GUARANTEES)}, got {self.guarantee!r}"
+            )
+        if self.group_type not in GROUP_TYPES:
+            raise ConfigError(f"group_type must be consumer or share, got {self.group_type!r}")
+        _check_int(self.max_delivery_attempts, "max_delivery_attempts", 1)
+        if self.group_type == "share" and self.guarantee == "exactly-once":
+            raise ConfigError(
+                "--group-type share gives at-least-once only: share groups acknowledge records "
+                "one by one, outside transactions. Use --group-type consumer for exactly-once"
+            )
+        if self.group_type == "share" and self.max_in_flight != 20_000:
+            raise ConfigError(
+                "--max-in-flight does not apply to --group-type share: each poll's records "
+                "are finished before the next poll, which bounds memory; remove it"
             )
         if self.offset_reset not in OFFSET_RESETS:
             raise ConfigError(f"offset_reset must be earliest or latest, got {self.offset_reset!r}")
@@ -323,7 +382,7 @@ def _coerce(cls: type[Any], name: str, raw: object, source: str) -> object:
     """Turn a string from the environment (or a TOML value) into the field's type."""
     kind = {f.name: f.type for f in fields(cls)}[name]
     if not isinstance(raw, str):
-        if name == "input_topics" and isinstance(raw, list):
+        if name in ("input_topics", "pins") and isinstance(raw, list):
             return tuple(str(t) for t in raw)
         if name == "models":
             return Path(str(raw))
@@ -340,7 +399,7 @@ def _coerce(cls: type[Any], name: str, raw: object, source: str) -> object:
     except ValueError as exc:
         article = "an" if kind == "int" else "a"
         raise ConfigError(f"{name} from {source} must be {article} {kind}, got {raw!r}") from exc
-    if name == "input_topics":
+    if name in ("input_topics", "pins"):
         return tuple(t.strip() for t in raw.split(",") if t.strip())
     if name == "models":
         return Path(raw)

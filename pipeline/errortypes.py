@@ -15,7 +15,7 @@ from typing import Final
 
 __all__ = ["ERROR_TYPES", "PATTERNS", "STAGES", "ErrorType"]
 
-STAGES: Final = ("decode", "validate", "route", "infer", "produce", "deadline")
+STAGES: Final = ("decode", "validate", "route", "infer", "produce", "deliver", "deadline")
 """In data-path order. ``deadline`` happens only at the doors: Kafka events have no
 deadline, so it is never a dead letter."""
 
@@ -91,6 +91,12 @@ ERROR_TYPES: Final = (
         "OutputMismatch",
         "infer",
         "the outputs do not fit the manifest (labels, probability output) or JSON",
+    ),
+    ErrorType(
+        "TooManyDeliveries",
+        "deliver",
+        "share groups: the record was acquired more than `--max-delivery-attempts` times "
+        "(its processing kept failing or timing out)",
     ),
     ErrorType(
         "DeadlineExceeded",

@@ -35,8 +35,12 @@ NOT_SETTINGS = frozenset(("config", "X", "print_config", "help"))
 
 
 def setting_flags(args: Any) -> dict[str, object]:
-    """The settings given on the command line: every parsed flag but `NOT_SETTINGS`."""
-    return {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS | {"handler", "command"}}
+    """The settings given on the command line: every parsed flag but `NOT_SETTINGS`; the
+    values of repeatable flags (``--input-topic``, ``--pin``) as tuples."""
+    skip = NOT_SETTINGS | {"handler", "command"}
+    return {
+        k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items() if k not in skip
+    }
 
 
 def add_config_flag(add: Add) -> None:
@@ -99,9 +103,23 @@ def add_engine_flags(add: Add) -> None:
     add("--default-model", metavar="NAME", help="model for events and requests that name none")
     add("--max-batch-size", type=int, help="rows per inference batch at most (default: 256)")
     add("--max-wait-ms", type=float, help="longest a row waits for its batch (default: 5)")
+    add(
+        "--latency-target-ms",
+        type=float,
+        help="size batches from this target for an event's time through the worker, from "
+        "the measured cost per batch size, instead of --max-wait-ms (default: 0, off)",
+    )
     add("--stats-interval-s", type=float, help="seconds between stats lines (default: 5)")
     add("--model-threads", type=int, help="ONNX Runtime intra-op threads (default: 1)")
     add("--max-loaded-models", type=int, help="sessions kept loaded, LRU (default: 8)")
+    add(
+        "--pin",
+        dest="pins",
+        action="append",
+        metavar="MODEL=VERSION",
+        help="serve this version to events and requests that name none, instead of the "
+        "newest (repeatable; a store's <model>/PINNED file does the same without a restart)",
+    )
 
 
 def add_door_flags(add: Add, *, http_default: int, grpc_default: int) -> None:

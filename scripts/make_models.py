@@ -1,9 +1,11 @@
 """Train the example models and write them into the model store, reproducibly.
 
 Three binary classifiers are trained on scikit-learn's bundled Wisconsin breast cancer
-data set (569 rows, 30 float features, no download) and converted to ONNX with
-skl2onnx: plain tensor outputs (``label`` int64, ``probabilities`` float32 with one
-column per class), no ZipMap, one float32 input named ``features``. Each is written as
+data set (569 rows, 30 float features, no download), and one wide one on a seeded
+synthetic data set of 200 features (``make_classification``: what a model fed by a
+feature store looks like, and what the benchmark's wide events need). Each is converted
+to ONNX with skl2onnx: plain tensor outputs (``label`` int64, ``probabilities`` float32
+with one column per class), no ZipMap, one float32 input named ``features``. Each is written as
 ``<out>/<name>/1/model.onnx`` plus a ``model.json`` manifest that names the features,
 the labels and the probability output, and pins the ONNX file's SHA-256.
 
@@ -31,7 +33,7 @@ import numpy as np
 from onnx import ModelProto
 from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
-from sklearn.datasets import load_breast_cancer
+from sklearn.datasets import load_breast_cancer, make_classification
 from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
@@ -44,6 +46,7 @@ __all__ = [
     "PROBABILITY_OUTPUT",
     "TARGET_OPSET",
     "VERSION",
+    "WIDE",
     "build_models",
     "feature_names",
     "label_names",
@@ -67,22 +70,42 @@ DESCRIPTIONS = {
     "cancer data set (30 features).",
     "breast-cancer-gbt": "GradientBoostingClassifier (100 trees of depth 3) on the Wisconsin "
     "breast cancer data set (30 features).",
+    "wide-mlp": "StandardScaler + MLPClassifier(64, 32) on a seeded synthetic data set of "
+    "200 features (scikit-learn's make_classification).",
 }
+WIDE = "wide-mlp"
+WIDE_FEATURES = 200
 
 
-def load_data() -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    """Return the whole data set as ``(X, y)``: float64 features and integer classes."""
+def load_data(name: str = "") -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Return model `name`'s whole data set as ``(X, y)``: float64 features, integer classes.
+
+    Every model but `WIDE` uses the breast cancer data set.
+    """
+    if name == WIDE:
+        x, y = make_classification(
+            n_samples=2000,
+            n_features=WIDE_FEATURES,
+            n_informative=40,
+            n_redundant=20,
+            random_state=RANDOM_STATE,
+        )
+        return np.asarray(x, dtype=np.float64), np.asarray(y)
     data = load_breast_cancer()
     return np.asarray(data.data, dtype=np.float64), np.asarray(data.target)
 
 
-def feature_names() -> list[str]:
-    """Return the 30 feature names in column order, spaces replaced by underscores."""
+def feature_names(name: str = "") -> list[str]:
+    """Return model `name`'s feature names in column order (plain names, no spaces)."""
+    if name == WIDE:
+        return [f"f{i:03d}" for i in range(WIDE_FEATURES)]
     return [str(n).replace(" ", "_") for n in load_breast_cancer().feature_names]
 
 
-def label_names() -> list[str]:
-    """Return the class labels in the order of the probability columns."""
+def label_names(name: str = "") -> list[str]:
+    """Return model `name`'s class labels in the order of the probability columns."""
+    if name == WIDE:
+        return ["negative", "positive"]
     return [str(n) for n in load_breast_cancer().target_names]
 
 
@@ -107,6 +130,10 @@ def _estimators() -> dict[str, Any]:
         "breast-cancer-gbt": GradientBoostingClassifier(
             n_estimators=100, max_depth=3, random_state=RANDOM_STATE
         ),
+        WIDE: make_pipeline(
+            StandardScaler(),
+            MLPClassifier(hidden_layer_sizes=(64, 32), max_iter=500, random_state=RANDOM_STATE),
+        ),
     }
 
 
@@ -120,7 +147,7 @@ def _to_onnx(name: str, model: Any) -> bytes:
     onx: ModelProto = convert_sklearn(
         model,
         name=name,
-        initial_types=[(INPUT_NAME, FloatTensorType([None, 30]))],
+        initial_types=[(INPUT_NAME, FloatTensorType([None, len(feature_names(name))]))],
         options={id(_final_step(model)): {"zipmap": False}},
         target_opset=TARGET_OPSET,
     )
@@ -145,12 +172,12 @@ def build_models() -> dict[str, tuple[Any, bytes]]:
     Returns:
         Model name -> (fitted scikit-learn estimator, ONNX model bytes).
     """
-    x, y = load_data()
-    x_train, _, y_train, _ = train_test_split(
-        x, y, test_size=TEST_SIZE, random_state=RANDOM_STATE, stratify=y
-    )
     built: dict[str, tuple[Any, bytes]] = {}
     for name, model in _estimators().items():
+        x, y = load_data(name)
+        x_train, _, y_train, _ = train_test_split(
+            x, y, test_size=TEST_SIZE, random_state=RANDOM_STATE, stratify=y
+        )
         model.fit(x_train, y_train)
         built[name] = (model, _to_onnx(name, model))
     return built
@@ -159,8 +186,8 @@ def build_models() -> dict[str, tuple[Any, bytes]]:
 def _manifest(name: str, blob: bytes) -> dict[str, object]:
     """Return the ``model.json`` content for one model."""
     return {
-        "features": feature_names(),
-        "labels": label_names(),
+        "features": feature_names(name),
+        "labels": label_names(name),
         "probability_output": PROBABILITY_OUTPUT,
         "description": DESCRIPTIONS[name],
         "sha256": hashlib.sha256(blob).hexdigest(),

@@ -329,8 +329,8 @@ def _add_start_flags(action: argparse.ArgumentParser) -> None:
         "--port",
         type=int,
         default=None,
-        help=f"client port on 127.0.0.1; a cluster's node N gets PORT+N-1 (default: "
-        f"{DEFAULT_PORT}, or the cluster's own)",
+        help=f"client port on 127.0.0.1; a cluster's node N gets PORT+N-1, and 0 picks free "
+        f"ones (default: {DEFAULT_PORT}, or the cluster's own)",
     )
     action.add_argument(
         "--nodes",

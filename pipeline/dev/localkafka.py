@@ -234,6 +234,14 @@ def _free_port() -> int:
         return port
 
 
+def _free_ports(count: int) -> int:
+    """The first of `count` consecutive ports that are free right now."""
+    while True:
+        first = _free_port()
+        if all(_port_free(first + i) for i in range(1, count)):
+            return first
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -278,6 +286,10 @@ def _server_properties(info: BrokerInfo, log_dirs: Path, *, voters: str, replica
         "share.coordinator.state.topic.num.partitions": "10",
         "unclean.leader.election.enable": "false",
         "group.initial.rebalance.delay.ms": "0",
+        # A share group may shorten its record lock (share.record.lock.duration.ms) down to
+        # 1 s, so a test of redelivery need not wait the default 30 s; groups that do not
+        # ask keep the default.
+        "group.share.min.record.lock.duration.ms": "1000",
         "auto.create.topics.enable": "true",
         "log.retention.hours": "24",
     }
@@ -468,7 +480,7 @@ class LocalKafka:
         call started it.
 
         Args:
-            port: The PLAINTEXT client port on 127.0.0.1.
+            port: The PLAINTEXT client port on 127.0.0.1 (0: any free one).
             timeout_s: How long to wait for the broker to answer a metadata request.
             sasl_port: Also listen for SASL_PLAINTEXT (SCRAM-SHA-256 and -512) on this port.
             scram_users: User name to password: SCRAM credentials (both mechanisms) to
@@ -489,6 +501,7 @@ class LocalKafka:
         if current is not None:
             return current, False
         java = _java()
+        port = port or _free_port()
         _check_ports(
             [(port, "pass --port with a free port"), (sasl_port, "pass a free --sasl-port")]
         )
@@ -527,7 +540,8 @@ class LocalKafka:
 
         Args:
             nodes: How many nodes: 3, 5 or 7 (each is broker and controller).
-            port: Node 1's client port (default: the recorded one, else 9092).
+            port: Node 1's client port (default: the recorded one, else 9092; 0: any free
+                consecutive ports).
             timeout_s: How long to wait for every node to be registered and unfenced.
 
         Raises:
@@ -622,16 +636,24 @@ class LocalKafka:
     def partition_leaders(self, topic: str, *, timeout_s: float = 15.0) -> dict[int, int]:
         """Map each partition of `topic` to the node id leading it (-1: none right now).
 
+        A topic created a moment ago may be unknown yet to the node that answers; it is
+        asked again until `timeout_s`.
+
         Raises:
-            BrokerError: No node runs, or the cluster does not know `topic`.
+            BrokerError: No node runs, or the cluster does not know `topic` in time.
         """
-        meta = self._admin().list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if meta is None or meta.error is not None:
-            raise BrokerError(
-                f"the cluster in {self.data_dir} does not know topic {topic!r} "
-                f"({meta.error if meta else 'no metadata'}); create it first"
-            )
-        return {p: part.leader for p, part in meta.partitions.items()}
+        admin = self._admin()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            meta = admin.list_topics(topic, timeout=timeout_s).topics.get(topic)
+            if meta is not None and meta.error is None:
+                return {p: part.leader for p, part in meta.partitions.items()}
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"the cluster in {self.data_dir} does not know topic {topic!r} "
+                    f"({meta.error if meta else 'no metadata'}); create it first"
+                )
+            time.sleep(0.2)
 
     def under_replicated(self, *, timeout_s: float = 15.0) -> list[str]:
         """Return ``topic[partition]`` for every partition with fewer in-sync replicas than
@@ -723,7 +745,7 @@ class LocalKafka:
             )
         layout = self._layout()
         if layout is None:
-            first = DEFAULT_PORT if port is None else port
+            first = DEFAULT_PORT if port is None else port or _free_ports(nodes)
             taken = set(range(first, first + nodes))
             controllers: list[int] = []
             while len(controllers) < nodes:
@@ -731,7 +753,7 @@ class LocalKafka:
                     taken.add(candidate)
                     controllers.append(candidate)
             return _Layout(nodes, first, tuple(controllers), new_cluster_id())
-        if layout.size != nodes or port not in (None, layout.port):
+        if layout.size != nodes or port not in (None, 0, layout.port):
             raise BrokerError(
                 f"{self.data_dir} holds a {layout.size}-node cluster on ports "
                 f"{layout.port}-{layout.port + layout.size - 1}, but {nodes} node(s) from port "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -32,20 +33,26 @@ def generate(out_dir: Path) -> list[Path]:
     Raises:
         RuntimeError: protoc failed (its message says why).
     """
-    from grpc_tools import protoc  # the codegen extra; only needed to regenerate
-
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
+        # A process of its own: grpc_tools' protoc and a protobuf already loaded beside it
+        # (TensorFlow's, in the test run) can crash each other.
         args = [
-            "protoc",
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
             f"-I{SCHEMAS}",
             f"--python_out={scratch}",
             f"--pyi_out={scratch}",
             f"--grpc_python_out={scratch}",
             *(str(SCHEMAS / name) for name in PROTOS),
         ]
-        if protoc.main(args) != 0:
-            raise RuntimeError(f"protoc failed on {', '.join(PROTOS)}; see the messages above")
+        done = subprocess.run(args, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"protoc failed on {', '.join(PROTOS)} (is grpcio-tools installed? it comes "
+                f"with the dev extra):\n{done.stderr.strip()}"
+            )
         written = []
         for produced in sorted(Path(scratch).iterdir()):
             text = produced.read_text()

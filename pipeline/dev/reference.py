@@ -4,7 +4,7 @@ Each table sits in the README between ``<!-- generated: NAME -->`` and
 ``<!-- end: NAME -->``; ``--write`` rewrites them, ``--check`` (and a unit test) fails when
 one differs from what the code says. The tables and their sources:
 
-- ``run-kafka``, ``engine``, ``doors``, ``settings``: the flags of `pipeline run` and
+- ``run-worker``, ``engine``, ``doors``, ``settings``: the flags of `pipeline run` and
   `pipeline serve` (their parsers), their environment variables
   (`pipeline.config.setting_variables`), file keys and defaults (the settings classes);
 - ``variables``: the other ``PIPELINE_*`` variables (`pipeline.config.RESERVED_VARIABLES`);
@@ -96,7 +96,7 @@ def flag_rows(
         what, said = help_default(action.help or "")
         flag = ", ".join(f"`{o}`" for o in action.option_strings)
         env, key, default = _where(action, classes, said)
-        rows.append((flag, env, key, default, what))
+        rows.append((flag, env, key, default, what.replace("<", "&lt;").replace(">", "&gt;")))
     return rows
 
 
@@ -115,6 +115,8 @@ def _where(
     variables = setting_variables(action.dest)
     env = ", ".join(f"`{v}={fixed}`" if fixed else f"`{v}`" for v in variables)
     key = f"`{action.dest} = {fixed}`" if fixed else f"`{action.dest}`"
+    if said is not None and " " in said.split(",")[0]:
+        return env, key, said  # prose: a 0 that means "chosen for you", say, explained
     defaults = [_code(_setting_default(cls, action.dest) or said) for cls in classes]
     default = defaults[0] if len(set(defaults)) == 1 else " / ".join(defaults)
     return env, key, default
@@ -162,7 +164,7 @@ def _error_types() -> str:
 
 
 TABLES: Final[dict[str, Callable[[], str]]] = {
-    "run-kafka": _flags_table("run", "Kafka", (WorkerConfig,)),
+    "run-worker": _flags_table("run", "worker", (WorkerConfig,)),
     "engine": _flags_table("run", "engine", (WorkerConfig,)),
     "doors": _doors,
     "settings": _flags_table("run", "settings and output", (WorkerConfig,)),

@@ -25,15 +25,31 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
 from pipeline.errors import ConfigError
 
-__all__ = ["Batch", "MicroBatcher", "Slice"]
+__all__ = ["Batch", "BatchSizing", "MicroBatcher", "Slice"]
 
 T = TypeVar("T")
+
+
+class BatchSizing(Protocol):
+    """Decides, per key, how many rows make a full batch and how long the oldest may wait.
+
+    The default is fixed (``max_batch_size``, ``max_wait_ms``);
+    `pipeline.engine.latency.LatencyTarget` sizes batches from a latency target instead.
+    """
+
+    def cap(self, key: Hashable) -> int:
+        """Rows that make a full batch for `key`."""
+        ...
+
+    def wait_s(self, key: Hashable, pending: int) -> float:
+        """How long the oldest of `pending` rows of `key` may wait before they are cut."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +137,8 @@ class MicroBatcher(Generic[T]):
         max_wait_ms: How long the oldest pending row of a key may wait before `due`
             returns the key's rows; 0 makes every added row due at once.
         clock: Monotonic clock in seconds; injectable for tests.
+        sizing: Decides full sizes and waits per key instead of the two fixed settings
+            (which then only bound it: a batch never exceeds ``max_batch_size``).
 
     Raises:
         ConfigError: a setting is of the wrong type or out of range.
@@ -132,11 +150,13 @@ class MicroBatcher(Generic[T]):
         max_batch_size: int = 256,
         max_wait_ms: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        sizing: BatchSizing | None = None,
     ) -> None:
         self._max_batch_size = _check_batch_size(max_batch_size)
         self._max_wait_ms = _check_wait_ms(max_wait_ms)
         self._max_wait_s = self._max_wait_ms / 1000.0
         self._clock = clock
+        self._sizing = sizing
         self._pending: dict[Hashable, _Pending[T]] = {}
         self._rows = 0
 
@@ -192,8 +212,9 @@ class MicroBatcher(Generic[T]):
         pending.rows += features.shape[0]
         self._rows += features.shape[0]
         full: list[Batch[T]] = []
-        while pending.rows >= self._max_batch_size:
-            full.append(self._cut(key, pending, self._max_batch_size))
+        cap = self._cap(key)
+        while pending.rows >= cap:
+            full.append(self._cut(key, pending, cap))
         if not pending.rows:
             del self._pending[key]
         return full
@@ -205,7 +226,7 @@ class MicroBatcher(Generic[T]):
             One batch per due key, oldest first.
         """
         now = self._clock()
-        keys = [key for key, p in self._pending.items() if now >= self._deadline(p)]
+        keys = [key for key, p in self._pending.items() if now >= self._deadline(key, p)]
         return self._cut_all(keys)
 
     def flush(self) -> list[Batch[T]]:
@@ -222,7 +243,7 @@ class MicroBatcher(Generic[T]):
         Returns:
             That time (possibly already past), or None if nothing is pending.
         """
-        return min((self._deadline(p) for p in self._pending.values()), default=None)
+        return min((self._deadline(k, p) for k, p in self._pending.items()), default=None)
 
     def drop(self, predicate: Callable[[T], bool]) -> int:
         """Remove the pending rows of every submission whose ticket matches `predicate`.
@@ -247,11 +268,23 @@ class MicroBatcher(Generic[T]):
                 del self._pending[key]
         return removed
 
-    def _deadline(self, pending: _Pending[T]) -> float:
-        return pending.chunks[0].added_at + self._max_wait_s
+    def _cap(self, key: Hashable) -> int:
+        if self._sizing is None:
+            return self._max_batch_size
+        return max(1, min(self._sizing.cap(key), self._max_batch_size))
+
+    def _deadline(self, key: Hashable, pending: _Pending[T]) -> float:
+        wait = self._max_wait_s if self._sizing is None else self._sizing.wait_s(key, pending.rows)
+        return pending.chunks[0].added_at + wait
 
     def _cut_all(self, keys: list[Hashable]) -> list[Batch[T]]:
-        batches = [self._cut(key, self._pending.pop(key)) for key in keys]
+        batches: list[Batch[T]] = []
+        for key in keys:
+            pending = self._pending.pop(key)
+            cap = self._cap(key)
+            while pending.rows > cap:  # a sizing may have lowered the cap meanwhile
+                batches.append(self._cut(key, pending, cap))
+            batches.append(self._cut(key, pending))
         batches.sort(key=lambda b: b.first_added_at)
         return batches
 

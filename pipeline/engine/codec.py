@@ -635,8 +635,10 @@ def encode_rows(
     ts: Sequence[int],
     outputs: Mapping[str, np.ndarray[Any, Any]],
     predicted_at_ms: int,
+    prediction_ids: Sequence[str] | None = None,
 ) -> list[bytes]:
-    """`encode_predictions` for rows given by their ids and event times."""
+    """`encode_predictions` for rows given by their ids and event times; with
+    `prediction_ids`, each document also carries its ``prediction_id``."""
     n = len(ids)
     names = list(outputs)
     columns = [_output_rows(name, outputs[name], n) for name in names]
@@ -663,6 +665,8 @@ def encode_rows(
             }
             for i, o, t, label, score in zip(ids, per_row, ts, *labelled, strict=True)
         )
+    if prediction_ids is not None:
+        docs = ({"prediction_id": p, **d} for p, d in zip(prediction_ids, docs, strict=True))
     # orjson over-allocates its output buffer and shrinks it in place; keeping hundreds of
     # those alive makes glibc grow and trim the heap on almost every call (about 2 us each
     # on the reference machine). Copying into an exactly-sized object costs ~0.05 us.

@@ -34,6 +34,7 @@ import numpy as np
 
 from pipeline.engine.batching import Batch, MicroBatcher, Slice
 from pipeline.engine.inference import run_batch
+from pipeline.engine.latency import LatencyTarget
 from pipeline.engine.models import LoadedModel, ModelCache
 from pipeline.errors import ConfigError, ModelError, Overloaded
 from pipeline.metrics import NULL_SENSOR, Sensor
@@ -111,6 +112,8 @@ class Engine(Generic[T]):
             ``admit=True`` raises `Overloaded`; None for no bound.
         clock: Monotonic clock in seconds; injectable for tests.
         sensor: Receives an ``inference`` event per batch run.
+        latency_target_ms: Size batches from this target instead of ``max_wait_ms``
+            (see `pipeline.engine.latency`); None for the fixed wait.
 
     Raises:
         ConfigError: a setting is out of range.
@@ -125,6 +128,7 @@ class Engine(Generic[T]):
         max_queue_rows: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         sensor: Sensor = NULL_SENSOR,
+        latency_target_ms: float | None = None,
     ) -> None:
         if max_queue_rows is not None and (
             isinstance(max_queue_rows, bool) or not isinstance(max_queue_rows, int)
@@ -132,9 +136,15 @@ class Engine(Generic[T]):
         ):  # fmt: skip
             raise ConfigError(f"max_queue_rows must be an integer >= 1, got {max_queue_rows!r}")
         self._models = models
-        self._batcher: MicroBatcher[_Submission[T]] = MicroBatcher(
-            max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, clock=clock
+        self._target = (
+            LatencyTarget(latency_target_ms, max_batch_size=max_batch_size)
+            if latency_target_ms
+            else None
         )
+        self._batcher: MicroBatcher[_Submission[T]] = MicroBatcher(
+            max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, clock=clock,
+            sizing=self._target,
+        )  # fmt: skip
         self._max_queue_rows = max_queue_rows
         self._clock = clock
         self._sensor = sensor
@@ -282,7 +292,10 @@ class Engine(Generic[T]):
                 _report_all(s, None, "route", "ModelLoadFailed", str(exc), waited)
             return
         result = run_batch(model, features)
-        self._sensor.inference(name, version, features.shape[0], waited, self._clock() - started)
+        took = self._clock() - started
+        self._sensor.inference(name, version, features.shape[0], waited, took)
+        if self._target is not None:
+            self._target.observe((name, version), features.shape[0], took)
         if not result.failures:
             _report_ok(slices, model, result.outputs, waited)
         else:

@@ -35,7 +35,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,10 +49,12 @@ from pipeline.engine.names import PLAIN_NAME_RULE, is_plain_name
 from pipeline.engine.onnxfile import refuse_external_data
 from pipeline.engine.spec import ModelSpec
 from pipeline.errors import ConfigError, ModelLoadError, ModelNotFoundError
+from pipeline.metrics import NULL_SENSOR, Sensor
 
 __all__ = [
     "MANIFEST_FILE",  # re-exported from pipeline.engine.manifest
     "MODEL_FILE",
+    "PIN_FILE",
     "LoadedModel",
     "Manifest",  # re-exported from pipeline.engine.manifest
     "ModelCache",
@@ -61,6 +63,7 @@ __all__ = [
 ]
 
 MODEL_FILE = "model.onnx"
+PIN_FILE = "PINNED"
 T = TypeVar("T")
 
 SessionFactory = Callable[[bytes, ort.SessionOptions], ort.InferenceSession]
@@ -157,6 +160,37 @@ class ModelStore:
         """
         return self.versions(name)[-1]
 
+    def pinned(self, name: str) -> str | None:
+        """Return the version the store pins model `name` to, or None.
+
+        A pin is a file ``<name>/PINNED`` holding one version: events and requests that name
+        no version get it instead of the newest, so a broken new version can be rolled back
+        by writing the old one there, without a restart (it applies within the cache's
+        reload interval).
+
+        Raises:
+            ModelLoadError: the file cannot be read, or names a version that is not a plain
+                name or that the store does not have.
+        """
+        _check_plain("model name", name)
+        file = self._root / name / PIN_FILE
+        if not _guarded(file, file.is_file):
+            return None
+        try:
+            version = file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeError) as exc:
+            raise ModelLoadError(f"cannot read {name}/{PIN_FILE}: {exc}") from exc
+        self.require_version(name, version, f"{name}/{PIN_FILE}")
+        return version
+
+    def require_version(self, name: str, version: str, where: str) -> None:
+        """Refuse a pin (`where` says whose) naming a version the store does not have."""
+        if not is_plain_name(version) or version not in self.versions(name):
+            raise ModelLoadError(
+                f"model {name!r} is pinned to version {version!r} ({where}), which the store "
+                f"does not have; its versions: {_listing(self.versions(name))}"
+            )
+
     def path(self, name: str, version: str) -> Path:
         """Return the real path of the model file of `name` at `version`.
 
@@ -234,6 +268,9 @@ class ModelCache:
         clock: Monotonic time source in seconds; injectable for tests.
         session_factory: Builds a session from model bytes and options; the default
             uses onnxruntime's CPU execution provider.
+        sensor: Receives model loads, load failures and evictions.
+        pins: Model name -> the version to serve when none is asked for (``--pin``); wins
+            over the store's own pins (`ModelStore.pinned`).
 
     Raises:
         ConfigError: a setting is out of range.
@@ -249,6 +286,8 @@ class ModelCache:
         reload_interval_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         session_factory: SessionFactory | None = None,
+        sensor: Sensor = NULL_SENSOR,
+        pins: Mapping[str, str] | None = None,
     ) -> None:
         _check_count("max_loaded", max_loaded, 1)
         _check_count("intra_op_threads", intra_op_threads, 0)
@@ -261,6 +300,8 @@ class ModelCache:
         self._reload_interval_s = float(reload_interval_s)
         self._clock = clock
         self._session_factory = session_factory or _cpu_session
+        self._sensor = sensor
+        self._pins = dict(pins or {})
         self._lock = threading.Lock()
         self._loaded: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
         self._loading: dict[tuple[str, str], Future[LoadedModel]] = {}
@@ -331,7 +372,7 @@ class ModelCache:
         if unknown is not None and now - unknown[1] < self._reload_interval_s:
             raise unknown[0].with_traceback(None)
         try:
-            version = self._store.latest(name)
+            version = self._current(name)
         except ModelNotFoundError as exc:
             with self._lock:
                 self._unknown[name] = (exc, now)
@@ -343,6 +384,15 @@ class ModelCache:
             self._newest[name] = (version, now)
             self._unknown.pop(name, None)
         return version
+
+    def _current(self, name: str) -> str:
+        """The version served to those who name none: a ``--pin``, the store's pin, or the
+        newest."""
+        pin = self._pins.get(name)
+        if pin is not None:
+            self._store.require_version(name, pin, "--pin")
+            return pin
+        return self._store.pinned(name) or self._store.latest(name)
 
     def _claim(self, key: tuple[str, str]) -> tuple[Future[LoadedModel], bool]:
         """Return the pending load of `key` and whether the caller must run it.
@@ -364,6 +414,7 @@ class ModelCache:
 
     def _load_for_waiters(self, key: tuple[str, str], future: Future[LoadedModel]) -> LoadedModel:
         """Load `key`, record the outcome, and hand it to every thread waiting on `future`."""
+        started = time.monotonic()
         try:
             model = self._load(*key)
         except BaseException as exc:
@@ -371,13 +422,19 @@ class ModelCache:
                 del self._loading[key]
                 if isinstance(exc, ModelLoadError):
                     self._failed[key] = (exc, self._clock())
+            if isinstance(exc, ModelLoadError):
+                self._sensor.model_load_failed(*key)
             future.set_exception(exc)
             raise
+        evicted = []
         with self._lock:
             del self._loading[key]
             self._loaded[key] = model
             while len(self._loaded) > self._max_loaded:
-                self._loaded.popitem(last=False)
+                evicted.append(self._loaded.popitem(last=False)[0])
+        self._sensor.model_loaded(*key, time.monotonic() - started)
+        for old in evicted:
+            self._sensor.model_evicted(*old)
         future.set_result(model)
         return model
 

@@ -22,8 +22,6 @@ DEFAULT_BOOTSTRAP = WorkerConfig.bootstrap_servers
 
 
 def _run(args: argparse.Namespace) -> int:
-    if "input_topics" in args:
-        args.input_topics = tuple(args.input_topics)
     config = settings_from_args(WorkerConfig, args)
     if args.print_config:
         return print_config(config)
@@ -48,7 +46,7 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "KAFKA_BOOTSTRAP_SERVERS), which wins over the --config TOML file.",
         argument_default=argparse.SUPPRESS,
     )
-    _add_kafka_flags(run.add_argument_group("Kafka").add_argument)
+    _add_worker_flags(run.add_argument_group("worker").add_argument)
     add_engine_flags(run.add_argument_group("engine").add_argument)
     add_door_flags(
         run.add_argument_group("doors (off unless a port is given)").add_argument,
@@ -62,7 +60,8 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     run.set_defaults(handler=_run)
 
 
-def _add_kafka_flags(add: Callable[..., Any]) -> None:
+def _add_worker_flags(add: Callable[..., Any]) -> None:
+    """Kafka, the group, delivery, the topics it creates, and its own metrics endpoint."""
     add("--bootstrap-servers", help=f"Kafka bootstrap servers (default: {DEFAULT_BOOTSTRAP})")
     add(
         "--input-topic",
@@ -74,7 +73,19 @@ def _add_kafka_flags(add: Callable[..., Any]) -> None:
     )
     add("--output-topic", help="topic for predictions (default: predictions)")
     add("--dlq-topic", help="dead-letter topic (default: the output topic + .dlq)")
-    add("--group-id", help="consumer group (default: pipeline)")
+    add("--group-id", help="consumer group, or share group (default: pipeline)")
+    add(
+        "--group-type",
+        choices=("consumer", "share"),
+        help="consumer: a consumer group (default); share: a share group (KIP-932): more "
+        "workers than partitions, no order within a partition, at-least-once",
+    )
+    add(
+        "--max-delivery-attempts",
+        type=int,
+        help="share groups: a record acquired more often than this goes to the dead-letter "
+        "topic (default: 5)",
+    )
     add("--workers", type=int, metavar="N", help="worker processes in this group (default: 1)")
     add(
         "--guarantee",
@@ -100,6 +111,16 @@ def _add_kafka_flags(add: Callable[..., Any]) -> None:
     )
     add("--topic-partitions", type=int, help="partitions of topics it creates (default: 4)")
     add(
+        "--replication-factor",
+        type=int,
+        help="replicas of topics it creates (default: 3 on a cluster of 3+ brokers, else 1)",
+    )
+    add(
+        "--min-insync-replicas",
+        type=int,
+        help="min.insync.replicas of topics it creates (default: 2 with 3 replicas, else 1)",
+    )
+    add(
         "--max-in-flight",
         type=int,
         help="events consumed but not yet acknowledged before partitions pause (default: 20000)",
@@ -116,3 +137,10 @@ def _add_kafka_flags(add: Callable[..., Any]) -> None:
         help="at-least-once: also commit once this many events finished since the last "
         "commit (default: 10000)",
     )
+    add(
+        "--metrics-port",
+        type=int,
+        help="serve /metrics, /healthz and /readyz on this port (0: off; with --workers N, "
+        "worker i uses this port + i)",
+    )
+    add("--metrics-host", help="address of the metrics endpoint (default: 127.0.0.1)")

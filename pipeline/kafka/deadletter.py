@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 __all__ = ["STAGES", "dead_letter_headers"]
 
-STAGES = ("decode", "validate", "route", "infer", "produce")
+STAGES = ("decode", "validate", "route", "infer", "produce", "deliver")
 _MAX_MESSAGE_BYTES = 1024
 
 Headers = list[tuple[str, bytes | None]]

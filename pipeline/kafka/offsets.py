@@ -9,29 +9,85 @@ Nothing here knows about Kafka clients; partitions are plain ``(topic, partition
 Each assignment of a partition is a new *generation*. `consumed` returns it and
 `finished` takes it back, so an acknowledgement that arrives late for an assignment that
 was lost (its record since re-consumed under a new one) can never move a commit.
+
+The worker reports whole runs of offsets (`consumed_many`, `finished_many`: the records of
+one partition in one consume, the inputs of one batch's outputs), so the bookkeeping is a
+few array operations per run, not Python work per record: each partition keeps its
+consumed offsets in one growing array, in order, with a parallel array of finished flags.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+
+import numpy as np
 
 __all__ = ["OffsetTracker", "TopicPartitionKey"]
 
 TopicPartitionKey = tuple[str, int]
+_INITIAL = 1024
 
 
 class _Partition:
-    __slots__ = ("committed", "done", "first", "generation", "members", "next_offset", "pending")
+    """One assignment of one partition: offsets consumed in order, and which are finished."""
+
+    __slots__ = ("committed", "done", "first", "generation", "head", "next_offset", "offsets",
+                 "owed", "size")  # fmt: skip
 
     def __init__(self, generation: int) -> None:
         self.generation = generation
-        self.pending: deque[int] = deque()  # consumed, not yet finished, ascending
-        self.members: set[int] = set()  # the offsets in `pending`, for membership tests
-        self.done: set[int] = set()  # finished offsets still behind an unfinished one
+        self.offsets = np.empty(_INITIAL, dtype=np.int64)  # consumed, ascending
+        self.done = np.zeros(_INITIAL, dtype=bool)
+        self.head = 0  # index of the lowest offset not finished (== size: none)
+        self.size = 0
+        self.owed = 0  # consumed and not finished
         self.next_offset: int | None = None  # one past the last consumed offset
         self.first: int | None = None  # the first offset consumed in this assignment
         self.committed: int | None = None  # last position handed out by `commit_positions`
+
+    def append(self, offsets: np.ndarray) -> None:
+        """Add offsets consumed after every offset held (ascending)."""
+        n = len(offsets)
+        if self.head and self.head >= self.size // 2:  # drop the finished prefix
+            keep = slice(self.head, self.size)
+            self.size -= self.head
+            self.offsets[: self.size] = self.offsets[keep]
+            self.done[: self.size] = self.done[keep]
+            self.head = 0
+        if self.size + n > len(self.offsets):
+            capacity = max(2 * len(self.offsets), self.size + n)
+            self.offsets = np.resize(self.offsets, capacity)
+            self.done = np.concatenate(
+                [self.done[: self.size], np.zeros(capacity - self.size, bool)]
+            )
+        self.offsets[self.size : self.size + n] = offsets
+        self.done[self.size : self.size + n] = False
+        self.size += n
+        self.owed += n
+        self.next_offset = int(offsets[-1]) + 1
+        if self.first is None:
+            self.first = int(offsets[0])
+
+    def finish(self, offsets: np.ndarray) -> int:
+        """Mark `offsets` finished (those consumed and not yet finished); return how many."""
+        held = self.offsets[self.head : self.size]
+        at = np.searchsorted(held, offsets)
+        inside = at < len(held)
+        at, offsets = at[inside], offsets[inside]
+        at = at[held[at] == offsets] + self.head
+        at = at[~self.done[at]]
+        if not len(at):
+            return 0
+        at = np.unique(at)
+        self.done[at] = True
+        self.owed -= len(at)
+        if self.done[self.head]:
+            rest = self.done[self.head : self.size]
+            self.head += int(np.argmin(rest)) if not rest.all() else len(rest)
+        return len(at)
+
+    def position(self) -> int | None:
+        return int(self.offsets[self.head]) if self.head < self.size else self.next_offset
 
 
 class OffsetTracker:
@@ -53,57 +109,51 @@ class OffsetTracker:
     def in_flight(self, tp: TopicPartitionKey) -> int:
         """Events of `tp` consumed and not yet finished."""
         part = self._parts.get(tp)
-        return len(part.pending) - len(part.done) if part else 0
+        return part.owed if part else 0
 
     def consumed(self, tp: TopicPartitionKey, offset: int) -> int:
-        """Record that `offset` of `tp` was read and its output is now owed.
+        """Record that `offset` of `tp` was read and its output is now owed; see
+        `consumed_many`."""
+        return self.consumed_many(tp, (offset,))
+
+    def consumed_many(self, tp: TopicPartitionKey, offsets: Sequence[int]) -> int:
+        """Record that `offsets` of `tp` (ascending, as consumed) were read and their outputs
+        are now owed. An offset at or below one consumed before in this assignment is the
+        same record again (a rewind): still owed once.
 
         Returns:
-            The generation of this assignment of `tp`, to hand back to `finished`.
+            The generation of this assignment of `tp`, to hand back to `finished_many`.
         """
         part = self._parts.get(tp)
         if part is None:
             generation = self._generations.get(tp, 0) + 1
             self._generations[tp] = generation
             part = self._parts[tp] = _Partition(generation)
-        if offset in part.members:  # the same record again (a rewind): still owed once
-            return part.generation
-        part.pending.append(offset)
-        part.members.add(offset)
-        part.next_offset = offset + 1
-        if part.first is None:
-            part.first = offset
-        self._in_flight += 1
+        new = np.asarray(offsets, dtype=np.int64)
+        if part.next_offset is not None:
+            new = new[new >= part.next_offset]
+        if len(new):
+            part.append(new)
+            self._in_flight += len(new)
         return part.generation
 
     def finished(self, tp: TopicPartitionKey, offset: int, generation: int | None = None) -> None:
-        """Record that the output for `offset` of `tp` was acknowledged.
+        """Record that the output for `offset` of `tp` was acknowledged; see `finished_many`."""
+        self.finished_many(tp, (offset,), generation)
 
-        Ignored unless `offset` is in flight in the current assignment (`generation`, when
-        given, must be the one `consumed` returned): work of revoked or lost partitions was
-        dropped, and an output that arrives late for it cannot move a commit.
+    def finished_many(
+        self, tp: TopicPartitionKey, offsets: Sequence[int], generation: int | None = None
+    ) -> None:
+        """Record that the outputs for `offsets` of `tp` were acknowledged.
+
+        Offsets not in flight in the current assignment are ignored (`generation`, when
+        given, must be the one `consumed_many` returned): work of revoked or lost partitions
+        was dropped, and an output that arrives late for it cannot move a commit.
         """
         part = self._parts.get(tp)
-        if part is None or offset not in part.members or offset in part.done:
+        if part is None or (generation is not None and generation != part.generation):
             return
-        if generation is not None and generation != part.generation:
-            return
-        self._in_flight -= 1
-        if offset != part.pending[0]:
-            part.done.add(offset)
-            return
-        part.members.discard(part.pending.popleft())
-        while part.pending and part.pending[0] in part.done:
-            head = part.pending.popleft()
-            part.done.discard(head)
-            part.members.discard(head)
-
-    def position(self, tp: TopicPartitionKey) -> int | None:
-        """The offset to commit for `tp` (the next record to read after a restart), or None."""
-        part = self._parts.get(tp)
-        if part is None:
-            return None
-        return part.pending[0] if part.pending else part.next_offset
+        self._in_flight -= part.finish(np.asarray(offsets, dtype=np.int64))
 
     def generation(self, tp: TopicPartitionKey) -> int | None:
         """The generation of the current assignment of `tp`, or None if it is not tracked."""
@@ -116,14 +166,19 @@ class OffsetTracker:
         part = self._parts.get(tp)
         return part.first if part is not None else None
 
+    def position(self, tp: TopicPartitionKey) -> int | None:
+        """The offset to commit for `tp` (the next record to read after a restart), or None."""
+        part = self._parts.get(tp)
+        return part.position() if part is not None else None
+
     def commit_positions(
         self, only: Iterable[TopicPartitionKey] | None = None
     ) -> dict[TopicPartitionKey, int]:
         """Positions that moved since the last call (of the given partitions, or all)."""
         moved: dict[TopicPartitionKey, int] = {}
         for tp in self._parts if only is None else only:
-            position = self.position(tp)
             part = self._parts.get(tp)
+            position = part.position() if part is not None else None
             if part is not None and position is not None and position != part.committed:
                 moved[tp] = position
         return moved
@@ -141,6 +196,6 @@ class OffsetTracker:
         for tp in tps:
             part = self._parts.pop(tp, None)
             if part is not None:
-                dropped += len(part.pending) - len(part.done)
+                dropped += part.owed
         self._in_flight -= dropped
         return dropped

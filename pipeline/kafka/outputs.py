@@ -31,14 +31,17 @@ from pipeline.engine.spec import ModelSpec
 from pipeline.kafka.committer import REFUSED_RECORD, Committer
 from pipeline.kafka.deadletter import dead_letter_headers
 from pipeline.metrics import Sensor
+from pipeline.metrics.tracing import BatchTracer, trace_headers
 
-__all__ = ["Outputs", "now_ms"]
+__all__ = ["Outputs", "Owed", "now_ms"]
 
 log = logging.getLogger("pipeline.worker")
 _QUEUE_FULL_LIMIT_S = 60.0  # the producer's queue stays full this long: the broker is gone
 
 Headers = list[tuple[str, bytes | None]]
-Finish = Callable[[Sequence[Message], Sequence[int]], None]
+Owed = tuple[tuple[str, int], int]
+"""The partition some inputs were read from, and the generation of its assignment."""
+Finish = Callable[[Owed, Sequence[int]], None]
 
 
 def now_ms() -> int:
@@ -49,26 +52,29 @@ def now_ms() -> int:
 class _Predictions:
     """The predictions of one outcome on their way to the broker."""
 
-    __slots__ = ("generations", "handed_off", "outputs", "pending", "records", "spec", "ts",
-                 "values")  # fmt: skip
+    __slots__ = ("handed_off", "offsets", "outputs", "owed", "pending", "produced_at", "records",
+                 "spec", "ts", "values")  # fmt: skip
 
     def __init__(
         self,
         outputs: Outputs,
         spec: ModelSpec,
+        owed: Owed,
         records: Sequence[Message],
-        generations: Sequence[int],
+        offsets: Sequence[int],
         ts: Sequence[int],
         values: list[bytes],
     ) -> None:
         self.outputs = outputs
         self.spec = spec
+        self.owed = owed
         self.records = records
-        self.generations = generations
+        self.offsets = offsets
         self.ts = ts
         self.values = values
         self.pending = len(values)
         self.handed_off: set[int] = set()  # positions that became dead letters instead
+        self.produced_at = time.monotonic()
 
     def delivered(self, err: RdKafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -81,19 +87,21 @@ class _Predictions:
 class _Letter:
     """One dead letter on its way to the broker."""
 
-    __slots__ = ("error_type", "generation", "message", "omit", "outputs", "record", "stage")
+    __slots__ = ("error_type", "extra", "message", "omit", "outputs", "owed", "record", "stage")
 
     def __init__(
         self,
         outputs: Outputs,
         record: Message,
-        generation: int,
+        owed: Owed,
         reason: tuple[str, str, str],
         omit: int,
+        extra: Headers,
     ) -> None:
         self.outputs = outputs
         self.record = record
-        self.generation = generation
+        self.owed = owed
+        self.extra = [h for h in extra if not h[0].endswith(".omitted")]
         self.stage, self.error_type, self.message = reason
         self.omit = omit
 
@@ -109,7 +117,8 @@ class Outputs:
         output_topic: Where predictions go.
         dlq_topic: Where dead letters go.
         sensor: Receives predictions, dead letters and records produced.
-        finish: Called with inputs (and their generations) whose outputs were acknowledged.
+        finish: Called with the offsets of inputs whose outputs were acknowledged.
+        tracer: Records a span per batch of predictions (OpenTelemetry), if configured.
     """
 
     def __init__(
@@ -120,8 +129,10 @@ class Outputs:
         dlq_topic: str,
         sensor: Sensor,
         finish: Finish,
+        tracer: BatchTracer | None = None,
     ) -> None:
         self._committer = committer
+        self._tracer = tracer
         self._output_topic = output_topic
         self._dlq_topic = dlq_topic
         self._sensor = sensor
@@ -132,25 +143,38 @@ class Outputs:
     def predictions(
         self,
         spec: ModelSpec,
+        owed: Owed,
         records: Sequence[Message],
-        generations: Sequence[int],
+        offsets: Sequence[int],
         ids: Sequence[str],
         ts: Sequence[int],
         outputs: dict[str, np.ndarray],
     ) -> None:
-        """Encode and produce one prediction per record; dead-letter them all if the
-        outputs cannot be encoded (they do not fit the manifest, or JSON)."""
+        """Encode and produce one prediction per record (all of one partition); dead-letter
+        them all if the outputs cannot be encoded (they do not fit the manifest, or JSON).
+
+        Each prediction carries a ``prediction_id`` (field and header) derived from its
+        record and the model version, and its input's trace-context headers.
+        """
+        (topic, partition), _ = owed
+        prefix, suffix = f"{topic}/{partition}/", f"/{spec.name}/{spec.version}"
+        prediction_ids = [f"{prefix}{offset}{suffix}" for offset in offsets]
         try:
-            values = encode_rows(spec, ids, ts, outputs, now_ms())
+            values = encode_rows(spec, ids, ts, outputs, now_ms(), prediction_ids)
         except (ValueError, TypeError) as exc:
-            for record, generation in zip(records, generations, strict=True):
-                self.dead_letter(record, generation, ("infer", "OutputMismatch", str(exc)))
+            for record in records:
+                self.dead_letter(record, owed, ("infer", "OutputMismatch", str(exc)))
             return
-        sent = _Predictions(self, spec, records, generations, ts, values)
+        contexts = [trace_headers(read_headers(record)[0]) for record in records]
+        if self._tracer is not None:
+            self._tracer.batch(spec.name, spec.version, contexts)
+        sent = _Predictions(self, spec, owed, records, offsets, ts, values)
         self._committer.begin()
-        topic, on_delivery = self._output_topic, sent.delivered
-        for position, (record, value) in enumerate(zip(records, values, strict=True)):
-            refused = self._produce(topic, value, record.key(), None, on_delivery)
+        output_topic, on_delivery = self._output_topic, sent.delivered
+        rows = zip(records, values, prediction_ids, contexts, strict=True)
+        for position, (record, value, prediction_id, context) in enumerate(rows):
+            headers = [("pipeline.prediction.id", prediction_id.encode()), *context]
+            refused = self._produce(output_topic, value, record.key(), headers, on_delivery)
             if refused is not None:  # never queued: no delivery report will come for it
                 message = f"the producer refused the prediction: {refused}"
                 self._hand_off(sent, position, ("produce", camel(refused.name()), message))
@@ -171,40 +195,47 @@ class Outputs:
 
     def predictions_done(self, sent: _Predictions) -> None:
         """Every prediction of an outcome is acknowledged or handed off: finish the inputs."""
-        records: Sequence[Message]
-        generations: Sequence[int]
-        ts: Sequence[int]
         if sent.handed_off:
             keep = [i for i in range(len(sent.records)) if i not in sent.handed_off]
-            records = [sent.records[i] for i in keep]
-            generations = [sent.generations[i] for i in keep]
-            ts = [sent.ts[i] for i in keep]
+            offsets: Sequence[int] = [sent.offsets[i] for i in keep]
+            ts: Sequence[int] = [sent.ts[i] for i in keep]
         else:
-            records, generations, ts = sent.records, sent.generations, sent.ts
-        if not records:
+            offsets, ts = sent.offsets, sent.ts
+        if not offsets:
             return
-        self._finish(records, generations)
-        self._sensor.records_produced(self._output_topic, len(records))
+        self._finish(sent.owed, offsets)
+        spec = sent.spec
+        self._sensor.produce_acknowledged(
+            spec.name, spec.version, time.monotonic() - sent.produced_at
+        )
+        self._sensor.records_produced(self._output_topic, len(offsets))
         latencies = (now_ms() - np.asarray(ts, dtype=np.float64)) / 1000.0
         self._sensor.predictions(sent.spec.name, sent.spec.version, latencies)
 
     def _hand_off(self, sent: _Predictions, position: int, reason: tuple[str, str, str]) -> None:
         sent.handed_off.add(position)
-        self.dead_letter(sent.records[position], sent.generations[position], reason)
+        self.dead_letter(sent.records[position], sent.owed, reason)
 
     # -- dead letters -----------------------------------------------------------------------
 
     def dead_letter(
-        self, record: Message, generation: int, reason: tuple[str, str, str], *, omit: int = 0
+        self,
+        record: Message,
+        owed: Owed,
+        reason: tuple[str, str, str],
+        *,
+        omit: int = 0,
+        extra: Headers = (),  # type: ignore[assignment]
     ) -> None:
-        """Write `record` to the DLQ with the headers of `reason` (stage, type, message).
+        """Write `record` to the DLQ with the headers of `reason` (stage, type, message)
+        and `extra` ones.
 
         `omit` 0 sends the original value and headers; 1 leaves the value out; 2 also
         leaves the original headers out.
         """
         original, unreadable = read_headers(record)
         value = record.value()
-        extra: Headers = []
+        extra = list(extra)
         if omit >= 1:
             extra.append(("pipeline.value.omitted", str(len(value or b"")).encode()))
             value = None
@@ -222,7 +253,7 @@ class Outputs:
             offset=record.offset() or 0,
             failed_at_ms=now_ms(),
         )
-        letter = _Letter(self, record, generation, reason, omit)
+        letter = _Letter(self, record, owed, reason, omit, extra)
         self._committer.begin()
         refused = self._produce(self._dlq_topic, value, record.key(), headers + extra,
                                 letter.delivered)  # fmt: skip
@@ -231,7 +262,7 @@ class Outputs:
 
     def letter_delivered(self, letter: _Letter, err: RdKafkaError | None) -> None:
         if err is None:
-            self._finish((letter.record,), (letter.generation,))
+            self._finish(letter.owed, (letter.record.offset(),))  # type: ignore[arg-type]
             self._sensor.records_produced(self._dlq_topic, 1)
             self._sensor.dead_letters(letter.stage, letter.error_type, 1)
         elif err.code() in REFUSED_RECORD and self._committer.dead_letters_for_refused:
@@ -243,7 +274,8 @@ class Outputs:
         """A dead letter the producer or broker would not take: send it smaller, or give up."""
         if letter.omit < 2:
             reason = (letter.stage, letter.error_type, letter.message)
-            self.dead_letter(letter.record, letter.generation, reason, omit=letter.omit + 1)
+            self.dead_letter(letter.record, letter.owed, reason, omit=letter.omit + 1,
+                             extra=letter.extra)  # fmt: skip
         else:
             self._committer.output_failed(letter.record, error)
 

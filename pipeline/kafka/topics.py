@@ -11,7 +11,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from pipeline.errors import BrokerUnreachable, KafkaError
 
-__all__ = ["admin_client", "ensure_topics"]
+__all__ = ["admin_client", "ensure_topics", "replication_for"]
 
 log = logging.getLogger("pipeline.topics")
 _CONNECT_TIMEOUT_S = 15.0
@@ -30,8 +30,13 @@ def ensure_topics(
     *,
     create: bool,
     partitions: int,
+    replication_factor: int = 0,
+    min_insync_replicas: int = 0,
 ) -> dict[str, int]:
     """Check the topics exist, creating the missing ones; return each topic's partition count.
+
+    Topics are created with `replication_factor` replicas and `min_insync_replicas` (0:
+    chosen from the cluster's size, see `replication_for`).
 
     Raises:
         BrokerUnreachable: the broker does not answer within a bounded time.
@@ -53,13 +58,18 @@ def ensure_topics(
             "worker create them (drop --no-create-topics)"
         )
     if missing:
+        factor, min_isr = replication_for(
+            len(meta.brokers), replication_factor, min_insync_replicas
+        )
+        config = {"min.insync.replicas": str(min_isr)}
         futures = admin.create_topics(
-            [NewTopic(t, partitions, -1) for t in missing], operation_timeout=30
+            [NewTopic(t, partitions, factor, config=config) for t in missing], operation_timeout=30
         )
         for topic, future in futures.items():
             try:
                 future.result(timeout=60)
-                log.info("created topic %s with %d partitions", topic, partitions)
+                log.info("created topic %s with %d partitions, %d replicas, min.insync.replicas %d",
+                         topic, partitions, factor, min_isr)  # fmt: skip
             except KafkaException as exc:
                 if exc.args[0].code() == 36:  # TOPIC_ALREADY_EXISTS: another worker won the race
                     continue
@@ -69,3 +79,22 @@ def ensure_topics(
                 ) from exc
         meta = admin.list_topics(timeout=_CONNECT_TIMEOUT_S)
     return {t: len(meta.topics[t].partitions) for t in wanted if t in meta.topics}
+
+
+def replication_for(brokers: int, factor: int, min_isr: int) -> tuple[int, int]:
+    """Replicas and min.insync.replicas for new topics on a cluster of `brokers` nodes.
+
+    Unless told otherwise (a value above 0): one replica on one or two nodes; on three or
+    more, three replicas of which two must be in sync, so an acknowledged record survives
+    the loss of any one node and writes go on while one node is down.
+
+    Raises:
+        KafkaError: more replicas asked for than the cluster has nodes.
+    """
+    chosen = factor or (3 if brokers >= 3 else 1)
+    if chosen > brokers:
+        raise KafkaError(
+            f"--replication-factor {chosen} needs at least {chosen} brokers, the cluster has "
+            f"{brokers}; lower it or create the topics yourself"
+        )
+    return chosen, min_isr or min(2, chosen)

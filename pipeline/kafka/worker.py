@@ -20,6 +20,8 @@ thread.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import signal
@@ -27,7 +29,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -40,6 +42,7 @@ from pipeline.config import WorkerConfig
 from pipeline.engine.codec import EventDecoder
 from pipeline.engine.engine import Engine, Outcome
 from pipeline.engine.models import ModelCache, ModelStore
+from pipeline.engine.setup import build_engine, warm_up
 from pipeline.engine.spec import ModelSpec
 from pipeline.errors import KafkaError
 from pipeline.kafka.committer import (
@@ -50,11 +53,16 @@ from pipeline.kafka.committer import (
     names,
 )
 from pipeline.kafka.offsets import OffsetTracker, TopicPartitionKey
-from pipeline.kafka.outputs import Outputs, camel, now_ms
+from pipeline.kafka.outputs import Outputs, Owed, camel, now_ms
+from pipeline.kafka.share import ShareWorker
 from pipeline.kafka.topics import ensure_topics
 from pipeline.kafka.transactions import Transactions, default_transactional_id
 from pipeline.metrics import Sensor, Sensors
+from pipeline.metrics.endpoint import MetricsServer
+from pipeline.metrics.health import Readiness
+from pipeline.metrics.prometheus import PrometheusSensor
 from pipeline.metrics.statsline import StatsLine
+from pipeline.metrics.tracing import batch_tracer
 
 __all__ = ["ABANDONED", "KafkaClients", "Worker", "exit_if_abandoned", "run_worker"]
 
@@ -64,6 +72,8 @@ _POLL_SIZE = 1000
 _IDLE_POLL_S = 0.1
 _MIN_POLL_S = 0.001
 _CLOSE_TIMEOUT_S = 10.0
+_STALE_AFTER_S = 60.0  # not live without a loop turn this long (revoke and commit steps: 10 s)
+_LAG_INTERVAL_MS = 5000
 
 # Consumers whose close() did not return (an unreachable coordinator can hold it without
 # end). Kept referenced: freeing one would run librdkafka's destroy, which waits as well.
@@ -81,15 +91,17 @@ class KafkaClients:
 
 @dataclass(slots=True, eq=False)
 class _Block:
-    """The records of one decoded block on their way through the engine (its ticket).
+    """The records of one partition decoded for one model, on their way through the engine
+    (its ticket): `owed` names the partition and its assignment's generation.
 
     `epoch` is the worker's epoch when the block was submitted: while it is unchanged, no
     partition was lost and no transaction aborted since, so every record is still owed.
     """
 
     spec: ModelSpec
+    owed: Owed
     records: list[Message]
-    generations: list[int]
+    offsets: list[int]
     ids: list[str]
     ts: list[int]
     epoch: int
@@ -105,6 +117,10 @@ class Worker:
         engine: An engine shared with front doors; by default the worker makes its own.
         stats: The stats line to log (shared with that engine); by default its own.
         sensors: Further readers of what the worker reports.
+        readiness: What the probes report: not ready until a group assignment came, never
+            again after a fatal error; live while the loop turns.
+        lag_interval_ms: Read the consumer's lag from librdkafka's statistics this often
+            (0: never), for the sensors' ``consumer_lag``.
     """
 
     def __init__(
@@ -116,6 +132,8 @@ class Worker:
         engine: Engine[Any] | None = None,
         stats: StatsLine | None = None,
         sensors: Sequence[Sensor] = (),
+        readiness: Readiness | None = None,
+        lag_interval_ms: int = 0,
     ) -> None:
         self.config = config
         self._index = index
@@ -124,6 +142,8 @@ class Worker:
             logging.getLogger("librdkafka").setLevel(logging.DEBUG)
         self._stats = stats or StatsLine(interval_s=config.stats_interval_s)
         self._sensor = Sensors([self._stats, *sensors])
+        self.readiness = readiness or Readiness(stale_after_s=_STALE_AFTER_S)
+        statistics = {"statistics.interval.ms": lag_interval_ms, "stats_cb": self._on_stats}
         self._common: dict[str, Any] = {
             **config.kafka,
             "bootstrap.servers": config.bootstrap_servers,
@@ -136,7 +156,8 @@ class Worker:
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "partition.assignment.strategy": "cooperative-sticky",
-                "queued.max.messages.kbytes": 16384,
+                **fetch_settings(config.max_in_flight),
+                **(statistics if lag_interval_ms else {}),
                 **self._common,
                 "on_commit": self._on_commit,
             }
@@ -151,6 +172,7 @@ class Worker:
             max_batch_size=config.max_batch_size,
             max_wait_ms=config.max_wait_ms,
             sensor=self._sensor,
+            latency_target_ms=config.latency_target_ms or None,
         )
         self._decoder = EventDecoder(
             catalog=self._engine.models, default_model=config.default_model
@@ -201,11 +223,12 @@ class Worker:
         return firsts
 
     def remember_refused(self, msg: Message, error: RdKafkaError) -> None:
-        self._refused[(_tp(msg), msg.offset())] = error  # type: ignore[index]
+        self._refused[((msg.topic(), msg.partition()), msg.offset())] = error  # type: ignore[index]
 
     def fail(self, error: KafkaError) -> None:
         if self._fatal is None:
             self._fatal = error
+            self.readiness.fatal(str(error))
         self._stopping = True
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -228,6 +251,8 @@ class Worker:
             [*cfg.input_topics, cfg.output_topic, cfg.dlq_topic],
             create=cfg.create_topics,
             partitions=cfg.topic_partitions,
+            replication_factor=cfg.replication_factor,
+            min_insync_replicas=cfg.min_insync_replicas,
         )
         self._committer = self._make_committer()
         self._outputs = Outputs(
@@ -236,8 +261,10 @@ class Worker:
             dlq_topic=cfg.dlq_topic,
             sensor=self._sensor,
             finish=self._finished,
+            tracer=batch_tracer(),
         )
         log.info("worker starting with %s", cfg.redacted)
+        self.readiness.wait_for("partitions", "waiting for the group to assign partitions")
         self._consumer.subscribe(
             list(cfg.input_topics),
             on_assign=self._on_assign,
@@ -312,6 +339,7 @@ class Worker:
 
     def _turn(self) -> None:
         assert self._committer is not None
+        self.readiness.heartbeat()
         msgs = self._consume()
         if msgs:
             self._ingest(msgs)
@@ -338,60 +366,73 @@ class Worker:
         return [first, *self._consumer.consume(_POLL_SIZE - 1, 0)]
 
     def _ingest(self, msgs: list[Message]) -> None:
-        """Decode records into row blocks, dead-letter the rejects, submit the blocks."""
-        assert self._outputs is not None
-        # Records of a partition revoked between poll() and consume() are not ours any more:
-        # their new owner reads them from the committed offset.
-        records = [m for m in msgs if self._usable(m) and _tp(m) in self._assigned]
-        if not records:
-            return
-        generations = [self._tracker.consumed(_tp(m), m.offset()) for m in records]  # type: ignore[arg-type]
-        for topic in {m.topic() for m in records}:
-            self._sensor.records_consumed(str(topic), sum(1 for m in records if m.topic() == topic))
-        if self._refused:
-            records, generations = self._redo_refused(records, generations)
+        """Per partition: track the offsets, decode the records into row blocks, dead-letter
+        the rejects, submit the blocks to the engine."""
+        runs: dict[TopicPartitionKey, list[Message]] = {}
+        for m in msgs:
+            if m.error() is None or self._usable(m):
+                tp = (m.topic(), m.partition())
+                run = runs.get(tp)  # type: ignore[arg-type]
+                if run is None:
+                    runs[tp] = [m]  # type: ignore[index]
+                else:
+                    run.append(m)
         now = now_ms()
+        for tp, records in runs.items():
+            # Records of a partition revoked between poll() and consume() are not ours any
+            # more: their new owner reads them from the committed offset.
+            if tp in self._assigned:
+                self._ingest_run(tp, records, now)
+
+    def _ingest_run(self, tp: TopicPartitionKey, records: list[Message], now: int) -> None:
+        assert self._outputs is not None
+        offsets: list[int] = [m.offset() for m in records]  # type: ignore[misc]
+        owed = (tp, self._tracker.consumed_many(tp, offsets))
+        self._sensor.records_consumed(tp[0], len(records))
+        if self._refused:
+            records, offsets = self._redo_refused(owed, records, offsets)
         decoded = self._decoder.decode(
             [m.value() for m in records], [_timestamp(m, now) for m in records]
         )
         for reject in decoded.rejects:
             reason = (reject.stage, reject.error_type, reject.message)
-            self._outputs.dead_letter(records[reject.index], generations[reject.index], reason)
+            self._outputs.dead_letter(records[reject.index], owed, reason)
         for (name, version), block in decoded.blocks.items():
+            indices = block.indices
+            whole = len(indices) == len(records)
             ticket = _Block(
                 spec=block.spec,
-                records=[records[i] for i in block.indices],
-                generations=[generations[i] for i in block.indices],
+                owed=owed,
+                records=records if whole else [records[i] for i in indices],
+                offsets=offsets if whole else [offsets[i] for i in indices],
                 ids=block.ids,
                 ts=block.ts,
                 epoch=self._epoch,
             )
-            self._in_engine += len(ticket.records)
+            self._in_engine += len(indices)
             self._engine.submit(name, version, block.features, ticket, self._outcomes.append)
 
     def _redo_refused(
-        self, records: list[Message], generations: list[int]
+        self, owed: Owed, records: list[Message], offsets: list[int]
     ) -> tuple[list[Message], list[int]]:
         """Dead-letter, without their values, the records whose outputs the broker refused
         in an aborted transaction; return the others."""
         assert self._outputs is not None
+        tp = owed[0]
         kept: list[Message] = []
-        kept_generations: list[int] = []
-        for msg, generation in zip(records, generations, strict=True):
-            err = self._refused.pop((_tp(msg), msg.offset()), None)  # type: ignore[arg-type]
+        kept_offsets: list[int] = []
+        for msg, offset in zip(records, offsets, strict=True):
+            err = self._refused.pop((tp, offset), None)
             if err is None:
                 kept.append(msg)
-                kept_generations.append(generation)
+                kept_offsets.append(offset)
                 continue
-            reason = (
-                "produce",
-                camel(err.name()),
-                f"the broker refused an output of this event: {err}",
-            )
-            self._outputs.dead_letter(msg, generation, reason, omit=1)
-        return kept, kept_generations
+            message = f"the broker refused an output of this event: {err}"
+            self._outputs.dead_letter(msg, owed, ("produce", camel(err.name()), message), omit=1)
+        return kept, kept_offsets
 
     def _usable(self, msg: Message) -> bool:
+        """Whether a record that came with an error is usable (never); report the error."""
         err = msg.error()
         if err is None:
             return True
@@ -415,55 +456,54 @@ class Worker:
                 continue
             for error in outcome.errors:
                 reason = (error.stage, error.error_type, error.message)
-                outputs.dead_letter(block.records[error.row], block.generations[error.row], reason)
+                outputs.dead_letter(block.records[error.row], block.owed, reason)
             if not outcome.rows:
                 continue
             rows = outcome.rows
             if isinstance(rows, range) and len(rows) == len(block.records):
-                records, generations, ids, ts = (
-                    block.records,
-                    block.generations,
-                    block.ids,
-                    block.ts,
-                )
+                records, offsets, ids, ts = block.records, block.offsets, block.ids, block.ts
             else:
                 records = [block.records[r] for r in rows]
-                generations = [block.generations[r] for r in rows]
+                offsets = [block.offsets[r] for r in rows]
                 ids = [block.ids[r] for r in rows]
                 ts = [block.ts[r] for r in rows]
             assert outcome.model is not None
-            outputs.predictions(outcome.model.spec, records, generations, ids, ts, outcome.outputs)
+            outputs.predictions(outcome.model.spec, block.owed, records, offsets, ids, ts,
+                                outcome.outputs)  # fmt: skip
 
     def _still_owed(self, block: _Block) -> bool:
-        """After a loss or an abort: keep only the block's records of partitions still held
-        in the same assignment (the others are someone else's, or will be redone)."""
-        keep = [
-            i for i, (m, g) in enumerate(zip(block.records, block.generations, strict=True))
-            if self._tracker.generation(_tp(m)) == g
-        ]  # fmt: skip
-        if len(keep) == len(block.records):
-            return True
-        block.records = [block.records[i] for i in keep]
-        block.generations = [block.generations[i] for i in keep]
-        block.ids = [block.ids[i] for i in keep]
-        block.ts = [block.ts[i] for i in keep]
-        return bool(keep)
+        """After a loss or an abort: whether the block's partition is still held in the same
+        assignment (otherwise its records are someone else's, or will be redone)."""
+        tp, generation = block.owed
+        return self._tracker.generation(tp) == generation
 
-    def _finished(self, records: Sequence[Message], generations: Sequence[int]) -> None:
-        """Outputs of `records` were acknowledged: their offsets may be committed."""
+    def _finished(self, owed: Owed, offsets: Sequence[int]) -> None:
+        """Outputs for `offsets` were acknowledged: they may be committed."""
         assert self._committer is not None
-        tracker = self._tracker
-        for msg, generation in zip(records, generations, strict=True):
-            tracker.finished(_tp(msg), msg.offset(), generation)  # type: ignore[arg-type]
-        self._committer.finished(len(records))
+        tp, generation = owed
+        self._tracker.finished_many(tp, offsets, generation)
+        self._committer.finished(len(offsets))
 
     def _on_commit(self, err: RdKafkaError | None, partitions: list[TopicPartition]) -> None:
         if self._committer is not None:
             self._committer.on_commit(err, partitions)
 
+    def _on_stats(self, statistics: str) -> None:
+        """librdkafka's statistics (JSON): the consumer lag of each partition held."""
+        try:
+            topics = json.loads(statistics).get("topics", {})
+        except ValueError:
+            return
+        for topic, info in topics.items():
+            for partition, figures in info.get("partitions", {}).items():
+                lag = figures.get("consumer_lag", -1)
+                if lag >= 0 and (topic, int(partition)) in self._assigned:
+                    self._sensor.consumer_lag(topic, int(partition), lag)
+
     # -- rebalances and backpressure ------------------------------------------------------
 
     def _on_assign(self, _: Consumer, partitions: list[TopicPartition]) -> None:
+        self.readiness.done("partitions")  # the group settled, even with nothing for us
         self._assigned |= {(p.topic, p.partition) for p in partitions}
         if partitions:
             # librdkafka keeps a partition's pause across a revoke and a new assignment: a
@@ -515,8 +555,18 @@ class Worker:
             self._paused = set()
 
 
-def _tp(msg: Message) -> TopicPartitionKey:
-    return (msg.topic(), msg.partition())  # type: ignore[return-value]
+def fetch_settings(max_in_flight: int) -> dict[str, int]:
+    """librdkafka's prefetch queue, sized from the worker's own bound on events in flight.
+
+    The queue holds records fetched but not yet consumed; the worker bounds memory itself
+    by pausing busy partitions past ``max_in_flight``. librdkafka's default of a 16 MB
+    queue throttled 680-byte events at about 20 MB/s: once full it postponed fetching for
+    ``fetch.queue.backoff.ms`` (1 s by default). So the queue holds about twice the events
+    the worker may have in flight, at 2 KiB each (16 to 128 MiB), and a full queue is checked
+    again after 10 ms. ``-X`` overrides both.
+    """
+    kbytes = min(max(2 * max_in_flight * 2, 16 * 1024), 128 * 1024)
+    return {"queued.max.messages.kbytes": kbytes, "fetch.queue.backoff.ms": 10}
 
 
 def _timestamp(msg: Message, now_ms: int) -> int:
@@ -537,37 +587,67 @@ def exit_if_abandoned(code: int) -> None:
 def run_worker(config: WorkerConfig, index: int = 0) -> int:
     """Run one worker (the `index`-th of its parent) until SIGTERM or SIGINT; return 0.
 
-    With ``--http-port`` or ``--grpc-port`` the front doors answer requests from the
-    worker's own engine, on a thread of their own, for as long as the worker runs.
+    With ``--metrics-port`` (plus `index`, under ``--workers``) it serves /metrics and the
+    probes; with ``--http-port`` or ``--grpc-port`` the front doors answer requests from
+    the worker's own engine, on a thread of their own, for as long as the worker runs.
     """
-    if not (config.http_port or config.grpc_port):
-        worker = Worker(config, index=index)
+    stats = StatsLine(interval_s=config.stats_interval_s)
+    wants_metrics = bool(config.metrics_port or config.http_port)
+    metrics = PrometheusSensor() if wants_metrics else None
+    sensor = Sensors([stats, *([metrics] if metrics else [])])
+    readiness = Readiness(stale_after_s=_STALE_AFTER_S)
+    engine = build_engine(config, sensor, max_queue=config.max_queue)
+    readiness.wait_for("models", "the models are loading")
+    warm_up(engine, default_model=config.default_model, max_loaded=config.max_loaded_models)
+    readiness.done("models")
+    with contextlib.ExitStack() as stack:
+        if metrics is not None and config.metrics_port:
+            endpoint = MetricsServer(
+                config.metrics_host, config.metrics_port + index, metrics, readiness
+            )
+            endpoint.start()
+            stack.callback(endpoint.stop)
+        if config.http_port or config.grpc_port:
+            stack.enter_context(_doors(config, engine, readiness, sensor, metrics))
+        extra = [metrics] if metrics else []
+        worker: Worker | ShareWorker
+        if config.group_type == "share":
+            worker = ShareWorker(config, engine=engine, stats=stats, sensors=extra,
+                                 readiness=readiness)  # fmt: skip
+        else:
+            worker = Worker(
+                config, index=index, engine=engine, stats=stats, sensors=extra,
+                readiness=readiness, lag_interval_ms=_LAG_INTERVAL_MS if metrics else 0,
+            )  # fmt: skip
         _stop_on_signals(worker)
         return worker.run()
-    from pipeline.engine.engine import EngineLoop
-    from pipeline.serve.server import Doors, DoorsThread, build_engine, warm_up
-    from pipeline.serve.state import Readiness
 
-    stats = StatsLine(interval_s=config.stats_interval_s)
-    engine = build_engine(config, Sensors([stats]), max_queue=config.max_queue)
+
+@contextlib.contextmanager
+def _doors(
+    config: WorkerConfig,
+    engine: Engine[Any],
+    readiness: Readiness,
+    sensor: Sensor,
+    metrics: PrometheusSensor | None,
+) -> Iterator[None]:
+    """The front doors beside the worker, and an engine thread for their batches."""
+    from pipeline.engine.engine import EngineLoop
+    from pipeline.serve.server import Doors, DoorsThread
+
     runner = EngineLoop(engine)
     runner.start()
-    readiness = Readiness()
-    warm_up(engine, config, readiness)
-    doors = DoorsThread(
-        Doors(config, engine, readiness, Sensors([stats]), default_model=config.default_model)
-    )
+    doors = DoorsThread(Doors(config, engine, readiness, sensor,
+                              default_model=config.default_model, metrics=metrics))  # fmt: skip
     doors.start_and_wait()
-    worker = Worker(config, index=index, engine=engine, stats=stats)
-    _stop_on_signals(worker)
     try:
-        return worker.run()
+        yield
     finally:
         doors.stop()
         runner.stop()
 
 
-def _stop_on_signals(worker: Worker) -> None:
+def _stop_on_signals(worker: Worker | ShareWorker) -> None:
     def _stop(signum: int, _: FrameType | None) -> None:
         log.info(
             "received %s: finishing batches in flight, then committing", signal.Signals(signum).name

@@ -44,6 +44,10 @@ class Sensor:
     def predictions(self, model: str, version: str, latencies_s: np.ndarray) -> None:
         """Predictions were acknowledged; one event-to-prediction latency each (seconds)."""
 
+    def produce_acknowledged(self, model: str, version: str, seconds: float) -> None:
+        """A batch's predictions took `seconds` from the first produce call to the last
+        acknowledgement by the broker."""
+
     def dead_letters(self, stage: str, error_type: str, n: int) -> None:
         """`n` dead letters were acknowledged."""
 
@@ -58,6 +62,9 @@ class Sensor:
 
     def consumer_lag(self, topic: str, partition: int, lag: int) -> None:
         """The consumer's lag on one partition, from librdkafka's statistics."""
+
+    def records_acknowledged(self, kind: str, n: int) -> None:
+        """Share groups: `n` acquired records were ``accepted``, ``released`` or ``rejected``."""
 
     # -- the front doors --------------------------------------------------------------------
 
@@ -108,6 +115,10 @@ class Sensors(Sensor):
         for s in self.sensors:
             s.predictions(model, version, latencies_s)
 
+    def produce_acknowledged(self, model: str, version: str, seconds: float) -> None:
+        for s in self.sensors:
+            s.produce_acknowledged(model, version, seconds)
+
     def dead_letters(self, stage: str, error_type: str, n: int) -> None:
         for s in self.sensors:
             s.dead_letters(stage, error_type, n)
@@ -127,6 +138,10 @@ class Sensors(Sensor):
     def consumer_lag(self, topic: str, partition: int, lag: int) -> None:
         for s in self.sensors:
             s.consumer_lag(topic, partition, lag)
+
+    def records_acknowledged(self, kind: str, n: int) -> None:
+        for s in self.sensors:
+            s.records_acknowledged(kind, n)
 
     def request(self, door: str, status: str, seconds: float) -> None:
         for s in self.sensors:

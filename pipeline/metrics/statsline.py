@@ -38,6 +38,7 @@ class StatsSnapshot:
     totals: dict[str, int] = field(default_factory=dict)
     requests: int = 0
     expired: int = 0
+    acknowledged: dict[str, int] = field(default_factory=dict)
 
     def line(self) -> str:
         """The human-readable stats line."""
@@ -54,6 +55,7 @@ class StatsSnapshot:
             f"total in {self.totals.get('events_in', 0)} out {self.totals.get('out', 0)}"
             + (f" requests {self.requests * rate:.0f}/s" if self.requests else "")
             + (f" expired {self.expired}" if self.expired else "")
+            + "".join(f" {kind} {n}" for kind, n in sorted(self.acknowledged.items()))
         )
 
 
@@ -71,6 +73,7 @@ class StatsLine(Sensor):
     def _reset(self) -> None:
         self.events_in = self.predicted = self.dead = self.batches = self.batch_rows = 0
         self.requests = self.expired = 0
+        self.acknowledged: dict[str, int] = {}
         self._samples: list[np.ndarray] = []
         self._held = 0
         self._stride = 1
@@ -111,6 +114,9 @@ class StatsLine(Sensor):
     def request(self, door: str, status: str, seconds: float) -> None:
         self.requests += 1
 
+    def records_acknowledged(self, kind: str, n: int) -> None:
+        self.acknowledged[kind] = self.acknowledged.get(kind, 0) + n
+
     def partitions(self, assigned: int, paused: int) -> None:
         self._partitions = assigned
 
@@ -142,6 +148,7 @@ class StatsLine(Sensor):
             totals=dict(self._totals),
             requests=self.requests,
             expired=self.expired,
+            acknowledged=dict(self.acknowledged),
         )
         self._started = now
         self._reset()

@@ -19,6 +19,7 @@ import numpy as np
 
 from pipeline.engine.codec import EventDecoder
 from pipeline.metrics import Sensor
+from pipeline.metrics.health import Readiness
 from pipeline.serve import oip
 from pipeline.serve._proto import (
     inference_pb2,
@@ -28,7 +29,6 @@ from pipeline.serve._proto import (
 )
 from pipeline.serve.calls import ModelCalls, Refusal, bad_input, seed_answers
 from pipeline.serve.security import TokenCheck
-from pipeline.serve.state import Readiness
 from pipeline.serve.tensors import TensorError, datatype_of, from_raw, to_raw
 
 __all__ = ["InferenceService", "PredictorService", "TokenInterceptor", "add_services"]

@@ -35,10 +35,12 @@ import orjson
 from pipeline.engine.codec import EventDecoder, output_rows
 from pipeline.engine.models import LoadedModel
 from pipeline.metrics import Sensor
+from pipeline.metrics.endpoint import CONTENT_TYPE
+from pipeline.metrics.health import Readiness
+from pipeline.metrics.prometheus import PrometheusSensor
 from pipeline.serve import oip
 from pipeline.serve.calls import ModelCalls, Refusal, bad_input, seed_answers
 from pipeline.serve.security import TokenCheck
-from pipeline.serve.state import Readiness
 
 __all__ = ["HttpApp"]
 
@@ -72,7 +74,8 @@ class HttpApp:
         max_body_bytes: Bodies larger than this get 413.
         body_timeout_s: A body not received within this long gets 408.
         tokens: When given, every request needs ``Authorization: Bearer <token>`` (401).
-        open_health: With tokens, the health endpoints need none.
+        open_health: With tokens, the health and metrics endpoints need none.
+        metrics: Served on ``GET /metrics``.
     """
 
     def __init__(
@@ -85,7 +88,9 @@ class HttpApp:
         body_timeout_s: float = 30.0,
         tokens: TokenCheck | None = None,
         open_health: bool = False,
+        metrics: PrometheusSensor | None = None,
     ) -> None:
+        self._metrics = metrics
         self._calls = calls
         self._tokens = tokens
         self._open = _HEALTH if open_health else frozenset()
@@ -136,6 +141,10 @@ class HttpApp:
             return await self._instances(name, version, body, _deadline(scope))
         if path.startswith("/v2"):
             return await self._v2(method, path, scope, receive)
+        if path == "/metrics" and self._metrics is not None:
+            _method(method, "GET", path)
+            return _Answer(200, self._metrics.exposition(),
+                           [(b"content-type", CONTENT_TYPE.encode())])  # fmt: skip
         if path in ("/healthz", "/readyz"):
             _method(method, "GET", path)
             ok, reason = self._readiness.live() if path == "/healthz" else self._readiness.ready()

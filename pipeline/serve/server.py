@@ -14,7 +14,6 @@ import contextlib
 import logging
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,63 +21,23 @@ import grpc
 import uvicorn
 import uvloop
 
-from pipeline.config import DoorSettings, EngineSettings, ServeConfig
+from pipeline.config import DoorSettings, ServeConfig
 from pipeline.engine.engine import Engine, EngineLoop
-from pipeline.engine.models import ModelCache, ModelStore
-from pipeline.errors import ModelError
+from pipeline.engine.setup import build_engine, warm_up
 from pipeline.metrics import Sensor, Sensors
+from pipeline.metrics.health import Readiness
+from pipeline.metrics.prometheus import PrometheusSensor
 from pipeline.metrics.statsline import StatsLine
 from pipeline.serve.calls import ModelCalls
 from pipeline.serve.grpcapp import TokenInterceptor, add_services
 from pipeline.serve.guard import guarded_http
 from pipeline.serve.httpapp import HttpApp
 from pipeline.serve.security import Tls, TokenCheck, Watcher
-from pipeline.serve.state import Readiness
 
-__all__ = ["Doors", "DoorsThread", "build_engine", "serve", "warm_up"]
+__all__ = ["Doors", "DoorsThread", "serve"]
 
 log = logging.getLogger("pipeline.serve")
 _GRACE_S = 5.0  # in-flight requests get this long after SIGTERM
-
-
-def build_engine(settings: EngineSettings, sensor: Sensor, *, max_queue: int | None) -> Engine[Any]:
-    """The engine of `settings`: its model cache and batcher."""
-    cache = ModelCache(
-        ModelStore(settings.models),
-        max_loaded=settings.max_loaded_models,
-        intra_op_threads=settings.model_threads,
-    )
-    return Engine(
-        cache,
-        max_batch_size=settings.max_batch_size,
-        max_wait_ms=settings.max_wait_ms,
-        max_queue_rows=max_queue,
-        sensor=sensor,
-    )
-
-
-def warm_up(engine: Engine[Any], settings: EngineSettings, readiness: Readiness) -> None:
-    """Load and warm the newest version of each model in the store (the default model
-    first, at most ``max_loaded_models``); readiness waits for it. A model that fails to
-    load is logged and does not hold the others back."""
-    readiness.wait_for("models", "the models are loading")
-    store, cache = engine.models.store, engine.models
-    names = store.names()
-    if settings.default_model in names:
-        names.remove(settings.default_model)
-        names.insert(0, settings.default_model)
-    started = time.monotonic()
-    loaded = []
-    for name in names[: settings.max_loaded_models]:
-        try:
-            spec = cache.resolve(name, None)
-        except ModelError as exc:
-            log.warning("model %s is not served: %s", name, exc)
-            continue
-        loaded.append(f"{spec.name}/{spec.version}")
-    log.info("models loaded and warmed in %.2f s: %s", time.monotonic() - started,
-             ", ".join(loaded) or "none")  # fmt: skip
-    readiness.done("models")
 
 
 class _Uvicorn(uvicorn.Server):
@@ -107,8 +66,10 @@ class Doors:
         sensor: Sensor,
         *,
         default_model: str | None,
+        metrics: PrometheusSensor | None = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._readiness = readiness
         self._calls = ModelCalls(
             engine, default_model=default_model or _only_model(engine),
@@ -160,7 +121,8 @@ class Doors:
         if s.http_port:
             app = HttpApp(self._calls, self._readiness, sensor=self._sensor,
                           max_body_bytes=s.max_body_bytes, body_timeout_s=s.body_timeout_s,
-                          tokens=self._tokens, open_health=s.open_health)  # fmt: skip
+                          tokens=self._tokens, open_health=s.open_health,
+                          metrics=self._metrics)  # fmt: skip
             tls = self._tls
             config = uvicorn.Config(
                 app, host=s.host, port=s.http_port, loop="none",
@@ -199,14 +161,18 @@ def _only_model(engine: Engine[Any]) -> str | None:
 def serve(settings: ServeConfig) -> int:
     """`pipeline serve`: run the doors until SIGTERM or SIGINT; return 0."""
     stats = StatsLine(interval_s=settings.stats_interval_s)
-    sensor = Sensors([stats])
+    metrics = PrometheusSensor()
+    sensor = Sensors([stats, metrics])
     readiness = Readiness()
     engine = build_engine(settings, sensor, max_queue=settings.max_queue)
     runner = EngineLoop(engine)
     runner.start()
     log.info("serving with %s", settings.redacted)
-    warm_up(engine, settings, readiness)
-    doors = Doors(settings, engine, readiness, sensor, default_model=settings.default_model)
+    readiness.wait_for("models", "the models are loading")
+    warm_up(engine, default_model=settings.default_model, max_loaded=settings.max_loaded_models)
+    readiness.done("models")
+    doors = Doors(settings, engine, readiness, sensor, default_model=settings.default_model,
+                  metrics=metrics)  # fmt: skip
 
     async def main() -> None:
         stop = asyncio.Event()

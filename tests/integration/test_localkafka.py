@@ -25,7 +25,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from pipeline.dev.localkafka import LocalKafka, _pid_alive, _port_free
+from pipeline.dev.localkafka import LocalKafka, _pid_alive
 
 from .kafkaio import free_port
 
@@ -100,14 +100,6 @@ def test_missing_java_says_what_to_do(tmp_path: Path, missing: str) -> None:
     assert "Java 17+" in done.stderr and "JAVA_HOME" in done.stderr
 
 
-def _free_ports(count: int) -> int:
-    """The first of `count` consecutive free ports on 127.0.0.1."""
-    while True:
-        first = free_port()
-        if all(_port_free(first + i) for i in range(1, count)):
-            return first
-
-
 def _node_pids(status: str) -> dict[int, int]:
     return {
         int(n): int(pid) for n, pid in re.findall(r"^node (\d) at \S+ \(pid (\d+)\)", status, re.M)
@@ -115,11 +107,12 @@ def _node_pids(status: str) -> dict[int, int]:
 
 
 def test_three_node_cluster_survives_a_node_down_and_takes_it_back(tmp_path: Path) -> None:
-    port, data = _free_ports(3), tmp_path / "cluster"
-    bootstrap = ",".join(f"127.0.0.1:{port + i}" for i in range(3))
-    started = _cli("start", "--nodes", "3", "--port", str(port), "--data-dir", str(data))
+    data = tmp_path / "cluster"
+    started = _cli("start", "--nodes", "3", "--port", "0", "--data-dir", str(data))
     assert started.returncode == 0, started.stderr
-    assert started.stdout.strip() == bootstrap
+    bootstrap = started.stdout.strip()
+    port = int(bootstrap.split(",")[0].rpartition(":")[2])  # --port 0: free ones, consecutive
+    assert bootstrap == ",".join(f"127.0.0.1:{port + i}" for i in range(3))
     pids: dict[int, int] = {}
     try:
         status = _cli("status", "--data-dir", str(data)).stdout

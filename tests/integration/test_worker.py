@@ -32,13 +32,16 @@ def _session(models: Path, name: str, version: str = "1") -> ort.InferenceSessio
                                 providers=["CPUExecutionProvider"])  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "batching", [(), ("--latency-target-ms", "40")], ids=["max-wait", "latency-target"]
+)
 def test_predictions_equal_onnxruntime_and_keep_keys(
-    make_pipeline: Callable[..., Pipeline],
+    make_pipeline: Callable[..., Pipeline], batching: tuple[str, ...]
 ) -> None:
     p = make_pipeline()
     events = good_events(3000)
     send(p.bootstrap, p.input, events)
-    worker = p.start_worker("--default-model", MLP)
+    worker = p.start_worker("--default-model", MLP, *batching)
 
     out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(events))
     code, took = worker.stop()

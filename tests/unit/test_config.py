@@ -650,3 +650,11 @@ def test_produce_and_consume_refuse_unsafe_properties_too(
         args += ["--synthetic", "m", "--count", "1"]
     assert main(args) == 3  # a configuration error (pipeline.exitcodes.CONFIG)
     assert "plugin.library.paths" in capsys.readouterr().err
+
+
+def test_pins_from_flags_env_and_file(make_toml: Callable[[str], Path]) -> None:
+    assert load({"pins": ("a=1", "b=v2")}).pinned() == {"a": "1", "b": "v2"}
+    assert load({}, env={"PIPELINE_PINS": "a=1, b=2"}).pinned() == {"a": "1", "b": "2"}
+    assert load({}, config_file=make_toml('pins = ["c=3"]\n')).pinned() == {"c": "3"}
+    with pytest.raises(ConfigError, match="--pin takes model=version"):
+        load({"pins": ("a/../b=1",)})

@@ -22,7 +22,8 @@ from pipeline.engine.names import is_plain_name
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "models"
-NAMES = ["breast-cancer-gbt", "breast-cancer-logreg", "breast-cancer-mlp"]
+NAMES = ["breast-cancer-gbt", "breast-cancer-logreg", "breast-cancer-mlp", "wide-mlp"]
+WIDTH = {"wide-mlp": 200}  # features; the others have the breast cancer data set's 30
 # ONNX Runtime computes in float32 where scikit-learn uses float64; the largest
 # observed gap on this data set is about 2e-7, so 1e-5 leaves ample margin.
 PROBABILITY_ATOL = 1e-5
@@ -70,7 +71,7 @@ def test_onnx_predictions_equal_scikit_learn_on_the_whole_data_set(
     make_models: ModuleType, built: dict[str, tuple[Any, bytes]], name: str
 ) -> None:
     estimator, _ = built[name]
-    x, _ = make_models.load_data()
+    x, _ = make_models.load_data(name)
     rows = x.astype(np.float32)  # what the pipeline feeds onnxruntime
     labels, probabilities = session(name).run(["label", "probabilities"], {"features": rows})
     np.testing.assert_array_equal(labels, estimator.predict(rows))
@@ -89,10 +90,11 @@ def test_manifest_sha256_matches_the_committed_file(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_manifest_describes_the_data_set(make_models: ModuleType, name: str) -> None:
     content = manifest(name)
-    assert len(content["features"]) == 30
-    assert content["features"] == make_models.feature_names()
+    assert len(content["features"]) == WIDTH.get(name, 30)
+    assert content["features"] == make_models.feature_names(name)
     assert all(is_plain_name(f) for f in content["features"])
-    assert content["labels"] == ["malignant", "benign"]
+    assert content["labels"] == make_models.label_names(name)
+    assert name == "wide-mlp" or content["labels"] == ["malignant", "benign"]
     assert content["probability_output"] == "probabilities"
     assert content["description"]
 
@@ -100,7 +102,7 @@ def test_manifest_describes_the_data_set(make_models: ModuleType, name: str) -> 
 @pytest.mark.parametrize("name", NAMES)
 def test_example_model_loads_through_the_cache(name: str) -> None:
     model = ModelCache(ModelStore(EXAMPLES)).get(name, "1")
-    assert model.spec.n_features == 30
-    assert model.spec.labels == ("malignant", "benign")
+    assert model.spec.n_features == WIDTH.get(name, 30)
+    assert len(model.spec.labels) == 2
     assert model.input_name == "features"
     assert model.output_names == ("label", "probabilities")

@@ -23,11 +23,17 @@ RUF022_ORDERED = {
     "pipeline.errortypes",
     "pipeline.exitcodes",
     "pipeline.dev.bench.contenders",
+    "pipeline.dev.bench.doorservers",
+    "pipeline.dev.bench.doorsuite",
     "pipeline.dev.bench.runner",
     "pipeline.dev.bench.suite",
     "pipeline.engine.codec",
     "pipeline.dev.localkafka",
     "pipeline.engine.models",
+    "pipeline.metrics.tracing",
+    "pipeline.metrics.prometheus",
+    "pipeline.metrics.sensor",
+    "pipeline.metrics",
 }
 
 

@@ -691,3 +691,49 @@ def test_unknown_model_errors_do_not_list_the_store(
     with pytest.raises(ModelNotFoundError) as caught:
         ModelStore(root).latest("nope")
     assert "secret-model" not in str(caught.value) and str(root) not in str(caught.value)
+
+
+# --- pins: which version serves those who name none --------------------------------------
+
+
+def test_a_store_pin_serves_its_version_and_a_change_applies_after_the_interval(
+    root: Path, add_version: Callable[..., Path], make_cache: Callable[..., ModelCache],
+    clock: FakeClock,
+) -> None:  # fmt: skip
+    add_version("m", "1")
+    add_version("m", "2")
+    (root / "m" / "PINNED").write_text("1\n")
+    cache = make_cache(reload_interval_s=2.0)
+    assert cache.resolve("m", None).version == "1"
+    (root / "m" / "PINNED").write_text("2\n")
+    assert cache.resolve("m", None).version == "1", "cached until the reload interval"
+    clock.advance(2.0)
+    assert cache.resolve("m", None).version == "2"
+    (root / "m" / "PINNED").unlink()
+    add_version("m", "3")
+    clock.advance(2.0)
+    assert cache.resolve("m", None).version == "3", "no pin: the newest"
+
+
+def test_a_flag_pin_wins_over_the_store_and_explicit_versions_still_work(
+    root: Path, add_version: Callable[..., Path], make_cache: Callable[..., ModelCache]
+) -> None:
+    for v in ("1", "2", "3"):
+        add_version("m", v)
+    (root / "m" / "PINNED").write_text("2")
+    cache = make_cache(pins={"m": "1"})
+    assert cache.resolve("m", None).version == "1"
+    assert cache.resolve("m", "3").version == "3"
+
+
+def test_a_pin_to_a_missing_version_is_a_load_error_not_a_silent_newest(
+    root: Path, add_version: Callable[..., Path], make_cache: Callable[..., ModelCache]
+) -> None:
+    add_version("m", "1")
+    (root / "m" / "PINNED").write_text("7")
+    with pytest.raises(
+        ModelLoadError, match=r"pinned to version '7' \(m/PINNED\).*its versions: 1"
+    ):
+        make_cache().resolve("m", None)
+    with pytest.raises(ModelLoadError, match=r"pinned to version '9' \(--pin\)"):
+        make_cache(pins={"m": "9"}).resolve("m", None)

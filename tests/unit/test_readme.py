@@ -33,7 +33,7 @@ def test_readme_examples_validate_against_the_schemas(schema: str, example: str)
 
 def test_every_run_flag_in_the_readme_table_is_accepted() -> None:
     tables = re.findall(
-        r"<!-- generated: (?:run-kafka|engine|doors|settings) -->\n(.*?)<!--", README, re.S
+        r"<!-- generated: (?:run-worker|engine|doors|settings) -->\n(.*?)<!--", README, re.S
     )
     cells = re.findall(r"^\| ([^|]+) \|", "".join(tables), re.M)
     flags = {f for cell in cells for f in re.findall(r"`(--[a-z-]+|-X)", cell)}

@@ -56,9 +56,10 @@ def test_a_default_the_help_states_is_the_settings_default(command: str, cls: ty
     for action in _setting_actions(command):
         _, said = reference.help_default(action.help or "")  # type: ignore[attr-defined]
         value = defaults[action.dest]  # type: ignore[attr-defined]
-        if said is None or value in (None, ""):
-            continue
+        if said is None or value in (None, "", ()) or " " in said.split(",")[0]:
+            continue  # no default said, none set, or prose ("3 on a cluster of 3+ brokers")
         shown = reference._shown(value)
+        said = said.split(",")[0]  # "0, off"
         assert said == shown, f"{action.option_strings}: help says {said}, the default is {shown}"  # type: ignore[attr-defined]
 
 
@@ -72,7 +73,7 @@ def test_every_variable_of_a_setting_is_read() -> None:
 
 def test_no_create_topics_is_create_topics_false_in_the_environment() -> None:
     assert load_config({}, env={"PIPELINE_CREATE_TOPICS": "false"}).create_topics is False
-    row = next(r for r in reference.flag_rows(reference.subparser("run"), "Kafka", (WorkerConfig,))
+    row = next(r for r in reference.flag_rows(reference.subparser("run"), "worker", (WorkerConfig,))
                if r[0] == "`--no-create-topics`")  # fmt: skip
     assert row[1] == "`PIPELINE_CREATE_TOPICS=false`"
 

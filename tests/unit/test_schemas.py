@@ -117,7 +117,7 @@ INVALID: list[tuple[str, str, dict[str, Any]]] = [
         "label-without-score",
         {k: v for k, v in GOOD_PREDICTION.items() if k != "score"},
     ),
-    ("prediction", "string-output", {**GOOD_PREDICTION, "outputs": {"label": "malignant"}}),
+    ("prediction", "boolean-output", {**GOOD_PREDICTION, "outputs": {"label": True}}),
     ("dead-letter", "missing-stage", {k: v for k, v in GOOD_HEADERS.items() if "stage" not in k}),
     ("dead-letter", "unknown-stage", {**GOOD_HEADERS, "pipeline.error.stage": "parse"}),
     ("dead-letter", "negative-offset", {**GOOD_HEADERS, "pipeline.source.offset": "-1"}),

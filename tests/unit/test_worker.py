@@ -297,3 +297,21 @@ def test_dead_letters_for_unknown_models_do_not_show_the_store(run: Callable[...
     assert headers(dead)["pipeline.error.type"] == b"UnknownModel"
     assert "nope" in message
     assert str(MODELS) not in message and MLP not in message
+
+
+# -- probes ------------------------------------------------------------------------------------
+
+
+def test_ready_only_once_assigned_and_never_after_a_fatal_error(run: Callable[..., Run]) -> None:
+    r = run()
+    seen: list[tuple[bool, str]] = []
+    look = lambda: seen.append(r.worker.readiness.ready())  # noqa: E731
+    r.fail = lambda _: KafkaError(KafkaError._MSG_TIMED_OUT)
+    with pytest.raises(PipelineKafkaError, match="was not delivered"):
+        r.go(look, r.consumer.assign((IN, 0)), look, record(0, 0))
+    look()
+
+    assert seen[0] == (False, "waiting for the group to assign partitions")
+    assert seen[1] == (True, "ready")
+    assert not seen[2][0] and seen[2][1].startswith("stopped: the output for in[0]@0")
+    assert r.worker.readiness.live()[0], "a fatal error is not a dead loop"

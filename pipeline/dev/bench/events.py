@@ -1,0 +1,101 @@
+"""The benchmark's events: the sizes users send, built cheaply enough for an open loop.
+
+Three sets, each an event ``{"id", "model", "ts", "features"}`` keyed by one of 1,000
+entity ids:
+
+- ``full``: the breast cancer rows (30 features) with 1% measurement noise, written as
+  full-precision doubles, as most producers write them (about 670 bytes). The main case.
+- ``rounded``: the same rows rounded to 5 decimals (about 330 bytes), what the benchmark
+  sent before: half the bytes for the same rows, to show what the size costs.
+- ``wide``: 200 standard-normal features at full precision for the ``wide-mlp`` model
+  (about 4,000 bytes): a feature-store-sized event.
+
+Rows are drawn once per set from a fixed seed (569 distinct rows, cycled), so every run
+and every contender gets the same bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from pipeline.dev.tools import _sample_rows
+
+__all__ = ["DATASETS", "Dataset", "dataset"]
+
+_DISTINCT_ROWS = 569  # the breast cancer data set's rows
+_SEED = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    """One set of benchmark events.
+
+    Attributes:
+        key: ``full``, ``rounded`` or ``wide``.
+        label: What the table shows.
+        model: The model the events name.
+    """
+
+    key: str
+    label: str
+    model: str
+
+    def maker(self, tag: str) -> Callable[[int, int], bytes]:
+        """Return ``make(n, ts)``: the bytes of event ``<tag>-<n>`` stamped `ts` (ms)."""
+        rows = _rows(self.key)
+        head = f'{{"id":"{tag}-'.encode()
+        middle = f'","model":"{self.model}","ts":'.encode()
+
+        def make(n: int, ts: int) -> bytes:
+            return b"".join(
+                (head, str(n).encode(), middle, str(ts).encode(), b',"features":',
+                 rows[n % len(rows)], b"}")
+            )  # fmt: skip
+
+        return make
+
+    def events(self, tag: str, count: int, ts: int) -> Iterator[tuple[bytes, bytes]]:
+        """Yield `count` ``(key, value)`` events ``<tag>-<n>``, all stamped `ts`."""
+        make = self.maker(tag)
+        for n in range(count):
+            yield f"entity-{n % 1000}".encode(), make(n, ts)
+
+    def mean_bytes(self) -> float:
+        """The mean size of an event's value (key excluded), in bytes."""
+        make = self.maker("0123abcd")
+        sizes = [len(make(n, 1_764_000_000_000 + n)) for n in range(_DISTINCT_ROWS)]
+        return sum(sizes) / len(sizes)
+
+
+@functools.cache
+def _rows(key: str) -> tuple[bytes, ...]:
+    """The JSON arrays of one set's distinct rows."""
+    rng = np.random.default_rng(_SEED)
+    if key == "wide":
+        matrix = rng.standard_normal((_DISTINCT_ROWS, 200))
+    else:
+        base = np.asarray(_sample_rows(), dtype=np.float64)
+        matrix = base * (1.0 + rng.normal(0.0, 0.01, base.shape))
+        if key == "rounded":
+            matrix = np.round(matrix, 5)
+    return tuple(orjson.dumps(row.tolist()) for row in matrix)
+
+
+DATASETS: dict[str, Dataset] = {
+    d.key: d
+    for d in (
+        Dataset("full", "30 features, full-precision doubles", "breast-cancer-mlp"),
+        Dataset("rounded", "30 features, rounded to 5 decimals", "breast-cancer-mlp"),
+        Dataset("wide", "200 features, full-precision doubles", "wide-mlp"),
+    )
+}
+
+
+def dataset(key: str) -> Dataset:
+    """The set named `key` (``full``, ``rounded`` or ``wide``)."""
+    return DATASETS[key]

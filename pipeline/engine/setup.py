@@ -1,0 +1,64 @@
+"""Building an engine from its settings, and warming the store's models before traffic
+comes, so the first events and requests do not pay for loading and readiness can wait."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from pipeline.config import EngineSettings
+from pipeline.engine.engine import Engine
+from pipeline.engine.models import ModelCache, ModelStore
+from pipeline.errors import ModelError
+from pipeline.metrics import Sensor
+
+__all__ = ["build_engine", "warm_up"]
+
+log = logging.getLogger("pipeline.engine")
+
+
+def build_engine(settings: EngineSettings, sensor: Sensor, *, max_queue: int | None) -> Engine[Any]:
+    """The engine of `settings`: its model cache and batcher; `sensor` hears both."""
+    cache = ModelCache(
+        ModelStore(settings.models),
+        max_loaded=settings.max_loaded_models,
+        intra_op_threads=settings.model_threads,
+        sensor=sensor,
+        pins=settings.pinned(),
+    )
+    return Engine(
+        cache,
+        max_batch_size=settings.max_batch_size,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue_rows=max_queue,
+        sensor=sensor,
+        latency_target_ms=settings.latency_target_ms or None,
+    )
+
+
+def warm_up(engine: Engine[Any], *, default_model: str | None, max_loaded: int) -> list[str]:
+    """Load and warm the newest version of each model in the store: the default model
+    first, at most `max_loaded`. A model that fails to load is logged and does not hold the
+    others back (its events and requests get the reason when they ask for it).
+
+    Returns:
+        ``name/version`` of each model loaded.
+    """
+    cache = engine.models
+    names = cache.store.names()
+    if default_model in names:
+        names.remove(default_model)
+        names.insert(0, default_model)
+    started = time.monotonic()
+    loaded = []
+    for name in names[:max_loaded]:
+        try:
+            spec = cache.resolve(name, None)
+        except ModelError as exc:
+            log.warning("model %s is not served: %s", name, exc)
+            continue
+        loaded.append(f"{spec.name}/{spec.version}")
+    log.info("models loaded and warmed in %.2f s: %s", time.monotonic() - started,
+             ", ".join(loaded) or "none")  # fmt: skip
+    return loaded

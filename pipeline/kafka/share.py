@@ -1,0 +1,402 @@
+"""`pipeline run --group-type share`: the worker as a member of a share group (KIP-932).
+
+In a share group the broker hands the records of one partition to many consumers, each
+record *acquired* by one of them for a while (the group's ``share.record.lock.duration.ms``)
+and acknowledged on its own: accepted, released for redelivery, or rejected. So more
+workers than partitions can share a topic, at the price of order within a partition.
+
+Each poll's records are finished before the next poll (librdkafka's explicit mode requires
+it, and it bounds memory to one poll): decoded, run through the engine, their predictions
+or dead letters produced and acknowledged by the broker; then each record is *accepted* if
+its output was acknowledged, *released* if its output failed (another worker, or this one,
+gets it again). A record acquired more than ``--max-delivery-attempts`` times (it keeps
+coming back: its worker crashed or its outputs kept failing) goes straight to the
+dead-letter topic (stage ``deliver``, with ``pipeline.delivery.count``) and is accepted, so
+a poison record cannot loop; if even that dead letter cannot be written, it is *rejected*
+(the broker archives it; it stays readable in the input topic) and logged.
+
+The guarantee is at-least-once: a record whose worker dies after producing its output but
+before acknowledging it is delivered again. ``--offset-reset`` sets the group's
+``share.auto.offset.reset``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import AcknowledgeType, Message, Producer, ShareConsumer, TopicPartition
+from confluent_kafka import KafkaError as RdKafkaError
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
+
+from pipeline.config import WorkerConfig
+from pipeline.engine.codec import EventDecoder
+from pipeline.engine.engine import Engine, Outcome
+from pipeline.errors import KafkaError
+from pipeline.kafka.outputs import Outputs, Owed, now_ms
+from pipeline.kafka.topics import ensure_topics
+from pipeline.metrics import Sensor, Sensors
+from pipeline.metrics.health import Readiness
+from pipeline.metrics.statsline import StatsLine
+
+__all__ = ["ShareWorker"]
+
+log = logging.getLogger("pipeline.worker")
+_POLL_S = 0.1
+_ACK_TYPES = {
+    "accepted": AcknowledgeType.ACCEPT,
+    "released": AcknowledgeType.RELEASE,
+    "rejected": AcknowledgeType.REJECT,
+}
+_DRAIN_TIMEOUT_S = 30.0
+
+
+class _Acks:
+    """The acknowledgements one poll owes: accept what was finished, release what failed."""
+
+    def __init__(self, records: Sequence[Message]) -> None:
+        self.records = {(m.topic(), m.partition(), m.offset()): m for m in records}
+        self.accepted: set[tuple[Any, ...]] = set()
+        self.released: set[tuple[Any, ...]] = set()
+        self.rejected: set[tuple[Any, ...]] = set()
+
+    def finished(self, owed: Owed, offsets: Sequence[int]) -> None:
+        (topic, partition), _ = owed
+        self.accepted.update((topic, partition, o) for o in offsets)
+
+    def failed(self, msg: Message, *, give_up: bool) -> None:
+        key = (msg.topic(), msg.partition(), msg.offset())
+        (self.rejected if give_up else self.released).add(key)
+
+    def kind(self, key: tuple[Any, ...]) -> str:
+        """How to acknowledge the record of `key`."""
+        if key in self.rejected:
+            return "rejected"
+        if key in self.released or key not in self.accepted:
+            return "released"
+        return "accepted"
+
+
+class _ShareCommitter:
+    """The `Committer` a share worker gives `Outputs`: outputs go through a plain
+    idempotent producer; a failed one releases its record instead of stopping anything."""
+
+    dead_letters_for_refused = True
+
+    def __init__(self, worker: ShareWorker, producer: Producer) -> None:
+        self._worker = worker
+        self._producer = producer
+
+    @property
+    def producer(self) -> Producer:
+        return self._producer
+
+    def begin(self) -> None:
+        pass
+
+    def finished(self, n: int) -> None:
+        pass
+
+    def tick(self, now: float) -> None:
+        pass
+
+    def revoked(self, partitions: Sequence[tuple[str, int]]) -> None:
+        pass
+
+    def lost(self) -> None:
+        pass
+
+    def on_commit(self, err: RdKafkaError | None, partitions: list[TopicPartition]) -> None:
+        pass
+
+    def output_failed(self, msg: Message, err: RdKafkaError) -> None:
+        self._worker.release(msg, err)
+
+    def producer_failed(self, reason: str) -> None:
+        self._worker.fail(
+            KafkaError(
+                f"the producer refused outputs ({reason}); stopping, and "
+                "the records this worker holds return to the group"
+            )
+        )
+
+    def close(self, *, fatal: bool) -> None:
+        self._producer.flush(_DRAIN_TIMEOUT_S)
+
+
+class ShareWorker:
+    """One share-group member: a share consumer, a producer, and an engine.
+
+    Args:
+        config: The worker's settings (``group_type`` share).
+        engine: The engine (shared with front doors, or the worker's own).
+        stats: The stats line to log.
+        sensors: Further readers of what the worker reports.
+        readiness: What the probes report.
+    """
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        engine: Engine[Any],
+        stats: StatsLine,
+        sensors: Sequence[Sensor] = (),
+        readiness: Readiness | None = None,
+    ) -> None:
+        self.config = config
+        self._engine = engine
+        self._stats = stats
+        self._sensor = Sensors([stats, *sensors])
+        self.readiness = readiness or Readiness()
+        self._common: dict[str, Any] = {
+            **config.kafka,
+            "bootstrap.servers": config.bootstrap_servers,
+            "logger": logging.getLogger("librdkafka"),
+        }
+        self._decoder = EventDecoder(catalog=engine.models, default_model=config.default_model)
+        self._outcomes: list[
+            Outcome[tuple[Owed, list[Message], list[int], list[str], list[int]]]
+        ] = []
+        self._acks: _Acks | None = None
+        self._stopping = False
+        self._fatal: KafkaError | None = None
+
+    def stop(self, *_: object) -> None:
+        """Stop after the current poll's records are finished."""
+        self._stopping = True
+
+    def fail(self, error: KafkaError) -> None:
+        if self._fatal is None:
+            self._fatal = error
+            self.readiness.fatal(str(error))
+        self._stopping = True
+
+    def release(self, msg: Message, err: RdKafkaError) -> None:
+        """An output of `msg` failed: release it for redelivery, or, once it was acquired
+        more than ``max_delivery_attempts`` times (its dead letter failed too), reject it:
+        the broker archives it and it stays readable in the input topic."""
+        if self._acks is None:
+            return
+        count = msg.delivery_count() or 1
+        give_up = count > self.config.max_delivery_attempts
+        where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+        if give_up:
+            log.error(
+                "output for %s failed (%s) on delivery %d, and so did its dead letter: "
+                "rejecting it; read it back from the input topic",
+                where,
+                err,
+                count,
+            )
+        else:
+            log.warning("output for %s failed (%s): releasing it for redelivery", where, err)
+        self._acks.failed(msg, give_up=give_up)
+
+    def run(self) -> int:
+        """Run until stopped; return 0 after a clean shutdown.
+
+        Raises:
+            KafkaError: the broker cannot be reached or refuses the share group.
+        """
+        cfg = self.config
+        admin = AdminClient({**cfg.kafka, "bootstrap.servers": cfg.bootstrap_servers})
+        ensure_topics(
+            admin,
+            cfg.bootstrap_servers,
+            [*cfg.input_topics, cfg.output_topic, cfg.dlq_topic],
+            create=cfg.create_topics,
+            partitions=cfg.topic_partitions,
+            replication_factor=cfg.replication_factor,
+            min_insync_replicas=cfg.min_insync_replicas,
+        )
+        _set_offset_reset(admin, cfg.group_id, cfg.offset_reset)
+        producer = Producer({"enable.idempotence": True, "linger.ms": 2, **self._common})
+        committer = _ShareCommitter(self, producer)
+        outputs = Outputs(
+            committer,
+            output_topic=cfg.output_topic,
+            dlq_topic=cfg.dlq_topic,
+            sensor=self._sensor,
+            finish=self._finished,
+        )
+        consumer = ShareConsumer(
+            {
+                "group.id": cfg.group_id,
+                "share.acknowledgement.mode": "explicit",
+                # A member acquires at most this many records at a time, so the records a
+                # partition may have locked at once (the group's share.partition.max.record
+                # .locks, 2000 by default) spread over many members instead of one.
+                "max.poll.records": cfg.max_batch_size,
+                **self._common,
+            }
+        )
+        log.info("share-group worker starting with %s", cfg.redacted)
+        consumer.subscribe(list(cfg.input_topics))
+        self.readiness.done("partitions")
+        try:
+            while not self._stopping:
+                self.readiness.heartbeat()
+                self._turn(consumer, outputs, producer)
+        finally:
+            committer.close(fatal=self._fatal is not None)
+            _close(consumer)
+            log.info("worker stopped: %s", self._stats.snapshot().line())
+        if self._fatal is not None:
+            raise self._fatal
+        return 0
+
+    def _turn(self, consumer: ShareConsumer, outputs: Outputs, producer: Producer) -> None:
+        records = [m for m in consumer.poll(_POLL_S) if self._usable(m)]
+        if records:
+            self._acks = acks = _Acks(records)
+            self._process(records, outputs)
+            unacknowledged = producer.flush(_DRAIN_TIMEOUT_S)
+            self._acknowledge(consumer, acks, unacknowledged)
+            self._acks = None
+        if self._stats.due():
+            log.info("%s", self._stats.snapshot().line())
+
+    def _process(self, records: list[Message], outputs: Outputs) -> None:
+        """Dead-letter the records delivered too often, decode and run the rest."""
+        runs: dict[tuple[str, int], list[Message]] = {}
+        for m in records:
+            runs.setdefault((m.topic(), m.partition()), []).append(m)  # type: ignore[arg-type]
+        now = now_ms()
+        for tp, run in runs.items():
+            owed = (tp, 0)
+            self._sensor.records_consumed(tp[0], len(run))
+            fresh = []
+            for m in run:
+                count = m.delivery_count() or 1
+                if count > self.config.max_delivery_attempts:
+                    message = (
+                        f"acquired {count} times (more than --max-delivery-attempts "
+                        f"{self.config.max_delivery_attempts}): its outputs never landed"
+                    )
+                    outputs.dead_letter(
+                        m,
+                        owed,
+                        ("deliver", "TooManyDeliveries", message),
+                        extra=[("pipeline.delivery.count", str(count).encode())],
+                    )
+                else:
+                    fresh.append(m)
+            self._decode(owed, fresh, outputs, now)
+        self._engine.flush()
+        for outcome in self._outcomes:
+            self._produce(outcome, outputs)
+        self._outcomes.clear()
+
+    def _decode(self, owed: Owed, records: list[Message], outputs: Outputs, now: int) -> None:
+        if not records:
+            return
+        offsets: list[int] = [m.offset() for m in records]  # type: ignore[misc]
+        decoded = self._decoder.decode(
+            [m.value() for m in records],
+            [ts if (ts := m.timestamp()[1]) >= 0 else now for m in records],
+        )
+        for reject in decoded.rejects:
+            reason = (reject.stage, reject.error_type, reject.message)
+            outputs.dead_letter(records[reject.index], owed, reason)
+        for (name, version), block in decoded.blocks.items():
+            ticket = (
+                owed,
+                [records[i] for i in block.indices],
+                [offsets[i] for i in block.indices],
+                block.ids,
+                block.ts,
+            )
+            self._engine.submit(name, version, block.features, ticket, self._outcomes.append)
+
+    def _produce(self, outcome: Outcome[Any], outputs: Outputs) -> None:
+        owed, records, offsets, ids, ts = outcome.ticket
+        for error in outcome.errors:
+            outputs.dead_letter(
+                records[error.row], owed, (error.stage, error.error_type, error.message)
+            )
+        if outcome.rows:
+            rows = list(outcome.rows)
+            assert outcome.model is not None
+            outputs.predictions(
+                outcome.model.spec,
+                owed,
+                [records[r] for r in rows],
+                [offsets[r] for r in rows],
+                [ids[r] for r in rows],
+                [ts[r] for r in rows],
+                outcome.outputs,
+            )
+
+    def _acknowledge(self, consumer: ShareConsumer, acks: _Acks, unacknowledged: int) -> None:
+        """Accept what was finished, release the rest; send the acknowledgements now."""
+        counts = {"accepted": 0, "released": 0}
+        for key, msg in acks.records.items():
+            accepted = key in acks.accepted and key not in acks.released
+            consumer.acknowledge(
+                msg, AcknowledgeType.ACCEPT if accepted else AcknowledgeType.RELEASE
+            )
+            counts["accepted" if accepted else "released"] += 1
+        if unacknowledged:
+            log.warning(
+                "%d outputs unacknowledged after %.0f s: their records are released",
+                unacknowledged,
+                _DRAIN_TIMEOUT_S,
+            )
+        consumer.commit_async()
+        for kind, n in counts.items():
+            if n:
+                self._sensor.records_acknowledged(kind, n)
+
+    def _finished(self, owed: Owed, offsets: Sequence[int]) -> None:
+        if self._acks is not None:
+            self._acks.finished(owed, offsets)
+
+    def _usable(self, msg: Message) -> bool:
+        err = msg.error()
+        if err is None:
+            return True
+        if err.fatal():
+            self.fail(KafkaError(f"the share consumer hit a fatal Kafka error: {err}"))
+        elif err.code() != RdKafkaError._PARTITION_EOF:
+            log.warning("share consumer error (librdkafka retries it): %s", err)
+        return False
+
+
+def _set_offset_reset(admin: AdminClient, group: str, reset: str) -> None:
+    """Map --offset-reset to the share group's ``share.auto.offset.reset``."""
+    entry = ConfigEntry(
+        "share.auto.offset.reset", reset, incremental_operation=AlterConfigOpType.SET
+    )
+    resource = ConfigResource(ResourceType.GROUP, group, incremental_configs=[entry])
+    try:
+        for future in admin.incremental_alter_configs([resource]).values():
+            future.result(timeout=30)
+    except Exception as exc:  # an ACL or an old broker: the group keeps its own setting
+        log.warning(
+            "could not set share.auto.offset.reset=%s on share group %s (%s); it keeps "
+            "its current setting (the broker's default is latest)",
+            reset,
+            group,
+            exc,
+        )
+
+
+def _close(consumer: ShareConsumer) -> None:
+    started = time.monotonic()
+    try:
+        consumer.close()
+    except Exception as exc:  # a closing share consumer with the broker gone
+        log.warning(
+            "the share consumer did not close cleanly after %.1f s: %s",
+            time.monotonic() - started,
+            exc,
+        )

@@ -1,0 +1,148 @@
+"""`pipeline run --group-type share` on a real broker with share groups (Kafka 4.2+).
+
+More workers than partitions each predict a share; a worker killed while holding records
+gets them back to the others once their lock expires; a record delivered more than
+``--max-delivery-attempts`` times ends in the dead-letter topic with its count."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from collections.abc import Callable
+
+import orjson
+import pytest
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
+
+from .conftest import Pipeline
+from .kafkaio import Accounting, good_events, read_all, send, wait_for_outputs
+
+MLP = "breast-cancer-mlp"
+SHARE = ("--group-type", "share", "--default-model", MLP)
+
+
+def share_groups_supported(bootstrap: str) -> bool:
+    """Whether the broker takes share-group configs (Kafka 4.2+, share.version on)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    entry = ConfigEntry(
+        "share.auto.offset.reset", "earliest", incremental_operation=AlterConfigOpType.SET
+    )
+    try:
+        for future in admin.incremental_alter_configs(
+            [ConfigResource(ResourceType.GROUP, "probe-share-support", incremental_configs=[entry])]
+        ).values():
+            future.result(timeout=30)
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture
+def share_pipeline(make_pipeline: Callable[..., Pipeline]) -> Callable[..., Pipeline]:
+    def make(**kwargs: object) -> Pipeline:
+        p = make_pipeline(**kwargs)
+        if not share_groups_supported(p.bootstrap):
+            pytest.skip(f"the broker at {p.bootstrap} has no share groups (needs Kafka 4.2+)")
+        return p
+
+    return make
+
+
+def lock_for(p: Pipeline, ms: int) -> None:
+    """Shorten the share group's record lock (the local broker allows down to 1 s)."""
+    admin = AdminClient({"bootstrap.servers": p.bootstrap})
+    entries = [
+        ConfigEntry(
+            "share.record.lock.duration.ms", str(ms), incremental_operation=AlterConfigOpType.SET
+        ),
+        ConfigEntry(
+            "share.auto.offset.reset", "earliest", incremental_operation=AlterConfigOpType.SET
+        ),
+    ]
+    for future in admin.incremental_alter_configs(
+        [ConfigResource(ResourceType.GROUP, p.group, incremental_configs=entries)]
+    ).values():
+        future.result(timeout=30)
+
+
+def ids_of(events: list[tuple[bytes, bytes]]) -> list[str]:
+    return [orjson.loads(v)["id"] for _, v in events]
+
+
+def test_six_workers_on_two_partitions_each_predict_a_share(
+    share_pipeline: Callable[..., Pipeline],
+) -> None:
+    p = share_pipeline(partitions=2)
+    events = good_events(40_000)
+    parent = p.start_worker(*SHARE, "--workers", "6", "--max-batch-size", "64")
+    for i in range(6):
+        parent.wait_for_log(
+            f"worker-{i} INFO pipeline.worker: share-group worker starting", timeout_s=90
+        )
+    time.sleep(3)  # every member has joined the share group
+    for i in range(0, len(events), 1000):  # a steady stream over about 10 s, not one burst
+        send(p.bootstrap, p.input, events[i : i + 1000])
+        time.sleep(0.2)
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(events), timeout_s=180)
+    code, _ = parent.stop(signal.SIGTERM, timeout_s=30)
+    assert code == 0, parent.log[-3000:]
+    acc = Accounting.of(out, [])
+    assert acc.lost(ids_of(events)) == []
+    stopped = r"worker-(\d) INFO pipeline.worker: worker stopped: .* total in (\d+)"
+    totals = {int(w): int(n) for w, n in re.findall(stopped, parent.log)}
+    assert len(totals) == 6 and all(n > 0 for n in totals.values()), totals
+    print(f"share group, 6 workers on 2 partitions: {totals}, duplicates {acc.duplicates()}")
+
+
+def test_a_killed_workers_records_come_back_to_the_others(
+    share_pipeline: Callable[..., Pipeline],
+) -> None:
+    p = share_pipeline(partitions=2)
+    lock_for(p, 2000)
+    events = good_events(20_000)
+    send(p.bootstrap, p.input, events)
+    doomed = p.start_worker(*SHARE)
+    wait_for_outputs(p.bootstrap, p.output, 1000)
+    survivor = p.start_worker(*SHARE)
+    doomed.stop(signal.SIGKILL)
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(events), timeout_s=180)
+    assert survivor.stop(signal.SIGTERM, timeout_s=30)[0] == 0
+    acc = Accounting.of(
+        [r for r in out if r.topic == p.output], [r for r in out if r.topic == p.dlq]
+    )
+    assert acc.lost(ids_of(events)) == []
+    print(f"share group, one of two workers killed: 0 lost, {acc.duplicates()} duplicates")
+
+
+def test_a_record_delivered_too_often_ends_in_the_dlq_with_its_count(
+    share_pipeline: Callable[..., Pipeline],
+) -> None:
+    p = share_pipeline(partitions=1)
+    lock_for(p, 2000)
+    events = good_events(20_000)
+    send(p.bootstrap, p.input, events)
+    # A worker that dies holding records makes each of them come back: with one attempt
+    # allowed, the next worker dead-letters those instead of running them again.
+    doomed = p.start_worker(*SHARE, "--max-delivery-attempts", "1")
+    wait_for_outputs(p.bootstrap, p.output, 500)
+    doomed.stop(signal.SIGKILL)
+    others = p.start_worker(*SHARE, "--max-delivery-attempts", "1")
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(events), timeout_s=180)
+    assert others.stop(signal.SIGTERM, timeout_s=30)[0] == 0
+    dead = [r for r in out if r.topic == p.dlq]
+    acc = Accounting.of([r for r in out if r.topic == p.output], dead)
+    assert acc.lost(ids_of(events)) == []
+    assert dead, "the records the killed worker held came back and were dead-lettered"
+    for letter in dead:
+        assert letter.headers["pipeline.error.stage"] == b"deliver"
+        assert letter.headers["pipeline.error.type"] == b"TooManyDeliveries"
+        assert int(letter.headers["pipeline.delivery.count"] or b"0") >= 2
+        assert letter.value  # the original event, to replay
+    print(f"share group: {len(dead)} records dead-lettered after a kill, others predicted")

@@ -1,0 +1,80 @@
+"""The door benchmark's pure parts: the mean batch read from `pipeline serve`'s stats lines,
+and the peers, which answer as the seed did (no servers, no load generator)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+
+import httpx
+import numpy as np
+import pytest
+
+from pipeline.dev.bench.doorpeers.model import OneRowModel
+from pipeline.dev.bench.doorsuite import mean_batch
+from pipeline.dev.tools import _sample_rows
+from pipeline.metrics.statsline import StatsSnapshot
+
+
+def _line(requests: int, batches: int) -> str:
+    """The stats line of one 1 s interval with `requests` one-row requests in `batches`."""
+    snapshot = StatsSnapshot(
+        seconds=1.0, events_in=0, predictions=0, dead_letters=0, batches=batches,
+        batch_rows=requests, latency_p50_ms=None, latency_p99_ms=None, partitions=0,
+        requests=requests,
+    )  # fmt: skip
+    return f"2026-11-29 21:00:00,000 INFO pipeline.serve: {snapshot.line()}\n"
+
+
+def test_mean_batch_is_all_rows_over_all_batches_of_the_stats_lines() -> None:
+    log = _line(1000, 100) + "an unrelated line\n" + _line(3000, 50)
+    assert mean_batch(log) == pytest.approx(4000 / 150)
+
+
+def test_mean_batch_skips_idle_intervals_and_is_none_without_lines() -> None:
+    assert mean_batch(_line(0, 0) + _line(500, 250)) == pytest.approx(2.0)
+    assert mean_batch("no stats line here\n") is None
+
+
+def test_the_peers_model_answers_as_the_seed_did() -> None:
+    row = _sample_rows()[0]
+    answer = OneRowModel().answer(row)
+    probabilities = _probabilities(row)
+    assert answer == {
+        "prediction": float(np.argmax(probabilities)),
+        "confidence": pytest.approx(float(probabilities.max())),
+    }
+    with pytest.raises(ValueError, match="30 numbers"):
+        OneRowModel().answer([1.0, 2.0])
+
+
+def _probabilities(row: list[float]) -> np.ndarray:
+    import onnxruntime as ort
+
+    from tests.doors.conftest import MODELS
+
+    session = ort.InferenceSession(str(MODELS / "breast-cancer-mlp" / "1" / "model.onnx"))
+    _, probabilities = session.run(None, {"features": np.asarray([row], dtype=np.float32)})
+    return np.asarray(probabilities[0])
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("flask") is None or importlib.util.find_spec("fastapi") is None,
+    reason="flask and fastapi are the bench extra's (pip install -e '.[bench]')",
+)
+def test_both_peer_apps_answer_post_predict_like_the_seed() -> None:
+    from pipeline.dev.bench.doorpeers import fastapi_app, seed_flask
+
+    row = _sample_rows()[0]
+    flask_answer = seed_flask.create_app().test_client().post("/predict", json={"data": row})
+    assert flask_answer.status_code == 200
+
+    async def ask_fastapi() -> httpx.Response:
+        transport = httpx.ASGITransport(app=fastapi_app.create_app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://peer") as client:
+            return await client.post("/predict", json={"data": row})
+
+    fastapi_answer = asyncio.run(ask_fastapi())
+    assert fastapi_answer.status_code == 200
+    assert flask_answer.get_json() == fastapi_answer.json()
+    assert set(fastapi_answer.json()) == {"prediction", "confidence"}
