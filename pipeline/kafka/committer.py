@@ -35,7 +35,7 @@ from confluent_kafka import (
 )
 from confluent_kafka import KafkaError as RdKafkaError
 
-from pipeline.errors import KafkaError
+from pipeline.errors import DeliveryFailed, KafkaError
 from pipeline.kafka.offsets import OffsetTracker, TopicPartitionKey
 from pipeline.kafka.transactions import Transactions
 from pipeline.metrics import Sensor
@@ -185,7 +185,7 @@ class AtLeastOnceCommitter:
 
     def output_failed(self, msg: Message, err: RdKafkaError) -> None:
         self._host.fail(
-            KafkaError(
+            DeliveryFailed(
                 f"the output for {msg.topic()}[{msg.partition()}]@{msg.offset()} was not "
                 f"delivered ({err}); stopping without committing past it, so a restart will "
                 "redo it. Check the broker, or raise delivery.timeout.ms with -X"
@@ -194,7 +194,7 @@ class AtLeastOnceCommitter:
 
     def producer_failed(self, reason: str) -> None:
         self._host.fail(
-            KafkaError(
+            DeliveryFailed(
                 f"the producer refused outputs ({reason}); stopping without committing past "
                 "them, so a restart redoes them. Check the broker and the output topics"
             )
