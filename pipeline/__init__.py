@@ -18,7 +18,9 @@ from pipeline.engine.models import LoadedModel, ModelCache, ModelStore
 from pipeline.engine.spec import ModelCatalog, ModelSpec
 from pipeline.errors import (
     BrokerError,
+    BrokerUnreachable,
     ConfigError,
+    DeliveryFailed,
     KafkaError,
     ModelError,
     ModelLoadError,
@@ -31,8 +33,10 @@ from pipeline.metrics import Sensor
 __all__ = [
     "Batch",
     "BrokerError",
+    "BrokerUnreachable",
     "ConfigError",
     "Decoded",
+    "DeliveryFailed",
     "Engine",
     "EngineLoop",
     "EventDecoder",

@@ -4,9 +4,13 @@ Subcommands:
     run                       the stream worker (pipeline.kafka.cli)
     serve                     the HTTP and gRPC doors, no Kafka (pipeline.serve.cli)
     produce                   send events to a topic (pipeline.dev.cli)
-    consume                   print a topic's records as JSON lines (pipeline.dev.cli)
+    consume                   print a topic's records (pipeline.dev.cli)
     kafka start|stop|status   the embedded local broker (pipeline.dev.cli)
     bench                     the side-by-side benchmark (pipeline.dev.bench.cli)
+    models                    import, list, show, validate models (pipeline.importer.cli)
+    completion bash|zsh       a shell completion script (pipeline.completion)
+
+The exit code says what went wrong (`pipeline.exitcodes`).
 """
 
 from __future__ import annotations
@@ -15,13 +19,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from pipeline.completion import add_completion_parser
 from pipeline.dev.bench.cli import add_bench_parser
 from pipeline.dev.cli import add_client_parsers, add_kafka_parser
 from pipeline.errors import PipelineError
+from pipeline.exitcodes import exit_code
 from pipeline.importer.cli import add_models_parser
 from pipeline.kafka.cli import add_run_parser
 from pipeline.logs import setup_logging
 from pipeline.serve.cli import add_serve_parser
+from pipeline.version import VersionAction
 
 __all__ = ["build_parser", "main", "setup_logging"]
 
@@ -31,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pipeline",
         description="Kafka-native prediction pipeline: feature events in, ONNX predictions out.",
+        epilog="Exit codes: 0 ok, 1 failed, 2 usage, 3 configuration, 4 broker unreachable, "
+        "5 delivery failed, 6 other Kafka error, 130 interrupted.",
     )
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
     add_run_parser(sub)
     add_serve_parser(sub)
@@ -39,19 +49,34 @@ def build_parser() -> argparse.ArgumentParser:
     add_kafka_parser(sub)
     add_bench_parser(sub)
     add_models_parser(sub)
+    add_completion_parser(sub, build_parser)
+    _describe(parser)
     return parser
 
 
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Give every subcommand without a description its help line as one, so that
+    ``pipeline <command> --help`` always says what the command does."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        helps = {choice.dest: choice.help for choice in action._choices_actions}
+        for name, child in action.choices.items():
+            if not child.description and helps.get(name):
+                text = str(helps[name])
+                child.description = text[0].upper() + text[1:] + "."
+            _describe(child)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the `pipeline` command; return its exit code."""
+    """Run the `pipeline` command; return its exit code (see `pipeline.exitcodes`)."""
     args = build_parser().parse_args(argv)
     try:
         code: int = args.handler(args)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        code = 2
-    except KeyboardInterrupt:
-        code = 130
+    except (PipelineError, KeyboardInterrupt) as exc:
+        if isinstance(exc, PipelineError):
+            print(f"error: {exc}", file=sys.stderr)
+        code = exit_code(exc)
     worker = sys.modules.get("pipeline.kafka.worker")  # loaded only if this command ran one
     if worker is not None:
         worker.exit_if_abandoned(code)

@@ -2,10 +2,17 @@
 
 Precedence, highest first: command-line flags, environment variables, the TOML file named
 by ``--config`` (or ``PIPELINE_CONFIG``), then defaults. Every setting has one name used
-three ways: the flag ``--max-batch-size``, the environment variable
-``PIPELINE_MAX_BATCH_SIZE``, and the file key ``max_batch_size``. The bootstrap servers
-also come from the usual ``KAFKA_BOOTSTRAP_SERVERS``. librdkafka properties come from
-``-X key=value`` flags and the file's ``[kafka]`` table, and are passed through unchanged.
+three ways: the file key ``max_batch_size`` (the field's name), the environment variable
+``PIPELINE_MAX_BATCH_SIZE`` (`setting_variables`), and a flag, ``--max-batch-size``
+(``--no-create-topics`` for ``create_topics``; the parsers are the source of the flags).
+The bootstrap servers also come from the usual ``KAFKA_BOOTSTRAP_SERVERS``. librdkafka
+properties come from ``-X key=value`` flags and the file's ``[kafka]`` table, and are
+passed through unchanged.
+
+An unknown ``PIPELINE_*`` variable is refused like an unknown file key, naming the known
+ones: a typo must not silently fall back to a default. `RESERVED_VARIABLES` are the
+others the project reads, and a variable named by an ``env:NAME`` reference is the
+user's own.
 
 Secrets (SASL passwords, TLS keys) are never printed: `WorkerConfig.redacted` is the only
 form that goes to logs.
@@ -13,10 +20,11 @@ form that goes to logs.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,15 +33,23 @@ from pipeline.engine.names import is_plain_name
 from pipeline.errors import ConfigError
 
 __all__ = [
+    "CONFIG_VARIABLE",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "RESERVED_VARIABLES",
+    "UNSAFE_PROPERTIES",
     "DoorSettings",
     "EngineSettings",
+    "LogSettings",
     "ServeConfig",
+    "Settings",
     "WorkerConfig",
     "check_properties",
     "load_config",
     "load_settings",
     "parse_properties",
     "redact",
+    "setting_variables",
 ]
 
 _SECRET_KEY = re.compile(
@@ -52,6 +68,19 @@ UNSAFE_PROPERTIES = (
 # librdkafka properties the worker sets itself because its delivery guarantee rests on them:
 # offsets are stored and committed only after the output they paid for is acknowledged.
 OWNED_PROPERTIES = ("enable.auto.commit", "enable.auto.offset.store")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+CONFIG_VARIABLE = "PIPELINE_CONFIG"
+# PIPELINE_* variables that are not settings, and what reads them (the README lists them).
+RESERVED_VARIABLES = {
+    CONFIG_VARIABLE: "the TOML settings file, as --config",
+    "PIPELINE_HOME": "where `pipeline kafka` keeps the local broker (default "
+    "~/.local/share/pipeline)",
+    "PIPELINE_SOAK": "tests: run the fault suite at full size (`make soak`)",
+    "PIPELINE_RELIABILITY_REPORT": "tests: the JSON-lines file the fault suite appends to",
+    "PIPELINE_RELIABILITY_SEED": "tests: replay the fault suite's random kill points",
+    "PIPELINE_TRITONCLIENT_PYTHON": "tests: a python with tritonclient for the door tests",
+}
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -151,7 +180,30 @@ class DoorSettings:
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
-class WorkerConfig(EngineSettings, DoorSettings):
+class LogSettings:
+    """How a long-running command logs: the least severe level shown, and the line format.
+
+    ``text`` is one human-readable line per record; ``json`` one JSON object per line.
+    """
+
+    log_level: str = "info"
+    log_format: str = "text"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.log_level, str):  # INFO and info alike
+            object.__setattr__(self, "log_level", self.log_level.lower())
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(
+                f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
+            )
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(
+                f"log_format must be one of {', '.join(LOG_FORMATS)}, got {self.log_format!r}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class WorkerConfig(EngineSettings, DoorSettings, LogSettings):
     """Everything one worker process (`pipeline run`) needs, validated at start-up."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -180,6 +232,7 @@ class WorkerConfig(EngineSettings, DoorSettings):
     def __post_init__(self) -> None:
         EngineSettings.__post_init__(self)
         DoorSettings.__post_init__(self)
+        LogSettings.__post_init__(self)
         if not self.dlq_topic:
             object.__setattr__(self, "dlq_topic", f"{self.output_topic}.dlq")
         _check_int(self.workers, "workers", 1)
@@ -263,7 +316,7 @@ class WorkerConfig(EngineSettings, DoorSettings):
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
-class ServeConfig(EngineSettings, DoorSettings):
+class ServeConfig(EngineSettings, DoorSettings, LogSettings):
     """Everything `pipeline serve` needs: the engine and its front doors, no Kafka."""
 
     http_port: int = 8080
@@ -272,6 +325,7 @@ class ServeConfig(EngineSettings, DoorSettings):
     def __post_init__(self) -> None:
         EngineSettings.__post_init__(self)
         DoorSettings.__post_init__(self)
+        LogSettings.__post_init__(self)
         if not self.http_port and not self.grpc_port:
             raise ConfigError("pipeline serve needs a door: --http-port or --grpc-port above 0")
 
@@ -366,7 +420,8 @@ def _flatten(table: Mapping[str, object], prefix: str = "") -> dict[str, object]
 
 def _from_file(
     cls: type[Any], path: Path, env: Mapping[str, str]
-) -> tuple[dict[str, object], dict[str, str]]:
+) -> tuple[dict[str, object], dict[str, str], set[str]]:
+    """The file's settings, its resolved ``[kafka]`` table, and the variables it refers to."""
     try:
         data = tomllib.loads(path.read_text())
     except OSError as exc:
@@ -389,23 +444,66 @@ def _from_file(
                 f"unknown setting {key!r} in {path}; known: {', '.join(sorted(known))}"
             )
         settings[name] = _coerce(cls, name, value, str(path))
-    properties = {
-        k: _secret_value(str(v).lower() if isinstance(v, bool) else str(v), env)
-        for k, v in _flatten(kafka).items()
-    }
-    return settings, properties
+    raw = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in _flatten(kafka).items()}
+    properties = {k: _secret_value(v, env) for k, v in raw.items()}
+    return settings, properties, _references([*raw.values(), *settings.values()])
+
+
+def setting_variables(name: str) -> tuple[str, ...]:
+    """The environment variables of setting `name`, the first one winning.
+
+    ``PIPELINE_<NAME>`` for every setting (``PIPELINE_INPUT_TOPIC`` for ``input_topics``),
+    and ``KAFKA_BOOTSTRAP_SERVERS`` after ``PIPELINE_BOOTSTRAP_SERVERS``.
+    """
+    if name == "input_topics":
+        return ("PIPELINE_INPUT_TOPIC",)
+    if name == "bootstrap_servers":
+        return ("PIPELINE_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS")
+    return (f"PIPELINE_{name.upper()}",)
+
+
+def _setting_names(cls: type[Any]) -> list[str]:
+    return [f.name for f in fields(cls) if f.name != "kafka"]
 
 
 def _from_env(cls: type[Any], env: Mapping[str, str]) -> dict[str, object]:
     settings: dict[str, object] = {}
-    names = {f.name for f in fields(cls)}
-    if "bootstrap_servers" in names and env.get("KAFKA_BOOTSTRAP_SERVERS"):
-        settings["bootstrap_servers"] = env["KAFKA_BOOTSTRAP_SERVERS"]
-    for name in names - {"kafka"}:
-        var = "PIPELINE_INPUT_TOPIC" if name == "input_topics" else f"PIPELINE_{name.upper()}"
-        if env.get(var):
+    for name in _setting_names(cls):
+        var = next((v for v in setting_variables(name) if env.get(v)), None)
+        if var is not None:
             settings[name] = _coerce(cls, name, env[var], var)
     return settings
+
+
+def _known_variables() -> set[str]:
+    """Every PIPELINE_* variable some command reads: all settings, and the reserved ones."""
+    names = {*_setting_names(WorkerConfig), *_setting_names(ServeConfig)}
+    return {v for n in names for v in setting_variables(n)} | set(RESERVED_VARIABLES)
+
+
+def _check_variables(env: Mapping[str, str], referenced: set[str]) -> None:
+    """Refuse ``PIPELINE_*`` variables no command reads (a typo would silently do nothing)."""
+    known = _known_variables()
+    unknown = sorted(
+        v for v in env if v.startswith("PIPELINE_") and v not in known and v not in referenced
+    )
+    if not unknown:
+        return
+    hints = [
+        f"{v} (did you mean {close[0]}?)" if close else v
+        for v in unknown
+        for close in [difflib.get_close_matches(v, known, n=1)]
+    ]
+    raise ConfigError(
+        f"unknown environment variable{'s' if len(unknown) > 1 else ''} {', '.join(hints)}: "
+        "pipeline reads PIPELINE_* variables only for its settings; unset or rename it. "
+        f"Known: {', '.join(sorted(known))}"
+    )
+
+
+def _references(values: Iterable[object]) -> set[str]:
+    """Names of the variables that ``env:NAME`` values refer to."""
+    return {v[4:] for v in values if isinstance(v, str) and v.startswith("env:")}
 
 
 def _secret_value(value: str, env: Mapping[str, str]) -> str:
@@ -423,15 +521,20 @@ def _secret_value(value: str, env: Mapping[str, str]) -> str:
     return value
 
 
-def parse_properties(pairs: list[str], env: Mapping[str, str] | None = None) -> dict[str, str]:
+def parse_properties(pairs: Sequence[str], env: Mapping[str, str] | None = None) -> dict[str, str]:
     """Parse ``-X key=value`` flags into librdkafka properties."""
     env = os.environ if env is None else env
+    return {key: _secret_value(value, env) for key, value in _split_pairs(pairs).items()}
+
+
+def _split_pairs(pairs: Sequence[str]) -> dict[str, str]:
+    """``-X key=value`` flags as a dict of unresolved values; later ones win."""
     props: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"-X takes key=value, got {pair!r}")
-        props[key.strip()] = _secret_value(value, env)
+        props[key.strip()] = value
     return props
 
 
@@ -440,16 +543,24 @@ def load_config(
     *,
     config_file: Path | None = None,
     env: Mapping[str, str] | None = None,
+    properties: Sequence[str] = (),
 ) -> WorkerConfig:
     """Build the worker's settings: flags over environment over file over defaults.
 
     Args:
         flags: Settings given on the command line (only those the user actually passed),
-            plus ``kafka`` for the ``-X`` properties.
+            plus ``kafka`` for librdkafka properties already parsed.
         config_file: The TOML file, if any (else ``PIPELINE_CONFIG`` from `env`).
         env: The environment (default: ``os.environ``).
+        properties: ``-X key=value`` flags, resolved here (they win over ``kafka``).
+
+    Raises:
+        ConfigError: a setting is malformed or out of range, a file key or a
+            ``PIPELINE_*`` variable is unknown, or a property is refused.
     """
-    return load_settings(WorkerConfig, flags, config_file=config_file, env=env)
+    return load_settings(
+        WorkerConfig, flags, config_file=config_file, env=env, properties=properties
+    )
 
 
 def load_settings(
@@ -458,17 +569,24 @@ def load_settings(
     *,
     config_file: Path | None = None,
     env: Mapping[str, str] | None = None,
+    properties: Sequence[str] = (),
 ) -> Settings:
     """Build `cls` (`WorkerConfig` or `ServeConfig`): flags over environment over file over
     defaults; see `load_config`."""
     env = os.environ if env is None else env
-    path = config_file or (Path(env["PIPELINE_CONFIG"]) if env.get("PIPELINE_CONFIG") else None)
-    file_settings, file_kafka = _from_file(cls, path, env) if path else ({}, {})
+    given = env.get(CONFIG_VARIABLE)
+    path = config_file or (Path(given) if given else None)
+    file_settings, file_kafka, file_refs = _from_file(cls, path, env) if path else ({}, {}, set())
+    pairs: dict[str, str] = _split_pairs(properties)
+    if pairs and cls is not WorkerConfig:
+        raise ConfigError("-X sets librdkafka properties, but this command uses no Kafka")
+    _check_variables(env, file_refs | _references([*pairs.values(), *flags.values()]))
     settings = {
         **file_settings,
         **_from_env(cls, env),
         **{k: v for k, v in flags.items() if k != "kafka"},
     }
     if cls is WorkerConfig:
-        settings["kafka"] = {**file_kafka, **dict(flags.get("kafka") or {})}  # type: ignore[call-overload]
+        resolved = {k: _secret_value(v, env) for k, v in pairs.items()}
+        settings["kafka"] = {**file_kafka, **dict(flags.get("kafka") or {}), **resolved}  # type: ignore[call-overload]
     return cls(**settings)  # type: ignore[arg-type]

@@ -9,9 +9,12 @@ Hierarchy::
     |   +-- ModelNotFoundError    no such model name or version in the store
     |   +-- ModelLoadError        the file exists but is unsafe, corrupt or fails its checksum
     +-- KafkaError                the Kafka path failed in a way the worker cannot route around
+    |   +-- BrokerUnreachable     no broker answered within the bounded connection time
+    |   +-- DeliveryFailed        an output was not delivered for good; nothing past it committed
     +-- Overloaded                the engine's queue for a model is full: retry later
 
-Every message says what was expected, what arrived, and what to do.
+Every message says what was expected, what arrived, and what to do. Each class ends the
+`pipeline` command with its own exit code (`pipeline.exitcodes`).
 A bad *event* is never an exception that escapes: it becomes a reject and a dead-letter record.
 """
 
@@ -19,7 +22,9 @@ from __future__ import annotations
 
 __all__ = [
     "BrokerError",
+    "BrokerUnreachable",
     "ConfigError",
+    "DeliveryFailed",
     "KafkaError",
     "ModelError",
     "ModelLoadError",
@@ -55,6 +60,14 @@ class ModelLoadError(ModelError):
 
 class KafkaError(PipelineError):
     """The Kafka path failed in a way the worker cannot route around."""
+
+
+class BrokerUnreachable(KafkaError):
+    """No Kafka broker answered within the bounded connection time."""
+
+
+class DeliveryFailed(KafkaError):
+    """An output (or an event `pipeline produce` sent) was not delivered for good."""
 
 
 class Overloaded(PipelineError):

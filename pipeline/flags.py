@@ -1,21 +1,100 @@
 """Command-line flags shared by the commands that run the engine and its doors.
 
-`pipeline run` and `pipeline serve` both take the engine's flags (model store, batching)
-and the doors' flags (where they listen, their bounds); each name maps to a field of
-`pipeline.config.EngineSettings` or `DoorSettings`, so the environment variable
-``PIPELINE_<FLAG>`` and the TOML key work the same for both commands. Parsers are built
-with ``argument_default=SUPPRESS``: only flags actually given reach the settings.
+`pipeline run` and `pipeline serve` both take the engine's flags (model store, batching),
+the doors' flags (where they listen, their bounds) and the logging flags; each flag's
+destination is a field of `pipeline.config.EngineSettings`, `DoorSettings` or
+`LogSettings`, so its environment variable (`pipeline.config.setting_variables`) and TOML
+key work the same for both commands. Parsers are built with ``argument_default=SUPPRESS``:
+only flags actually given reach the settings. The README's tables of flags are generated
+from these parsers (``python -m pipeline.dev.reference``).
 """
 
 from __future__ import annotations
 
+from argparse import SUPPRESS
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_door_flags", "add_engine_flags"]
+from pipeline.config import LOG_FORMATS, LOG_LEVELS, UNSAFE_PROPERTIES
+
+__all__ = [
+    "NOT_SETTINGS",
+    "add_config_flag",
+    "add_door_flags",
+    "add_engine_flags",
+    "add_output_flags",
+    "add_property_flags",
+    "setting_flags",
+]
 
 Add = Callable[..., Any]
+# Destinations of flags that are not settings: they say where settings come from, or what
+# the command does with them.
+NOT_SETTINGS = frozenset(("config", "X", "print_config", "help"))
+
+
+def setting_flags(args: Any) -> dict[str, object]:
+    """The settings given on the command line: every parsed flag but `NOT_SETTINGS`; the
+    values of repeatable flags (``--input-topic``, ``--pin``) as tuples."""
+    skip = NOT_SETTINGS | {"handler", "command"}
+    return {
+        k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items() if k not in skip
+    }
+
+
+def add_config_flag(add: Add) -> None:
+    """--config: the TOML settings file."""
+    add(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="TOML settings file: the same names as the flags, with underscores, and a "
+        "[kafka] table of librdkafka properties",
+    )
+
+
+def add_output_flags(add: Add) -> None:
+    """How a long-running command logs, and --print-config."""
+    add(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=SUPPRESS,
+        help="least severe log level shown (default: info)",
+    )
+    add(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=SUPPRESS,
+        help="text: one line per record; json: one JSON object per line, the stats line's "
+        "figures as fields (default: text)",
+    )
+    add(
+        "--print-config",
+        action="store_true",
+        default=False,
+        help="print the effective settings as JSON, secrets masked, and exit before "
+        "connecting to anything",
+    )
+
+
+def add_property_flags(add: Add) -> None:
+    """-X librdkafka properties and the switch that lets unsafe ones through."""
+    add(
+        "-X",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="librdkafka property, e.g. -X security.protocol=SASL_SSL (repeatable; "
+        "file:PATH and env:NAME values are read from there)",
+    )
+    add(
+        "--allow-unsafe-kafka-properties",
+        action="store_true",
+        default=SUPPRESS,
+        help=f"allow the properties that load code or run commands: {', '.join(UNSAFE_PROPERTIES)}",
+    )
 
 
 def add_engine_flags(add: Add) -> None:

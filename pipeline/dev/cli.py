@@ -3,83 +3,110 @@
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.config import check_properties, parse_properties
+from pipeline.config import WorkerConfig, load_config, parse_properties
 from pipeline.dev.localkafka import DEFAULT_DATA_DIR, DEFAULT_PORT, LocalKafka
 from pipeline.errors import ConfigError
+from pipeline.flags import add_config_flag, add_property_flags
 from pipeline.kafka.cli import DEFAULT_BOOTSTRAP
 
 __all__ = ["add_client_parsers", "add_kafka_parser"]
 
 
-def _bootstrap(args: argparse.Namespace) -> str:
-    return args.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP
-
-
-def _properties(args: argparse.Namespace) -> dict[str, str]:
-    """The -X properties, refused if unsafe (as `pipeline run` refuses them)."""
-    properties = parse_properties(args.X or [])
-    check_properties(properties, allow_unsafe=args.allow_unsafe_kafka_properties)
-    return properties
+def _client_settings(args: argparse.Namespace) -> WorkerConfig:
+    """The Kafka settings produce and consume share with `pipeline run`: bootstrap servers
+    and librdkafka properties from flags, environment and the --config file."""
+    flags: dict[str, object] = {}
+    if args.bootstrap_servers:
+        flags["bootstrap_servers"] = args.bootstrap_servers
+    if getattr(args, "allow_unsafe_kafka_properties", False):
+        flags["allow_unsafe_kafka_properties"] = True
+    return load_config(flags, config_file=args.config, properties=args.X)
 
 
 def _produce(args: argparse.Namespace) -> int:
-    from pipeline.dev.tools import open_source, produce
+    from pipeline.dev.tools import open_source, parse_headers, produce
 
+    if args.key_delimiter is not None and args.key_field is not None:
+        raise ConfigError("-K and --key-field both choose the key: give one of them")
+    settings = _client_settings(args)
     produce(
-        bootstrap_servers=_bootstrap(args),
+        bootstrap_servers=settings.bootstrap_servers,
         topic=args.topic,
-        kafka=_properties(args),
+        kafka=settings.kafka,
         source=open_source(args.file),
         synthetic=args.synthetic,
         count=args.count,
         rate=args.rate,
-        key_field=args.key_field or None,
+        key_field="id" if args.key_field is None else args.key_field or None,
+        key_delimiter=args.key_delimiter,
+        headers=parse_headers(args.header),
+        partition=args.partition,
     )
     return 0
 
 
 def _consume(args: argparse.Namespace) -> int:
-    from pipeline.dev.tools import consume
+    from pipeline.dev.consume import ConsumeOptions, consume
 
-    consume(
-        bootstrap_servers=_bootstrap(args),
+    options = ConsumeOptions(
         topic=args.topic,
-        kafka=_properties(args),
+        partitions=tuple(args.partition),
+        group=args.group,
+        offset=_offset(args),
         count=args.count,
-        from_beginning=args.from_beginning,
+        exit_at_end=args.exit,
         timeout_s=args.timeout,
+        fmt=args.format,
+        key_delimiter=args.key_delimiter,
     )
+    settings = _client_settings(args)
+    consume(options, bootstrap_servers=settings.bootstrap_servers, kafka=settings.kafka)
     return 0
+
+
+def _offset(args: argparse.Namespace) -> str:
+    """--offset, --from-beginning, or the default: the group's offsets, else the end."""
+    if args.from_beginning and args.offset is not None:
+        raise ConfigError("--from-beginning is --offset beginning: give one of them")
+    if args.from_beginning:
+        return "beginning"
+    return args.offset or ("stored" if args.group else "end")
 
 
 def add_client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `pipeline produce` and `pipeline consume` to the subcommands."""
-    produce = sub.add_parser("produce", help="send JSON-lines or synthetic events to a topic")
-    consume = sub.add_parser("consume", help="print a topic's records as JSON lines")
-    for parser, topic in ((produce, "features"), (consume, "predictions")):
-        parser.add_argument(
+    produce = sub.add_parser(
+        "produce",
+        help="send JSON-lines or synthetic events to a topic",
+        description="Send JSON-lines events from a file or stdin, or synthetic events for an "
+        "example model, and wait for every acknowledgement. Like kcat -P: -K DELIM takes each "
+        "line's key from before DELIM, -H adds headers, --partition picks the partition. "
+        "Settings as for pipeline run: --config, -X, KAFKA_BOOTSTRAP_SERVERS.",
+    )
+    consumer = sub.add_parser(
+        "consume",
+        help="print a topic's records, following it (like kcat -C)",
+        description="Print a topic's records as JSON lines (or values), following the topic "
+        "until --count records or Ctrl-C; with --exit, stop at the end of every partition. "
+        "Without --group it reads every partition (or --partition) directly and commits "
+        "nothing; with --group it joins that group and commits what it printed. Reads "
+        "read_committed. Settings as for pipeline run: --config, -X, KAFKA_BOOTSTRAP_SERVERS.",
+    )
+    for parser, topic in ((produce, "features"), (consumer, "predictions")):
+        add = parser.add_argument
+        add(
             "--bootstrap-servers",
             default=None,
-            help=f"default: $KAFKA_BOOTSTRAP_SERVERS or {DEFAULT_BOOTSTRAP}",
+            help=f"default: $PIPELINE_BOOTSTRAP_SERVERS, $KAFKA_BOOTSTRAP_SERVERS, the "
+            f"--config file's, or {DEFAULT_BOOTSTRAP}",
         )
-        parser.add_argument("--topic", default=topic, help=f"default: {topic}")
-        parser.add_argument(
-            "-X",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="librdkafka property (repeatable)",
-        )
-        parser.add_argument(
-            "--allow-unsafe-kafka-properties",
-            action="store_true",
-            help="allow properties that load code or run commands (as for pipeline run)",
-        )
-        parser.add_argument(
+        add("--topic", default=topic, help=f"default: {topic}")
+        add_config_flag(add)
+        add_property_flags(add)
+        add(
             "--count",
             type=int,
             default=None,
@@ -87,6 +114,20 @@ def add_client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
             if parser is produce
             else "stop after this many records",
         )
+        add(
+            "-K",
+            dest="key_delimiter",
+            default=None,
+            metavar="DELIM",
+            help="each line is KEY DELIM VALUE (kcat -K)"
+            if parser is produce
+            else "with --format value: print the key and DELIM before the value",
+        )
+    _add_produce_flags(produce)
+    _add_consume_flags(consumer)
+
+
+def _add_produce_flags(produce: argparse.ArgumentParser) -> None:
     source = produce.add_mutually_exclusive_group(required=True)
     source.add_argument("--file", metavar="PATH", help="JSON-lines events; - for stdin")
     source.add_argument(
@@ -94,28 +135,66 @@ def add_client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         metavar="MODEL",
         help="example events for MODEL (real breast cancer rows); '' for no model field",
     )
-    produce.add_argument(
+    add = produce.add_argument
+    add(
         "--rate",
         type=float,
         default=None,
         help="events/s, open loop (default: as fast as possible)",
     )
-    produce.add_argument(
+    add(
         "--key-field",
-        default="id",
+        default=None,
         help="event field used as the Kafka key for --file events ('' for none; default: id)",
     )
-    produce.set_defaults(handler=_produce)
-    consume.add_argument(
-        "--from-beginning", action="store_true", help="read from the earliest offset"
+    add(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="add this header to every record (repeatable)",
     )
-    consume.add_argument(
+    add("--partition", type=int, default=None, help="send every record to this partition")
+    produce.set_defaults(handler=_produce)
+
+
+def _add_consume_flags(consumer: argparse.ArgumentParser) -> None:
+    add = consumer.add_argument
+    add("--group", default=None, help="join this consumer group and commit what was printed")
+    add(
+        "--partition",
+        type=int,
+        action="append",
+        default=[],
+        help="read only this partition (repeatable; default: every partition)",
+    )
+    add(
+        "--offset",
+        default=None,
+        help="where to start: beginning, end, stored (the group's), N, -N (N before the end) "
+        "or s@TS (ms since the epoch) (default: end; with --group: stored, else the end)",
+    )
+    add("--from-beginning", action="store_true", help="the same as --offset beginning")
+    add(
+        "--exit",
+        action="store_true",
+        help="stop at the end of every partition instead of waiting for more (kcat -e)",
+    )
+    add(
         "--timeout",
         type=float,
-        default=10.0,
-        help="stop after this many seconds without a record (default: 10)",
+        default=None,
+        help="with --exit: also stop after this many seconds without a record (default: 10)",
     )
-    consume.set_defaults(handler=_consume)
+    add(
+        "--format",
+        choices=("json", "value"),
+        default="json",
+        help="json: topic, partition, offset, timestamp, key, headers and value as one JSON "
+        "object a line; value: the value alone (default: json)",
+    )
+    consumer.set_defaults(handler=_consume)
 
 
 def _kafka_start(args: argparse.Namespace) -> int:
@@ -207,7 +286,11 @@ def _kafka_status(args: argparse.Namespace) -> int:
 def add_kafka_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `pipeline kafka start|stop|status` to the subcommands."""
     kafka = sub.add_parser(
-        "kafka", help="run a local Apache Kafka broker, or a cluster of three (KRaft)"
+        "kafka",
+        help="run a local Apache Kafka broker, or a cluster of three (KRaft)",
+        description="Start, stop or ask about an Apache Kafka broker (or a cluster of three "
+        "KRaft nodes) running on 127.0.0.1 from this machine's Java, for development and "
+        "tests. Its jars come from Maven Central once, or from KAFKA_HOME.",
     )
     actions = kafka.add_subparsers(dest="action", required=True, metavar="{start,stop,status}")
     handlers: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {

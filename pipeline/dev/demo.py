@@ -183,7 +183,8 @@ def run(*, port: int, data_dir: Path, events: int, models: Path) -> int:
     _say("every event ended as exactly one prediction or dead letter" if ok else "MISMATCH")
     _say("try it yourself: .venv/bin/pipeline kafka start, .venv/bin/pipeline run "
          "--default-model breast-cancer-mlp, .venv/bin/pipeline produce --synthetic "
-         "breast-cancer-mlp --count 1000, .venv/bin/pipeline consume --from-beginning")  # fmt: skip
+         "breast-cancer-mlp --count 1000, .venv/bin/pipeline consume --from-beginning "
+         "(it follows the topic: Ctrl-C stops it)")  # fmt: skip
     return 0 if ok else 1
 
 

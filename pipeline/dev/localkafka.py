@@ -48,8 +48,6 @@ from pipeline.errors import BrokerError
 __all__ = [
     "DEFAULT_DATA_DIR",
     "DEFAULT_PORT",
-    "NODE_HEAP",
-    "SINGLE_HEAP",
     "BrokerInfo",
     "ClusterInfo",
     "LocalKafka",
@@ -63,8 +61,8 @@ DEFAULT_DATA_DIR = (
 )
 # JVM heap of a single node, and of each node of a cluster: three of those, beside the
 # tests, fit a machine of 2 cores and a few GiB.
-SINGLE_HEAP = ("-Xms256m", "-Xmx1g")
-NODE_HEAP = ("-Xms256m", "-Xmx512m")
+_SINGLE_HEAP = ("-Xms256m", "-Xmx1g")
+_NODE_HEAP = ("-Xms256m", "-Xmx512m")
 _CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kafka-onnx-pipeline"
 _HOST = "127.0.0.1"
 _MIN_JAVA = 17
@@ -517,7 +515,7 @@ class LocalKafka:
         )
         self._configure(node, info, voters=f"1@{_HOST}:{controller_port}", replicas=1)
         _format(java, classpath, [node], new_cluster_id())
-        info = self._launch(java, classpath, node, info, SINGLE_HEAP)
+        info = self._launch(java, classpath, node, info, _SINGLE_HEAP)
         self._wait_ready([(node, info)], timeout_s)
         if scram_users:
             try:
@@ -788,7 +786,7 @@ class LocalKafka:
             self._configure(node, self._planned(layout, node), voters=layout.voters, replicas=3)
         _format(java, classpath, nodes, layout.cluster_id)
         started = [
-            (node, self._launch(java, classpath, node, self._planned(layout, node), NODE_HEAP))
+            (node, self._launch(java, classpath, node, self._planned(layout, node), _NODE_HEAP))
             for node in nodes
         ]
         self._wait_ready(started, timeout_s)

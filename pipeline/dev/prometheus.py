@@ -33,17 +33,32 @@ _READY_TIMEOUT_S = 60.0
 def local_config(
     targets: list[str], *, port: int, scrape_interval_s: float, base: Path = DEPLOYED_CONFIG
 ) -> dict[str, Any]:
-    """`base`, with every DNS-discovered job scraping `targets` and Prometheus's own job
-    scraping 127.0.0.1:`port`; scrapes and rule evaluations every `scrape_interval_s`."""
+    """`base`, with every DNS-discovered job (the workers) scraping `targets`, Prometheus's
+    own job scraping 127.0.0.1:`port`, and the jobs of other compose services left out;
+    scrapes and rule evaluations every `scrape_interval_s`."""
     config: dict[str, Any] = copy.deepcopy(yaml.safe_load(base.read_text()))
     interval = f"{int(scrape_interval_s * 1000)}ms"
     config["global"].update(scrape_interval=interval, evaluation_interval=interval)
+    jobs = []
     for job in config["scrape_configs"]:
         if job.pop("dns_sd_configs", None) is not None:
             job["static_configs"] = [{"targets": list(targets)}]
-        else:
+        elif _scrapes_itself(job):
             job["static_configs"] = [{"targets": [f"127.0.0.1:{port}"]}]
+        else:
+            continue
+        jobs.append(job)
+    config["scrape_configs"] = jobs
     return config
+
+
+def _scrapes_itself(job: dict[str, Any]) -> bool:
+    hosts = {
+        target.rpartition(":")[0]
+        for group in job.get("static_configs", [])
+        for target in group["targets"]
+    }
+    return hosts == {"localhost"}
 
 
 class LocalPrometheus:

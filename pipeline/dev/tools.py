@@ -1,8 +1,11 @@
-"""`pipeline produce` and `pipeline consume`: the command-line ends of the topics.
+"""`pipeline produce`: the command-line end of the input topics.
 
 `produce` sends JSON-lines events from a file or stdin, or synthetic events for an example
 model (real rows of the breast cancer data set, cycled), open loop at ``--rate`` events/s.
-`consume` prints a topic's records as JSON lines, dead-letter headers included.
+As with kcat -P, ``-K DELIM`` takes each line's key from before the first DELIM, ``-H
+name=value`` adds a header to every record and ``--partition`` picks the partition; without
+``-K`` a JSON event's ``--key-field`` (``id``) is the key. `pipeline consume` is in
+`pipeline.dev.consume`.
 """
 
 from __future__ import annotations
@@ -11,17 +14,18 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Producer
 
-from pipeline.errors import ConfigError, KafkaError
+from pipeline.errors import ConfigError, DeliveryFailed
 
-__all__ = ["consume", "produce", "synthetic_events"]
+__all__ = ["Record", "parse_headers", "produce", "synthetic_events"]
 
 _PROGRESS_EVERY_S = 2.0
 
@@ -48,8 +52,11 @@ def synthetic_events(
         yield f"entity-{n % 1000}".encode(), orjson.dumps(event)
 
 
+Record = tuple[bytes | None, bytes]
+
+
 def _file_events(
-    stream: TextIO, key_field: str | None, count: int | None
+    stream: TextIO, keys: _Keys, count: int | None
 ) -> Iterator[tuple[bytes | None, bytes]]:
     sent = 0
     for line in stream:
@@ -58,16 +65,44 @@ def _file_events(
             continue
         if count is not None and sent >= count:
             return
-        key: bytes | None = None
-        if key_field:
-            try:  # a line that is not a JSON object is still sent, without a key
-                value = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                value = None
-            raw_key = value.get(key_field) if isinstance(value, dict) else None
-            key = None if raw_key is None else str(raw_key).encode()
         sent += 1
-        yield key, line.encode()
+        yield keys.split(line)
+
+
+@dataclass(frozen=True, slots=True)
+class _Keys:
+    """Where a line's key comes from: before ``-K``'s delimiter, or a JSON field."""
+
+    delimiter: str | None
+    field: str | None
+
+    def split(self, line: str) -> Record:
+        if self.delimiter is not None:
+            key, sep, value = line.partition(self.delimiter)
+            return (key.encode(), value.encode()) if sep else (None, line.encode())
+        if not self.field:
+            return None, line.encode()
+        try:  # a line that is not a JSON object is still sent, without a key
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            event = None
+        raw_key = event.get(self.field) if isinstance(event, dict) else None
+        return (None if raw_key is None else str(raw_key).encode()), line.encode()
+
+
+def parse_headers(pairs: Sequence[str]) -> list[tuple[str, bytes]]:
+    """``-H name=value`` flags as Kafka headers, in order (a name may repeat).
+
+    Raises:
+        ConfigError: a pair has no ``=`` or an empty name.
+    """
+    headers = []
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"-H takes name=value, got {pair!r}")
+        headers.append((name, value.encode()))
+    return headers
 
 
 def produce(
@@ -80,22 +115,37 @@ def produce(
     count: int | None = None,
     rate: float | None = None,
     key_field: str | None = "id",
+    key_delimiter: str | None = None,
+    headers: Sequence[tuple[str, bytes]] = (),
+    partition: int | None = None,
     out: TextIO = sys.stderr,
 ) -> int:
     """Send events and wait for every acknowledgement; return how many were delivered.
 
+    Args:
+        key_field: A JSON line's field that is its key (without `key_delimiter`).
+        key_delimiter: Each line is KEY, this delimiter, VALUE (kcat -K).
+        headers: Added to every record.
+        partition: Every record goes to this partition (default: by key).
+
     Raises:
-        KafkaError: deliveries failed.
+        ConfigError: no source, or a key delimiter with synthetic events.
+        DeliveryFailed: deliveries failed.
     """
     if synthetic is None and source is None:
         raise ConfigError("produce needs --file PATH, --file - for stdin, or --synthetic MODEL")
+    if synthetic is not None and key_delimiter is not None:
+        raise ConfigError("-K splits the lines of --file; synthetic events have their own keys")
     if synthetic is not None and count is None:
         count = 1000
     events = (
         synthetic_events(synthetic or None, count=count or 0)
         if synthetic is not None
-        else _file_events(source or sys.stdin, key_field, count)
+        else _file_events(source or sys.stdin, _Keys(key_delimiter, key_field), count)
     )
+    where: dict[str, Any] = {"headers": list(headers) or None}
+    if partition is not None:
+        where["partition"] = partition
     producer = Producer({"linger.ms": 5, "enable.idempotence": True, **kafka,
                          "bootstrap.servers": bootstrap_servers})  # fmt: skip
     failed: list[str] = []
@@ -112,7 +162,7 @@ def produce(
             _wait_until(started + sent / rate)
         while True:
             try:
-                producer.produce(topic, value, key, on_delivery=delivered)
+                producer.produce(topic, value, key, on_delivery=delivered, **where)
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -128,7 +178,7 @@ def produce(
     delivered_count = sent - len(failed) - remaining
     print(f"produce: sent {delivered_count} events to {topic} in {elapsed:.2f} s", file=out)
     if failed or remaining:
-        raise KafkaError(
+        raise DeliveryFailed(
             f"{len(failed) + remaining} of {sent} events were not delivered to {topic} "
             f"(first error: {failed[0] if failed else 'timed out'}); check the broker and topic"
         )
@@ -139,69 +189,6 @@ def _wait_until(when: float) -> None:
     delay = when - time.monotonic()
     if delay > 0.0005:
         time.sleep(delay)
-
-
-def _record(msg: Any) -> dict[str, Any]:
-    value = msg.value()
-    try:
-        shown: Any = orjson.loads(value) if value else None
-    except orjson.JSONDecodeError:
-        shown = value.decode("utf-8", "replace")
-    key = msg.key()
-    return {
-        "topic": msg.topic(),
-        "partition": msg.partition(),
-        "offset": msg.offset(),
-        "timestamp": msg.timestamp()[1],
-        "key": None if key is None else key.decode("utf-8", "replace"),
-        "value": shown,
-        "headers": {k: (v.decode("utf-8", "replace") if v is not None else None)
-                    for k, v in (msg.headers() or [])},
-    }  # fmt: skip
-
-
-def consume(
-    *,
-    bootstrap_servers: str,
-    topic: str,
-    kafka: Mapping[str, str],
-    count: int | None = None,
-    from_beginning: bool = False,
-    timeout_s: float = 10.0,
-    isolation: str = "read_committed",
-    out: TextIO = sys.stdout,
-) -> int:
-    """Print records as JSON lines until `count`, or `timeout_s` with no record; return how many."""
-    consumer = Consumer(
-        {
-            "group.id": f"pipeline-consume-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest" if from_beginning else "latest",
-            "enable.auto.commit": False,
-            "isolation.level": isolation,
-            **kafka,
-            "bootstrap.servers": bootstrap_servers,
-        }
-    )
-    printed = 0
-    consumer.subscribe([topic])
-    idle_deadline = time.monotonic() + timeout_s
-    try:
-        while (count is None or printed < count) and time.monotonic() < idle_deadline:
-            for msg in consumer.consume(100 if count is None else min(100, count - printed), 0.2):
-                err = msg.error()
-                if err is not None:
-                    if err.fatal():
-                        raise KafkaError(f"consume from {topic} failed: {err}")
-                    continue
-                out.write(orjson.dumps(_record(msg)).decode() + "\n")
-                printed += 1
-                idle_deadline = time.monotonic() + timeout_s
-            out.flush()
-    except KafkaException as exc:
-        raise KafkaError(f"consume from {topic} failed: {exc.args[0]}") from exc
-    finally:
-        consumer.close()
-    return printed
 
 
 def open_source(path: str | None) -> TextIO | None:

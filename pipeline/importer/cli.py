@@ -29,7 +29,13 @@ Needs the extra of the framework: pip install 'kafka-onnx-pipeline[tensorflow]'
 
 def add_models_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `pipeline models` and its four subcommands to the subcommands."""
-    models = sub.add_parser("models", help="import, list, show and validate models")
+    models = sub.add_parser(
+        "models",
+        help="import, list, show and validate models",
+        description="Manage the model store: import a TensorFlow, scikit-learn, XGBoost or "
+        "LightGBM model as ONNX, list and show versions, validate them as the worker loads "
+        "them.",
+    )
     commands = models.add_subparsers(dest="models_command", required=True)
     _add_import(commands)
     listing = commands.add_parser("list", help="every version of every model in the store")

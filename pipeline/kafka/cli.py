@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
-from pipeline.config import load_config, parse_properties
-from pipeline.flags import add_door_flags, add_engine_flags
-from pipeline.logs import setup_logging
+from pipeline.config import WorkerConfig
+from pipeline.flags import (
+    add_config_flag,
+    add_door_flags,
+    add_engine_flags,
+    add_output_flags,
+    add_property_flags,
+)
+from pipeline.startup import print_config, settings_from_args, start_logging
 
 __all__ = ["DEFAULT_BOOTSTRAP", "add_run_parser"]
 
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+DEFAULT_BOOTSTRAP = WorkerConfig.bootstrap_servers
 
 
 def _run(args: argparse.Namespace) -> int:
-    flags = {k: v for k, v in vars(args).items() if k not in ("handler", "command", "config", "X")}
-    if args.X:
-        flags["kafka"] = parse_properties(args.X)
-    for name in ("input_topics", "pins"):
-        if name in flags:
-            flags[name] = tuple(flags[name])
-    config = load_config(flags, config_file=args.config)
-    setup_logging()
+    config = settings_from_args(WorkerConfig, args)
+    if args.print_config:
+        return print_config(config)
+    start_logging(config)
     if config.workers > 1:
         from pipeline.kafka.supervisor import supervise
 
@@ -39,18 +42,34 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="run the stream worker",
         description="Consume feature events, micro-batch them per model, run ONNX Runtime, "
         "publish predictions; with --http-port or --grpc-port, also answer requests from the "
-        "same engine. Flags win over environment (PIPELINE_<FLAG>, KAFKA_BOOTSTRAP_SERVERS), "
-        "which wins over the --config TOML file.",
+        "same engine. Flags win over environment (PIPELINE_<SETTING>, "
+        "KAFKA_BOOTSTRAP_SERVERS), which wins over the --config TOML file.",
         argument_default=argparse.SUPPRESS,
     )
-    add = run.add_argument
-    add("--bootstrap-servers", help=f"Kafka bootstrap servers (default {DEFAULT_BOOTSTRAP})")
+    _add_worker_flags(run.add_argument_group("worker").add_argument)
+    add_engine_flags(run.add_argument_group("engine").add_argument)
+    add_door_flags(
+        run.add_argument_group("doors (off unless a port is given)").add_argument,
+        http_default=0,
+        grpc_default=0,
+    )
+    settings = run.add_argument_group("settings and output")
+    add_config_flag(settings.add_argument)
+    add_property_flags(settings.add_argument)
+    add_output_flags(settings.add_argument)
+    run.set_defaults(handler=_run)
+
+
+def _add_worker_flags(add: Callable[..., Any]) -> None:
+    """Kafka, the group, delivery, the topics it creates, and its own metrics endpoint."""
+    add("--bootstrap-servers", help=f"Kafka bootstrap servers (default: {DEFAULT_BOOTSTRAP})")
     add(
         "--input-topic",
         dest="input_topics",
         action="append",
         metavar="TOPIC",
-        help="topic to consume feature events from (repeatable; default: features)",
+        help="topic to consume feature events from (repeatable; comma-separated in the "
+        "environment, a list in the file; default: features)",
     )
     add("--output-topic", help="topic for predictions (default: predictions)")
     add("--dlq-topic", help="dead-letter topic (default: the output topic + .dlq)")
@@ -67,8 +86,6 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="share groups: a record acquired more often than this goes to the dead-letter "
         "topic (default: 5)",
     )
-    add_engine_flags(add)
-    add_door_flags(add, http_default=0, grpc_default=0)
     add("--workers", type=int, metavar="N", help="worker processes in this group (default: 1)")
     add(
         "--guarantee",
@@ -78,8 +95,8 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     add(
         "--transactional-id",
         metavar="ID",
-        help="exactly-once: transactional.id, unique per live worker process "
-        "(default: pipeline-<group>-<hostname>-<index>-<pid>)",
+        help="exactly-once: transactional.id, unique per live worker process; with --workers "
+        "N, child i uses ID-i (default: pipeline-<group>-<hostname>-<index>-<pid>)",
     )
     add(
         "--offset-reset",
@@ -127,18 +144,3 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "worker i uses this port + i)",
     )
     add("--metrics-host", help="address of the metrics endpoint (default: 127.0.0.1)")
-    add(
-        "--allow-unsafe-kafka-properties",
-        action="store_true",
-        help="allow plugin.library.paths and sasl.kerberos.kinit.cmd",
-    )
-    add("--config", type=Path, default=None, metavar="FILE", help="TOML settings file")
-    add(
-        "-X",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="librdkafka property, e.g. -X security.protocol=SASL_SSL (repeatable; "
-        "file:PATH and env:NAME values are read from there)",
-    )
-    run.set_defaults(handler=_run)

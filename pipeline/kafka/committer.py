@@ -35,7 +35,7 @@ from confluent_kafka import (
 )
 from confluent_kafka import KafkaError as RdKafkaError
 
-from pipeline.errors import KafkaError
+from pipeline.errors import DeliveryFailed, KafkaError
 from pipeline.kafka.offsets import OffsetTracker, TopicPartitionKey
 from pipeline.kafka.transactions import Transactions
 from pipeline.metrics import Sensor
@@ -185,7 +185,7 @@ class AtLeastOnceCommitter:
 
     def output_failed(self, msg: Message, err: RdKafkaError) -> None:
         self._host.fail(
-            KafkaError(
+            DeliveryFailed(
                 f"the output for {msg.topic()}[{msg.partition()}]@{msg.offset()} was not "
                 f"delivered ({err}); stopping without committing past it, so a restart will "
                 "redo it. Check the broker, or raise delivery.timeout.ms with -X"
@@ -194,7 +194,7 @@ class AtLeastOnceCommitter:
 
     def producer_failed(self, reason: str) -> None:
         self._host.fail(
-            KafkaError(
+            DeliveryFailed(
                 f"the producer refused outputs ({reason}); stopping without committing past "
                 "them, so a restart redoes them. Check the broker and the output topics"
             )
@@ -346,10 +346,7 @@ class TransactionalCommitter:
         parts = [TopicPartition(t, p) for t, p in sorted(firsts)]
         consumer = self._host.consumer
         try:
-            committed = consumer.committed(parts, timeout=30)
-            unread = [tp for tp in committed if tp.error is not None]
-            if unread:
-                raise KafkaException(unread[0].error)
+            committed = _committed(consumer, parts)
             for tp in committed:
                 first = firsts.get((tp.topic, tp.partition))
                 offset = tp.offset if tp.offset >= 0 else first
@@ -367,6 +364,35 @@ class TransactionalCommitter:
                     "resumes from them. Check that the broker is reachable"
                 )
             )
+
+
+_COMMITTED_DEADLINE_S = 90.0  # a group coordinator that moved answers again well within it
+
+
+def _committed(consumer: Any, parts: list[TopicPartition]) -> list[TopicPartition]:
+    """The group's committed offsets of `parts`, asked again while the answer is a retriable
+    error (the group coordinator moving to another node, say).
+
+    Raises:
+        KafkaException: a lasting or non-retriable error.
+    """
+    deadline = time.monotonic() + _COMMITTED_DEADLINE_S
+    while True:
+        try:
+            committed: list[TopicPartition] = consumer.committed(parts, timeout=30)
+            unread = [tp for tp in committed if tp.error is not None]
+            if not unread:
+                return committed
+            raise KafkaException(unread[0].error)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            retriable = isinstance(error, RdKafkaError) and (
+                error.retriable() or error.code() == RdKafkaError._TIMED_OUT
+            )
+            if not retriable or time.monotonic() >= deadline:
+                raise
+            log.warning("reading the committed offsets failed (%s): asking again", error)
+            time.sleep(1.0)
 
 
 # Errors that say the record itself is unacceptable (too large, malformed).

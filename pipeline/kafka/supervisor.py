@@ -3,12 +3,17 @@
 Each child is a full worker (its own consumer, producer and model sessions); Kafka's group
 assignment spreads the partitions over them, as it does over workers on other machines.
 The parent forwards SIGTERM/SIGINT to the children and waits for them. A child that dies
-on its own is reported, the others are stopped cleanly, and the parent exits non-zero so
-whatever runs it (systemd, Kubernetes, compose) can restart the set.
+on its own is reported, the others are stopped cleanly, and the parent exits with the
+child's exit code (`pipeline.exitcodes`; 1 if it died of a signal) so whatever runs it
+(systemd, Kubernetes, compose) can restart the set.
+
+Exactly-once with ``--transactional-id ID``: child ``i`` uses ``ID-i``, so the children
+never fence each other, and each one, started again, fences its own predecessor at once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import signal
@@ -18,23 +23,32 @@ from types import FrameType
 
 from pipeline.config import WorkerConfig
 from pipeline.errors import PipelineError
+from pipeline.exitcodes import FAILED, exit_code
 
-__all__ = ["supervise"]
+__all__ = ["child_config", "supervise"]
 
 log = logging.getLogger("pipeline.supervisor")
 _CHILD_STOP_TIMEOUT_S = 15.0
 
 
+def child_config(config: WorkerConfig, index: int) -> WorkerConfig:
+    """The settings of child `index`: the parent's, with ``-<index>`` after a given
+    transactional id (two live producers with one id fence each other)."""
+    if not config.transactional_id:
+        return config  # the default id already holds the index
+    return dataclasses.replace(config, transactional_id=f"{config.transactional_id}-{index}")
+
+
 def _child(config: WorkerConfig, index: int) -> None:
     from pipeline.kafka import worker
-    from pipeline.logs import setup_logging
+    from pipeline.startup import start_logging
 
-    setup_logging(prefix=f"worker-{index} ")
+    start_logging(config, prefix=f"worker-{index} ")
     try:
-        code = worker.run_worker(config, index)
+        code = worker.run_worker(child_config(config, index), index)
     except PipelineError as exc:
         log.error("error: %s", exc)
-        code = 2
+        code = exit_code(exc)
     worker.exit_if_abandoned(code)
     raise SystemExit(code)
 
@@ -66,12 +80,17 @@ def supervise(config: WorkerConfig) -> int:
             if not child.is_alive() and child.exitcode not in (0, None) and not stopping:
                 log.error("%s (pid %s) died with exit code %s; stopping the others",
                           child.name, child.pid, child.exitcode)  # fmt: skip
-                code = 1
+                code = _parent_code(child.exitcode)
                 _forward(signal.SIGTERM, None)
         time.sleep(0.2)
     for child in children:
         child.join(_CHILD_STOP_TIMEOUT_S)
         if child.exitcode not in (0, None) and code == 0:
             log.error("%s (pid %s) exited with code %s", child.name, child.pid, child.exitcode)
-            code = 1
+            code = _parent_code(child.exitcode)
     return code
+
+
+def _parent_code(child_code: int | None) -> int:
+    """The child's own exit code; FAILED if a signal ended it (a negative code)."""
+    return child_code if child_code is not None and child_code > 0 else FAILED

@@ -9,7 +9,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from pipeline.errors import KafkaError
+from pipeline.errors import BrokerUnreachable, KafkaError
 
 __all__ = ["admin_client", "ensure_topics", "replication_for"]
 
@@ -39,13 +39,14 @@ def ensure_topics(
     chosen from the cluster's size, see `replication_for`).
 
     Raises:
-        KafkaError: the broker does not answer within a bounded time, a topic is missing and
+        BrokerUnreachable: the broker does not answer within a bounded time.
+        KafkaError: a topic is missing and
             `create` is off, or the broker refuses to create it.
     """
     try:
         meta = admin.list_topics(timeout=_CONNECT_TIMEOUT_S)
     except KafkaException as exc:
-        raise KafkaError(
+        raise BrokerUnreachable(
             f"could not reach Kafka at {bootstrap_servers} within {_CONNECT_TIMEOUT_S:.0f} s "
             f"({exc.args[0]}); check --bootstrap-servers and the -X security settings"
         ) from exc

@@ -16,16 +16,28 @@ that fails or times out ends the transaction instead, and the worker returns to 
 After a timeout librdkafka still counts the step as in progress and refuses an abort, so
 the producer is rebuilt: a new producer with the same transactional.id fences the old one
 and the coordinator aborts its open transaction.
+
+Two things the fault suite found on a three-node cluster whose coordinators' node failed:
+librdkafka's own step timeout does not always hold (``send_offsets_to_transaction`` with
+10 s blocked for over 30 s), so each step runs on a helper thread and the worker stops
+waiting for it after the step timeout and a margin, leaving it to the producer being
+replaced; and a producer with a fatal error (fenced by the coordinator that took over)
+raises from anything, ``flush`` included, so its replacement does not ask it anything, and
+``init_transactions`` is tried again while the coordinator moves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka import KafkaException, Producer, TopicPartition
 
 from pipeline.errors import KafkaError
@@ -35,6 +47,8 @@ __all__ = ["Transactions", "default_transactional_id"]
 log = logging.getLogger("pipeline.transactions")
 STEP_TIMEOUT_S = 10.0  # send offsets, commit, abort: milliseconds when the broker is well
 _INIT_TIMEOUT_S = 30.0  # init_transactions, which may wait for an earlier transaction to end
+_INIT_DEADLINE_S = 120.0  # init_transactions is tried again on retriable errors until then
+_STEP_MARGIN_S = 5.0  # beyond librdkafka's own step timeout, before the worker stops waiting
 
 # -X can override both.
 _PRODUCER_DEFAULTS = {
@@ -81,18 +95,29 @@ class Transactions:
         self.commits = 0
         self.aborts = 0
 
-    def _new_producer(self) -> Producer:
-        producer = self._make_producer(dict(self._settings))
-        try:
-            producer.init_transactions(_INIT_TIMEOUT_S)  # fences any earlier producer with this id
-        except KafkaException as exc:
-            raise KafkaError(
-                f"could not start transactions as {self.transactional_id!r} ({exc.args[0]}); "
-                "exactly-once needs a broker with transactions enabled (transaction state log "
-                "replication <= brokers) and the principal allowed to write with this "
-                "transactional id"
-            ) from exc
-        return producer
+    def _new_producer(self, *, deadline_s: float = _INIT_TIMEOUT_S) -> Producer:
+        """A producer whose transactions are initialized (which fences any earlier producer
+        with this id); retriable failures are tried again until `deadline_s` has passed."""
+        deadline = time.monotonic() + deadline_s
+        while True:
+            producer = self._make_producer(dict(self._settings))
+            try:
+                producer.init_transactions(_INIT_TIMEOUT_S)
+                return producer
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                retriable = isinstance(error, RdKafkaError) and (
+                    error.retriable() or error.code() == RdKafkaError._TIMED_OUT
+                )
+                if not retriable or time.monotonic() >= deadline:
+                    raise KafkaError(
+                        f"could not start transactions as {self.transactional_id!r} "
+                        f"({error}); exactly-once needs a broker with transactions enabled "
+                        "(transaction state log replication <= brokers) and the principal "
+                        "allowed to write with this transactional id"
+                    ) from exc
+                log.warning("init_transactions failed (%s): trying again", error)
+                time.sleep(1.0)
 
     def begin(self) -> None:
         """Open a transaction unless one is open."""
@@ -109,9 +134,15 @@ class Transactions:
         """
         if not self.open:
             return
+        producer = self.producer
         if offsets:
-            self.producer.send_offsets_to_transaction(offsets, group_metadata, STEP_TIMEOUT_S)
-        self.producer.commit_transaction(STEP_TIMEOUT_S)
+            _bounded(
+                "send_offsets_to_transaction",
+                lambda: producer.send_offsets_to_transaction(
+                    offsets, group_metadata, STEP_TIMEOUT_S
+                ),
+            )
+        _bounded("commit_transaction", lambda: producer.commit_transaction(STEP_TIMEOUT_S))
         self.open = False
         self.commits += 1
 
@@ -127,15 +158,49 @@ class Transactions:
             log.warning("transactional producer cannot abort after %s: rebuilding it", error)
             self._rebuild()
             return
+        producer = self.producer
         try:
-            self.producer.abort_transaction(STEP_TIMEOUT_S)
+            _bounded("abort_transaction", lambda: producer.abort_transaction(STEP_TIMEOUT_S))
         except KafkaException as exc:
             log.warning("abort failed (%s): rebuilding the transactional producer", exc.args[0])
             self._rebuild()
 
     def _rebuild(self) -> None:
         """Drop the producer and its unsent outputs; a new one with the same transactional.id
-        fences it, and the coordinator aborts whatever transaction it left open."""
-        self.producer.purge(in_queue=True, in_flight=True, blocking=False)
-        self.producer.flush(0)
-        self.producer = self._new_producer()
+        fences it, and the coordinator aborts whatever transaction it left open.
+
+        The old producer may have a fatal error, which every call on it raises again; it is
+        only asked to drop its queue, and whatever it says is ignored.
+        """
+        with contextlib.suppress(KafkaException, RuntimeError):
+            self.producer.purge(in_queue=True, in_flight=True, blocking=False)
+            self.producer.flush(0)
+        self.producer = self._new_producer(deadline_s=_INIT_DEADLINE_S)
+
+
+def _bounded(name: str, step: Callable[[], object]) -> None:
+    """Run one transactional step on a helper thread; wait at most its timeout and a margin.
+
+    Raises:
+        KafkaException: what the step raised, or ``_TIMED_OUT`` if it did not return in
+            time (it keeps running on its thread, against a producer about to be replaced).
+    """
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            step()
+        except BaseException as exc:  # handed to the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name=f"txn-{name}", daemon=True)
+    thread.start()
+    thread.join(STEP_TIMEOUT_S + _STEP_MARGIN_S)
+    if thread.is_alive():
+        log.warning("%s did not return within %.0f s: giving up on it", name,
+                    STEP_TIMEOUT_S + _STEP_MARGIN_S)  # fmt: skip
+        raise KafkaException(
+            RdKafkaError(RdKafkaError._TIMED_OUT, f"{name} did not return in time", retriable=True)
+        )
+    if failure:
+        raise failure[0]

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from pipeline.config import ServeConfig, load_settings
-from pipeline.flags import add_door_flags, add_engine_flags
-from pipeline.logs import setup_logging
+from pipeline.config import ServeConfig
+from pipeline.flags import add_config_flag, add_door_flags, add_engine_flags, add_output_flags
+from pipeline.startup import print_config, settings_from_args, start_logging
 
 __all__ = ["add_serve_parser"]
 
 
 def _serve(args: argparse.Namespace) -> int:
-    flags = {k: v for k, v in vars(args).items() if k not in ("handler", "command", "config")}
-    if "pins" in flags:
-        flags["pins"] = tuple(flags["pins"])
-    settings = load_settings(ServeConfig, flags, config_file=args.config)
-    setup_logging()
+    settings = settings_from_args(ServeConfig, args)
+    if args.print_config:
+        return print_config(settings)
+    start_logging(settings)
     from pipeline.serve.server import serve
 
     return serve(settings)
@@ -31,11 +29,14 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         description="Serve the model store over HTTP (POST /predict, /v1/models/<m>:predict, "
         "the Open Inference Protocol v2) and gRPC (/Predictor/Predict, "
         "inference.GRPCInferenceService), batching concurrent callers together. Flags win "
-        "over environment (PIPELINE_<FLAG>), which wins over the --config TOML file.",
+        "over environment (PIPELINE_<SETTING>), which wins over the --config TOML file.",
         argument_default=argparse.SUPPRESS,
     )
-    add = parser.add_argument
-    add_engine_flags(add)
-    add_door_flags(add, http_default=8080, grpc_default=50051)
-    add("--config", type=Path, default=None, metavar="FILE", help="TOML settings file")
+    add_engine_flags(parser.add_argument_group("engine").add_argument)
+    add_door_flags(
+        parser.add_argument_group("doors").add_argument, http_default=8080, grpc_default=50051
+    )
+    settings = parser.add_argument_group("settings and output")
+    add_config_flag(settings.add_argument)
+    add_output_flags(settings.add_argument)
     parser.set_defaults(handler=_serve)

@@ -64,6 +64,10 @@ def test_quick_benchmark_reports_every_row(
         assert 1 <= row["busy_workers"] <= row["workers"], row
     assert share["consumer-4"]["busy_workers"] <= results["share"]["partitions"]
 
+    on_cluster = {row["key"]: row for row in results["cluster"]["rows"]}
+    assert set(on_cluster) == {"relay-1", "relay-1-tuned", "worker-1"}
+    assert all(row["throughput"] > 0 for row in on_cluster.values()), on_cluster
+
     assert {t["target"] for t in results["targets"]}, "targets are evaluated"
     table = (tmp_path / "latest.md").read_text()
     assert "pipeline run, 1 process" in table and table in done.stdout

@@ -1,12 +1,19 @@
-"""`pipeline produce` and `pipeline consume` against the real broker."""
+"""`pipeline produce` and `pipeline consume` against the real broker, as kcat users expect."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import orjson
+
+from pipeline import exitcodes
 
 from .kafkaio import read_all, send
 
@@ -43,7 +50,7 @@ def test_produce_synthetic_at_a_rate_then_consume_prints_json_lines_with_headers
     assert f"sent 200 events to {topic}" in done.stderr
     send(kafka_bootstrap, topic, [(b"k", b"\xff raw", [("pipeline.error.stage", b"decode")])])
     shown = _pipeline("consume", "--bootstrap-servers", kafka_bootstrap, "--topic", topic,
-                      "--from-beginning", "--count", "201", "--timeout", "20")  # fmt: skip
+                      "--from-beginning", "--count", "201", "--exit", "--timeout", "20")  # fmt: skip
     assert shown.returncode == 0, shown.stderr
     records = [orjson.loads(line) for line in shown.stdout.splitlines()]
     assert len(records) == 201
@@ -52,3 +59,141 @@ def test_produce_synthetic_at_a_rate_then_consume_prints_json_lines_with_headers
     assert first["key"].startswith("entity-") and first["offset"] == 0
     assert records[-1]["headers"] == {"pipeline.error.stage": "decode"}
     assert records[-1]["value"] == "\ufffd raw"  # not JSON: shown as text, replaced bytes marked
+
+
+def _consume(bootstrap: str, topic: str, *args: str) -> list[dict[str, object]]:
+    done = _pipeline("consume", "--bootstrap-servers", bootstrap, "--topic", topic, *args)
+    assert done.returncode == 0, done.stderr
+    return [orjson.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_consume_follows_until_interrupted_and_exits_0(
+    kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    topic = make_topic(partitions=2)
+    send(kafka_bootstrap, topic, [(b"old", b'{"n": 0}')])
+    command = [sys.executable, "-m", "pipeline", "consume", "--bootstrap-servers",
+               kafka_bootstrap, "--topic", topic]  # fmt: skip
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as reader:
+        try:
+            time.sleep(3)  # it starts at the end: the old record is not shown
+            send(kafka_bootstrap, topic, [(b"new", b'{"n": 1}')])
+            assert reader.stdout is not None
+            line = reader.stdout.readline()  # still running: it follows
+            assert orjson.loads(line)["key"] == "new"
+            assert reader.poll() is None
+            reader.send_signal(signal.SIGINT)
+            assert reader.wait(30) == exitcodes.OK
+        finally:
+            if reader.poll() is None:
+                reader.kill()
+
+
+def test_consume_exit_stops_at_the_end_of_every_partition(
+    kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    topic = make_topic(partitions=3)
+    send(kafka_bootstrap, topic, [(f"k{i}".encode(), b"{}") for i in range(9)])
+
+    records = _consume(kafka_bootstrap, topic, "--from-beginning", "--exit")
+    empty = _consume(kafka_bootstrap, topic, "--exit")  # from the end: nothing, and it stops
+
+    assert len(records) == 9 and empty == []
+
+
+def test_consume_partition_and_offsets(
+    kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    topic = make_topic(partitions=2)
+    send(kafka_bootstrap, topic, [(b"a", f'{{"n": {i}}}'.encode()) for i in range(5)], partition=1)
+    send(kafka_bootstrap, topic, [(b"b", b'{"n": 9}')], partition=0)
+
+    exact = _consume(kafka_bootstrap, topic, "--partition", "1", "--offset", "3", "--exit")
+    last_two = _consume(kafka_bootstrap, topic, "--offset", "-2", "--exit")
+    later = _consume(
+        kafka_bootstrap, topic, "--offset", f"s@{int(time.time() * 1000) + 60_000}", "--exit"
+    )
+
+    assert [(r["partition"], r["offset"]) for r in exact] == [(1, 3), (1, 4)]
+    assert sorted((r["partition"], r["offset"]) for r in last_two) == [(0, 0), (1, 3), (1, 4)]
+    assert later == []
+
+
+def test_consume_in_a_group_commits_and_resumes(
+    kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    topic = make_topic(partitions=1)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    send(kafka_bootstrap, topic, [(None, f'{{"n": {i}}}'.encode()) for i in range(4)])
+
+    first = _consume(kafka_bootstrap, topic, "--group", group, "--from-beginning", "--count", "3")
+    rest = _consume(kafka_bootstrap, topic, "--group", group, "--exit", "--timeout", "30")
+
+    assert [r["offset"] for r in first] == [0, 1, 2]
+    assert [r["offset"] for r in rest] == [3]
+
+
+def test_consume_prints_values_and_keys_like_kcat(
+    kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    topic = make_topic(partitions=1)
+    send(kafka_bootstrap, topic, [(b"k1", b'{"a": 1}'), (None, b"plain")])
+
+    done = _pipeline("consume", "--bootstrap-servers", kafka_bootstrap, "--topic", topic,
+                     "--from-beginning", "--exit", "--format", "value", "-K", "\t")  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ['k1\t{"a": 1}', "\tplain"]
+
+
+def test_produce_takes_keys_headers_and_a_partition(
+    kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    topic = make_topic(partitions=3)
+    lines = 'one|{"id": "a"}\ntwo|{"id": "b"}\nno delimiter\n'
+
+    done = _pipeline("produce", "--bootstrap-servers", kafka_bootstrap, "--topic", topic,
+                     "--file", "-", "-K", "|", "-H", "traceparent=00-ab-cd-01", "-H", "team=x",
+                     "--partition", "2", stdin=lines)  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    got = read_all(kafka_bootstrap, [topic], expect=3, settle_s=0.5)
+    assert {r.partition for r in got} == {2}
+    assert [(r.key, r.value) for r in sorted(got, key=lambda r: r.offset)] == [
+        (b"one", b'{"id": "a"}'), (b"two", b'{"id": "b"}'), (None, b"no delimiter"),
+    ]  # fmt: skip
+    assert all(r.headers == {"traceparent": b"00-ab-cd-01", "team": b"x"} for r in got)
+
+
+def test_produce_and_consume_read_the_settings_file_like_run(
+    kafka_bootstrap: str, make_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    topic = make_topic(partitions=1)
+    config = tmp_path / "client.toml"
+    config.write_text(
+        f'bootstrap_servers = "{kafka_bootstrap}"\n[kafka]\n"client.id" = "from-the-file"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+
+    produced = subprocess.run(
+        [sys.executable, "-m", "pipeline", "produce", "--config", str(config), "--topic", topic,
+         "--synthetic", "breast-cancer-mlp", "--count", "3"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    shown = subprocess.run(
+        [sys.executable, "-m", "pipeline", "consume", "--topic", topic, "--from-beginning",
+         "--exit", "--timeout", "30"],
+        capture_output=True, text=True, timeout=120, env={**env, "PIPELINE_CONFIG": str(config)},
+    )  # fmt: skip
+
+    assert produced.returncode == 0, produced.stderr
+    assert shown.returncode == 0, shown.stderr
+    assert len(shown.stdout.splitlines()) == 3
+
+
+def test_produce_that_cannot_deliver_exits_5() -> None:
+    done = _pipeline("produce", "--bootstrap-servers", "127.0.0.1:1", "--synthetic", "m",
+                     "--count", "2", "-X", "message.timeout.ms=2000")  # fmt: skip
+
+    assert done.returncode == exitcodes.DELIVERY_FAILED == 5, done.stderr
+    assert "2 of 2 events were not delivered" in done.stderr

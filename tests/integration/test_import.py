@@ -1,10 +1,13 @@
-"""Imported models served by the real worker on a real broker: a Keras model (as a
-SavedModel and as a .keras file) and a scikit-learn pipeline, and a version imported while
-the worker runs. Predictions must equal the source framework's own."""
+"""Imported models served by the real worker on a real broker and by `pipeline serve`'s
+doors: a Keras model (as a SavedModel and as a .keras file), a scikit-learn pipeline, an
+XGBoost and a LightGBM booster, and a version imported while the worker runs. Predictions must equal the source
+framework's own."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,7 +27,7 @@ from sklearn.preprocessing import StandardScaler
 from pipeline.importer import SourceOptions, import_model
 
 from .conftest import Pipeline
-from .kafkaio import Record, checked, read_all, send, verify_consumer
+from .kafkaio import Record, checked, free_port, read_all, send, verify_consumer
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
 X, Y = load_breast_cancer(return_X_y=True)
@@ -105,24 +108,48 @@ def sklearn_source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]
     return path, estimator
 
 
-def test_sklearn_pipeline_served_through_kafka_gives_its_labels_on_all_569_rows(
-    make_pipeline: Callable[..., Pipeline], sklearn_source: tuple[Path, Any], tmp_path: Path
+@pytest.fixture(scope="module")
+def booster_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Any]]:
+    """An XGBoost and a LightGBM classifier, saved in their native formats."""
+    import lightgbm as lgb
+
+    out = tmp_path_factory.mktemp("boosters")
+    booster = xgb.XGBClassifier(n_estimators=40, max_depth=3, random_state=0).fit(X, Y)
+    booster.save_model(out / "x.json")
+    light = lgb.LGBMClassifier(n_estimators=40, random_state=0, verbose=-1).fit(X, Y)
+    light.booster_.save_model(out / "l.txt")
+    return {"xgboost": (out / "x.json", booster), "lightgbm": (out / "l.txt", light)}
+
+
+def framework_labels(framework: str, model: Any) -> list[int]:
+    if framework == "lightgbm":
+        return (model.booster_.predict(ROWS.astype(np.float64)) > 0.5).astype(int).tolist()
+    return [int(v) for v in model.predict(ROWS)]
+
+
+@pytest.mark.parametrize("framework", ["sklearn", "xgboost", "lightgbm"])
+def test_imported_model_served_through_kafka_gives_its_labels_on_all_569_rows(
+    make_pipeline: Callable[..., Pipeline],
+    sklearn_source: tuple[Path, Any],
+    booster_sources: dict[str, tuple[Path, Any]],
+    tmp_path: Path,
+    framework: str,
 ) -> None:
-    path, estimator = sklearn_source
+    path, model = {"sklearn": sklearn_source, **booster_sources}[framework]
     store = tmp_path / "store"
     store.mkdir()
     options = SourceOptions(trust_pickle=True, labels=LABELS)
-    import_model(path, name="bc-sklearn", models=store, options=options)
+    import_model(path, name=f"bc-{framework}", models=store, options=options)
     p = make_pipeline(models=store)
-    sent = events("bc-sklearn", ROWS)
+    sent = events(f"bc-{framework}", ROWS)
     send(p.bootstrap, p.input, sent)
     worker = p.start_worker()
     out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(sent))
     assert worker.stop()[0] == 0
     predictions = by_row([r for r in out if r.topic == p.output])
     assert len(predictions) == 569
-    expected = estimator.predict(ROWS)
-    assert [predictions[i]["outputs"]["label"] for i in range(569)] == expected.tolist()
+    expected = framework_labels(framework, model)
+    assert [predictions[i]["outputs"]["label"] for i in range(569)] == expected
     assert [predictions[i]["label"] for i in range(569)] == [LABELS[j] for j in expected]
 
 
@@ -195,3 +222,45 @@ def test_a_missing_signature_or_a_wrong_input_is_refused_naming_what_exists(
             options=SourceOptions(labels=("a", "b", "c")),
         )
     assert sorted(p.name for p in store.rglob("*")) == before
+
+
+def test_keras_model_served_through_the_doors_equals_tensorflow(
+    keras_store: tuple[Path, np.ndarray], tmp_path: Path
+) -> None:
+    """`pipeline serve` on the imported store: HTTP (TF Serving's batch form) and the Open
+    Inference Protocol over gRPC answer what TensorFlow answers."""
+    import grpc
+    import httpx
+
+    from pipeline.serve._proto import inference_pb2, inference_pb2_grpc
+    from tests.doors.conftest import Server, wait_until_ready
+
+    store, expected = keras_store
+    http_port, grpc_port = free_port(), free_port()
+    log_path = tmp_path / "serve.log"
+    log = log_path.open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "serve", "--models", str(store),
+         "--http-port", str(http_port), "--grpc-port", str(grpc_port)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    server = Server(proc, http_port, grpc_port, log_path, log)
+    try:
+        wait_until_ready(server)
+        reply = httpx.post(f"{server.url}/v1/models/tf-saved:predict",
+                           json={"instances": ROWS[:100].tolist()}, timeout=30)  # fmt: skip
+        assert reply.status_code == 200, reply.text
+        over_http = np.array(reply.json()["predictions"])
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
+            request = inference_pb2.ModelInferRequest(model_name="tf-keras")
+            request.inputs.add(name="features", datatype="FP32", shape=[100, 30])
+            request.raw_input_contents.append(ROWS[100:200].astype("<f4").tobytes())
+            answer = stub.ModelInfer(request, timeout=30)
+        assert [o.name for o in answer.outputs] == ["output_0"]
+        over_grpc = np.frombuffer(answer.raw_output_contents[0], dtype="<f4").reshape(100, 2)
+    finally:
+        assert server.stop()[0] == 0
+    for served, tf_rows in ((over_http, expected[:100]), (over_grpc, expected[100:200])):
+        assert served.shape == tf_rows.shape
+        assert (np.abs(served - tf_rows) / np.maximum(1, np.abs(tf_rows))).max() <= TOLERANCE

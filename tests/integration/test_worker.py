@@ -17,6 +17,7 @@ import onnxruntime as ort
 import orjson
 import pytest
 
+from pipeline import exitcodes
 from pipeline.dev.tools import _sample_rows
 
 from .conftest import Pipeline
@@ -340,7 +341,7 @@ def test_unreachable_broker_is_a_clear_error_not_a_hang(tmp_path: Path) -> None:
         [sys.executable, "-m", "pipeline", "run", "--bootstrap-servers", "127.0.0.1:1"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
-    assert done.returncode != 0
+    assert done.returncode == exitcodes.BROKER_UNREACHABLE == 4
     assert "could not reach Kafka at 127.0.0.1:1" in done.stderr
     assert time.monotonic() - started < 30
 
@@ -369,6 +370,6 @@ def test_missing_topics_without_creation_is_a_clear_error(kafka_bootstrap: str) 
          "--no-create-topics"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
-    assert done.returncode == 2
+    assert done.returncode == exitcodes.KAFKA_FATAL == 6
     assert "do not exist" in done.stderr and "no-such-topic-7d1c" in done.stderr
     assert "--no-create-topics" in done.stderr

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import exitcodes
 from pipeline.errors import BrokerError
 from tests.integration.conftest import Pipeline
 from tests.integration.kafkaio import Accounting, WorkerProcess, good_events, send
@@ -189,7 +190,7 @@ def test_outage_longer_than_the_delivery_timeout_is_a_clear_error_then_nothing_i
     undelivered = re.search(
         rf"error: the output for {re.escape(p.input)}\[(\d+)\]@(\d+) was not delivered", worker.log
     )
-    assert code != 0, worker.log[-3000:]
+    assert code == exitcodes.DELIVERY_FAILED, worker.log[-3000:]
     assert undelivered, f"no line naming the undelivered offset:\n{worker.log[-3000:]}"
     print(f"T2 long outage: exit {code} after {exited_after_s:.1f} s: {undelivered.group(0)}")
 

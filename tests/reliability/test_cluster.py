@@ -105,8 +105,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
     try:
         _create_coordinator_topics(info.bootstrap)
         yield kafka
+        report("cluster", nodes=kafka.size, peak_rss_mib=_peak_rss_mib(kafka))
     finally:
         kafka.stop()
+
+
+def _peak_rss_mib(kafka: LocalKafka) -> list[int | None]:
+    """Each node's peak resident memory (VmHWM) since it last started, in MiB."""
+    peaks: list[int | None] = []
+    for node_id in range(1, kafka.size + 1):
+        info = kafka.node(node_id)
+        status = Path(f"/proc/{info.pid}/status").read_text() if info else ""
+        kib = [int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")]
+        peaks.append(kib[0] // 1024 if kib else None)
+    return peaks
 
 
 def _create_coordinator_topics(bootstrap: str) -> None:
@@ -237,6 +249,8 @@ def flows(cluster: LocalKafka) -> Iterator[list[Flow]]:
     for flow in started:
         flow.stream.stop()
         flow.worker.stop(signal.SIGKILL)  # a no-op for one that exited; closes its log
+        with contextlib.suppress(Exception):  # stop reading (a failed flow's reader still is)
+            flow.reader.wait_for((), timeout_s=0)
 
 
 def _start(
@@ -346,8 +360,9 @@ def _finish(flows: Sequence[Flow]) -> dict[str, Outcome]:
 
 
 def _check(outcomes: dict[str, Outcome], flows: Sequence[Flow]) -> None:
-    """Nothing lost, nothing dead-lettered, no duplicate with exactly-once, a clean exit;
-    a worker that exited or hung during the fault fails last, as WorkerFailed."""
+    """Nothing lost, nothing dead-lettered, no duplicate with exactly-once, a clean exit,
+    and no worker that exited or hung during the fault; only an exactly-once worker that
+    did (the known bug, see _EXACTLY_ONCE_BUG) fails as WorkerFailed, and last."""
     logs = {flow.guarantee: flow.worker.log for flow in flows}
     failures = []
     for g, o in outcomes.items():
@@ -358,13 +373,21 @@ def _check(outcomes: dict[str, Outcome], flows: Sequence[Flow]) -> None:
             )
         if g == EXACTLY_ONCE and o.duplicates:
             failures.append(f"{g}: {o.duplicates} duplicates:\n{logs[g][-2000:]}")
+    failed = {f.guarantee: f"{f.guarantee}: the worker {f.failed}" for f in flows if f.failed}
+    failures += [why for g, why in failed.items() if g != EXACTLY_ONCE]
     assert not failures, "\n\n".join(failures)
-    failed = [f"{f.guarantee}: the worker {f.failed}" for f in flows if f.failed]
     if failed:
-        raise WorkerFailed("\n\n".join(failed))
+        raise WorkerFailed(failed[EXACTLY_ONCE])
 
 
 # -- figures --------------------------------------------------------------------------------
+
+
+def _report_failed(test: str, flows: Sequence[Flow]) -> None:
+    """A RESULT line for each worker that exited or hung: its figures cannot be counted."""
+    for flow in flows:
+        if flow.failed:
+            report(test, mode=flow.guarantee, worker_failed=flow.failed.split(":", 1)[0])
 
 
 def _figures(flow: Flow, o: Outcome, fault_ms: int) -> dict[str, object]:
@@ -439,8 +462,9 @@ _SEND_OFFSETS_HANGS = (
 )
 # Not strict: the bug depends on timing (which step the transaction is in when the
 # coordinators go), and a strict mark would fail the runs in which it does not show. Seen
-# here, exactly-once failing: T8 in 3 of 5 runs, T9 in 3 of 4, T10 in 4 of 4, T11 in 5
-# of 6 (the others: both workers rode the fault out).
+# here, the exactly-once worker failing: T8 in 5 of 8 runs, T9 in 4 of 7, T10 in 8 of 9,
+# T11 in 5 of 8 (in the others it rode the fault out). An at-least-once worker that
+# exits or hangs is no part of this: _check fails the test for it.
 _EXACTLY_ONCE_BUG = pytest.mark.xfail(
     strict=False, raises=WorkerFailed, reason=f"{_REBUILD_RAISES}{_SEND_OFFSETS_HANGS}"
 )
@@ -472,6 +496,7 @@ def test_t8_leader_loss_loses_nothing(
                 node=node, partitions_led=led[0], down_s=(back_ms - killed_ms) / 1000,
                 back_in_sync_s=in_sync_s,
             )  # fmt: skip
+    _report_failed("T8", flows)
     _check(outcomes, flows)
 
 
@@ -499,6 +524,7 @@ def test_t9_rolling_restart_loses_nothing(
                 restart_to_in_sync_s=restarts_s,
                 output_gap_s=largest_gap_s([r.timestamp_ms for r in o.records], first_ms, last_ms),
             )  # fmt: skip
+    _report_failed("T9", flows)
     _check(outcomes, flows)
 
 
@@ -534,6 +560,7 @@ def test_t10_frozen_leader_loses_nothing_and_hides_fenced_outputs(
             aborted_outputs_hidden=hidden[flow.guarantee],
             producer_rebuilds=flow.worker.log.count("rebuilding"),
         )  # fmt: skip
+    _report_failed("T10", flows)
     _check(outcomes, flows)
     # An at-least-once producer writes no transactions: it has nothing to hide.
     assert hidden.get(GUARANTEES[0]) == 0, hidden
@@ -563,4 +590,5 @@ def test_t11_controller_loss_group_and_transactions_carry_on(
                 visible_after_kill=sum(1 for r in o.records if r.seen_ms > killed_ms),
             )  # fmt: skip
     assert successor != controller
+    _report_failed("T11", flows)
     _check(outcomes, flows)

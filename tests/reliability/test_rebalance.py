@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import pytest
 
+from pipeline import exitcodes
 from tests.integration.conftest import Pipeline
 from tests.integration.kafkaio import Accounting, WorkerProcess, good_events
 
@@ -204,5 +205,7 @@ def test_exactly_once_workers_started_alike_on_one_host_do_not_crash(
             assert codes[name] == 0, f"the {name} worker: exit {codes[name]} on SIGTERM"
         else:
             error = [line for line in worker.log.splitlines() if line.startswith("error: ")]
-            assert codes[name] == 2 and error and "transactional" in error[-1], worker.log[-3000:]
+            assert (
+                codes[name] == exitcodes.KAFKA_FATAL and error and "transactional" in error[-1]
+            ), worker.log[-3000:]
     assert lost == [] and acc.duplicates() == 0

@@ -16,6 +16,7 @@ import dataclasses
 import fnmatch
 import io
 import json
+import os
 import re
 import shlex
 import tomllib
@@ -27,14 +28,28 @@ import pytest
 import yaml
 
 from pipeline.cli import build_parser
-from pipeline.config import WorkerConfig, load_config
+from pipeline.config import (
+    RESERVED_VARIABLES,
+    ServeConfig,
+    WorkerConfig,
+    load_config,
+    load_settings,
+    setting_variables,
+)
 from pipeline.engine.models import ModelStore
 from pipeline.errors import PipelineError
 
 REPO = Path(__file__).resolve().parents[2]
-COMPOSE: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+COMPOSE_TEXT = (REPO / "docker-compose.yml").read_text()
+COMPOSE: dict[str, Any] = yaml.safe_load(COMPOSE_TEXT)
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
-BUILT = sorted(name for name, service in SERVICES.items() if "build" in service)
+BUILDERS = {service["image"]: name for name, service in SERVICES.items() if "build" in service}
+# The services that run the image built here: the one that builds it, and those naming it.
+BUILT = sorted(
+    name
+    for name, service in SERVICES.items()
+    if "build" in service or service.get("image") in BUILDERS
+)
 BROKER = "kafka"  # the broker's service name, which is also its host name in the network
 TOPICS = "topics"  # the one-shot service that creates the topics
 PROFILE = "cluster"  # the profile of the three-node cluster
@@ -45,8 +60,8 @@ CLUSTER = sorted(  # its nodes
 )
 CLUSTER_TOPICS = "cluster-topics"  # the one-shot service that creates the topics on it
 LOOPBACK = "127.0.0.1"
-# PIPELINE_* variables that are not WorkerConfig settings but are still read by `pipeline`.
-NON_SETTING_VARS = {"PIPELINE_CONFIG", "PIPELINE_HOME"}
+# PIPELINE_* variables that are not settings but are still read by `pipeline`.
+NON_SETTING_VARS = set(RESERVED_VARIABLES)
 
 
 @dataclasses.dataclass
@@ -84,6 +99,8 @@ def _words(arguments: str) -> list[str]:
 
 
 def _image(service: Mapping[str, Any]) -> Image:
+    if "build" not in service:  # runs the image another service builds
+        service = SERVICES[BUILDERS[service["image"]]]
     build = service["build"]
     if isinstance(build, str):
         context, dockerfile = REPO / build, "Dockerfile"
@@ -121,9 +138,15 @@ def _image(service: Mapping[str, Any]) -> Image:
     return image
 
 
-def _environment(service: Mapping[str, Any]) -> dict[str, str]:
-    """The variables a container of `service` sees: its image's, then the service's own."""
-    env = dict(_image(service).env) if "build" in service else {}
+def _environment(
+    service: Mapping[str, Any], host: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The variables a container of `service` sees: its image's, then the service's own,
+    with ``${VAR}`` interpolated from `host` (the shell running compose; empty by default).
+    Empty values are dropped: pipeline ignores an empty variable."""
+    env = (
+        dict(_image(service).env) if service.get("image") in BUILDERS or "build" in service else {}
+    )
     declared = service.get("environment") or {}
     if isinstance(declared, list):
         pairs = (item.partition("=") for item in declared)
@@ -131,8 +154,24 @@ def _environment(service: Mapping[str, Any]) -> dict[str, str]:
     for key, value in declared.items():
         if value is None:  # `KEY:` with no value passes the host's KEY through, if set
             continue
-        env[key] = str(value).lower() if isinstance(value, bool) else str(value)
-    return env
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        env[key] = _interpolate(text, host or {})
+    return {key: value for key, value in env.items() if value}
+
+
+def _interpolate(text: str, host: Mapping[str, str]) -> str:
+    """Compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:+alternative}``."""
+
+    def one(match: re.Match[str]) -> str:
+        name, op, word = match.group(1), match.group(2), match.group(3) or ""
+        value = host.get(name, "")
+        if op == ":-":
+            return value or word
+        if op == ":+":
+            return word if value else ""
+        return value
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:[-+])([^}]*))?\}", one, text)
 
 
 def _argv(service: Mapping[str, Any]) -> list[str]:
@@ -159,15 +198,12 @@ def _parse(name: str) -> argparse.Namespace:
 
 
 def _settings_by_variable() -> dict[str, str]:
-    """Map each environment variable `load_config` reads to its WorkerConfig field."""
-    names = [f.name for f in dataclasses.fields(WorkerConfig) if f.name != "kafka"]
-    return {
-        ("PIPELINE_INPUT_TOPIC" if n == "input_topics" else f"PIPELINE_{n.upper()}"): n
-        for n in names
-    }
+    """Map each environment variable the config loader reads to its settings field."""
+    names = {f.name for cls in (WorkerConfig, ServeConfig) for f in dataclasses.fields(cls)}
+    return {v: n for n in names - {"kafka"} for v in setting_variables(n)}
 
 
-def _run_config(name: str) -> WorkerConfig:
+def _run_config(name: str, host: Mapping[str, str] | None = None) -> WorkerConfig:
     """The settings the worker of service `name` would start with, or fail saying why."""
     args = _parse(name)
     settings = set(_settings_by_variable().values())
@@ -175,13 +211,19 @@ def _run_config(name: str) -> WorkerConfig:
     if "input_topics" in flags:
         flags["input_topics"] = tuple(args.input_topics)
     try:
-        return load_config(flags, env=_environment(SERVICES[name]))
+        return load_config(flags, env=_environment(SERVICES[name], host))
     except PipelineError as exc:
         pytest.fail(f"service {name!r}: pipeline refuses its settings: {exc}")
 
 
 def _services_running(subcommand: str) -> list[str]:
-    return [name for name in BUILT if _argv(SERVICES[name])[:1] == [subcommand]]
+    """Services whose pipeline command is `subcommand` (a `--print-config` check is not)."""
+    return [
+        name
+        for name in BUILT
+        if _argv(SERVICES[name])[:1] == [subcommand]
+        and "--print-config" not in _argv(SERVICES[name])
+    ]
 
 
 def _ports(service: Mapping[str, Any]) -> list[tuple[str, str, str]]:
@@ -261,7 +303,7 @@ def _model_store(name: str, container_path: Path) -> ModelStore:
     )
 
 
-@pytest.mark.parametrize("name", BUILT)
+@pytest.mark.parametrize("name", sorted(BUILDERS.values()))
 def test_build_context_and_dockerfile_exist(name: str) -> None:
     build = SERVICES[name]["build"]
     context = build if isinstance(build, str) else build.get("context", ".")
@@ -301,6 +343,7 @@ def test_image_runs_the_pipeline_command_as_a_non_root_user(name: str) -> None:
     assert image.entrypoint == ["pipeline"], f"ENTRYPOINT is {image.entrypoint}"
     assert scripts["pipeline"] == f"{build_parser.__module__}:main"
     assert image.cmd == ["run"], f"CMD is {image.cmd}"
+    assert _argv(SERVICES[name])[0] in {"run", "serve", "produce", "consume"}
     assert image.user.split(":")[0] not in ("root", "0"), f"the image runs as {image.user!r}"
     assert "entrypoint" not in SERVICES[name], (
         f"service {name!r} replaces the `pipeline` entrypoint, so its command is not checked"
@@ -522,3 +565,116 @@ def test_cluster_topics_are_the_workers_own_replicated_on_the_cluster() -> None:
     assert {name: d["condition"] for name, d in depends.items()} == dict.fromkeys(
         CLUSTER, "service_healthy"
     )
+
+
+# -- one image, models, shutdown, serve, doors, sizing ---------------------------------------
+
+CHECK = "config-check"  # builds the image and validates the workers' settings
+SERVE = "serve"
+
+
+def _seconds(duration: str) -> float:
+    """A compose duration (``35s``, ``1m30s``) in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def test_one_image_is_built_once_and_run_by_every_pipeline_service() -> None:
+    assert list(BUILDERS.values()) == [CHECK], f"services building an image: {BUILDERS}"
+    (image,) = BUILDERS
+    for name in BUILT:
+        service = SERVICES[name]
+        assert service["image"] == image, f"{name!r} runs {service.get('image')}"
+        if name != CHECK:
+            assert "build" not in service, f"{name!r} builds the image again"
+            assert service.get("pull_policy") == "never", f"{name!r} would pull {image}"
+            depends = service.get("depends_on", {})
+            assert depends.get(CHECK, {}).get("condition") == "service_completed_successfully"
+
+
+def test_the_config_check_validates_the_workers_settings_once() -> None:
+    check = SERVICES[CHECK]
+    assert _argv(check) == ["run", "--print-config"]
+    assert check.get("restart") == "no"
+    for name in _services_running("run"):
+        assert SERVICES[name]["environment"] == check["environment"], name
+        assert _run_config(name).redacted == _run_config(CHECK).redacted
+
+
+def test_a_bad_worker_setting_stops_the_check_with_exit_3() -> None:
+    from pipeline.cli import main
+
+    env = {**_environment(SERVICES[CHECK]), "PIPELINE_MAX_BATCH_SIZ": "512"}
+    with pytest.MonkeyPatch.context() as patch:
+        for key in [k for k in os.environ if k.startswith("PIPELINE_")]:
+            patch.delenv(key)
+        for key, value in env.items():
+            patch.setenv(key, value)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            code = main(_argv(SERVICES[CHECK]))
+    assert code == 3
+
+
+@pytest.mark.parametrize("name", [*_services_running("run"), *_services_running("serve")])
+def test_the_model_store_is_mounted_for_hot_reload(name: str) -> None:
+    models = _environment(SERVICES[name])["PIPELINE_MODELS"]
+    mounts = [v.split(":") for v in SERVICES[name].get("volumes", [])]
+    assert ["./models", models, "ro"] in mounts, f"{name!r} mounts {mounts}"
+    assert (REPO / "models").is_dir()
+
+
+def test_the_stop_grace_periods_cover_the_shutdown_bounds() -> None:
+    from pipeline.kafka import committer, transactions, worker
+    from pipeline.serve import server
+
+    bound = committer.DRAIN_TIMEOUT_S + transactions.STEP_TIMEOUT_S + worker._CLOSE_TIMEOUT_S
+    for name in _services_running("run"):
+        grace = _seconds(SERVICES[name]["stop_grace_period"])
+        assert bound < grace <= bound + 10, f"{name!r}: {grace} s for a {bound} s shutdown"
+    grace = _seconds(SERVICES[SERVE]["stop_grace_period"])
+    assert server._GRACE_S < grace <= server._GRACE_S + 10
+
+
+def test_the_serve_service_serves_a_model_it_has_on_both_ports() -> None:
+    service = SERVICES[SERVE]
+    assert _argv(service)[0] == "serve"
+    args = _parse(SERVE)
+    flags = {k: v for k, v in vars(args).items() if k in _settings_by_variable().values()}
+    settings = load_settings(ServeConfig, flags, env=_environment(service))
+    assert settings.host == "0.0.0.0", "inside a container the doors must listen on all"
+    published = {(target, host_port) for _ip, host_port, target in _ports(service)}
+    assert published == {
+        (str(settings.http_port), str(settings.http_port)),
+        (str(settings.grpc_port), str(settings.grpc_port)),
+    }
+    assert settings.default_model
+    _model_store(SERVE, settings.models).latest(settings.default_model)
+    assert str(service.get("restart", "")).startswith("on-failure:"), "bounded retries"
+
+
+def test_the_workers_doors_are_off_unless_asked_for() -> None:
+    for name in _services_running("run"):
+        off = _run_config(name)
+        assert (off.http_port, off.grpc_port) == (0, 0)
+        on = _run_config(name, {"WORKER_DOORS": "1"})
+        assert (on.http_port, on.grpc_port) == (8080, 50051) and on.host == "0.0.0.0"
+        targets = {target for _ip, _host, target in _ports(SERVICES[name])}
+        assert targets == {"8080", "50051"}
+
+
+def test_the_sizing_note_quotes_the_benchmark() -> None:
+    bench = (REPO / "docs" / "bench.md").read_text()
+    row = re.search(r"^\| pipeline run, 1 process \|(.*)$", bench, re.M)
+    assert row, "docs/bench.md has no 'pipeline run, 1 process' row"
+    cells = [c.strip() for c in row.group(1).split("|")]
+    cpu, rss = float(cells[-3]), int(cells[-2])
+    largest = re.search(r"largest (\d+) MiB", bench)
+    assert largest
+    note = " ".join(line.lstrip("# ") for line in COMPOSE_TEXT.splitlines()[:40])
+    assert f"about {cpu:.1f} CPU seconds per 100,000 events" in note, note
+    assert f"about {round(rss, -1):.0f} MiB of memory per worker process" in note
+    assert f"peak {largest.group(1)} MiB" in note
+    partitions = {int(call.partitions) for call in _kafka_topics_calls(TOPICS)}
+    assert partitions == {4} and "partitions (4" in note

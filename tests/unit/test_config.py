@@ -648,7 +648,7 @@ def test_produce_and_consume_refuse_unsafe_properties_too(
     args = [command, "--bootstrap-servers", "127.0.0.1:1", "-X", "plugin.library.paths=x.so"]
     if command == "produce":
         args += ["--synthetic", "m", "--count", "1"]
-    assert main(args) == 2
+    assert main(args) == 3  # a configuration error (pipeline.exitcodes.CONFIG)
     assert "plugin.library.paths" in capsys.readouterr().err
 
 

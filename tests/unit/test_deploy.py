@@ -34,12 +34,13 @@ import yaml
 from pipeline.cli import build_parser
 from pipeline.config import ServeConfig, WorkerConfig, load_settings
 from pipeline.engine.models import ModelStore
+from pipeline.flags import setting_flags
 from pipeline.kafka import committer, transactions, worker
 from pipeline.metrics.endpoint import MetricsServer
 from pipeline.metrics.health import Readiness
 from pipeline.metrics.prometheus import METRICS, PrometheusSensor
 from pipeline.serve import httpapp, server
-from tests.unit.test_compose import _run_config
+from tests.unit.test_compose import _environment, _run_config
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -98,15 +99,6 @@ def _parse(argv: list[str], where: str) -> argparse.Namespace:
         )
 
 
-def _flags(args: argparse.Namespace) -> dict[str, object]:
-    """The settings given on the command line, as `pipeline run` and `serve` pass them on."""
-    flags = {k: v for k, v in vars(args).items() if k not in ("handler", "command", "config", "X")}
-    for name in ("input_topics", "pins"):
-        if name in flags:
-            flags[name] = tuple(flags[name])  # type: ignore[call-overload]
-    return flags
-
-
 def _config_source(deployment: Mapping[str, Any], path: Path) -> Path:
     """The file in this directory that the container sees at `path` (a ConfigMap mount)."""
     pod = deployment["spec"]["template"]["spec"]
@@ -131,7 +123,13 @@ def _settings(name: str) -> WorkerConfig | ServeConfig:
     args = _parse([str(a) for a in container["args"]], f"Deployment {name!r}")
     config_file = _config_source(DEPLOYMENTS[name], args.config) if args.config else None
     cls = WorkerConfig if args.command == "run" else ServeConfig
-    return load_settings(cls, _flags(args), config_file=config_file, env=_env(container))
+    return load_settings(
+        cls,
+        setting_flags(args),
+        config_file=config_file,
+        env=_env(container),
+        properties=getattr(args, "X", None) or (),
+    )  # as settings_from_args
 
 
 def _worker_settings() -> WorkerConfig:
@@ -335,7 +333,17 @@ def _mounts(service: str) -> dict[str, Path]:
     return found
 
 
-def test_the_compose_prometheus_scrapes_the_worker_services_on_their_metrics_port() -> None:
+def _compose_serve_port(name: str) -> int:
+    """The HTTP door port of compose service `name`'s `pipeline serve` (its /metrics)."""
+    service = COMPOSE[name]
+    args = _parse([str(a) for a in service["command"]], f"compose service {name!r}")
+    assert args.command == "serve", f"Prometheus scrapes {name!r}, which runs no worker or serve"
+    settings = load_settings(ServeConfig, setting_flags(args), env=_environment(service))
+    assert settings.host == "0.0.0.0", f"{name}: Prometheus cannot reach /metrics"
+    return settings.http_port
+
+
+def test_the_compose_prometheus_scrapes_pipeline_services_on_their_metrics_ports() -> None:
     jobs = {job["job_name"]: job for job in PROMETHEUS["scrape_configs"]}
     discovered = [sd for job in jobs.values() for sd in job.get("dns_sd_configs", [])]
     assert discovered, "no job discovers the worker containers"
@@ -344,12 +352,32 @@ def test_the_compose_prometheus_scrapes_the_worker_services_on_their_metrics_por
         for name in sd["names"]:
             assert name in COMPOSE, f"Prometheus looks up {name!r}, not a compose service"
             assert _compose_worker_port(name) == sd["port"]
-            assert not [p for p in COMPOSE[name].get("ports", []) if str(p).count(":") == 2]
+    scraped = {name for sd in discovered for name in sd["names"]}
     for job in jobs.values():
         for group in job.get("static_configs", []):
             for target in group["targets"]:
                 host, _, port = target.rpartition(":")
-                assert host == "localhost" and port == "9090", f"{target}: Prometheus itself"
+                if host == "localhost":  # Prometheus itself, on its container port
+                    assert int(port) == _published("prometheus"), target
+                    continue
+                assert host in COMPOSE, f"Prometheus scrapes {target}, not a compose service"
+                assert _compose_serve_port(host) == int(port), target
+                scraped.add(host)
+    running = {  # the services that run a worker or the doors (not a one-shot check)
+        name
+        for name, service in COMPOSE.items()
+        if str(service.get("image", "")).startswith("kafka-onnx-pipeline")
+        and [str(w) for w in service.get("command") or ["run"]][:1] in (["run"], ["serve"])
+        and "--print-config" not in map(str, service.get("command") or [])
+    }
+    assert running == {"worker", "serve"}, running
+    assert running <= scraped, f"not scraped: {running - scraped}"
+
+
+def _published(name: str) -> int:
+    """The container port compose service `name` publishes (one)."""
+    (port,) = COMPOSE[name]["ports"]
+    return int(str(port).rsplit(":", 1)[1])
 
 
 def test_compose_mounts_the_files_prometheus_and_grafana_read() -> None:
@@ -392,8 +420,7 @@ def test_the_grafana_datasource_is_the_compose_prometheus() -> None:
     (source,) = DATASOURCES
     url = urlsplit(source["url"])
     assert url.hostname in COMPOSE, f"{url.hostname} is not a compose service"
-    published = {str(p).rsplit(":", 1)[-1] for p in COMPOSE[url.hostname]["ports"]}
-    assert str(url.port) in published
+    assert url.port == _published(url.hostname)
     assert source["type"] == "prometheus"
     assert source["jsonData"]["timeInterval"] == PROMETHEUS["global"]["scrape_interval"]
 

@@ -19,6 +19,9 @@ MODULES = sorted(
 # These order `__all__` the way ruff's RUF022 does (constants, then classes, then
 # functions), which is not plain `sorted()`; they are checked against that order instead.
 RUF022_ORDERED = {
+    "pipeline.config",
+    "pipeline.errortypes",
+    "pipeline.exitcodes",
     "pipeline.dev.bench.contenders",
     "pipeline.dev.bench.doorservers",
     "pipeline.dev.bench.doorsuite",
@@ -52,8 +55,10 @@ def test_package_exports_are_pinned() -> None:
     assert pipeline.__all__ == [
         "Batch",
         "BrokerError",
+        "BrokerUnreachable",
         "ConfigError",
         "Decoded",
+        "DeliveryFailed",
         "Engine",
         "EngineLoop",
         "EventDecoder",

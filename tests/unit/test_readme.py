@@ -1,5 +1,6 @@
-"""The README tells the truth: its contract examples validate against schemas/, and the
-flags it documents for `pipeline run` are the ones the parser accepts."""
+"""The README tells the truth: its contract examples validate against schemas/, the flags
+it documents for `pipeline run` are the ones the parser accepts, and its producer snippets
+are the code the tests run."""
 
 from __future__ import annotations
 
@@ -31,8 +32,10 @@ def test_readme_examples_validate_against_the_schemas(schema: str, example: str)
 
 
 def test_every_run_flag_in_the_readme_table_is_accepted() -> None:
-    table = README.split("### `pipeline run`", 1)[1].split("###", 1)[0]
-    cells = re.findall(r"^\| ([^|]+) \|", table, re.M)
+    tables = re.findall(
+        r"<!-- generated: (?:run-worker|engine|doors|settings) -->\n(.*?)<!--", README, re.S
+    )
+    cells = re.findall(r"^\| ([^|]+) \|", "".join(tables), re.M)
     flags = {f for cell in cells for f in re.findall(r"`(--[a-z-]+|-X)", cell)}
     run = next(
         a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "run"
@@ -42,3 +45,27 @@ def test_every_run_flag_in_the_readme_table_is_accepted() -> None:
     assert accepted - {"-h", "--help"} <= flags, (
         f"undocumented: {accepted - flags - {'-h', '--help'}}"
     )
+
+
+SNIPPETS = re.findall(r"<!-- snippet: (\S+) (\S+) -->\n```\w+\n(.*?)\n```", README, re.S)
+
+
+def test_the_readme_has_the_java_and_go_producer_snippets() -> None:
+    assert {path for path, _, _ in SNIPPETS} == {
+        "examples/producers/java/FeatureProducer.java",
+        "examples/producers/go/main.go",
+    }
+
+
+@pytest.mark.parametrize(("path", "name", "snippet"), SNIPPETS, ids=lambda x: str(x)[:40])
+def test_a_readme_snippet_is_the_code_the_tests_run(path: str, name: str, snippet: str) -> None:
+    source = (ROOT / path).read_text()
+    marked = re.search(
+        rf"\n([ \t]*)// --8<-- \[start:{name}\]\n(.*?)\n[ \t]*// --8<-- \[end:{name}\]",
+        source,
+        re.S,
+    )
+    assert marked, f"{path} has no {name} snippet markers"
+    indent = marked.group(1)
+    lines = [line.removeprefix(indent) for line in marked.group(2).splitlines()]
+    assert "\n".join(lines).strip("\n") == snippet

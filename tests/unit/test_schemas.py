@@ -118,7 +118,6 @@ INVALID: list[tuple[str, str, dict[str, Any]]] = [
         {k: v for k, v in GOOD_PREDICTION.items() if k != "score"},
     ),
     ("prediction", "boolean-output", {**GOOD_PREDICTION, "outputs": {"label": True}}),
-    ("prediction", "unknown-field", {**GOOD_PREDICTION, "extra": 1}),
     ("dead-letter", "missing-stage", {k: v for k, v in GOOD_HEADERS.items() if "stage" not in k}),
     ("dead-letter", "unknown-stage", {**GOOD_HEADERS, "pipeline.error.stage": "parse"}),
     ("dead-letter", "negative-offset", {**GOOD_HEADERS, "pipeline.source.offset": "-1"}),
@@ -230,3 +229,45 @@ def test_predictions_the_codec_encodes_validate() -> None:
     check = validator("prediction")
     for value in predictions:
         check.validate(orjson.loads(value))
+
+
+@pytest.mark.parametrize("schema_name", SCHEMA_NAMES)
+def test_each_schema_id_names_its_major_version(schema_name: str) -> None:
+    schema = json.loads((SCHEMAS_DIR / f"{schema_name}.schema.json").read_text())
+
+    assert schema["$id"].startswith("urn:kafka-onnx-pipeline:schema:v1:")
+    assert schema["description"].startswith("Version 1.")
+
+
+def test_a_prediction_with_a_field_added_later_still_validates() -> None:
+    # Within v1 fields are only added: a consumer validating with this schema keeps working.
+    assert validator("prediction").is_valid({**GOOD_PREDICTION, "explanation": {"x": 1}})
+
+
+def test_the_codec_writes_only_the_documented_prediction_fields() -> None:
+    # The schema allows additions for consumers' sake; the worker itself adds none unlisted.
+    block = RowBlock(MLP, np.zeros((1, 30), dtype=np.float32), [0], ["a"], [1])
+    outputs = {
+        "label": np.array([1], dtype=np.int64),
+        "probabilities": np.array([[0.2, 0.8]], dtype=np.float32),
+    }
+    (value,) = encode_predictions(block, outputs, predicted_at_ms=5)
+    documented = json.loads((SCHEMAS_DIR / "prediction.schema.json").read_text())["properties"]
+
+    assert set(orjson.loads(value)) <= set(documented)
+
+
+def test_a_map_output_validates() -> None:
+    # A ZipMap output is written as an object of class -> probability per row.
+    prediction = {**GOOD_PREDICTION, "outputs": {"probabilities": {"0": 0.25, "1": 0.75}}}
+
+    assert validator("prediction").is_valid(prediction)
+
+
+def test_a_schema_registry_framed_value_is_a_decode_dead_letter() -> None:
+    # Confluent's JSON Schema serializer writes a magic byte 0 and a 4-byte schema id first.
+    framed = b"\x00\x00\x00\x00\x07" + orjson.dumps(GOOD_EVENT)
+
+    decoded = EventDecoder(catalog=Catalog()).decode([framed], [1])
+
+    assert [(r.stage, r.error_type) for r in decoded.rejects] == [("decode", "InvalidJson")]

@@ -7,11 +7,14 @@ which librdkafka calls each failure leads to.
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from pipeline.kafka import transactions
 from pipeline.kafka.transactions import STEP_TIMEOUT_S, Transactions
 
 
@@ -133,3 +136,54 @@ def test_re_bootstrap_is_off_by_default_and_a_user_setting_wins() -> None:
     assert made[0].settings["transaction.timeout.ms"] == 15_000
     _, made = _txn(settings={"metadata.recovery.strategy": "rebootstrap"})
     assert made[0].settings["metadata.recovery.strategy"] == "rebootstrap"
+
+
+def test_a_fenced_producer_that_raises_from_everything_is_still_replaced() -> None:
+    # seen on a three-node cluster: after the coordinators' node died, the producer had a
+    # fatal error and its flush raised it again, out of the abort, ending the worker
+    fenced = _error(KafkaError._FENCED, fatal=True)
+    txn, made = _txn({"abort_transaction": fenced, "purge": fenced, "flush": fenced})
+    txn.begin()
+    txn.abort(fenced)
+    assert len(made) == 2 and txn.producer is made[1]
+
+
+def test_init_transactions_is_tried_again_while_the_coordinator_moves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(transactions.time, "sleep", lambda _: None)
+    txn, made = _txn()
+    moving = _error(KafkaError.COORDINATOR_NOT_AVAILABLE, retriable=True)
+    refused = {"init_transactions": moving}
+    original = txn._make_producer
+
+    def make(conf: dict[str, Any]) -> Any:
+        producer = original(conf)
+        if len(made) in (2, 3):  # the second and third producers find no coordinator
+            producer.fail = dict(refused)
+        return producer
+
+    txn._make_producer = make
+    txn.begin()
+    txn.abort(_error(KafkaError._FENCED, fatal=True))
+    assert len(made) == 4 and txn.producer is made[3]
+
+
+def test_a_step_that_does_not_return_in_time_is_given_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # seen too: send_offsets_to_transaction with a 10 s timeout blocked for over 30 s
+    monkeypatch.setattr(transactions, "STEP_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(transactions, "_STEP_MARGIN_S", 0.05)
+    released = threading.Event()
+    txn, made = _txn()
+    made[0].send_offsets_to_transaction = lambda *_: released.wait(10)  # type: ignore[method-assign]
+    txn.begin()
+    started = time.monotonic()
+    with pytest.raises(KafkaException) as raised:
+        txn.commit(OFFSETS, object())
+    assert time.monotonic() - started < 5
+    assert raised.value.args[0].code() == KafkaError._TIMED_OUT
+    txn.abort(raised.value)  # a timed-out step: rebuilt, not aborted in place
+    assert len(made) == 2
+    released.set()

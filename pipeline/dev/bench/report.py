@@ -314,6 +314,35 @@ def _share_table(results: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _cluster_table(results: dict[str, Any]) -> list[str]:
+    on_cluster = results.get("cluster")
+    if not on_cluster:
+        return []
+    if on_cluster.get("not_run"):
+        return [f"Three-node cluster: not measured ({on_cluster['not_run']}).", ""]
+    single = {r["key"]: r for r in results.get("contenders", [])}
+    lines = [
+        f"A local cluster of {on_cluster['nodes']} nodes on the same machine, topics with "
+        f"{on_cluster['replication']} replicas and `min.insync.replicas` "
+        f"{on_cluster['min_insync_replicas']}, every producer with `acks=all`; "
+        f"{on_cluster['rows'][0].get('events', 0):,} main events per run, beside the same "
+        "rows on the single node above.",
+        "",
+        "| contender | single node events/s | three nodes events/s | three nodes / single | "
+        "three nodes MB/s in |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in on_cluster["rows"]:
+        alone = single.get(row["key"], {}).get("throughput")
+        there = row.get("throughput")
+        ratio = f"{there / alone:.2f}" if alone and there else "-"
+        lines.append(
+            f"| {row['label']} | {_num(alone)} | {_num(there) if there else row.get('not_run')} "
+            f"| {ratio} | {_num(row.get('mb_per_s'), 1)} |"
+        )
+    return [*lines, ""]
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The report: machine, throughput tables, latency tables, targets, how to reproduce."""
     meta = results["meta"]
@@ -335,6 +364,7 @@ def markdown(results: dict[str, Any]) -> str:
         *_stages_table(results),
         "",
         *_share_table(results),
+        *_cluster_table(results),
         "Targets:",
         "",
     ]

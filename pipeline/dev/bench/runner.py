@@ -52,6 +52,7 @@ __all__ = [
     "OutputCounter",
     "RunFigures",
     "broker",
+    "cluster",
     "preload",
     "run_contender",
 ]
@@ -90,11 +91,26 @@ def broker(bootstrap_servers: str | None) -> Iterator[str]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def cluster(nodes: int = 3) -> Iterator[str]:
+    """Yield the bootstrap addresses of a local cluster of `nodes` nodes started for the run
+    (each broker and controller, on free ports), stopped and removed after."""
+    data_dir = Path(tempfile.mkdtemp(prefix="pipeline-bench-cluster-"))
+    local = LocalKafka(data_dir=data_dir)
+    info, _ = local.start_cluster(nodes=nodes, port=0)
+    try:
+        yield info.bootstrap
+    finally:
+        local.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 class BenchTopics:
     """Creates uniquely named topics for one benchmark and deletes them all at the end."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, *, replication: int = 1) -> None:
         self.bootstrap = bootstrap
+        self.replication = replication
         self.admin = AdminClient({"bootstrap.servers": bootstrap})
         self._prefix = f"bench-{uuid.uuid4().hex[:8]}"
         self._created: dict[str, int] = {}
@@ -102,7 +118,10 @@ class BenchTopics:
     def create(self, name: str, partitions: int = PARTITIONS) -> str:
         """Create ``<prefix>-<name>-<n>``, wait until it can be read, and return its name."""
         topic = f"{self._prefix}-{name}-{len(self._created)}"
-        future = self.admin.create_topics([NewTopic(topic, partitions, 1)], operation_timeout=30)
+        # replicated as production starts: every replica, and a write needs all but one
+        config = {"min.insync.replicas": str(self.replication - 1)} if self.replication > 1 else {}
+        new = NewTopic(topic, partitions, self.replication, config=config)
+        future = self.admin.create_topics([new], operation_timeout=30)
         future[topic].result(timeout=60)
         self._created[topic] = partitions
         started = time.monotonic()

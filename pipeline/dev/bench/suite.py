@@ -16,7 +16,8 @@
    ``--latency-target-ms``), plus a fixed 2,000 events/s and a return from idle
    (`latency.measure_latency`), with the worker's stage histograms per point;
 5. share groups against consumer groups, 1 to 8 workers on a 2-partition topic
-   (`sharebench.run_share`).
+   (`sharebench.run_share`);
+6. the relay and the worker again on a local three-node cluster, replication 3.
 """
 
 from __future__ import annotations
@@ -43,8 +44,16 @@ from pipeline.dev.bench.contenders import (
 )
 from pipeline.dev.bench.events import DATASETS, Dataset
 from pipeline.dev.bench.latency import Batching, LatencyPoint, Phase, measure_latency
-from pipeline.dev.bench.runner import BenchError, BenchTopics, Launch, preload, run_contender
+from pipeline.dev.bench.runner import (
+    BenchError,
+    BenchTopics,
+    Launch,
+    cluster,
+    preload,
+    run_contender,
+)
 from pipeline.dev.bench.sharebench import run_share
+from pipeline.errors import PipelineError
 
 __all__ = ["FULL", "QUICK", "Plan", "run_suite"]
 
@@ -75,6 +84,7 @@ class Plan:
         codec_events: Events per codec repetition.
         share_workers: Worker counts of the share-group rows (none: no such rows).
         share_events: Events per share-group run.
+        cluster_events: Events per run on a three-node cluster (0: not run).
     """
 
     name: str
@@ -94,6 +104,7 @@ class Plan:
     codec_events: int
     share_workers: tuple[int, ...]
     share_events: int
+    cluster_events: int
 
 
 FULL = Plan(
@@ -114,6 +125,7 @@ FULL = Plan(
     codec_events=20_000,
     share_workers=(1, 2, 4, 8),
     share_events=100_000,
+    cluster_events=300_000,
 )
 QUICK = Plan(
     name="quick",
@@ -133,6 +145,7 @@ QUICK = Plan(
     codec_events=4_000,
     share_workers=(1, 4),
     share_events=4_000,
+    cluster_events=5_000,
 )
 
 
@@ -203,7 +216,37 @@ def run_suite(
             )
     finally:
         topics.delete_all()
+    if plan.cluster_events:
+        results["cluster"] = _on_a_cluster(plan, main, logs_dir / "cluster", progress)
     return results
+
+
+def _on_a_cluster(
+    plan: Plan, events: Dataset, logs_dir: Path, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """The relay and the worker on a local three-node cluster, topics replicated 3 times
+    with ``min.insync.replicas`` 2 (every producer here writes with ``acks=all``)."""
+    progress("starting a three-node cluster (replication 3, min.insync.replicas 2)")
+    try:
+        with cluster(3) as bootstrap:
+            topics = BenchTopics(bootstrap, replication=3)
+            try:
+                rows = [relay_contender(1), relay_contender(1, "tuned"), worker_contender(1)]
+                measured = _throughput(
+                    plan.cluster_events, plan, topics, rows, events, logs_dir, progress
+                )
+            finally:
+                topics.delete_all()
+    except PipelineError as exc:  # the cluster would not start: say so, keep the rest
+        progress(f"  no cluster: {exc}")
+        return {"not_run": str(exc).splitlines()[0]}
+    return {
+        "nodes": 3,
+        "replication": 3,
+        "min_insync_replicas": 2,
+        "events": _describe_events(events),
+        "rows": measured,
+    }
 
 
 def _describe_events(events: Dataset) -> dict[str, Any]:

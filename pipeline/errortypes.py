@@ -1,0 +1,120 @@
+"""Every ``pipeline.error.type`` a dead letter (or a door's error) can carry, with its stage.
+
+This is the registry the README's table is generated from. The codec, the engine and the
+Kafka adapter name these types where they reject a value; a test reads their source and
+fails if a type is raised there that is not listed here, or listed here and raised nowhere,
+so the table cannot drift. Two stages also carry types that are not fixed names: an ONNX
+Runtime exception's class name (``infer``) and a librdkafka error name (``produce``);
+`PATTERNS` describes those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["ERROR_TYPES", "PATTERNS", "STAGES", "ErrorType"]
+
+STAGES: Final = ("decode", "validate", "route", "infer", "produce", "deliver", "deadline")
+"""In data-path order. ``deadline`` happens only at the doors: Kafka events have no
+deadline, so it is never a dead letter."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorType:
+    """One kind of rejection.
+
+    Attributes:
+        name: The ``pipeline.error.type`` value.
+        stage: The ``pipeline.error.stage`` it comes with.
+        meaning: What arrived, and what to do about it.
+    """
+
+    name: str
+    stage: str
+    meaning: str
+
+
+ERROR_TYPES: Final = (
+    ErrorType("EmptyValue", "decode", "the record has no value, or an empty one"),
+    ErrorType("TooLarge", "decode", "the value is over 64 KiB, checked before parsing"),
+    ErrorType(
+        "InvalidUtf8",
+        "decode",
+        "the value is not UTF-8 text; the message names the first bad byte and its offset",
+    ),
+    ErrorType(
+        "InvalidJson",
+        "decode",
+        "the value is not one JSON document (also a Schema Registry framed value: its magic "
+        "byte and schema id come first)",
+    ),
+    ErrorType("NotAnObject", "decode", "the JSON is not an object (an array, a string, ...)"),
+    ErrorType("TooDeep", "decode", "arrays or objects nest deeper than 8 levels"),
+    ErrorType(
+        "MissingField",
+        "validate",
+        "`id` or `features` is missing, or `model` with no `--default-model`",
+    ),
+    ErrorType(
+        "InvalidField",
+        "validate",
+        "`id`, `model`, `version`, `ts` or `features` has the wrong type or range, or "
+        "named features went to a model without feature names",
+    ),
+    ErrorType("FeatureCount", "validate", "`features` has a different length than the model takes"),
+    ErrorType("UnknownFeature", "validate", "`features` names a feature the manifest lacks"),
+    ErrorType("MissingFeature", "validate", "`features` lacks some of the manifest's names"),
+    ErrorType(
+        "NonNumeric", "validate", "a feature is a string, a boolean, null, an array or object"
+    ),
+    ErrorType("NonFinite", "validate", "a feature is NaN or infinite"),
+    ErrorType("Float32Overflow", "validate", "a feature's magnitude is beyond float32's"),
+    ErrorType(
+        "InvalidModelName",
+        "route",
+        "`model` or `version` is not a plain name (a path, `..`, over 128 characters)",
+    ),
+    ErrorType("UnknownModel", "route", "no model of that name is in the store"),
+    ErrorType("UnknownVersion", "route", "the model has no such version"),
+    ErrorType(
+        "ModelLoadFailed",
+        "route",
+        "the model's file cannot be loaded (corrupt, checksum mismatch, unsafe path)",
+    ),
+    ErrorType(
+        "OutputShape",
+        "infer",
+        "the model returned an output without one entry per row",
+    ),
+    ErrorType(
+        "OutputMismatch",
+        "infer",
+        "the outputs do not fit the manifest (labels, probability output) or JSON",
+    ),
+    ErrorType(
+        "TooManyDeliveries",
+        "deliver",
+        "share groups: the record was acquired more than `--max-delivery-attempts` times "
+        "(its processing kept failing or timing out)",
+    ),
+    ErrorType(
+        "DeadlineExceeded",
+        "deadline",
+        "doors only: the caller's deadline passed before its rows ran (HTTP 504, gRPC "
+        "DEADLINE_EXCEEDED)",
+    ),
+)
+
+PATTERNS: Final = (
+    ErrorType(
+        "ONNX Runtime's exception class, e.g. `InvalidArgument`, `Fail`, `RuntimeException`",
+        "infer",
+        "ONNX Runtime failed on this row (the rest of its batch was predicted)",
+    ),
+    ErrorType(
+        "librdkafka's error name in CamelCase, e.g. `MsgSizeTooLarge`, `InvalidRecord`",
+        "produce",
+        "the broker or the producer refused the prediction or the dead letter itself",
+    ),
+)
