@@ -192,3 +192,37 @@ def test_oversized_headers_are_refused(serve: Callable[..., Server]) -> None:
     reply = httpx.post(f"{server.url}/predict", json={"data": ROW}, headers={"X-Big": "a" * 8000})
     assert reply.status_code == 431
     assert httpx.post(f"{server.url}/predict", json={"data": ROW}).status_code == 200
+
+
+def test_the_compose_tls_overlay_serves_https_with_a_token(
+    serve: Callable[..., Server],
+    pki: tuple[Authority, Pair, Pair],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docker-compose.tls.yml's settings, with its mounted directory mapped to a local one."""
+    import yaml
+
+    from .conftest import ROOT, wait_until_ready
+
+    overlay = yaml.safe_load((ROOT / "docker-compose.tls.yml").read_text())
+    service = overlay["services"]["serve"]
+    (source, mounted, _mode) = service["volumes"][0].split(":")
+    assert source == "./certs"
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca, server_pair, _ = pki
+    shutil.copy(server_pair.cert, certs / "server.crt")
+    shutil.copy(server_pair.key, certs / "server.key")
+    (certs / "tokens").write_text("compose-token\n")
+    for name, value in service["environment"].items():
+        monkeypatch.setenv(name, str(value).replace(mounted, str(certs)))
+    server = serve(wait_ready=False)
+    wait_until_ready(server, by_log=True)
+    with _https(server, ca) as client:
+        assert client.post("/predict", json={"data": ROW}).status_code == 401
+        answered = client.post("/predict", json={"data": ROW},
+                               headers={"Authorization": "Bearer compose-token"})  # fmt: skip
+        assert answered.status_code == 200, answered.text
+        assert client.get("/readyz").status_code == 200  # open health
+    assert _grpc_predict(server, _grpc_credentials(ca), authorization="Bearer compose-token") > 0

@@ -361,8 +361,8 @@ def _finish(flows: Sequence[Flow]) -> dict[str, Outcome]:
 
 def _check(outcomes: dict[str, Outcome], flows: Sequence[Flow]) -> None:
     """Nothing lost, nothing dead-lettered, no duplicate with exactly-once, a clean exit,
-    and no worker that exited or hung during the fault; only an exactly-once worker that
-    did (the known bug, see _EXACTLY_ONCE_BUG) fails as WorkerFailed, and last."""
+    and no worker that exited or hung during the fault (an exactly-once one fails as
+    WorkerFailed, last, so the other failures show first)."""
     logs = {flow.guarantee: flow.worker.log for flow in flows}
     failures = []
     for g, o in outcomes.items():
@@ -444,33 +444,7 @@ def _uncommitted_only(bootstrap: str, topic: str, committed: int) -> int:
 
 # -- the tests ------------------------------------------------------------------------------
 
-# Worker bugs these tests found (the worker is not this module's to fix). Only a
-# WorkerFailed counts as the expected failure: a lost event, or a duplicate with
-# exactly-once, still fails the test.
-_REBUILD_RAISES = (
-    "exactly-once worker bug: when the node hosting its group and transaction coordinators "
-    "fails, the open transaction's abort fails with a fatal error (_FENCED, "
-    "INVALID_TXN_STATE: the coordinator that took over bumped the producer epoch), and "
-    "Transactions._rebuild() (pipeline/kafka/transactions.py) calls producer.flush(0) on "
-    "that fatal producer, which raises KafkaException out of Transactions.abort(): the "
-    "worker exits 1 with a traceback instead of rebuilding its producer"
-)
-_SEND_OFFSETS_HANGS = (
-    "; or it hangs: send_offsets_to_transaction(offsets, metadata, 10 s) in "
-    "Transactions.commit blocked for over 30 s after the coordinators' node was killed "
-    "(the loop stops turning and ignores SIGTERM; its stack is in the failure)"
-)
-# Not strict: the bug depends on timing (which step the transaction is in when the
-# coordinators go), and a strict mark would fail the runs in which it does not show. Seen
-# here, the exactly-once worker failing: T8 in 5 of 8 runs, T9 in 4 of 7, T10 in 8 of 9,
-# T11 in 5 of 8 (in the others it rode the fault out). An at-least-once worker that
-# exits or hangs is no part of this: _check fails the test for it.
-_EXACTLY_ONCE_BUG = pytest.mark.xfail(
-    strict=False, raises=WorkerFailed, reason=f"{_REBUILD_RAISES}{_SEND_OFFSETS_HANGS}"
-)
 
-
-@_EXACTLY_ONCE_BUG
 def test_t8_leader_loss_loses_nothing(
     cluster: LocalKafka, flows: list[Flow], tmp_path: Path
 ) -> None:
@@ -500,7 +474,6 @@ def test_t8_leader_loss_loses_nothing(
     _check(outcomes, flows)
 
 
-@_EXACTLY_ONCE_BUG
 def test_t9_rolling_restart_loses_nothing(
     cluster: LocalKafka, flows: list[Flow], tmp_path: Path
 ) -> None:
@@ -528,7 +501,6 @@ def test_t9_rolling_restart_loses_nothing(
     _check(outcomes, flows)
 
 
-@_EXACTLY_ONCE_BUG
 def test_t10_frozen_leader_loses_nothing_and_hides_fenced_outputs(
     cluster: LocalKafka, flows: list[Flow], tmp_path: Path
 ) -> None:
@@ -566,7 +538,6 @@ def test_t10_frozen_leader_loses_nothing_and_hides_fenced_outputs(
     assert hidden.get(GUARANTEES[0]) == 0, hidden
 
 
-@_EXACTLY_ONCE_BUG
 def test_t11_controller_loss_group_and_transactions_carry_on(
     cluster: LocalKafka, flows: list[Flow], tmp_path: Path
 ) -> None:

@@ -666,10 +666,14 @@ def test_the_workers_doors_are_off_unless_asked_for() -> None:
 
 def test_the_sizing_note_quotes_the_benchmark() -> None:
     bench = (REPO / "docs" / "bench.md").read_text()
-    row = re.search(r"^\| pipeline run, 1 process \|(.*)$", bench, re.M)
+    row = re.search(r"^\| pipeline run, 1 process \|.*$", bench, re.M)
     assert row, "docs/bench.md has no 'pipeline run, 1 process' row"
-    cells = [c.strip() for c in row.group(1).split("|")]
-    cpu, rss = float(cells[-3]), int(cells[-2])
+    header = [line for line in bench[: row.start()].splitlines() if line.startswith("| contender")][
+        -1
+    ]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    cells = dict(zip(columns, (c.strip() for c in row.group(0).strip("|").split("|")), strict=True))
+    cpu, rss = float(cells["CPU s / 100k events"]), int(cells["peak RSS MiB"])
     largest = re.search(r"largest (\d+) MiB", bench)
     assert largest
     note = " ".join(line.lstrip("# ") for line in COMPOSE_TEXT.splitlines()[:40])
@@ -678,3 +682,24 @@ def test_the_sizing_note_quotes_the_benchmark() -> None:
     assert f"peak {largest.group(1)} MiB" in note
     partitions = {int(call.partitions) for call in _kafka_topics_calls(TOPICS)}
     assert partitions == {4} and "partitions (4" in note
+
+
+def test_the_tls_overlay_gives_serve_real_settings_from_files_it_mounts() -> None:
+    overlay = yaml.safe_load((REPO / "docker-compose.tls.yml").read_text())
+    assert set(overlay["services"]) == {SERVE}, "the overlay changes only the doors"
+    service = overlay["services"][SERVE]
+    env = {
+        **_environment(SERVICES[SERVE]),
+        **{k: str(v) for k, v in service["environment"].items()},
+    }
+    args = _parse(SERVE)
+    flags = {k: v for k, v in vars(args).items() if k in _settings_by_variable().values()}
+    settings = load_settings(ServeConfig, flags, env=env)
+    assert settings.tls_cert and settings.tls_key and settings.auth_token_file
+    mounts = {PurePosixPath(target): (source, mode) for source, target, mode
+              in (v.split(":") for v in service["volumes"])}  # fmt: skip
+    for path in (settings.tls_cert, settings.tls_key, settings.auth_token_file):
+        source, mode = mounts[PurePosixPath(path).parent]
+        assert (source, mode) == ("./certs", "ro"), path
+    assert "certs/" in (REPO / ".gitignore").read_text().split()
+    assert "certs" in (REPO / ".dockerignore").read_text().split()
