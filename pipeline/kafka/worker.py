@@ -534,6 +534,8 @@ class Worker:
         self._tracker.forget(tps)
         self._assigned -= set(tps)
         self._paused -= set(tps)
+        for topic, partition in tps:  # no longer ours: its lag is another member's to report
+            self._sensor.consumer_lag(topic, partition, -1)
 
     def _backpressure(self) -> None:
         """Pause busy partitions while too many events are in flight; resume once drained.

@@ -227,7 +227,12 @@ class PrometheusSensor(Sensor, Collector):
         self._add("transactions_total", (outcome,), 1)
 
     def consumer_lag(self, topic: str, partition: int, lag: int) -> None:
-        self._set("consumer_lag", (topic, str(partition)), lag)
+        labels = (topic, str(partition))
+        if lag >= 0:
+            self._set("consumer_lag", labels, lag)
+            return
+        with self._lock:  # a partition revoked or lost: its last figure would go stale
+            self._values["consumer_lag"].pop(labels, None)
 
     def records_acknowledged(self, kind: str, n: int) -> None:
         self._add("share_acknowledgements_total", (kind,), n)

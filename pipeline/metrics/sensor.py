@@ -61,7 +61,8 @@ class Sensor:
         """A transaction ended: ``committed`` or ``aborted``."""
 
     def consumer_lag(self, topic: str, partition: int, lag: int) -> None:
-        """The consumer's lag on one partition, from librdkafka's statistics."""
+        """The consumer's lag on one partition, from librdkafka's statistics; a negative
+        `lag` says the partition is no longer held (its figure is forgotten)."""
 
     def records_acknowledged(self, kind: str, n: int) -> None:
         """Share groups: `n` acquired records were ``accepted``, ``released`` or ``rejected``."""
