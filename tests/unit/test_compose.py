@@ -19,6 +19,9 @@ import json
 import os
 import re
 import shlex
+import shutil
+import subprocess
+import tempfile
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
@@ -686,7 +689,7 @@ def test_the_sizing_note_quotes_the_benchmark() -> None:
 
 def test_the_tls_overlay_gives_serve_real_settings_from_files_it_mounts() -> None:
     overlay = yaml.safe_load((REPO / "docker-compose.tls.yml").read_text())
-    assert set(overlay["services"]) == {SERVE}, "the overlay changes only the doors"
+    assert set(overlay["services"]) == {SERVE, "prometheus"}, "the doors and their scrape"
     service = overlay["services"][SERVE]
     env = {
         **_environment(SERVICES[SERVE]),
@@ -703,3 +706,36 @@ def test_the_tls_overlay_gives_serve_real_settings_from_files_it_mounts() -> Non
         assert (source, mode) == ("./certs", "ro"), path
     assert "certs/" in (REPO / ".gitignore").read_text().split()
     assert "certs" in (REPO / ".dockerignore").read_text().split()
+
+
+def test_the_tls_overlay_scrapes_serve_over_https_with_the_mounted_ca() -> None:
+    overlay = yaml.safe_load((REPO / "docker-compose.tls.yml").read_text())
+    mounts = {target: source for source, target, _mode in
+              (v.split(":") for v in overlay["services"]["prometheus"]["volumes"])}  # fmt: skip
+    base_mounts = {v.split(":")[1]: v.split(":")[0] for v in SERVICES["prometheus"]["volumes"]}
+    config_target = next(t for t, src in base_mounts.items() if src.endswith("prometheus.yml"))
+    config = yaml.safe_load((REPO / mounts[config_target]).read_text())  # replaces the plain one
+    plain = yaml.safe_load((REPO / base_mounts[config_target]).read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    serve_job = jobs["pipeline-serve"]
+    assert serve_job["scheme"] == "https"
+    assert mounts[serve_job["tls_config"]["ca_file"]] == "./certs/ca.crt"
+    assert {k: v for k, v in serve_job.items() if k not in ("scheme", "tls_config")} == next(
+        job for job in plain["scrape_configs"] if job["job_name"] == "pipeline-serve"
+    )
+    assert [j for j in config["scrape_configs"] if j["job_name"] != "pipeline-serve"] == [
+        j for j in plain["scrape_configs"] if j["job_name"] != "pipeline-serve"
+    ]
+    if shutil.which("promtool"):
+        with tempfile.TemporaryDirectory() as tmp:  # promtool checks that the CA file exists
+            ca = Path(tmp) / "ca.crt"
+            ca.write_text("")
+            config["scrape_configs"] = [
+                {**j, "tls_config": {"ca_file": str(ca)}} if "tls_config" in j else j
+                for j in config["scrape_configs"]
+            ]
+            checked_path = Path(tmp) / "prometheus.yml"
+            checked_path.write_text(yaml.safe_dump(config))
+            checked = subprocess.run(["promtool", "check", "config", str(checked_path)],
+                                     capture_output=True, text=True, timeout=60)  # fmt: skip
+            assert checked.returncode == 0, checked.stdout + checked.stderr
