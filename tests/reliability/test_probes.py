@@ -28,4 +28,7 @@ def test_healthz_stays_up_while_the_broker_is_down(own_broker: OwnBroker, tmp_pa
             assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
             time.sleep(0.5)
         broker.start()
-        assert worker.stop()[0] == 0
+        code, _ = worker.stop()
+        assert code == 0, (
+            f"the worker exited {code} after the broker came back:\n{worker.log[-3000:]}"
+        )
