@@ -28,12 +28,13 @@ from confluent_kafka import KafkaException, Message
 
 from pipeline.engine.codec import encode_rows
 from pipeline.engine.spec import ModelSpec
+from pipeline.errors import KafkaError
 from pipeline.kafka.committer import REFUSED_RECORD, Committer
 from pipeline.kafka.deadletter import MAX_OMIT, dead_letter
 from pipeline.metrics import Sensor
 from pipeline.metrics.tracing import BatchTracer, trace_headers
 
-__all__ = ["Outputs", "Owed", "now_ms"]
+__all__ = ["Outputs", "Owed", "now_ms", "usable_record"]
 
 log = logging.getLogger("pipeline.worker")
 _QUEUE_FULL_LIMIT_S = 60.0  # the producer's queue stays full this long: the broker is gone
@@ -42,6 +43,20 @@ Headers = list[tuple[str, bytes | None]]
 Owed = tuple[tuple[str, int], int]
 """The partition some inputs were read from, and the generation of its assignment."""
 Finish = Callable[[Owed, Sequence[int]], None]
+
+
+def usable_record(msg: Message, consumer: str, fail: Callable[[KafkaError], None]) -> bool:
+    """Whether a record a consumer returned is usable: one that came with an error never is.
+    A fatal error goes to `fail` (the worker stops); librdkafka retries the others, so they
+    are only logged. Both loops, the consumer group's and the share group's, ask this."""
+    err = msg.error()
+    if err is None:
+        return True
+    if err.fatal():
+        fail(KafkaError(f"the {consumer} hit a fatal Kafka error: {err}"))
+    elif err.code() != RdKafkaError._PARTITION_EOF:
+        log.warning("%s error (librdkafka retries it): %s", consumer, err)
+    return False
 
 
 def now_ms() -> int:

@@ -41,7 +41,7 @@ from pipeline.config import WorkerConfig
 from pipeline.engine.codec import EventDecoder
 from pipeline.engine.engine import Engine, Outcome
 from pipeline.errors import KafkaError
-from pipeline.kafka.outputs import Outputs, Owed, now_ms
+from pipeline.kafka.outputs import Outputs, Owed, now_ms, usable_record
 from pipeline.kafka.topics import ensure_topics
 from pipeline.metrics import Sensor, Sensors
 from pipeline.metrics.health import Readiness
@@ -255,7 +255,8 @@ class ShareWorker:
         return 0
 
     def _turn(self, consumer: ShareConsumer, outputs: Outputs, producer: Producer) -> None:
-        records = [m for m in consumer.poll(_POLL_S) if self._usable(m)]
+        polled = consumer.poll(_POLL_S)
+        records = [m for m in polled if usable_record(m, "share consumer", self.fail)]
         if records:
             self._acks = acks = _Acks(records)
             self._process(records, outputs)
@@ -359,16 +360,6 @@ class ShareWorker:
     def _finished(self, owed: Owed, offsets: Sequence[int]) -> None:
         if self._acks is not None:
             self._acks.finished(owed, offsets)
-
-    def _usable(self, msg: Message) -> bool:
-        err = msg.error()
-        if err is None:
-            return True
-        if err.fatal():
-            self.fail(KafkaError(f"the share consumer hit a fatal Kafka error: {err}"))
-        elif err.code() != RdKafkaError._PARTITION_EOF:
-            log.warning("share consumer error (librdkafka retries it): %s", err)
-        return False
 
 
 def _set_offset_reset(admin: AdminClient, group: str, reset: str) -> None:

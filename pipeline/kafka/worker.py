@@ -53,7 +53,7 @@ from pipeline.kafka.committer import (
     names,
 )
 from pipeline.kafka.offsets import OffsetTracker, TopicPartitionKey
-from pipeline.kafka.outputs import Outputs, Owed, camel, now_ms
+from pipeline.kafka.outputs import Outputs, Owed, camel, now_ms, usable_record
 from pipeline.kafka.share import ShareWorker
 from pipeline.kafka.topics import ensure_topics
 from pipeline.kafka.transactions import Transactions, default_transactional_id
@@ -370,7 +370,7 @@ class Worker:
         the rejects, submit the blocks to the engine."""
         runs: dict[TopicPartitionKey, list[Message]] = {}
         for m in msgs:
-            if m.error() is None or self._usable(m):
+            if m.error() is None or usable_record(m, "consumer", self.fail):
                 tp = (m.topic(), m.partition())
                 run = runs.get(tp)  # type: ignore[arg-type]
                 if run is None:
@@ -430,17 +430,6 @@ class Worker:
             message = f"the broker refused an output of this event: {err}"
             self._outputs.dead_letter(msg, owed, ("produce", camel(err.name()), message), omit=1)
         return kept, kept_offsets
-
-    def _usable(self, msg: Message) -> bool:
-        """Whether a record that came with an error is usable (never); report the error."""
-        err = msg.error()
-        if err is None:
-            return True
-        if err.fatal():
-            self.fail(KafkaError(f"the consumer hit a fatal Kafka error: {err}"))
-        elif err.code() != RdKafkaError._PARTITION_EOF:
-            log.warning("consumer error (librdkafka retries it): %s", err)
-        return False
 
     # -- outcomes, outputs, offsets -------------------------------------------------------
 
