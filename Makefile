@@ -62,10 +62,11 @@ bench: install $(BENCH_QUIX)/.installed ## micro-benchmarks, the side-by-side Ka
 	$(PY) -m pipeline.dev.bench.doors $(filter --quick --publish,$(BENCH_ARGS)) $(DOORS_ARGS)
 
 # Quix Streams pins confluent-kafka below the worker's version, so its peer gets a venv of its own.
-$(BENCH_QUIX)/.installed:
+# The peer imports the `pipeline` package (its codec and model store), hence onnx.
+$(BENCH_QUIX)/.installed: Makefile
 	$(PYTHON) -m venv $(BENCH_QUIX)
 	$(BENCH_QUIX)/bin/pip install -q --upgrade pip
-	$(BENCH_QUIX)/bin/pip install -q quixstreams onnxruntime numpy orjson
+	$(BENCH_QUIX)/bin/pip install -q quixstreams onnxruntime onnx numpy orjson
 	touch $@
 
 # tritonclient needs protobuf<7 (the project needs >=7.35) and its `inference` protos collide
