@@ -1,6 +1,6 @@
 """``pipeline bench`` and ``python -m pipeline.dev.bench``: run the benchmark, write its results.
 
-The full run (the default) took about ten minutes (566 s) on a 2-core machine; ``--quick``
+The full run (the default) took about 31 minutes (1,887 s) on a 2-core machine; ``--quick``
 takes about a minute and is what the integration test runs. Results go to
 ``bench-results/`` (``bench-<timestamp>.json`` and ``.png``, plus ``latest.json``,
 ``latest.png`` and ``latest.md``); ``--publish`` also copies the table to

@@ -11,7 +11,7 @@ round so noise spreads over every contender alike; then the HTTP and gRPC doors 
 This module is the command; `pipeline.dev.bench.doorsuite` runs the benchmark and
 `pipeline.dev.bench.doorreport` writes what it found.
 
-The full run (the default) takes about ten minutes on two cores; ``--quick`` well under a
+The full run (the default) took about ten minutes (572 s) on two cores; ``--quick`` well under a
 minute (its figures mean nothing: it checks the benchmark still runs). Results go to
 ``bench-results/`` (``doors-<timestamp>.json``, ``doors-latest.json``, ``doors-latest.md``
 and the plot); ``--publish`` also writes ``docs/bench-doors.md`` and
