@@ -185,9 +185,8 @@ def _argv(service: Mapping[str, Any]) -> list[str]:
     return shlex.split(command) if isinstance(command, str) else [str(word) for word in command]
 
 
-def _parse(name: str) -> argparse.Namespace:
-    """Parse service `name`'s arguments with pipeline's own parser, or fail saying why."""
-    argv = _argv(SERVICES[name])
+def parse_or_fail(argv: list[str], where: str) -> argparse.Namespace:
+    """Parse `argv` with pipeline's own parser, or fail saying `where` runs what it refuses."""
     message = io.StringIO()
     try:
         with contextlib.redirect_stderr(message):
@@ -195,9 +194,14 @@ def _parse(name: str) -> argparse.Namespace:
     except SystemExit:
         reason = message.getvalue().strip().rpartition("\n")[2]
         pytest.fail(
-            f"service {name!r} runs `pipeline {shlex.join(argv)}`, which pipeline's argument "
-            f"parser refuses: {reason}"
+            f"{where} runs `pipeline {shlex.join(argv)}`, which pipeline's argument parser "
+            f"refuses: {reason}"
         )
+
+
+def _parse(name: str) -> argparse.Namespace:
+    """Parse service `name`'s arguments with pipeline's own parser, or fail saying why."""
+    return parse_or_fail(_argv(SERVICES[name]), f"service {name!r}")
 
 
 def _settings_by_variable() -> dict[str, str]:

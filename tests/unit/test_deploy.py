@@ -14,12 +14,9 @@ cannot show is that the images pull or that a cluster accepts the objects.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import io
 import json
 import re
-import shlex
 import shutil
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -31,7 +28,6 @@ import httpx
 import pytest
 import yaml
 
-from pipeline.cli import build_parser
 from pipeline.config import ServeConfig, WorkerConfig, load_settings
 from pipeline.engine.models import ModelStore
 from pipeline.flags import setting_flags
@@ -40,7 +36,7 @@ from pipeline.metrics.endpoint import MetricsServer
 from pipeline.metrics.health import Readiness
 from pipeline.metrics.prometheus import METRICS, PrometheusSensor
 from pipeline.serve import httpapp, server
-from tests.unit.test_compose import _environment, _run_config
+from tests.unit.test_compose import _environment, _run_config, parse_or_fail
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -87,18 +83,6 @@ WORKER = next(name for name in DEPLOYMENTS if _subcommand(name) == "run")
 SERVE = next(name for name in DEPLOYMENTS if _subcommand(name) == "serve")
 
 
-def _parse(argv: list[str], where: str) -> argparse.Namespace:
-    message = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(message):
-            return build_parser().parse_args(argv)
-    except SystemExit:
-        reason = message.getvalue().strip().rpartition("\n")[2]
-        pytest.fail(
-            f"{where} runs `pipeline {shlex.join(argv)}`, which the parser refuses: {reason}"
-        )
-
-
 def _config_source(deployment: Mapping[str, Any], path: Path) -> Path:
     """The file in this directory that the container sees at `path` (a ConfigMap mount)."""
     pod = deployment["spec"]["template"]["spec"]
@@ -120,7 +104,7 @@ def _env(container: Mapping[str, Any]) -> dict[str, str]:
 def _settings(name: str) -> WorkerConfig | ServeConfig:
     """The settings the container of Deployment `name` starts with, or fail saying why."""
     container = _container(DEPLOYMENTS[name])
-    args = _parse([str(a) for a in container["args"]], f"Deployment {name!r}")
+    args = parse_or_fail([str(a) for a in container["args"]], f"Deployment {name!r}")
     config_file = _config_source(DEPLOYMENTS[name], args.config) if args.config else None
     cls = WorkerConfig if args.command == "run" else ServeConfig
     return load_settings(
@@ -336,7 +320,7 @@ def _mounts(service: str) -> dict[str, Path]:
 def _compose_serve_port(name: str) -> int:
     """The HTTP door port of compose service `name`'s `pipeline serve` (its /metrics)."""
     service = COMPOSE[name]
-    args = _parse([str(a) for a in service["command"]], f"compose service {name!r}")
+    args = parse_or_fail([str(a) for a in service["command"]], f"compose service {name!r}")
     assert args.command == "serve", f"Prometheus scrapes {name!r}, which runs no worker or serve"
     settings = load_settings(ServeConfig, setting_flags(args), env=_environment(service))
     assert settings.host == "0.0.0.0", f"{name}: Prometheus cannot reach /metrics"
