@@ -27,7 +27,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -38,6 +38,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     OffsetSpec,
 )
 
+from pipeline.dev.bench.contenders import Contender, RunTopics
 from pipeline.dev.bench.events import Dataset
 from pipeline.dev.bench.procstats import ProcessTreeSampler
 from pipeline.dev.bench.settings import LOAD_PRODUCER
@@ -55,6 +56,7 @@ __all__ = [
     "cluster",
     "preload",
     "run_contender",
+    "run_once",
 ]
 
 PARTITIONS: Final = 4
@@ -368,3 +370,42 @@ def _tail(path: Path, lines: int = 15) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+def run_once(
+    c: Contender,
+    topics: BenchTopics,
+    source: str,
+    count: int,
+    model: str,
+    log_path: Path,
+    *,
+    slowest_events_per_s: float,
+    before_stop: Callable[[], object] | None = None,
+) -> dict[str, Any]:
+    """One run of `c` from `source` into output and DLQ topics of its own, deleted after.
+
+    The run may take 120 s plus `count` events at `slowest_events_per_s`; a failed run is a
+    row with its error and log, not an exception, so the other contenders still run.
+    """
+    run = RunTopics(
+        bootstrap=topics.bootstrap,
+        input=source,
+        output=topics.create(c.key),
+        dlq=topics.create(f"{c.key}-dlq"),
+        group=topics.group(c.key),
+    )
+    launch = Launch(c.commands(run, count, model), c.env, log_path)
+    try:
+        figures = run_contender(
+            launch,
+            topics.counter([run.output, run.dlq]),
+            count=count,
+            timeout_s=120 + count / slowest_events_per_s,
+            before_stop=before_stop,
+        )
+    except BenchError as exc:
+        return {"events_target": count, "error": str(exc), "log": str(log_path)}
+    finally:
+        topics.delete(run.output, run.dlq)  # the broker's disk holds one run's outputs
+    return {"events_target": count, **asdict(figures), "log": str(log_path)}

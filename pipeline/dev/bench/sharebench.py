@@ -21,15 +21,15 @@ import socket
 import statistics
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.dev.bench.contenders import Contender, RunTopics, worker_contender
+from pipeline.dev.bench.contenders import Contender, worker_contender
 from pipeline.dev.bench.events import DATASETS
-from pipeline.dev.bench.runner import BenchError, BenchTopics, Launch, preload, run_contender
+from pipeline.dev.bench.runner import BenchError, BenchTopics, preload, run_once
 
 __all__ = ["SHARE_MODEL", "run_share"]
 
@@ -86,35 +86,21 @@ def _one_run(
     logs_dir: Path,
     n: int,
 ) -> dict[str, Any]:
-    run = RunTopics(
-        bootstrap=topics.bootstrap,
-        input=source,
-        output=topics.create(c.key),
-        dlq=topics.create(f"{c.key}-dlq"),
-        group=topics.group(c.key),
-    )
-    log_path = logs_dir / f"share-{c.key}-{n}.log"
-    launch = Launch(c.commands(run, count, model), c.env, log_path)
+    """`run_once`, and how many records each worker consumed, read before they stop."""
     busy: list[int] = []
-    try:
-        figures = run_contender(
-            launch,
-            topics.counter([run.output, run.dlq]),
-            count=count,
-            timeout_s=120 + count / 200,
-            before_stop=lambda: busy.extend(_consumed_per_worker(port, c.processes)),
-        )
-    except BenchError as exc:
-        return {"events_target": count, "error": str(exc), "log": str(log_path)}
-    finally:
-        topics.delete(run.output, run.dlq)
-    return {
-        "events_target": count,
-        **asdict(figures),
-        "consumed_per_worker": busy,
-        "busy_workers": sum(1 for x in busy if x > 0),
-        "log": str(log_path),
-    }
+    got = run_once(
+        c,
+        topics,
+        source,
+        count,
+        model,
+        logs_dir / f"share-{c.key}-{n}.log",
+        slowest_events_per_s=200,
+        before_stop=lambda: busy.extend(_consumed_per_worker(port, c.processes)),
+    )
+    if "error" in got:
+        return got
+    return {**got, "consumed_per_worker": busy, "busy_workers": sum(1 for x in busy if x > 0)}
 
 
 def _consumed_per_worker(port: int, workers: int) -> list[int]:

@@ -8,7 +8,7 @@
 2. throughput on the main events (30 full-precision features, about 670 bytes): the
    input topic is filled once; then, round by round (so noise spreads over every
    contender alike), each contender reads it from the start in a fresh group and writes
-   to a fresh output topic (`runner.run_contender`);
+   to a fresh output topic (`runner.run_once`);
 3. the same for the other event sizes (5-decimal rows, 200 features), with the relay
    ceilings and the worker only;
 4. the worker (1 process) under an open-loop producer at fractions of its median
@@ -34,7 +34,6 @@ from pipeline.dev.bench.contenders import (
     MODEL,
     REPO_ROOT,
     Contender,
-    RunTopics,
     faust_contender,
     faust_engine_contender,
     naive_contender,
@@ -47,10 +46,9 @@ from pipeline.dev.bench.latency import Batching, LatencyPoint, Phase, measure_la
 from pipeline.dev.bench.runner import (
     BenchError,
     BenchTopics,
-    Launch,
     cluster,
     preload,
-    run_contender,
+    run_once,
 )
 from pipeline.dev.bench.sharebench import run_share
 from pipeline.errors import PipelineError
@@ -288,35 +286,14 @@ def _throughput(
                 continue
             target = plan.naive_events if c.key == "naive" and plan.naive_events else count
             log_path = logs_dir / f"{events.key}-{c.key}-{n}.log"
-            runs[c.key].append(_one_run(c, topics, source, target, events, log_path))
+            runs[c.key].append(
+                run_once(
+                    c, topics, source, target, events.model, log_path, slowest_events_per_s=500
+                )
+            )
             progress(f"run {n + 1}/{plan.runs} {c.label} ({events.key}): "
                      f"{_describe(runs[c.key][-1])}")  # fmt: skip
     return [_summary(c, runs[c.key], events) for c in rows]
-
-
-def _one_run(
-    c: Contender, topics: BenchTopics, source: str, count: int, events: Dataset, log_path: Path
-) -> dict[str, Any]:
-    run = RunTopics(
-        bootstrap=topics.bootstrap,
-        input=source,
-        output=topics.create(c.key),
-        dlq=topics.create(f"{c.key}-dlq"),
-        group=topics.group(c.key),
-    )
-    launch = Launch(c.commands(run, count, events.model), c.env, log_path)
-    try:
-        figures = run_contender(
-            launch,
-            topics.counter([run.output, run.dlq]),
-            count=count,
-            timeout_s=120 + count / 500,
-        )
-    except BenchError as exc:
-        return {"events_target": count, "error": str(exc), "log": str(log_path)}
-    finally:
-        topics.delete(run.output, run.dlq)  # the broker's disk holds one run's outputs
-    return {"events_target": count, **asdict(figures), "log": str(log_path)}
 
 
 def _describe(run: dict[str, Any]) -> str:
