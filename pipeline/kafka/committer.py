@@ -36,7 +36,7 @@ from confluent_kafka import (
 from confluent_kafka import KafkaError as RdKafkaError
 
 from pipeline.errors import DeliveryFailed, KafkaError
-from pipeline.kafka.offsets import OffsetTracker, TopicPartitionKey
+from pipeline.kafka.offsets import OffsetTracker, Owed, TopicPartitionKey
 from pipeline.kafka.transactions import Transactions
 from pipeline.metrics import Sensor
 
@@ -112,8 +112,8 @@ class Committer(Protocol):
     def on_commit(self, err: RdKafkaError | None, partitions: list[TopicPartition]) -> None:
         """The consumer's commit callback."""
 
-    def output_failed(self, msg: Message, err: RdKafkaError) -> None:
-        """An output of `msg` failed for good."""
+    def output_failed(self, msg: Message, err: RdKafkaError, owed: Owed) -> None:
+        """An output of `msg` (read in the assignment `owed`) failed for good."""
 
     def producer_failed(self, reason: str) -> None:
         """The producer refuses records altogether."""
@@ -183,7 +183,7 @@ class AtLeastOnceCommitter:
             # -1 is never a position: the next commit sends these partitions again.
             self._host.tracker.mark_committed({(p.topic, p.partition): -1 for p in failed})
 
-    def output_failed(self, msg: Message, err: RdKafkaError) -> None:
+    def output_failed(self, msg: Message, err: RdKafkaError, owed: Owed) -> None:
         self._host.fail(
             DeliveryFailed(
                 f"the output for {msg.topic()}[{msg.partition()}]@{msg.offset()} was not "
@@ -277,9 +277,17 @@ class TransactionalCommitter:
     def on_commit(self, err: RdKafkaError | None, partitions: list[TopicPartition]) -> None:
         pass  # offsets are committed by the transaction, never by the consumer
 
-    def output_failed(self, msg: Message, err: RdKafkaError) -> None:
-        log.warning("output for %s[%s]@%s failed (%s): aborting the transaction",
-                    msg.topic(), msg.partition(), msg.offset(), err)  # fmt: skip
+    def output_failed(self, msg: Message, err: RdKafkaError, owed: Owed) -> None:
+        tp, generation = owed
+        if self._host.tracker.generation(tp) != generation:
+            # An output of a transaction that was already aborted (the abort purged it, or it
+            # timed out): its input is redone from the committed offsets, and its delivery
+            # report, served after the abort, must not abort the next transaction too.
+            log.debug("ignoring a failed output of an aborted transaction (%s)", err)
+            return
+        if not self._abort_pending:  # one line per transaction, not one per output
+            log.warning("output for %s[%s]@%s failed (%s): aborting the transaction",
+                        msg.topic(), msg.partition(), msg.offset(), err)  # fmt: skip
         if err.code() in REFUSED_RECORD:
             # A refused record makes the transaction abortable; the redo writes this
             # input as a dead letter without its value, so it cannot be refused again.

@@ -22,9 +22,11 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["OffsetTracker", "TopicPartitionKey"]
+__all__ = ["OffsetTracker", "Owed", "TopicPartitionKey"]
 
 TopicPartitionKey = tuple[str, int]
+Owed = tuple[TopicPartitionKey, int]
+"""The partition some inputs were read from, and the generation of its assignment."""
 _INITIAL = 1024
 
 

@@ -31,6 +31,7 @@ from pipeline.engine.spec import ModelSpec
 from pipeline.errors import KafkaError
 from pipeline.kafka.committer import REFUSED_RECORD, Committer
 from pipeline.kafka.deadletter import MAX_OMIT, dead_letter
+from pipeline.kafka.offsets import Owed
 from pipeline.metrics import Sensor
 from pipeline.metrics.tracing import BatchTracer, trace_headers
 
@@ -40,8 +41,6 @@ log = logging.getLogger("pipeline.worker")
 _QUEUE_FULL_LIMIT_S = 60.0  # the producer's queue stays full this long: the broker is gone
 
 Headers = list[tuple[str, bytes | None]]
-Owed = tuple[tuple[str, int], int]
-"""The partition some inputs were read from, and the generation of its assignment."""
 Finish = Callable[[Owed, Sequence[int]], None]
 
 
@@ -206,7 +205,7 @@ class Outputs:
             self._hand_off(sent, position, ("produce", camel(err.name()), message))
         else:
             sent.handed_off.add(position)  # not finished: the committer stops or aborts
-            self._committer.output_failed(record, err)
+            self._committer.output_failed(record, err, sent.owed)
 
     def predictions_done(self, sent: _Predictions) -> None:
         """Every prediction of an outcome is acknowledged or handed off: finish the inputs."""
@@ -275,7 +274,7 @@ class Outputs:
         elif err.code() in REFUSED_RECORD and self._committer.dead_letters_for_refused:
             self._letter_refused(letter, err)
         else:
-            self._committer.output_failed(letter.record, err)
+            self._committer.output_failed(letter.record, err, letter.owed)
 
     def _letter_refused(self, letter: _Letter, error: RdKafkaError) -> None:
         """A dead letter the producer or broker would not take: send it smaller, or give up."""
@@ -284,7 +283,7 @@ class Outputs:
             self.dead_letter(letter.record, letter.owed, reason, omit=letter.omit + 1,
                              extra=letter.extra)  # fmt: skip
         else:
-            self._committer.output_failed(letter.record, error)
+            self._committer.output_failed(letter.record, error, letter.owed)
 
     # -- the producer -----------------------------------------------------------------------
 

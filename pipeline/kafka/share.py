@@ -117,7 +117,7 @@ class _ShareCommitter:
     def on_commit(self, err: RdKafkaError | None, partitions: list[TopicPartition]) -> None:
         pass
 
-    def output_failed(self, msg: Message, err: RdKafkaError) -> None:
+    def output_failed(self, msg: Message, err: RdKafkaError, owed: Owed) -> None:
         self._worker.release(msg, err)
 
     def producer_failed(self, reason: str) -> None:

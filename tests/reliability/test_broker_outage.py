@@ -45,6 +45,8 @@ from .harness import (
 
 _DELIVERY_TIMEOUT_MS = 10_000
 _STATS = "INFO pipeline.worker: in "  # the stats line, logged once a second by the loop
+# A failed output taken for one of the open transaction (see TransactionalCommitter)
+_PURGED_ABORTS = re.compile(r"failed \(KafkaError\{code=_PURGE_\w+.*\): aborting the transaction")
 
 
 def _restart(broker: OwnBroker) -> None:
@@ -70,6 +72,19 @@ def _loop_stuck(worker: WorkerProcess, since: int, within_s: float) -> str | Non
             return "Fatal Python error" + worker.log.split("Fatal Python error", 1)[-1][:3000]
         time.sleep(0.5)
     return None
+
+
+def _warnings(log: str, limit: int = 40) -> str:
+    """The last `limit` warning and error lines of a worker's log (what it met) and its
+    last stats lines (what it was doing)."""
+    lines = log.splitlines()
+    met = [
+        line
+        for line in lines
+        if (" WARNING " in line or " ERROR " in line) and "Connection refused" not in line
+    ]
+    doing = [line for line in lines if _STATS in line]
+    return "\n".join([*met[-limit:], "...", *doing[-5:]])
 
 
 @pytest.fixture
@@ -150,9 +165,16 @@ def test_broker_restart_mid_stream_workers_resume_by_themselves(
             output_gap_s=largest_gap_s(stamps, down_ms - 1000, (first or back_ms) + 1000),
         )  # fmt: skip
         if lost or dead or code != 0:
-            failures.append(f"{g}: {len(lost)} lost, {len(dead)} dead letters, exit {code}")
+            failures.append(
+                f"{g}: {len(lost)} lost, {len(dead)} dead letters, exit {code}; the worker's "
+                f"warnings and last stats lines:\n{_warnings(workers[g].log)}"
+            )
         if g != AT_LEAST_ONCE and acc.duplicates():
             failures.append(f"{g}: {acc.duplicates()} duplicates")
+        if _PURGED_ABORTS.search(workers[g].log):
+            # The abort on losing the partitions purges the outputs still queued; their
+            # failed delivery reports belong to that transaction, not to the next one.
+            failures.append(f"{g}: outputs purged by an abort aborted another transaction")
     assert not failures, "\n\n".join(failures)
 
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from pipeline.kafka import transactions
+from pipeline.kafka.committer import TransactionalCommitter
+from pipeline.kafka.offsets import OffsetTracker
 from pipeline.kafka.transactions import STEP_TIMEOUT_S, Transactions
+from pipeline.metrics import Sensor
 
 
 class RecordingProducer:
@@ -187,3 +190,78 @@ def test_a_step_that_does_not_return_in_time_is_given_up(
     txn.abort(raised.value)  # a timed-out step: rebuilt, not aborted in place
     assert len(made) == 2
     released.set()
+
+
+class _Host:
+    """What `TransactionalCommitter` sees of the worker: a real offset tracker, a consumer
+    stand-in that has committed nothing, and outputs that are always acknowledged."""
+
+    def __init__(self) -> None:
+        self.tracker = OffsetTracker()
+        self.assigned = [("in", 0)]
+        self.consumer = self
+        self.seeks: list[TopicPartition] = []
+
+    def consumer_group_metadata(self) -> object:
+        return object()
+
+    def committed(self, parts: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, -1001) for tp in parts]
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.seeks.append(tp)
+
+    def drain(self, timeout_s: float) -> int:
+        return 0
+
+    def discard_work(self) -> dict[tuple[str, int], int | None]:
+        firsts = {tp: self.tracker.first_offset(tp) for tp in self.assigned}
+        self.tracker.forget(self.assigned)
+        return firsts
+
+    def remember_refused(self, msg: Any, error: Any) -> None:
+        raise AssertionError("no record was refused")
+
+    def fail(self, error: Exception) -> None:
+        raise AssertionError(f"the worker was stopped: {error}")
+
+
+class _Record:
+    def topic(self) -> str:
+        return "in"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return 7
+
+
+def test_outputs_purged_by_an_abort_do_not_abort_the_next_transaction() -> None:
+    host = _Host()
+    txn, made = _txn()
+    committer = TransactionalCommitter(
+        cast(Any, host), txn, interval_ms=0, offset_reset="earliest", sensor=Sensor()
+    )
+    owed = (("in", 0), host.tracker.consumed_many(("in", 0), [7]))
+    committer.begin()
+    committer.lost()  # the group took the partition back: the open transaction is aborted
+    # ... and its delivery reports arrive afterwards, failed with _PURGE_QUEUE
+    purged = KafkaError(KafkaError._PURGE_QUEUE)
+    committer.output_failed(cast(Any, _Record()), purged, owed)
+
+    redo = (("in", 0), host.tracker.consumed_many(("in", 0), [7]))  # read again, a new generation
+    assert redo[1] != owed[1]
+    committer.begin()
+    host.tracker.finished_many(*redo[:1], [7], redo[1])
+    committer.tick(time.monotonic())
+    calls = [c for c, _ in made[0].calls]
+    assert calls.count("abort_transaction") == 1, calls
+    assert calls[-2:] == ["send_offsets_to_transaction", "commit_transaction"], calls
+
+    # A failure of an output of the transaction still open does abort it.
+    committer.begin()
+    owed_now = (("in", 0), host.tracker.consumed_many(("in", 0), [8]))
+    committer.output_failed(cast(Any, _Record()), KafkaError(KafkaError._MSG_TIMED_OUT), owed_now)
+    committer.tick(time.monotonic())
+    assert [c for c, _ in made[0].calls].count("abort_transaction") == 2
