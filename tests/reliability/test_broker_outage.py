@@ -74,15 +74,14 @@ def _loop_stuck(worker: WorkerProcess, since: int, within_s: float) -> str | Non
     return None
 
 
+_EVENTS = re.compile(r" (WARNING|ERROR) | pipeline.worker: (assigned|revoked|paused|resumed) ")
+
+
 def _warnings(log: str, limit: int = 40) -> str:
-    """The last `limit` warning and error lines of a worker's log (what it met) and its
-    last stats lines (what it was doing)."""
+    """The last `limit` warnings, errors and partition events of a worker's log (what it
+    met) and its last stats lines (what it was doing)."""
     lines = log.splitlines()
-    met = [
-        line
-        for line in lines
-        if (" WARNING " in line or " ERROR " in line) and "Connection refused" not in line
-    ]
+    met = [line for line in lines if _EVENTS.search(line) and "Connection refused" not in line]
     doing = [line for line in lines if _STATS in line]
     return "\n".join([*met[-limit:], "...", *doing[-5:]])
 
