@@ -19,9 +19,10 @@ Both see the worker only through the small `Host` protocol.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from confluent_kafka import (
@@ -251,6 +252,8 @@ class TransactionalCommitter:
         self._sensor = sensor
         self._next = time.monotonic()
         self._abort_pending = False
+        self._next_check = time.monotonic() + _UNREAD_CHECK_S
+        self._unreadable_since: float | None = None
 
     @property
     def producer(self) -> Producer:
@@ -266,6 +269,9 @@ class TransactionalCommitter:
         if now >= self._next:
             self._next = now + self._interval_s
             self._commit(final=False)
+        if now >= self._next_check:
+            self._next_check = now + _UNREAD_CHECK_S
+            self._check_unreadable(now)
 
     def revoked(self, partitions: Sequence[TopicPartitionKey]) -> None:
         self._commit(final=True)
@@ -336,6 +342,57 @@ class TransactionalCommitter:
         self._sensor.transaction("committed")
         tracker.mark_committed(positions)
 
+    def _check_unreadable(self, now: float) -> None:
+        """Release this producer's pending offsets if they keep the group's committed offsets
+        unreadable.
+
+        Partitions held without a position are waiting for their committed offsets (or are
+        idle). If the broker answers but those offsets stay unreadable for
+        `_UNREAD_LIMIT_S`, a transactional offset commit is pending that no marker will end:
+        a broker that stopped while answering this producer's commit can acknowledge it and
+        lose its markers (seen with a single Kafka 4.3 broker), and librdkafka waits on
+        UNSTABLE_OFFSET_COMMIT for good. An aborted transaction of this producer that sends
+        offsets to the group writes the marker that ends them. The outputs of that lost
+        commit never became visible (the next abort on their partitions covers them too), so
+        their inputs are redone from the offsets committed before it.
+        """
+        if self._txn.open or self._abort_pending:
+            self._unreadable_since = None  # outputs are being made: something was read
+            return
+        consumer = self._host.consumer
+        try:
+            held = consumer.assignment()
+            unread = [tp for tp in consumer.position(held) if tp.offset < 0] if held else []
+            if not unread or _committed_readable(consumer, unread):
+                self._unreadable_since = None
+                return
+        except KafkaException as exc:
+            log.debug("checking for unreadable committed offsets failed: %s", exc.args[0])
+            return
+        self._unreadable_since = self._unreadable_since or now
+        if now - self._unreadable_since < _UNREAD_LIMIT_S:
+            return
+        self._unreadable_since = None
+        self._release(unread, f"{_UNREAD_LIMIT_S:.0f} s")
+
+    def _release(self, unread: list[TopicPartition], how_long: str) -> None:
+        """Abort this producer's pending offsets in the group (see `_check_unreadable`)."""
+        log.warning(
+            "the committed offsets of %s stayed unreadable for %s while the broker answers "
+            "(UNSTABLE_OFFSET_COMMIT: a transaction's offsets are pending). A dead worker's "
+            "transaction ends by its timeout; this producer's own pending offsets, which a "
+            "broker that stopped mid-commit can leave with no marker, are aborted now and "
+            "their inputs redone",
+            names(unread), how_long,
+        )  # fmt: skip
+        offsets = [TopicPartition(tp.topic, tp.partition, 0) for tp in unread]
+        try:
+            self._txn.abort_offsets(offsets, self._host.consumer.consumer_group_metadata())
+        except KafkaException as exc:
+            log.warning("releasing the pending offsets failed (%s): will try again", exc.args[0])
+            self._txn.abort(exc)
+        self._sensor.transaction("aborted")
+
     def _abort_and_rewind(self, cause: KafkaException | None, reason: object = None) -> None:
         """Abort the transaction and redo everything since the last committed offsets.
 
@@ -354,7 +411,7 @@ class TransactionalCommitter:
         parts = [TopicPartition(t, p) for t, p in sorted(firsts)]
         consumer = self._host.consumer
         try:
-            committed = _committed(consumer, parts)
+            committed = _committed(consumer, parts, release=self._release)
             for tp in committed:
                 first = firsts.get((tp.topic, tp.partition))
                 offset = tp.offset if tp.offset >= 0 else first
@@ -375,16 +432,50 @@ class TransactionalCommitter:
 
 
 _COMMITTED_DEADLINE_S = 90.0  # a group coordinator that moved answers again well within it
+_UNREAD_CHECK_S = 10.0  # how often partitions held without a position are looked at
+_UNREAD_LIMIT_S = 20.0  # committed offsets unreadable this long (broker answering): release
+_PROBE_TIMEOUT_S = 2.0  # reading committed offsets takes milliseconds when they are stable
 
 
-def _committed(consumer: Any, parts: list[TopicPartition]) -> list[TopicPartition]:
+def _committed_readable(consumer: Any, parts: list[TopicPartition]) -> bool:
+    """Whether the group's committed offsets of `parts` can be read now; False when the
+    broker answers metadata but the offsets do not come (librdkafka retries
+    UNSTABLE_OFFSET_COMMIT until its timeout).
+
+    Raises:
+        KafkaException: the broker does not answer at all (nothing to conclude).
+    """
+    consumer.list_topics(parts[0].topic, timeout=_PROBE_TIMEOUT_S)
+    try:
+        committed = consumer.committed(parts, timeout=_PROBE_TIMEOUT_S)
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        if isinstance(error, RdKafkaError) and error.code() in _UNREADABLE:
+            return False
+        raise
+    return not any(tp.error is not None and tp.error.code() in _UNREADABLE for tp in committed)
+
+
+_TIMED_OUT = RdKafkaError._TIMED_OUT
+_UNREADABLE = frozenset((_TIMED_OUT, RdKafkaError.UNSTABLE_OFFSET_COMMIT))
+
+
+def _committed(
+    consumer: Any,
+    parts: list[TopicPartition],
+    *,
+    release: Callable[[list[TopicPartition], str], None],
+) -> list[TopicPartition]:
     """The group's committed offsets of `parts`, asked again while the answer is a retriable
-    error (the group coordinator moving to another node, say).
+    error (the group coordinator moving to another node, say). If they time out while the
+    broker answers metadata, this producer's pending offsets are released once (`release`,
+    see `TransactionalCommitter._check_unreadable`) before asking again.
 
     Raises:
         KafkaException: a lasting or non-retriable error.
     """
     deadline = time.monotonic() + _COMMITTED_DEADLINE_S
+    released = False
     while True:
         try:
             committed: list[TopicPartition] = consumer.committed(parts, timeout=30)
@@ -400,6 +491,11 @@ def _committed(consumer: Any, parts: list[TopicPartition]) -> list[TopicPartitio
             if not retriable or time.monotonic() >= deadline:
                 raise
             log.warning("reading the committed offsets failed (%s): asking again", error)
+            if not released and isinstance(error, RdKafkaError) and error.code() == _TIMED_OUT:
+                with contextlib.suppress(KafkaException):
+                    consumer.list_topics(parts[0].topic, timeout=_PROBE_TIMEOUT_S)
+                    released = True
+                    release(parts, "30 s")
             time.sleep(1.0)
 
 

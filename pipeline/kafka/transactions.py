@@ -146,6 +146,29 @@ class Transactions:
         self.open = False
         self.commits += 1
 
+    def abort_offsets(self, offsets: list[TopicPartition], group_metadata: object) -> None:
+        """Send `offsets` to a transaction of their own and abort it.
+
+        The abort marker it writes to the group's offsets partition ends every transactional
+        offset commit this producer has pending there, not only these: the way to release
+        offsets a broker left pending when it lost a commit's markers (a single broker that
+        stops while answering a commit can), which otherwise keep the group's committed
+        offsets unreadable (UNSTABLE_OFFSET_COMMIT) for good. Its inputs are redone.
+
+        Raises:
+            KafkaException: a step failed or timed out; call `abort` with it.
+        """
+        if self.open:
+            raise RuntimeError("abort_offsets needs no transaction open")
+        producer = self.producer
+        producer.begin_transaction()
+        self.open = True
+        _bounded(
+            "send_offsets_to_transaction",
+            lambda: producer.send_offsets_to_transaction(offsets, group_metadata, STEP_TIMEOUT_S),
+        )
+        self.abort(None)
+
     def abort(self, cause: BaseException | None = None) -> None:
         """End the open transaction without making any of it visible: abort it, or, after a
         fatal error or a step that timed out, rebuild the producer (which aborts it)."""
@@ -172,7 +195,7 @@ class Transactions:
         The old producer may have a fatal error, which every call on it raises again; it is
         only asked to drop its queue, and whatever it says is ignored.
         """
-        with contextlib.suppress(KafkaException, RuntimeError):
+        with contextlib.suppress(KafkaException, RuntimeError, SystemError):
             self.producer.purge(in_queue=True, in_flight=True, blocking=False)
             self.producer.flush(0)
         self.producer = self._new_producer(deadline_s=_INIT_DEADLINE_S)

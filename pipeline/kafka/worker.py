@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka.admin import AdminClient
 
@@ -205,7 +205,14 @@ class Worker:
         return how many outputs are still unacknowledged."""
         self._engine.flush()
         self._produce_outcomes()
-        remaining: int = self._producer.flush(timeout_s)
+        try:
+            remaining: int = self._producer.flush(timeout_s)
+        except (KafkaException, SystemError) as exc:
+            # A producer with a fatal error (a sequence the broker lost, say) raises from
+            # flush; confluent-kafka can surface it as a SystemError from the log callback.
+            assert self._committer is not None
+            self._committer.producer_failed(f"waiting for acknowledgements failed: {exc}")
+            return max(len(self._producer), 1)
         if remaining:
             log.warning("%d outputs still unacknowledged after %.0f s", remaining, timeout_s)
         return remaining

@@ -180,6 +180,9 @@ class FakeConsumer:
     def seek(self, tp: TopicPartition) -> None:
         self.seeks.append((tp.topic, tp.partition, tp.offset))
 
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> object:
+        return object()  # the broker answers
+
     def pause(self, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
         self.pause_calls.append(tps)

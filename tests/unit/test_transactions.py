@@ -265,3 +265,77 @@ def test_outputs_purged_by_an_abort_do_not_abort_the_next_transaction() -> None:
     committer.output_failed(cast(Any, _Record()), KafkaError(KafkaError._MSG_TIMED_OUT), owed_now)
     committer.tick(time.monotonic())
     assert [c for c, _ in made[0].calls].count("abort_transaction") == 2
+
+
+class _StuckHost(_Host):
+    """A consumer that holds a partition with no position, whose committed offsets time out
+    (librdkafka waiting on UNSTABLE_OFFSET_COMMIT) while `stuck`, and a broker that answers
+    metadata unless `down`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stuck = True
+        self.down = False
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition("in", 0)]
+
+    def position(self, parts: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, -1001) for tp in parts]
+
+    def list_topics(self, topic: str, timeout: float) -> object:
+        if self.down:
+            raise _error(KafkaError._TRANSPORT)
+        return object()
+
+    def committed(self, parts: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        if self.stuck:
+            raise _error(KafkaError._TIMED_OUT)
+        return super().committed(parts, timeout)
+
+
+def _stuck_committer() -> tuple[TransactionalCommitter, _StuckHost, list[RecordingProducer]]:
+    host = _StuckHost()
+    txn, made = _txn()
+    committer = TransactionalCommitter(
+        cast(Any, host), txn, interval_ms=100, offset_reset="earliest", sensor=Sensor()
+    )
+    return committer, host, made
+
+
+def test_offsets_left_pending_with_no_marker_are_released_by_an_aborted_offsets_transaction() -> (
+    None
+):
+    committer, host, made = _stuck_committer()
+    start = time.monotonic()
+    for second in range(0, 41, 10):  # checks at +10 s, +20 s, +30 s, +40 s
+        committer.tick(start + second + 0.5)
+    calls = [c for c, _ in made[0].calls]
+    # unreadable first seen at +10 s; released at +30 s (20 s later), not before
+    assert calls == [
+        "init_transactions", "begin_transaction", "send_offsets_to_transaction",
+        "abort_transaction",
+    ], calls  # fmt: skip
+
+    host.stuck = False  # the marker ended them: nothing more to do
+    for second in range(50, 101, 10):
+        committer.tick(start + second + 0.5)
+    assert [c for c, _ in made[0].calls].count("begin_transaction") == 1
+
+
+def test_unreadable_offsets_are_left_alone_while_the_broker_is_away_or_a_transaction_is_open() -> (
+    None
+):
+    committer, host, made = _stuck_committer()
+    host.down = True
+    start = time.monotonic()
+    for second in range(0, 61, 10):
+        committer.tick(start + second + 0.5)
+    assert [c for c, _ in made[0].calls] == ["init_transactions"]
+
+    host.down = False
+    host.drain = lambda timeout_s: 1  # type: ignore[method-assign]  # outputs unacknowledged
+    committer.begin()  # so the transaction stays open across the commits
+    for second in range(70, 131, 10):
+        committer.tick(start + second + 0.5)
+    assert [c for c, _ in made[0].calls] == ["init_transactions", "begin_transaction"]

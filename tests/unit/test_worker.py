@@ -241,6 +241,28 @@ def test_an_abort_rewinds_to_where_the_transaction_started_even_with_offset_rese
     assert r.consumer.seeks[0] == (IN, 0, 5), "not OFFSET_END: that would skip offsets 5 and 6"
 
 
+def test_a_producer_that_raises_from_flush_aborts_the_transaction_instead_of_the_worker(
+    run: Callable[..., Run],
+) -> None:
+    # A producer with a fatal error raises from flush; confluent-kafka has surfaced it as a
+    # SystemError from the log callback (fault suite, T2, 2026-11-30).
+    r = run(guarantee="exactly-once")
+
+    def break_flush() -> None:
+        producer = r.producers[-1]
+        works = producer.flush
+
+        def flush(timeout: float | None = None) -> int:
+            producer.flush = works  # type: ignore[method-assign]
+            raise SystemError("<class 'logging.LogRecord'> returned a result with an exception set")
+
+        producer.flush = flush  # type: ignore[method-assign]
+
+    r.go(r.consumer.assign((IN, 0)), break_flush, record(0, 0), BREAK, BREAK)
+
+    assert "abort" in r.producers[0].transactions, r.producers[0].transactions
+
+
 def test_committed_offsets_that_cannot_be_read_after_an_abort_stop_the_worker(
     run: Callable[..., Run],
 ) -> None:
