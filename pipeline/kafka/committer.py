@@ -352,9 +352,10 @@ class TransactionalCommitter:
         a broker that stopped while answering this producer's commit can acknowledge it and
         lose its markers (seen with a single Kafka 4.3 broker), and librdkafka waits on
         UNSTABLE_OFFSET_COMMIT for good. An aborted transaction of this producer that sends
-        offsets to the group writes the marker that ends them. The outputs of that lost
-        commit never became visible (the next abort on their partitions covers them too), so
-        their inputs are redone from the offsets committed before it.
+        offsets to the group writes the marker that ends them, and the lost commit's inputs
+        are redone from the offsets committed before it: nothing is lost. Its outputs are
+        decided by the next marker this producer writes on their partitions: aborted, they
+        never show; committed, they show twice (T2 saw both).
         """
         if self._txn.open or self._abort_pending:
             self._unreadable_since = None  # outputs are being made: something was read

@@ -45,6 +45,7 @@ from .harness import (
 
 _DELIVERY_TIMEOUT_MS = 10_000
 _STATS = "INFO pipeline.worker: in "  # the stats line, logged once a second by the loop
+_RELEASED = "aborted now and their inputs redone"  # TransactionalCommitter._release
 # A failed output taken for one of the open transaction (see TransactionalCommitter)
 _PURGED_ABORTS = re.compile(r"failed \(KafkaError\{code=_PURGE_\w+.*\): aborting the transaction")
 
@@ -168,8 +169,13 @@ def test_broker_restart_mid_stream_workers_resume_by_themselves(
                 f"{g}: {len(lost)} lost, {len(dead)} dead letters, exit {code}; the worker's "
                 f"warnings and last stats lines:\n{_warnings(workers[g].log)}"
             )
-        if g != AT_LEAST_ONCE and acc.duplicates():
+        released = _RELEASED in workers[g].log
+        if g != AT_LEAST_ONCE and acc.duplicates() and not released:
             failures.append(f"{g}: {acc.duplicates()} duplicates")
+        if released:
+            # The broker lost a commit's markers (README, Exactly-once): the worker released
+            # the offsets it left pending; that commit's outputs may show up twice.
+            print(f"T2 {g}: the broker lost a commit's markers; {acc.duplicates()} duplicates")
         if _PURGED_ABORTS.search(workers[g].log):
             # The abort on losing the partitions purges the outputs still queued; their
             # failed delivery reports belong to that transaction, not to the next one.
