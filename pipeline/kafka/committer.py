@@ -284,8 +284,7 @@ class TransactionalCommitter:
         pass  # offsets are committed by the transaction, never by the consumer
 
     def output_failed(self, msg: Message, err: RdKafkaError, owed: Owed) -> None:
-        tp, generation = owed
-        if self._host.tracker.generation(tp) != generation:
+        if not self._host.tracker.holds(owed):
             # An output of a transaction that was already aborted (the abort purged it, or it
             # timed out): its input is redone from the committed offsets, and its delivery
             # report, served after the abort, must not abort the next transaction too.
@@ -433,6 +432,7 @@ class TransactionalCommitter:
 
 
 _COMMITTED_DEADLINE_S = 90.0  # a group coordinator that moved answers again well within it
+_COMMITTED_TIMEOUT_S = 30.0  # one ask for the committed offsets
 _UNREAD_CHECK_S = 10.0  # how often partitions held without a position are looked at
 _UNREAD_LIMIT_S = 20.0  # committed offsets unreadable this long (broker answering): release
 _PROBE_TIMEOUT_S = 2.0  # reading committed offsets takes milliseconds when they are stable
@@ -479,7 +479,9 @@ def _committed(
     released = False
     while True:
         try:
-            committed: list[TopicPartition] = consumer.committed(parts, timeout=30)
+            committed: list[TopicPartition] = consumer.committed(
+                parts, timeout=_COMMITTED_TIMEOUT_S
+            )
             unread = [tp for tp in committed if tp.error is not None]
             if not unread:
                 return committed
@@ -496,7 +498,7 @@ def _committed(
                 with contextlib.suppress(KafkaException):
                     consumer.list_topics(parts[0].topic, timeout=_PROBE_TIMEOUT_S)
                     released = True
-                    release(parts, "30 s")
+                    release(parts, f"{_COMMITTED_TIMEOUT_S:.0f} s")
             time.sleep(1.0)
 
 

@@ -162,6 +162,12 @@ class OffsetTracker:
         part = self._parts.get(tp)
         return part.generation if part is not None else None
 
+    def holds(self, owed: Owed) -> bool:
+        """Whether inputs read in `owed` (a partition and the generation of its assignment)
+        are still this assignment's: not revoked, lost, or dropped by an abort since."""
+        tp, generation = owed
+        return self.generation(tp) == generation
+
     def first_offset(self, tp: TopicPartitionKey) -> int | None:
         """The first offset consumed in this assignment of `tp`, or None: where to rewind
         when the group has no committed offset for it yet."""

@@ -470,8 +470,7 @@ class Worker:
     def _still_owed(self, block: _Block) -> bool:
         """After a loss or an abort: whether the block's partition is still held in the same
         assignment (otherwise its records are someone else's, or will be redone)."""
-        tp, generation = block.owed
-        return self._tracker.generation(tp) == generation
+        return self._tracker.holds(block.owed)
 
     def _finished(self, owed: Owed, offsets: Sequence[int]) -> None:
         """Outputs for `offsets` were acknowledged: they may be committed."""

@@ -46,7 +46,7 @@ from .harness import (
 _DELIVERY_TIMEOUT_MS = 10_000
 _STATS = "INFO pipeline.worker: in "  # the stats line, logged once a second by the loop
 _RELEASED = "aborted now and their inputs redone"  # TransactionalCommitter._release
-# A failed output taken for one of the open transaction (see TransactionalCommitter)
+# A purged output's failure taken for a failure of the transaction open after the abort
 _PURGED_ABORTS = re.compile(r"failed \(KafkaError\{code=_PURGE_\w+.*\): aborting the transaction")
 
 
