@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -15,6 +16,7 @@ __all__ = ["admin_client", "ensure_topics", "replication_for"]
 
 log = logging.getLogger("pipeline.topics")
 _CONNECT_TIMEOUT_S = 15.0
+_PROPAGATION_TIMEOUT_S = 30.0  # a new topic reaches every node's metadata well within this
 
 
 def admin_client(bootstrap_servers: str, kafka: Mapping[str, str]) -> AdminClient:
@@ -77,8 +79,28 @@ def ensure_topics(
                     f"could not create topic {topic!r} on {bootstrap_servers}: {exc.args[0]}; "
                     "create it yourself or grant this principal CREATE on the cluster"
                 ) from exc
-        meta = admin.list_topics(timeout=_CONNECT_TIMEOUT_S)
+        return _partitions_once_known(admin, wanted)
     return {t: len(meta.topics[t].partitions) for t in wanted if t in meta.topics}
+
+
+def _partitions_once_known(admin: AdminClient, topics: list[str]) -> dict[str, int]:
+    """Each topic's partition count, asked until the node that answers knows them all.
+
+    On a cluster the controller answers CreateTopics once the topic is in its metadata
+    log; the other nodes learn of it a moment later, and until then a node answers
+    "unknown topic" (or no partitions) for it.
+    """
+    deadline = time.monotonic() + _PROPAGATION_TIMEOUT_S
+    while True:
+        known = admin.list_topics(timeout=_CONNECT_TIMEOUT_S).topics
+        counts = {t: len(known[t].partitions) for t in topics if t in known}
+        pending = [t for t in topics if not counts.get(t) or known[t].error is not None]
+        if not pending or time.monotonic() > deadline:
+            if pending:
+                log.warning("topics %s created but not yet known to every node after %.0f s",
+                            pending, _PROPAGATION_TIMEOUT_S)  # fmt: skip
+            return counts
+        time.sleep(0.2)
 
 
 def replication_for(brokers: int, factor: int, min_isr: int) -> tuple[int, int]:

@@ -26,6 +26,7 @@ from confluent_kafka.admin import (
 )
 
 from pipeline.dev.localkafka import LocalKafka, _pid_alive
+from pipeline.kafka.topics import ensure_topics
 
 from .kafkaio import free_port
 
@@ -106,6 +107,17 @@ def _node_pids(status: str) -> dict[int, int]:
     }
 
 
+def _replicas_once_known(admin: AdminClient, topic: str) -> list[list[int]]:
+    """The replica lists of `topic`'s partitions, asked until the node that answers knows the
+    topic: the controller confirms a creation before every node has heard of it."""
+    deadline = time.monotonic() + 30
+    while True:
+        meta = admin.list_topics(topic, timeout=10).topics[topic]
+        if (meta.error is None and meta.partitions) or time.monotonic() > deadline:
+            return [sorted(p.replicas) for p in meta.partitions.values()]
+        time.sleep(0.2)
+
+
 def test_three_node_cluster_survives_a_node_down_and_takes_it_back(tmp_path: Path) -> None:
     data = tmp_path / "cluster"
     started = _cli("start", "--nodes", "3", "--port", "0", "--data-dir", str(data))
@@ -127,8 +139,12 @@ def test_three_node_cluster_survives_a_node_down_and_takes_it_back(tmp_path: Pat
         assert sorted(admin.list_topics(timeout=10).brokers) == [1, 2, 3]
         topic = f"rf-{uuid.uuid4().hex[:8]}"
         admin.create_topics([NewTopic(topic, 2)])[topic].result(timeout=30)  # broker defaults
-        parts = admin.list_topics(topic, timeout=10).topics[topic].partitions.values()
-        assert [sorted(p.replicas) for p in parts] == [[1, 2, 3], [1, 2, 3]]
+        assert _replicas_once_known(admin, topic) == [[1, 2, 3], [1, 2, 3]]
+        # the worker's own set-up answers with counts the cluster knows, not an empty topic
+        made = [f"made-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+        assert ensure_topics(admin, bootstrap, made, create=True, partitions=4) == {
+            t: 4 for t in made
+        }
 
         os.kill(pids[2], signal.SIGKILL)  # kill -9 by the pid status shows
         down = _cli("status", "--data-dir", str(data)).stdout
