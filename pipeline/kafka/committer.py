@@ -436,6 +436,8 @@ _COMMITTED_TIMEOUT_S = 30.0  # one ask for the committed offsets
 _UNREAD_CHECK_S = 10.0  # how often partitions held without a position are looked at
 _UNREAD_LIMIT_S = 20.0  # committed offsets unreadable this long (broker answering): release
 _PROBE_TIMEOUT_S = 2.0  # reading committed offsets takes milliseconds when they are stable
+_TIMED_OUT = RdKafkaError._TIMED_OUT
+_UNREADABLE = frozenset((_TIMED_OUT, RdKafkaError.UNSTABLE_OFFSET_COMMIT))  # offsets pending
 
 
 def _committed_readable(consumer: Any, parts: list[TopicPartition]) -> bool:
@@ -455,10 +457,6 @@ def _committed_readable(consumer: Any, parts: list[TopicPartition]) -> bool:
             return False
         raise
     return not any(tp.error is not None and tp.error.code() in _UNREADABLE for tp in committed)
-
-
-_TIMED_OUT = RdKafkaError._TIMED_OUT
-_UNREADABLE = frozenset((_TIMED_OUT, RdKafkaError.UNSTABLE_OFFSET_COMMIT))
 
 
 def _committed(
