@@ -63,13 +63,24 @@ ERROR_TYPES: Final = (
         "named features went to a model without feature names",
     ),
     ErrorType("FeatureCount", "validate", "`features` has a different length than the model takes"),
-    ErrorType("UnknownFeature", "validate", "`features` names a feature the manifest lacks"),
-    ErrorType("MissingFeature", "validate", "`features` lacks some of the manifest's names"),
+    ErrorType("UnknownFeature", "validate", "`features` names a feature or input the model lacks"),
+    ErrorType("MissingFeature", "validate", "`features` lacks some features or inputs"),
     ErrorType(
         "NonNumeric", "validate", "a feature is a string, a boolean, null, an array or object"
     ),
     ErrorType("NonFinite", "validate", "a feature is NaN or infinite"),
     ErrorType("Float32Overflow", "validate", "a feature's magnitude is beyond float32's"),
+    ErrorType("Float16Overflow", "validate", "a value of an FP16 input is beyond float16's"),
+    ErrorType("Float64Overflow", "validate", "a value of an FP64 input is beyond float64's"),
+    ErrorType("NotAnInteger", "validate", "a number with a fraction for an integer input"),
+    ErrorType("IntegerRange", "validate", "an integer outside its input's type (INT8, UINT32...)"),
+    ErrorType("NotBoolean", "validate", "a BOOL input's value is not true or false"),
+    ErrorType("NotAString", "validate", "a string (BYTES) input's value is not a string"),
+    ErrorType(
+        "WrongShape",
+        "validate",
+        "an input's value has another shape than one row of it takes (a ragged or short array)",
+    ),
     ErrorType(
         "InvalidModelName",
         "route",

@@ -1,9 +1,10 @@
 """Micro-batching: gather rows per key and cut batches by size or by age.
 
 `MicroBatcher` holds pending rows for any number of keys (the engine uses
-``(model, version)``). Rows arrive in *submissions*: a float32 matrix plus one opaque
-*ticket* that stands for all its rows (the Kafka worker's ticket holds the records of a
-decoded block; a front door's holds one request). A submission may be split across
+``(model, version, row shapes)``). Rows arrive in *submissions*: a feed (one array per
+model input, the rows on each array's first axis) plus one opaque *ticket* that stands for
+all its rows (the Kafka worker's ticket holds the records of a decoded block; a front
+door's holds one request). A submission may be split across
 batches, so a `Batch` names its rows as `Slice`\\ s: a ticket and a row range of its
 submission, in order. A key's rows are cut into a batch when ``max_batch_size`` of them are
 pending (`MicroBatcher.add`), when its oldest row has waited ``max_wait_ms``
@@ -29,6 +30,7 @@ from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
+from pipeline.engine.signature import Feed, feed_rows
 from pipeline.errors import ConfigError
 
 __all__ = ["Batch", "BatchSizing", "MicroBatcher", "Slice"]
@@ -73,29 +75,30 @@ class Batch(Generic[T]):
     """A run of rows for one key, ready for inference.
 
     Attributes:
-        key: The key the rows were added under, e.g. ``(model, version)``.
-        features: Float32, C-contiguous, shape ``(n, n_features)``.
+        key: The key the rows were added under, e.g. ``(model, version, shapes)``.
+        feed: One C-contiguous array per input, each with ``n`` rows.
         slices: Where the rows came from, in row order; their lengths add up to ``n``.
         first_added_at: Clock time at which the oldest row was added.
     """
 
     key: Hashable
-    features: np.ndarray
+    feed: Feed
     slices: list[Slice[T]]
     first_added_at: float
 
     @property
     def rows(self) -> int:
         """How many rows the batch has."""
-        return int(self.features.shape[0])
+        return feed_rows(self.feed)
 
 
 @dataclass(slots=True)
 class _Chunk(Generic[T]):
-    """The rows of one submission not yet cut into a batch: ``features`` are rows
+    """The rows of one submission not yet cut into a batch: ``feed`` holds rows
     ``start:`` of it."""
 
-    features: np.ndarray
+    feed: Feed
+    rows: int
     ticket: T
     start: int
     added_at: float
@@ -105,31 +108,33 @@ class _Chunk(Generic[T]):
 class _Pending(Generic[T]):
     """The rows waiting for one key, oldest chunk first."""
 
-    width: int
+    layout: tuple[tuple[str, str, tuple[int, ...]], ...]  # per input: name, dtype, row shape
     chunks: deque[_Chunk[T]] = field(default_factory=deque)
     rows: int = 0
 
-    def take(self, n: int) -> tuple[np.ndarray, list[Slice[T]]]:
-        """Remove the oldest `n` rows; return their features (one array) and slices."""
-        parts: list[np.ndarray] = []
+    def take(self, n: int) -> tuple[Feed, list[Slice[T]]]:
+        """Remove the oldest `n` rows; return their feed and slices."""
+        parts: list[Feed] = []
         slices: list[Slice[T]] = []
         taken = 0
         while taken < n:
             chunk = self.chunks[0]
-            size = chunk.features.shape[0]
-            take = min(n - taken, size)
-            if take == size:
+            take = min(n - taken, chunk.rows)
+            if take == chunk.rows:
                 self.chunks.popleft()
-                parts.append(chunk.features)
+                parts.append(chunk.feed)
             else:
-                parts.append(chunk.features[:take])
+                parts.append({name: array[:take] for name, array in chunk.feed.items()})
+                rest = {name: array[take:] for name, array in chunk.feed.items()}
                 self.chunks[0] = _Chunk(
-                    chunk.features[take:], chunk.ticket, chunk.start + take, chunk.added_at
+                    rest, chunk.rows - take, chunk.ticket, chunk.start + take, chunk.added_at
                 )
             slices.append(Slice(chunk.ticket, chunk.start, chunk.start + take))
             taken += take
         self.rows -= n
-        return (parts[0] if len(parts) == 1 else np.concatenate(parts)), slices
+        if len(parts) == 1:
+            return parts[0], slices
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}, slices
 
 
 class MicroBatcher(Generic[T]):
@@ -183,13 +188,13 @@ class MicroBatcher(Generic[T]):
         pending = self._pending.get(key)
         return pending.rows if pending is not None else 0
 
-    def add(self, key: Hashable, features: np.ndarray, ticket: T) -> list[Batch[T]]:
+    def add(self, key: Hashable, feed: Feed, ticket: T) -> list[Batch[T]]:
         """Append one submission's rows for `key`; return every batch that reached full size.
 
         Args:
-            key: Which batch the rows belong to, e.g. ``(model, version)``.
-            features: Float32 array of shape ``(n, n_features)``; the batcher keeps it
-                without copying.
+            key: Which batch the rows belong to, e.g. ``(model, version, shapes)``.
+            feed: One array per input, each with the submission's ``n`` rows on its first
+                axis; the batcher keeps the arrays without copying.
             ticket: Stands for all `n` rows; batches name it in their slices.
 
         Returns:
@@ -197,26 +202,27 @@ class MicroBatcher(Generic[T]):
             last full batch stay pending.
 
         Raises:
-            ValueError: `features` is not a 2-D float32 array, or its width differs from
-                the rows still pending for the same key.
+            ValueError: `feed` is empty, its arrays differ in rows, or its inputs, dtypes or
+                row shapes differ from the rows still pending for the same key.
         """
-        _check_rows(features)
-        if not features.shape[0]:
+        rows, layout = _check_feed(feed)
+        if not rows:
             return []
         pending = self._pending.get(key)
         if pending is None:
-            pending = self._pending[key] = _Pending(features.shape[1])
-        elif features.shape[1] != pending.width:
+            pending = self._pending[key] = _Pending(layout)
+        elif layout != pending.layout:
             raise ValueError(
-                f"features for key {key!r} must have {pending.width} columns "
-                f"(as the rows pending for it do), got {features.shape[1]}"
+                f"rows for key {key!r} must have the inputs, dtypes and row shapes "
+                f"{pending.layout} (as the rows pending for it do), got {layout}"
             )
-        chunk = _Chunk(np.ascontiguousarray(features), ticket, 0, self._clock())
+        contiguous = {name: np.ascontiguousarray(array) for name, array in feed.items()}
+        chunk = _Chunk(contiguous, rows, ticket, 0, self._clock())
         if self._sizing is not None:
-            self._sizing.added(key, features.shape[0], chunk.added_at)
+            self._sizing.added(key, rows, chunk.added_at)
         pending.chunks.append(chunk)
-        pending.rows += features.shape[0]
-        self._rows += features.shape[0]
+        pending.rows += rows
+        self._rows += rows
         full: list[Batch[T]] = []
         cap = self._cap(key)
         while pending.rows >= cap:
@@ -266,7 +272,7 @@ class MicroBatcher(Generic[T]):
         for key in list(self._pending):
             pending = self._pending[key]
             kept = deque(chunk for chunk in pending.chunks if not predicate(chunk.ticket))
-            rows = sum(chunk.features.shape[0] for chunk in kept)
+            rows = sum(chunk.rows for chunk in kept)
             removed += pending.rows - rows
             self._rows -= pending.rows - rows
             pending.chunks, pending.rows = kept, rows
@@ -297,21 +303,26 @@ class MicroBatcher(Generic[T]):
     def _cut(self, key: Hashable, pending: _Pending[T], size: int | None = None) -> Batch[T]:
         """Take the oldest `size` rows (all if None) of `pending` as one batch."""
         first_added_at = pending.chunks[0].added_at
-        features, slices = pending.take(pending.rows if size is None else size)
-        self._rows -= features.shape[0]
-        return Batch(key, features, slices, first_added_at)
+        n = pending.rows if size is None else size
+        feed, slices = pending.take(n)
+        self._rows -= n
+        return Batch(key, feed, slices, first_added_at)
 
 
-def _check_rows(features: object) -> None:
-    if not isinstance(features, np.ndarray):
-        raise ValueError(f"features must be a numpy array, got {type(features).__name__}")
-    if features.ndim != 2:
-        raise ValueError(
-            f"features must be 2-D (rows, n_features), got {features.ndim}-D "
-            f"with shape {features.shape}"
-        )
-    if features.dtype != np.float32:
-        raise ValueError(f"features must have dtype float32, got {features.dtype}")
+def _check_feed(feed: object) -> tuple[int, tuple[tuple[str, str, tuple[int, ...]], ...]]:
+    """A feed's rows and layout (per input: name, dtype, row shape), or ValueError."""
+    if not isinstance(feed, dict) or not feed:
+        raise ValueError(f"rows must be a feed (input name -> array), got {type(feed).__name__}")
+    rows: set[int] = set()
+    layout = []
+    for name, array in feed.items():
+        if not isinstance(array, np.ndarray) or array.ndim < 1:
+            raise ValueError(f"input {name!r} must be a numpy array with a row axis, got {array!r}")
+        rows.add(array.shape[0])
+        layout.append((name, array.dtype.str, array.shape[1:]))
+    if len(rows) != 1:
+        raise ValueError(f"every input of a feed must have the same rows, got {sorted(rows)}")
+    return rows.pop(), tuple(layout)
 
 
 def _check_batch_size(value: object) -> int:

@@ -1,16 +1,21 @@
-"""The codec: raw Kafka values in, per-model float32 rows and rejects out; predictions to bytes.
+"""The codec: raw Kafka values in, per-model feeds and rejects out; predictions to bytes.
 
 This module owns the wire contract users see on their topics. `EventDecoder.decode`
 turns a batch of record values into one `RowBlock` per (model, version) that actually
-runs, plus one `Reject` for every value that cannot become a row, each naming the stage
+runs (per (model, version, row shapes) for inputs of symbolic shape), plus one `Reject`
+for every value that cannot become a row, each naming the stage
 (``decode``, ``validate`` or ``route``), a short error type and a message that says what
 was expected and what arrived. One bad value never affects the others in its batch.
 `encode_predictions` turns one block's inference outputs into one JSON document per row.
 
-The decode path is the hot path, so the work per value is kept to one `orjson.loads`,
-a few dictionary look-ups and one exact type check of the feature row; range checks and
-the float32 conversion are vectorised once per block. Each distinct (model, version)
-is resolved through the `ModelCatalog` at most once per `decode` call.
+A block's rows are a *feed*: one array per model input (`pipeline.engine.signature`).
+A vector model (one floating-point matrix input) takes ``features`` as an array or as an
+object of named columns, its fast path; any model takes an object of input name -> one
+row's value (`pipeline.engine.values` checks each value against the input's datatype and
+per-row shape). The decode path is the hot path, so the work per value is kept to one
+`orjson.loads`, a few dictionary look-ups and one exact type check of the feature row;
+range checks and the conversion to the input's dtype are vectorised once per block. Each
+distinct (model, version) is resolved through the `ModelCatalog` at most once per `decode` call.
 
 Hostile values cost O(len) at most: the size limit is checked before parsing, orjson
 parses in linear time and stops at depth 1024, and the nesting-depth limit is checked
@@ -32,7 +37,10 @@ import numpy as np
 import orjson
 
 from pipeline.engine.names import PLAIN_NAME_RULE, is_plain_name
+from pipeline.engine.signature import FLOAT_LIMITS, Feed
 from pipeline.engine.spec import ModelCatalog, ModelSpec
+from pipeline.engine.values import OVERFLOW as _OVERFLOW
+from pipeline.engine.values import ValueProblem, column_array, row_value
 from pipeline.errors import ModelLoadError, ModelNotFoundError
 
 __all__ = [
@@ -51,7 +59,7 @@ __all__ = [
 MAX_ID_LENGTH: Final = 256
 """The longest event `id` accepted, in characters."""
 
-FLOAT32_LIMIT: Final = 3.4028235e38
+FLOAT32_LIMIT: Final = FLOAT_LIMITS["FP32"]
 """The largest magnitude that still converts to a finite float32."""
 
 _MAX_TS: Final = 2**63 - 1
@@ -87,17 +95,23 @@ class RowBlock:
 
     Attributes:
         spec: The resolved spec; its version is the one that runs.
-        features: float32, C-contiguous, shape ``(n, spec.n_features)``.
+        feed: One array per model input, each with the block's ``n`` rows on its first
+            axis, of the input's dtype (a vector model's: ``(n, spec.n_features)``).
         indices: Position in the input sequence of each row.
         ids: The event id of each row.
         ts: Event time of each row, ms since epoch (the event's `ts`, else the fallback).
     """
 
     spec: ModelSpec
-    features: np.ndarray[Any, np.dtype[np.float32]]
+    feed: Feed
     indices: list[int]
     ids: list[str]
     ts: list[int]
+
+    @property
+    def rows(self) -> int:
+        """How many rows the block has."""
+        return len(self.indices)
 
 
 @dataclass(slots=True)
@@ -105,11 +119,12 @@ class Decoded:
     """The result of decoding one batch of values.
 
     Attributes:
-        blocks: One block per (model name, resolved version); only non-empty blocks.
+        blocks: One block per (model name, resolved version), and per shape of a row
+            where a model's inputs have symbolic dimensions; only non-empty blocks.
         rejects: One reject per value that did not become a row, ordered by index.
     """
 
-    blocks: dict[tuple[str, str], RowBlock]
+    blocks: dict[tuple[Any, ...], RowBlock]
     rejects: list[Reject]
 
 
@@ -124,26 +139,56 @@ class _Rejected(Exception):
 
 
 @dataclass(slots=True)
+class _Group:
+    """Rows of named inputs that share their shapes, collected before conversion."""
+
+    shapes: tuple[tuple[int, ...], ...]
+    columns: list[list[list[Any]]]  # per input, per row: the checked leaves
+    indices: list[int] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    ts: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class _Pending:
-    """Rows collected for one block during a `decode` call, before conversion."""
+    """Rows collected for one model version during a `decode` call, before conversion."""
 
     spec: ModelSpec
-    rows: list[list[Any]] = field(default_factory=list)
+    rows: list[list[Any]] = field(default_factory=list)  # a vector model's rows
     indices: list[int] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
     ts: list[int] = field(default_factory=list)
     named: set[int] = field(default_factory=set)  # row positions sent as name -> value
+    groups: dict[tuple[tuple[int, ...], ...], _Group] = field(default_factory=dict)
 
     def add(self, index: int, event_id: str, ts: int, features: Any) -> None:
         """Check `features` (an array or an object) against the spec and keep the row."""
+        spec = self.spec
         if type(features) is list:
-            self.rows.append(_checked_row(features, None, self.spec))
-        else:
-            self.rows.append(_named_row(features, self.spec))
+            if not spec.vector:
+                raise _array_for_inputs(spec)
+            self.rows.append(_checked_row(features, None, spec))
+        elif spec.vector and spec.feature_names and spec.inputs[0].name not in features:
+            self.rows.append(_named_row(features, spec))
             self.named.add(len(self.rows) - 1)
+        else:
+            self._add_inputs(index, event_id, ts, features)
+            return
         self.indices.append(index)
         self.ids.append(event_id)
         self.ts.append(ts)
+
+    def _add_inputs(self, index: int, event_id: str, ts: int, features: dict[str, Any]) -> None:
+        """Keep a row given as input name -> value, with the rows of its shapes."""
+        leaves, shapes = _input_row(features, self.spec)
+        group = self.groups.get(shapes)
+        if group is None:
+            group = self.groups[shapes] = _Group(shapes, [[] for _ in shapes])
+        for column, values in zip(group.columns, leaves, strict=True):
+            column.append(values)
+        group.indices.append(index)
+        group.ids.append(event_id)
+        group.ts.append(ts)
 
 
 @dataclass(slots=True)
@@ -391,11 +436,16 @@ class EventDecoder:
 
 def _decoded(state: _CallState, rejects: list[Reject]) -> Decoded:
     """Convert the rows collected in one call to blocks; order the rejects."""
-    blocks = {}
+    blocks: dict[tuple[Any, ...], RowBlock] = {}
     for key, collected in state.pending.items():
         block = _finish(collected, rejects)
         if block is not None:
             blocks[key] = block
+        for shapes, group in collected.groups.items():
+            typed = _finish_group(collected.spec, group, rejects)
+            if typed is not None:
+                alone = block is None and len(collected.groups) == 1
+                blocks[key if alone else (*key, shapes)] = typed
     rejects.sort(key=lambda r: r.index)
     return Decoded(blocks, rejects)
 
@@ -407,14 +457,7 @@ def _is_name_or_absent(value: object) -> bool:
 
 def _named_row(features: dict[str, Any], spec: ModelSpec) -> list[Any]:
     """Map a name -> value object to a row in the spec's column order, and check it."""
-    names = spec.feature_names
-    if not names:
-        raise _Rejected(
-            "validate",
-            "InvalidField",
-            f"features must be an array of {spec.n_features} numbers: model {spec.name!r} "
-            f"version {spec.version!r} declares no feature names, got an object",
-        )
+    names = spec.feature_names or ()
     try:
         row = [features[name] for name in names]
     except KeyError:
@@ -439,16 +482,103 @@ def _checked_row(row: list[Any], names: tuple[str, ...] | None, spec: ModelSpec)
 
 
 def _finish(p: _Pending, rejects: list[Reject]) -> RowBlock | None:
-    """Convert a block's rows to float32, rejecting rows out of float32's finite range."""
+    """Convert a vector model's rows to its input's dtype, rejecting rows out of that
+    dtype's finite range."""
     if not p.rows:
         return None
+    (vector,) = p.spec.inputs
     matrix = np.array(p.rows, dtype=np.float64)
-    in_range = np.abs(matrix) <= FLOAT32_LIMIT  # NaN compares False
+    in_range = np.abs(matrix) <= FLOAT_LIMITS[vector.datatype]  # NaN compares False
     if not in_range.all():
         matrix = _drop_out_of_range(p, matrix, in_range, rejects)
         if not p.indices:
             return None
-    return RowBlock(p.spec, matrix.astype(np.float32), p.indices, p.ids, p.ts)
+    return RowBlock(p.spec, {vector.name: matrix.astype(vector.dtype)}, p.indices, p.ids, p.ts)
+
+
+def _input_row(
+    features: dict[str, Any], spec: ModelSpec
+) -> tuple[list[list[Any]], tuple[tuple[int, ...], ...]]:
+    """Check a row given as input name -> value; return each input's leaves and shape."""
+    if len(features) != len(spec.inputs) or not all(n in features for n in spec.input_index):
+        raise _input_name_problem(features, spec)
+    leaves, shapes = [], []
+    for tensor in spec.inputs:
+        try:
+            values, shape = row_value(tensor, features[tensor.name], _where(tensor.name))
+        except ValueProblem as problem:
+            raise _Rejected(problem.stage, problem.error_type, problem.message) from None
+        leaves.append(values)
+        shapes.append(shape)
+    return leaves, tuple(shapes)
+
+
+def _finish_group(spec: ModelSpec, group: _Group, rejects: list[Reject]) -> RowBlock | None:
+    """Convert rows of named inputs to one array per input; reject rows a float input
+    cannot hold (beyond its datatype's finite range)."""
+    feed: Feed = {}
+    refused: dict[int, ValueProblem] = {}
+    for tensor, column, shape in zip(spec.inputs, group.columns, group.shapes, strict=True):
+        feed[tensor.name], problems = column_array(tensor, column, shape, _where(tensor.name))
+        for row, problem in problems.items():
+            refused.setdefault(row, problem)
+    if refused:
+        for row, problem in sorted(refused.items()):
+            rejects.append(Reject(group.indices[row], problem.stage, problem.error_type,
+                                  problem.message))  # fmt: skip
+        keep = np.ones(len(group.indices), dtype=bool)
+        keep[list(refused)] = False
+        if not keep.any():
+            return None
+        feed = {name: array[keep] for name, array in feed.items()}
+        kept = np.flatnonzero(keep).tolist()
+        group.indices = [group.indices[k] for k in kept]
+        group.ids = [group.ids[k] for k in kept]
+        group.ts = [group.ts[k] for k in kept]
+    return RowBlock(spec, feed, group.indices, group.ids, group.ts)
+
+
+def _where(name: str) -> str:
+    return f"features[{_quote(name)}]"
+
+
+def _inputs_listing(spec: ModelSpec, limit: int = 5) -> str:
+    """``'amount' (FP32 [1]), 'country' (BYTES [1])``: a model's inputs, for messages."""
+    shown = [f"{_quote(t.name)} ({t.describe()})" for t in spec.inputs[:limit]]
+    more = len(spec.inputs) - limit
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+def _array_for_inputs(spec: ModelSpec) -> _Rejected:
+    """An array of features sent to a model with named, typed inputs."""
+    return _Rejected(
+        "validate",
+        "InvalidField",
+        f"features must be an object of input name -> value: {spec.describe()} takes "
+        f"{_plural(len(spec.inputs), 'input')}: {_inputs_listing(spec)}; got an array",
+    )
+
+
+def _input_name_problem(features: dict[str, Any], spec: ModelSpec) -> _Rejected:
+    """Describe unknown or missing input names of a name -> value object."""
+    unknown = [name for name in features if name not in spec.input_index]
+    missing = [t.name for t in spec.inputs if t.name not in features]
+    takes = f"{spec.describe()} takes {_plural(len(spec.inputs), 'input')}: {_inputs_listing(spec)}"
+    if spec.vector and spec.feature_names:
+        takes += f", or its {spec.n_features} features by name"
+    if unknown:
+        also = f"; also missing {_list(missing)}" if missing else ""
+        return _Rejected(
+            "validate",
+            "UnknownFeature",
+            f"features has unknown {'name' if len(unknown) == 1 else 'names'} "
+            f"{_list(unknown)}; {takes}{also}",
+        )
+    return _Rejected(
+        "validate",
+        "MissingFeature",
+        f"features is missing {_plural(len(missing), 'input')} {_list(missing)}; {takes}",
+    )
 
 
 def _drop_out_of_range(
@@ -462,7 +592,7 @@ def _drop_out_of_range(
     for r in np.flatnonzero(~row_ok).tolist():
         col = int(np.argmin(in_range[r]))  # the first value out of range
         names = p.spec.feature_names if r in p.named else None
-        problem = _value_problem(p.rows[r][col:], names, offset=col)
+        problem = _value_problem(p.rows[r][col:], names, col, p.spec.inputs[0].datatype)
         rejects.append(Reject(p.indices[r], problem.stage, problem.error_type, problem.message))
     kept: list[int] = np.flatnonzero(row_ok).tolist()
     p.indices = [p.indices[k] for k in kept]
@@ -472,8 +602,12 @@ def _drop_out_of_range(
     return kept_rows
 
 
-def _value_problem(row: list[Any], names: tuple[str, ...] | None, offset: int = 0) -> _Rejected:
-    """Describe the first value of `row` that is not a finite, float32-sized number."""
+def _value_problem(
+    row: list[Any], names: tuple[str, ...] | None, offset: int = 0, datatype: str = "FP32"
+) -> _Rejected:
+    """Describe the first value of `row` that is not a finite number that fits the vector
+    input's datatype (float32 unless the model says otherwise)."""
+    limit = FLOAT_LIMITS[datatype]
     for col, value in enumerate(row, start=offset):
         where = f"features[{col}]" if names is None else f"features[{_quote(names[col])}]"
         if type(value) not in _NUMBER_TYPES:
@@ -484,11 +618,11 @@ def _value_problem(row: list[Any], names: tuple[str, ...] | None, offset: int = 
             return _Rejected(
                 "validate", "NonFinite", f"{where} must be a finite number, got {value!r}"
             )
-        if abs(value) > FLOAT32_LIMIT:
+        if abs(value) > limit:
+            bits = datatype.removeprefix("FP")
             return _Rejected(
-                "validate",
-                "Float32Overflow",
-                f"{where} must fit in float32 (magnitude <= {FLOAT32_LIMIT!r}), got {value!r}",
+                *_OVERFLOW[datatype],
+                f"{where} must fit in float{bits} (magnitude <= {limit!r}), got {value!r}",
             )
     return _Rejected("validate", "NonNumeric", "features must all be finite numbers")
 
@@ -563,7 +697,7 @@ def _bad_ts(ts: Any) -> _Rejected:
 
 def _bad_features(event: dict[str, Any]) -> _Rejected:
     """Describe a missing `features`, or one that is neither an array nor an object."""
-    expected = "an array of numbers or an object of feature name -> number"
+    expected = "an array of numbers, or an object of feature name -> number or input name -> value"
     if "features" not in event:
         return _Rejected("validate", "MissingField", f"features is required ({expected})")
     return _Rejected(

@@ -2,7 +2,8 @@
 
 Callers (the Kafka worker, the HTTP and gRPC doors, a Faust agent) `Engine.submit` rows
 for a model version with a *ticket* of their own and a callback. The engine gathers the
-rows of all callers per ``(model, version)``, cuts batches by size or by the age of their
+rows of all callers per ``(model, version)`` (and per row shape, for inputs of symbolic
+shape), cuts batches by size or by the age of their
 oldest row, runs each batch through ONNX Runtime (`run_batch`, which isolates failing rows)
 and hands every caller an `Outcome` per part of its submission: the outputs of the rows
 that were predicted and a `RowError` for each row that was not. It knows nothing of Kafka,
@@ -36,6 +37,7 @@ from pipeline.engine.batching import Batch, MicroBatcher, Slice
 from pipeline.engine.inference import run_batch
 from pipeline.engine.latency import LatencyTarget
 from pipeline.engine.models import LoadedModel, ModelCache
+from pipeline.engine.signature import Feed, feed_rows, shape_key
 from pipeline.errors import ConfigError, ModelError, Overloaded
 from pipeline.metrics import NULL_SENSOR, Sensor
 
@@ -177,14 +179,14 @@ class Engine(Generic[T]):
         self,
         model: str,
         version: str,
-        features: np.ndarray,
+        feed: Feed,
         ticket: T,
         done: Callable[[Outcome[T]], None],
         *,
         deadline: float | None = None,
         admit: bool = False,
     ) -> None:
-        """Queue the rows of `features` for `model` at `version`.
+        """Queue the rows of `feed` for `model` at `version`.
 
         `done` is called once per part of the submission as its batches run (on the
         thread that runs them), with outcomes covering every row exactly once.
@@ -192,7 +194,8 @@ class Engine(Generic[T]):
         Args:
             model: The model's name.
             version: The resolved version (see `ModelCache.resolve`).
-            features: Float32, shape ``(n, n_features)``; the engine keeps it.
+            feed: One array per input of the model, each with the submission's ``n`` rows
+                (a codec `RowBlock`'s feed); the engine keeps the arrays.
             ticket: The caller's own reference, handed back in each `Outcome`.
             done: Receives the outcomes.
             deadline: Monotonic time after which rows not yet run are not run.
@@ -200,21 +203,22 @@ class Engine(Generic[T]):
 
         Raises:
             Overloaded: `admit` is set and the model version's queue is full.
-            ValueError: `features` is not a 2-D float32 array of the width pending for it.
+            ValueError: `feed` differs in inputs, dtypes or shapes from the rows pending for it.
         """
         key = (model, version)
+        batch_key = (model, version, shape_key(feed))
         submission = _Submission(ticket, done, deadline)
         with self._lock:
             if admit and self._max_queue_rows is not None:
-                waiting = self._batcher.pending(key) + self._queue.rows.get(key, 0)
-                if waiting + features.shape[0] > self._max_queue_rows:
+                waiting = self._batcher.pending(batch_key) + self._queue.rows.get(key, 0)
+                if waiting + feed_rows(feed) > self._max_queue_rows:
                     raise Overloaded(
                         f"{waiting} rows are waiting for model {model!r} version {version!r}, "
                         f"the most allowed is {self._max_queue_rows} (max_queue_rows); "
                         "retry later"
                     )
             was_idle = not len(self._batcher)
-            full = self._batcher.add(key, features, submission)
+            full = self._batcher.add(batch_key, feed, submission)
             for batch in full:
                 self._queue.ready.append(batch)
                 self._queue.rows[key] = self._queue.rows.get(key, 0) + batch.rows
@@ -282,7 +286,7 @@ class Engine(Generic[T]):
         name, version = _key(batch)
         started = self._clock()
         waited = started - batch.first_added_at
-        slices, features = self._live(batch, started)
+        slices, feed = self._live(batch, started)
         if not slices:
             return
         try:
@@ -291,11 +295,12 @@ class Engine(Generic[T]):
             for s in slices:
                 _report_all(s, None, "route", "ModelLoadFailed", str(exc), waited)
             return
-        result = run_batch(model, features)
+        result = run_batch(model, feed)
         took = self._clock() - started
-        self._sensor.inference(name, version, features.shape[0], waited, took)
+        rows = feed_rows(feed)
+        self._sensor.inference(name, version, rows, waited, took)
         if self._target is not None:
-            self._target.observe((name, version), features.shape[0], took)
+            self._target.observe(batch.key, rows, took)
         if not result.failures:
             _report_ok(slices, model, result.outputs, waited)
         else:
@@ -304,13 +309,13 @@ class Engine(Generic[T]):
 
     def _live(
         self, batch: Batch[_Submission[T]], now: float
-    ) -> tuple[list[Slice[_Submission[T]]], np.ndarray]:
+    ) -> tuple[list[Slice[_Submission[T]]], Feed]:
         """Split off the slices whose deadline has passed (reported as expired)."""
         expired = [
             s for s in batch.slices if s.ticket.deadline is not None and s.ticket.deadline < now
         ]
         if not expired:
-            return batch.slices, batch.features
+            return batch.slices, batch.feed
         keep = np.ones(batch.rows, dtype=bool)
         live: list[Slice[_Submission[T]]] = []
         offset = 0
@@ -326,12 +331,13 @@ class Engine(Generic[T]):
             offset += len(s)
         name, version = _key(batch)
         self._sensor.rows_expired(name, version, int((~keep).sum()))
-        return live, batch.features[keep]
+        return live, {name: array[keep] for name, array in batch.feed.items()}
 
 
 def _key(batch: Batch[Any]) -> ModelKey:
-    key: ModelKey = batch.key  # type: ignore[assignment]
-    return key
+    """The model version of a batch (its key is ``(model, version, shapes)``)."""
+    key: tuple[str, str, object] = batch.key  # type: ignore[assignment]
+    return key[0], key[1]
 
 
 def _report_all(

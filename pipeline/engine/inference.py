@@ -1,6 +1,7 @@
 """Run one micro-batch through a model, isolating the rows that make it fail.
 
-`run_batch` feeds a float32 matrix to a loaded model's ONNX Runtime session and
+`run_batch` feeds a batch's feed (one array per model input) to a loaded model's ONNX
+Runtime session and
 returns one result per row: an output row for each row that succeeded, a
 `RowFailure` for each row that did not. A run fails when the session raises or when
 an output does not have one entry per input row. A failed run is split in halves,
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pipeline.engine.signature import Feed, feed_rows
 from pipeline.engine.spec import ModelSpec
 
 __all__ = ["InferenceResult", "RowFailure", "RunnableModel", "SessionLike", "run_batch"]
@@ -45,11 +47,6 @@ class RunnableModel(Protocol):
     @property
     def session(self) -> SessionLike:
         """The session that computes predictions."""
-        ...
-
-    @property
-    def input_name(self) -> str:
-        """Name of the model's single float32 input."""
         ...
 
     @property
@@ -107,7 +104,7 @@ class _Runner:
     """Runs ranges of one batch, splitting failed ranges, and collects the results."""
 
     model: RunnableModel
-    features: np.ndarray
+    feed: Feed
     ok_parts: list[tuple[range, list[np.ndarray]]]
     failures: list[RowFailure]
 
@@ -127,7 +124,8 @@ class _Runner:
 
     def _run(self, start: int, stop: int) -> list[np.ndarray]:
         names = list(self.model.output_names)
-        feed = {self.model.input_name: self.features[start:stop]}
+        whole = start == 0 and stop == feed_rows(self.feed)
+        feed = self.feed if whole else {k: v[start:stop] for k, v in self.feed.items()}
         try:
             raw = self.model.session.run(names, feed)
         # ONNX Runtime raises its own pybind11 exception classes (InvalidArgument,
@@ -138,27 +136,28 @@ class _Runner:
         return _check_outputs(names, raw, stop - start)
 
 
-def run_batch(model: RunnableModel, features: np.ndarray) -> InferenceResult:
-    """Predict every row of `features`, isolating the rows the model fails on.
+def run_batch(model: RunnableModel, feed: Feed) -> InferenceResult:
+    """Predict every row of `feed`, isolating the rows the model fails on.
 
     Args:
         model: The loaded model (``pipeline.engine.models.LoadedModel`` or anything shaped
             like it).
-        features: Float32 array of shape ``(n, model.spec.n_features)``.
+        feed: One array per input of ``model.spec``, each with the batch's rows on its
+            first axis, of the input's dtype and per-row shape.
 
     Returns:
         Outputs for the rows that succeeded and a `RowFailure` for each that did not.
         An empty batch returns an empty result without running the session.
 
     Raises:
-        ValueError: `features` is not a 2-D float32 array of the model's width, or
-            the model names no outputs; these are mistakes of the calling code, not
-            of the rows.
+        ValueError: `feed` does not hold exactly the model's inputs with their dtypes and
+            row shapes, or the model names no outputs; these are mistakes of the calling
+            code, not of the rows.
     """
-    _check_call(model, features)
+    rows = _check_call(model, feed)
     names = list(model.output_names)
-    rows = features.shape[0]
-    runner = _Runner(model, np.ascontiguousarray(features), ok_parts=[], failures=[])
+    contiguous = {name: np.ascontiguousarray(array) for name, array in feed.items()}
+    runner = _Runner(model, contiguous, ok_parts=[], failures=[])
     if rows:
         runner.run_range(0, rows)
     if not runner.ok_parts:
@@ -193,21 +192,27 @@ def _join(parts: tuple[np.ndarray, ...]) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def _check_call(model: RunnableModel, features: object) -> None:
-    """Raise ValueError if `features` or the model's outputs cannot make a valid run."""
+def _check_call(model: RunnableModel, feed: object) -> int:
+    """The feed's rows; ValueError if it or the model's outputs cannot make a valid run."""
+    spec = model.spec
     if not model.output_names:
-        raise ValueError(
-            f"model {model.spec.name!r} version {model.spec.version!r} must name at least "
-            "one output, got none"
+        raise ValueError(f"{spec.describe()} must name at least one output, got none")
+    if not isinstance(feed, dict) or list(feed) != list(spec.input_index):
+        got = list(feed) if isinstance(feed, dict) else type(feed).__name__
+        raise ValueError(f"the feed for {spec.describe()} must hold its inputs "
+                         f"{list(spec.input_index)} in order, got {got}")  # fmt: skip
+    rows = {a.shape[0] if isinstance(a, np.ndarray) and a.ndim else -1 for a in feed.values()}
+    if len(rows) != 1 or -1 in rows:
+        raise ValueError(f"every input of the feed for {spec.describe()} must be an array "
+                         f"with the same rows, got {sorted(rows)}")  # fmt: skip
+    for tensor in spec.inputs:
+        array = feed[tensor.name]
+        shape = array.shape[1:]
+        fits = len(shape) == len(tensor.shape) and all(
+            want is None or want == got for want, got in zip(tensor.shape, shape, strict=True)
         )
-    if not isinstance(features, np.ndarray):
-        raise ValueError(f"features must be a numpy array, got {type(features).__name__}")
-    if features.ndim != 2 or features.dtype != np.float32:
-        raise ValueError(
-            f"features must be a 2-D float32 array, got {features.ndim}-D {features.dtype}"
-        )
-    if features.shape[1] != model.spec.n_features:
-        raise ValueError(
-            f"features for model {model.spec.name!r} version {model.spec.version!r} must "
-            f"have {model.spec.n_features} columns, got {features.shape[1]}"
-        )
+        if array.dtype != tensor.dtype or not fits:
+            raise ValueError(f"input {tensor.name!r} of {spec.describe()} must be "
+                             f"{tensor.describe()} per row, got {array.dtype} rows of "
+                             f"shape {list(shape)}")  # fmt: skip
+    return rows.pop()

@@ -1,7 +1,11 @@
 """Model manifests: the optional ``model.json`` beside each ``model.onnx``, validated.
 
-A manifest is a JSON object with any of these keys: ``features`` (column names in input
-order), ``labels`` (class labels in probability-column order), ``probability_output``
+A manifest is a JSON object with any of these keys: ``features`` (a vector model's column
+names in input order), ``inputs`` and ``outputs`` (the model's signature as recorded when it
+was made: a list of ``{"name", "datatype", "shape"}``, the datatype as the Open Inference
+Protocol names it, the shape of one row without the batch axis, -1 for a dimension of any
+size; ``inputs`` is checked against the graph on every load),
+``labels`` (class labels in probability-column order), ``probability_output``
 (the ONNX output holding class probabilities), ``description`` and ``sha256`` (hex
 digest of model.onnx, checked on every load). ``pipeline models import`` also writes
 ``n_features`` (how many columns a row has; it must agree with ``features``) and three
@@ -20,6 +24,7 @@ import re
 from pathlib import Path
 from typing import TypedDict
 
+from pipeline.engine.signature import DATATYPES, TensorSpec
 from pipeline.errors import ModelLoadError
 
 __all__ = ["MANIFEST_FILE", "Manifest", "read_manifest", "verify_sha256"]
@@ -32,6 +37,8 @@ class Manifest(TypedDict, total=False):
     """A validated ``model.json``; every key is optional."""
 
     features: list[str]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
     labels: list[str]
     probability_output: str
     description: str
@@ -82,6 +89,10 @@ def _parse_manifest(path: Path, raw: object) -> Manifest:
         manifest["features"] = _names_field(path, "features", fields["features"])
     if "labels" in fields:
         manifest["labels"] = _names_field(path, "labels", fields["labels"])
+    if "inputs" in fields:
+        manifest["inputs"] = _tensors_field(path, "inputs", fields["inputs"])
+    if "outputs" in fields:
+        manifest["outputs"] = _tensors_field(path, "outputs", fields["outputs"])
     if "probability_output" in fields:
         manifest["probability_output"] = _text_field(path, "probability_output", fields)
     if "description" in fields:
@@ -108,6 +119,32 @@ def _names_field(path: Path, field: str, value: object) -> list[str]:
         duplicates = sorted({v for v in value if value.count(v) > 1})
         raise ModelLoadError(f"{expected}, got duplicates {duplicates}")
     return list(value)
+
+
+def _tensors_field(path: Path, field: str, value: object) -> list[TensorSpec]:
+    """Validate a recorded signature: a non-empty list of {name, datatype, shape}."""
+    expected = (
+        f"{path}: manifest field {field!r} must be a non-empty list of objects "
+        '{"name": string, "datatype": one of ' + ", ".join(DATATYPES) + ', "shape": '
+        "[sizes of one row, -1 for any]}"
+    )
+    if not isinstance(value, list) or not value:
+        raise ModelLoadError(f"{expected}, got {_kind(value)}")
+    tensors = []
+    for i, item in enumerate(value):
+        if (
+            not isinstance(item, dict)
+            or set(item) != {"name", "datatype", "shape"}
+            or not isinstance(item["name"], str)
+            or not item["name"]
+            or item["datatype"] not in DATATYPES
+            or not isinstance(item["shape"], list)
+            or not all(type(d) is int and d >= -1 for d in item["shape"])
+        ):
+            raise ModelLoadError(f"{expected}; item {i} is {json.dumps(item)[:120]}")
+        shape = tuple(None if d == -1 else d for d in item["shape"])
+        tensors.append(TensorSpec(item["name"], item["datatype"], shape))
+    return tensors
 
 
 def _text_field(path: Path, field: str, fields: dict[str, object]) -> str:

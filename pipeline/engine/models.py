@@ -41,13 +41,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import numpy as np
 import onnxruntime as ort
 
 from pipeline.engine.manifest import MANIFEST_FILE, Manifest, read_manifest, verify_sha256
 from pipeline.engine.names import PLAIN_NAME_RULE, is_plain_name
 from pipeline.engine.onnxfile import refuse_external_data
-from pipeline.engine.spec import ModelSpec
+from pipeline.engine.signature import (
+    SignatureError,
+    TensorSpec,
+    read_signature,
+    zero_feed,
+)
+from pipeline.engine.spec import ModelSpec, is_vector_input
 from pipeline.errors import ConfigError, ModelLoadError, ModelNotFoundError
 from pipeline.metrics import NULL_SENSOR, Sensor
 
@@ -84,21 +89,26 @@ class LoadedModel:
     newer version becomes the default, so a batch in flight always finishes.
 
     Attributes:
-        spec: What events and predictions need to know about the model.
+        spec: What events and predictions need to know about the model, with its inputs.
         session: The onnxruntime session.
-        input_name: Name of the single float32 matrix input.
         output_names: Names of all outputs, in the model's order.
         path: The model file that was loaded (symlinks resolved).
         map_outputs: The outputs that are a sequence of maps, one ``{key: value}`` per row
             (skl2onnx's ZipMap) rather than a tensor.
+        outputs: Every output as a tensor (a map output as ``FP32 [?]``), for metadata.
     """
 
     spec: ModelSpec
     session: ort.InferenceSession
-    input_name: str
     output_names: tuple[str, ...]
     path: Path
     map_outputs: tuple[str, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+
+    @property
+    def input_name(self) -> str:
+        """The name of the model's first input (a vector model's only one)."""
+        return self.spec.inputs[0].name
 
 
 class ModelStore:
@@ -479,8 +489,12 @@ def _describe(
     manifest: Manifest,
 ) -> LoadedModel:
     """Check the session against its manifest and build the `LoadedModel`."""
-    input_name, width = _graph_input(shown, session)
     map_outputs = _map_outputs(shown, session)
+    try:
+        signature = read_signature(shown, session.get_inputs(), session.get_outputs(), map_outputs)
+    except SignatureError as exc:
+        raise ModelLoadError(str(exc)) from None
+    _check_recorded(shown, "inputs", signature.inputs, manifest.get("inputs"))
     features = manifest.get("features")
     labels = manifest.get("labels")
     probability_output = manifest.get("probability_output")
@@ -489,19 +503,33 @@ def _describe(
     spec = ModelSpec(
         name=name,
         version=version,
-        n_features=_n_features(shown, width, features),
+        n_features=_n_features(shown, signature.inputs, features),
         feature_names=tuple(features) if features is not None else None,
         labels=tuple(labels) if labels is not None else None,
         probability_output=probability_output,
+        inputs=signature.inputs,
     )
-    outputs = tuple(str(o.name) for o in session.get_outputs())
     return LoadedModel(
         spec=spec,
         session=session,
-        input_name=input_name,
-        output_names=outputs,
+        output_names=tuple(str(o.name) for o in session.get_outputs()),
         path=path,
         map_outputs=map_outputs,
+        outputs=signature.outputs,
+    )
+
+
+def _check_recorded(
+    path: str, field: str, graph: tuple[TensorSpec, ...], recorded: list[TensorSpec] | None
+) -> None:
+    """Refuse a manifest whose recorded signature differs from the graph's."""
+    if recorded is None or list(graph) == recorded:
+        return
+    said = ", ".join(f"{t.name} {t.describe()}" for t in recorded)
+    found = ", ".join(f"{t.name} {t.describe()}" for t in graph)
+    raise ModelLoadError(
+        f"{path}: {MANIFEST_FILE} field {field!r} records {said}, but the model's graph has "
+        f"{found}; the manifest belongs to another model (re-import it, or remove the field)"
     )
 
 
@@ -521,38 +549,20 @@ def _map_outputs(path: str, session: ort.InferenceSession) -> tuple[str, ...]:
     return tuple(maps)
 
 
-def _graph_input(path: str, session: ort.InferenceSession) -> tuple[str, int | None]:
-    """Return the single input's name and its fixed feature count (None if symbolic)."""
-    inputs = session.get_inputs()
-    if len(inputs) != 1:
-        names = [str(i.name) for i in inputs]
-        raise ModelLoadError(
-            f"{path}: expected exactly one input (a float32 matrix of rows x features), "
-            f"got {len(inputs)}: {names}"
-        )
-    arg = inputs[0]
-    if arg.type != "tensor(float)":
-        raise ModelLoadError(
-            f"{path}: input {arg.name!r} must be tensor(float) (float32), got {arg.type}"
-        )
-    shape = list(arg.shape)
-    if len(shape) != 2:
-        raise ModelLoadError(
-            f"{path}: input {arg.name!r} must be a matrix [rows, features], got shape {shape}"
-        )
-    width = shape[1]
-    return str(arg.name), width if isinstance(width, int) and width > 0 else None
-
-
-def _n_features(path: str, width: int | None, features: list[str] | None) -> int:
-    """Reconcile the graph's feature count with the manifest's feature list."""
-    if features is None:
-        if width is None:
+def _n_features(path: str, inputs: tuple[TensorSpec, ...], features: list[str] | None) -> int:
+    """A vector model's feature count, reconciled with the manifest's feature list; 0 for
+    any other model (whose rows are sent as input name -> value)."""
+    if not is_vector_input(inputs):
+        if features is not None:
             raise ModelLoadError(
-                f"{path}: the input's feature dimension is not a fixed number; add a "
-                f"'features' list to its {MANIFEST_FILE} to say how many columns a row has"
+                f"{path}: {MANIFEST_FILE} lists 'features' (names of a float matrix's "
+                f"columns), but the model takes {_inputs_text(inputs)}; remove 'features' "
+                "(events name the inputs themselves)"
             )
-        return width
+        return 0
+    width = inputs[0].shape[0]
+    if features is None:
+        return width or 0  # a symbolic width: rows of any length, sent by input name
     if width is not None and width != len(features):
         raise ModelLoadError(
             f"{path}: the model's input takes {width} features but its {MANIFEST_FILE} "
@@ -582,11 +592,17 @@ def _check_probability_output(
 
 def _warm_up(model: LoadedModel, shown: str) -> None:
     """Run one zero row through the session so the first real batch is not slow."""
-    row = np.zeros((1, model.spec.n_features), dtype=np.float32)
     try:
-        model.session.run(list(model.output_names), {model.input_name: row})
+        model.session.run(list(model.output_names), zero_feed(model.spec.inputs))
     except Exception as exc:  # onnxruntime raises its own Exception subclasses
-        raise ModelLoadError(f"{shown}: warm-up inference on one zero row failed: {exc}") from exc
+        raise ModelLoadError(
+            f"{shown}: warm-up inference on one row of zeros (empty strings for string "
+            f"inputs) failed: {exc}"
+        ) from exc
+
+
+def _inputs_text(inputs: tuple[TensorSpec, ...]) -> str:
+    return ", ".join(f"{t.name} {t.describe()}" for t in inputs)
 
 
 def _read_bytes(path: Path, shown: str) -> bytes:

@@ -110,9 +110,11 @@ class Predictor:
         )
         for reject in decoded.rejects:
             self._letter(pending[reject.index], (reject.stage, reject.error_type, reject.message))
-        for (name, version), block in decoded.blocks.items():
+        for block in decoded.blocks.values():
             ticket = _Block(block.spec, [pending[i] for i in block.indices], block.ids, block.ts)
-            self._engine.submit(name, version, block.features, ticket, self._from_engine)
+            self._engine.submit(
+                block.spec.name, block.spec.version, block.feed, ticket, self._from_engine
+            )
 
     async def drain(self, timeout_s: float) -> int:
         """Wait until every event taken is acknowledged, at most `timeout_s`; return how

@@ -308,7 +308,7 @@ class ShareWorker:
         for reject in decoded.rejects:
             reason = (reject.stage, reject.error_type, reject.message)
             outputs.dead_letter(records[reject.index], owed, reason)
-        for (name, version), block in decoded.blocks.items():
+        for block in decoded.blocks.values():
             ticket = (
                 owed,
                 [records[i] for i in block.indices],
@@ -316,7 +316,9 @@ class ShareWorker:
                 block.ids,
                 block.ts,
             )
-            self._engine.submit(name, version, block.features, ticket, self._outcomes.append)
+            self._engine.submit(
+                block.spec.name, block.spec.version, block.feed, ticket, self._outcomes.append
+            )
 
     def _produce(self, outcome: Outcome[Any], outputs: Outputs) -> None:
         owed, records, offsets, ids, ts = outcome.ticket

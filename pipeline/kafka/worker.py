@@ -404,7 +404,7 @@ class Worker:
         for reject in decoded.rejects:
             reason = (reject.stage, reject.error_type, reject.message)
             self._outputs.dead_letter(records[reject.index], owed, reason)
-        for (name, version), block in decoded.blocks.items():
+        for block in decoded.blocks.values():
             indices = block.indices
             whole = len(indices) == len(records)
             ticket = _Block(
@@ -417,7 +417,9 @@ class Worker:
                 epoch=self._epoch,
             )
             self._in_engine += len(indices)
-            self._engine.submit(name, version, block.features, ticket, self._outcomes.append)
+            self._engine.submit(
+                block.spec.name, block.spec.version, block.feed, ticket, self._outcomes.append
+            )
 
     def _redo_refused(
         self, owed: Owed, records: list[Message], offsets: list[int]

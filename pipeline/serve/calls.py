@@ -20,20 +20,30 @@ model cannot load      503   UNAVAILABLE          the store's file is broken
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pipeline.engine.codec import Reject
+from pipeline.engine.codec import Reject, RowBlock
 from pipeline.engine.engine import Engine, Outcome
 from pipeline.engine.models import LoadedModel
 from pipeline.engine.names import is_plain_name
+from pipeline.engine.signature import Feed, feed_rows
 from pipeline.engine.spec import ModelSpec
 from pipeline.errors import ModelLoadError, ModelNotFoundError, Overloaded
 
-__all__ = ["ModelCalls", "Refusal", "SeedAnswer", "bad_input", "rejected", "seed_answers"]
+__all__ = [
+    "ModelCalls",
+    "Refusal",
+    "SeedAnswer",
+    "bad_input",
+    "one_block",
+    "rejected",
+    "seed_answers",
+    "seed_model",
+]
 
 
 class Refusal(Exception):
@@ -65,6 +75,32 @@ def rejected(reject: Reject, prefix: str = "") -> Refusal:
     found = _UNROUTABLE.get(reject.error_type) if reject.stage == "route" else None
     http, grpc = found or (400, "INVALID_ARGUMENT")
     return Refusal(http, grpc, prefix + reject.message)
+
+
+def one_block(blocks: Iterable[RowBlock]) -> tuple[ModelSpec, Feed]:
+    """The spec and rows of a request's decoded rows, which must make one block: rows of one
+    request share their shapes (a model with inputs of symbolic shape batches rows of equal
+    shape; send rows of other lengths in requests of their own)."""
+    found = list(blocks)
+    if len(found) != 1:
+        shapes = sorted({str(next(iter(b.feed.values())).shape[1:]) for b in found})
+        raise bad_input(
+            "the rows of one request must share their shapes, got rows of shapes "
+            f"{', '.join(shapes)}; send rows of each shape in a request of their own"
+        )
+    return found[0].spec, found[0].feed
+
+
+def seed_model(spec: ModelSpec) -> None:
+    """Refuse a model the seed API cannot serve: it answers one float vector per row."""
+    if not spec.vector:
+        inputs = ", ".join(f"{t.name!r} ({t.describe()})" for t in spec.inputs)
+        raise bad_input(
+            f"this API serves models that take one vector of numbers; {spec.describe()} "
+            f"takes the inputs {inputs}: use POST /v2/models/{spec.name}/infer (Open "
+            f"Inference Protocol) or POST /v1/models/{spec.name}:predict with rows as objects "
+            "of input name -> value"
+        )
 
 
 @dataclass(slots=True)
@@ -137,10 +173,10 @@ class ModelCalls:
             what = f"model {model!r}" if version is None else f"model {model!r} version {version!r}"
             raise Refusal(404, "NOT_FOUND", f"{what} is not in the store") from exc
 
-    async def run(self, spec: ModelSpec, rows: np.ndarray, *, deadline: float | None) -> Predicted:
-        """Predict `rows` (float32, checked) with `spec`'s model version, batched with every
+    async def run(self, spec: ModelSpec, rows: Feed, *, deadline: float | None) -> Predicted:
+        """Predict `rows` (a checked feed) with `spec`'s model version, batched with every
         other caller's rows; raises `Refusal` when they cannot all be predicted."""
-        n = rows.shape[0]
+        n = feed_rows(rows)
         if n == 0:
             raise bad_input("a request must carry at least one row, got none")
         if n > self._max_rows:

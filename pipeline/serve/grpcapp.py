@@ -27,9 +27,17 @@ from pipeline.serve._proto import (
     prediction_pb2,
     prediction_pb2_grpc,
 )
-from pipeline.serve.calls import ModelCalls, Refusal, bad_input, rejected, seed_answers
+from pipeline.serve.calls import (
+    ModelCalls,
+    Refusal,
+    bad_input,
+    one_block,
+    rejected,
+    seed_answers,
+    seed_model,
+)
 from pipeline.serve.security import TokenCheck
-from pipeline.serve.tensors import TensorError, datatype_of, from_raw, to_raw
+from pipeline.serve.tensors import TensorError, datatype_of, elements, from_raw, to_raw
 
 __all__ = ["InferenceService", "PredictorService", "TokenInterceptor", "add_services"]
 
@@ -48,6 +56,7 @@ _CONTENTS = {  # datatype -> the InferTensorContents field that carries it
     "UINT64": "uint64_contents",
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
 }
 
 
@@ -103,14 +112,15 @@ class PredictorService(prediction_pb2_grpc.PredictorServicer):
         decoded = self._decoder.decode_events([event], fallback_ts=0)
         if decoded.rejects:
             raise rejected(decoded.rejects[0])
-        (block,) = decoded.blocks.values()
-        predicted = await calls.run(block.spec, block.features, deadline=_deadline(context))
+        spec, feed = one_block(decoded.blocks.values())
+        seed_model(spec)
+        predicted = await calls.run(spec, feed, deadline=_deadline(context))
         (answer,) = seed_answers(predicted.model, predicted.outputs)
         return prediction_pb2.PredictResponse(
             prediction=answer.prediction,
             confidence=answer.confidence or 0.0,
-            model=block.spec.name,
-            version=block.spec.version,
+            model=spec.name,
+            version=spec.version,
             label=answer.label or "",
         )
 
@@ -164,7 +174,7 @@ class InferenceService(inference_pb2_grpc.GRPCInferenceServiceServicer):
         spec = calls.resolve(request.model_name, request.model_version or None)
         model = calls.engine.models.get(spec.name, spec.version)
         inputs = [_input(request, i) for i in range(len(request.inputs))]
-        rows = oip.input_rows(inputs, model)
+        rows = oip.input_feed(inputs, model)
         predicted = await calls.run(spec, rows, deadline=_deadline(context))
         wanted = [(o.name, None) for o in request.outputs]
         response = inference_pb2.ModelInferResponse(
@@ -192,8 +202,11 @@ def _input(request: Any, i: int) -> oip.InputTensor:
                 raise bad_input(
                     f"{where}: {tensor.datatype} tensors must come as raw_input_contents"
                 )
-            values = np.asarray(getattr(tensor.contents, field))
-            expected = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            if tensor.datatype == "BYTES":
+                values = np.asarray(list(tensor.contents.bytes_contents), dtype=object)
+            else:
+                values = np.asarray(getattr(tensor.contents, field))
+            expected = elements(shape, where)
             if values.size != expected:
                 raise bad_input(
                     f"{where}: shape {shape} holds {expected} elements, contents has {values.size}"

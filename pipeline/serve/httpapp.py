@@ -29,17 +29,26 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import orjson
 
 from pipeline.engine.codec import EventDecoder, output_rows
 from pipeline.engine.models import LoadedModel
+from pipeline.engine.signature import Feed, feed_rows
+from pipeline.engine.spec import ModelSpec
 from pipeline.metrics import Sensor
 from pipeline.metrics.endpoint import CONTENT_TYPE
 from pipeline.metrics.health import Readiness
 from pipeline.metrics.prometheus import PrometheusSensor
 from pipeline.serve import oip
-from pipeline.serve.calls import ModelCalls, Refusal, bad_input, rejected, seed_answers
+from pipeline.serve.calls import (
+    ModelCalls,
+    Refusal,
+    bad_input,
+    one_block,
+    rejected,
+    seed_answers,
+    seed_model,
+)
 from pipeline.serve.security import TokenCheck
 
 __all__ = ["HttpApp"]
@@ -166,6 +175,7 @@ class HttpApp:
         if "model" not in event:
             event["model"] = self._calls.model_name(None)
         spec, rows = self._decode([event], "")
+        seed_model(spec)
         predicted = await self._calls.run(spec, rows, deadline=deadline)
         (answer,) = seed_answers(predicted.model, predicted.outputs)
         (outputs,) = output_rows(predicted.outputs, 1)
@@ -196,19 +206,18 @@ class HttpApp:
         ]
         spec, rows = self._decode(events, "instances")
         predicted = await self._calls.run(spec, rows, deadline=deadline)
-        per_row = output_rows(predicted.outputs, rows.shape[0])
+        per_row = output_rows(predicted.outputs, feed_rows(rows))
         single = len(predicted.outputs) == 1
         predictions = [next(iter(r.values())) if single else r for r in per_row]
         return _json(200, {"predictions": predictions, "model": spec.name, "version": spec.version})
 
-    def _decode(self, events: list[dict[str, Any]], where: str) -> tuple[Any, np.ndarray]:
+    def _decode(self, events: list[dict[str, Any]], where: str) -> tuple[ModelSpec, Feed]:
         """Check events the way the Kafka codec does; the rows of the one model they name."""
         decoded = self._decoder.decode_events(events, fallback_ts=0)
         if decoded.rejects:
             reject = decoded.rejects[0]
             raise rejected(reject, f"{where}[{reject.index}]: " if where else "")
-        (block,) = decoded.blocks.values()
-        return block.spec, block.features
+        return one_block(decoded.blocks.values())
 
     # -- Open Inference Protocol v2 --------------------------------------------------------------
 
@@ -257,7 +266,7 @@ class HttpApp:
         spec = self._calls.resolve(name, version)
         model: LoadedModel = self._calls.engine.models.get(spec.name, spec.version)
         request = oip.parse_http_request(body, header_length)
-        rows = oip.input_rows(request.inputs, model)
+        rows = oip.input_feed(request.inputs, model)
         predicted = await self._calls.run(spec, rows, deadline=deadline)
         json_part, blobs = oip.http_response(request, predicted.model, predicted.outputs)
         if not blobs:

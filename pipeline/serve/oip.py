@@ -7,10 +7,12 @@ asks with ``binary_data_output`` or an output's ``binary_data``). gRPC requests 
 tensors as typed ``contents`` or ``raw_input_contents``; responses always carry
 ``raw_output_contents``, which every client reads.
 
-A request names the model's one input (as the ONNX model names it) with shape
-``[rows, features]``; its rows are checked like events (`pipeline.serve.tensors.rows_of`).
-Outputs carry the ONNX model's output names; an output that is a sequence of per-row maps
-(skl2onnx's ZipMap) is returned as an FP32 ``[rows, classes]`` tensor.
+A request names every input of the model (as the ONNX graph names them), each with the
+input's datatype and shape ``[rows, *per-row shape]`` (`pipeline.serve.tensors.input_array`);
+a vector model's one input also takes any numeric datatype with shape ``[rows, features]``,
+checked like events are (`pipeline.serve.tensors.rows_of`). Outputs carry the ONNX model's
+output names, each in its own datatype (strings as BYTES); an output that is a sequence of
+per-row maps (skl2onnx's ZipMap) is returned as an FP32 ``[rows, classes]`` tensor.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ import orjson
 
 from pipeline import __version__
 from pipeline.engine.models import LoadedModel
+from pipeline.engine.signature import Feed
 from pipeline.serve.calls import bad_input
 from pipeline.serve.tensors import (
     TensorError,
     datatype_of,
     from_json_data,
     from_raw,
+    input_array,
     output_array,
     rows_of,
     to_json_data,
@@ -40,7 +44,7 @@ __all__ = [
     "InputTensor",
     "OipRequest",
     "http_response",
-    "input_rows",
+    "input_feed",
     "model_metadata",
     "parse_http_request",
     "server_metadata",
@@ -48,21 +52,6 @@ __all__ = [
 
 SERVER_NAME = "kafka-onnx-pipeline"
 PLATFORM = "onnx_onnxv1"
-_ORT_TYPES = {
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-    "tensor(float16)": "FP16",
-    "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(uint8)": "UINT8",
-    "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32",
-    "tensor(uint64)": "UINT64",
-    "tensor(bool)": "BOOL",
-    "tensor(string)": "BYTES",
-}
 
 
 @dataclass(slots=True)
@@ -91,24 +80,16 @@ def server_metadata() -> dict[str, Any]:
 
 
 def model_metadata(model: LoadedModel, versions: Sequence[str] = ()) -> dict[str, Any]:
-    """``GET /v2/models/<m>``: the model's input and outputs as tensors, and the versions
-    that may be requested (the store's)."""
+    """``GET /v2/models/<m>``: every input and output as a tensor (datatype, and shape with
+    the batch axis first, -1 where any size goes), and the versions that may be requested
+    (the store's)."""
     spec = model.spec
-    outputs = []
-    for output in model.session.get_outputs():
-        name = str(output.name)
-        if name in model.map_outputs:
-            outputs.append({"name": name, "datatype": "FP32", "shape": [-1, -1]})
-            continue
-        shape = [d if isinstance(d, int) and d >= 0 else -1 for d in (output.shape or [])]
-        datatype = _ORT_TYPES.get(str(output.type), "BYTES")
-        outputs.append({"name": name, "datatype": datatype, "shape": shape or [-1]})
     return {
         "name": spec.name,
         "versions": list(versions) or [spec.version],
         "platform": PLATFORM,
-        "inputs": [{"name": model.input_name, "datatype": "FP32", "shape": [-1, spec.n_features]}],
-        "outputs": outputs,
+        "inputs": [tensor.metadata() for tensor in spec.inputs],
+        "outputs": [tensor.metadata() for tensor in model.outputs],
     }
 
 
@@ -176,23 +157,35 @@ def _http_input(tensor: object, blob: bytes, where: str) -> tuple[InputTensor, i
         raise bad_input(str(exc)) from None
 
 
-def input_rows(inputs: Sequence[InputTensor], model: LoadedModel) -> np.ndarray:
-    """The float32 rows of a request's one input, named as the model names it."""
-    if len(inputs) != 1:
-        raise bad_input(
-            f"model {model.spec.name!r} takes one input named {model.input_name!r}, "
-            f"got {len(inputs)} inputs"
-        )
-    (tensor,) = inputs
-    if tensor.name != model.input_name:
-        raise bad_input(
-            f"inputs[0] is named {tensor.name!r}; model {model.spec.name!r} takes one input "
-            f"named {model.input_name!r}"
-        )
+def input_feed(inputs: Sequence[InputTensor], model: LoadedModel) -> Feed:
+    """The rows of a request: one array per input of the model, named as the model names
+    them, each checked against the input (`pipeline.serve.tensors`)."""
+    spec = model.spec
+    given = {t.name: (i, t) for i, t in enumerate(inputs)}
+    expected = ", ".join(f"{t.name!r} ({t.describe()})" for t in spec.inputs)
+    unknown = [t.name for t in inputs if t.name not in spec.input_index]
+    missing = [name for name in spec.input_index if name not in given]
+    if unknown or missing or len(given) != len(inputs):
+        problem = (f"unknown input {unknown[0]!r}" if unknown else f"missing input {missing[0]!r}"
+                   if missing else "an input named twice")  # fmt: skip
+        raise bad_input(f"{spec.describe()} takes the inputs {expected}; got {problem}")
+    feed: Feed = {}
     try:
-        return rows_of(tensor.array, tensor.datatype, model.spec.n_features, "inputs[0]")
+        for tensor in spec.inputs:
+            i, given_tensor = given[tensor.name]
+            where = f"inputs[{i}]"
+            if spec.vector and given_tensor.datatype != "BYTES":
+                feed[tensor.name] = rows_of(given_tensor.array, given_tensor.datatype,
+                                            spec.n_features, where, tensor.datatype)  # fmt: skip
+            else:
+                feed[tensor.name] = input_array(given_tensor.array, given_tensor.datatype,
+                                                tensor, where)  # fmt: skip
     except TensorError as exc:
         raise bad_input(str(exc)) from None
+    rows = {name: array.shape[0] for name, array in feed.items()}
+    if len(set(rows.values())) > 1:
+        raise bad_input(f"every input must carry the same number of rows, got {rows}")
+    return feed
 
 
 def selected_outputs(

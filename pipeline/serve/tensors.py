@@ -17,35 +17,22 @@ from typing import Any, Final
 
 import numpy as np
 
-from pipeline.engine.codec import FLOAT32_LIMIT
+from pipeline.engine.signature import DATATYPES, FLOAT_LIMITS, INTEGER_RANGES, TensorSpec
 
 __all__ = [
     "DATATYPES",
     "TensorError",
     "datatype_of",
+    "elements",
     "from_json_data",
     "from_raw",
+    "input_array",
     "output_array",
     "rows_of",
     "to_json_data",
     "to_raw",
 ]
 
-DATATYPES: Final[dict[str, np.dtype[Any]]] = {
-    "BOOL": np.dtype(np.bool_),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-    "BYTES": np.dtype(object),
-}
 _NUMERIC_INPUTS: Final = frozenset(DATATYPES) - {"BOOL", "BYTES"}
 
 
@@ -53,10 +40,21 @@ class TensorError(ValueError):
     """A tensor that cannot be read or does not fit the model; the message says why."""
 
 
-def _elements(shape: Sequence[int], where: str) -> int:
-    if not all(isinstance(d, int) and d >= 0 for d in shape):
+_MAX_ELEMENTS: Final = 1 << 31
+
+
+def elements(shape: Sequence[int], where: str) -> int:
+    """How many elements a tensor of `shape` holds; refuses a shape that is not a list of
+    sizes >= 0 or that holds more than 2**31 elements (without overflowing on the way)."""
+    if not all(type(d) is int and d >= 0 for d in shape):
         raise TensorError(f"{where}: shape must be a list of sizes >= 0, got {list(shape)}")
-    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+    total = 1
+    for d in shape:
+        total *= d
+        if total > _MAX_ELEMENTS:
+            raise TensorError(f"{where}: shape {list(shape)} holds more than {_MAX_ELEMENTS} "
+                              "elements, more than one request may carry")  # fmt: skip
+    return total
 
 
 def from_json_data(datatype: str, shape: Sequence[int], data: object, where: str) -> np.ndarray:
@@ -64,16 +62,15 @@ def from_json_data(datatype: str, shape: Sequence[int], data: object, where: str
     dtype = _dtype(datatype, where)
     if not isinstance(data, list):
         raise TensorError(f"{where}: data must be a JSON array, got {type(data).__name__}")
-    try:
-        if datatype == "BYTES":
-            flat = np.asarray(_flatten(data), dtype=object)
-        elif dtype.kind == "f":  # read wide, so a value beyond float32 is named, not inf
-            flat = np.asarray(data, dtype=np.float64).reshape(-1)
-        else:
-            flat = np.asarray(data, dtype=dtype).reshape(-1)
-    except (TypeError, ValueError) as exc:
-        raise TensorError(f"{where}: data must hold {datatype} values only ({exc})") from None
-    expected = _elements(shape, where)
+    leaves = _flatten(data, where)
+    if datatype == "BYTES":
+        if not all(isinstance(x, str) for x in leaves):
+            bad = next(x for x in leaves if not isinstance(x, str))
+            raise TensorError(f"{where}: BYTES data must hold strings, got {bad!r}")
+        flat = np.asarray([x.encode() for x in leaves], dtype=object)
+    else:
+        flat = _json_numbers(leaves, datatype, dtype, where)
+    expected = elements(shape, where)
     if flat.size != expected:
         raise TensorError(
             f"{where}: shape {list(shape)} holds {expected} elements, data has {flat.size}"
@@ -81,20 +78,59 @@ def from_json_data(datatype: str, shape: Sequence[int], data: object, where: str
     return flat.reshape(tuple(shape))
 
 
-def _flatten(data: list[Any]) -> list[Any]:
+def _flatten(data: list[Any], where: str) -> list[Any]:
+    """The leaves of nested JSON arrays, row-major (iteratively: no depth limit to hit)."""
     out: list[Any] = []
-    for item in data:
-        if isinstance(item, list):
-            out.extend(_flatten(item))
+    stack = [iter(data)]
+    while stack:
+        item = next(stack[-1], _END)
+        if item is _END:
+            stack.pop()
+        elif isinstance(item, list):
+            if len(stack) >= 64:
+                raise TensorError(f"{where}: data nests arrays more than 64 levels deep")
+            stack.append(iter(item))
         else:
-            out.append(item.encode() if isinstance(item, str) else item)
+            out.append(item)
     return out
+
+
+_END = object()
+
+
+def _json_numbers(leaves: list[Any], datatype: str, dtype: np.dtype[Any], where: str) -> np.ndarray:
+    """Numbers (or booleans) read from JSON, refused rather than cast when they do not fit:
+    a fraction or an out-of-range value for an integer type, a boolean or a string for a
+    number, a number for BOOL. Floats are kept as float64, so a value beyond float32 is
+    named by `rows_of` rather than turned into inf."""
+    if datatype == "BOOL":
+        if not all(type(x) is bool for x in leaves):
+            bad = next(x for x in leaves if type(x) is not bool)
+            raise TensorError(f"{where}: BOOL data must hold true or false, got {bad!r}")
+        return np.asarray(leaves, dtype=np.bool_)
+    if not all(type(x) in (int, float) for x in leaves):
+        bad = next(x for x in leaves if type(x) not in (int, float))
+        raise TensorError(f"{where}: {datatype} data must hold numbers, got {bad!r}")
+    if datatype in FLOAT_LIMITS:
+        try:
+            return np.asarray(leaves, dtype=np.float64)
+        except OverflowError:
+            raise TensorError(
+                f"{where}: {datatype} data holds an integer beyond any float"
+            ) from None
+    low, high = INTEGER_RANGES[datatype]
+    for x in leaves:
+        if (type(x) is float and not x.is_integer()) or not low <= x <= high:
+            raise TensorError(
+                f"{where}: {datatype} data must hold integers from {low} to {high}, got {x!r}"
+            )
+    return np.asarray([int(x) for x in leaves], dtype=dtype)
 
 
 def from_raw(datatype: str, shape: Sequence[int], blob: bytes, where: str) -> np.ndarray:
     """A tensor from its raw little-endian, row-major bytes."""
     dtype = _dtype(datatype, where)
-    expected = _elements(shape, where)
+    expected = elements(shape, where)
     if datatype == "BYTES":
         items = _bytes_elements(blob, where)
         if len(items) != expected:
@@ -133,8 +169,11 @@ def _dtype(datatype: str, where: str) -> np.dtype[Any]:
         ) from None
 
 
-def rows_of(array: np.ndarray, datatype: str, n_features: int, where: str) -> np.ndarray:
-    """The float32 rows ``(n, n_features)`` of an input tensor, checked like events are.
+def rows_of(
+    array: np.ndarray, datatype: str, n_features: int, where: str, into: str = "FP32"
+) -> np.ndarray:
+    """The rows ``(n, n_features)`` of a vector model's input tensor, as the input's float
+    datatype `into` (float32 unless the model says otherwise), checked like events are.
 
     A 1-D tensor of ``n_features`` values is one row.
     """
@@ -148,17 +187,63 @@ def rows_of(array: np.ndarray, datatype: str, n_features: int, where: str) -> np
             f"features), got {list(array.shape)}"
         )
     values = array.astype(np.float64, copy=False)
-    bad = ~(np.abs(values) <= FLOAT32_LIMIT)  # NaN compares False
+    limit = FLOAT_LIMITS[into]
+    bad = ~(np.abs(values) <= limit)  # NaN compares False
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
         value = float(values[row, col])
-        kind = (
-            "a finite number"
-            if not np.isfinite(value)
-            else f"within float32 (|x| <= {FLOAT32_LIMIT!r})"
-        )
+        kind = "a finite number" if not np.isfinite(value) else f"within {into} (|x| <= {limit!r})"
         raise TensorError(f"{where}: row {row} column {col} must be {kind}, got {value!r}")
-    return np.ascontiguousarray(array, dtype=np.float32)
+    return np.ascontiguousarray(array, dtype=DATATYPES[into])
+
+
+def input_array(array: np.ndarray, datatype: str, spec: TensorSpec, where: str) -> np.ndarray:
+    """The rows of a request tensor for one of a model's inputs, checked: the same datatype
+    (no cast), the shape ``[rows, *per-row shape]`` (a per-row shape of ``[1]`` also takes
+    ``[rows]``, and ``[]`` takes ``[rows, 1]``), float values within the datatype's finite
+    range, strings as UTF-8."""
+    if datatype != spec.datatype:
+        raise TensorError(f"{where}: input {spec.name!r} is {spec.datatype}, got {datatype}")
+    if spec.shape == (1,) and array.ndim == 1:
+        array = array.reshape(-1, 1)
+    elif spec.shape == () and array.ndim == 2 and array.shape[1] == 1:
+        array = array.reshape(-1)
+    row = array.shape[1:]
+    fits = len(row) == len(spec.shape) and all(
+        want is None or want == got for want, got in zip(spec.shape, row, strict=True)
+    )
+    if array.ndim < 1 or not fits:
+        wanted = ", ".join("?" if d is None else str(d) for d in ("rows", *spec.shape))
+        raise TensorError(f"{where}: input {spec.name!r} must have shape [{wanted}], "
+                          f"got {list(array.shape)}")  # fmt: skip
+    if datatype in FLOAT_LIMITS:
+        wide = array.astype(np.float64, copy=False)
+        if not (np.abs(wide) <= FLOAT_LIMITS[datatype]).all():
+            bad = wide[~(np.abs(wide) <= FLOAT_LIMITS[datatype])][0]
+            raise TensorError(f"{where}: input {spec.name!r} must hold finite numbers that "
+                              f"fit {datatype}, got {float(bad)!r}")  # fmt: skip
+        return np.ascontiguousarray(array, dtype=spec.dtype)
+    if datatype == "BYTES":
+        return _utf8(array, spec, where)
+    if datatype in INTEGER_RANGES and array.size:
+        low, high = INTEGER_RANGES[datatype]
+        if int(array.min()) < low or int(array.max()) > high:
+            raise TensorError(f"{where}: input {spec.name!r} must hold integers from {low} "
+                              f"to {high} ({datatype})")  # fmt: skip
+    return np.ascontiguousarray(array, dtype=spec.dtype)
+
+
+def _utf8(array: np.ndarray, spec: TensorSpec, where: str) -> np.ndarray:
+    """BYTES elements as the strings ONNX Runtime's string inputs take."""
+    out = np.empty(array.shape, dtype=object)
+    flat = out.reshape(-1)
+    for i, item in enumerate(array.reshape(-1)):
+        try:
+            flat[i] = item.decode("utf-8") if isinstance(item, bytes) else str(item)
+        except UnicodeDecodeError as exc:
+            raise TensorError(f"{where}: input {spec.name!r} element {i} is not UTF-8 text "
+                              f"({exc.reason} at byte {exc.start})") from None  # fmt: skip
+    return out
 
 
 def output_array(array: np.ndarray) -> np.ndarray:

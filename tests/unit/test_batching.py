@@ -41,10 +41,10 @@ def make_batcher(clock: FakeClock) -> Callable[..., MicroBatcher[int]]:
     return make
 
 
-def rows(start: int, stop: int, width: int = WIDTH) -> tuple[np.ndarray, int]:
+def rows(start: int, stop: int, width: int = WIDTH) -> tuple[dict[str, np.ndarray], int]:
     """One submission of rows whose every value is their id; its ticket is the first id."""
     features = np.repeat(np.arange(start, stop, dtype=np.float32)[:, None], width, axis=1)
-    return features, start
+    return {"x": features}, start
 
 
 def items(batch: Batch[int]) -> list[int]:
@@ -53,11 +53,11 @@ def items(batch: Batch[int]) -> list[int]:
 
 
 def assert_aligned(batch: Batch[int]) -> None:
-    assert batch.features.dtype == np.float32
-    assert batch.features.flags.c_contiguous
-    assert batch.features.shape == (len(items(batch)), WIDTH) == (batch.rows, WIDTH)
-    np.testing.assert_array_equal(batch.features[:, 0], np.asarray(items(batch), dtype=np.float32))
-    np.testing.assert_array_equal(batch.features, batch.features[:, :1].repeat(WIDTH, axis=1))
+    assert batch.feed["x"].dtype == np.float32
+    assert batch.feed["x"].flags.c_contiguous
+    assert batch.feed["x"].shape == (len(items(batch)), WIDTH) == (batch.rows, WIDTH)
+    np.testing.assert_array_equal(batch.feed["x"][:, 0], np.asarray(items(batch), dtype=np.float32))
+    np.testing.assert_array_equal(batch.feed["x"], batch.feed["x"][:, :1].repeat(WIDTH, axis=1))
 
 
 def test_size_trigger_returns_full_batches_and_keeps_the_rest(
@@ -111,7 +111,7 @@ def test_a_single_chunk_of_exactly_the_batch_size_is_not_copied(
 
     (batch,) = batcher.add(KEY_A, features, ticket)
 
-    assert batch.features is features
+    assert batch.feed["x"] is features["x"]
 
 
 def test_not_due_before_max_wait_ms(
@@ -291,7 +291,7 @@ def test_max_wait_zero_makes_every_add_due(
 def test_empty_add_changes_nothing(make_batcher: Callable[..., MicroBatcher[int]]) -> None:
     batcher = make_batcher()
 
-    assert batcher.add(KEY_A, np.empty((0, WIDTH), dtype=np.float32), 0) == []
+    assert batcher.add(KEY_A, {"x": np.empty((0, WIDTH), dtype=np.float32)}, 0) == []
 
     assert len(batcher) == 0
     assert batcher.next_deadline() is None
@@ -330,7 +330,7 @@ def test_width_change_for_a_key_is_rejected(make_batcher: Callable[..., MicroBat
     batcher.add(KEY_A, *rows(0, 2))
 
     with pytest.raises(
-        ValueError, match=r"must have 3 columns \(as the rows pending for it do\), got 4"
+        ValueError, match=r"row shapes .*\(3,\).* \(as the rows pending for it do\), got .*\(4,\)"
     ):
         batcher.add(KEY_A, *rows(2, 4, width=4))
 
@@ -341,18 +341,19 @@ def test_width_change_for_a_key_is_rejected(make_batcher: Callable[..., MicroBat
 @pytest.mark.parametrize(
     ("features", "message"),
     [
-        (np.zeros((2, WIDTH), dtype=np.float64), "dtype float32, got float64"),
-        (np.zeros(WIDTH, dtype=np.float32), "must be 2-D"),
-        ([[0.0, 1.0, 2.0]], "must be a numpy array, got list"),
+        ({"x": np.zeros(2), "y": np.zeros(3)}, r"the same rows, got \[2, 3\]"),
+        ({"x": np.float32(1.0)}, "must be a numpy array with a row axis"),
+        ({}, "must be a feed"),
+        (np.zeros((2, WIDTH), dtype=np.float32), "must be a feed .*got ndarray"),
     ],
 )
 def test_bad_features_are_rejected(
-    make_batcher: Callable[..., MicroBatcher[int]], features: np.ndarray, message: str
+    make_batcher: Callable[..., MicroBatcher[int]], features: object, message: str
 ) -> None:
     batcher = make_batcher()
 
     with pytest.raises(ValueError, match=message):
-        batcher.add(KEY_A, features, 0)
+        batcher.add(KEY_A, features, 0)  # type: ignore[arg-type]
 
     assert len(batcher) == 0
 
@@ -361,8 +362,8 @@ def test_a_key_that_drained_may_come_back_with_another_width(
     make_batcher: Callable[..., MicroBatcher[int]],
 ) -> None:
     batcher = make_batcher()
-    batcher.add("k", np.zeros((1, 3), dtype=np.float32), 1)
+    batcher.add("k", {"x": np.zeros((1, 3), dtype=np.float32)}, 1)
     batcher.flush()
-    batcher.add("k", np.zeros((1, 5), dtype=np.float32), 2)  # a new version of the model
+    batcher.add("k", {"x": np.zeros((1, 5), dtype=np.float32)}, 2)  # a new version of the model
     (batch,) = batcher.flush()
-    assert batch.features.shape == (1, 5)
+    assert batch.feed["x"].shape == (1, 5)

@@ -142,8 +142,8 @@ REJECTS: list[tuple[str, bytes | None, str, str, str]] = [
         "named-on-unnamed-model",
         event(model="plain", features={"a": 1, "b": 2}),
         "validate",
-        "InvalidField",
-        "features must be an array",
+        "UnknownFeature",
+        "takes 1 input: 'features' (FP32 [2])",
     ),
     ("string-value", event(features=[1, "1.5", 2]), "validate", "NonNumeric", "features[1]"),
     ("bool-true", event(features=[1, True, 2]), "validate", "NonNumeric", "boolean true"),
@@ -241,7 +241,7 @@ def test_named_features_are_put_in_the_spec_column_order() -> None:
     decoded = decode(event(features={"mean area": 3.5, "radius": 1.25, "texture": -2}))
 
     block = decoded.blocks[("bc", "2")]
-    assert block.features.tolist() == [[1.25, -2.0, 3.5]]
+    assert block.feed["features"].tolist() == [[1.25, -2.0, 3.5]]
 
 
 def test_a_good_event_beside_bad_ones_is_decoded() -> None:
@@ -254,7 +254,7 @@ def test_a_good_event_beside_bad_ones_is_decoded() -> None:
     ]
     block = decoded.blocks[("bc", "2")]
     assert (block.indices, block.ids) == ([1], ["good"])
-    assert block.features.tolist() == [[1.5, 2.0, 3.25]]
+    assert block.feed["features"].tolist() == [[1.5, 2.0, 3.25]]
 
 
 def test_an_out_of_range_row_is_dropped_from_its_block_and_the_others_kept() -> None:
@@ -271,7 +271,7 @@ def test_an_out_of_range_row_is_dropped_from_its_block_and_the_others_kept() -> 
         ["a", "c"],
         [FALLBACK_TS, FALLBACK_TS + 2],
     )
-    assert block.features.tolist() == [[1, 2, 3], [4, 5, 6]]
+    assert block.feed["features"].tolist() == [[1, 2, 3], [4, 5, 6]]
 
 
 def test_a_block_whose_every_row_is_out_of_range_is_not_returned() -> None:
@@ -301,9 +301,9 @@ def test_rows_are_grouped_per_model_and_resolved_version_in_input_order() -> Non
         block = decoded.blocks[key]
         assert (block.spec.name, block.spec.version) == key
         assert (block.indices, block.ids, block.ts) == (indices, ids, ts)
-        assert block.features.tolist() == rows
-        assert block.features.dtype == np.float32
-        assert block.features.flags.c_contiguous
+        assert block.feed["features"].tolist() == rows
+        assert block.feed["features"].dtype == np.float32
+        assert block.feed["features"].flags.c_contiguous
 
 
 def test_default_model_is_used_when_model_is_absent() -> None:
@@ -367,7 +367,7 @@ def test_integer_and_float32_limit_features_are_accepted() -> None:
     )
 
     assert decoded.rejects == []
-    row = decoded.blocks[("bc", "2")].features[0]
+    row = decoded.blocks[("bc", "2")].feed["features"][0]
     assert np.isfinite(row).all()
 
 
@@ -407,7 +407,7 @@ def test_is_plain_name(name: str, plain: bool) -> None:
 def block_of(spec: ModelSpec, n: int) -> RowBlock:
     return RowBlock(
         spec=spec,
-        features=np.zeros((n, spec.n_features), dtype=np.float32),
+        feed={"features": np.zeros((n, spec.n_features), dtype=np.float32)},
         indices=list(range(n)),
         ids=[f"e-{i}" for i in range(n)],
         ts=[100 + i for i in range(n)],

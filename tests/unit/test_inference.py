@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from pipeline.engine.inference import InferenceResult, RowFailure, SessionLike, run_batch
+from pipeline.engine.signature import TensorSpec
 from pipeline.engine.spec import ModelSpec
 
 N_FEATURES = 3
@@ -22,7 +23,12 @@ MARKER = -999.0
 WEIGHTS = np.array([[1.0, -2.0], [0.5, 3.0], [-1.5, 0.25]], dtype=np.float32)
 BIAS = np.array([0.1, -0.2], dtype=np.float32)
 OUTPUTS = ("scores", "total")
-SPEC = ModelSpec(name="linear", version="1", n_features=N_FEATURES)
+SPEC = ModelSpec(
+    name="linear",
+    version="1",
+    n_features=N_FEATURES,
+    inputs=(TensorSpec("x", "FP32", (N_FEATURES,)),),
+)
 
 
 def build_linear_model() -> bytes:
@@ -133,7 +139,7 @@ def test_outputs_equal_numpy(
 ) -> None:
     features = make_features(64)
 
-    result = run_batch(FakeModel(session), features)
+    result = run_batch(FakeModel(session), {"x": features})
 
     assert result.ok_positions == list(range(64))
     assert result.failures == []
@@ -149,7 +155,7 @@ def test_failing_rows_are_isolated_and_the_rest_predicted(
     features = make_features(64, bad)
     wrapped = MarkerSession(session)
 
-    result = run_batch(FakeModel(wrapped), features)
+    result = run_batch(FakeModel(wrapped), {"x": features})
 
     assert result.failures == [
         RowFailure(p, "InvalidArgument", f"row with first feature {MARKER} is not allowed")
@@ -175,7 +181,7 @@ def test_isolation_for_various_sizes(
     features = make_features(n, bad)
     wrapped = MarkerSession(session)
 
-    result = run_batch(FakeModel(wrapped), features)
+    result = run_batch(FakeModel(wrapped), {"x": features})
 
     assert [f.position for f in result.failures] == list(bad)
     assert result.ok_positions == [i for i in range(n) if i not in bad]
@@ -189,7 +195,7 @@ def test_one_good_run_when_no_row_fails(
 ) -> None:
     wrapped = MarkerSession(session)
 
-    run_batch(FakeModel(wrapped), make_features(256))
+    run_batch(FakeModel(wrapped), {"x": make_features(256)})
 
     assert wrapped.batch_sizes == [256]
 
@@ -200,7 +206,7 @@ def test_output_with_wrong_first_dimension_fails_its_rows(
     features = make_features(16, (5,))
     wrapped = MarkerSession(session, short_output="total")
 
-    result = run_batch(FakeModel(wrapped), features)
+    result = run_batch(FakeModel(wrapped), {"x": features})
 
     (failure,) = result.failures
     assert failure.position == 5
@@ -215,7 +221,7 @@ def test_output_with_wrong_first_dimension_fails_its_rows(
 def test_all_rows_fail(make_features: Callable[..., np.ndarray]) -> None:
     failing = FailingSession()
 
-    result = run_batch(FakeModel(failing), make_features(8))
+    result = run_batch(FakeModel(failing), {"x": make_features(8)})
 
     assert result.ok_positions == []
     assert result.failures == [RowFailure(p, "RuntimeError", "model is broken") for p in range(8)]
@@ -226,7 +232,7 @@ def test_all_rows_fail(make_features: Callable[..., np.ndarray]) -> None:
 def test_empty_batch_does_not_run_the_session() -> None:
     failing = FailingSession()
 
-    result = run_batch(FakeModel(failing), np.empty((0, N_FEATURES), dtype=np.float32))
+    result = run_batch(FakeModel(failing), {"x": np.empty((0, N_FEATURES), dtype=np.float32)})
 
     assert failing.calls == 0
     assert result.ok_positions == []
@@ -237,16 +243,21 @@ def test_empty_batch_does_not_run_the_session() -> None:
 @pytest.mark.parametrize(
     ("features", "message"),
     [
-        (np.zeros((2, 4), dtype=np.float32), "must have 3 columns, got 4"),
-        (np.zeros((2, 3), dtype=np.float64), "2-D float32 array, got 2-D float64"),
-        (np.zeros(3, dtype=np.float32), "2-D float32 array, got 1-D float32"),
+        (
+            {"x": np.zeros((2, 4), dtype=np.float32)},
+            r"FP32 \[3\] per row, got float32 rows of shape \[4\]",
+        ),
+        ({"x": np.zeros((2, 3), dtype=np.float64)}, "per row, got float64 rows"),
+        ({"x": np.zeros(3, dtype=np.float32)}, r"got float32 rows of shape \[\]"),
+        ({"y": np.zeros((2, 3), dtype=np.float32)}, r"must hold its inputs \['x'\]"),
+        (np.zeros((2, 3), dtype=np.float32), "must hold its inputs"),
     ],
 )
-def test_bad_features_are_the_callers_mistake(features: np.ndarray, message: str) -> None:
+def test_bad_features_are_the_callers_mistake(features: object, message: str) -> None:
     failing = FailingSession()
 
     with pytest.raises(ValueError, match=message):
-        run_batch(FakeModel(failing), features)
+        run_batch(FakeModel(failing), features)  # type: ignore[arg-type]
 
     assert failing.calls == 0
 

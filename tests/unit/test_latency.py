@@ -74,7 +74,7 @@ def test_the_batcher_cuts_at_the_target_cap_and_wait() -> None:
     now = [_arriving(target, 20_000)]  # 2 s of inference a second: more than it can do
     batcher: MicroBatcher[int] = MicroBatcher(max_batch_size=1024, clock=lambda: now[0],
                                               sizing=target)  # fmt: skip
-    full = batcher.add(KEY, np.zeros((70, 3), dtype=np.float32), 0)
+    full = batcher.add(KEY, {"x": np.zeros((70, 3), dtype=np.float32)}, 0)
     assert [b.rows for b in full] == [30, 30]
     wait = target.wait_s(KEY, 10)  # the budget less the batch's cost
     assert wait == pytest.approx(0.010 - target.cost_s(KEY, 10))

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper
 
 from pipeline.engine import models
 from pipeline.engine.models import LoadedModel, ModelCache, ModelStore
+from pipeline.engine.signature import TensorSpec
 from pipeline.errors import ConfigError, ModelLoadError, ModelNotFoundError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "models"
@@ -357,14 +358,14 @@ def _symbolic_width_model() -> bytes:
     return data
 
 
-def test_symbolic_width_needs_features_in_the_manifest(
+def test_symbolic_width_takes_rows_of_any_length_unless_the_manifest_names_features(
     root: Path, make_cache: Callable[..., ModelCache]
 ) -> None:
     directory = root / "m" / "1"
     directory.mkdir(parents=True)
     (directory / "model.onnx").write_bytes(_symbolic_width_model())
-    with pytest.raises(ModelLoadError, match=r"add a 'features' list to its model\.json"):
-        make_cache().get("m", "1")
+    typed = make_cache().resolve("m", "1")
+    assert (typed.vector, typed.inputs) == (False, (TensorSpec("x", "FP32", (None,)),))
     write_manifest(directory, {"features": ["a", "b", "c"]})
     spec = make_cache().resolve("m", "1")
     assert (spec.n_features, spec.feature_index) == (3, {"a": 0, "b": 1, "c": 2})
