@@ -70,3 +70,81 @@ def external_data_model(directory: Path) -> Path:
         size_threshold=0,
     )
     return directory
+
+
+# The element types a model input may have, as ONNX and the Open Inference Protocol name them.
+ELEMENT_TYPES = {
+    "FP16": TensorProto.FLOAT16,
+    "FP32": TensorProto.FLOAT,
+    "FP64": TensorProto.DOUBLE,
+    "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16,
+    "INT32": TensorProto.INT32,
+    "INT64": TensorProto.INT64,
+    "UINT8": TensorProto.UINT8,
+    "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32,
+    "UINT64": TensorProto.UINT64,
+    "BOOL": TensorProto.BOOL,
+    "BYTES": TensorProto.STRING,
+}
+
+
+def _save(graph: onnx.GraphProto, directory: Path) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    directory.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(directory / "model.onnx"))
+    return directory
+
+
+def identity_model(directory: Path, inputs: dict[str, tuple[str, list[object]]]) -> Path:
+    """One Identity per input: input NAME (datatype, per-row shape) -> output ``NAME_out``.
+
+    A per-row dimension given as a string is symbolic."""
+    nodes, graph_inputs, graph_outputs = [], [], []
+    for name, (datatype, shape) in inputs.items():
+        kind = ELEMENT_TYPES[datatype]
+        graph_inputs.append(helper.make_tensor_value_info(name, kind, ["N", *shape]))
+        graph_outputs.append(helper.make_tensor_value_info(f"{name}_out", kind, ["N", *shape]))
+        nodes.append(helper.make_node("Identity", [name], [f"{name}_out"]))
+    return _save(helper.make_graph(nodes, "identity", graph_inputs, graph_outputs), directory)
+
+
+def two_input_model(directory: Path) -> Path:
+    """A recommender's shape: ``x`` FP32 [N, 3] and ``cat`` INT64 [N, 1] ->
+    ``score`` = sum(x) * 10 + cat, FP32 [N, 1]."""
+    nodes = [
+        helper.make_node("ReduceSum", ["x", "axes"], ["total"], keepdims=1),
+        helper.make_node("Mul", ["total", "ten"], ["scaled"]),
+        helper.make_node("Cast", ["cat"], ["catf"], to=TensorProto.FLOAT),
+        helper.make_node("Add", ["scaled", "catf"], ["score"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "two-input",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("cat", TensorProto.INT64, ["N", 1]),
+        ],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1])],
+        initializer=[
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"),
+            numpy_helper.from_array(np.array(10.0, dtype=np.float32), "ten"),
+        ],
+    )
+    return _save(graph, directory)
+
+
+def sequence_model(directory: Path) -> Path:
+    """A window per event: ``window`` FP32 [N, T, 2] with a symbolic T -> ``total`` =
+    the sum of every value of the window, FP32 [N]."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["window", "axes"], ["total"], keepdims=0)],
+        "sequence",
+        [helper.make_tensor_value_info("window", TensorProto.FLOAT, ["N", "T", 2])],
+        [helper.make_tensor_value_info("total", TensorProto.FLOAT, ["N"])],
+        initializer=[numpy_helper.from_array(np.array([1, 2], dtype=np.int64), "axes")],
+    )
+    return _save(graph, directory)

@@ -41,6 +41,7 @@ from pipeline.engine.signature import FLOAT_LIMITS, Feed
 from pipeline.engine.spec import ModelCatalog, ModelSpec
 from pipeline.engine.values import OVERFLOW as _OVERFLOW
 from pipeline.engine.values import ValueProblem, column_array, row_value
+from pipeline.engine.values import show_value as _show
 from pipeline.errors import ModelLoadError, ModelNotFoundError
 
 __all__ = [
@@ -279,7 +280,9 @@ class EventDecoder:
             try:
                 if type(event) is not dict:
                     raise _Rejected(
-                        "decode", "NotAnObject", f"value must be a JSON object, got {_show(event)}"
+                        "decode",
+                        "NotAnObject",
+                        f"value must be a JSON object, got {_show(event)}",
                     )
                 self._take_event(index, event, fallback_ts, state)
             except _Rejected as exc:
@@ -612,7 +615,9 @@ def _value_problem(
         where = f"features[{col}]" if names is None else f"features[{_quote(names[col])}]"
         if type(value) not in _NUMBER_TYPES:
             return _Rejected(
-                "validate", "NonNumeric", f"{where} must be a finite number, got {_show(value)}"
+                "validate",
+                "NonNumeric",
+                f"{where} must be a finite number, got {_show(value)}",
             )
         if not math.isfinite(value):
             return _Rejected(
@@ -701,25 +706,10 @@ def _bad_features(event: dict[str, Any]) -> _Rejected:
     if "features" not in event:
         return _Rejected("validate", "MissingField", f"features is required ({expected})")
     return _Rejected(
-        "validate", "InvalidField", f"features must be {expected}, got {_show(event['features'])}"
+        "validate",
+        "InvalidField",
+        f"features must be {expected}, got {_show(event['features'])}",
     )
-
-
-def _show(value: Any) -> str:
-    """Name a parsed JSON value's kind, with a short excerpt, for messages."""
-    if value is None:
-        return "null"
-    if type(value) is bool:
-        return f"boolean {'true' if value else 'false'}"
-    if type(value) is int:
-        return f"integer {value}"
-    if type(value) is float:
-        return f"number {value!r}"
-    if type(value) is str:
-        return f"string {_quote(value)}"
-    if type(value) is list:
-        return f"an array of {_plural(len(value), 'item')}"
-    return f"an object of {_plural(len(value), 'field')}"
 
 
 def _plural(count: int, noun: str) -> str:

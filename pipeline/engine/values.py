@@ -25,7 +25,7 @@ import numpy as np
 
 from pipeline.engine.signature import FLOAT_LIMITS, INTEGER_RANGES, TensorSpec
 
-__all__ = ["OVERFLOW", "ValueProblem", "column_array", "row_value"]
+__all__ = ["OVERFLOW", "ValueProblem", "column_array", "row_value", "show_value"]
 
 _NUMBERS: Final = frozenset((int, float))
 # Each problem's stage and error type (pipeline/errortypes.py lists them for the README).
@@ -66,7 +66,7 @@ def row_value(spec: TensorSpec, value: Any, where: str) -> tuple[list[Any], tupl
     """
     if type(value) is not list:
         if not spec.scalar:
-            raise _wrong_shape(spec, where, f"a single {_kind(value)}")
+            raise _wrong_shape(spec, where, f"a single {show_value(value)}")
         leaves = [value]
         shape: tuple[int, ...] = spec.shape  # type: ignore[assignment]  # () or (1,)
     else:
@@ -110,7 +110,7 @@ def _checked_leaves(spec: TensorSpec, leaves: list[Any], where: str) -> list[Any
         if not _NUMBERS.issuperset(types):
             bad = next(v for v in leaves if type(v) not in _NUMBERS)
             raise ValueProblem(_NON_NUMERIC, f"{where} must hold numbers ({spec.describe()}), "
-                               f"got {_kind(bad)}")  # fmt: skip
+                               f"got {show_value(bad)}")  # fmt: skip
         return leaves
     if datatype in INTEGER_RANGES:
         return _integers(spec, leaves, types, where)
@@ -118,12 +118,12 @@ def _checked_leaves(spec: TensorSpec, leaves: list[Any], where: str) -> list[Any
         if types - {bool}:
             bad = next(v for v in leaves if type(v) is not bool)
             raise ValueProblem(_NOT_BOOLEAN, f"{where} must hold true or false "
-                               f"({spec.describe()}), got {_kind(bad)}")  # fmt: skip
+                               f"({spec.describe()}), got {show_value(bad)}")  # fmt: skip
         return leaves
     if types - {str}:
         bad = next(v for v in leaves if type(v) is not str)
         raise ValueProblem(_NOT_A_STRING, f"{where} must hold strings ({spec.describe()}), "
-                           f"got {_kind(bad)}")  # fmt: skip
+                           f"got {show_value(bad)}")  # fmt: skip
     return leaves
 
 
@@ -136,7 +136,7 @@ def _integers(spec: TensorSpec, leaves: list[Any], types: set[type], where: str)
             elif type(leaf) is not int:
                 kind = _NOT_AN_INTEGER if type(leaf) is float else _NON_NUMERIC
                 raise ValueProblem(kind, f"{where} must hold integers ({spec.describe()}), "
-                                   f"got {_kind(leaf)}")  # fmt: skip
+                                   f"got {show_value(leaf)}")  # fmt: skip
     low, high = INTEGER_RANGES[spec.datatype]
     if leaves and not (low <= min(leaves) and max(leaves) <= high):
         bad = next(v for v in leaves if not low <= v <= high)
@@ -170,6 +170,7 @@ def column_array(
     if not in_range.all():
         for r in np.flatnonzero(~in_range.reshape(n, -1).all(axis=1)).tolist():
             problems[r] = _out_of_range(spec, rows[r], limit, where)
+        wide[~in_range] = 0.0  # those rows are dropped; no overflow while casting the rest
     return wide.astype(spec.dtype).reshape((n, *shape)), problems
 
 
@@ -208,8 +209,8 @@ def _dims(shape: Sequence[int | None]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
-def _kind(value: Any) -> str:
-    """Name a parsed JSON value's kind, with a short excerpt."""
+def show_value(value: Any) -> str:
+    """Name a parsed JSON value's kind, with a short excerpt, for messages."""
     if value is None:
         return "null"
     if type(value) is bool:
@@ -219,8 +220,8 @@ def _kind(value: Any) -> str:
     if type(value) is float:
         return f"number {value!r}"
     if type(value) is str:
-        shown = repr(value) if len(value) <= 40 else repr(value[:40]) + "..."
+        shown = repr(value) if len(value) <= 40 else f"{value[:40]!r}... ({len(value)} chars)"
         return f"string {shown}"
     if type(value) is list:
-        return f"an array of {len(value)} items"
-    return "an object"
+        return f"an array of {len(value)} item{'' if len(value) == 1 else 's'}"
+    return f"an object of {len(value)} field{'' if len(value) == 1 else 's'}"

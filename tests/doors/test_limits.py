@@ -88,7 +88,7 @@ def _infer_json(name: str = "features", shape: list[int] | None = None, data: ob
 
 @pytest.mark.parametrize(
     ("body", "words"),
-    [(_infer_json(name="input"), "takes one input named 'features'"),
+    [(_infer_json(name="input"), "got unknown input 'input'"),
      (_infer_json(shape=[1, 29], data=ROW[:29]), "shape must be [rows, 30]"),
      (_infer_json(shape=[2, 30]), "holds 60 elements, data has 30"),
      (_infer_json(data=[1e39, *ROW[1:]]), "row 0 column 0 must be within float32"),
