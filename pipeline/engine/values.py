@@ -88,9 +88,9 @@ def _flatten(spec: TensorSpec, value: list[Any], where: str) -> tuple[list[Any],
             raise _wrong_shape(spec, where, got)
         (size,) = sizes
         if expected is not None and size != expected:
-            got = [*shape, size]
+            seen = _dims([*shape, size])
             raise _wrong_shape(spec, where, f"an array whose dimension {depth + 1} has {size} "
-                               f"items (shape {_dims(got)}...)")  # fmt: skip
+                               f"items (shape {seen}...)")  # fmt: skip
         shape.append(size)
         level = [leaf for item in level for leaf in item]
         if len(level) > _MAX_LEAVES:
