@@ -109,11 +109,11 @@ class PredictorService(prediction_pb2_grpc.PredictorServicer):
         }
         if request.version:
             event["version"] = request.version
+        seed_model(calls.resolve(event["model"], event.get("version")))
         decoded = self._decoder.decode_events([event], fallback_ts=0)
         if decoded.rejects:
             raise rejected(decoded.rejects[0])
         spec, feed = one_block(decoded.blocks.values())
-        seed_model(spec)
         predicted = await calls.run(spec, feed, deadline=_deadline(context))
         (answer,) = seed_answers(predicted.model, predicted.outputs)
         return prediction_pb2.PredictResponse(

@@ -174,8 +174,8 @@ class HttpApp:
             event["features"] = request["data"]
         if "model" not in event:
             event["model"] = self._calls.model_name(None)
+        seed_model(self._calls.resolve(event["model"], event.get("version")))
         spec, rows = self._decode([event], "")
-        seed_model(spec)
         predicted = await self._calls.run(spec, rows, deadline=deadline)
         (answer,) = seed_answers(predicted.model, predicted.outputs)
         (outputs,) = output_rows(predicted.outputs, 1)

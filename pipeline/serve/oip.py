@@ -174,7 +174,7 @@ def input_feed(inputs: Sequence[InputTensor], model: LoadedModel) -> Feed:
         for tensor in spec.inputs:
             i, given_tensor = given[tensor.name]
             where = f"inputs[{i}]"
-            if spec.vector and given_tensor.datatype != "BYTES":
+            if spec.vector:
                 feed[tensor.name] = rows_of(given_tensor.array, given_tensor.datatype,
                                             spec.n_features, where, tensor.datatype)  # fmt: skip
             else:
