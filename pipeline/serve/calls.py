@@ -91,8 +91,13 @@ def one_block(blocks: Iterable[RowBlock]) -> tuple[ModelSpec, Feed]:
     return found[0].spec, found[0].feed
 
 
-def seed_model(spec: ModelSpec) -> None:
-    """Refuse a model the seed API cannot serve: it answers one float vector per row."""
+def seed_model(calls: ModelCalls, name: object, version: object) -> None:
+    """Refuse a model the seed API cannot serve (it answers one float vector per row). A
+    model or version that does not resolve is left for the decoder to name, as ever."""
+    try:
+        spec = calls.resolve(name, version)
+    except Refusal:
+        return
     if not spec.vector:
         inputs = ", ".join(f"{t.name!r} ({t.describe()})" for t in spec.inputs)
         raise bad_input(

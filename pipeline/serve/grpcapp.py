@@ -109,7 +109,7 @@ class PredictorService(prediction_pb2_grpc.PredictorServicer):
         }
         if request.version:
             event["version"] = request.version
-        seed_model(calls.resolve(event["model"], event.get("version")))
+        seed_model(calls, event["model"], event.get("version"))
         decoded = self._decoder.decode_events([event], fallback_ts=0)
         if decoded.rejects:
             raise rejected(decoded.rejects[0])

@@ -174,7 +174,7 @@ class HttpApp:
             event["features"] = request["data"]
         if "model" not in event:
             event["model"] = self._calls.model_name(None)
-        seed_model(self._calls.resolve(event["model"], event.get("version")))
+        seed_model(self._calls, event["model"], event.get("version"))
         spec, rows = self._decode([event], "")
         predicted = await self._calls.run(spec, rows, deadline=deadline)
         (answer,) = seed_answers(predicted.model, predicted.outputs)

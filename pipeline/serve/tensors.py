@@ -192,7 +192,11 @@ def rows_of(
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
         value = float(values[row, col])
-        kind = "a finite number" if not np.isfinite(value) else f"within {into} (|x| <= {limit!r})"
+        kind = (
+            "a finite number"
+            if not np.isfinite(value)
+            else f"within float{into[2:]} (|x| <= {limit!r})"
+        )
         raise TensorError(f"{where}: row {row} column {col} must be {kind}, got {value!r}")
     return np.ascontiguousarray(array, dtype=DATATYPES[into])
 
