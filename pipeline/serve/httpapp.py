@@ -6,7 +6,8 @@ Routes:
 ``POST /predict``                                           the seed's shape: one row in,
                                                             ``prediction`` + ``confidence``
 ``POST /v1/models/<m>[/versions/<v>]:predict``              TF Serving / KServe v1 batch:
-                                                            ``instances`` -> ``predictions``
+                                                            ``instances`` -> ``predictions``,
+                                                            columnar ``inputs`` -> ``outputs``
 ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``      Open Inference Protocol v2
 ``GET /v2/models/<m>[/versions/<v>][/ready]``               model metadata and readiness
 ``POST /v2/models/<m>[/versions/<v>]/infer``                JSON tensors and the binary
@@ -195,21 +196,33 @@ class HttpApp:
     async def _instances(
         self, name: str, version: str | None, body: bytes, deadline: float | None
     ) -> _Answer:
+        """TF Serving's predict API: rows (``instances``) or columns (``inputs``)."""
         request = _object(body)
-        instances = request.get("instances")
+        spec = self._calls.resolve(name, version)
+        columnar = "inputs" in request
+        if columnar and "instances" in request:
+            raise bad_input("send rows as instances or columns as inputs, not both")
+        instances = _rows_of_columns(request["inputs"]) if columnar else request.get("instances")
         if not isinstance(instances, list):
             raise bad_input(f"instances must be an array of rows, got {_kind(instances)}")
-        spec = self._calls.resolve(name, version)
+        if len(spec.inputs) == 1 and not spec.vector:  # a row is the one input's value
+            only = spec.inputs[0].name
+            instances = [r if isinstance(r, dict) else {only: r} for r in instances]
         events = [
             {"id": str(i), "features": row, "model": spec.name, "version": spec.version}
             for i, row in enumerate(instances)
         ]
-        spec, rows = self._decode(events, "instances")
+        spec, rows = self._decode(events, "inputs" if columnar else "instances")
         predicted = await self._calls.run(spec, rows, deadline=deadline)
         per_row = output_rows(predicted.outputs, feed_rows(rows))
         single = len(predicted.outputs) == 1
-        predictions = [next(iter(r.values())) if single else r for r in per_row]
-        return _json(200, {"predictions": predictions, "model": spec.name, "version": spec.version})
+        answer: dict[str, Any] = {"model": spec.name, "version": spec.version}
+        if columnar:
+            columns = {k: [r[k] for r in per_row] for k in predicted.outputs}
+            answer["outputs"] = next(iter(columns.values())) if single else columns
+        else:
+            answer["predictions"] = [next(iter(r.values())) if single else r for r in per_row]
+        return _json(200, answer)
 
     def _decode(self, events: list[dict[str, Any]], where: str) -> tuple[ModelSpec, Feed]:
         """Check events the way the Kafka codec does; the rows of the one model they name."""
@@ -368,6 +381,26 @@ def _object(body: bytes) -> dict[str, Any]:
     if not isinstance(request, dict):
         raise bad_input(f"the body must be a JSON object, got {_kind(request)}")
     return request
+
+
+def _rows_of_columns(inputs: object) -> list[Any]:
+    """TF Serving's columnar ``inputs``: an object of input name -> one value per row
+    becomes rows of input name -> value; an array is already one value per row (of a
+    model's only input)."""
+    if isinstance(inputs, list):
+        return inputs
+    if not isinstance(inputs, dict) or not inputs:
+        raise bad_input(
+            f"inputs must be an object of input name -> values (one per row) or an array "
+            f"of rows, got {_kind(inputs)}"
+        )
+    lengths = {k: len(v) if isinstance(v, list) else -1 for k, v in inputs.items()}
+    if -1 in lengths.values() or len(set(lengths.values())) != 1:
+        raise bad_input(
+            f"inputs must map each input name to an array with one value per row, of one "
+            f"length, got lengths {lengths}"
+        )
+    return [dict(zip(inputs, values, strict=True)) for values in zip(*inputs.values(), strict=True)]
 
 
 def _kind(value: object) -> str:

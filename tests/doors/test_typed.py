@@ -202,3 +202,20 @@ def test_v1_rows_as_objects_and_the_seed_api_refuses_a_typed_model(typed: Server
         with pytest.raises(grpc.RpcError) as refused:
             stub.Predict(prediction_pb2.PredictRequest(features=[1, 2, 3], model="rec"))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_v1_columnar_inputs_answer_columnar_outputs(typed: Server) -> None:
+    body = {"inputs": {"x": X.tolist(), "cat": CAT.tolist()}}
+    reply = httpx.post(f"{typed.url}/v1/models/rec:predict", json=body)
+    assert reply.status_code == 200, reply.text
+    (expected,) = _ort(_models(typed), "rec", {"x": X, "cat": CAT})
+    assert np.asarray(reply.json()["outputs"], dtype=np.float32).tolist() == expected.tolist()
+
+    window = [[[1, 2], [3, 4]]]  # one row of the sequence model's only input
+    reply = httpx.post(f"{typed.url}/v1/models/seq:predict", json={"inputs": window})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["outputs"] == [10.0]
+    ragged = httpx.post(f"{typed.url}/v1/models/rec:predict",
+                        json={"inputs": {"x": X.tolist(), "cat": [1]}})  # fmt: skip
+    assert ragged.status_code == 400
+    assert "one value per row, of one length" in ragged.json()["error"]
