@@ -16,6 +16,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from pipeline.engine.codec import EventDecoder, RowBlock, encode_predictions
+from pipeline.engine.signature import TensorSpec
 from pipeline.engine.spec import ModelSpec
 from pipeline.errors import ModelNotFoundError
 
@@ -89,6 +90,14 @@ EXAMPLES: list[tuple[str, dict[str, Any]]] = [
             "pipeline.failed_at": "1732550400057",
         },
     ),
+    (
+        "feature-event-inputs.json",
+        {
+            "id": "payment-8812",
+            "model": "card-fraud",
+            "features": {"amount": 129.95, "hour": 23, "country": "DE", "channel": "web"},
+        },
+    ),
 ]
 
 GOOD_EVENT = dict(EXAMPLES[0][1])
@@ -102,6 +111,8 @@ INVALID: list[tuple[str, str, dict[str, Any]]] = [
     ("feature-event", "string-feature", {"id": "a", "features": [1.0, "2"]}),
     ("feature-event", "bool-feature", {"id": "a", "features": [1.0, True]}),
     ("feature-event", "null-feature", {"id": "a", "features": {"x": None}}),
+    ("feature-event", "null-in-an-input", {"id": "a", "features": {"x": [1, None]}}),
+    ("feature-event", "object-in-an-input", {"id": "a", "features": {"x": {"y": 1}}}),
     ("feature-event", "float32-overflow", {"id": "a", "features": [1e39]}),
     ("feature-event", "path-model", {**GOOD_EVENT, "model": "../models"}),
     ("feature-event", "integer-version", {**GOOD_EVENT, "version": 1}),
@@ -141,11 +152,22 @@ LOGREG = ModelSpec(
     probability_output="probabilities",
 )
 REGRESSOR = ModelSpec(name="risk", version="3", n_features=2)
+FRAUD = ModelSpec(
+    name="card-fraud",
+    version="1",
+    inputs=(
+        TensorSpec("amount", "FP64", (1,)),
+        TensorSpec("hour", "INT64", (1,)),
+        TensorSpec("country", "BYTES", (1,)),
+        TensorSpec("channel", "BYTES", (1,)),
+    ),
+)
+SEQUENCE = ModelSpec(name="window", version="1", inputs=(TensorSpec("w", "FP32", (None, 2)),))
 
 
 class Catalog:
     def resolve(self, name: str, version: str | None) -> ModelSpec:
-        for spec in (MLP, LOGREG, REGRESSOR):
+        for spec in (MLP, LOGREG, REGRESSOR, FRAUD, SEQUENCE):
             if spec.name == name and version in (None, spec.version):
                 return spec
         raise ModelNotFoundError(f"no model {name!r} version {version!r}")
@@ -199,6 +221,9 @@ ACCEPTED_EVENTS: list[dict[str, Any]] = [
     {"id": "r-1", "model": "risk", "features": [0, -2.5]},
     {"id": "r-2", "model": "risk", "version": "3", "features": [1e-3, 3.4e38], "ts": 0},
     {"id": "x" * 256, "model": "risk", "features": [1, 2], "source": "ignored extra field"},
+    EXAMPLES[-1][1],
+    {"id": "w-1", "model": "window", "features": {"w": [[1, 2.5], [3, 4]]}},
+    {"id": "w-2", "model": "window", "features": {"w": []}},
 ]
 
 
@@ -211,8 +236,12 @@ def test_every_event_the_codec_accepts_validates(document: dict[str, Any]) -> No
 
 
 def test_predictions_the_codec_encodes_validate() -> None:
-    labelled = RowBlock(MLP, np.zeros((2, 30), dtype=np.float32), [0, 1], ["a", "b"], [1, 2])
-    plain = RowBlock(REGRESSOR, np.zeros((2, 2), dtype=np.float32), [0, 1], ["c", "d"], [3, 4])
+    labelled = RowBlock(
+        MLP, {"features": np.zeros((2, 30), dtype=np.float32)}, [0, 1], ["a", "b"], [1, 2]
+    )
+    plain = RowBlock(
+        REGRESSOR, {"features": np.zeros((2, 2), dtype=np.float32)}, [0, 1], ["c", "d"], [3, 4]
+    )
     predictions = encode_predictions(
         labelled,
         {
