@@ -5,9 +5,19 @@ data set (569 rows, 30 float features, no download), and one wide one on a seede
 synthetic data set of 200 features (``make_classification``: what a model fed by a
 feature store looks like, and what the benchmark's wide events need). Each is converted
 to ONNX with skl2onnx: plain tensor outputs (``label`` int64, ``probabilities`` float32
-with one column per class), no ZipMap, one float32 input named ``features``. Each is written as
-``<out>/<name>/1/model.onnx`` plus a ``model.json`` manifest that names the features,
-the labels and the probability output, and pins the ONNX file's SHA-256.
+with one column per class), no ZipMap, one float32 input named ``features``.
+
+Two take named, typed inputs: ``card-fraud``, a card-payment fraud model (a
+ColumnTransformer that scales ``amount`` (float64) and ``hour`` (int64) and one-hot-encodes
+``country`` and ``channel`` (strings), then a logistic regression) on a seeded synthetic
+set of payments, and ``ticket-topic``, a text classifier (TF-IDF, then a logistic
+regression) on a seeded synthetic set of support tickets, with one string input ``text``.
+Their string normaliser is given the ``C.UTF-8`` locale, which every glibc has (skl2onnx
+writes ``en_US.UTF-8``, which a bare Debian lacks and ONNX Runtime then cannot load).
+
+Each is written as ``<out>/<name>/1/model.onnx`` plus a ``model.json`` manifest that names
+the features (or records the typed inputs), the labels and the probability output, and
+pins the ONNX file's SHA-256.
 
 Everything that could vary between runs is fixed (split, random states, target
 opsets, ONNX header fields), so running the script twice on the same library versions
@@ -30,21 +40,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from onnx import ModelProto
+import pandas as pd
+from onnx import ModelProto, helper
 from skl2onnx import convert_sklearn
-from skl2onnx.common.data_types import FloatTensorType
+from skl2onnx.common.data_types import (
+    DoubleTensorType,
+    FloatTensorType,
+    Int64TensorType,
+    StringTensorType,
+)
+from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_breast_cancer, make_classification
 from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 __all__ = [
+    "FRAUD",
     "INPUT_NAME",
     "PROBABILITY_OUTPUT",
     "TARGET_OPSET",
+    "TEXT",
+    "TYPED_INPUTS",
     "VERSION",
     "WIDE",
     "build_models",
@@ -52,6 +73,8 @@ __all__ = [
     "label_names",
     "load_data",
     "main",
+    "typed_data",
+    "typed_labels",
     "write_models",
 ]
 
@@ -72,7 +95,23 @@ DESCRIPTIONS = {
     "breast cancer data set (30 features).",
     "wide-mlp": "StandardScaler + MLPClassifier(64, 32) on a seeded synthetic data set of "
     "200 features (scikit-learn's make_classification).",
+    "card-fraud": "ColumnTransformer (StandardScaler on amount and hour, OneHotEncoder on "
+    "country and channel) + LogisticRegression on 4,000 seeded synthetic card payments.",
+    "ticket-topic": "TfidfVectorizer + LogisticRegression on 600 seeded synthetic support "
+    "tickets (billing, login, delivery).",
 }
+FRAUD = "card-fraud"
+TEXT = "ticket-topic"
+TYPED_INPUTS = {  # a typed model's inputs: name -> skl2onnx type, each one value per row
+    FRAUD: {
+        "amount": DoubleTensorType([None, 1]),
+        "hour": Int64TensorType([None, 1]),
+        "country": StringTensorType([None, 1]),
+        "channel": StringTensorType([None, 1]),
+    },
+    TEXT: {"text": StringTensorType([None, 1])},
+}
+_LOCALE = "C.UTF-8"  # what ONNX Runtime's StringNormalizer uses; present on every glibc
 WIDE = "wide-mlp"
 WIDE_FEATURES = 200
 
@@ -107,6 +146,63 @@ def label_names(name: str = "") -> list[str]:
     if name == WIDE:
         return ["negative", "positive"]
     return [str(n) for n in load_breast_cancer().target_names]
+
+
+def typed_data(name: str) -> tuple[pd.DataFrame, np.ndarray[Any, Any]]:
+    """Return a typed model's seeded synthetic data set: one column per input, and classes."""
+    rng = np.random.default_rng(RANDOM_STATE)
+    if name == FRAUD:
+        n = 4000
+        frame = pd.DataFrame({
+            "amount": np.round(rng.lognormal(3.5, 1.0, n), 2),
+            "hour": rng.integers(0, 24, n, dtype=np.int64),
+            "country": rng.choice(["DE", "FR", "GB", "US", "NL", "BR"], n),
+            "channel": rng.choice(["web", "pos", "app"], n),
+        })  # fmt: skip
+        night = (frame.hour < 5) | (frame.hour > 22)
+        risk = 0.01 * frame.amount + 1.5 * night + 1.0 * (frame.country == "BR")
+        risk += 0.8 * (frame.channel == "web") - 3.5
+        return frame, (rng.random(n) < 1 / (1 + np.exp(-risk))).astype(np.int64).to_numpy()
+    words = {
+        0: "invoice refund charged twice payment card billing price receipt overcharged",
+        1: "login password reset account locked sign two-factor code email username",
+        2: "parcel delivery courier tracking late package address shipped arrived",
+    }
+    filler = ["please", "help", "my", "the", "with", "since", "again", "urgent", "thanks"]
+    texts, classes = [], []
+    for i in range(600):
+        topic = i % 3
+        chosen = rng.choice(words[topic].split(), 3).tolist() + rng.choice(filler, 3).tolist()
+        texts.append(" ".join(rng.permutation(chosen)))
+        classes.append(topic)
+    return pd.DataFrame({"text": texts}), np.asarray(classes, dtype=np.int64)
+
+
+def typed_labels(name: str) -> list[str]:
+    """Return a typed model's class labels in the order of the probability columns."""
+    return ["legit", "fraud"] if name == FRAUD else ["billing", "login", "delivery"]
+
+
+def _typed_estimators() -> dict[str, Any]:
+    """Return the untrained typed estimators: a DataFrame in, one column per input."""
+    scale_and_encode = ColumnTransformer([
+        ("numbers", StandardScaler(), ["amount", "hour"]),
+        ("categories", OneHotEncoder(handle_unknown="ignore"), ["country", "channel"]),
+    ])  # fmt: skip
+    return {
+        FRAUD: Pipeline(
+            [
+                ("columns", scale_and_encode),
+                ("classifier", LogisticRegression(max_iter=1000, random_state=RANDOM_STATE)),
+            ]
+        ),
+        TEXT: Pipeline(
+            [
+                ("columns", ColumnTransformer([("tfidf", TfidfVectorizer(), "text")])),
+                ("classifier", LogisticRegression(max_iter=1000, random_state=RANDOM_STATE)),
+            ]
+        ),
+    }
 
 
 def _estimators() -> dict[str, Any]:
@@ -144,13 +240,20 @@ def _final_step(model: Any) -> Any:
 
 def _to_onnx(name: str, model: Any) -> bytes:
     """Convert a fitted classifier to deterministic ONNX bytes with tensor outputs."""
+    if name in TYPED_INPUTS:
+        initial_types = list(TYPED_INPUTS[name].items())
+    else:
+        initial_types = [(INPUT_NAME, FloatTensorType([None, len(feature_names(name))]))]
     onx: ModelProto = convert_sklearn(
         model,
         name=name,
-        initial_types=[(INPUT_NAME, FloatTensorType([None, len(feature_names(name))]))],
+        initial_types=initial_types,
         options={id(_final_step(model)): {"zipmap": False}},
         target_opset=TARGET_OPSET,
     )
+    for node in onx.graph.node:
+        if node.op_type == "StringNormalizer":
+            node.attribute.append(helper.make_attribute("locale", _LOCALE))
     onx.doc_string = DESCRIPTIONS[name]
     onx.graph.doc_string = ""
     onx.model_version = int(VERSION)
@@ -180,11 +283,31 @@ def build_models() -> dict[str, tuple[Any, bytes]]:
         )
         model.fit(x_train, y_train)
         built[name] = (model, _to_onnx(name, model))
+    for name, model in _typed_estimators().items():
+        frame, classes = typed_data(name)
+        train, _, y_train, _ = train_test_split(
+            frame, classes, test_size=TEST_SIZE, random_state=RANDOM_STATE, stratify=classes
+        )
+        model.fit(train, y_train)
+        built[name] = (model, _to_onnx(name, model))
     return built
 
 
 def _manifest(name: str, blob: bytes) -> dict[str, object]:
     """Return the ``model.json`` content for one model."""
+    if name in TYPED_INPUTS:
+        datatypes = {DoubleTensorType: "FP64", Int64TensorType: "INT64", StringTensorType: "BYTES"}
+        inputs = [
+            {"name": input_name, "datatype": datatypes[type(kind)], "shape": [1]}
+            for input_name, kind in TYPED_INPUTS[name].items()
+        ]
+        return {
+            "inputs": inputs,
+            "labels": typed_labels(name),
+            "probability_output": PROBABILITY_OUTPUT,
+            "description": DESCRIPTIONS[name],
+            "sha256": hashlib.sha256(blob).hexdigest(),
+        }
     return {
         "features": feature_names(name),
         "labels": label_names(name),

@@ -15,14 +15,18 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+import orjson
 import pytest
 
+from pipeline.engine.codec import EventDecoder
+from pipeline.engine.inference import run_batch
 from pipeline.engine.models import ModelCache, ModelStore
 from pipeline.engine.names import is_plain_name
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "models"
 NAMES = ["breast-cancer-gbt", "breast-cancer-logreg", "breast-cancer-mlp", "wide-mlp"]
+TYPED = ["card-fraud", "ticket-topic"]  # named, typed inputs
 WIDTH = {"wide-mlp": 200}  # features; the others have the breast cancer data set's 30
 # ONNX Runtime computes in float32 where scikit-learn uses float64; the largest
 # observed gap on this data set is about 2e-7, so 1e-5 leaves ample margin.
@@ -62,8 +66,8 @@ def session(name: str) -> ort.InferenceSession:
 def test_the_script_builds_exactly_the_committed_models(
     built: dict[str, tuple[Any, bytes]],
 ) -> None:
-    assert sorted(built) == NAMES
-    assert ModelStore(EXAMPLES).names() == NAMES
+    assert sorted(built) == sorted(NAMES + TYPED)
+    assert ModelStore(EXAMPLES).names() == sorted(NAMES + TYPED)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -81,7 +85,7 @@ def test_onnx_predictions_equal_scikit_learn_on_the_whole_data_set(
     )
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + TYPED)
 def test_manifest_sha256_matches_the_committed_file(name: str) -> None:
     data = (EXAMPLES / name / "1" / "model.onnx").read_bytes()
     assert manifest(name)["sha256"] == hashlib.sha256(data).hexdigest()
@@ -106,3 +110,44 @@ def test_example_model_loads_through_the_cache(name: str) -> None:
     assert len(model.spec.labels) == 2
     assert model.input_name == "features"
     assert model.output_names == ("label", "probabilities")
+
+
+def _feed(frame: Any) -> dict[str, np.ndarray]:
+    """A DataFrame's columns as the typed model's per-input arrays, one value per row."""
+    feed = {}
+    for column in frame.columns:
+        values = frame[[column]].to_numpy()
+        feed[column] = values.astype(object) if values.dtype.kind in "OU" else values
+    return feed
+
+
+@pytest.mark.parametrize("name", TYPED)
+def test_typed_examples_equal_scikit_learn_through_the_engine(
+    make_models: ModuleType, built: dict[str, tuple[Any, bytes]], name: str
+) -> None:
+    estimator, _ = built[name]
+    frame, _ = make_models.typed_data(name)
+    cache = ModelCache(ModelStore(EXAMPLES))
+    spec = cache.resolve(name, None)
+    events = [
+        orjson.dumps({"id": str(i), "model": name, "features": row})
+        for i, row in enumerate(frame.to_dict(orient="records"))
+    ]
+    decoded = EventDecoder(catalog=cache).decode(events, [0] * len(events))
+    assert decoded.rejects == []
+    (block,) = decoded.blocks.values()
+    result = run_batch(cache.get(name, spec.version), block.feed)
+    assert result.failures == []
+    np.testing.assert_array_equal(result.outputs["label"], estimator.predict(frame))
+    np.testing.assert_allclose(
+        result.outputs["probabilities"],
+        estimator.predict_proba(frame),
+        rtol=0,
+        atol=PROBABILITY_ATOL,
+    )
+    direct = session(name).run(["probabilities"], _feed(frame))[0]
+    np.testing.assert_array_equal(result.outputs["probabilities"], direct)
+    content = manifest(name)
+    assert content["labels"] == make_models.typed_labels(name)
+    assert [i["name"] for i in content["inputs"]] == list(frame.columns)
+    assert "features" not in content
