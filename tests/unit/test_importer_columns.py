@@ -1,0 +1,166 @@
+"""Importing a scikit-learn pipeline over named numeric and string columns (issue 22, part 4).
+
+A `ColumnTransformer` fitted on a DataFrame becomes one typed input per column; the
+imported model is then served through the same codec and inference path as the worker's,
+and must predict what the pipeline itself predicts, unseen categories included.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+from sklearn.compose import ColumnTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from pipeline.engine.codec import EventDecoder
+from pipeline.engine.inference import run_batch
+from pipeline.engine.models import ModelCache, ModelStore
+from pipeline.errors import ConfigError
+from pipeline.importer import SourceOptions, import_model
+
+COUNTRIES = ["FR", "DE", "US", "GB"]
+CHANNELS = ["web", "pos", "app"]
+UNSEEN = {"country": "ZZ", "channel": "phone"}  # categories the encoder never saw
+
+
+def payments(rows: int, seed: int) -> pd.DataFrame:
+    """Card payments: two numeric columns, two string columns."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "amount": rng.gamma(2.0, 60.0, rows).round(2),
+            "hour": rng.integers(0, 24, rows),
+            "country": rng.choice(COUNTRIES, rows),
+            "channel": rng.choice(CHANNELS, rows),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def fraud(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pipeline]:
+    """A fitted fraud pipeline, pickled with joblib."""
+    frame = payments(400, seed=1)
+    fraud = (frame["amount"] > 150) & frame["country"].isin(["US", "GB"])
+    model = Pipeline(
+        [
+            (
+                "columns",
+                ColumnTransformer(
+                    [
+                        ("numbers", StandardScaler(), ["amount", "hour"]),
+                        ("names", OneHotEncoder(handle_unknown="ignore"), ["country", "channel"]),
+                    ]
+                ),
+            ),
+            ("classify", LogisticRegression(max_iter=500)),
+        ]
+    ).fit(frame, fraud.astype(int))
+    path = tmp_path_factory.mktemp("fraud") / "fraud.joblib"
+    joblib.dump(model, path)
+    return path, model
+
+
+def sample_frame() -> pd.DataFrame:
+    """Sample rows, two of them with categories the encoder never saw."""
+    frame = payments(60, seed=2)
+    frame.loc[3, "country"] = UNSEEN["country"]
+    frame.loc[7, "channel"] = UNSEEN["channel"]
+    return frame
+
+
+def test_a_column_pipeline_imports_with_one_typed_input_per_column(
+    fraud: tuple[Path, Pipeline], tmp_path: Path
+) -> None:
+    path, model = fraud
+    sample = tmp_path / "sample.csv"
+    sample_frame().to_csv(sample, index=False)
+    (tmp_path / "models").mkdir()
+    result = import_model(
+        path,
+        name="fraud",
+        models=tmp_path / "models",
+        options=SourceOptions(trust_pickle=True),
+        sample=sample,
+    )
+    manifest = json.loads((result.path / "model.json").read_text())
+    assert manifest["inputs"] == [
+        {"name": "amount", "datatype": "FP32", "shape": [1]},
+        {"name": "hour", "datatype": "FP32", "shape": [1]},
+        {"name": "country", "datatype": "BYTES", "shape": [1]},
+        {"name": "channel", "datatype": "BYTES", "shape": [1]},
+    ]
+    assert [o["name"] for o in manifest["outputs"]] == ["label", "probabilities"]
+    assert "features" not in manifest and "n_features" not in manifest
+    assert manifest["parity"]["rows"] == 60 and manifest["parity"]["label_mismatches"] == 0
+    assert manifest["parity"]["max_difference"] <= 1e-5
+
+
+def test_the_imported_model_serves_events_as_the_pipeline_predicts(
+    fraud: tuple[Path, Pipeline], tmp_path: Path
+) -> None:
+    path, model = fraud
+    sample = tmp_path / "sample.jsonl"
+    rows = sample_frame()
+    records = rows.to_dict(orient="records")
+    sample.write_text("".join(json.dumps({"features": r}) + "\n" for r in records))
+    store = tmp_path / "models"
+    store.mkdir()
+    import_model(
+        path, name="fraud", models=store, options=SourceOptions(trust_pickle=True), sample=sample
+    )
+    cache = ModelCache(ModelStore(store), max_loaded=1)
+    events = [orjson.dumps({"id": str(i), "features": r}) for i, r in enumerate(records)]
+    decoded = EventDecoder(catalog=cache, default_model="fraud").decode(events, [0] * len(events))
+    assert decoded.rejects == []
+    (block,) = decoded.blocks.values()
+    served = run_batch(cache.get("fraud", block.spec.version), block.feed)
+    assert served.failures == []
+    expected = model.predict_proba(rows)
+    got = served.outputs["probabilities"]
+    order = np.asarray(block.indices)[served.ok_positions]
+    assert np.abs(got - expected[order]).max() <= 1e-5
+    assert (served.outputs["label"] == model.predict(rows)[order]).all()
+
+
+def test_a_column_pipeline_needs_a_sample_of_named_columns(
+    fraud: tuple[Path, Pipeline], tmp_path: Path
+) -> None:
+    path, _ = fraud
+    (tmp_path / "models").mkdir()
+    options = SourceOptions(trust_pickle=True)
+    with pytest.raises(ConfigError, match=r"pass --sample FILE"):
+        import_model(path, name="fraud", models=tmp_path / "models", options=options)
+    headless = tmp_path / "headless.csv"
+    headless.write_text("12.5,3,FR,web\n")
+    with pytest.raises(ConfigError, match=r"must start with a header naming them"):
+        import_model(
+            path, name="fraud", models=tmp_path / "models", options=options, sample=headless
+        )
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_a_number_where_a_string_column_is_expected_is_refused(
+    fraud: tuple[Path, Pipeline], tmp_path: Path
+) -> None:
+    path, _ = fraud
+    sample = tmp_path / "sample.jsonl"
+    row: dict[str, Any] = {"amount": 1.0, "hour": 2, "country": 7, "channel": "web"}
+    sample.write_text(json.dumps(row) + "\n")
+    (tmp_path / "models").mkdir()
+    with pytest.raises(ConfigError, match=r"column 'country' must be a string .*BYTES \[1\]"):
+        import_model(
+            path,
+            name="fraud",
+            models=tmp_path / "models",
+            options=SourceOptions(trust_pickle=True),
+            sample=sample,
+        )
