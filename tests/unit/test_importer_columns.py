@@ -11,70 +11,24 @@ import json
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 import orjson
-import pandas as pd
 import pytest
-from sklearn.compose import ColumnTransformer
-from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from pipeline.engine.codec import EventDecoder
 from pipeline.engine.inference import run_batch
 from pipeline.engine.models import ModelCache, ModelStore
 from pipeline.errors import ConfigError
 from pipeline.importer import SourceOptions, import_model
-
-COUNTRIES = ["FR", "DE", "US", "GB"]
-CHANNELS = ["web", "pos", "app"]
-UNSEEN = {"country": "ZZ", "channel": "phone"}  # categories the encoder never saw
-
-
-def payments(rows: int, seed: int) -> pd.DataFrame:
-    """Card payments: two numeric columns, two string columns."""
-    rng = np.random.default_rng(seed)
-    return pd.DataFrame(
-        {
-            "amount": rng.gamma(2.0, 60.0, rows).round(2),
-            "hour": rng.integers(0, 24, rows),
-            "country": rng.choice(COUNTRIES, rows),
-            "channel": rng.choice(CHANNELS, rows),
-        }
-    )
+from tests.payments import fraud_pipeline, sample_frame
 
 
 @pytest.fixture(scope="module")
 def fraud(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pipeline]:
-    """A fitted fraud pipeline, pickled with joblib."""
-    frame = payments(400, seed=1)
-    fraud = (frame["amount"] > 150) & frame["country"].isin(["US", "GB"])
-    model = Pipeline(
-        [
-            (
-                "columns",
-                ColumnTransformer(
-                    [
-                        ("numbers", StandardScaler(), ["amount", "hour"]),
-                        ("names", OneHotEncoder(handle_unknown="ignore"), ["country", "channel"]),
-                    ]
-                ),
-            ),
-            ("classify", LogisticRegression(max_iter=500)),
-        ]
-    ).fit(frame, fraud.astype(int))
+    """The fitted fraud pipeline and its joblib file."""
     path = tmp_path_factory.mktemp("fraud") / "fraud.joblib"
-    joblib.dump(model, path)
-    return path, model
-
-
-def sample_frame() -> pd.DataFrame:
-    """Sample rows, two of them with categories the encoder never saw."""
-    frame = payments(60, seed=2)
-    frame.loc[3, "country"] = UNSEEN["country"]
-    frame.loc[7, "channel"] = UNSEEN["channel"]
-    return frame
+    return path, fraud_pipeline(path)
 
 
 def test_a_column_pipeline_imports_with_one_typed_input_per_column(
