@@ -14,6 +14,7 @@ import joblib
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
+from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
@@ -58,3 +59,25 @@ def sample_frame() -> pd.DataFrame:
     frame.loc[3, "country"] = UNSEEN["country"]
     frame.loc[7, "channel"] = UNSEEN["channel"]
     return frame
+
+
+MESSAGES = [
+    "card declined again at the shop",
+    "great service, thanks a lot!",
+    "refund my money now or else",
+    "lovely staff and quick delivery",
+    "charged twice for one order",
+    "thanks, all arrived safely",
+]
+
+
+def text_pipeline(path: Path) -> Pipeline:
+    """Fit TF-IDF then a logistic regression on short messages; pickle it at `path`."""
+    model = Pipeline([("words", TfidfVectorizer()), ("classify", LogisticRegression(max_iter=500))])
+    model.fit(MESSAGES * 5, [1, 0, 1, 0, 1, 0] * 5)
+    joblib.dump(model, path)
+    return model
+
+
+TEXT_SAMPLE = [*MESSAGES, "Declined TWICE, refund now!!", "words it never saw", ""]
+"""Messages for parity: the fitted ones, upper case, unseen words and an empty one."""

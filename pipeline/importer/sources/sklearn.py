@@ -20,7 +20,12 @@ from pipeline.errors import ConfigError, ModelError
 from pipeline.importer.extras import require
 from pipeline.importer.onnxgraph import finish, opsets
 from pipeline.importer.source import Converted, Outputs, Rows, SourceOptions, first_line
-from pipeline.importer.sources.sklearn_columns import column_inputs, initial_types, run_on_columns
+from pipeline.importer.sources.sklearn_columns import (
+    converter_options,
+    initial_types,
+    named_inputs,
+    run_on_columns,
+)
 
 __all__ = ["OPSET", "convert_pickle", "load_trusted_pickle"]
 
@@ -62,9 +67,9 @@ def convert_pickle(path: Path, options: SourceOptions) -> Converted:
     sklearn_base = require("sklearn.base", extra="sklearn", purpose=_PURPOSE)
     skl2onnx = require("skl2onnx", extra="sklearn", purpose=_PURPOSE)
     estimator = load_trusted_pickle(path, options)
-    width = _n_features(path, estimator, options)
+    inputs = named_inputs(_fitted(path, estimator), options)
+    width = len(inputs) if inputs is not None else _n_features(path, estimator, options)
     classifier = bool(sklearn_base.is_classifier(estimator))
-    inputs = column_inputs(estimator)
     types = initial_types(inputs) if inputs else [(INPUT_NAME, _float_matrix(width))]
     proto = _to_onnx(skl2onnx, path, estimator, types, classifier)
     labels = _labels(estimator, options) if classifier else options.labels
@@ -103,13 +108,18 @@ def _estimator_name(estimator: Any) -> str:
     return f"{type(estimator).__name__}({', '.join(type(s).__name__ for _, s in steps)})"
 
 
-def _n_features(path: Path, estimator: Any, options: SourceOptions) -> int:
-    """The fitted estimator's feature count, or refuse an object that is not one."""
+def _fitted(path: Path, estimator: Any) -> Any:
+    """`estimator`, after refusing an object that is not an estimator or pipeline."""
     if not callable(getattr(estimator, "predict", None)):
         raise ModelError(
             f"{path} must hold a fitted scikit-learn estimator or pipeline (something with "
             f"predict), got {type(estimator).__module__}.{type(estimator).__name__}"
         )
+    return estimator
+
+
+def _n_features(path: Path, estimator: Any, options: SourceOptions) -> int:
+    """The fitted estimator's feature count."""
     width = getattr(estimator, "n_features_in_", None)
     if isinstance(width, int | np.integer):
         return int(width)
@@ -158,13 +168,15 @@ def _to_onnx(
 ) -> Any:
     """Run skl2onnx on `types` (its ``initial_types``), tensor outputs (no ZipMap) for
     classifiers."""
-    options = {id(_final_step(estimator)): {"zipmap": False}} if classifier else None
+    options = converter_options(estimator)
+    if classifier:
+        options[id(_final_step(estimator))] = {"zipmap": False}
     try:
         return skl2onnx.convert_sklearn(
             estimator,
             name=path.stem,
             initial_types=types,
-            options=options,
+            options=options or None,
             target_opset=OPSET,
         )
     except Exception as exc:  # skl2onnx raises RuntimeError, ValueError, its own errors

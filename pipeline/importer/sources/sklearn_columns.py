@@ -7,6 +7,10 @@ with one input per column of `feature_names_in_`, each of per-row shape ``[1]``:
 (``BYTES``) where an encoder of the transformer was fitted on strings (its
 ``categories_`` hold objects), a float32 (``FP32``) otherwise. The source runs on a
 DataFrame of the same columns for the parity check.
+
+A text pipeline (a `CountVectorizer` or `TfidfVectorizer` first) takes one string input
+of per-row shape ``[1]``, named by the single ``--features`` name or ``text``; its
+lowercasing runs with a locale ONNX Runtime has (`pipeline.importer.locales`).
 """
 
 from __future__ import annotations
@@ -17,12 +21,41 @@ from typing import Any
 import numpy as np
 
 from pipeline.engine.signature import Feed, TensorSpec
+from pipeline.errors import ConfigError
 from pipeline.importer.extras import require
-from pipeline.importer.source import Outputs
+from pipeline.importer.locales import string_locale
+from pipeline.importer.source import Outputs, SourceOptions
 
-__all__ = ["column_inputs", "initial_types", "run_on_columns"]
+__all__ = ["TEXT_INPUT", "converter_options", "initial_types", "named_inputs", "run_on_columns"]
+
+TEXT_INPUT = "text"
+"""A text pipeline's input name unless ``--features`` names it."""
 
 _PURPOSE = "importing a scikit-learn pipeline over named columns"
+
+
+def named_inputs(estimator: Any, options: SourceOptions) -> tuple[TensorSpec, ...] | None:
+    """A text pipeline's string input, or one input per column of a ColumnTransformer
+    fitted on a DataFrame; None for any other estimator (a vector model).
+
+    Raises:
+        ConfigError: ``--features`` names more than one input of a text pipeline.
+    """
+    if _text_vectorizer(estimator) is None:
+        return column_inputs(estimator)
+    names = options.feature_names or (TEXT_INPUT,)
+    if len(names) != 1:
+        raise ConfigError(
+            f"a text pipeline takes one string input; --features names {len(names)} "
+            f"({', '.join(names[:5])}); name one, or leave it out for {TEXT_INPUT!r}"
+        )
+    return (TensorSpec(names[0], "BYTES", (1,)),)
+
+
+def converter_options(estimator: Any) -> dict[int, dict[str, object]]:
+    """skl2onnx options for the steps that need them: a text vectorizer's locale."""
+    vectorizer = _text_vectorizer(estimator)
+    return {} if vectorizer is None else {id(vectorizer): {"locale": string_locale()}}
 
 
 def column_inputs(estimator: Any) -> tuple[TensorSpec, ...] | None:
@@ -49,7 +82,11 @@ def initial_types(inputs: tuple[TensorSpec, ...]) -> list[tuple[str, Any]]:
 
 def run_on_columns(estimator: Any, names: list[str], proba: bool, feed: Feed) -> Outputs:
     """Run the source pipeline on a DataFrame of the feed's columns (numbers as float64,
-    what scikit-learn computes in); keys are the ONNX outputs `names`."""
+    what scikit-learn computes in), or a text pipeline on its strings; keys are the ONNX
+    outputs `names`."""
+    if _text_vectorizer(estimator) is not None:
+        (column,) = feed.values()
+        return _predict(estimator, names, proba, [str(v) for v in column[:, 0]])
     pandas = require("pandas", extra="sklearn", purpose=_PURPOSE)
     frame = pandas.DataFrame(
         {
@@ -57,17 +94,34 @@ def run_on_columns(estimator: Any, names: list[str], proba: bool, feed: Feed) ->
             for name, column in feed.items()
         }
     )
-    outputs = {names[0]: np.asarray(estimator.predict(frame))}
+    return _predict(estimator, names, proba, frame)
+
+
+def _predict(estimator: Any, names: list[str], proba: bool, data: Any) -> Outputs:
+    """predict (and predict_proba) on `data`, keyed by the ONNX outputs `names`."""
+    outputs = {names[0]: np.asarray(estimator.predict(data))}
     if proba:
-        outputs[names[1]] = np.asarray(estimator.predict_proba(frame))
+        outputs[names[1]] = np.asarray(estimator.predict_proba(data))
     return outputs
+
+
+def _first_step(estimator: Any) -> Any:
+    """A pipeline's first step, or the estimator itself."""
+    steps = getattr(estimator, "steps", None)
+    return steps[0][1] if steps else estimator
+
+
+def _text_vectorizer(estimator: Any) -> Any:
+    """The first step if it is a CountVectorizer (TfidfVectorizer is one), else None."""
+    text = require("sklearn.feature_extraction.text", extra="sklearn", purpose=_PURPOSE)
+    first = _first_step(estimator)
+    return first if isinstance(first, text.CountVectorizer) else None
 
 
 def _column_transformer(estimator: Any) -> Any:
     """The estimator if it is a ColumnTransformer, else a pipeline's first step if that is."""
     compose = require("sklearn.compose", extra="sklearn", purpose=_PURPOSE)
-    steps = getattr(estimator, "steps", None)
-    first = steps[0][1] if steps else estimator
+    first = _first_step(estimator)
     return first if isinstance(first, compose.ColumnTransformer) else None
 
 
