@@ -8,6 +8,9 @@ and must predict what the pipeline itself predicts, unseen categories included.
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +67,10 @@ def test_a_column_pipeline_imports_with_one_typed_input_per_column(
     assert "features" not in manifest and "n_features" not in manifest
     assert manifest["parity"]["rows"] == 60 and manifest["parity"]["label_mismatches"] == 0
     assert manifest["parity"]["max_difference"] <= 1e-5
+    store = str(tmp_path / "models")
+    command = [sys.executable, "-m", "pipeline", "models", "list", "--models", store]
+    listing = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+    assert re.search(r"^fraud +1 +\* +4 inputs +scikit-learn", listing, re.M), listing
 
 
 def test_the_imported_model_serves_events_as_the_pipeline_predicts(
