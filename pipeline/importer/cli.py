@@ -78,7 +78,11 @@ def _add_import(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     add("--signature", default="serving_default", help="SavedModel signature to convert")
     add("--trust-pickle", action="store_true", help="allow loading a pickle: it runs code")
     add("--labels", type=_names, help="class labels in probability-column order (a,b,...)")
-    add("--features", type=_names, help="feature names in input order (a,b,...)")
+    add(
+        "--features",
+        type=_names,
+        help="feature names in input order (a,b,...); a text pipeline's input name",
+    )
     add("--sample", type=Path, metavar="FILE", help="parity rows: JSON lines or CSV")
     add(
         "--tolerance", type=float, default=DEFAULT_TOLERANCE,
@@ -159,8 +163,7 @@ def _print_infos(infos: Sequence[VersionInfo], *, as_json: bool) -> None:
 def _info_row(info: VersionInfo) -> tuple[str, ...]:
     """One table row for a version, from its manifest."""
     manifest = info.manifest or {}
-    width, names = manifest.get("n_features"), manifest.get("features")
-    features = width if isinstance(width, int) else len(names) if isinstance(names, list) else "?"
+    features = _width(manifest)
     source = _record(manifest, "source", "framework", "framework_version")
     converter = _record(manifest, "converter", "name", "version")
     parity = manifest.get("parity")
@@ -169,11 +172,21 @@ def _info_row(info: VersionInfo) -> tuple[str, ...]:
         info.name,
         info.version,
         "*" if info.latest else "",
-        str(features) if info.error is None else "invalid manifest",
+        features if info.error is None else "invalid manifest",
         source,
         converter,
         f"{worst:.2g}" if isinstance(worst, float | int) else "-",
     )
+
+
+def _width(manifest: dict[str, object]) -> str:
+    """A vector model's column count, else how many named inputs it takes ("4 inputs")."""
+    width, names, inputs = (manifest.get(k) for k in ("n_features", "features", "inputs"))
+    if isinstance(width, int):
+        return str(width)
+    if isinstance(names, list):
+        return str(len(names))
+    return f"{len(inputs)} inputs" if isinstance(inputs, list) else "?"
 
 
 def _record(manifest: dict[str, object], key: str, *fields: str) -> str:

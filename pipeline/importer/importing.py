@@ -26,9 +26,10 @@ from pathlib import Path
 
 from pipeline.engine.manifest import MANIFEST_FILE
 from pipeline.engine.models import MODEL_FILE, ModelCache, ModelStore
+from pipeline.engine.signature import Feed, TensorSpec
 from pipeline.errors import ConfigError, ModelError, ModelLoadError
 from pipeline.importer.parity import DEFAULT_TOLERANCE, ParityReport, compare
-from pipeline.importer.samples import default_rows, read_rows
+from pipeline.importer.samples import default_rows, read_feed, read_rows
 from pipeline.importer.source import Converted, Outputs, Rows, SourceOptions
 from pipeline.importer.sources import convert
 from pipeline.importer.writer import check_new_version, next_version, write_version
@@ -113,10 +114,12 @@ def import_model(
         framework, converted = convert(source, options or SourceOptions())
         rows = _rows(sample, converted)
         manifest = _manifest(converted)
-        served = _run_as_served(name, version, converted.onnx, manifest, rows)
+        served, outputs = _run_as_served(name, version, converted.onnx, manifest, rows)
         report = compare(converted.reference(rows), served, tolerance=tolerance)
     if not report.ok:
         raise report.refusal()
+    if converted.inputs is not None:
+        manifest["outputs"] = _tensors(outputs)
     manifest["parity"] = report.record()
     files = {MANIFEST_FILE: _json_bytes(manifest), MODEL_FILE: converted.onnx}
     path = write_version(models, name, version, files)
@@ -133,8 +136,18 @@ def import_model(
     )
 
 
-def _rows(sample: Path | None, converted: Converted) -> Rows:
-    """The caller's sample rows, or rows generated for the model's width."""
+def _rows(sample: Path | None, converted: Converted) -> Rows | Feed:
+    """The caller's sample rows, or rows generated for the model's width; a feed of
+    named columns for a model with one input per column."""
+    if converted.inputs is not None:
+        if sample is None:
+            names = [spec.name for spec in converted.inputs]
+            raise ConfigError(
+                f"the model takes named columns {names[:8]}, of which made-up rows would "
+                f"not be realistic; pass --sample FILE (a CSV with a header, or JSON lines "
+                f"of objects) with real rows, unseen categories included"
+            )
+        return read_feed(sample, converted.inputs)
     if sample is None:
         return default_rows(converted.n_features)
     return read_rows(sample, n_features=converted.n_features, feature_names=converted.feature_names)
@@ -143,23 +156,35 @@ def _rows(sample: Path | None, converted: Converted) -> Rows:
 def _manifest(converted: Converted) -> dict[str, object]:
     """The ``model.json`` of a converted model (parity is added once measured)."""
     manifest: dict[str, object] = {}
-    if converted.feature_names is not None:
+    if converted.inputs is not None:  # events name each input; no vector columns
+        manifest["inputs"] = _tensors(converted.inputs)
+    elif converted.feature_names is not None:
         manifest["features"] = list(converted.feature_names)
     if converted.labels is not None and converted.probability_output is not None:
         manifest["labels"] = list(converted.labels)
         manifest["probability_output"] = converted.probability_output
     manifest["description"] = converted.description
     manifest["sha256"] = hashlib.sha256(converted.onnx).hexdigest()
-    manifest["n_features"] = converted.n_features
+    if converted.inputs is None:
+        manifest["n_features"] = converted.n_features
     manifest["source"] = converted.source
     manifest["converter"] = {**converted.converter, "runtime": RUNTIME}
     return manifest
 
 
+def _tensors(specs: tuple[TensorSpec, ...]) -> list[dict[str, object]]:
+    """A signature as the manifest records it: per-row shapes, -1 for any size."""
+    return [
+        {"name": s.name, "datatype": s.datatype, "shape": [-1 if d is None else d for d in s.shape]}
+        for s in specs
+    ]
+
+
 def _run_as_served(
-    name: str, version: str, onnx: bytes, manifest: dict[str, object], rows: Rows
-) -> Outputs:
-    """Load the model through a `ModelCache` in a throw-away store and run `rows` on it."""
+    name: str, version: str, onnx: bytes, manifest: dict[str, object], rows: Rows | Feed
+) -> tuple[Outputs, tuple[TensorSpec, ...]]:
+    """Load the model through a `ModelCache` in a throw-away store and run `rows` (a feed
+    of every input, or a vector model's float32 rows) on it; also return its outputs."""
     with tempfile.TemporaryDirectory(prefix="pipeline-import-") as tmp:
         directory = Path(tmp) / name / version
         directory.mkdir(parents=True)
@@ -172,12 +197,13 @@ def _run_as_served(
                 f"the converted model would not load in the worker, so nothing was written: {exc}"
             ) from exc
         try:
-            values = model.session.run(list(model.output_names), {model.input_name: rows})
+            feed = rows if isinstance(rows, dict) else {model.input_name: rows}
+            values = model.session.run(list(model.output_names), feed)
         except Exception as exc:  # onnxruntime raises its own Exception subclasses
             raise ModelError(
                 f"the converted model fails on the sample rows, so nothing was written: {exc}"
             ) from exc
-    return dict(zip(model.output_names, values, strict=True))
+    return dict(zip(model.output_names, values, strict=True)), model.outputs
 
 
 def _json_bytes(manifest: dict[str, object]) -> bytes:

@@ -7,6 +7,10 @@ the model's input order. Without a file, 256 rows are drawn from a seeded standa
 normal distribution, and for a model that takes 30 features (the example models'
 breast-cancer rows) the 200 bundled real rows are added, so tree splits and decision
 boundaries see realistic values too.
+
+A model that takes one typed input per column (`read_feed`) needs a sample file with
+the columns named (a CSV header, or JSON objects); it becomes one array per input,
+``[rows, 1]``: float32 for a number input, strings for a string input.
 """
 
 from __future__ import annotations
@@ -16,13 +20,15 @@ import json
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from pipeline.engine.signature import Feed, TensorSpec
 from pipeline.errors import ConfigError
 from pipeline.importer.source import Rows
 
-__all__ = ["RANDOM_ROWS", "SEED", "default_rows", "read_rows"]
+__all__ = ["RANDOM_ROWS", "SEED", "default_rows", "read_feed", "read_rows"]
 
 RANDOM_ROWS = 256
 SEED = 0
@@ -45,17 +51,66 @@ def read_rows(path: Path, *, n_features: int, feature_names: Sequence[str] | Non
         ConfigError: the file cannot be read, is empty, or a row has the wrong number
             of values, unknown names, or values that are not finite float32 numbers.
     """
+    return _matrix(path, _read(path, feature_names), n_features)
+
+
+def read_feed(path: Path, inputs: Sequence[TensorSpec]) -> Feed:
+    """Read sample rows of named columns into one ``[rows, 1]`` array per input.
+
+    Raises:
+        ConfigError: the file cannot be read, is empty, does not name its columns, a
+            column is missing or unknown, or a value does not fit its input's type.
+    """
+    names = [spec.name for spec in inputs]
+    text = _text(path)
+    if path.suffix.lower() == ".csv" and not _has_header(text, names):
+        raise ConfigError(
+            f"{path}: the model takes named columns {names[:5]}; the sample CSV must start "
+            f"with a header naming them"
+        )
+    rows = _read(path, names)
+    return {spec.name: _column(path, spec, [row[i] for row in rows]) for i, spec in
+            enumerate(inputs)}  # fmt: skip
+
+
+def _text(path: Path) -> str:
+    """The sample file's text."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read sample file {path}: {exc}") from exc
+
+
+def _read(path: Path, names: Sequence[str] | None) -> list[list[object]]:
+    """The sample's rows, values in input order when `names` is given."""
+    text = _text(path)
     if path.suffix.lower() == ".csv":
-        rows = _csv_rows(path, text, feature_names)
+        rows = _csv_rows(path, text, names)
     else:
-        rows = _json_rows(path, text, feature_names)
+        rows = _json_rows(path, text, names)
     if not rows:
         raise ConfigError(f"sample file {path} has no rows; expected one row per line")
-    return _matrix(path, rows, n_features)
+    return rows
+
+
+def _has_header(text: str, names: Sequence[str]) -> bool:
+    """True if the CSV's first line names only the model's columns."""
+    first = next((r for r in csv.reader(text.splitlines()) if r), [])
+    return bool(first) and set(first) <= set(names)
+
+
+def _column(path: Path, spec: TensorSpec, values: list[object]) -> np.ndarray[Any, Any]:
+    """One input's sample values as a ``[rows, 1]`` array of its type."""
+    if spec.datatype == "BYTES":
+        for i, value in enumerate(values):
+            if not isinstance(value, str):
+                raise ConfigError(
+                    f"{path}: sample row {i} column {spec.name!r} must be a string (the "
+                    f"model's input is {spec.describe()}), got {value!r}"
+                )
+        return np.asarray(values, dtype=object).reshape(-1, 1)
+    matrix = _matrix(path, [[v] for v in values], 1)
+    return matrix.reshape(-1, 1)
 
 
 def _json_rows(path: Path, text: str, names: Sequence[str] | None) -> list[list[object]]:

@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Converted", "Outputs", "Rows", "SourceOptions", "first_line"]
+from pipeline.engine.signature import Feed, TensorSpec
+
+__all__ = ["Converted", "Feed", "Outputs", "Rows", "SourceOptions", "first_line"]
 
 Rows = np.ndarray[Any, np.dtype[np.float32]]
 """A float32 matrix [rows, features], what the worker feeds a model."""
@@ -44,9 +46,11 @@ class Converted:
     """A source model converted to ONNX, with its original kept runnable for parity.
 
     Attributes:
-        onnx: The serialized ONNX model (one float32 input [rows, features]).
-        reference: Runs the source model on float32 rows; its keys are the ONNX outputs
-            that each result corresponds to.
+        onnx: The serialized ONNX model: one float32 input [rows, features], or one
+            typed input per column when `inputs` is set.
+        reference: Runs the source model on the sample: float32 rows (`Rows`) for a
+            vector model, a `Feed` (one array per input) when `inputs` is set; its keys
+            are the ONNX outputs that each result corresponds to.
         n_features: Columns one row has.
         feature_names: Feature names in input order, if known.
         labels: Class labels in probability-column order, if known.
@@ -54,10 +58,12 @@ class Converted:
         source: Framework, its version and the file format, for the manifest.
         converter: Converter name, version and opsets, for the manifest.
         description: One line for the manifest.
+        inputs: One input per column (name, datatype, per-row shape ``[1]``) for a model
+            that takes named, typed columns; None for a vector model.
     """
 
     onnx: bytes
-    reference: Callable[[Rows], Outputs] = field(repr=False)
+    reference: Callable[[Any], Outputs] = field(repr=False)  # Rows, or a Feed with inputs
     n_features: int
     feature_names: tuple[str, ...] | None
     labels: tuple[str, ...] | None
@@ -65,6 +71,7 @@ class Converted:
     source: dict[str, object]
     converter: dict[str, object]
     description: str
+    inputs: tuple[TensorSpec, ...] | None = None
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:

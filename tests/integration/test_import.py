@@ -1,6 +1,7 @@
 """Imported models served by the real worker on a real broker and by `pipeline serve`'s
 doors: a Keras model (as a SavedModel and as a .keras file), a scikit-learn pipeline, an
-XGBoost and a LightGBM booster, and a version imported while the worker runs. Predictions must equal the source
+XGBoost and a LightGBM booster, a pipeline over named numeric and string columns, and a
+version imported while the worker runs. Predictions must equal the source
 framework's own."""
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from pipeline.importer import SourceOptions, import_model
+from tests.payments import fraud_pipeline, sample_frame
 
 from .conftest import Pipeline
 from .kafkaio import Record, checked, free_port, read_all, send, verify_consumer
@@ -264,3 +266,38 @@ def test_keras_model_served_through_the_doors_equals_tensorflow(
     for served, tf_rows in ((over_http, expected[:100]), (over_grpc, expected[100:200])):
         assert served.shape == tf_rows.shape
         assert (np.abs(served - tf_rows) / np.maximum(1, np.abs(tf_rows))).max() <= TOLERANCE
+
+
+def test_a_column_pipeline_imported_by_the_command_is_served_through_kafka(
+    make_pipeline: Callable[..., Pipeline], tmp_path: Path
+) -> None:
+    source = tmp_path / "fraud.joblib"
+    model = fraud_pipeline(source)
+    rows = sample_frame()
+    sample = tmp_path / "sample.csv"
+    rows.to_csv(sample, index=False)
+    store = tmp_path / "store"
+    store.mkdir()
+    command = [sys.executable, "-m", "pipeline", "models", "import", str(source), "--name",
+               "fraud", "--trust-pickle", "--sample", str(sample), "--models", str(store)]  # fmt: skip
+    imported = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert imported.returncode == 0, imported.stderr
+    assert "parity: 60 rows" in imported.stdout
+    p = make_pipeline(models=store)
+    run = uuid.uuid4().hex[:8]
+    sent = [
+        (b"card", orjson.dumps({"id": f"{run}-{i}", "model": "fraud", "features": row}))
+        for i, row in enumerate(rows.to_dict(orient="records"))
+    ]
+    send(p.bootstrap, p.input, sent)
+    worker = p.start_worker()
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(sent))
+    assert worker.stop()[0] == 0
+    predictions = by_row([r for r in out if r.topic == p.output])
+    assert len(predictions) == len(rows)
+    expected = model.predict_proba(rows)
+    served = np.asarray([predictions[i]["outputs"]["probabilities"] for i in range(len(rows))])
+    assert np.abs(served - expected).max() <= 1e-5
+    assert [predictions[i]["outputs"]["label"] for i in range(len(rows))] == model.predict(
+        rows
+    ).tolist()

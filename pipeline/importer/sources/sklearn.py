@@ -2,6 +2,8 @@
 
 Loading a pickle (joblib files are pickles too) runs whatever code the file names, so
 it is refused unless the caller says the file is trusted (``--trust-pickle``).
+A pipeline that starts with a ColumnTransformer fitted on a DataFrame takes one typed
+input per column instead of one float matrix (`pipeline.importer.sources.sklearn_columns`).
 Classifiers are converted without ZipMap: ``label`` is a tensor of classes and
 ``probabilities`` a float32 matrix with one column per class, like the example models.
 """
@@ -18,6 +20,12 @@ from pipeline.errors import ConfigError, ModelError
 from pipeline.importer.extras import require
 from pipeline.importer.onnxgraph import finish, opsets
 from pipeline.importer.source import Converted, Outputs, Rows, SourceOptions, first_line
+from pipeline.importer.sources.sklearn_columns import (
+    converter_options,
+    initial_types,
+    named_inputs,
+    run_on_columns,
+)
 
 __all__ = ["OPSET", "convert_pickle", "load_trusted_pickle"]
 
@@ -59,17 +67,20 @@ def convert_pickle(path: Path, options: SourceOptions) -> Converted:
     sklearn_base = require("sklearn.base", extra="sklearn", purpose=_PURPOSE)
     skl2onnx = require("skl2onnx", extra="sklearn", purpose=_PURPOSE)
     estimator = load_trusted_pickle(path, options)
-    width = _n_features(path, estimator, options)
+    inputs = named_inputs(_fitted(path, estimator), options)
+    width = len(inputs) if inputs is not None else _n_features(path, estimator, options)
     classifier = bool(sklearn_base.is_classifier(estimator))
-    proto = _to_onnx(skl2onnx, path, estimator, width, classifier)
+    types = initial_types(inputs) if inputs else [(INPUT_NAME, _float_matrix(width))]
+    proto = _to_onnx(skl2onnx, path, estimator, types, classifier)
     labels = _labels(estimator, options) if classifier else options.labels
     description = f"{type(estimator).__name__} imported from {path.name}"
     sklearn = require("sklearn", extra="sklearn", purpose=_PURPOSE)
     return Converted(
         onnx=finish(proto, description=description),
-        reference=lambda rows: _reference(estimator, classifier, proto, rows),
+        reference=_reference_for(estimator, classifier, proto, columns=inputs is not None),
         n_features=width,
         feature_names=_feature_names(estimator, options),
+        inputs=inputs,
         labels=labels,
         probability_output=_probability_output(estimator, classifier, proto),
         source={
@@ -97,13 +108,18 @@ def _estimator_name(estimator: Any) -> str:
     return f"{type(estimator).__name__}({', '.join(type(s).__name__ for _, s in steps)})"
 
 
-def _n_features(path: Path, estimator: Any, options: SourceOptions) -> int:
-    """The fitted estimator's feature count, or refuse an object that is not one."""
+def _fitted(path: Path, estimator: Any) -> Any:
+    """`estimator`, after refusing an object that is not an estimator or pipeline."""
     if not callable(getattr(estimator, "predict", None)):
         raise ModelError(
             f"{path} must hold a fitted scikit-learn estimator or pipeline (something with "
             f"predict), got {type(estimator).__module__}.{type(estimator).__name__}"
         )
+    return estimator
+
+
+def _n_features(path: Path, estimator: Any, options: SourceOptions) -> int:
+    """The fitted estimator's feature count."""
     width = getattr(estimator, "n_features_in_", None)
     if isinstance(width, int | np.integer):
         return int(width)
@@ -136,17 +152,31 @@ def _labels(estimator: Any, options: SourceOptions) -> tuple[str, ...]:
     return options.labels
 
 
-def _to_onnx(skl2onnx: ModuleType, path: Path, estimator: Any, width: int, classifier: bool) -> Any:
-    """Run skl2onnx with tensor outputs (no ZipMap) for classifiers."""
+def _float_matrix(width: int) -> Any:
+    """skl2onnx's type of a vector model's input: float32 [rows, width]."""
     from skl2onnx.common.data_types import FloatTensorType
 
-    options = {id(_final_step(estimator)): {"zipmap": False}} if classifier else None
+    return FloatTensorType([None, width])
+
+
+def _to_onnx(
+    skl2onnx: ModuleType,
+    path: Path,
+    estimator: Any,
+    types: list[tuple[str, Any]],
+    classifier: bool,
+) -> Any:
+    """Run skl2onnx on `types` (its ``initial_types``), tensor outputs (no ZipMap) for
+    classifiers."""
+    options = converter_options(estimator)
+    if classifier:
+        options[id(_final_step(estimator))] = {"zipmap": False}
     try:
         return skl2onnx.convert_sklearn(
             estimator,
             name=path.stem,
-            initial_types=[(INPUT_NAME, FloatTensorType([None, width]))],
-            options=options,
+            initial_types=types,
+            options=options or None,
             target_opset=OPSET,
         )
     except Exception as exc:  # skl2onnx raises RuntimeError, ValueError, its own errors
@@ -160,6 +190,15 @@ def _probability_output(estimator: Any, classifier: bool, proto: Any) -> str | N
     if not classifier or not callable(getattr(estimator, "predict_proba", None)):
         return None
     return str(proto.graph.output[1].name)
+
+
+def _reference_for(estimator: Any, classifier: bool, proto: Any, *, columns: bool) -> Any:
+    """The parity reference: on float32 rows, or on a feed of named columns."""
+    if not columns:
+        return lambda rows: _reference(estimator, classifier, proto, rows)
+    names = [str(o.name) for o in proto.graph.output]
+    proba = _probability_output(estimator, classifier, proto) is not None
+    return lambda feed: run_on_columns(estimator, names, proba, feed)
 
 
 def _reference(estimator: Any, classifier: bool, proto: Any, rows: Rows) -> Outputs:
