@@ -55,6 +55,9 @@ class ModelSpec:
     inputs: tuple[TensorSpec, ...] = ()
     feature_index: dict[str, int] = field(init=False, repr=False, compare=False)
     input_index: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
+    vector: bool = field(init=False, repr=False, compare=False)
+    """Whether the model takes one floating-point matrix [rows, n_features], whose events
+    may send features as an array or as named columns (a field: the codec asks per event)."""
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -68,12 +71,7 @@ class ModelSpec:
         index = {n: i for i, n in enumerate(self.feature_names or ())}
         object.__setattr__(self, "feature_index", index)
         object.__setattr__(self, "input_index", {i.name: i for i in self.inputs})
-
-    @property
-    def vector(self) -> bool:
-        """Whether the model takes one floating-point matrix [rows, n_features], whose
-        events may send features as an array or as named columns."""
-        return self.n_features > 0
+        object.__setattr__(self, "vector", self.n_features > 0)
 
     def describe(self) -> str:
         """``model 'fraud' version '2'``, for messages."""

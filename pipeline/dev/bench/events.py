@@ -9,6 +9,9 @@ entity ids:
   sent before: half the bytes for the same rows, to show what the size costs.
 - ``wide``: 200 standard-normal features at full precision for the ``wide-mlp`` model
   (about 4,000 bytes): a feature-store-sized event.
+- ``typed``: a card payment for the ``card-fraud`` model, its four named, typed inputs
+  (``amount`` float64, ``hour`` int64, ``country`` and ``channel`` strings; about 130
+  bytes): what typed decoding costs per event.
 
 Rows are drawn once per set from a fixed seed (569 distinct rows, cycled), so every run
 and every contender gets the same bytes.
@@ -36,7 +39,7 @@ class Dataset:
     """One set of benchmark events.
 
     Attributes:
-        key: ``full``, ``rounded`` or ``wide``.
+        key: ``full``, ``rounded``, ``wide`` or ``typed``.
         label: What the table shows.
         model: The model the events name.
     """
@@ -76,6 +79,8 @@ class Dataset:
 def _rows(key: str) -> tuple[bytes, ...]:
     """The JSON arrays of one set's distinct rows."""
     rng = np.random.default_rng(_SEED)
+    if key == "typed":
+        return tuple(orjson.dumps(payment) for payment in _payments(rng))
     if key == "wide":
         matrix = rng.standard_normal((_DISTINCT_ROWS, 200))
     else:
@@ -86,16 +91,31 @@ def _rows(key: str) -> tuple[bytes, ...]:
     return tuple(orjson.dumps(row.tolist()) for row in matrix)
 
 
+def _payments(rng: np.random.Generator) -> list[dict[str, object]]:
+    """Card payments as the ``card-fraud`` example model takes them, one per distinct row."""
+    amounts = np.round(rng.lognormal(3.5, 1.0, _DISTINCT_ROWS), 2).tolist()
+    hours = rng.integers(0, 24, _DISTINCT_ROWS).tolist()
+    countries = rng.choice(["DE", "FR", "GB", "US", "NL", "BR"], _DISTINCT_ROWS).tolist()
+    channels = rng.choice(["web", "pos", "app"], _DISTINCT_ROWS).tolist()
+    return [
+        {"amount": a, "hour": h, "country": c, "channel": ch}
+        for a, h, c, ch in zip(amounts, hours, countries, channels, strict=True)
+    ]
+
+
 DATASETS: dict[str, Dataset] = {
     d.key: d
     for d in (
         Dataset("full", "30 features, full-precision doubles", "breast-cancer-mlp"),
         Dataset("rounded", "30 features, rounded to 5 decimals", "breast-cancer-mlp"),
         Dataset("wide", "200 features, full-precision doubles", "wide-mlp"),
+        Dataset(
+            "typed", "a card payment: 4 typed inputs (float64, int64, 2 strings)", "card-fraud"
+        ),
     )
 }
 
 
 def dataset(key: str) -> Dataset:
-    """The set named `key` (``full``, ``rounded`` or ``wide``)."""
+    """The set named `key` (``full``, ``rounded``, ``wide`` or ``typed``)."""
     return DATASETS[key]
