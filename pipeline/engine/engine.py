@@ -25,6 +25,7 @@ rows whose deadline has passed when their batch is cut are not run; they get a
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +43,8 @@ from pipeline.errors import ConfigError, ModelError, Overloaded
 from pipeline.metrics import NULL_SENSOR, Sensor
 
 __all__ = ["Engine", "EngineLoop", "Outcome", "RowError"]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 ModelKey = tuple[str, str]
@@ -295,7 +298,14 @@ class Engine(Generic[T]):
             for s in slices:
                 _report_all(s, None, "route", "ModelLoadFailed", str(exc), waited)
             return
-        result = run_batch(model, feed)
+        try:
+            result = run_batch(model, feed)
+        except Exception as exc:  # a mistake of ours, not of the rows: fail them, go on
+            log.exception("a batch of %s version %s failed as a whole", name, version)
+            message = f"the batch failed as a whole ({exc}); its rows were not predicted"
+            for s in slices:
+                _report_all(s, model, "infer", type(exc).__name__, message, waited)
+            return
         took = self._clock() - started
         rows = feed_rows(feed)
         self._sensor.inference(name, version, rows, waited, took)
@@ -340,6 +350,15 @@ def _key(batch: Batch[Any]) -> ModelKey:
     return key[0], key[1]
 
 
+def _tell(s: Slice[_Submission[T]], outcome: Outcome[T]) -> None:
+    """Hand a caller its outcome; a callback that raises is the caller's bug, logged, and
+    never stops the other slices' outcomes or the engine."""
+    try:
+        s.ticket.done(outcome)
+    except Exception:
+        log.exception("a caller's callback raised on its outcome; the engine goes on")
+
+
 def _report_all(
     s: Slice[_Submission[T]],
     model: LoadedModel | None,
@@ -349,7 +368,7 @@ def _report_all(
     waited: float,
 ) -> None:
     errors = [RowError(row, stage, error_type, message) for row in range(s.start, s.stop)]
-    s.ticket.done(Outcome(s.ticket.ticket, model, (), {}, errors, waited))
+    _tell(s, Outcome(s.ticket.ticket, model, (), {}, errors, waited))
 
 
 def _report_ok(
@@ -361,12 +380,12 @@ def _report_ok(
     """Every row was predicted: each slice gets its run of the outputs."""
     if len(slices) == 1:
         (s,) = slices
-        s.ticket.done(Outcome(s.ticket.ticket, model, range(s.start, s.stop), outputs, [], waited))
+        _tell(s, Outcome(s.ticket.ticket, model, range(s.start, s.stop), outputs, [], waited))
         return
     offset = 0
     for s in slices:
         mine = {name: array[offset : offset + len(s)] for name, array in outputs.items()}
-        s.ticket.done(Outcome(s.ticket.ticket, model, range(s.start, s.stop), mine, [], waited))
+        _tell(s, Outcome(s.ticket.ticket, model, range(s.start, s.stop), mine, [], waited))
         offset += len(s)
 
 
@@ -390,7 +409,7 @@ def _report_mixed(
             for f in failures
             if offset <= f.position < offset + len(s)
         ]
-        s.ticket.done(Outcome(s.ticket.ticket, model, rows, mine, errors, waited))
+        _tell(s, Outcome(s.ticket.ticket, model, rows, mine, errors, waited))
         offset += len(s)
 
 
@@ -398,19 +417,34 @@ class EngineLoop(threading.Thread):
     """Runs an engine's batches on a thread of their own, as they fill or come due.
 
     Front doors need it: their callers only submit and wait. The Kafka worker may still
-    run batches itself on its thread; batches run one at a time either way.
+    run batches itself on its thread; batches run one at a time either way. An exception
+    from a turn (a caller's callback that raised, say) is logged and the loop goes on;
+    `on_turn` is called after every turn (at least every `idle_s`), so a liveness probe
+    can tell a loop that stopped turning.
     """
 
-    def __init__(self, engine: Engine[Any], *, idle_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        engine: Engine[Any],
+        *,
+        idle_s: float = 0.5,
+        on_turn: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(name="engine", daemon=True)
         self._engine = engine
         self._idle_s = idle_s
+        self._on_turn = on_turn
         self._stopping = threading.Event()
 
     def run(self) -> None:
         while not self._stopping.is_set():
-            self._engine.wait_for_work(self._idle_s)
-            self._engine.run_due()
+            try:
+                self._engine.wait_for_work(self._idle_s)
+                self._engine.run_due()
+            except Exception:  # one turn's failure must not end the thread
+                log.exception("the engine loop's turn failed; it goes on")
+            if self._on_turn is not None:
+                self._on_turn()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop after the current batch, then run what is still waiting."""

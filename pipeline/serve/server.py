@@ -38,6 +38,9 @@ __all__ = ["Doors", "DoorsThread", "serve"]
 
 log = logging.getLogger("pipeline.serve")
 _GRACE_S = 5.0  # in-flight requests get this long after SIGTERM
+ENGINE_STALE_AFTER_S = 30.0
+"""`/healthz` fails once the engine loop has not turned for this long (it turns at least
+every 0.5 s when idle, and after every batch), so an orchestrator restarts a stuck server."""
 
 
 class _Uvicorn(uvicorn.Server):
@@ -169,9 +172,9 @@ def serve(settings: ServeConfig) -> int:
     stats = StatsLine(interval_s=settings.stats_interval_s)
     metrics = PrometheusSensor()
     sensor = Sensors([stats, metrics])
-    readiness = Readiness()
+    readiness = Readiness(stale_after_s=ENGINE_STALE_AFTER_S)
     engine = build_engine(settings, sensor, max_queue=settings.max_queue)
-    runner = EngineLoop(engine)
+    runner = EngineLoop(engine, on_turn=readiness.heartbeat)
     runner.start()
     log.info("serving with %s", settings.redacted)
     readiness.wait_for("models", "the models are loading")

@@ -1,0 +1,105 @@
+"""The engine keeps going: a batch that fails as a whole fails its rows, a caller's callback
+that raises touches no one else, and the loop reports every turn for the liveness probe."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.engine.engine import Engine, EngineLoop, Outcome
+from pipeline.engine.models import ModelCache, ModelStore
+from pipeline.metrics.health import Readiness
+from tests.modelfactory import two_input_model
+
+
+def _engine(tmp_path: Path) -> Engine[Any]:
+    two_input_model(tmp_path / "rec" / "1")
+    return Engine(ModelCache(ModelStore(tmp_path)), max_batch_size=8, max_wait_ms=0)
+
+
+def _feed(rows: int, width: int = 3) -> dict[str, np.ndarray]:
+    return {
+        "x": np.ones((rows, width), dtype=np.float32),
+        "cat": np.zeros((rows, 1), dtype=np.int64),
+    }
+
+
+def test_a_batch_that_fails_as_a_whole_fails_its_rows_and_the_engine_goes_on(
+    tmp_path: Path,
+) -> None:
+    engine = _engine(tmp_path)
+    outcomes: list[Outcome[str]] = []
+    engine.submit("rec", "1", _feed(2, width=4), "wrong-width", outcomes.append)  # 4, not 3
+    engine.flush()
+    engine.submit("rec", "1", _feed(2), "good", outcomes.append)
+    engine.flush()
+
+    failed, good = outcomes
+    assert failed.ticket == "wrong-width" and failed.rows == ()
+    assert [(e.row, e.stage, e.error_type) for e in failed.errors] == [
+        (0, "infer", "ValueError"), (1, "infer", "ValueError")
+    ]  # fmt: skip
+    assert "the batch failed as a whole" in failed.errors[0].message
+    assert good.ticket == "good" and list(good.rows) == [0, 1]
+    assert good.outputs["score"].tolist() == [[30.0], [30.0]]
+
+
+def test_a_raising_callback_does_not_stop_the_others_in_its_batch(tmp_path: Path) -> None:
+    engine = _engine(tmp_path)
+    outcomes: list[Outcome[str]] = []
+
+    def boom(outcome: Outcome[str]) -> None:
+        raise RuntimeError("the caller's bug")
+
+    engine.submit("rec", "1", _feed(1), "raises", boom)
+    engine.submit("rec", "1", _feed(1), "after", outcomes.append)
+    engine.flush()
+
+    assert [o.ticket for o in outcomes] == ["after"]
+    assert engine.waiting() == 0
+
+
+def test_the_loop_survives_a_failing_turn_and_reports_each_turn() -> None:
+    turns = threading.Semaphore(0)
+
+    class Flaky:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def wait_for_work(self, at_most_s: float) -> None:
+            time.sleep(0.001)
+
+        def run_due(self) -> int:
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("one bad turn")
+            return 0
+
+        def wake(self) -> None: ...
+
+        def flush(self) -> int:
+            return 0
+
+    flaky = Flaky()
+    loop = EngineLoop(flaky, idle_s=0.01, on_turn=turns.release)  # type: ignore[arg-type]
+    loop.start()
+    try:
+        assert all(turns.acquire(timeout=5) for _ in range(3))
+        assert loop.is_alive() and flaky.calls >= 3
+    finally:
+        loop.stop()
+
+
+def test_liveness_fails_when_the_loop_stops_turning() -> None:
+    now = [100.0]
+    readiness = Readiness(stale_after_s=30.0, clock=lambda: now[0])
+    readiness.heartbeat()
+    now[0] += 29.0
+    assert readiness.live() == (True, "live")
+    now[0] += 2.0
+    live, reason = readiness.live()
+    assert not live and "no loop turn for 31.0 s" in reason
