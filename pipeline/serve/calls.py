@@ -20,6 +20,7 @@ model cannot load      503   UNAVAILABLE          the store's file is broken
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,7 @@ __all__ = [
     "Refusal",
     "SeedAnswer",
     "bad_input",
+    "internal",
     "one_block",
     "rejected",
     "seed_answers",
@@ -60,6 +62,21 @@ def bad_input(message: str) -> Refusal:
     """A caller's mistake: 400 / INVALID_ARGUMENT."""
     return Refusal(400, "INVALID_ARGUMENT", message)
 
+
+def internal(door: str, exc: BaseException) -> Refusal:
+    """A mistake of ours that no rule caught: 500 / INTERNAL, logged with its traceback
+    (once per kind of exception and door), so the next unknown one is at least visible."""
+    kind = (door, type(exc).__name__)
+    if kind not in _LOGGED:
+        _LOGGED.add(kind)
+        log.error("the %s door failed on a request", door, exc_info=exc)
+    return Refusal(500, "INTERNAL", f"the server failed on this request ({type(exc).__name__})")
+
+
+_LOGGED: set[tuple[str, str]] = set()
+
+
+log = logging.getLogger(__name__)
 
 _UNROUTABLE = {  # a rejected row's error type at the route stage -> HTTP status, gRPC code
     "UnknownModel": (404, "NOT_FOUND"),

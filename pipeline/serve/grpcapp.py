@@ -31,6 +31,7 @@ from pipeline.serve.calls import (
     ModelCalls,
     Refusal,
     bad_input,
+    internal,
     one_block,
     rejected,
     seed_answers,
@@ -81,7 +82,12 @@ class _Door:
         """Run `handle`; a `Refusal` aborts the call with its status and message."""
         started = time.monotonic()
         try:
-            response = await handle()
+            try:
+                response = await handle()
+            except Refusal:
+                raise
+            except Exception as exc:  # what no rule caught: INTERNAL, logged and counted
+                raise internal("grpc", exc) from exc
         except Refusal as refusal:
             self.sensor.request("grpc", refusal.grpc, time.monotonic() - started)
             await context.abort(grpc.StatusCode[refusal.grpc], refusal.message)
@@ -193,6 +199,11 @@ def _input(request: Any, i: int) -> oip.InputTensor:
     shape = list(tensor.shape)
     try:
         if request.raw_input_contents:
+            if tensor.HasField("contents"):
+                raise bad_input(
+                    f"{where} has typed contents beside raw_input_contents: send every input "
+                    "one way (raw_input_contents for all, or contents for all)"
+                )
             if i >= len(request.raw_input_contents):
                 raise bad_input(f"{where} has no raw_input_contents (one per input is needed)")
             array = from_raw(tensor.datatype, shape, request.raw_input_contents[i], where)

@@ -5,7 +5,10 @@ second, or connects and sends nothing, holds its connection (and a place under a
 connection limit) forever, and httptools accepts headers of any size. `GuardedHttp`
 answers 408 and closes once a connection has spent ``header_timeout_s`` without complete
 headers (idle keep-alive connections included), and 431 once the headers pass
-``max_header_bytes``. It subclasses uvicorn's internal `HttpToolsProtocol`, so uvicorn is
+``max_header_bytes``. The request target counts toward that bound too: uvicorn appends
+the URL piece by piece (quadratic in its length) on the doors' one event loop, so a
+client streaming an endless ``GET /aaa...`` is answered 414 as soon as the URL and the
+headers so far pass the bound, before any authentication. It subclasses uvicorn's internal `HttpToolsProtocol`, so uvicorn is
 pinned to a minor release and tests/doors/test_security.py probes both guards.
 """
 
@@ -56,6 +59,15 @@ class _GuardedHttp(HttpToolsProtocol):
         self._header_bytes = 0
         self._arm()
 
+    def on_url(self, url: bytes) -> None:
+        self._header_bytes += len(url)
+        if self._header_bytes > self.max_header_bytes:
+            if not self.transport.is_closing():
+                self._disarm()
+                self._refuse(414, b"URI Too Long")
+            return  # never appended: the rest of an endless URL costs nothing
+        super().on_url(url)
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
         super().on_header(name, value)
@@ -63,6 +75,8 @@ class _GuardedHttp(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_headers = False
         self._disarm()
+        if self.transport.is_closing():  # refused (414) while its URL was still arriving
+            return
         if self._header_bytes > self.max_header_bytes:  # all of them came in one chunk
             self._refuse(431, b"Request Header Fields Too Large")
             return

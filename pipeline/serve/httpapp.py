@@ -45,6 +45,7 @@ from pipeline.serve.calls import (
     ModelCalls,
     Refusal,
     bad_input,
+    internal,
     one_block,
     rejected,
     seed_answers,
@@ -123,6 +124,8 @@ class HttpApp:
             headers = {429: [(b"retry-after", b"1")],
                        401: [(b"www-authenticate", b"Bearer")]}.get(refusal.http, [])  # fmt: skip
             answer = _json(refusal.http, {"error": refusal.message}, headers)
+        except Exception as exc:  # what no rule caught: a JSON 500, logged and counted
+            answer = _json(500, {"error": internal("http", exc).message})
         await send({"type": "http.response.start", "status": answer.status,
                     "headers": answer.headers})  # fmt: skip
         await send({"type": "http.response.body", "body": answer.body})
@@ -203,8 +206,9 @@ class HttpApp:
         if columnar and "instances" in request:
             raise bad_input("send rows as instances or columns as inputs, not both")
         instances = _rows_of_columns(request["inputs"]) if columnar else request.get("instances")
-        if not isinstance(instances, list):
-            raise bad_input(f"instances must be an array of rows, got {_kind(instances)}")
+        if not isinstance(instances, list) or not instances:
+            got = "an empty array" if instances == [] else _kind(instances)
+            raise bad_input(f"instances must be an array of at least one row, got {got}")
         if len(spec.inputs) == 1 and not spec.vector:  # a row is the one input's value
             only = spec.inputs[0].name
             instances = [r if isinstance(r, dict) else {only: r} for r in instances]

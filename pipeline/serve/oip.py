@@ -118,20 +118,41 @@ def parse_http_request(body: bytes, header_length: str | None) -> OipRequest:
         raise bad_input(
             f"{len(blob) - used} bytes of binary data follow the tensors they belong to"
         )
-    parameters = doc.get("parameters") or {}
+    parameters = _parameters(doc, "the request")
+    wanted_outputs = doc.get("outputs") or []
+    if not isinstance(wanted_outputs, list):
+        raise bad_input(f"outputs must be an array of objects, got {type(wanted_outputs).__name__}")
     outputs = []
-    for j, wanted in enumerate(doc.get("outputs") or []):
+    for j, wanted in enumerate(wanted_outputs):
         if not isinstance(wanted, dict) or not isinstance(wanted.get("name"), str):
             raise bad_input(f"outputs[{j}] must be an object with a name")
-        binary = (wanted.get("parameters") or {}).get("binary_data")
-        outputs.append((wanted["name"], None if binary is None else bool(binary)))
+        binary = _flag(_parameters(wanted, f"outputs[{j}]"), "binary_data", f"outputs[{j}]")
+        outputs.append((wanted["name"], binary))
     request_id = doc.get("id")
     return OipRequest(
         id=str(request_id) if request_id is not None else None,
         inputs=inputs,
         outputs=outputs,
-        binary_default=bool(parameters.get("binary_data_output", False)),
+        binary_default=bool(_flag(parameters, "binary_data_output", "the request")),
     )
+
+
+def _parameters(part: dict[str, Any], where: str) -> dict[str, Any]:
+    """A part's ``parameters`` object ({} if absent); anything else is the caller's mistake."""
+    parameters = part.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise bad_input(f"{where}: parameters must be an object, got {type(parameters).__name__}")
+    return parameters
+
+
+def _flag(parameters: dict[str, Any], name: str, where: str) -> bool | None:
+    """A boolean parameter (None if absent): ``"false"`` is not false, so it is refused."""
+    value = parameters.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise bad_input(f"{where}: parameter {name} must be true or false, got {value!r}")
+    return value
 
 
 def _http_input(tensor: object, blob: bytes, where: str) -> tuple[InputTensor, int]:
@@ -141,13 +162,13 @@ def _http_input(tensor: object, blob: bytes, where: str) -> tuple[InputTensor, i
     name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
     if not isinstance(name, str) or not isinstance(datatype, str) or not isinstance(shape, list):
         raise bad_input(f"{where} must have a string name and datatype and a shape array")
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    size = _parameters(tensor, where).get("binary_data_size")
     try:
         if size is None:
             return InputTensor(
                 name, datatype, from_json_data(datatype, shape, tensor.get("data"), where)
             ), 0
-        if not isinstance(size, int) or size < 0 or size > len(blob):
+        if type(size) is not int or size < 0 or size > len(blob):
             raise bad_input(
                 f"{where}: binary_data_size must be at most the {len(blob)} bytes left, "
                 f"got {size!r}"

@@ -23,7 +23,7 @@ from pipeline.serve._proto import (
     prediction_pb2_grpc,
 )
 
-from .conftest import Server
+from .conftest import Server, wait_until_ready
 from .pki import Authority, Pair
 from .test_http import ROWS
 
@@ -226,3 +226,54 @@ def test_the_compose_tls_overlay_serves_https_with_a_token(
         assert answered.status_code == 200, answered.text
         assert client.get("/readyz").status_code == 200  # open health
     assert _grpc_predict(server, _grpc_credentials(ca), authorization="Bearer compose-token") > 0
+
+
+def _url_streamer(port: int, out: list[bytes], seconds: float) -> None:
+    """Stream an endless request target (``GET /aaaa...``) for up to `seconds`; keep the
+    first answer."""
+    deadline = time.monotonic() + seconds
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.settimeout(0.05)
+        try:
+            sock.sendall(b"GET /")
+            while time.monotonic() < deadline:
+                sock.sendall(b"a" * 4096)
+                try:
+                    answer = sock.recv(4096)
+                except TimeoutError:
+                    continue
+                out.append(answer)
+                return
+        except OSError:
+            pass
+        sock.settimeout(5)
+        try:
+            out.append(sock.recv(4096))
+        except OSError:
+            out.append(b"")
+
+
+def test_an_endless_url_is_refused_before_authentication_while_probes_answer(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("first-token\n")
+    server = serve("--max-header-bytes", "16384", "--auth-token-file", str(tokens),
+                   "--open-health", wait_ready=False)  # fmt: skip
+    wait_until_ready(server, by_log=True)
+    answers: list[list[bytes]] = [[] for _ in range(4)]
+    streamers = [
+        threading.Thread(target=_url_streamer, args=(server.http_port, out, 8.0)) for out in answers
+    ]
+    for streamer in streamers:
+        streamer.start()
+    probes = []
+    with httpx.Client(base_url=server.url, timeout=1.0) as client:
+        while any(s.is_alive() for s in streamers):
+            started = time.monotonic()
+            probes.append((client.get("/v2/health/live").status_code, time.monotonic() - started))
+            time.sleep(0.1)
+    for streamer in streamers:
+        streamer.join(10)
+    assert all(out and out[0].startswith(b"HTTP/1.1 414") for out in answers), answers
+    assert probes and all(status == 200 and took < 1.0 for status, took in probes), probes
