@@ -131,8 +131,8 @@ def add_door_flags(add: Add, *, http_default: int, grpc_default: int) -> None:
     add(
         "--max-queue",
         type=int,
-        help="rows that may wait per model version before callers get 429 / "
-        "RESOURCE_EXHAUSTED (default: 10000)",
+        help="rows of the doors that may wait per model version before callers get 429 / "
+        "RESOURCE_EXHAUSTED; the stream's rows do not count (default: 10000)",
     )
     add(
         "--max-body-bytes",

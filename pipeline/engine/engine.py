@@ -17,9 +17,11 @@ they must be quick and must not raise (the Kafka worker appends to a deque; the 
 the outcome to their event loop).
 
 Bounds: a submission with ``admit=True`` (a front door) is refused with `Overloaded` when
-more than ``max_queue_rows`` rows would wait for its model; the Kafka worker bounds its own
-rows by pausing partitions instead. A submission may carry a deadline (monotonic seconds):
-rows whose deadline has passed when their batch is cut are not run; they get a
+more than ``max_queue_rows`` rows of the doors would wait for its model; the Kafka worker
+bounds its own rows by pausing partitions instead, and its rows never count against the
+doors' bound (a backlog on Kafka cannot refuse a door's request, and the doors' rows and
+the stream's share the same batches, oldest first). A submission may carry a deadline
+(monotonic seconds): rows whose deadline has passed when their batch is cut are not run; they get a
 ``deadline`` error.
 """
 
@@ -96,6 +98,7 @@ class _Submission(Generic[T]):
     ticket: T
     done: Callable[[Outcome[T]], None]
     deadline: float | None
+    admitted: bool = False  # a door's rows, counted against max_queue_rows until they run
 
 
 @dataclass(slots=True)
@@ -113,8 +116,8 @@ class Engine(Generic[T]):
         models: Where model versions are loaded from.
         max_batch_size: Rows per batch at most.
         max_wait_ms: How long a batch's oldest row may wait for the batch to fill.
-        max_queue_rows: Rows that may wait per model version before `submit` with
-            ``admit=True`` raises `Overloaded`; None for no bound.
+        max_queue_rows: Rows of the doors (``admit=True``) that may wait per model version
+            before `submit` with ``admit=True`` raises `Overloaded`; None for no bound.
         clock: Monotonic clock in seconds; injectable for tests.
         sensor: Receives an ``inference`` event per batch run.
         latency_target_ms: Size batches from this target instead of ``max_wait_ms``
@@ -157,6 +160,7 @@ class Engine(Generic[T]):
         self._wake = threading.Condition(self._lock)  # an EngineLoop waits on it
         self._runner = threading.RLock()  # one thread runs batches at a time, in order
         self._queue = _Queue()
+        self._admitted: dict[ModelKey, int] = {}  # the doors' rows not yet run, per version
 
     @property
     def models(self) -> ModelCache:
@@ -210,16 +214,18 @@ class Engine(Generic[T]):
         """
         key = (model, version)
         batch_key = (model, version, shape_key(feed))
-        submission = _Submission(ticket, done, deadline)
+        submission = _Submission(ticket, done, deadline, admitted=admit)
+        rows = feed_rows(feed)
         with self._lock:
-            if admit and self._max_queue_rows is not None:
-                waiting = self._batcher.pending(batch_key) + self._queue.rows.get(key, 0)
-                if waiting + feed_rows(feed) > self._max_queue_rows:
+            if admit:
+                waiting = self._admitted.get(key, 0)
+                if self._max_queue_rows is not None and waiting + rows > self._max_queue_rows:
                     raise Overloaded(
                         f"{waiting} rows are waiting for model {model!r} version {version!r}, "
                         f"the most allowed is {self._max_queue_rows} (max_queue_rows); "
                         "retry later"
                     )
+                self._admitted[key] = waiting + rows
             was_idle = not len(self._batcher)
             full = self._batcher.add(batch_key, feed, submission)
             for batch in full:
@@ -274,15 +280,24 @@ class Engine(Generic[T]):
                 batches += self._batcher.flush() if flush else self._batcher.due()
                 self._queue.ready = []
             for batch in batches:
-                self._run(batch)
-                with self._lock:
-                    key = _key(batch)
-                    left = self._queue.rows.get(key, 0) - batch.rows
-                    if left > 0:
-                        self._queue.rows[key] = left
-                    else:
-                        self._queue.rows.pop(key, None)
+                try:
+                    self._run(batch)
+                finally:
+                    self._ran(batch)
             return len(batches)
+
+    def _ran(self, batch: Batch[_Submission[T]]) -> None:
+        """Forget a batch's rows in the queue's counts, the doors' among them."""
+        key = _key(batch)
+        doors = sum(len(s) for s in batch.slices if s.ticket.admitted)
+        with self._lock:
+            left = self._queue.rows.get(key, 0) - batch.rows
+            if left > 0:
+                self._queue.rows[key] = left
+            else:
+                self._queue.rows.pop(key, None)
+            if doors:
+                self._admitted[key] = self._admitted.get(key, 0) - doors
 
     def _run(self, batch: Batch[_Submission[T]]) -> None:
         """Run one batch and report an outcome for each of its slices."""

@@ -8,8 +8,9 @@ headers (idle keep-alive connections included), and 431 once the headers pass
 ``max_header_bytes``. The request target counts toward that bound too: uvicorn appends
 the URL piece by piece (quadratic in its length) on the doors' one event loop, so a
 client streaming an endless ``GET /aaa...`` is answered 414 as soon as the URL and the
-headers so far pass the bound, before any authentication. It subclasses uvicorn's internal `HttpToolsProtocol`, so uvicorn is
-pinned to a minor release and tests/doors/test_security.py probes both guards.
+headers so far pass the bound, before any authentication. It subclasses uvicorn's
+internal `HttpToolsProtocol`, so uvicorn is pinned to a minor release and
+tests/doors/test_security.py probes the guards.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import grpc
 import httpx
 import orjson
+from confluent_kafka import Consumer, TopicPartition
 
 from pipeline.serve._proto import prediction_pb2, prediction_pb2_grpc
 from tests.doors.test_http import ROWS, ort_outputs
@@ -17,6 +18,19 @@ from .conftest import Pipeline
 from .kafkaio import Accounting, free_port, good_events, read_all, send
 
 MLP = "breast-cancer-mlp"
+
+
+def _records_in(bootstrap: str, topic: str) -> int:
+    """How many records a topic holds now (its partitions' high watermarks)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        )
+    finally:
+        consumer.close()
 
 
 def test_one_worker_answers_kafka_events_and_requests(
@@ -53,3 +67,42 @@ def test_one_worker_answers_kafka_events_and_requests(
     acc = Accounting.of(out, [])
     ids = [orjson.loads(v)["id"] for _, v in events]
     assert acc.lost(ids) == [] and acc.duplicates() == 0
+
+
+def test_a_kafka_backlog_does_not_starve_the_doors_nor_the_doors_kafka(
+    make_pipeline: Callable[..., Pipeline],
+) -> None:
+    p = make_pipeline(partitions=2)
+    events = good_events(60_000)
+    send(p.bootstrap, p.input, events)  # a backlog before the worker starts
+    http_port = free_port()
+    worker = p.start_worker("--default-model", MLP, "--http-port", str(http_port),
+                            "--max-queue", "2000", "--max-rows-per-request", "2000")  # fmt: skip
+    url = f"http://127.0.0.1:{http_port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert worker.proc.poll() is None and time.monotonic() < deadline, worker.log[-3000:]
+        time.sleep(0.1)
+    rows = [ROWS[i % len(ROWS)].tolist() for i in range(2000)]  # the most one request takes
+    statuses: dict[int, int] = {}
+    before = _records_in(p.bootstrap, p.output)
+    started = time.monotonic()
+    with httpx.Client(base_url=url, timeout=30) as client:
+        while time.monotonic() - started < 8:  # one request at a time while Kafka drains
+            reply = client.post(f"/v1/models/{MLP}:predict", json={"instances": rows})
+            statuses[reply.status_code] = statuses.get(reply.status_code, 0) + 1
+    during = _records_in(p.bootstrap, p.output) - before
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(events), timeout_s=180)
+    code, _ = worker.stop()
+
+    assert code == 0, worker.log[-3000:]
+    assert list(statuses) == [200] and statuses[200] >= 5, statuses
+    assert before < len(events), before  # the doors were asked while a backlog waited
+    assert during > 0  # and the stream moved while the doors were busy
+    acc = Accounting.of(out, [])
+    assert acc.lost([orjson.loads(v)["id"] for _, v in events]) == [] and acc.duplicates() == 0

@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from pipeline.engine.engine import Engine, EngineLoop, Outcome
 from pipeline.engine.models import ModelCache, ModelStore
+from pipeline.errors import Overloaded
 from pipeline.metrics.health import Readiness
 from tests.modelfactory import two_input_model
 
@@ -103,3 +105,21 @@ def test_liveness_fails_when_the_loop_stops_turning() -> None:
     now[0] += 2.0
     live, reason = readiness.live()
     assert not live and "no loop turn for 31.0 s" in reason
+
+
+def test_a_kafka_backlog_does_not_count_against_the_doors_queue_bound(tmp_path: Path) -> None:
+    two_input_model(tmp_path / "rec" / "1")
+    engine: Engine[Any] = Engine(
+        ModelCache(ModelStore(tmp_path)), max_batch_size=256, max_wait_ms=1000, max_queue_rows=10
+    )
+    outcomes: list[Outcome[str]] = []
+    engine.submit("rec", "1", _feed(200), "kafka backlog", outcomes.append)  # admit=False
+
+    engine.submit("rec", "1", _feed(6), "door 1", outcomes.append, admit=True)
+    with pytest.raises(Overloaded, match="6 rows are waiting"):
+        engine.submit("rec", "1", _feed(6), "door 2", outcomes.append, admit=True)
+    engine.flush()
+    engine.submit("rec", "1", _feed(10), "door 3", outcomes.append, admit=True)  # room again
+    engine.flush()
+
+    assert [o.ticket for o in outcomes] == ["kafka backlog", "door 1", "door 3"]
