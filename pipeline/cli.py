@@ -16,6 +16,7 @@ The exit code says what went wrong (`pipeline.exitcodes`).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -73,6 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.handler(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be handled
+    except BrokenPipeError:  # `pipeline ... | head -1`: the reader has what it wanted
+        _discard_stdout()
+        code = 0
     except (PipelineError, KeyboardInterrupt) as exc:
         if isinstance(exc, PipelineError):
             print(f"error: {exc}", file=sys.stderr)
@@ -81,3 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if worker is not None:
         worker.exit_if_abandoned(code)
     return code
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush of output nobody
+    reads raises nothing (the way Unix tools end quietly when their reader goes)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

@@ -120,3 +120,25 @@ def test_the_exit_codes_are_distinct() -> None:
     assert len(codes) == len(set(codes))
     no_restart = {c.code for c in exitcodes.EXIT_CODES if not c.restart}
     assert no_restart - {exitcodes.OK, exitcodes.INTERRUPTED} == {exitcodes.USAGE, exitcodes.CONFIG}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["models", "list"], ["models", "show", "breast-cancer-mlp"], ["models", "list", "--json"]],
+    ids=["list", "show", "list-json"],
+)
+def test_a_reader_that_goes_away_ends_the_command_quietly(command: list[str]) -> None:
+    """`pipeline models list | head -1`: the reader closes the pipe before the output is
+    written; the command ends with 0 and no traceback, as Unix tools do."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", *command, "--models", str(ROOT / "models")],
+        stdout=write,
+        stderr=subprocess.PIPE,
+        check=False,
+        cwd=ROOT,
+    )
+    os.close(write)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"Traceback" not in proc.stderr and b"BrokenPipe" not in proc.stderr, proc.stderr
