@@ -181,11 +181,20 @@ def run(*, port: int, data_dir: Path, events: int, models: Path) -> int:
     )
     ok = result["outputs"] == total and result["duplicates"] == 0
     _say("every event ended as exactly one prediction or dead letter" if ok else "MISMATCH")
-    _say("try it yourself: .venv/bin/pipeline kafka start, .venv/bin/pipeline run "
-         "--default-model breast-cancer-mlp, .venv/bin/pipeline produce --synthetic "
-         "breast-cancer-mlp --count 1000, .venv/bin/pipeline consume --from-beginning "
-         "(it follows the topic: Ctrl-C stops it)")  # fmt: skip
+    _say(try_it_yourself(port))
     return 0 if ok else 1
+
+
+def try_it_yourself(port: int) -> str:
+    """The closing hint: the same job by hand, on the demo's port."""
+    kafka = f"--bootstrap-servers 127.0.0.1:{port}"
+    return (
+        f"try it yourself: .venv/bin/pipeline kafka start --port {port}, "
+        f".venv/bin/pipeline run {kafka} --default-model breast-cancer-mlp, "
+        f".venv/bin/pipeline produce {kafka} --synthetic breast-cancer-mlp --count 1000, "
+        f".venv/bin/pipeline consume {kafka} --from-beginning (it follows the topic: Ctrl-C "
+        "stops it)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -201,6 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the broker and the worker were stopped on the way out
+        print("demo stopped (Ctrl-C); its worker and broker are stopped", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

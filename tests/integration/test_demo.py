@@ -1,0 +1,50 @@
+"""`make demo` (python -m pipeline.dev.demo) on its own local broker: Ctrl-C ends it with
+its worker and broker stopped, no traceback; the closing hint names the demo's port."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipeline.dev.demo import try_it_yourself
+
+from .kafkaio import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_ctrl_c_stops_the_demo_quietly_with_its_broker(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "demo.log"
+    with log.open("wb") as out:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.dev.demo", "--port", str(port),
+             "--data-dir", str(tmp_path / "kafka"), "--events", "200000"],
+            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while "starting: pipeline run" not in log.read_text():
+                assert demo.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+            demo.send_signal(signal.SIGINT)
+            code = demo.wait(60)
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+    text = log.read_text()
+    assert code == 130, text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    assert "demo stopped (Ctrl-C)" in text and "Kafka broker stopped" in text, text
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, "the demo's broker still listens"
+
+
+def test_the_closing_hint_names_the_demos_port() -> None:
+    hint = try_it_yourself(29092)
+    assert "pipeline kafka start --port 29092" in hint
+    assert hint.count("--bootstrap-servers 127.0.0.1:29092") == 3
