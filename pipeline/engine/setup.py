@@ -13,7 +13,7 @@ from pipeline.engine.models import ModelCache, ModelStore
 from pipeline.errors import ModelError
 from pipeline.metrics import Sensor
 
-__all__ = ["build_engine", "warm_up"]
+__all__ = ["build_engine", "unready_reason", "warm_up", "warm_up_models"]
 
 log = logging.getLogger("pipeline.engine")
 
@@ -45,20 +45,44 @@ def warm_up(engine: Engine[Any], *, default_model: str | None, max_loaded: int) 
     Returns:
         ``name/version`` of each model loaded.
     """
+    return warm_up_models(engine, default_model=default_model, max_loaded=max_loaded)[0]
+
+
+def warm_up_models(
+    engine: Engine[Any], *, default_model: str | None, max_loaded: int
+) -> tuple[list[str], dict[str, str]]:
+    """`warm_up`, also returning the models that failed to load, with their reasons."""
     cache = engine.models
     names = cache.store.names()
     if default_model in names:
         names.remove(default_model)
         names.insert(0, default_model)
     started = time.monotonic()
-    loaded = []
+    loaded: list[str] = []
+    failed: dict[str, str] = {}
     for name in names[:max_loaded]:
         try:
             spec = cache.resolve(name, None)
         except ModelError as exc:
             log.warning("model %s is not served: %s", name, exc)
+            failed[name] = str(exc)
             continue
         loaded.append(f"{spec.name}/{spec.version}")
     log.info("models loaded and warmed in %.2f s: %s", time.monotonic() - started,
              ", ".join(loaded) or "none")  # fmt: skip
-    return loaded
+    return loaded, failed
+
+
+def unready_reason(
+    loaded: list[str], failed: dict[str, str], default_model: str | None
+) -> str | None:
+    """Why a server that warmed these models cannot serve what it was asked for (None if
+    it can): its default model failed, or no model loaded at all."""
+    if default_model is not None and default_model in failed:
+        return f"the default model {default_model} cannot be loaded: {failed[default_model]}"
+    if not loaded:
+        if failed:
+            names = ", ".join(sorted(failed))
+            return f"no model could be loaded ({names}): {next(iter(failed.values()))}"
+        return "the model store holds no model"
+    return None

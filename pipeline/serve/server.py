@@ -23,7 +23,7 @@ import uvloop
 
 from pipeline.config import DoorSettings, ServeConfig
 from pipeline.engine.engine import Engine, EngineLoop
-from pipeline.engine.setup import build_engine, warm_up
+from pipeline.engine.setup import build_engine, unready_reason, warm_up_models
 from pipeline.metrics import Sensor, Sensors
 from pipeline.metrics.health import Readiness
 from pipeline.metrics.prometheus import PrometheusSensor
@@ -178,8 +178,14 @@ def serve(settings: ServeConfig) -> int:
     runner.start()
     log.info("serving with %s", settings.redacted)
     readiness.wait_for("models", "the models are loading")
-    warm_up(engine, default_model=settings.default_model, max_loaded=settings.max_loaded_models)
+    loaded, failed = warm_up_models(
+        engine, default_model=settings.default_model, max_loaded=settings.max_loaded_models
+    )
     readiness.done("models")
+    unready = unready_reason(loaded, failed, settings.default_model)
+    if unready is not None:  # it can answer health and say why, but is not ready
+        log.error("not ready: %s", unready)
+        readiness.wait_for("models", unready)
     doors = Doors(settings, engine, readiness, sensor, default_model=settings.default_model,
                   metrics=metrics)  # fmt: skip
 

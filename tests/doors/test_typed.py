@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +220,20 @@ def test_v1_columnar_inputs_answer_columnar_outputs(typed: Server) -> None:
                         json={"inputs": {"x": X.tolist(), "cat": [1]}})  # fmt: skip
     assert ragged.status_code == 400
     assert "one value per row, of one length" in ragged.json()["error"]
+
+
+def test_serve_with_only_a_broken_model_is_live_but_not_ready_and_says_why(
+    serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    models = tmp_path / "store"
+    (models / "broken" / "1").mkdir(parents=True)
+    (models / "broken" / "1" / "model.onnx").write_bytes(b"not an onnx model")
+    server = serve("--models", str(models), "--default-model", "broken", wait_ready=False)
+    deadline = time.monotonic() + 60
+    while "not ready:" not in server.log:
+        assert server.proc.poll() is None and time.monotonic() < deadline, server.log
+        time.sleep(0.2)
+    ready = httpx.get(f"{server.url}/readyz")
+    assert ready.status_code == 503
+    assert "the default model broken cannot be loaded" in ready.text
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
