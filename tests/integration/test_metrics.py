@@ -20,7 +20,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.test_worker import BAD_VALUES
 
 from .conftest import Pipeline
-from .kafkaio import Accounting, free_port, good_events, read_all, send, wait_for_outputs
+from .kafkaio import (
+    FAST_FAILOVER,
+    Accounting,
+    free_port,
+    good_events,
+    read_all,
+    send,
+    wait_for_outputs,
+)
 
 MLP = "breast-cancer-mlp"
 
@@ -130,8 +138,9 @@ def test_a_record_predicted_twice_gets_the_same_prediction_id(
     p = make_pipeline(partitions=2)
     events = good_events(30_000)
     send(p.bootstrap, p.input, events)
+    # FAST_FAILOVER: the killed member's partitions come back after 6 s, not 45
     first = p.start_worker("--default-model", MLP, "--commit-interval-ms", "5000",
-                           "--commit-every-events", "1000000")  # fmt: skip
+                           "--commit-every-events", "1000000", *FAST_FAILOVER)  # fmt: skip
     wait_for_outputs(p.bootstrap, p.output, 2000)
     first.stop(signal.SIGKILL)
     second = p.start_worker("--default-model", MLP)
