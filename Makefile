@@ -12,6 +12,8 @@ TEST_DATA ?= .cache/kafka-test
 DEMO_PORT ?= 9092
 DEMO_DATA ?= .cache/kafka-demo
 PYTEST_ARGS ?=
+# `make check` runs tests/unit in this many pytest-xdist processes (one per core here).
+CHECK_WORKERS ?= 2
 # `make bench BENCH_ARGS=--publish` also updates docs/bench.md and docs/bench-latency.png.
 BENCH_ARGS ?=
 # The front-door benchmark takes BENCH_ARGS' --quick and --publish (docs/bench-doors.md and
@@ -21,7 +23,7 @@ BENCH_QUIX ?= .cache/bench-quix
 # tritonclient, the standard Open Inference Protocol client the door tests talk to the server with.
 TRITON ?= .cache/tritonclient
 
-.PHONY: help install demo test lint bench soak models protos picture clean
+.PHONY: help install demo check test lint bench soak models protos picture clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
@@ -36,6 +38,9 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install ## run the main job on the embedded local broker: events in, predictions out
 	$(PY) -m pipeline.dev.demo --port $(DEMO_PORT) --data-dir $(DEMO_DATA)
+
+check: lint ## the fast tier: lint, types and every test that needs no broker, no JVM and no server (tests/unit)
+	$(PY) -m pytest tests/unit -n $(CHECK_WORKERS) $(PYTEST_ARGS)
 
 test: install $(TRITON)/.installed ## start the local broker unless KAFKA_BOOTSTRAP_SERVERS is set, run every test, stop it
 	@set -uo pipefail; \

@@ -25,6 +25,7 @@ from tests.integration.kafkaio import free_port
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
 MLP = "breast-cancer-mlp"
+STATS_LINE = "mean batch "  # in every stats line (pipeline.metrics.statsline.StatsSnapshot.line)
 
 
 @dataclass
@@ -64,6 +65,20 @@ class Server:
         finally:
             self.log_file.close()
         return code, time.monotonic() - started
+
+    def await_log(self, ready: Callable[[str], object], timeout_s: float = 30.0) -> str:
+        """Poll the log until `ready(log)` is true; return the log (or, after `timeout_s`,
+        the log as it is, for the caller's assertion to show)."""
+        deadline = time.monotonic() + timeout_s
+        while not ready(log := self.log) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return log
+
+    def next_stats_line(self, timeout_s: float = 30.0) -> str:
+        """Wait for a stats line written after now (the server writes one every
+        ``--stats-interval-s``, 1 s here, busy or idle); return the log."""
+        seen = self.log.count(STATS_LINE)
+        return self.await_log(lambda log: log.count(STATS_LINE) > seen, timeout_s)
 
     def kill(self) -> None:
         """Make sure it is gone (a test that failed may leave it running)."""

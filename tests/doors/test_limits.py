@@ -188,12 +188,13 @@ def test_a_passed_deadline_is_504_and_deadline_exceeded(serve: Callable[..., Ser
             prediction_pb2.PredictRequest(features=ROW), timeout=0.1
         )
     assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    time.sleep(1.5)
-    assert _expired_rows(server) >= 1, "the rows whose deadline passed were not run"
+    # the expired rows are counted when their batch is cut (--max-wait-ms 800 after them)
+    log = server.await_log(lambda log: _expired_rows(log) >= 1)
+    assert _expired_rows(log) >= 1, "the rows whose deadline passed were not run"
 
 
-def _expired_rows(server: Server) -> int:
-    return sum(int(n) for n in re.findall(r"expired (\d+)", server.log))
+def _expired_rows(log: str) -> int:
+    return sum(int(n) for n in re.findall(r"expired (\d+)", log))
 
 
 def test_64_concurrent_callers_are_answered_correctly_and_batched(
@@ -217,8 +218,8 @@ def test_64_concurrent_callers_are_answered_correctly_and_batched(
         assert reply.json()["confidence"] == pytest.approx(
             float(probabilities[i % 8].max()), abs=1e-6
         )
-    time.sleep(1.5)  # the next stats line
-    batches = [float(b) for b in re.findall(r"mean batch ([\d.]+)", server.log)]
+    log = server.next_stats_line()  # it counts every batch of the calls above
+    batches = [float(b) for b in re.findall(r"mean batch ([\d.]+)", log)]
     assert max(batches) > 1.0, f"rows of concurrent callers did not share batches: {batches}"
 
 
@@ -240,8 +241,8 @@ def test_max_concurrent_streams_bounds_the_calls_running_on_one_connection(
     server = serve("--max-concurrent-streams", "2", "--max-wait-ms", "100")
     answers = asyncio.run(_predict_on_one_channel(server.grpc_target, 16, 3))
     assert answers == ["right"] * 48, Counter(answers)
-    time.sleep(1.5)  # the next stats line
-    batches = [float(b) for b in re.findall(r"mean batch ([\d.]+)", server.log)]
+    log = server.next_stats_line()  # it counts every batch of the calls above
+    batches = [float(b) for b in re.findall(r"mean batch ([\d.]+)", log)]
     assert 0 < max(batches) <= 2.0, f"more than 2 calls ran at once: mean batches {batches}"
 
 

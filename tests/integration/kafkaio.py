@@ -21,6 +21,12 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer
 ROOT = Path(__file__).resolve().parents[2]
 R = TypeVar("R")
 
+# A killed member holds its partitions until its session times out (45 s by default), so
+# every kill would stall the suite for that long. 6 s is the broker's smallest allowed
+# session timeout; heartbeats run on librdkafka's own threads, so a busy machine does not
+# make a live worker miss them.
+FAST_FAILOVER = ("-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=1500")
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""

@@ -20,26 +20,44 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.test_worker import BAD_VALUES
 
 from .conftest import Pipeline
-from .kafkaio import Accounting, free_port, good_events, read_all, send, wait_for_outputs
+from .kafkaio import (
+    FAST_FAILOVER,
+    Accounting,
+    free_port,
+    good_events,
+    read_all,
+    send,
+    wait_for_outputs,
+)
 
 MLP = "breast-cancer-mlp"
 
 
-def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
+
+
+def scrape(port: int) -> Samples:
     """Every sample of /metrics: name -> labels -> value."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(dict)
+    samples: Samples = defaultdict(dict)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples[sample.name][tuple(sorted(sample.labels.items()))] = sample.value
     return samples
 
 
-def total(
-    samples: dict[str, dict[tuple[tuple[str, str], ...], float]], name: str, **labels: str
-) -> float:
+def total(samples: Samples, name: str, **labels: str) -> float:
     wanted = set(labels.items())
     return sum(v for k, v in samples.get(name, {}).items() if wanted <= set(k))
+
+
+def scrape_until(port: int, done: Callable[[Samples], bool], timeout_s: float = 30) -> Samples:
+    """Scrape until `done` holds, or `timeout_s` passed (then the last scrape, for the
+    caller's assertions to show what was missing)."""
+    deadline = time.monotonic() + timeout_s
+    while not done(samples := scrape(port)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return samples
 
 
 def wait_ready(port: int, worker: object, timeout_s: float = 60) -> None:
@@ -65,8 +83,16 @@ def test_metrics_match_what_was_consumed_predicted_and_dead_lettered(
     bads = [(f"bad-{k}".encode(), v) for k, v in BAD_VALUES.items()]
     send(p.bootstrap, p.input, goods + bads)
     out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(goods) + len(bads))
-    time.sleep(1.0)  # the last acknowledgements are counted
-    m = scrape(port)
+
+    def acknowledged(m: Samples) -> bool:  # the last acknowledgements are counted
+        return (
+            total(m, "pipeline_records_produced_total", topic=p.output) == len(goods)
+            and total(m, "pipeline_records_produced_total", topic=p.dlq) == len(bads)
+            and total(m, "pipeline_produce_ack_seconds_count", model=MLP)
+            >= total(m, "pipeline_inference_executions_total", model=MLP)
+        )
+
+    m = scrape_until(port, acknowledged)
     assert worker.stop()[0] == 0
     assert len(out) == len(goods) + len(bads)
     assert total(m, "pipeline_records_consumed_total", topic=p.input) == len(goods) + len(bads)
@@ -112,8 +138,9 @@ def test_a_record_predicted_twice_gets_the_same_prediction_id(
     p = make_pipeline(partitions=2)
     events = good_events(30_000)
     send(p.bootstrap, p.input, events)
+    # FAST_FAILOVER: the killed member's partitions come back after 6 s, not 45
     first = p.start_worker("--default-model", MLP, "--commit-interval-ms", "5000",
-                           "--commit-every-events", "1000000")  # fmt: skip
+                           "--commit-every-events", "1000000", *FAST_FAILOVER)  # fmt: skip
     wait_for_outputs(p.bootstrap, p.output, 2000)
     first.stop(signal.SIGKILL)
     second = p.start_worker("--default-model", MLP)

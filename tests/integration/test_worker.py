@@ -21,7 +21,7 @@ from pipeline import exitcodes
 from pipeline.dev.tools import _sample_rows
 
 from .conftest import Pipeline
-from .kafkaio import Accounting, good_events, read_all, send, wait_for_outputs
+from .kafkaio import FAST_FAILOVER, Accounting, good_events, read_all, send, wait_for_outputs
 from .rawproduce import produce_with_raw_header
 
 MLP = "breast-cancer-mlp"
@@ -261,7 +261,8 @@ def test_sigterm_mid_stream_commits_and_restart_adds_no_duplicate(
 def test_sigkill_mid_stream_loses_nothing(make_pipeline: Callable[..., Pipeline]) -> None:
     p = make_pipeline()
     stream = _BackgroundProducer(p, 60_000, rate=10_000)
-    first = p.start_worker("--default-model", MLP, "--commit-interval-ms", "200")
+    # the killed member's partitions come back after its session timeout: 6 s, not 45
+    first = p.start_worker("--default-model", MLP, "--commit-interval-ms", "200", *FAST_FAILOVER)
     wait_for_outputs(p.bootstrap, p.output, 1000)  # predictions are flowing
     first.stop(signal.SIGKILL)
     assert stream.is_alive(), "the stream should still have been flowing at SIGKILL"

@@ -28,6 +28,7 @@ import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from tests.integration.kafkaio import (
+    FAST_FAILOVER,  # noqa: F401  (the fault tests import it from here)
     Record,
     checked,
     dead_letter_identity,
@@ -40,12 +41,6 @@ MLP = "breast-cancer-mlp"
 AT_LEAST_ONCE = "at-least-once"
 EXACTLY_ONCE = "exactly-once"
 GUARANTEES = (AT_LEAST_ONCE, EXACTLY_ONCE)
-
-# A killed member holds its partitions until its session times out (45 s by default), so
-# every kill would stall the suite for that long. 6 s is the broker's smallest allowed
-# session timeout; heartbeats run on librdkafka's own threads, so a busy machine does not
-# make a live worker miss them.
-FAST_FAILOVER = ("-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=1500")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

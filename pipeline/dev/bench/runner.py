@@ -8,11 +8,15 @@ consumer group.
 
 `run_contender` starts a contender's processes, watches the end offsets of its output
 topics (one `list_offsets` request every few milliseconds: exact, and cheap for the
-broker), and measures throughput as the records that appeared after the first one,
-divided by the time from the first output record to the last, so start-up and group
-joins are left out. CPU seconds over the same window and peak RSS come from
-`pipeline.dev.bench.procstats`. Once every output is there, the processes get SIGTERM and
-are waited for.
+broker), and measures throughput as every output record divided by the window from the
+last look that found no output to the first look that found them all (`window`), so
+start-up and group joins are left out and the window can never be empty: a contender
+that writes all its outputs between two looks is timed over that one polling interval
+(about 20 ms, so such a figure is a lower bound, as in a quick run), never reported as
+0 events/s. A run whose first look already found outputs has no such window and is
+"not measured" (a `BenchError`, so its row says why). CPU seconds over the same window
+and peak RSS come from `pipeline.dev.bench.procstats`. Once every output is there, the
+processes get SIGTERM and are waited for.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -50,6 +54,7 @@ __all__ = [
     "BenchError",
     "BenchTopics",
     "Launch",
+    "Look",
     "OutputCounter",
     "RunFigures",
     "broker",
@@ -57,6 +62,7 @@ __all__ = [
     "preload",
     "run_contender",
     "run_once",
+    "window",
 ]
 
 PARTITIONS: Final = 4
@@ -231,8 +237,9 @@ class RunFigures:
     """One run of one contender.
 
     Attributes:
-        events: Output records that appeared within the measured window.
-        seconds: The window: from the first output record to the last.
+        events: Output records that appeared within the measured window (all of them).
+        seconds: The window: from the last look that found no output to the first look
+            that found every output (see `window`).
         throughput: ``events / seconds``.
         cpu_s_per_100k: CPU seconds of the contender's processes in the window, per 100k.
         peak_rss_mb: The largest peak RSS of any one of its processes, MiB.
@@ -249,6 +256,47 @@ class RunFigures:
     peak_rss_sum_mb: float
     startup_s: float
     exit_codes: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Look:
+    """One read of the output count.
+
+    Attributes:
+        at: When (``time.monotonic()``, the middle of the request).
+        count: Output records on the topics then.
+        cpu_s: CPU seconds the contender's processes had used then (0 where not sampled).
+    """
+
+    at: float
+    count: int
+    cpu_s: float = 0.0
+
+
+def window(start: Look | None, end: Look) -> tuple[int, float, float]:
+    """The measured window from `start` to `end`: (events, seconds, CPU seconds).
+
+    Args:
+        start: The last look that found no output yet; None when the first look already
+            found some (then nothing bounds when the outputs began).
+        end: The first look that found every output.
+
+    Raises:
+        BenchError: "not measured": no look before the first output, or no output or no
+            time between the two looks. Never a window of 0 events or 0 seconds.
+    """
+    if start is None:
+        raise BenchError(
+            f"not measured: the first look at the output topics already found {end.count} "
+            "outputs, so nothing bounds when they began; run more events"
+        )
+    events, seconds = end.count - start.count, end.at - start.at
+    if events <= 0 or seconds <= 0:
+        raise BenchError(
+            f"not measured: {events} outputs in {seconds:.6f} s between the last look "
+            f"without output ({start}) and the last look ({end})"
+        )
+    return events, seconds, end.cpu_s - start.cpu_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,14 +335,16 @@ def run_contender(
         ]
         try:
             with ProcessTreeSampler([p.pid for p in procs]) as sampler:
-                first_at, first_count = _wait_for(
-                    procs, counter, 1, started + _FIRST_OUTPUT_TIMEOUT_S, launch.log_path
+                before, first = _wait_for(
+                    procs,
+                    counter,
+                    1,
+                    started + _FIRST_OUTPUT_TIMEOUT_S,
+                    launch.log_path,
+                    cpu=sampler.cpu_seconds,
                 )
-                first_cpu = sampler.cpu_seconds()
-                end_at, end_count = _wait_for(
-                    procs, counter, count, started + timeout_s, launch.log_path
-                )
-                end_cpu = sampler.cpu_seconds()
+                _, end = _wait_for(procs, counter, count, started + timeout_s, launch.log_path)
+                end = replace(end, cpu_s=sampler.cpu_seconds())
                 if before_stop is not None:
                     before_stop()
                 codes = _stop(procs)
@@ -304,16 +354,15 @@ def run_contender(
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-    events = end_count - first_count
-    seconds = max(end_at - first_at, 1e-9)
+    events, seconds, cpu_s = window(before, end)
     return RunFigures(
         events=events,
         seconds=seconds,
         throughput=events / seconds,
-        cpu_s_per_100k=(end_cpu - first_cpu) / max(events, 1) * 100_000,
+        cpu_s_per_100k=cpu_s / events * 100_000,
         peak_rss_mb=tree.peak_rss_mb,
         peak_rss_sum_mb=tree.peak_rss_sum_mb,
-        startup_s=first_at - started,
+        startup_s=first.at - started,
         exit_codes=codes,
     )
 
@@ -324,18 +373,25 @@ def _wait_for(
     target: int,
     deadline: float,
     log_path: Path,
-) -> tuple[float, int]:
-    """Poll the output count until it reaches `target`; return when (monotonic) and the count.
+    *,
+    cpu: Callable[[], float] | None = None,
+) -> tuple[Look | None, Look]:
+    """Poll the output count until it reaches `target`; return the last look short of it
+    (None if the first look reached it) and the first look that reached it.
+
+    `cpu`, if given, is read after every look short of `target` (the window's start).
 
     Raises:
         BenchError: The deadline passed, or every process exited short of `target`.
     """
+    short: Look | None = None
     while True:
         asked = time.monotonic()
         n = counter.count()
         now = time.monotonic()
         if n >= target:
-            return (asked + now) / 2, n
+            return short, Look((asked + now) / 2, n)
+        short = Look((asked + now) / 2, n, cpu() if cpu is not None else 0.0)
         if all(p.poll() is not None for p in procs) and counter.count() < target:
             raise BenchError(
                 f"the contender exited (codes {[p.returncode for p in procs]}) after {n} of "
