@@ -124,7 +124,12 @@ class ModelStore:
     def __init__(self, root: Path) -> None:
         self._root = Path(root)
         if not self._root.is_dir():
-            raise ConfigError(f"model store root must be an existing directory, got {root}")
+            shown = f"{root} ({self._root.absolute()})" if not self._root.is_absolute() else root
+            raise ConfigError(
+                f"model store root must be an existing directory, got {shown}; pass --models "
+                "DIR (a directory of <name>/<version>/model.onnx; the project's checkout has "
+                "example models in models/, made by `make models`)"
+            )
         self._real_root = self._root.resolve()
 
     @property

@@ -738,3 +738,14 @@ def test_a_pin_to_a_missing_version_is_a_load_error_not_a_silent_newest(
         make_cache().resolve("m", None)
     with pytest.raises(ModelLoadError, match=r"pinned to version '9' \(--pin\)"):
         make_cache(pins={"m": "9"}).resolve("m", None)
+
+
+def test_a_missing_store_names_its_absolute_path_and_the_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as refused:
+        ModelStore(Path("models"))
+    message = str(refused.value)
+    assert f"got models ({tmp_path / 'models'})" in message
+    assert "pass --models DIR" in message
