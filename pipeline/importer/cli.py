@@ -133,7 +133,8 @@ def _show(args: argparse.Namespace) -> int:
         return 0
     for info in infos:
         latest = " (latest)" if info.latest else ""
-        print(f"{info.name} version {info.version}{latest}")
+        pinned = " (pinned: events and requests without a version get it)" if info.pinned else ""
+        print(f"{info.name} version {info.version}{latest}{pinned}")
         body = info.manifest if info.manifest is not None else {"error": info.error}
         print("\n".join(f"  {k}: {json.dumps(v)}" for k, v in body.items()) or "  no manifest")
     return 0
@@ -156,7 +157,7 @@ def _print_infos(infos: Sequence[VersionInfo], *, as_json: bool) -> None:
     if as_json:
         print(json.dumps([i.to_json() for i in infos], indent=2))
         return
-    header = ("MODEL", "VERSION", "LATEST", "FEATURES", "SOURCE", "CONVERTER", "PARITY")
+    header = ("MODEL", "VERSION", "LATEST", "PINNED", "FEATURES", "SOURCE", "CONVERTER", "PARITY")
     print(_table([header, *(_info_row(i) for i in infos)]))
 
 
@@ -172,6 +173,7 @@ def _info_row(info: VersionInfo) -> tuple[str, ...]:
         info.name,
         info.version,
         "*" if info.latest else "",
+        "*" if info.pinned else "",
         features if info.error is None else "invalid manifest",
         source,
         converter,

@@ -1,18 +1,19 @@
 """What the model store holds, and whether each version loads the way the worker loads it.
 
-`list_models` and `show_model` only read directories and manifests. `validate` loads
+`list_models` and `show_model` only read directories, manifests and pins. `validate` loads
 every version through `pipeline.engine.models.ModelCache`, exactly as a worker would:
-safe paths, manifest, SHA-256 checksum (when the manifest has one), session and warm-up.
+safe paths, manifest, SHA-256 checksum (when the manifest has one), session and warm-up;
+and fails a model whose ``PINNED`` file names a version it cannot serve.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from pipeline.engine.models import ModelCache, ModelStore
+from pipeline.engine.models import PIN_FILE, ModelCache, ModelStore
 from pipeline.errors import ModelError
 
 __all__ = ["VersionCheck", "VersionInfo", "list_models", "show_model", "validate"]
@@ -25,9 +26,11 @@ class VersionInfo:
     Attributes:
         name: The model's name.
         version: The version's name.
-        latest: True for the version events without a version get.
+        latest: True for the newest version.
         manifest: The validated manifest (empty if none), or None if it is invalid.
         error: Why the manifest is invalid, if it is.
+        pinned: True for the version the model's ``PINNED`` file names: events and
+            requests without a version get it instead of the newest.
     """
 
     name: str
@@ -35,6 +38,7 @@ class VersionInfo:
     latest: bool
     manifest: dict[str, object] | None
     error: str | None
+    pinned: bool = False
 
     def to_json(self) -> dict[str, object]:
         """A JSON-ready dict of the fields."""
@@ -89,7 +93,13 @@ def show_model(root: Path, name: str) -> list[VersionInfo]:
     """
     store = ModelStore(root)
     versions = store.versions(name)
-    return [_info(store, name, v, latest=v == versions[-1]) for v in versions]
+    try:
+        pin = store.pinned(name)
+    except ModelError:  # `validate` says what is wrong with the pin
+        pin = None
+    return [
+        replace(_info(store, name, v, latest=v == versions[-1]), pinned=v == pin) for v in versions
+    ]
 
 
 def validate(root: Path, name: str | None = None) -> list[VersionCheck]:
@@ -102,7 +112,18 @@ def validate(root: Path, name: str | None = None) -> list[VersionCheck]:
     store = ModelStore(root)
     names = [name] if name is not None else store.names()
     cache = ModelCache(store, max_loaded=1)
-    return [_check(cache, n, v) for n in names for v in store.versions(n)]
+    checks = [_check(cache, n, v) for n in names for v in store.versions(n)]
+    return checks + [check for n in names if (check := _check_pin(store, n)) is not None]
+
+
+def _check_pin(store: ModelStore, name: str) -> VersionCheck | None:
+    """A failed check for a ``PINNED`` file that names no usable version (None if fine)."""
+    try:
+        store.pinned(name)
+    except ModelError as exc:
+        return VersionCheck(name=name, version=PIN_FILE, ok=False, checksum="unknown",
+                            n_features=None, load_ms=0.0, error=str(exc))  # fmt: skip
+    return None
 
 
 def _info(store: ModelStore, name: str, version: str, *, latest: bool) -> VersionInfo:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -20,6 +22,7 @@ from pipeline.engine import models
 from pipeline.engine.models import LoadedModel, ModelCache, ModelStore
 from pipeline.engine.signature import TensorSpec
 from pipeline.errors import ConfigError, ModelLoadError, ModelNotFoundError
+from tests.modelfactory import two_input_model
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "models"
 LOGREG = EXAMPLES / "breast-cancer-logreg" / "1"
@@ -749,3 +752,25 @@ def test_a_missing_store_names_its_absolute_path_and_the_flag(
     message = str(refused.value)
     assert f"got models ({tmp_path / 'models'})" in message
     assert "pass --models DIR" in message
+
+
+def test_list_show_and_validate_tell_the_pin(tmp_path: Path) -> None:
+    """`models list` and `show` mark the pinned version; `validate` fails a pin that names
+    a version the store does not have."""
+    store = tmp_path / "store"
+    for version in ("1", "2"):
+        two_input_model(store / "rec" / version)
+    (store / "rec" / "PINNED").write_text("1\n")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "pipeline", "models", *args, "--models", str(store)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+    listed = {(i["version"], i["pinned"]) for i in json.loads(run("list", "--json").stdout)}
+    assert listed == {("1", True), ("2", False)}
+    assert "rec version 1 (pinned" in run("show", "rec").stdout
+    assert run("validate", "rec").returncode == 0
+    (store / "rec" / "PINNED").write_text("7\n")
+    pinned_wrong = run("validate", "rec")
+    assert pinned_wrong.returncode == 1
+    assert "rec version PINNED" in pinned_wrong.stderr and "'7'" in pinned_wrong.stderr
