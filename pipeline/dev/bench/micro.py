@@ -23,7 +23,8 @@ import onnxruntime as ort
 
 from pipeline.dev.bench.events import DATASETS
 from pipeline.engine.codec import EventDecoder, encode_predictions
-from pipeline.engine.spec import ModelSpec
+from pipeline.engine.signature import Feed, TensorSpec, read_signature, zero_feed
+from pipeline.engine.spec import ModelSpec, is_vector_input
 from pipeline.errors import ModelNotFoundError
 
 __all__ = ["CodecFigures", "ModelFigures", "bench_codec", "bench_inference", "main"]
@@ -173,14 +174,9 @@ def bench_inference(
     results: dict[str, ModelFigures] = {}
     for model_file in sorted(models_dir.glob("*/1/model.onnx")):
         session = _single_thread_session(model_file)
-        first = session.get_inputs()[0]
-        width = first.shape[1] if isinstance(first.shape[1], int) else _N_FEATURES
+        inputs = read_signature(str(model_file), session.get_inputs(), ()).inputs
         rates = {
-            size: _rows_per_second(
-                session,
-                {first.name: rng.standard_normal((size, width)).astype(np.float32)},
-                seconds_per_point,
-            )
+            size: _rows_per_second(session, _feed(inputs, size, rng), seconds_per_point)
             for size in batch_sizes
         }
         speedup = rates[256] / rates[1] if 256 in rates and 1 in rates else None
@@ -189,6 +185,16 @@ def bench_inference(
             "speedup_256_over_1": speedup,
         }
     return results
+
+
+def _feed(inputs: Sequence[TensorSpec], rows: int, rng: np.random.Generator) -> Feed:
+    """Rows to time a model on: standard-normal features for a vector model, zeros (empty
+    strings) of each input's type and shape for any other."""
+    if not is_vector_input(tuple(inputs)):
+        return zero_feed(inputs, rows)
+    (vector,) = inputs
+    width = vector.shape[0] or _N_FEATURES
+    return {vector.name: rng.standard_normal((rows, width)).astype(vector.dtype)}
 
 
 def _codec_table(figures: CodecFigures) -> list[str]:
