@@ -29,15 +29,24 @@ from .conftest import Server, start_server
 
 X = np.array([[0.5, 1.25, -2.0], [1, 2, 3]], dtype=np.float32)
 CAT = np.array([[7], [3]], dtype=np.int64)
-KINDS = {  # input name -> (datatype, one row's two values)
+KINDS = {  # input name -> (datatype, one row's two values): every element type
     "i8": ("INT8", [-128, 127]),
-    "u16": ("UINT16", [0, 65535]),
+    "i16": ("INT16", [-32768, 32767]),
+    "i32": ("INT32", [-(2**31), 7]),
     "i64": ("INT64", [2**62, -5]),
+    "u8": ("UINT8", [0, 255]),
+    "u16": ("UINT16", [0, 65535]),
+    "u32": ("UINT32", [2**32 - 1, 1]),
+    "u64": ("UINT64", [2**63 + 5, 1]),
     "f16": ("FP16", [1.5, -2.25]),
+    "f32": ("FP32", [0.5, -1.25]),
     "f64": ("FP64", [0.1, 1e300]),
     "b": ("BOOL", [True, False]),
     "s": ("BYTES", ["DE", "naïve"]),
 }
+DTYPES = {"INT8": "<i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "UINT8": "<u1",
+          "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "FP16": "<f2", "FP32": "<f4",
+          "FP64": "<f8", "BOOL": "?"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +102,7 @@ def test_v2_binary_tensors_of_every_kind_come_back_in_their_own_datatype(typed: 
         if datatype == "BYTES":
             blob = b"".join(struct.pack("<I", len(v.encode())) + v.encode() for v in values)
         else:
-            dtype = {"INT8": "<i1", "UINT16": "<u2", "INT64": "<i8", "FP16": "<f2",
-                     "FP64": "<f8", "BOOL": "?"}[datatype]  # fmt: skip
-            blob = np.array([values], dtype=dtype).tobytes()
+            blob = np.array([values], dtype=DTYPES[datatype]).tobytes()
         inputs.append({"name": name, "datatype": datatype, "shape": [1, 2],
                        "parameters": {"binary_data_size": len(blob)}})  # fmt: skip
         blobs.append(blob)
@@ -171,21 +178,39 @@ def test_grpc_typed_and_raw_contents_equal_onnx_runtime(typed: Server) -> None:
             reply = stub.ModelInfer(request)
             got = np.frombuffer(reply.raw_output_contents[0], dtype="<f4").reshape(2, 1)
             assert got.tolist() == expected.tolist()
-        strings = inference_pb2.ModelInferRequest(model_name="kinds")
+        fields = {"INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+                  "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
+                  "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
+                  "FP64": "fp64_contents", "BOOL": "bool_contents", "BYTES": "bytes_contents"}  # fmt: skip
+        typed_kinds = inference_pb2.ModelInferRequest(model_name="kinds")
+        raw_kinds = inference_pb2.ModelInferRequest(model_name="kinds")
         for name, (datatype, values) in KINDS.items():
-            tensor = strings.inputs.add(name=name, datatype=datatype, shape=[1, 2])
-            field = {"INT8": "int_contents", "UINT16": "uint_contents", "INT64": "int64_contents",
-                     "FP64": "fp64_contents", "BOOL": "bool_contents",
-                     "BYTES": "bytes_contents"}.get(datatype)  # fmt: skip
-            if field is None:  # FP16 has no typed contents field: all inputs then go raw
-                break
-            getattr(tensor.contents, field).extend(
-                [v.encode() for v in values] if datatype == "BYTES" else values
+            tensor = typed_kinds.inputs.add(name=name, datatype=datatype, shape=[1, 2])
+            if datatype in fields:
+                getattr(tensor.contents, fields[datatype]).extend(
+                    [v.encode() for v in values] if datatype == "BYTES" else values
+                )
+            raw_kinds.inputs.add(name=name, datatype=datatype, shape=[1, 2])
+            raw_kinds.raw_input_contents.append(
+                b"".join(struct.pack("<I", len(v.encode())) + v.encode() for v in values)
+                if datatype == "BYTES"
+                else np.array([values], dtype=DTYPES[datatype]).tobytes()
             )
-        with pytest.raises(grpc.RpcError) as refused:
-            stub.ModelInfer(strings)
+        with pytest.raises(grpc.RpcError) as refused:  # FP16 has no typed contents field
+            stub.ModelInfer(typed_kinds)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "FP16 tensors must come as raw_input_contents" in (refused.value.details() or "")
+        reply = stub.ModelInfer(raw_kinds)
+        for out, raw in zip(reply.outputs, reply.raw_output_contents, strict=True):
+            datatype, values = KINDS[out.name.removesuffix("_out")]
+            assert out.datatype == datatype and list(out.shape) == [1, 2], out.name
+            if datatype == "BYTES":
+                got: list[Any] = [raw[4:6].decode(), raw[10:].decode()]
+                assert got == values
+            else:
+                got = np.frombuffer(raw, dtype=DTYPES[datatype]).tolist()
+                want = [float(np.float16(v)) for v in values] if datatype == "FP16" else values
+                assert got == want, out.name
 
 
 def test_v1_rows_as_objects_and_the_seed_api_refuses_a_typed_model(typed: Server) -> None:

@@ -19,13 +19,17 @@ from tests.modelfactory import identity_model, sequence_model, two_input_model
 from .conftest import Pipeline
 from .kafkaio import Accounting, read_all, send
 
-KINDS = {  # datatype -> one row's value for a per-row shape of [2]
+KINDS = {  # every element type -> one row's value for a per-row shape of [2]
     "FP16": [1.5, -2.25],
+    "FP32": [0.5, -3.0e38],
     "FP64": [0.1, 1e300],
     "INT8": [-128, 127],
+    "INT16": [-32768, 32767],
     "INT32": [7, -7],
     "INT64": [2**62, -(2**62)],
     "UINT8": [0, 255],
+    "UINT16": [0, 65535],
+    "UINT32": [2**32 - 1, 3],
     "UINT64": [2**63 + 5, 1],
     "BOOL": [True, False],
     "BYTES": ["DE", "card-present"],
