@@ -53,7 +53,10 @@ test: install $(TRITON)/.installed ## start the local broker unless KAFKA_BOOTST
 		trap '$(PIPELINE) kafka stop --data-dir $(TEST_DATA)' EXIT; \
 	fi; \
 	bootstrap=$$($(PIPELINE) kafka status --data-dir $(TEST_DATA) | sed -E 's/^running at ([^ ]+).*/\1/'); \
-	KAFKA_BOOTSTRAP_SERVERS=$$bootstrap $(PY) -m pytest $(PYTEST_ARGS)
+	if [ -n "$(PYTEST_ARGS)" ]; then KAFKA_BOOTSTRAP_SERVERS=$$bootstrap $(PY) -m pytest $(PYTEST_ARGS); exit $$?; fi; \
+	$(PY) -m pytest tests/unit -n $(CHECK_WORKERS); unit=$$?; \
+	KAFKA_BOOTSTRAP_SERVERS=$$bootstrap $(PY) -m pytest --ignore=tests/unit; rest=$$?; \
+	exit $$(( unit > rest ? unit : rest ))
 
 lint: install ## ruff and mypy --strict on pipeline/
 	$(VENV)/bin/ruff check pipeline tests scripts examples
