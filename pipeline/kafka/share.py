@@ -340,14 +340,12 @@ class ShareWorker:
             )
 
     def _acknowledge(self, consumer: ShareConsumer, acks: _Acks, unacknowledged: int) -> None:
-        """Accept what was finished, release the rest; send the acknowledgements now."""
-        counts = {"accepted": 0, "released": 0}
+        """Acknowledge each record with the kind decided; send the acknowledgements now."""
+        counts = dict.fromkeys(_ACK_TYPES, 0)
         for key, msg in acks.records.items():
-            accepted = key in acks.accepted and key not in acks.released
-            consumer.acknowledge(
-                msg, AcknowledgeType.ACCEPT if accepted else AcknowledgeType.RELEASE
-            )
-            counts["accepted" if accepted else "released"] += 1
+            kind = acks.kind(key)
+            consumer.acknowledge(msg, _ACK_TYPES[kind])
+            counts[kind] += 1
         if unacknowledged:
             log.warning(
                 "%d outputs unacknowledged after %.0f s: their records are released",

@@ -22,8 +22,10 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from tests.integration.test_metrics import scrape, total, wait_ready
+
 from .conftest import Pipeline
-from .kafkaio import Accounting, good_events, read_all, send, wait_for_outputs
+from .kafkaio import Accounting, free_port, good_events, read_all, send, wait_for_outputs
 
 MLP = "breast-cancer-mlp"
 SHARE = ("--group-type", "share", "--default-model", MLP)
@@ -206,3 +208,37 @@ def test_attempts_the_broker_would_not_allow_are_refused_before_joining(
     worker = p.start_worker(*SHARE, "--max-delivery-attempts", "10")
     assert worker.wait(timeout_s=90) == 3, worker.log[-3000:]
     assert "Pass --max-delivery-attempts 4 or less" in worker.log
+
+
+def refuse_every_record(p: Pipeline, topic: str) -> None:
+    """Make the broker refuse every record written to `topic` (max.message.bytes 1)."""
+    admin = AdminClient({"bootstrap.servers": p.bootstrap})
+    entry = ConfigEntry("max.message.bytes", "1", incremental_operation=AlterConfigOpType.SET)
+    resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[entry])
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=30)
+
+
+def test_a_record_whose_dead_letter_fails_too_is_rejected_and_counted(
+    share_pipeline: Callable[..., Pipeline],
+) -> None:
+    p = share_pipeline(partitions=1)
+    lock_for(p, 2000)
+    refuse_every_record(p, p.dlq)
+    poison, fresh = good_events(2)
+    send(p.bootstrap, p.input, [poison])
+    assert fail_deliveries(p, 4) == [1, 2, 3, 4]  # the 5th, the last, is the worker's
+    port = free_port()
+    worker = p.start_worker(*SHARE, "--max-delivery-attempts", "4", "--metrics-port", str(port))
+    wait_ready(port, worker)
+    send(p.bootstrap, p.input, [fresh])
+    wait_for_outputs(p.bootstrap, p.output, 1)
+    deadline = time.monotonic() + 30
+    while total(m := scrape(port), "pipeline_share_acknowledgements_total") < 2:
+        assert time.monotonic() < deadline, worker.log[-3000:]
+        time.sleep(0.2)
+    assert worker.stop(signal.SIGTERM, timeout_s=30)[0] == 0
+    acks = {kind: total(m, "pipeline_share_acknowledgements_total", kind=kind)
+            for kind in ("accepted", "released", "rejected")}  # fmt: skip
+    assert acks == {"accepted": 1, "released": 0, "rejected": 1}, worker.log[-3000:]
+    assert "and so did its dead letter: rejecting it" in worker.log
