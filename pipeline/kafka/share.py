@@ -38,6 +38,7 @@ from pipeline.config import WorkerConfig
 from pipeline.engine.codec import EventDecoder
 from pipeline.engine.engine import Engine, Outcome
 from pipeline.errors import KafkaError
+from pipeline.kafka.clientlog import client_settings
 from pipeline.kafka.outputs import Outputs, Owed, now_ms, usable_record
 from pipeline.kafka.sharegroup import agree_delivery_limit, set_offset_reset
 from pipeline.kafka.topics import ensure_topics
@@ -155,11 +156,7 @@ class ShareWorker:
         self._stats = stats
         self._sensor = Sensors([stats, *sensors])
         self.readiness = readiness or Readiness()
-        self._common: dict[str, Any] = {
-            **config.kafka,
-            "bootstrap.servers": config.bootstrap_servers,
-            "logger": logging.getLogger("librdkafka"),
-        }
+        self._common = client_settings(config.bootstrap_servers, config.kafka)
         self._decoder = EventDecoder(catalog=engine.models, default_model=config.default_model)
         self._outcomes: list[
             Outcome[tuple[Owed, list[Message], list[int], list[str], list[int]]]
@@ -208,7 +205,7 @@ class ShareWorker:
             KafkaError: the broker cannot be reached or refuses the share group.
         """
         cfg = self.config
-        admin = AdminClient({**cfg.kafka, "bootstrap.servers": cfg.bootstrap_servers})
+        admin = AdminClient(dict(self._common))
         ensure_topics(
             admin,
             cfg.bootstrap_servers,
