@@ -27,7 +27,7 @@ from pipeline.errors import PipelineError
 from pipeline.exitcodes import exit_code
 from pipeline.importer.cli import add_models_parser
 from pipeline.kafka.cli import add_run_parser
-from pipeline.logs import setup_logging
+from pipeline.logs import report_error, setup_logging
 from pipeline.serve.cli import add_serve_parser
 from pipeline.version import VersionAction
 
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = 0
     except (PipelineError, KeyboardInterrupt) as exc:
         if isinstance(exc, PipelineError):
-            print(f"error: {exc}", file=sys.stderr)
+            report_error(str(exc))
         code = exit_code(exc)
     worker = sys.modules.get("pipeline.kafka.worker")  # loaded only if this command ran one
     if worker is not None:

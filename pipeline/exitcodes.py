@@ -80,7 +80,7 @@ EXIT_CODES: Final = (
     ExitCode(
         BROKER_UNREACHABLE,
         "broker-unreachable",
-        "no broker answered within 15 s: the address, the network or the `-X` security settings",
+        "no broker answered within 10 s: the address, the network or the `-X` security settings",
         True,
     ),
     ExitCode(

@@ -11,7 +11,7 @@ import sys
 
 from pipeline.logformat import JsonFormatter
 
-__all__ = ["setup_logging"]
+__all__ = ["report_error", "setup_logging"]
 
 
 def setup_logging(*, prefix: str = "", level: int = logging.INFO, fmt: str = "text") -> None:
@@ -24,3 +24,12 @@ def setup_logging(*, prefix: str = "", level: int = logging.INFO, fmt: str = "te
             logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s")
         )
     logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def report_error(message: str) -> None:
+    """A command's closing error: ``error: <message>`` on stderr, or, once logging is set
+    to ``json``, an error record like every other line."""
+    if any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
+        logging.getLogger("pipeline").error("%s", message)
+    else:
+        print(f"error: {message}", file=sys.stderr)

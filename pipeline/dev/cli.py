@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,19 +12,23 @@ from pipeline.dev.localkafka import DEFAULT_DATA_DIR, DEFAULT_PORT, LocalKafka
 from pipeline.errors import ConfigError
 from pipeline.flags import add_config_flag, add_property_flags
 from pipeline.kafka.cli import DEFAULT_BOOTSTRAP
+from pipeline.logs import setup_logging
 
 __all__ = ["add_client_parsers", "add_kafka_parser"]
 
 
 def _client_settings(args: argparse.Namespace) -> WorkerConfig:
     """The Kafka settings produce and consume share with `pipeline run`: bootstrap servers
-    and librdkafka properties from flags, environment and the --config file."""
+    and librdkafka properties from flags, environment and the --config file. Logs
+    librdkafka's warnings, each repeated one once, as `pipeline run` does."""
     flags: dict[str, object] = {}
     if args.bootstrap_servers:
         flags["bootstrap_servers"] = args.bootstrap_servers
     if getattr(args, "allow_unsafe_kafka_properties", False):
         flags["allow_unsafe_kafka_properties"] = True
-    return load_config(flags, config_file=args.config, properties=args.X)
+    settings = load_config(flags, config_file=args.config, properties=args.X)
+    setup_logging(level=logging.WARNING)
+    return settings
 
 
 def _produce(args: argparse.Namespace) -> int:

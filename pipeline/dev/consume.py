@@ -31,6 +31,8 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaExcepti
 from confluent_kafka import KafkaError as RdKafkaError
 
 from pipeline.errors import ConfigError, KafkaError
+from pipeline.kafka.clientlog import client_settings
+from pipeline.kafka.topics import admin_client, reach
 
 __all__ = ["ConsumeOptions", "consume", "parse_offset", "record"]
 
@@ -111,8 +113,12 @@ def consume(
     """Print records as `options` say until they say stop; return how many were printed.
 
     Raises:
+        BrokerUnreachable: no broker answered.
         KafkaError: the topic's partitions could not be read, or a fatal client error.
     """
+    # An unreachable broker: one line, exit 4. An admin client's log lines wait until it
+    # is polled, so librdkafka's own "Connection refused" does not come before it.
+    reach(admin_client(bootstrap_servers, kafka), bootstrap_servers)
     consumer = Consumer(_settings(options, bootstrap_servers, kafka))
     reader = _Reader(options, consumer, out)
     try:
@@ -135,8 +141,7 @@ def _settings(
         "enable.auto.commit": options.group is not None,
         "enable.partition.eof": True,
         "isolation.level": options.isolation,
-        **kafka,
-        "bootstrap.servers": bootstrap_servers,
+        **client_settings(bootstrap_servers, kafka),
     }
 
 

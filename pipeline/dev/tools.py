@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 
 from pipeline.errors import ConfigError, DeliveryFailed
+from pipeline.kafka.clientlog import client_settings
+from pipeline.kafka.topics import reach
 
 __all__ = ["Record", "parse_headers", "produce", "synthetic_events"]
 
@@ -130,6 +132,7 @@ def produce(
 
     Raises:
         ConfigError: no source, or a key delimiter with synthetic events.
+        BrokerUnreachable: no broker answered.
         DeliveryFailed: deliveries failed.
     """
     if synthetic is None and source is None:
@@ -146,8 +149,10 @@ def produce(
     where: dict[str, Any] = {"headers": list(headers) or None}
     if partition is not None:
         where["partition"] = partition
-    producer = Producer({"linger.ms": 5, "enable.idempotence": True, **kafka,
-                         "bootstrap.servers": bootstrap_servers})  # fmt: skip
+    producer = Producer(
+        {"linger.ms": 5, "enable.idempotence": True, **client_settings(bootstrap_servers, kafka)}
+    )
+    reach(producer, bootstrap_servers)  # an unreachable broker: one line, exit 4, not 60 s
     failed: list[str] = []
 
     def delivered(err: Any, _msg: Any) -> None:
@@ -166,6 +171,13 @@ def produce(
                 break
             except BufferError:
                 producer.poll(0.05)
+            except KafkaException as exc:  # the producer knows at once: no such partition
+                producer.flush(10)
+                raise DeliveryFailed(
+                    f"event {sent + 1} could not be sent to {topic} ({exc.args[0]}); "
+                    f"{sent - len(failed) - len(producer)} sent before it; check the "
+                    "topic and --partition"
+                ) from exc
         sent += 1
         producer.poll(0)
         if time.monotonic() - last_progress >= _PROGRESS_EVERY_S:

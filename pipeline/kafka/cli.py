@@ -84,7 +84,7 @@ def _add_worker_flags(add: Callable[..., Any]) -> None:
         "--max-delivery-attempts",
         type=int,
         help="share groups: a record acquired more often than this goes to the dead-letter "
-        "topic (default: 5)",
+        "topic; sets the group's share.delivery.count.limit to this + 1 (default: 5)",
     )
     add("--workers", type=int, metavar="N", help="worker processes in this group (default: 1)")
     add(

@@ -12,8 +12,11 @@ its output was acknowledged, *released* if its output failed (another worker, or
 gets it again). A record acquired more than ``--max-delivery-attempts`` times (it keeps
 coming back: its worker crashed or its outputs kept failing) goes straight to the
 dead-letter topic (stage ``deliver``, with ``pipeline.delivery.count``) and is accepted, so
-a poison record cannot loop; if even that dead letter cannot be written, it is *rejected*
-(the broker archives it; it stays readable in the input topic) and logged.
+a poison record cannot loop. That delivery is the last the broker makes: the worker sets the
+group's ``share.delivery.count.limit`` to ``--max-delivery-attempts`` + 1
+(`pipeline.kafka.sharegroup`), since past it the broker archives a record unseen. If even
+the dead letter cannot be written, the record is *rejected* (the broker archives it; it
+stays readable in the input topic) and logged.
 
 The guarantee is at-least-once: a record whose worker dies after producing its output but
 before acknowledging it is delivered again. ``--offset-reset`` sets the group's
@@ -29,19 +32,15 @@ from typing import Any
 
 from confluent_kafka import AcknowledgeType, Message, Producer, ShareConsumer, TopicPartition
 from confluent_kafka import KafkaError as RdKafkaError
-from confluent_kafka.admin import (  # type: ignore[attr-defined]
-    AdminClient,
-    AlterConfigOpType,
-    ConfigEntry,
-    ConfigResource,
-    ResourceType,
-)
+from confluent_kafka.admin import AdminClient
 
 from pipeline.config import WorkerConfig
 from pipeline.engine.codec import EventDecoder
 from pipeline.engine.engine import Engine, Outcome
 from pipeline.errors import KafkaError
+from pipeline.kafka.clientlog import client_settings
 from pipeline.kafka.outputs import Outputs, Owed, now_ms, usable_record
+from pipeline.kafka.sharegroup import agree_delivery_limit, set_offset_reset
 from pipeline.kafka.topics import ensure_topics
 from pipeline.metrics import Sensor, Sensors
 from pipeline.metrics.health import Readiness
@@ -157,11 +156,7 @@ class ShareWorker:
         self._stats = stats
         self._sensor = Sensors([stats, *sensors])
         self.readiness = readiness or Readiness()
-        self._common: dict[str, Any] = {
-            **config.kafka,
-            "bootstrap.servers": config.bootstrap_servers,
-            "logger": logging.getLogger("librdkafka"),
-        }
+        self._common = client_settings(config.bootstrap_servers, config.kafka)
         self._decoder = EventDecoder(catalog=engine.models, default_model=config.default_model)
         self._outcomes: list[
             Outcome[tuple[Owed, list[Message], list[int], list[str], list[int]]]
@@ -169,6 +164,8 @@ class ShareWorker:
         self._acks: _Acks | None = None
         self._stopping = False
         self._fatal: KafkaError | None = None
+        # The last delivery the broker makes (agreed with the group in run()).
+        self._last_delivery = config.max_delivery_attempts + 1
 
     def stop(self, *_: object) -> None:
         """Stop after the current poll's records are finished."""
@@ -187,7 +184,7 @@ class ShareWorker:
         if self._acks is None:
             return
         count = msg.delivery_count() or 1
-        give_up = count > self.config.max_delivery_attempts
+        give_up = count >= self._last_delivery
         where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
         if give_up:
             log.error(
@@ -208,7 +205,7 @@ class ShareWorker:
             KafkaError: the broker cannot be reached or refuses the share group.
         """
         cfg = self.config
-        admin = AdminClient({**cfg.kafka, "bootstrap.servers": cfg.bootstrap_servers})
+        admin = AdminClient(dict(self._common))
         ensure_topics(
             admin,
             cfg.bootstrap_servers,
@@ -218,7 +215,8 @@ class ShareWorker:
             replication_factor=cfg.replication_factor,
             min_insync_replicas=cfg.min_insync_replicas,
         )
-        _set_offset_reset(admin, cfg.group_id, cfg.offset_reset)
+        set_offset_reset(admin, cfg.group_id, cfg.offset_reset)
+        self._last_delivery = agree_delivery_limit(admin, cfg.group_id, cfg.max_delivery_attempts)
         producer = Producer({"enable.idempotence": True, "linger.ms": 2, **self._common})
         committer = _ShareCommitter(self, producer)
         outputs = Outputs(
@@ -278,10 +276,11 @@ class ShareWorker:
             fresh = []
             for m in run:
                 count = m.delivery_count() or 1
-                if count > self.config.max_delivery_attempts:
+                if count >= self._last_delivery:
                     message = (
                         f"acquired {count} times (more than --max-delivery-attempts "
-                        f"{self.config.max_delivery_attempts}): its outputs never landed"
+                        f"{self.config.max_delivery_attempts}, and the group's last "
+                        "delivery): its outputs never landed"
                     )
                     outputs.dead_letter(
                         m,
@@ -340,14 +339,12 @@ class ShareWorker:
             )
 
     def _acknowledge(self, consumer: ShareConsumer, acks: _Acks, unacknowledged: int) -> None:
-        """Accept what was finished, release the rest; send the acknowledgements now."""
-        counts = {"accepted": 0, "released": 0}
+        """Acknowledge each record with the kind decided; send the acknowledgements now."""
+        counts = dict.fromkeys(_ACK_TYPES, 0)
         for key, msg in acks.records.items():
-            accepted = key in acks.accepted and key not in acks.released
-            consumer.acknowledge(
-                msg, AcknowledgeType.ACCEPT if accepted else AcknowledgeType.RELEASE
-            )
-            counts["accepted" if accepted else "released"] += 1
+            kind = acks.kind(key)
+            consumer.acknowledge(msg, _ACK_TYPES[kind])
+            counts[kind] += 1
         if unacknowledged:
             log.warning(
                 "%d outputs unacknowledged after %.0f s: their records are released",
@@ -362,25 +359,6 @@ class ShareWorker:
     def _finished(self, owed: Owed, offsets: Sequence[int]) -> None:
         if self._acks is not None:
             self._acks.finished(owed, offsets)
-
-
-def _set_offset_reset(admin: AdminClient, group: str, reset: str) -> None:
-    """Map --offset-reset to the share group's ``share.auto.offset.reset``."""
-    entry = ConfigEntry(
-        "share.auto.offset.reset", reset, incremental_operation=AlterConfigOpType.SET
-    )
-    resource = ConfigResource(ResourceType.GROUP, group, incremental_configs=[entry])
-    try:
-        for future in admin.incremental_alter_configs([resource]).values():
-            future.result(timeout=30)
-    except Exception as exc:  # an ACL or an old broker: the group keeps its own setting
-        log.warning(
-            "could not set share.auto.offset.reset=%s on share group %s (%s); it keeps "
-            "its current setting (the broker's default is latest)",
-            reset,
-            group,
-            exc,
-        )
 
 
 def _close(consumer: ShareConsumer) -> None:

@@ -8,21 +8,43 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ClusterMetadata,
+    NewTopic,
+)
 
 from pipeline.errors import BrokerUnreachable, KafkaError
+from pipeline.kafka.clientlog import client_settings, serve_logs
 
-__all__ = ["admin_client", "ensure_topics", "replication_for"]
+__all__ = ["CONNECT_TIMEOUT_S", "admin_client", "ensure_topics", "reach", "replication_for"]
 
 log = logging.getLogger("pipeline.topics")
-_CONNECT_TIMEOUT_S = 15.0
+# With a command's start-up before it, an unreachable broker is reported within 15 s.
+CONNECT_TIMEOUT_S = 10.0
 _PROPAGATION_TIMEOUT_S = 30.0  # a new topic reaches every node's metadata well within this
 
 
 def admin_client(bootstrap_servers: str, kafka: Mapping[str, str]) -> AdminClient:
     """An AdminClient with the user's librdkafka properties (SASL, TLS) applied."""
-    settings: dict[str, Any] = {**kafka, "bootstrap.servers": bootstrap_servers}
-    return AdminClient(settings)
+    return AdminClient(client_settings(bootstrap_servers, kafka))
+
+
+def reach(client: Any, bootstrap_servers: str) -> ClusterMetadata:
+    """The cluster's metadata, asked of `client` (any Kafka client) within
+    `CONNECT_TIMEOUT_S`.
+
+    Raises:
+        BrokerUnreachable: no broker answered in time.
+    """
+    try:
+        meta: ClusterMetadata = client.list_topics(timeout=CONNECT_TIMEOUT_S)
+    except KafkaException as exc:
+        raise BrokerUnreachable(
+            f"could not reach Kafka at {bootstrap_servers} within {CONNECT_TIMEOUT_S:.0f} s "
+            f"({exc.args[0]}); check --bootstrap-servers and the -X security settings"
+        ) from exc
+    return meta
 
 
 def ensure_topics(
@@ -45,13 +67,8 @@ def ensure_topics(
         KafkaError: a topic is missing and
             `create` is off, or the broker refuses to create it.
     """
-    try:
-        meta = admin.list_topics(timeout=_CONNECT_TIMEOUT_S)
-    except KafkaException as exc:
-        raise BrokerUnreachable(
-            f"could not reach Kafka at {bootstrap_servers} within {_CONNECT_TIMEOUT_S:.0f} s "
-            f"({exc.args[0]}); check --bootstrap-servers and the -X security settings"
-        ) from exc
+    meta = reach(admin, bootstrap_servers)
+    serve_logs(admin)
     wanted = list(dict.fromkeys(topics))
     missing = [t for t in wanted if t not in meta.topics]
     if missing and not create:
@@ -92,7 +109,7 @@ def _partitions_once_known(admin: AdminClient, topics: list[str]) -> dict[str, i
     """
     deadline = time.monotonic() + _PROPAGATION_TIMEOUT_S
     while True:
-        known = admin.list_topics(timeout=_CONNECT_TIMEOUT_S).topics
+        known = admin.list_topics(timeout=CONNECT_TIMEOUT_S).topics
         counts = {t: len(known[t].partitions) for t in topics if t in known}
         pending = [t for t in topics if not counts.get(t) or known[t].error is not None]
         if not pending or time.monotonic() > deadline:

@@ -45,6 +45,7 @@ from pipeline.engine.models import ModelCache, ModelStore
 from pipeline.engine.setup import build_engine, warm_up
 from pipeline.engine.spec import ModelSpec
 from pipeline.errors import KafkaError
+from pipeline.kafka.clientlog import client_settings
 from pipeline.kafka.committer import (
     DRAIN_TIMEOUT_S,
     AtLeastOnceCommitter,
@@ -144,11 +145,7 @@ class Worker:
         self._sensor = Sensors([self._stats, *sensors])
         self.readiness = readiness or Readiness(stale_after_s=_STALE_AFTER_S)
         statistics = {"statistics.interval.ms": lag_interval_ms, "stats_cb": self._on_stats}
-        self._common: dict[str, Any] = {
-            **config.kafka,
-            "bootstrap.servers": config.bootstrap_servers,
-            "logger": logging.getLogger("librdkafka"),  # one log format for everything
-        }
+        self._common = client_settings(config.bootstrap_servers, config.kafka)
         self._consumer = self._clients.consumer(
             {
                 "group.id": config.group_id,
@@ -253,7 +250,7 @@ class Worker:
         """
         cfg = self.config
         ensure_topics(
-            self._clients.admin({**cfg.kafka, "bootstrap.servers": cfg.bootstrap_servers}),
+            self._clients.admin(dict(self._common)),
             cfg.bootstrap_servers,
             [*cfg.input_topics, cfg.output_topic, cfg.dlq_topic],
             create=cfg.create_topics,

@@ -191,9 +191,13 @@ def test_produce_and_consume_read_the_settings_file_like_run(
     assert len(shown.stdout.splitlines()) == 3
 
 
-def test_produce_that_cannot_deliver_exits_5() -> None:
-    done = _pipeline("produce", "--bootstrap-servers", "127.0.0.1:1", "--synthetic", "m",
+def test_produce_that_cannot_deliver_exits_5(
+    kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    # The broker answers, but the topic has no partition 7: nothing can be delivered.
+    done = _pipeline("produce", "--bootstrap-servers", kafka_bootstrap, "--topic",
+                     make_topic(partitions=1), "--partition", "7", "--synthetic", "m",
                      "--count", "2", "-X", "message.timeout.ms=2000")  # fmt: skip
 
     assert done.returncode == exitcodes.DELIVERY_FAILED == 5, done.stderr
-    assert "2 of 2 events were not delivered" in done.stderr
+    assert "event 1 could not be sent" in done.stderr and "--partition" in done.stderr

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import orjson
 import pytest
+from confluent_kafka import AcknowledgeType, ShareConsumer
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -21,8 +22,10 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from tests.integration.test_metrics import scrape, total, wait_ready
+
 from .conftest import Pipeline
-from .kafkaio import Accounting, good_events, read_all, send, wait_for_outputs
+from .kafkaio import Accounting, free_port, good_events, read_all, send, wait_for_outputs
 
 MLP = "breast-cancer-mlp"
 SHARE = ("--group-type", "share", "--default-model", MLP)
@@ -70,6 +73,31 @@ def lock_for(p: Pipeline, ms: int) -> None:
         [ConfigResource(ResourceType.GROUP, p.group, incremental_configs=entries)]
     ).values():
         future.result(timeout=30)
+
+
+def fail_deliveries(p: Pipeline, times: int, timeout_s: float = 60.0) -> list[int]:
+    """Acquire the group's records and release each one, `times` deliveries in all, as a
+    worker whose outputs keep failing does; return the delivery counts the broker gave."""
+    consumer = ShareConsumer(
+        {
+            "bootstrap.servers": p.bootstrap,
+            "group.id": p.group,
+            "share.acknowledgement.mode": "explicit",
+        }
+    )
+    consumer.subscribe([p.input])
+    counts: list[int] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(counts) < times and time.monotonic() < deadline:
+            for m in consumer.poll(0.5):
+                if m.error() is None:
+                    counts.append(m.delivery_count() or 0)
+                    consumer.acknowledge(m, AcknowledgeType.RELEASE)
+            consumer.commit_sync()
+    finally:
+        consumer.close()
+    return counts
 
 
 def ids_of(events: list[tuple[bytes, bytes]]) -> list[str]:
@@ -146,3 +174,71 @@ def test_a_record_delivered_too_often_ends_in_the_dlq_with_its_count(
         assert int(letter.headers["pipeline.delivery.count"] or b"0") >= 2
         assert letter.value  # the original event, to replay
     print(f"share group: {len(dead)} records dead-lettered after a kill, others predicted")
+
+
+def test_a_record_that_fails_every_time_ends_as_one_dead_letter(
+    share_pipeline: Callable[..., Pipeline],
+) -> None:
+    p = share_pipeline(partitions=1)
+    lock_for(p, 2000)
+    first = p.start_worker(*SHARE)  # a worker has agreed its limit with the group
+    first.wait_for_log("share-group worker starting", timeout_s=90)
+    assert first.stop(signal.SIGTERM, timeout_s=30)[0] == 0
+    poison, fresh = good_events(2)
+    send(p.bootstrap, p.input, [poison])
+    # Each of the --max-delivery-attempts (5) deliveries fails and releases the record.
+    assert fail_deliveries(p, 5) == [1, 2, 3, 4, 5]
+    worker = p.start_worker(*SHARE)
+    send(p.bootstrap, p.input, [fresh])
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=2, timeout_s=60, settle_s=3)
+    assert worker.stop(signal.SIGTERM, timeout_s=30)[0] == 0
+    dead = [r for r in out if r.topic == p.dlq]
+    assert [r.value for r in dead] == [poison[1]], worker.log[-3000:]
+    assert dead[0].headers["pipeline.error.type"] == b"TooManyDeliveries"
+    assert dead[0].headers["pipeline.delivery.count"] == b"6"
+    assert [r.json["id"] for r in out if r.topic == p.output] == ids_of([fresh])
+
+
+def test_attempts_the_broker_would_not_allow_are_refused_before_joining(
+    share_pipeline: Callable[..., Pipeline],
+) -> None:
+    p = share_pipeline(partitions=1)
+    # 10 attempts need share.delivery.count.limit 11, above the broker's maximum (10): the
+    # group keeps 5 and would archive a failing record before its dead letter.
+    worker = p.start_worker(*SHARE, "--max-delivery-attempts", "10")
+    assert worker.wait(timeout_s=90) == 3, worker.log[-3000:]
+    assert "Pass --max-delivery-attempts 4 or less" in worker.log
+
+
+def refuse_every_record(p: Pipeline, topic: str) -> None:
+    """Make the broker refuse every record written to `topic` (max.message.bytes 1)."""
+    admin = AdminClient({"bootstrap.servers": p.bootstrap})
+    entry = ConfigEntry("max.message.bytes", "1", incremental_operation=AlterConfigOpType.SET)
+    resource = ConfigResource(ResourceType.TOPIC, topic, incremental_configs=[entry])
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=30)
+
+
+def test_a_record_whose_dead_letter_fails_too_is_rejected_and_counted(
+    share_pipeline: Callable[..., Pipeline],
+) -> None:
+    p = share_pipeline(partitions=1)
+    lock_for(p, 2000)
+    refuse_every_record(p, p.dlq)
+    poison, fresh = good_events(2)
+    send(p.bootstrap, p.input, [poison])
+    assert fail_deliveries(p, 4) == [1, 2, 3, 4]  # the 5th, the last, is the worker's
+    port = free_port()
+    worker = p.start_worker(*SHARE, "--max-delivery-attempts", "4", "--metrics-port", str(port))
+    wait_ready(port, worker)
+    send(p.bootstrap, p.input, [fresh])
+    wait_for_outputs(p.bootstrap, p.output, 1)
+    deadline = time.monotonic() + 30
+    while total(m := scrape(port), "pipeline_share_acknowledgements_total") < 2:
+        assert time.monotonic() < deadline, worker.log[-3000:]
+        time.sleep(0.2)
+    assert worker.stop(signal.SIGTERM, timeout_s=30)[0] == 0
+    acks = {kind: total(m, "pipeline_share_acknowledgements_total", kind=kind)
+            for kind in ("accepted", "released", "rejected")}  # fmt: skip
+    assert acks == {"accepted": 1, "released": 0, "rejected": 1}, worker.log[-3000:]
+    assert "and so did its dead letter: rejecting it" in worker.log

@@ -307,6 +307,9 @@ class FakeAdmin:
 
         return _Meta({t: _Topic({0: object()}) for t in self.topics})
 
+    def poll(self, timeout: float = 0) -> int:
+        return 0  # no log lines or callbacks queued
+
     def describe_configs(self, resources: Any, **_: Any) -> dict[Any, Any]:
         return {}
 

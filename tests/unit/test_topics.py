@@ -44,6 +44,9 @@ class _LateMetadata:
             topics={t: SimpleNamespace(partitions=parts, error=None) for t in known},
         )
 
+    def poll(self, timeout: float = 0) -> int:
+        return 0  # no log lines or callbacks queued
+
     def create_topics(self, topics: list[Any], operation_timeout: float) -> dict[str, Future[None]]:
         done: dict[str, Future[None]] = {}
         for new in topics:
