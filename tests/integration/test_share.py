@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -154,13 +156,14 @@ def test_a_record_delivered_too_often_ends_in_the_dlq_with_its_count(
 ) -> None:
     p = share_pipeline(partitions=1)
     lock_for(p, 2000)
-    events = good_events(20_000)
+    events = good_events(2_000)
     send(p.bootstrap, p.input, events)
-    # A worker that dies holding records makes each of them come back: with one attempt
-    # allowed, the next worker dead-letters those instead of running them again.
-    doomed = p.start_worker(*SHARE, "--max-delivery-attempts", "1")
-    wait_for_outputs(p.bootstrap, p.output, 500)
-    doomed.stop(signal.SIGKILL)
+    # A member that dies holding records makes each of them come back when its locks run
+    # out: with one attempt allowed, the next worker dead-letters those instead of running
+    # them again. (A worker killed mid-stream raced its own speed: on a fast machine it had
+    # finished every record, holding none, before the kill.)
+    held = _killed_while_holding(p)
+    assert held > 0
     others = p.start_worker(*SHARE, "--max-delivery-attempts", "1")
     out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(events), timeout_s=180)
     assert others.stop(signal.SIGTERM, timeout_s=30)[0] == 0
@@ -173,7 +176,36 @@ def test_a_record_delivered_too_often_ends_in_the_dlq_with_its_count(
         assert letter.headers["pipeline.error.type"] == b"TooManyDeliveries"
         assert int(letter.headers["pipeline.delivery.count"] or b"0") >= 2
         assert letter.value  # the original event, to replay
+    assert len(dead) == held, (len(dead), held)
     print(f"share group: {len(dead)} records dead-lettered after a kill, others predicted")
+
+
+_HOLDER = """
+import sys, time
+from confluent_kafka import ShareConsumer
+consumer = ShareConsumer({"bootstrap.servers": sys.argv[1], "group.id": sys.argv[2],
+                          "share.acknowledgement.mode": "explicit"})
+consumer.subscribe([sys.argv[3]])
+while True:
+    held = [m for m in consumer.poll(1.0) if m.error() is None]
+    if held:
+        print(len(held), flush=True)
+        time.sleep(3600)  # holds its acquired records until it is killed
+"""
+
+
+def _killed_while_holding(p: Pipeline) -> int:
+    """Run a share-group member that acquires records and holds them, SIGKILL it; return
+    how many records it held (they come back to the group when their locks run out)."""
+    with subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, p.bootstrap, p.group, p.input],
+        stdout=subprocess.PIPE, text=True,
+    ) as holder:  # fmt: skip
+        try:
+            line = holder.stdout.readline() if holder.stdout else ""
+        finally:
+            holder.kill()
+    return int(line or 0)
 
 
 def test_a_record_that_fails_every_time_ends_as_one_dead_letter(
