@@ -42,7 +42,7 @@ def test_quick_benchmark_reports_every_row(
     assert results["ceilings"]["inference"]["rows_per_s"] > 0
 
     for size in results["sizes"]:
-        assert size["events"]["mean_bytes"] > 300, size["events"]
+        assert size["events"]["mean_bytes"] > 100, size["events"]  # a card payment: ~130
         for row in size["rows"]:
             _assert_measured(row)
             assert row["mb_per_s"] > 0, row
