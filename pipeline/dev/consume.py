@@ -4,7 +4,8 @@ It follows the topic (waits for new records) until ``--count`` records were prin
 SIGINT/SIGTERM; with ``--exit`` it stops at the end of every partition instead, or after
 ``--timeout`` seconds without a record, whichever comes first. Without ``--group`` it reads
 the partitions directly (no group, nothing committed); with ``--group`` it joins that
-consumer group and commits what it printed, so the next run goes on from there.
+consumer group and commits what it printed and nothing more, so the next run goes on from
+there: a partition it printed nothing from keeps the offset this run started it at.
 
 Where it starts (``--offset``): ``beginning``, ``end`` (the default: only new records),
 ``stored`` (the group's committed offsets), ``N`` (offset N of every partition read),
@@ -139,6 +140,9 @@ def _settings(
         "group.id": options.group or f"pipeline-consume-{uuid.uuid4().hex[:8]}",
         "auto.offset.reset": "earliest" if options.offset == "beginning" else "latest",
         "enable.auto.commit": options.group is not None,
+        # Only what was printed is committed: librdkafka would store the offset of every
+        # record it hands over, and of a partition's end, printed or not.
+        "enable.auto.offset.store": False,
         "enable.partition.eof": True,
         "isolation.level": options.isolation,
         **client_settings(bootstrap_servers, kafka),
@@ -201,6 +205,8 @@ class _Reader:
             return
         self.out.write(self._line(msg) + "\n")
         self.printed += 1
+        if self.options.group is not None:
+            self.consumer.store_offsets(message=msg)
 
     def _line(self, msg: Any) -> str:
         if self.options.fmt == "json":
@@ -211,9 +217,33 @@ class _Reader:
         return f"{_text(msg.key()) or ''}{self.options.key_delimiter}{value}"
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self.options.offset != "stored":
-            consumer.assign(self._positioned(p.partition for p in partitions))
-        self.assigned |= {p.partition for p in partitions}
+        numbers = [p.partition for p in partitions]
+        stored = self.options.offset == "stored"
+        consumer.assign(partitions if stored else self._positioned(numbers))
+        # The group remembers where each partition starts, printed from or not: otherwise a
+        # partition this run printed nothing from would start, next run, wherever
+        # auto.offset.reset says (the end), skipping what is there.
+        consumer.store_offsets(offsets=self._starts(numbers))
+        self.assigned |= set(numbers)
+
+    def _starts(self, partitions: list[int]) -> list[TopicPartition]:
+        """Each partition's first offset to print, as a number (not OFFSET_END, ...)."""
+        topic = self.options.topic
+        if self.options.offset == "stored":
+            wanted = [TopicPartition(topic, p) for p in partitions]
+            placed = self.consumer.committed(wanted, timeout=_METADATA_TIMEOUT_S)
+        else:
+            placed = self._positioned(partitions)
+        starts = []
+        for tp in placed:
+            offset = tp.offset
+            if offset < 0:  # beginning, end, or never committed (auto.offset.reset: latest)
+                low, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(topic, tp.partition), timeout=_METADATA_TIMEOUT_S
+                )
+                offset = low if offset == OFFSET_BEGINNING else high
+            starts.append(TopicPartition(topic, tp.partition, offset))
+        return starts
 
     def _revoke(self, _: Consumer, partitions: list[TopicPartition]) -> None:
         gone = {p.partition for p in partitions}

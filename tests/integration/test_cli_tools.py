@@ -201,3 +201,18 @@ def test_produce_that_cannot_deliver_exits_5(
 
     assert done.returncode == exitcodes.DELIVERY_FAILED == 5, done.stderr
     assert "event 1 could not be sent" in done.stderr and "--partition" in done.stderr
+
+
+def test_consume_in_a_group_commits_only_what_it_printed(
+    kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    topic = make_topic(partitions=5)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    for p in range(5):  # one record on each partition
+        send(kafka_bootstrap, topic, [(None, f'{{"p": {p}}}'.encode())], partition=p)
+
+    first = _consume(kafka_bootstrap, topic, "--group", group, "--from-beginning", "--count", "3")
+    rest = _consume(kafka_bootstrap, topic, "--group", group, "--exit", "--timeout", "30")
+
+    shown = sorted(r["partition"] for r in first + rest)  # type: ignore[type-var]
+    assert (len(first), shown) == (3, [0, 1, 2, 3, 4]), (first, rest)
