@@ -10,6 +10,8 @@ Routes:
                                                             columnar ``inputs`` -> ``outputs``
 ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``      Open Inference Protocol v2
 ``GET /v2/models/<m>[/versions/<v>][/ready]``               model metadata and readiness
+``POST /v2/repository/index``                               Triton's index of the store
+``GET /v1/models/<m>[/versions/<v>]``                       KServe v1 model status
 ``POST /v2/models/<m>[/versions/<v>]/infer``                JSON tensors and the binary
                                                             tensor extension
 ``GET /healthz``, ``/readyz``                               liveness and readiness probes
@@ -146,6 +148,12 @@ class HttpApp:
         if path == "/predict":
             _method(method, "POST", path)
             return await self._predict(await self._body(scope, receive), _deadline(scope))
+        if path.startswith("/v1/models/") and ":" not in path:  # KServe v1 model status
+            _method(method, "GET", path)
+            name, version = _model_path(path[len("/v1/models/") :], path)
+            spec = self._calls.resolve(name, version)
+            self._calls.engine.models.get(spec.name, spec.version)
+            return _json(200, {"name": spec.name, "ready": True})
         if path.startswith("/v1/models/") and path.endswith(":predict"):
             _method(method, "POST", path)
             name, version = _model_path(path[len("/v1/models/") : -len(":predict")], path)
@@ -246,6 +254,9 @@ class HttpApp:
             _method(method, "GET", path)
             ok, _ = self._readiness.live() if path.endswith("live") else self._readiness.ready()
             return _Answer(200 if ok else 400, b"", [])
+        if path == "/v2/repository/index":
+            _method(method, "POST", path)
+            return _json(200, self._repository_index())
         if not path.startswith("/v2/models/"):
             raise Refusal(404, "NOT_FOUND", f"no route {method} {path}")
         rest = path[len("/v2/models/") :]
@@ -271,6 +282,17 @@ class HttpApp:
         model = self._calls.engine.models.get(spec.name, spec.version)
         versions = self._calls.engine.models.store.versions(spec.name)
         return _json(200, oip.model_metadata(model, versions))
+
+    def _repository_index(self) -> list[dict[str, str]]:
+        """Triton's repository index: every version in the store, READY once loaded."""
+        models = self._calls.engine.models
+        loaded = set(models.loaded())
+        return [
+            {"name": name, "version": version,
+             "state": "READY" if (name, version) in loaded else "UNAVAILABLE"}
+            for name in models.store.names()
+            for version in models.store.versions(name)
+        ]  # fmt: skip
 
     async def _infer(
         self,

@@ -262,3 +262,13 @@ def test_serve_with_only_a_broken_model_is_live_but_not_ready_and_says_why(
     assert ready.status_code == 503
     assert "the default model broken cannot be loaded" in ready.text
     assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
+def test_the_repository_index_and_kserve_v1_model_status(typed: Server) -> None:
+    index = httpx.post(f"{typed.url}/v2/repository/index").json()
+    assert {(m["name"], m["version"], m["state"]) for m in index} == {
+        ("kinds", "1", "READY"), ("rec", "1", "READY"), ("seq", "1", "READY")
+    }  # fmt: skip
+    assert httpx.get(f"{typed.url}/v1/models/rec").json() == {"name": "rec", "ready": True}
+    missing = httpx.get(f"{typed.url}/v1/models/nope")
+    assert missing.status_code == 404 and "not in the store" in missing.json()["error"]
