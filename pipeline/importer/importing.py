@@ -29,7 +29,7 @@ from pipeline.engine.models import MODEL_FILE, ModelCache, ModelStore
 from pipeline.engine.signature import Feed, TensorSpec
 from pipeline.errors import ConfigError, ModelError, ModelLoadError
 from pipeline.importer.parity import DEFAULT_TOLERANCE, ParityReport, compare
-from pipeline.importer.samples import default_rows, read_feed, read_rows
+from pipeline.importer.samples import default_feed, default_rows, read_feed, read_rows
 from pipeline.importer.source import Converted, Outputs, Rows, SourceOptions
 from pipeline.importer.sources import convert
 from pipeline.importer.writer import check_new_version, next_version, write_version
@@ -137,17 +137,18 @@ def import_model(
 
 
 def _rows(sample: Path | None, converted: Converted) -> Rows | Feed:
-    """The caller's sample rows, or rows generated for the model's width; a feed of
-    named columns for a model with one input per column."""
+    """The caller's sample rows, or rows generated for the model's width; a feed of one
+    array per input for a model with typed inputs."""
     if converted.inputs is not None:
-        if sample is None:
+        if sample is None and converted.sample_required:
             names = [spec.name for spec in converted.inputs]
             raise ConfigError(
                 f"the model takes named columns {names[:8]}, of which made-up rows would "
                 f"not be realistic; pass --sample FILE (a CSV with a header, or JSON lines "
                 f"of objects) with real rows, unseen categories included"
             )
-        return read_feed(sample, converted.inputs)
+        return default_feed(converted.inputs) if sample is None else read_feed(
+            sample, converted.inputs)  # fmt: skip
     if sample is None:
         return default_rows(converted.n_features)
     return read_rows(sample, n_features=converted.n_features, feature_names=converted.feature_names)

@@ -8,9 +8,14 @@ normal distribution, and for a model that takes 30 features (the example models'
 breast-cancer rows) the 200 bundled real rows are added, so tree splits and decision
 boundaries see realistic values too.
 
-A model that takes one typed input per column (`read_feed`) needs a sample file with
-the columns named (a CSV header, or JSON objects); it becomes one array per input,
-``[rows, 1]``: float32 for a number input, strings for a string input.
+A model with named, typed inputs (`read_feed`) takes a sample file that names them (a
+CSV header, or JSON objects of input name -> one row's value); it becomes one array per
+input, ``[rows, *per-row shape]`` of the input's datatype, each value checked as the
+Kafka codec checks an event's (`pipeline.engine.values`). A CSV cell can only hold a
+value of per-row shape ``[1]``; other shapes need JSON lines. Without a file
+(`default_feed`), 256 seeded rows are drawn per input: standard normal floats, integers
+0 or 1 (valid ids for any embedding), random booleans, 8 for any size a shape leaves
+open; string inputs need a sample.
 """
 
 from __future__ import annotations
@@ -25,14 +30,17 @@ from typing import Any
 import numpy as np
 
 from pipeline.engine.signature import Feed, TensorSpec
+from pipeline.engine.values import ValueProblem, column_array, row_value
 from pipeline.errors import ConfigError
 from pipeline.importer.source import Rows
 
-__all__ = ["RANDOM_ROWS", "SEED", "default_rows", "read_feed", "read_rows"]
+__all__ = ["RANDOM_ROWS", "SEED", "default_feed", "default_rows", "read_feed", "read_rows"]
 
 RANDOM_ROWS = 256
 SEED = 0
 _BREAST_CANCER_FEATURES = 30
+_OPEN_SIZE = 8
+"""The size a generated row gets for a dimension its input leaves open."""
 
 
 def default_rows(n_features: int) -> Rows:
@@ -42,6 +50,26 @@ def default_rows(n_features: int) -> Rows:
         text = (resources.files("pipeline.dev") / "_data" / "breast_cancer_rows.json").read_text()
         rows = np.vstack([rows, np.asarray(json.loads(text)["rows"], dtype=np.float64)])
     return rows.astype(np.float32)
+
+
+def default_feed(inputs: Sequence[TensorSpec]) -> Feed:
+    """Seeded rows of every input's datatype and per-row shape (see the module's text).
+
+    Raises:
+        ConfigError: an input takes strings, which cannot be made up.
+    """
+    rng = np.random.default_rng(SEED)
+    feed: Feed = {}
+    for spec in inputs:
+        shape = (RANDOM_ROWS, *(_OPEN_SIZE if d is None else d for d in spec.shape))
+        if spec.dtype.kind == "O":
+            raise ConfigError(
+                f"input {spec.name!r} takes strings ({spec.describe()}), which cannot be made "
+                f"up; pass --sample FILE (JSON lines of objects of input name -> value)"
+            )
+        draw = rng.standard_normal(shape) if spec.dtype.kind == "f" else rng.integers(0, 2, shape)
+        feed[spec.name] = draw.astype(spec.dtype)
+    return feed
 
 
 def read_rows(path: Path, *, n_features: int, feature_names: Sequence[str] | None) -> Rows:
@@ -100,17 +128,51 @@ def _has_header(text: str, names: Sequence[str]) -> bool:
 
 
 def _column(path: Path, spec: TensorSpec, values: list[object]) -> np.ndarray[Any, Any]:
-    """One input's sample values as a ``[rows, 1]`` array of its type."""
-    if spec.datatype == "BYTES":
+    """One input's sample values as a ``[rows, *per-row shape]`` array of its type."""
+    if spec.datatype == "BYTES" and spec.scalar:
         for i, value in enumerate(values):
             if not isinstance(value, str):
                 raise ConfigError(
                     f"{path}: sample row {i} column {spec.name!r} must be a string (the "
                     f"model's input is {spec.describe()}), got {value!r}"
                 )
-        return np.asarray(values, dtype=object).reshape(-1, 1)
-    matrix = _matrix(path, [[v] for v in values], 1)
-    return matrix.reshape(-1, 1)
+        return np.asarray(values, dtype=object).reshape(-1, *spec.shape)
+    if spec.datatype == "FP32" and spec.scalar and not any(isinstance(v, list) for v in values):
+        return _matrix(path, [[v] for v in values], 1).reshape(-1, *spec.shape)
+    return _typed_column(path, spec, [_cell(v) for v in values])
+
+
+def _typed_column(path: Path, spec: TensorSpec, values: list[object]) -> np.ndarray[Any, Any]:
+    """Values checked as the codec checks an event's; rows of one shape, as one batch."""
+    rows, shapes = [], set()
+    try:
+        for i, value in enumerate(values):
+            leaves, shape = row_value(spec, value, f"sample row {i} {spec.name!r}")
+            rows.append(leaves)
+            shapes.add(shape)
+    except ValueProblem as exc:
+        raise ConfigError(f"{path}: {exc.message}") from exc
+    if len(shapes) > 1:
+        raise ConfigError(
+            f"{path}: the rows give input {spec.name!r} ({spec.describe()}) shapes "
+            f"{sorted(shapes)[:5]}; parity runs the sample as one batch, so give every row "
+            f"one shape"
+        )
+    array, problems = column_array(spec, rows, shapes.pop(), f"sample {spec.name!r}")
+    if problems:
+        row, problem = min(problems.items())
+        raise ConfigError(f"{path}: sample row {row}: {problem.message}")
+    return array
+
+
+def _cell(value: object) -> object:
+    """A CSV cell (a string) as the JSON value it spells, if it spells one; else as is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 def _json_rows(path: Path, text: str, names: Sequence[str] | None) -> list[list[object]]:

@@ -46,8 +46,8 @@ class Converted:
     """A source model converted to ONNX, with its original kept runnable for parity.
 
     Attributes:
-        onnx: The serialized ONNX model: one float32 input [rows, features], or one
-            typed input per column when `inputs` is set.
+        onnx: The serialized ONNX model: one float32 input [rows, features], or the
+            typed inputs `inputs` lists.
         reference: Runs the source model on the sample: float32 rows (`Rows`) for a
             vector model, a `Feed` (one array per input) when `inputs` is set; its keys
             are the ONNX outputs that each result corresponds to.
@@ -58,8 +58,11 @@ class Converted:
         source: Framework, its version and the file format, for the manifest.
         converter: Converter name, version and opsets, for the manifest.
         description: One line for the manifest.
-        inputs: One input per column (name, datatype, per-row shape ``[1]``) for a model
-            that takes named, typed columns; None for a vector model.
+        inputs: Every input (name, datatype, per-row shape) in the graph's order for a
+            model that takes named, typed inputs; None for a vector model.
+        sample_required: Parity needs the caller's sample (made-up values would not be
+            realistic, such as categories of string columns); otherwise seeded random
+            rows of each input's datatype and shape are used when no sample is given.
     """
 
     onnx: bytes
@@ -72,6 +75,7 @@ class Converted:
     converter: dict[str, object]
     description: str
     inputs: tuple[TensorSpec, ...] | None = None
+    sample_required: bool = False
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:

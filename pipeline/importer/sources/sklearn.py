@@ -81,6 +81,7 @@ def convert_pickle(path: Path, options: SourceOptions) -> Converted:
         n_features=width,
         feature_names=_feature_names(estimator, options),
         inputs=inputs,
+        sample_required=inputs is not None,  # categories and texts cannot be made up
         labels=labels,
         probability_output=_probability_output(estimator, classifier, proto),
         source={

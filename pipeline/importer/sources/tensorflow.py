@@ -1,8 +1,10 @@
 """TensorFlow SavedModel directories and Keras ``.keras`` files, converted with tf2onnx.
 
 A SavedModel is loaded with its tag set (``serve``) and one signature
-(``serving_default`` unless told otherwise); that signature must take one float32
-matrix [rows, features]. A ``.keras`` file is loaded with Keras in safe mode (no
+(``serving_default`` unless told otherwise). A signature that takes one float32 matrix
+[rows, features] becomes a vector model; any other keeps every input, typed
+(`pipeline.importer.sources.tensorflow_inputs`), and parity feeds each input its own
+array. A ``.keras`` file is loaded with Keras in safe mode (no
 arbitrary Python code) and exported to a temporary SavedModel first, so both take the
 same conversion path; parity for it is measured against the Keras model itself.
 """
@@ -24,7 +26,12 @@ import numpy as np
 from pipeline.errors import ModelError
 from pipeline.importer.extras import require
 from pipeline.importer.onnxgraph import finish, opsets
-from pipeline.importer.source import Converted, Outputs, Rows, SourceOptions, first_line
+from pipeline.importer.source import Converted, Feed, Outputs, Rows, SourceOptions, first_line
+from pipeline.importer.sources.tensorflow_inputs import (
+    SignatureInputs,
+    in_graph_order,
+    signature_inputs,
+)
 
 __all__ = ["OPSET", "convert_keras", "convert_saved_model"]
 
@@ -49,20 +56,20 @@ def convert_saved_model(path: Path, options: SourceOptions) -> Converted:
 
     Raises:
         MissingExtraError: TensorFlow or tf2onnx is not installed.
-        ModelError: the SavedModel cannot be loaded, has no such tag or signature, its
-            signature does not take one float32 matrix, or tf2onnx fails.
+        ModelError: the SavedModel cannot be loaded, has no such tag or signature, an
+            input of its signature is not one the engine serves, or tf2onnx fails.
     """
     tf, _ = _tensorflow()
     function = _signature(tf, path, options)
-    input_key, width = _signature_input(path, options, function)
+    inputs = signature_inputs(path, options, function)
 
-    def reference(rows: Rows) -> Outputs:
-        result = function(**{input_key: tf.constant(rows)})
+    def reference(rows: Rows | Feed) -> Outputs:
+        result = function(**{k: tf.constant(v) for k, v in inputs.feed(rows).items()})
         return {str(k): np.asarray(v) for k, v in result.items()}
 
     source = {"framework": "tensorflow", "framework_version": tf.__version__}
     source |= {"format": "saved_model", "tag": options.tag, "signature": options.signature}
-    return _converted(path, options, width, reference, source, origin=path)
+    return _converted(path, options, inputs, reference, source, origin=path)
 
 
 def convert_keras(path: Path, options: SourceOptions) -> Converted:
@@ -82,18 +89,18 @@ def convert_keras(path: Path, options: SourceOptions) -> Converted:
     with _exported(model, path) as exported:
         exported_options = replace(options, tag="serve", signature="serving_default")
         function = _signature(tf, exported, exported_options)
-        _, width = _signature_input(path, options, function)
+        inputs = signature_inputs(path, options, function)
         names = sorted((str(k) for k in function.structured_outputs), key=lambda n: (len(n), n))
 
-        def reference(rows: Rows) -> Outputs:
-            result = model(rows, training=False)
+        def reference(rows: Rows | Feed) -> Outputs:
+            result = model(rows, training=False)  # a feed by the Keras inputs' names
             values = list(result.values()) if isinstance(result, dict) else result
             flat = values if isinstance(values, list | tuple) else [values]
             return {n: np.asarray(v) for n, v in zip(names, flat, strict=True)}
 
         source = {"framework": "keras", "framework_version": keras.__version__}
         source |= {"tensorflow_version": tf.__version__, "format": "keras"}
-        return _converted(exported, exported_options, width, reference, source, origin=path)
+        return _converted(exported, exported_options, inputs, reference, source, origin=path)
 
 
 @contextlib.contextmanager
@@ -128,35 +135,11 @@ def _signature(tf: ModuleType, path: Path, options: SourceOptions) -> Any:
     return signatures[options.signature]
 
 
-def _signature_input(path: Path, options: SourceOptions, function: Any) -> tuple[str, int]:
-    """Return the signature's single input key and its feature count, or refuse it."""
-    _, specs = function.structured_input_signature
-    if len(specs) != 1:
-        raise ModelError(
-            f"{path}: signature {options.signature!r} must take exactly one input (a float32 "
-            f"matrix [rows, features]), got {len(specs)}: {sorted(specs)}"
-        )
-    ((key, spec),) = specs.items()
-    shape = spec.shape.as_list() if spec.shape.rank is not None else None
-    if spec.dtype.name != "float32" or shape is None or len(shape) != 2:
-        raise ModelError(
-            f"{path}: signature {options.signature!r} input {key!r} must be a float32 matrix "
-            f"[rows, features], got {spec.dtype.name} with shape {shape}"
-        )
-    width = shape[1] or (len(options.feature_names) if options.feature_names else None)
-    if width is None:
-        raise ModelError(
-            f"{path}: input {key!r} has no fixed feature count (shape {shape}); "
-            f"pass --features to name the columns"
-        )
-    return str(key), int(width)
-
-
 def _converted(
     path: Path,
     options: SourceOptions,
-    width: int,
-    reference: Callable[[Rows], Outputs],
+    signature: SignatureInputs,
+    reference: Callable[[Any], Outputs],
     source: dict[str, object],
     *,
     origin: Path,
@@ -182,13 +165,14 @@ def _converted(
     return Converted(
         onnx=finish(proto, description=description),
         reference=reference,
-        n_features=width,
-        feature_names=options.feature_names,
+        n_features=signature.width,
+        feature_names=options.feature_names if signature.specs is None else None,
         labels=options.labels,
         probability_output=_probability_output(proto, options.labels),
         source=source,
         converter={"name": "tf2onnx", "version": tf2onnx.__version__, "opset": opsets(proto)},
         description=description,
+        inputs=None if signature.specs is None else in_graph_order(origin, signature.specs, proto),
     )
 
 
