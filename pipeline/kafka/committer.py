@@ -37,6 +37,7 @@ from confluent_kafka import (
 from confluent_kafka import KafkaError as RdKafkaError
 
 from pipeline.errors import DeliveryFailed, KafkaError
+from pipeline.kafka.deadletter import MAX_OMIT
 from pipeline.kafka.offsets import OffsetTracker, Owed, TopicPartitionKey
 from pipeline.kafka.transactions import Transactions
 from pipeline.metrics import Sensor
@@ -72,8 +73,9 @@ class Host(Protocol):
         one's first offset consumed in this assignment (None if none was)."""
         ...
 
-    def remember_refused(self, msg: Message, error: RdKafkaError) -> None:
-        """The broker refused an output of `msg`: write it as a dead letter when redone."""
+    def remember_refused(self, msg: Message, error: RdKafkaError, omit: int) -> None:
+        """The broker refused an output of `msg`: write it as a dead letter when redone,
+        leaving out what `omit` says (see `pipeline.kafka.deadletter.dead_letter`)."""
         ...
 
     def fail(self, error: KafkaError) -> None:
@@ -113,8 +115,12 @@ class Committer(Protocol):
     def on_commit(self, err: RdKafkaError | None, partitions: list[TopicPartition]) -> None:
         """The consumer's commit callback."""
 
-    def output_failed(self, msg: Message, err: RdKafkaError, owed: Owed) -> None:
-        """An output of `msg` (read in the assignment `owed`) failed for good."""
+    def output_failed(
+        self, msg: Message, err: RdKafkaError, owed: Owed, *, next_omit: int = 1
+    ) -> None:
+        """An output of `msg` (read in the assignment `owed`) failed for good. If the
+        record was refused, a redo writes `msg`'s dead letter at the ``omit`` level
+        `next_omit`; past `MAX_OMIT` it cannot be written in any form."""
 
     def producer_failed(self, reason: str) -> None:
         """The producer refuses records altogether."""
@@ -184,14 +190,10 @@ class AtLeastOnceCommitter:
             # -1 is never a position: the next commit sends these partitions again.
             self._host.tracker.mark_committed({(p.topic, p.partition): -1 for p in failed})
 
-    def output_failed(self, msg: Message, err: RdKafkaError, owed: Owed) -> None:
-        self._host.fail(
-            DeliveryFailed(
-                f"the output for {msg.topic()}[{msg.partition()}]@{msg.offset()} was not "
-                f"delivered ({err}); stopping without committing past it, so a restart will "
-                "redo it. Check the broker, or raise delivery.timeout.ms with -X"
-            )
-        )
+    def output_failed(
+        self, msg: Message, err: RdKafkaError, owed: Owed, *, next_omit: int = 1
+    ) -> None:
+        self._host.fail(undelivered(msg, err, next_omit))
 
     def producer_failed(self, reason: str) -> None:
         self._host.fail(
@@ -283,7 +285,9 @@ class TransactionalCommitter:
     def on_commit(self, err: RdKafkaError | None, partitions: list[TopicPartition]) -> None:
         pass  # offsets are committed by the transaction, never by the consumer
 
-    def output_failed(self, msg: Message, err: RdKafkaError, owed: Owed) -> None:
+    def output_failed(
+        self, msg: Message, err: RdKafkaError, owed: Owed, *, next_omit: int = 1
+    ) -> None:
         if not self._host.tracker.holds(owed):
             # An output of a transaction that was already aborted (the abort purged it, or it
             # timed out): its input is redone from the committed offsets, and its delivery
@@ -294,9 +298,12 @@ class TransactionalCommitter:
             log.warning("output for %s[%s]@%s failed (%s): aborting the transaction",
                         msg.topic(), msg.partition(), msg.offset(), err)  # fmt: skip
         if err.code() in REFUSED_RECORD:
+            if next_omit > MAX_OMIT:  # redoing it would be refused again, for ever
+                self._host.fail(undelivered(msg, err, next_omit))
+                return
             # A refused record makes the transaction abortable; the redo writes this
-            # input as a dead letter without its value, so it cannot be refused again.
-            self._host.remember_refused(msg, err)
+            # input as a dead letter one level smaller (without its value first).
+            self._host.remember_refused(msg, err, next_omit)
         self._abort_pending = True
 
     def producer_failed(self, reason: str) -> None:
@@ -498,6 +505,23 @@ def _committed(
                     released = True
                     release(parts, f"{_COMMITTED_TIMEOUT_S:.0f} s")
             time.sleep(1.0)
+
+
+def undelivered(msg: Message, err: RdKafkaError, next_omit: int) -> DeliveryFailed:
+    """The error that stops the worker when an output of `msg` failed for good: a dead
+    letter refused in every form (`next_omit` past `MAX_OMIT`), or any other failure."""
+    where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+    if err.code() in REFUSED_RECORD and next_omit > MAX_OMIT:
+        return DeliveryFailed(
+            f"the dead letter for {where} was refused even without its key, value and "
+            f"headers ({err}); stopping without committing past it. Check the dead-letter "
+            "topic's max.message.bytes and the producer's message.max.bytes (-X)"
+        )
+    return DeliveryFailed(
+        f"the output for {where} was not delivered ({err}); stopping without committing "
+        "past it, so a restart will redo it. Check the broker, or raise delivery.timeout.ms "
+        "with -X"
+    )
 
 
 # Errors that say the record itself is unacceptable (too large, malformed).

@@ -185,8 +185,9 @@ class Worker:
         self._epoch = 0
         self._assigned: set[TopicPartitionKey] = set()
         self._paused: set[TopicPartitionKey] = set()
-        # Exactly-once: inputs whose output the broker refused in an aborted transaction.
-        self._refused: dict[tuple[TopicPartitionKey, int], RdKafkaError] = {}
+        # Exactly-once: inputs whose output the broker refused in an aborted transaction,
+        # with the dead letter's omit level for the redo.
+        self._refused: dict[tuple[TopicPartitionKey, int], tuple[RdKafkaError, int]] = {}
         self._stopping = False
         self._fatal: KafkaError | None = None
 
@@ -229,8 +230,8 @@ class Worker:
         self._tracker.forget(held)
         return firsts
 
-    def remember_refused(self, msg: Message, error: RdKafkaError) -> None:
-        self._refused[((msg.topic(), msg.partition()), msg.offset())] = error  # type: ignore[index]
+    def remember_refused(self, msg: Message, error: RdKafkaError, omit: int) -> None:
+        self._refused[((msg.topic(), msg.partition()), msg.offset())] = (error, omit)  # type: ignore[index]
 
     def fail(self, error: KafkaError) -> None:
         if self._fatal is None:
@@ -422,20 +423,21 @@ class Worker:
     def _redo_refused(
         self, owed: Owed, records: list[Message], offsets: list[int]
     ) -> tuple[list[Message], list[int]]:
-        """Dead-letter, without their values, the records whose outputs the broker refused
-        in an aborted transaction; return the others."""
+        """Dead-letter, smaller than before (without their values first), the records whose
+        outputs the broker refused in an aborted transaction; return the others."""
         assert self._outputs is not None
         tp = owed[0]
         kept: list[Message] = []
         kept_offsets: list[int] = []
         for msg, offset in zip(records, offsets, strict=True):
-            err = self._refused.pop((tp, offset), None)
-            if err is None:
+            refused = self._refused.pop((tp, offset), None)
+            if refused is None:
                 kept.append(msg)
                 kept_offsets.append(offset)
                 continue
+            err, omit = refused
             message = f"the broker refused an output of this event: {err}"
-            self._outputs.dead_letter(msg, owed, ("produce", camel(err.name()), message), omit=1)
+            self._outputs.dead_letter(msg, owed, ("produce", camel(err.name()), message), omit=omit)
         return kept, kept_offsets
 
     # -- outcomes, outputs, offsets -------------------------------------------------------

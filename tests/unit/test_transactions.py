@@ -14,8 +14,10 @@ from typing import Any, cast
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from pipeline.errors import DeliveryFailed
 from pipeline.kafka import transactions
 from pipeline.kafka.committer import TransactionalCommitter
+from pipeline.kafka.deadletter import MAX_OMIT
 from pipeline.kafka.offsets import OffsetTracker
 from pipeline.kafka.transactions import STEP_TIMEOUT_S, Transactions
 from pipeline.metrics import Sensor
@@ -219,7 +221,7 @@ class _Host:
         self.tracker.forget(self.assigned)
         return firsts
 
-    def remember_refused(self, msg: Any, error: Any) -> None:
+    def remember_refused(self, msg: Any, error: Any, omit: int) -> None:
         raise AssertionError("no record was refused")
 
     def fail(self, error: Exception) -> None:
@@ -265,6 +267,40 @@ def test_outputs_purged_by_an_abort_do_not_abort_the_next_transaction() -> None:
     committer.output_failed(cast(Any, _Record()), KafkaError(KafkaError._MSG_TIMED_OUT), owed_now)
     committer.tick(time.monotonic())
     assert [c for c, _ in made[0].calls].count("abort_transaction") == 2
+
+
+class _RefusingHost(_Host):
+    """Remembers the refused records and the error that stopped the worker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused: list[int] = []
+        self.failed: list[Exception] = []
+
+    def remember_refused(self, msg: Any, error: Any, omit: int) -> None:
+        self.refused.append(omit)
+
+    def fail(self, error: Exception) -> None:
+        self.failed.append(error)
+
+
+def test_a_refused_dead_letter_is_redone_smaller_and_stops_the_worker_past_the_last_level() -> None:
+    host = _RefusingHost()
+    txn, _ = _txn()
+    committer = TransactionalCommitter(
+        cast(Any, host), txn, interval_ms=0, offset_reset="earliest", sensor=Sensor()
+    )
+    owed = (("in", 0), host.tracker.consumed_many(("in", 0), [7]))
+    too_large = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+    committer.begin()
+    for next_omit in range(1, MAX_OMIT + 1):
+        committer.output_failed(cast(Any, _Record()), too_large, owed, next_omit=next_omit)
+    assert host.refused == [1, 2, 3] and host.failed == []
+
+    committer.output_failed(cast(Any, _Record()), too_large, owed, next_omit=MAX_OMIT + 1)
+    (error,) = host.failed
+    assert isinstance(error, DeliveryFailed)
+    assert "in[0]@7" in str(error) and "even without its key" in str(error), error
 
 
 class _StuckHost(_Host):
