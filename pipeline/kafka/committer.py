@@ -256,13 +256,22 @@ class TransactionalCommitter:
         self._abort_pending = False
         self._next_check = time.monotonic() + _UNREAD_CHECK_S
         self._unreadable_since: float | None = None
+        self._closing = False
 
     @property
     def producer(self) -> Producer:
         return self._txn.producer
 
     def begin(self) -> None:
-        self._txn.begin()
+        try:
+            self._txn.begin()
+        except KafkaException as exc:
+            self._host.fail(KafkaError(
+                f"no transaction could be begun as {self._txn.transactional_id!r} "
+                f"({exc.args[0]}), even with a new producer; check the broker"
+            ))  # fmt: skip
+        except KafkaError as exc:  # the rebuild was refused
+            self._host.fail(exc)
 
     def finished(self, n: int) -> None:
         pass
@@ -313,11 +322,12 @@ class TransactionalCommitter:
         self._abort_pending = True
 
     def close(self, *, fatal: bool) -> None:
-        if fatal:
-            self._txn.abort()  # nothing of the open transaction becomes visible
-            self._sensor.transaction("aborted")
-        else:
+        self._closing = True  # from here on an abort never rebuilds, and nothing is redone
+        if not fatal:
             self._commit(final=True)
+        if self._txn.open:  # nothing of the open transaction becomes visible
+            self._txn.close()
+            self._sensor.transaction("aborted")
 
     def _commit(self, *, final: bool) -> None:
         """Finish every pending batch, then commit outputs and offsets in one transaction.
@@ -397,8 +407,18 @@ class TransactionalCommitter:
             self._txn.abort_offsets(offsets, self._host.consumer.consumer_group_metadata())
         except KafkaException as exc:
             log.warning("releasing the pending offsets failed (%s): will try again", exc.args[0])
-            self._txn.abort(exc)
+            self._abort(exc)
         self._sensor.transaction("aborted")
+
+    def _abort(self, cause: KafkaException | None) -> bool:
+        """Abort the open transaction (rebuilding the producer if need be); False, and the
+        worker stopped, if the producer may not be rebuilt."""
+        try:
+            self._txn.abort(cause)
+        except KafkaError as exc:
+            self._host.fail(exc)
+            return False
+        return True
 
     def _abort_and_rewind(self, cause: KafkaException | None, reason: object = None) -> None:
         """Abort the transaction and redo everything since the last committed offsets.
@@ -408,10 +428,17 @@ class TransactionalCommitter:
         skip what the aborted transaction consumed).
         """
         reason = cause.args[0] if cause is not None else reason
-        log.warning("transaction aborted (%s): rewinding to the committed offsets", reason)
-        self._txn.abort(cause)
-        self._sensor.transaction("aborted")
         self._abort_pending = False
+        if self._closing:  # the next worker redoes it from the committed offsets
+            log.warning("transaction aborted at shutdown (%s)", reason)
+            self._txn.close()
+            self._sensor.transaction("aborted")
+            return
+        log.warning("transaction aborted (%s): rewinding to the committed offsets", reason)
+        aborted = self._abort(cause)
+        self._sensor.transaction("aborted")
+        if not aborted:
+            return
         firsts = self._host.discard_work()
         if not firsts:
             return

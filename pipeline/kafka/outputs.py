@@ -321,7 +321,11 @@ class Outputs:
                     limit = _QUEUE_FULL_LIMIT_S
                     self._committer.producer_failed(f"its queue stayed full for {limit:.0f} s")
                     return None
-                producer.poll(0.05)
+                try:
+                    producer.poll(0.05)
+                except KafkaException as exc:  # a fatal error (fenced, say)
+                    self._committer.producer_failed(f"the producer failed: {exc.args[0]}")
+                    return None
             except KafkaException as exc:
                 error: RdKafkaError = exc.args[0]
                 if error.code() in REFUSED_RECORD:

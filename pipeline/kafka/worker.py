@@ -353,12 +353,21 @@ class Worker:
             self._ingest(msgs)
         self._engine.run_due()
         self._produce_outcomes()
-        self._producer.poll(0)
+        self._serve_deliveries()
         self._committer.tick(time.monotonic())
         self._backpressure()
         if self._stats.due():
             self._sensor.partitions(len(self._assigned), len(self._paused))
             log.info("%s", self._stats.snapshot().line())
+
+    def _serve_deliveries(self) -> None:
+        """Serve the producer's delivery reports. A producer with a fatal error (fenced, a
+        sequence the broker lost) raises it here: the committer decides what that means."""
+        assert self._committer is not None
+        try:
+            self._producer.poll(0)
+        except KafkaException as exc:
+            self._committer.producer_failed(f"the producer failed: {exc.args[0]}")
 
     def _consume(self) -> list[Message]:
         """Wait for the first record (or the next batch deadline), then take what is queued."""

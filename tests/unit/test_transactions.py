@@ -15,6 +15,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from pipeline.errors import DeliveryFailed
+from pipeline.errors import KafkaError as PipelineKafkaError
 from pipeline.kafka import transactions
 from pipeline.kafka.committer import TransactionalCommitter
 from pipeline.kafka.deadletter import MAX_OMIT
@@ -375,3 +376,47 @@ def test_unreadable_offsets_are_left_alone_while_the_broker_is_away_or_a_transac
     for second in range(70, 131, 10):
         committer.tick(start + second + 0.5)
     assert [c for c, _ in made[0].calls] == ["init_transactions", "begin_transaction"]
+
+
+def _fenced() -> KafkaException:
+    return _error(KafkaError._FENCED, fatal=True)
+
+
+def _always_failing(
+    fail: dict[str, KafkaException],
+) -> tuple[Transactions, list[RecordingProducer]]:
+    made: list[RecordingProducer] = []
+
+    def make(conf: dict[str, Any]) -> Any:
+        made.append(RecordingProducer(conf, {} if not made else dict(fail)))
+        return made[-1]
+
+    return Transactions({}, transactional_id="twin-1", make_producer=make), made
+
+
+def test_a_producer_fenced_once_is_rebuilt_and_fenced_again_soon_stops_naming_the_id() -> None:
+    txn, made = _always_failing({"abort_transaction": _fenced()})
+    txn.begin()
+    txn.abort(_fenced())  # fenced once (a coordinator that moved, say): rebuilt
+    assert len(made) == 2
+    txn.begin()
+    with pytest.raises(PipelineKafkaError, match="'twin-1' was fenced twice") as raised:
+        txn.abort(None)  # abort_transaction says fenced again: another live twin
+    assert "--transactional-id" in str(raised.value) and "\n" not in str(raised.value)
+    assert len(made) == 2  # no third producer: it would fence the twin in turn
+
+
+def test_a_producer_fenced_while_idle_is_rebuilt_by_begin() -> None:
+    txn, made = _txn({"begin_transaction": _fenced()})
+    txn.begin()
+    assert len(made) == 2 and txn.open
+    assert [c for c, _ in made[1].calls] == ["init_transactions", "begin_transaction"]
+
+
+def test_close_aborts_within_its_bound_and_never_rebuilds() -> None:
+    txn, made = _txn({"abort_transaction": _error(KafkaError._TRANSPORT, retriable=True)})
+    txn.begin()
+    txn.close()
+    assert len(made) == 1 and not txn.open
+    assert ("abort_transaction", transactions.CLOSE_ABORT_S) in made[0].calls
+    assert "purge" in [c for c, _ in made[0].calls]
