@@ -323,13 +323,13 @@ class TransactionalCommitter:
 
     def close(self, *, fatal: bool) -> None:
         self._closing = True  # from here on an abort never rebuilds, and nothing is redone
-        if not fatal:
-            self._commit(final=True)
+        if not fatal:  # the worker has just drained: what is unacknowledged now stays so
+            self._commit(final=True, drain_s=0.0)
         if self._txn.open:  # nothing of the open transaction becomes visible
             self._txn.close()
             self._sensor.transaction("aborted")
 
-    def _commit(self, *, final: bool) -> None:
+    def _commit(self, *, final: bool, drain_s: float = DRAIN_TIMEOUT_S) -> None:
         """Finish every pending batch, then commit outputs and offsets in one transaction.
 
         The offsets sent are those whose outputs were acknowledged, so every output in the
@@ -339,7 +339,7 @@ class TransactionalCommitter:
         """
         if not self._txn.open and not self._abort_pending:
             return
-        unacknowledged = self._host.drain(DRAIN_TIMEOUT_S)
+        unacknowledged = self._host.drain(drain_s)
         if self._abort_pending:
             self._abort_and_rewind(None, "an output was not delivered")
             return

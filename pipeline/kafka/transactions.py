@@ -58,7 +58,7 @@ STEP_TIMEOUT_S = 10.0  # send offsets, commit, abort: milliseconds when the brok
 _INIT_TIMEOUT_S = 30.0  # init_transactions, which may wait for an earlier transaction to end
 _INIT_DEADLINE_S = 120.0  # init_transactions is tried again on retriable errors until then
 _STEP_MARGIN_S = 5.0  # beyond librdkafka's own step timeout, before the worker stops waiting
-CLOSE_ABORT_S = 5.0  # the abort at shutdown (SIGTERM's promise: exit within 30 s)
+CLOSE_ABORT_S = 3.0  # the abort at shutdown (SIGTERM's promise: exit within 30 s)
 FENCED_AGAIN_S = 60.0  # fenced again this soon after a rebuild: another live worker has the id
 _FENCED = frozenset((RdKafkaError._FENCED, RdKafkaError.PRODUCER_FENCED))
 

@@ -189,6 +189,7 @@ class Worker:
         # with the dead letter's omit level for the redo.
         self._refused: dict[tuple[TopicPartitionKey, int], tuple[RdKafkaError, int]] = {}
         self._stopping = False
+        self._stop_at: float | None = None  # when stop() was first asked for
         self._fatal: KafkaError | None = None
 
     # -- what the committer sees (committer.Host) ---------------------------------------------
@@ -243,6 +244,7 @@ class Worker:
 
     def stop(self, *_: object) -> None:
         """Ask the loop to stop after the current turn (safe to call from a signal handler)."""
+        self._stop_at = self._stop_at or time.monotonic()
         self._stopping = True
 
     def run(self) -> int:
@@ -322,7 +324,10 @@ class Worker:
     def _shutdown(self) -> None:
         assert self._committer is not None
         if self._fatal is None:
-            self.drain(DRAIN_TIMEOUT_S)
+            # DRAIN_TIMEOUT_S from the stop request: a turn that was waiting for
+            # acknowledgements when it came (the broker gone) used part of it already.
+            waited = time.monotonic() - (self._stop_at or time.monotonic())
+            self.drain(max(DRAIN_TIMEOUT_S - waited, 0.0))
         self._committer.close(fatal=self._fatal is not None)
         self._close_consumer()
         log.info("worker stopped: %s", self._stats.snapshot().line())
