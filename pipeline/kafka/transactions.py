@@ -49,6 +49,7 @@ from typing import Any
 from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka import KafkaException, Producer, TopicPartition
 
+from pipeline.config import TRANSACTION_TIMEOUT_MS
 from pipeline.errors import KafkaError
 
 __all__ = ["Transactions", "default_transactional_id"]
@@ -74,7 +75,7 @@ _PRODUCER_DEFAULTS = {
     # after transaction.timeout.ms (librdkafka's default: 60 s; the fault suite measured a
     # 60.3 s pause). A restart does not fence it sooner: the default transactional.id ends
     # in the pid. Our transactions last one commit interval plus a few bounded steps.
-    "transaction.timeout.ms": 15_000,
+    "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
 }
 
 
