@@ -68,6 +68,21 @@ UNSAFE_PROPERTIES = (
 # librdkafka properties the worker sets itself because its delivery guarantee rests on them:
 # offsets are stored and committed only after the output they paid for is acknowledged.
 OWNED_PROPERTIES = ("enable.auto.commit", "enable.auto.offset.store")
+# Consumer-group properties librdkafka's share consumer refuses with a ValueError (checked
+# one by one against confluent-kafka 2.x): refused here first, as a setting error.
+SHARE_REFUSED_PROPERTIES = (
+    "auto.offset.reset",
+    "enable.partition.eof",
+    "group.instance.id",
+    "group.protocol",
+    "group.protocol.type",
+    "group.remote.assignor",
+    "heartbeat.interval.ms",
+    "isolation.level",
+    "partition.assignment.strategy",
+    "queued.max.messages.kbytes",
+    "session.timeout.ms",
+)
 # The transactional producer's transaction.timeout.ms unless -X sets it (see
 # pipeline.kafka.transactions): how long a dead worker's open transaction can hide later
 # outputs from read_committed readers. --commit-interval-ms may be at most half of it.
@@ -271,6 +286,14 @@ class WorkerConfig(EngineSettings, DoorSettings, LogSettings):
             raise ConfigError(
                 "--group-type share gives at-least-once only: share groups acknowledge records "
                 "one by one, outside transactions. Use --group-type consumer for exactly-once"
+            )
+        refused = sorted(k for k in self.kafka if k in SHARE_REFUSED_PROPERTIES)
+        if self.group_type == "share" and refused:
+            raise ConfigError(
+                f"librdkafka properties {refused} do not apply to --group-type share: the "
+                "share consumer refuses them (its session and heartbeat are set on the "
+                "broker, group.share.*; --offset-reset sets where a new share group starts). "
+                "Remove them from -X and the [kafka] table"
             )
         if self.group_type == "share" and self.max_in_flight != 20_000:
             raise ConfigError(

@@ -76,6 +76,11 @@ def test_a_usage_error_exits_2() -> None:
             {},
             "raise -X transaction.timeout.ms to 60000",
         ),
+        (
+            ["run", "--group-type", "share", "-X", "session.timeout.ms=6000"],
+            {},
+            "['session.timeout.ms'] do not apply to --group-type share",
+        ),
     ],
     ids=[
         "flag-value",
@@ -84,6 +89,7 @@ def test_a_usage_error_exits_2() -> None:
         "unsafe-property",
         "consume-timeout",
         "commit-interval-past-transaction-timeout",
+        "share-group-session-timeout",
     ],
 )
 def test_a_configuration_error_exits_3_before_connecting(

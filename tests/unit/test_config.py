@@ -684,3 +684,10 @@ def test_a_commit_interval_within_half_the_transaction_timeout_is_taken(
 ) -> None:
     config = WorkerConfig(guarantee=guarantee, commit_interval_ms=interval_ms, kafka=kafka)
     assert config.commit_interval_ms == interval_ms
+
+
+def test_a_share_group_refuses_the_consumer_group_properties_its_consumer_refuses() -> None:
+    kafka = {"session.timeout.ms": "6000", "heartbeat.interval.ms": "1500", "linger.ms": "5"}
+    with pytest.raises(ConfigError, match=r"\['heartbeat.interval.ms', 'session.timeout.ms'\]"):
+        WorkerConfig(group_type="share", kafka=kafka)
+    assert WorkerConfig(group_type="consumer", kafka=kafka).kafka == kafka
