@@ -116,11 +116,12 @@ class Committer(Protocol):
         """The consumer's commit callback."""
 
     def output_failed(
-        self, msg: Message, err: RdKafkaError, owed: Owed, *, next_omit: int = 1
+        self, msg: Message, err: RdKafkaError, owed: Owed, *, next_omit: int = 1, to: str = ""
     ) -> None:
-        """An output of `msg` (read in the assignment `owed`) failed for good. If the
-        record was refused, a redo writes `msg`'s dead letter at the ``omit`` level
-        `next_omit`; past `MAX_OMIT` it cannot be written in any form."""
+        """An output of `msg` (read in the assignment `owed`) to topic `to` failed for good.
+        If the record was refused, a redo writes `msg`'s dead letter at the ``omit`` level
+        `next_omit`; past `MAX_OMIT` it cannot be written in any form. If the topic is
+        gone, the worker stops (a restart creates it as configured)."""
 
     def producer_failed(self, reason: str) -> None:
         """The producer refuses records altogether."""
@@ -191,9 +192,9 @@ class AtLeastOnceCommitter:
             self._host.tracker.mark_committed({(p.topic, p.partition): -1 for p in failed})
 
     def output_failed(
-        self, msg: Message, err: RdKafkaError, owed: Owed, *, next_omit: int = 1
+        self, msg: Message, err: RdKafkaError, owed: Owed, *, next_omit: int = 1, to: str = ""
     ) -> None:
-        self._host.fail(undelivered(msg, err, next_omit))
+        self._host.fail(undelivered(msg, err, next_omit, to))
 
     def producer_failed(self, reason: str) -> None:
         self._host.fail(
@@ -295,7 +296,7 @@ class TransactionalCommitter:
         pass  # offsets are committed by the transaction, never by the consumer
 
     def output_failed(
-        self, msg: Message, err: RdKafkaError, owed: Owed, *, next_omit: int = 1
+        self, msg: Message, err: RdKafkaError, owed: Owed, *, next_omit: int = 1, to: str = ""
     ) -> None:
         if not self._host.tracker.holds(owed):
             # An output of a transaction that was already aborted (the abort purged it, or it
@@ -306,10 +307,10 @@ class TransactionalCommitter:
         if not self._abort_pending:  # one line per transaction, not one per output
             log.warning("output for %s[%s]@%s failed (%s): aborting the transaction",
                         msg.topic(), msg.partition(), msg.offset(), err)  # fmt: skip
+        if err.code() in MISSING_TOPIC or (err.code() in REFUSED_RECORD and next_omit > MAX_OMIT):
+            self._host.fail(undelivered(msg, err, next_omit, to))  # a redo would fail again
+            return
         if err.code() in REFUSED_RECORD:
-            if next_omit > MAX_OMIT:  # redoing it would be refused again, for ever
-                self._host.fail(undelivered(msg, err, next_omit))
-                return
             # A refused record makes the transaction abortable; the redo writes this
             # input as a dead letter one level smaller (without its value first).
             self._host.remember_refused(msg, err, next_omit)
@@ -534,10 +535,17 @@ def _committed(
             time.sleep(1.0)
 
 
-def undelivered(msg: Message, err: RdKafkaError, next_omit: int) -> DeliveryFailed:
-    """The error that stops the worker when an output of `msg` failed for good: a dead
-    letter refused in every form (`next_omit` past `MAX_OMIT`), or any other failure."""
+def undelivered(msg: Message, err: RdKafkaError, next_omit: int, to: str) -> DeliveryFailed:
+    """The error that stops the worker when an output of `msg` to topic `to` failed for
+    good: its topic is gone, a dead letter refused in every form (`next_omit` past
+    `MAX_OMIT`), or any other failure."""
     where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+    if err.code() in MISSING_TOPIC:
+        return DeliveryFailed(
+            f"the output for {where} was not delivered: topic {to!r} does not exist ({err}; "
+            "deleted while the worker ran?). Stopping without committing past it: a restart "
+            "creates the topic with --topic-partitions and redoes it"
+        )
     if err.code() in REFUSED_RECORD and next_omit > MAX_OMIT:
         return DeliveryFailed(
             f"the dead letter for {where} was refused even without its key, value and "
@@ -551,6 +559,15 @@ def undelivered(msg: Message, err: RdKafkaError, next_omit: int) -> DeliveryFail
     )
 
 
+# Errors that say the output's topic is gone (the producer never re-creates it: its
+# allow.auto.create.topics is off, or the broker would make it with its own defaults).
+MISSING_TOPIC = frozenset(
+    (
+        RdKafkaError._UNKNOWN_TOPIC,
+        RdKafkaError._UNKNOWN_PARTITION,
+        RdKafkaError.UNKNOWN_TOPIC_OR_PART,
+    )
+)
 # Errors that say the record itself is unacceptable (too large, malformed).
 REFUSED_RECORD = frozenset(
     (RdKafkaError.MSG_SIZE_TOO_LARGE, RdKafkaError.INVALID_RECORD, RdKafkaError.INVALID_MSG)

@@ -207,7 +207,7 @@ class Outputs:
             self._hand_off(sent, position, ("produce", camel(err.name()), message))
         else:
             sent.handed_off.add(position)  # not finished: the committer stops or aborts
-            self._committer.output_failed(record, err, sent.owed)
+            self._committer.output_failed(record, err, sent.owed, to=self._output_topic)
 
     def predictions_done(self, sent: _Predictions) -> None:
         """Every prediction of an outcome is acknowledged or handed off: finish the inputs."""
@@ -278,7 +278,8 @@ class Outputs:
             self._letter_refused(letter, err)
         else:
             next_omit = letter.omit + 1  # if the committer redoes it (a refused record)
-            self._committer.output_failed(letter.record, err, letter.owed, next_omit=next_omit)
+            self._committer.output_failed(letter.record, err, letter.owed, next_omit=next_omit,
+                                          to=self._dlq_topic)  # fmt: skip
 
     def _letter_refused(self, letter: _Letter, error: RdKafkaError) -> None:
         """A dead letter the producer or broker would not take: send it smaller, or give up."""
@@ -288,7 +289,7 @@ class Outputs:
                              extra=letter.extra)  # fmt: skip
         else:  # not even without its key, value and headers: the committer stops
             self._committer.output_failed(letter.record, error, letter.owed,
-                                          next_omit=MAX_OMIT + 1)  # fmt: skip
+                                          next_omit=MAX_OMIT + 1, to=self._dlq_topic)  # fmt: skip
 
     # -- the producer -----------------------------------------------------------------------
 

@@ -118,7 +118,7 @@ class _ShareCommitter:
         pass
 
     def output_failed(
-        self, msg: Message, err: RdKafkaError, owed: Owed, *, next_omit: int = 1
+        self, msg: Message, err: RdKafkaError, owed: Owed, *, next_omit: int = 1, to: str = ""
     ) -> None:
         self._worker.release(msg, err)
 

@@ -291,6 +291,10 @@ class Worker:
     def _make_committer(self) -> Committer:
         cfg = self.config
         producer_settings = {
+            # A deleted output or DLQ topic is not re-created by the broker's auto-creation
+            # (its own partition count, not --topic-partitions): the output fails, the
+            # worker stops, and its restart creates the topic as configured.
+            "allow.auto.create.topics": False,
             "enable.idempotence": True,
             "linger.ms": 2,
             "queue.buffering.max.messages": 200_000,
