@@ -8,11 +8,16 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 
 from pipeline.errors import BrokerUnreachable, KafkaError
 
-__all__ = ["admin_client", "ensure_topics", "replication_for"]
+__all__ = ["admin_client", "ensure_topics", "message_limit", "replication_for"]
 
 log = logging.getLogger("pipeline.topics")
 _CONNECT_TIMEOUT_S = 15.0
@@ -120,3 +125,21 @@ def replication_for(brokers: int, factor: int, min_isr: int) -> tuple[int, int]:
             f"{brokers}; lower it or create the topics yourself"
         )
     return chosen, min_isr or min(2, chosen)
+
+
+def message_limit(admin: AdminClient, topics: Iterable[str]) -> int | None:
+    """The smallest ``max.message.bytes`` of `topics` (the largest record batch the broker
+    takes on them), or None if the broker does not say (DescribeConfigs not allowed, say):
+    the producer's batches must fit it, or the broker refuses every record of a batch."""
+    resources = [ConfigResource(ResourceType.TOPIC, t) for t in dict.fromkeys(topics)]
+    limits: list[int] = []
+    try:
+        for future in admin.describe_configs(resources).values():
+            entry = future.result(timeout=_CONNECT_TIMEOUT_S).get("max.message.bytes")
+            if entry is not None and entry.value is not None:
+                limits.append(int(entry.value))
+    except (KafkaException, ValueError) as exc:
+        log.warning("could not read the topics' max.message.bytes (%s): producer batches keep "
+                    "librdkafka's default size", exc)  # fmt: skip
+        return None
+    return min(limits, default=None)

@@ -55,7 +55,7 @@ from pipeline.kafka.committer import (
 from pipeline.kafka.offsets import OffsetTracker, TopicPartitionKey
 from pipeline.kafka.outputs import Outputs, Owed, camel, now_ms, usable_record
 from pipeline.kafka.share import ShareWorker
-from pipeline.kafka.topics import ensure_topics
+from pipeline.kafka.topics import ensure_topics, message_limit
 from pipeline.kafka.transactions import Transactions, default_transactional_id
 from pipeline.metrics import Sensor, Sensors
 from pipeline.metrics.endpoint import MetricsServer
@@ -74,6 +74,7 @@ _MIN_POLL_S = 0.001
 _CLOSE_TIMEOUT_S = 10.0
 _STALE_AFTER_S = 60.0  # not live without a loop turn this long (revoke and commit steps: 10 s)
 _LAG_INTERVAL_MS = 5000
+_DEFAULT_BATCH_BYTES = 1_000_000  # librdkafka's batch.size
 
 # Consumers whose close() did not return (an unreachable coordinator can hold it without
 # end). Kept referenced: freeing one would run librdkafka's destroy, which waits as well.
@@ -255,8 +256,9 @@ class Worker:
                 failed for good (nothing past it was committed).
         """
         cfg = self.config
+        admin = self._clients.admin({**cfg.kafka, "bootstrap.servers": cfg.bootstrap_servers})
         ensure_topics(
-            self._clients.admin({**cfg.kafka, "bootstrap.servers": cfg.bootstrap_servers}),
+            admin,
             cfg.bootstrap_servers,
             [*cfg.input_topics, cfg.output_topic, cfg.dlq_topic],
             create=cfg.create_topics,
@@ -264,7 +266,9 @@ class Worker:
             replication_factor=cfg.replication_factor,
             min_insync_replicas=cfg.min_insync_replicas,
         )
-        self._committer = self._make_committer()
+        self._committer = self._make_committer(
+            message_limit(admin, [cfg.output_topic, cfg.dlq_topic])
+        )
         self._outputs = Outputs(
             self._committer,
             output_topic=cfg.output_topic,
@@ -288,9 +292,12 @@ class Worker:
             self._shutdown()
         return 0
 
-    def _make_committer(self) -> Committer:
+    def _make_committer(self, limit: int | None) -> Committer:
+        """The committer of the configured guarantee, with its producer; `limit` is the
+        output topics' smallest max.message.bytes (see `batch_settings`)."""
         cfg = self.config
         producer_settings = {
+            **batch_settings(limit),
             # A deleted output or DLQ topic is not re-created by the broker's auto-creation
             # (its own partition count, not --topic-partitions): the output fails, the
             # worker stops, and its restart creates the topic as configured.
@@ -584,6 +591,20 @@ def fetch_settings(max_in_flight: int) -> dict[str, int]:
     """
     kbytes = min(max(2 * max_in_flight * 2, 16 * 1024), 128 * 1024)
     return {"queued.max.messages.kbytes": kbytes, "fetch.queue.backoff.ms": 10}
+
+
+def batch_settings(limit: int | None) -> dict[str, int]:
+    """The producer's batch size, within the output topics' max.message.bytes (`limit`).
+
+    The broker refuses a record batch larger than the topic's max.message.bytes as a whole,
+    and reports every record in it as too large (MSG_SIZE_TOO_LARGE): with librdkafka's
+    1,000,000-byte batches a topic limited to 64 KiB saw valid events dead-lettered by the
+    thousand. Batches no larger than the limit are refused only for a record that is
+    itself too large. ``-X batch.size`` overrides it.
+    """
+    if limit is None or limit >= _DEFAULT_BATCH_BYTES:
+        return {}
+    return {"batch.size": max(limit, 1)}
 
 
 def _timestamp(msg: Message, now_ms: int) -> int:

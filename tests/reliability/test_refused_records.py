@@ -21,6 +21,13 @@ from pathlib import Path
 import orjson
 import pytest
 from confluent_kafka import Producer
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
 
 from tests.integration.conftest import Pipeline
 from tests.integration.kafkaio import Accounting, good_events, send
@@ -122,6 +129,30 @@ def test_an_event_whose_key_fits_no_record_ends_as_a_dead_letter_without_its_key
     assert h["pipeline.source.offset"] == str(len(before)).encode()
     assert "Traceback" not in worker.log
     report(f"T12-huge-key-{guarantee}", events=len(ids), lost=0, duplicates=0, dead=1)
+
+
+SMALL_TOPIC_LIMIT = 65_536  # max.message.bytes of the outside run's output topic
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+def test_an_output_topic_with_a_small_message_limit_gets_every_prediction(
+    make_pipeline: Callable[..., Pipeline], kafka_admin: AdminClient, guarantee: str
+) -> None:
+    p = make_pipeline(partitions=2)
+    limit = ConfigEntry("max.message.bytes", str(SMALL_TOPIC_LIMIT),
+                        incremental_operation=AlterConfigOpType.SET)  # fmt: skip
+    resource = ConfigResource(ResourceType.TOPIC, p.output, incremental_configs=[limit])
+    for future in kafka_admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=30)
+    events = good_events(20_000, run="small-limit")
+    send(p.bootstrap, p.input, events)  # a backlog: the producer's batches grow large
+    worker = p.start_worker("--default-model", MLP, *guarantee_args(guarantee))
+    ids = [orjson.loads(v)["id"] for _, v in events]
+    topics = [p.output, p.dlq]
+    _, dead = answered_then_stopped(p.bootstrap, topics, worker, ids, timeout_s=120)
+    assert dead == [], f"{len(dead)} valid events dead-lettered, e.g. {dead[0].headers}"
+    assert "Traceback" not in worker.log
+    report(f"T12-small-topic-limit-{guarantee}", events=len(ids), lost=0, duplicates=0, dead=0)
 
 
 @pytest.mark.parametrize("guarantee", GUARANTEES)
