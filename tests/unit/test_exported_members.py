@@ -30,6 +30,7 @@ RUF022_ORDERED = {
     "pipeline.engine.codec",
     "pipeline.dev.localkafka",
     "pipeline.engine.models",
+    "pipeline.kafka.deadletter",
     "pipeline.metrics.tracing",
     "pipeline.metrics.prometheus",
     "pipeline.metrics.sensor",
