@@ -68,6 +68,25 @@ UNSAFE_PROPERTIES = (
 # librdkafka properties the worker sets itself because its delivery guarantee rests on them:
 # offsets are stored and committed only after the output they paid for is acknowledged.
 OWNED_PROPERTIES = ("enable.auto.commit", "enable.auto.offset.store")
+# Consumer-group properties librdkafka's share consumer refuses with a ValueError (checked
+# one by one against confluent-kafka 2.x): refused here first, as a setting error.
+SHARE_REFUSED_PROPERTIES = (
+    "auto.offset.reset",
+    "enable.partition.eof",
+    "group.instance.id",
+    "group.protocol",
+    "group.protocol.type",
+    "group.remote.assignor",
+    "heartbeat.interval.ms",
+    "isolation.level",
+    "partition.assignment.strategy",
+    "queued.max.messages.kbytes",
+    "session.timeout.ms",
+)
+# The transactional producer's transaction.timeout.ms unless -X sets it (see
+# pipeline.kafka.transactions): how long a dead worker's open transaction can hide later
+# outputs from read_committed readers. --commit-interval-ms may be at most half of it.
+TRANSACTION_TIMEOUT_MS = 15_000
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 CONFIG_VARIABLE = "PIPELINE_CONFIG"
@@ -268,6 +287,14 @@ class WorkerConfig(EngineSettings, DoorSettings, LogSettings):
                 "--group-type share gives at-least-once only: share groups acknowledge records "
                 "one by one, outside transactions. Use --group-type consumer for exactly-once"
             )
+        refused = sorted(k for k in self.kafka if k in SHARE_REFUSED_PROPERTIES)
+        if self.group_type == "share" and refused:
+            raise ConfigError(
+                f"librdkafka properties {refused} do not apply to --group-type share: the "
+                "share consumer refuses them (its session and heartbeat are set on the "
+                "broker, group.share.*; --offset-reset sets where a new share group starts). "
+                "Remove them from -X and the [kafka] table"
+            )
         if self.group_type == "share" and self.max_in_flight != 20_000:
             raise ConfigError(
                 "--max-in-flight does not apply to --group-type share: each poll's records "
@@ -297,6 +324,8 @@ class WorkerConfig(EngineSettings, DoorSettings, LogSettings):
                 "one worker process"
             )
         check_properties(self.kafka, allow_unsafe=self.allow_unsafe_kafka_properties)
+        if self.guarantee == "exactly-once":
+            _check_transaction_timeout(self.commit_interval_ms, self.kafka)
         owned = sorted(k for k in self.kafka if k in OWNED_PROPERTIES)
         if owned:
             raise ConfigError(
@@ -371,6 +400,29 @@ def check_properties(properties: Mapping[str, str], *, allow_unsafe: bool) -> No
 def redact(properties: Mapping[str, str]) -> dict[str, str]:
     """Return `properties` with the values of secret-bearing keys replaced by ``***``."""
     return {k: ("***" if _SECRET_KEY.search(k) else v) for k, v in properties.items()}
+
+
+def _check_transaction_timeout(interval_ms: int, kafka: Mapping[str, str]) -> None:
+    """Exactly-once: a transaction lasts one commit interval plus the commit's own steps,
+    and the broker aborts one older than transaction.timeout.ms, so an interval near the
+    timeout would never commit. Refused rather than derived: a longer timeout also hides a
+    dead worker's outputs from read_committed readers for longer, which is the user's call."""
+    try:
+        timeout_ms = int(kafka.get("transaction.timeout.ms", TRANSACTION_TIMEOUT_MS))
+    except (TypeError, ValueError):
+        return  # librdkafka names the bad value when the producer is made
+    if 2 * interval_ms <= timeout_ms:
+        return
+    raise ConfigError(
+        f"--commit-interval-ms {interval_ms} with --guarantee exactly-once must be at most "
+        f"half the transaction timeout (transaction.timeout.ms {timeout_ms}): a transaction "
+        "lasts one commit interval plus the commit's steps, and the broker aborts it at the "
+        f"timeout, so nothing would ever be committed. Lower --commit-interval-ms to "
+        f"{timeout_ms // 2} or less, or raise -X transaction.timeout.ms to {2 * interval_ms} or "
+        "more (the broker caps it at its transaction.max.timeout.ms, 900000 by default); a "
+        "longer timeout also hides a dead worker's open transaction from read_committed "
+        "readers for longer"
+    )
 
 
 def _check_int(value: object, name: str, minimum: int) -> None:

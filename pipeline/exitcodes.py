@@ -94,7 +94,8 @@ EXIT_CODES: Final = (
         KAFKA_FATAL,
         "kafka-fatal",
         "any other Kafka error the worker cannot route around: missing topics with "
-        "`--no-create-topics`, a topic it may not create, transactions refused, a fatal "
+        "`--no-create-topics`, a topic it may not create, transactions refused, a "
+        "transactional id fenced twice within 60 s (another live worker uses it), a fatal "
         "client error",
         True,
     ),

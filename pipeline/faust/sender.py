@@ -136,7 +136,8 @@ class Sender:
             DeliveryFailed: Not delivered, even without its value and original headers.
         """
         for omit in range(MAX_OMIT + 1):
-            value, headers = dead_letter(
+            key, value, headers = dead_letter(
+                record.key,
                 record.value,
                 record.headers,
                 reason=reason,
@@ -147,7 +148,7 @@ class Sender:
                 omit=omit,
             )
             try:
-                await (await self._send(self._dlq_topic, record.key, value, headers))
+                await (await self._send(self._dlq_topic, key, value, headers))
                 return
             except _Refused as refused:
                 last: BaseException = refused.cause

@@ -128,8 +128,8 @@ def _add_worker_flags(add: Callable[..., Any]) -> None:
     add(
         "--commit-interval-ms",
         type=int,
-        help="how often finished offsets (or, exactly-once, transactions) are committed "
-        "(default: 100)",
+        help="how often finished offsets (or, exactly-once, transactions) are committed; "
+        "exactly-once: at most half of transaction.timeout.ms (default: 100)",
     )
     add(
         "--commit-every-events",

@@ -37,6 +37,7 @@ from confluent_kafka import (
 from confluent_kafka import KafkaError as RdKafkaError
 
 from pipeline.errors import DeliveryFailed, KafkaError
+from pipeline.kafka.deadletter import MAX_OMIT
 from pipeline.kafka.offsets import OffsetTracker, Owed, TopicPartitionKey
 from pipeline.kafka.transactions import Transactions
 from pipeline.metrics import Sensor
@@ -72,8 +73,9 @@ class Host(Protocol):
         one's first offset consumed in this assignment (None if none was)."""
         ...
 
-    def remember_refused(self, msg: Message, error: RdKafkaError) -> None:
-        """The broker refused an output of `msg`: write it as a dead letter when redone."""
+    def remember_refused(self, msg: Message, error: RdKafkaError, omit: int) -> None:
+        """The broker refused an output of `msg`: write it as a dead letter when redone,
+        leaving out what `omit` says (see `pipeline.kafka.deadletter.dead_letter`)."""
         ...
 
     def fail(self, error: KafkaError) -> None:
@@ -113,8 +115,13 @@ class Committer(Protocol):
     def on_commit(self, err: RdKafkaError | None, partitions: list[TopicPartition]) -> None:
         """The consumer's commit callback."""
 
-    def output_failed(self, msg: Message, err: RdKafkaError, owed: Owed) -> None:
-        """An output of `msg` (read in the assignment `owed`) failed for good."""
+    def output_failed(
+        self, msg: Message, err: RdKafkaError, owed: Owed, *, next_omit: int = 1, to: str = ""
+    ) -> None:
+        """An output of `msg` (read in the assignment `owed`) to topic `to` failed for good.
+        If the record was refused, a redo writes `msg`'s dead letter at the ``omit`` level
+        `next_omit`; past `MAX_OMIT` it cannot be written in any form. If the topic is
+        gone, the worker stops (a restart creates it as configured)."""
 
     def producer_failed(self, reason: str) -> None:
         """The producer refuses records altogether."""
@@ -184,14 +191,10 @@ class AtLeastOnceCommitter:
             # -1 is never a position: the next commit sends these partitions again.
             self._host.tracker.mark_committed({(p.topic, p.partition): -1 for p in failed})
 
-    def output_failed(self, msg: Message, err: RdKafkaError, owed: Owed) -> None:
-        self._host.fail(
-            DeliveryFailed(
-                f"the output for {msg.topic()}[{msg.partition()}]@{msg.offset()} was not "
-                f"delivered ({err}); stopping without committing past it, so a restart will "
-                "redo it. Check the broker, or raise delivery.timeout.ms with -X"
-            )
-        )
+    def output_failed(
+        self, msg: Message, err: RdKafkaError, owed: Owed, *, next_omit: int = 1, to: str = ""
+    ) -> None:
+        self._host.fail(undelivered(msg, err, next_omit, to))
 
     def producer_failed(self, reason: str) -> None:
         self._host.fail(
@@ -254,13 +257,22 @@ class TransactionalCommitter:
         self._abort_pending = False
         self._next_check = time.monotonic() + _UNREAD_CHECK_S
         self._unreadable_since: float | None = None
+        self._closing = False
 
     @property
     def producer(self) -> Producer:
         return self._txn.producer
 
     def begin(self) -> None:
-        self._txn.begin()
+        try:
+            self._txn.begin()
+        except KafkaException as exc:
+            self._host.fail(KafkaError(
+                f"no transaction could be begun as {self._txn.transactional_id!r} "
+                f"({exc.args[0]}), even with a new producer; check the broker"
+            ))  # fmt: skip
+        except KafkaError as exc:  # the rebuild was refused
+            self._host.fail(exc)
 
     def finished(self, n: int) -> None:
         pass
@@ -283,7 +295,9 @@ class TransactionalCommitter:
     def on_commit(self, err: RdKafkaError | None, partitions: list[TopicPartition]) -> None:
         pass  # offsets are committed by the transaction, never by the consumer
 
-    def output_failed(self, msg: Message, err: RdKafkaError, owed: Owed) -> None:
+    def output_failed(
+        self, msg: Message, err: RdKafkaError, owed: Owed, *, next_omit: int = 1, to: str = ""
+    ) -> None:
         if not self._host.tracker.holds(owed):
             # An output of a transaction that was already aborted (the abort purged it, or it
             # timed out): its input is redone from the committed offsets, and its delivery
@@ -293,10 +307,13 @@ class TransactionalCommitter:
         if not self._abort_pending:  # one line per transaction, not one per output
             log.warning("output for %s[%s]@%s failed (%s): aborting the transaction",
                         msg.topic(), msg.partition(), msg.offset(), err)  # fmt: skip
+        if err.code() in MISSING_TOPIC or (err.code() in REFUSED_RECORD and next_omit > MAX_OMIT):
+            self._host.fail(undelivered(msg, err, next_omit, to))  # a redo would fail again
+            return
         if err.code() in REFUSED_RECORD:
             # A refused record makes the transaction abortable; the redo writes this
-            # input as a dead letter without its value, so it cannot be refused again.
-            self._host.remember_refused(msg, err)
+            # input as a dead letter one level smaller (without its value first).
+            self._host.remember_refused(msg, err, next_omit)
         self._abort_pending = True
 
     def producer_failed(self, reason: str) -> None:
@@ -306,13 +323,14 @@ class TransactionalCommitter:
         self._abort_pending = True
 
     def close(self, *, fatal: bool) -> None:
-        if fatal:
-            self._txn.abort()  # nothing of the open transaction becomes visible
+        self._closing = True  # from here on an abort never rebuilds, and nothing is redone
+        if not fatal:  # the worker has just drained: what is unacknowledged now stays so
+            self._commit(final=True, drain_s=0.0)
+        if self._txn.open:  # nothing of the open transaction becomes visible
+            self._txn.close()
             self._sensor.transaction("aborted")
-        else:
-            self._commit(final=True)
 
-    def _commit(self, *, final: bool) -> None:
+    def _commit(self, *, final: bool, drain_s: float = DRAIN_TIMEOUT_S) -> None:
         """Finish every pending batch, then commit outputs and offsets in one transaction.
 
         The offsets sent are those whose outputs were acknowledged, so every output in the
@@ -322,7 +340,7 @@ class TransactionalCommitter:
         """
         if not self._txn.open and not self._abort_pending:
             return
-        unacknowledged = self._host.drain(DRAIN_TIMEOUT_S)
+        unacknowledged = self._host.drain(drain_s)
         if self._abort_pending:
             self._abort_and_rewind(None, "an output was not delivered")
             return
@@ -390,8 +408,18 @@ class TransactionalCommitter:
             self._txn.abort_offsets(offsets, self._host.consumer.consumer_group_metadata())
         except KafkaException as exc:
             log.warning("releasing the pending offsets failed (%s): will try again", exc.args[0])
-            self._txn.abort(exc)
+            self._abort(exc)
         self._sensor.transaction("aborted")
+
+    def _abort(self, cause: KafkaException | None) -> bool:
+        """Abort the open transaction (rebuilding the producer if need be); False, and the
+        worker stopped, if the producer may not be rebuilt."""
+        try:
+            self._txn.abort(cause)
+        except KafkaError as exc:
+            self._host.fail(exc)
+            return False
+        return True
 
     def _abort_and_rewind(self, cause: KafkaException | None, reason: object = None) -> None:
         """Abort the transaction and redo everything since the last committed offsets.
@@ -401,10 +429,17 @@ class TransactionalCommitter:
         skip what the aborted transaction consumed).
         """
         reason = cause.args[0] if cause is not None else reason
-        log.warning("transaction aborted (%s): rewinding to the committed offsets", reason)
-        self._txn.abort(cause)
-        self._sensor.transaction("aborted")
         self._abort_pending = False
+        if self._closing:  # the next worker redoes it from the committed offsets
+            log.warning("transaction aborted at shutdown (%s)", reason)
+            self._txn.close()
+            self._sensor.transaction("aborted")
+            return
+        log.warning("transaction aborted (%s): rewinding to the committed offsets", reason)
+        aborted = self._abort(cause)
+        self._sensor.transaction("aborted")
+        if not aborted:
+            return
         firsts = self._host.discard_work()
         if not firsts:
             return
@@ -500,6 +535,39 @@ def _committed(
             time.sleep(1.0)
 
 
+def undelivered(msg: Message, err: RdKafkaError, next_omit: int, to: str) -> DeliveryFailed:
+    """The error that stops the worker when an output of `msg` to topic `to` failed for
+    good: its topic is gone, a dead letter refused in every form (`next_omit` past
+    `MAX_OMIT`), or any other failure."""
+    where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+    if err.code() in MISSING_TOPIC:
+        return DeliveryFailed(
+            f"the output for {where} was not delivered: topic {to!r} does not exist ({err}; "
+            "deleted while the worker ran?). Stopping without committing past it: a restart "
+            "creates the topic with --topic-partitions and redoes it"
+        )
+    if err.code() in REFUSED_RECORD and next_omit > MAX_OMIT:
+        return DeliveryFailed(
+            f"the dead letter for {where} was refused even without its key, value and "
+            f"headers ({err}); stopping without committing past it. Check the dead-letter "
+            "topic's max.message.bytes and the producer's message.max.bytes (-X)"
+        )
+    return DeliveryFailed(
+        f"the output for {where} was not delivered ({err}); stopping without committing "
+        "past it, so a restart will redo it. Check the broker, or raise delivery.timeout.ms "
+        "with -X"
+    )
+
+
+# Errors that say the output's topic is gone (the producer never re-creates it: its
+# allow.auto.create.topics is off, or the broker would make it with its own defaults).
+MISSING_TOPIC = frozenset(
+    (
+        RdKafkaError._UNKNOWN_TOPIC,
+        RdKafkaError._UNKNOWN_PARTITION,
+        RdKafkaError.UNKNOWN_TOPIC_OR_PART,
+    )
+)
 # Errors that say the record itself is unacceptable (too large, malformed).
 REFUSED_RECORD = frozenset(
     (RdKafkaError.MSG_SIZE_TOO_LARGE, RdKafkaError.INVALID_RECORD, RdKafkaError.INVALID_MSG)

@@ -7,22 +7,36 @@ A rejected event keeps its key, value bytes and headers exactly as they arrived,
 A dead letter the producer or the broker refuses (too large) is sent again smaller:
 `dead_letter` with ``omit=1`` leaves the value out (``pipeline.value.omitted`` says how
 large it was; the source headers say where to read it back), ``omit=2`` also the original
-headers (``pipeline.headers.omitted``). Every producer of dead letters (the Kafka worker, the
-Faust agent) builds them here, so their records are the same.
+headers (``pipeline.headers.omitted``), ``omit=3`` also the key (``pipeline.key.omitted``
+says how large it was, ``pipeline.key.sha256`` which it was): a key of nearly 1 MB makes
+every record that carries it too large, and keys are otherwise never dropped. Every
+producer of dead letters (the Kafka worker, the Faust agent) builds them here, so their
+records are the same.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+from typing import NamedTuple
 
-__all__ = ["MAX_OMIT", "STAGES", "dead_letter", "dead_letter_headers"]
+__all__ = ["MAX_OMIT", "STAGES", "DeadLetter", "dead_letter", "dead_letter_headers"]
 
 STAGES = ("decode", "validate", "route", "infer", "produce", "deliver")
-MAX_OMIT = 2
-"""The last `dead_letter` ``omit`` level: value and original headers both left out."""
+_OMIT_VALUE, _OMIT_HEADERS, _OMIT_KEY = 1, 2, 3  # each level also leaves out the previous ones
+MAX_OMIT = _OMIT_KEY
+"""The last `dead_letter` ``omit`` level: value, original headers and key all left out."""
 _MAX_MESSAGE_BYTES = 1024
 
 Headers = list[tuple[str, bytes | None]]
+
+
+class DeadLetter(NamedTuple):
+    """What to send to the dead-letter topic for one source record."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
 
 
 def dead_letter_headers(
@@ -51,6 +65,7 @@ def dead_letter_headers(
 
 
 def dead_letter(
+    key: bytes | None,
     value: bytes | None,
     original: Sequence[tuple[str, bytes | None]] | None,
     *,
@@ -61,10 +76,11 @@ def dead_letter(
     failed_at_ms: int,
     omit: int = 0,
     unreadable_headers: bool = False,
-) -> tuple[bytes | None, Headers]:
-    """The value and headers of the dead letter of one source record.
+) -> DeadLetter:
+    """The key, value and headers of the dead letter of one source record.
 
     Args:
+        key: The source record's key.
         value: The source record's value.
         original: The source record's headers.
         reason: What failed: (stage, error type, message).
@@ -72,21 +88,24 @@ def dead_letter(
         partition: Its partition.
         offset: Its offset.
         failed_at_ms: When it failed, ms since the epoch.
-        omit: 0 keeps the value and the original headers; 1 leaves the value out; 2
-            (`MAX_OMIT`) also the original headers.
+        omit: 0 keeps the key, the value and the original headers; 1 leaves the value
+            out; 2 also the original headers; 3 (`MAX_OMIT`) also the key.
         unreadable_headers: The source headers could not be read (a client could not
             decode a name); they are left out and said to be.
 
     Returns:
-        The value to send (None when omitted) and the headers.
+        The key and the value to send (None when omitted) and the headers.
     """
     extra: Headers = []
-    if omit >= 1:
+    if omit >= _OMIT_VALUE:
         extra.append(("pipeline.value.omitted", str(len(value or b"")).encode()))
         value = None
-    if unreadable_headers or (omit >= MAX_OMIT and original):
+    if unreadable_headers or (omit >= _OMIT_HEADERS and original):
         extra.append(("pipeline.headers.omitted", b"1"))
         original = None
+    if omit >= _OMIT_KEY and key:
+        extra += _key_omitted(key)
+        key = None
     stage, error_type, message = reason
     headers = dead_letter_headers(
         original,
@@ -98,7 +117,15 @@ def dead_letter(
         offset=offset,
         failed_at_ms=failed_at_ms,
     )
-    return value, headers + extra
+    return DeadLetter(key, value, headers + extra)
+
+
+def _key_omitted(key: bytes) -> Headers:
+    """The headers that stand for a key left out: its size and its SHA-256, in hex."""
+    return [
+        ("pipeline.key.omitted", str(len(key)).encode()),
+        ("pipeline.key.sha256", hashlib.sha256(key).hexdigest().encode()),
+    ]
 
 
 def _cut(message: str) -> bytes:

@@ -9,10 +9,12 @@ acknowledged, then finishes their inputs at once.
 Records the producer or the broker refuses (too large, say) do not stop anything: a
 prediction becomes a ``produce``-stage dead letter, and a dead letter is written again
 without its value (``pipeline.value.omitted`` says how large it was; the source headers
-say where to read it back), then without the original headers. In exactly-once mode a
+say where to read it back), then without the original headers, then without its key
+(``pipeline.key.omitted``, ``pipeline.key.sha256``). In exactly-once mode a
 refusal reported on delivery has already made the transaction abortable, so it goes to the
-committer instead, which redoes the input as a dead letter. Any other failure goes to the
-committer too: at-least-once stops the worker, exactly-once aborts.
+committer instead, which redoes the input as a dead letter one level smaller. A dead
+letter refused in every form, and any other failure, goes to the committer too:
+at-least-once stops the worker; exactly-once aborts, or stops for the unwritable letter.
 """
 
 from __future__ import annotations
@@ -205,7 +207,7 @@ class Outputs:
             self._hand_off(sent, position, ("produce", camel(err.name()), message))
         else:
             sent.handed_off.add(position)  # not finished: the committer stops or aborts
-            self._committer.output_failed(record, err, sent.owed)
+            self._committer.output_failed(record, err, sent.owed, to=self._output_topic)
 
     def predictions_done(self, sent: _Predictions) -> None:
         """Every prediction of an outcome is acknowledged or handed off: finish the inputs."""
@@ -244,11 +246,12 @@ class Outputs:
         """Write `record` to the DLQ with the headers of `reason` (stage, type, message)
         and `extra` ones.
 
-        `omit` 0 sends the original value and headers; 1 leaves the value out; 2 also
-        leaves the original headers out.
+        `omit` 0 sends the original key, value and headers; 1 leaves the value out; 2
+        also the original headers; 3 also the key.
         """
         original, unreadable = read_headers(record)
-        value, headers = dead_letter(
+        key, value, headers = dead_letter(
+            record.key(),
             record.value(),
             original,
             reason=reason,
@@ -261,7 +264,7 @@ class Outputs:
         )
         letter = _Letter(self, record, owed, reason, omit, list(extra))
         self._committer.begin()
-        refused = self._produce(self._dlq_topic, value, record.key(), headers + letter.extra,
+        refused = self._produce(self._dlq_topic, value, key, headers + letter.extra,
                                 letter.delivered)  # fmt: skip
         if refused is not None:
             self._letter_refused(letter, refused)
@@ -274,7 +277,9 @@ class Outputs:
         elif err.code() in REFUSED_RECORD and self._committer.dead_letters_for_refused:
             self._letter_refused(letter, err)
         else:
-            self._committer.output_failed(letter.record, err, letter.owed)
+            next_omit = letter.omit + 1  # if the committer redoes it (a refused record)
+            self._committer.output_failed(letter.record, err, letter.owed, next_omit=next_omit,
+                                          to=self._dlq_topic)  # fmt: skip
 
     def _letter_refused(self, letter: _Letter, error: RdKafkaError) -> None:
         """A dead letter the producer or broker would not take: send it smaller, or give up."""
@@ -282,8 +287,9 @@ class Outputs:
             reason = (letter.stage, letter.error_type, letter.message)
             self.dead_letter(letter.record, letter.owed, reason, omit=letter.omit + 1,
                              extra=letter.extra)  # fmt: skip
-        else:
-            self._committer.output_failed(letter.record, error, letter.owed)
+        else:  # not even without its key, value and headers: the committer stops
+            self._committer.output_failed(letter.record, error, letter.owed,
+                                          next_omit=MAX_OMIT + 1, to=self._dlq_topic)  # fmt: skip
 
     # -- the producer -----------------------------------------------------------------------
 
@@ -316,7 +322,11 @@ class Outputs:
                     limit = _QUEUE_FULL_LIMIT_S
                     self._committer.producer_failed(f"its queue stayed full for {limit:.0f} s")
                     return None
-                producer.poll(0.05)
+                try:
+                    producer.poll(0.05)
+                except KafkaException as exc:  # a fatal error (fenced, say)
+                    self._committer.producer_failed(f"the producer failed: {exc.args[0]}")
+                    return None
             except KafkaException as exc:
                 error: RdKafkaError = exc.args[0]
                 if error.code() in REFUSED_RECORD:

@@ -116,7 +116,9 @@ class _ShareCommitter:
     def on_commit(self, err: RdKafkaError | None, partitions: list[TopicPartition]) -> None:
         pass
 
-    def output_failed(self, msg: Message, err: RdKafkaError, owed: Owed) -> None:
+    def output_failed(
+        self, msg: Message, err: RdKafkaError, owed: Owed, *, next_omit: int = 1, to: str = ""
+    ) -> None:
         self._worker.release(msg, err)
 
     def producer_failed(self, reason: str) -> None:

@@ -5,7 +5,9 @@ assignment spreads the partitions over them, as it does over workers on other ma
 The parent forwards SIGTERM/SIGINT to the children and waits for them. A child that dies
 on its own is reported, the others are stopped cleanly, and the parent exits with the
 child's exit code (`pipeline.exitcodes`; 1 if it died of a signal) so whatever runs it
-(systemd, Kubernetes, compose) can restart the set.
+(systemd, Kubernetes, compose) can restart the set. On Linux each child asks the kernel
+for SIGTERM when its parent dies (``PR_SET_PDEATHSIG``), so a parent killed with SIGKILL
+leaves no child running beside the set its restart starts: each stops cleanly.
 
 Exactly-once with ``--transactional-id ID``: child ``i`` uses ``ID-i``, so the children
 never fence each other, and each one, started again, fences its own predecessor at once.
@@ -13,10 +15,13 @@ never fence each other, and each one, started again, fences its own predecessor 
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import multiprocessing
+import os
 import signal
+import sys
 import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -29,6 +34,7 @@ __all__ = ["child_config", "supervise"]
 
 log = logging.getLogger("pipeline.supervisor")
 _CHILD_STOP_TIMEOUT_S = 15.0
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def child_config(config: WorkerConfig, index: int) -> WorkerConfig:
@@ -39,10 +45,24 @@ def child_config(config: WorkerConfig, index: int) -> WorkerConfig:
     return dataclasses.replace(config, transactional_id=f"{config.transactional_id}-{index}")
 
 
-def _child(config: WorkerConfig, index: int) -> None:
+def _end_with_parent(parent_pid: int) -> None:
+    """Linux: have the kernel send this process SIGTERM when its parent dies; if the parent
+    is already gone (it died before the call), stop now."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("could not ask to end with the parent (prctl: %s)",
+                    os.strerror(ctypes.get_errno()))  # fmt: skip
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _child(config: WorkerConfig, index: int, parent_pid: int) -> None:
     from pipeline.kafka import worker
     from pipeline.startup import start_logging
 
+    _end_with_parent(parent_pid)
     start_logging(config, prefix=f"worker-{index} ")
     try:
         code = worker.run_worker(child_config(config, index), index)
@@ -70,7 +90,9 @@ def supervise(config: WorkerConfig) -> int:
     signal.signal(signal.SIGTERM, _forward)
     signal.signal(signal.SIGINT, _forward)
     for index in range(config.workers):
-        process = ctx.Process(target=_child, args=(config, index), name=f"worker-{index}")
+        process = ctx.Process(
+            target=_child, args=(config, index, os.getpid()), name=f"worker-{index}"
+        )
         process.start()
         children.append(process)
         log.info("started worker-%d (pid %s)", index, process.pid)

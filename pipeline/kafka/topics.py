@@ -11,13 +11,22 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     ClusterMetadata,
+    ConfigResource,
     NewTopic,
+    ResourceType,
 )
 
 from pipeline.errors import BrokerUnreachable, KafkaError
 from pipeline.kafka.clientlog import client_settings, serve_logs
 
-__all__ = ["CONNECT_TIMEOUT_S", "admin_client", "ensure_topics", "reach", "replication_for"]
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "admin_client",
+    "ensure_topics",
+    "message_limit",
+    "reach",
+    "replication_for",
+]
 
 log = logging.getLogger("pipeline.topics")
 # With a command's start-up before it, an unreachable broker is reported within 15 s.
@@ -137,3 +146,21 @@ def replication_for(brokers: int, factor: int, min_isr: int) -> tuple[int, int]:
             f"{brokers}; lower it or create the topics yourself"
         )
     return chosen, min_isr or min(2, chosen)
+
+
+def message_limit(admin: AdminClient, topics: Iterable[str]) -> int | None:
+    """The smallest ``max.message.bytes`` of `topics` (the largest record batch the broker
+    takes on them), or None if the broker does not say (DescribeConfigs not allowed, say):
+    the producer's batches must fit it, or the broker refuses every record of a batch."""
+    resources = [ConfigResource(ResourceType.TOPIC, t) for t in dict.fromkeys(topics)]
+    limits: list[int] = []
+    try:
+        for future in admin.describe_configs(resources).values():
+            entry = future.result(timeout=CONNECT_TIMEOUT_S).get("max.message.bytes")
+            if entry is not None and entry.value is not None:
+                limits.append(int(entry.value))
+    except (KafkaException, ValueError) as exc:
+        log.warning("could not read the topics' max.message.bytes (%s): producer batches keep "
+                    "librdkafka's default size", exc)  # fmt: skip
+        return None
+    return min(limits, default=None)

@@ -24,6 +24,15 @@ waiting for it after the step timeout and a margin, leaving it to the producer b
 replaced; and a producer with a fatal error (fenced by the coordinator that took over)
 raises from anything, ``flush`` included, so its replacement does not ask it anything, and
 ``init_transactions`` is tried again while the coordinator moves.
+
+A rebuild fences every other producer with the same transactional.id. Two live workers
+started alike with one ``--transactional-id`` (an operator's mistake) would fence each
+other for ever, so a producer fenced again within `FENCED_AGAIN_S` of being fenced is not
+rebuilt: the worker stops with an error that names the id, and the other goes on.
+
+At shutdown (`close`) the open transaction is aborted within `CLOSE_ABORT_S`, never
+rebuilt: the worker is leaving, and a transaction it cannot abort (the broker is gone) is
+aborted by the coordinator after ``transaction.timeout.ms``; nothing of it ever shows.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from typing import Any
 from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka import KafkaException, Producer, TopicPartition
 
+from pipeline.config import TRANSACTION_TIMEOUT_MS
 from pipeline.errors import KafkaError
 
 __all__ = ["Transactions", "default_transactional_id"]
@@ -49,6 +59,9 @@ STEP_TIMEOUT_S = 10.0  # send offsets, commit, abort: milliseconds when the brok
 _INIT_TIMEOUT_S = 30.0  # init_transactions, which may wait for an earlier transaction to end
 _INIT_DEADLINE_S = 120.0  # init_transactions is tried again on retriable errors until then
 _STEP_MARGIN_S = 5.0  # beyond librdkafka's own step timeout, before the worker stops waiting
+CLOSE_ABORT_S = 3.0  # the abort at shutdown (SIGTERM's promise: exit within 30 s)
+FENCED_AGAIN_S = 60.0  # fenced again this soon after a rebuild: another live worker has the id
+_FENCED = frozenset((RdKafkaError._FENCED, RdKafkaError.PRODUCER_FENCED))
 
 # -X can override both.
 _PRODUCER_DEFAULTS = {
@@ -62,7 +75,7 @@ _PRODUCER_DEFAULTS = {
     # after transaction.timeout.ms (librdkafka's default: 60 s; the fault suite measured a
     # 60.3 s pause). A restart does not fence it sooner: the default transactional.id ends
     # in the pid. Our transactions last one commit interval plus a few bounded steps.
-    "transaction.timeout.ms": 15_000,
+    "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
 }
 
 
@@ -94,6 +107,7 @@ class Transactions:
         self.open = False
         self.commits = 0
         self.aborts = 0
+        self._fenced_at: float | None = None  # when a fencing last rebuilt the producer
 
     def _new_producer(self, *, deadline_s: float = _INIT_TIMEOUT_S) -> Producer:
         """A producer whose transactions are initialized (which fences any earlier producer
@@ -120,10 +134,23 @@ class Transactions:
                 time.sleep(1.0)
 
     def begin(self) -> None:
-        """Open a transaction unless one is open."""
-        if not self.open:
+        """Open a transaction unless one is open; a producer that cannot (fenced while no
+        transaction was open, say) is rebuilt first.
+
+        Raises:
+            KafkaException: the rebuilt producer cannot begin either.
+            KafkaError: the rebuild was refused (see `_rebuild`).
+        """
+        if self.open:
+            return
+        try:
             self.producer.begin_transaction()
-            self.open = True
+        except KafkaException as exc:
+            log.warning("begin_transaction failed (%s): rebuilding the transactional producer",
+                        exc.args[0])  # fmt: skip
+            self._rebuild(_error_of(exc))
+            self.producer.begin_transaction()
+        self.open = True
 
     def commit(self, offsets: list[TopicPartition], group_metadata: object) -> None:
         """Send `offsets` to the open transaction and commit it.
@@ -171,38 +198,95 @@ class Transactions:
 
     def abort(self, cause: BaseException | None = None) -> None:
         """End the open transaction without making any of it visible: abort it, or, after a
-        fatal error or a step that timed out, rebuild the producer (which aborts it)."""
+        fatal error or a step that timed out, rebuild the producer (which aborts it).
+
+        Raises:
+            KafkaError: the rebuild was refused (see `_rebuild`).
+        """
         if not self.open and cause is None:
             return  # nothing begun, nothing to abort
         self.aborts += 1
         self.open = False
-        error = cause.args[0] if isinstance(cause, KafkaException) and cause.args else None
+        error = _error_of(cause)
         if error is not None and (error.fatal() or error.retriable()):
             log.warning("transactional producer cannot abort after %s: rebuilding it", error)
-            self._rebuild()
+            self._rebuild(error)
             return
         producer = self.producer
         try:
             _bounded("abort_transaction", lambda: producer.abort_transaction(STEP_TIMEOUT_S))
         except KafkaException as exc:
             log.warning("abort failed (%s): rebuilding the transactional producer", exc.args[0])
-            self._rebuild()
+            self._rebuild(_error_of(exc))
 
-    def _rebuild(self) -> None:
+    def close(self) -> None:
+        """At shutdown: abort the open transaction within `CLOSE_ABORT_S`, never rebuilding
+        the producer; one that cannot abort drops its outputs, and the coordinator aborts
+        the transaction after ``transaction.timeout.ms``."""
+        if not self.open:
+            return
+        self.aborts += 1
+        self.open = False
+        producer = self.producer
+        try:
+            _bounded("abort_transaction", lambda: producer.abort_transaction(CLOSE_ABORT_S),
+                     timeout_s=CLOSE_ABORT_S)  # fmt: skip
+        except KafkaException as exc:
+            log.warning(
+                "the transaction could not be aborted at shutdown (%s): the coordinator aborts "
+                "it after transaction.timeout.ms; none of its outputs become visible",
+                exc.args[0],
+            )
+            _drop_queue(producer)
+
+    def _rebuild(self, cause: RdKafkaError | None) -> None:
         """Drop the producer and its unsent outputs; a new one with the same transactional.id
         fences it, and the coordinator aborts whatever transaction it left open.
 
         The old producer may have a fatal error, which every call on it raises again; it is
         only asked to drop its queue, and whatever it says is ignored.
+
+        Raises:
+            KafkaError: `cause` is a fencing within `FENCED_AGAIN_S` of the last one (another
+                live producer has this transactional.id: a new one would fence it in turn),
+                or transactions cannot be started again.
         """
-        with contextlib.suppress(KafkaException, RuntimeError, SystemError):
-            self.producer.purge(in_queue=True, in_flight=True, blocking=False)
-            self.producer.flush(0)
+        if cause is not None and cause.code() in _FENCED:
+            self._refuse_twin()
+        _drop_queue(self.producer)
         self.producer = self._new_producer(deadline_s=_INIT_DEADLINE_S)
 
+    def _refuse_twin(self) -> None:
+        """Note a fencing; raise if the last one was under `FENCED_AGAIN_S` ago."""
+        now = time.monotonic()
+        last, self._fenced_at = self._fenced_at, now
+        if last is not None and now - last < FENCED_AGAIN_S:
+            raise KafkaError(
+                f"the transactional producer {self.transactional_id!r} was fenced twice within "
+                f"{FENCED_AGAIN_S:.0f} s: another live worker uses the same transactional id, "
+                "and each one's restart fences the other. Give every worker its own "
+                "--transactional-id (or leave it unset: one per process), then start this one "
+                "again; the other worker goes on"
+            )
 
-def _bounded(name: str, step: Callable[[], object]) -> None:
-    """Run one transactional step on a helper thread; wait at most its timeout and a margin.
+
+def _error_of(cause: BaseException | None) -> RdKafkaError | None:
+    """The librdkafka error a KafkaException carries, if any."""
+    error = cause.args[0] if isinstance(cause, KafkaException) and cause.args else None
+    return error if isinstance(error, RdKafkaError) else None
+
+
+def _drop_queue(producer: Producer) -> None:
+    """Drop what a producer being given up still holds; it may raise anything (a fatal
+    error), which is ignored."""
+    with contextlib.suppress(KafkaException, RuntimeError, SystemError):
+        producer.purge(in_queue=True, in_flight=True, blocking=False)
+        producer.flush(0)
+
+
+def _bounded(name: str, step: Callable[[], object], *, timeout_s: float | None = None) -> None:
+    """Run one transactional step on a helper thread; wait at most its timeout (by default
+    `STEP_TIMEOUT_S`) and a margin.
 
     Raises:
         KafkaException: what the step raised, or ``_TIMED_OUT`` if it did not return in
@@ -218,10 +302,11 @@ def _bounded(name: str, step: Callable[[], object]) -> None:
 
     thread = threading.Thread(target=run, name=f"txn-{name}", daemon=True)
     thread.start()
-    thread.join(STEP_TIMEOUT_S + _STEP_MARGIN_S)
+    timeout_s = STEP_TIMEOUT_S if timeout_s is None else timeout_s
+    thread.join(timeout_s + _STEP_MARGIN_S)
     if thread.is_alive():
         log.warning("%s did not return within %.0f s: giving up on it", name,
-                    STEP_TIMEOUT_S + _STEP_MARGIN_S)  # fmt: skip
+                    timeout_s + _STEP_MARGIN_S)  # fmt: skip
         raise KafkaException(
             RdKafkaError(RdKafkaError._TIMED_OUT, f"{name} did not return in time", retriable=True)
         )

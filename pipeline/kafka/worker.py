@@ -56,7 +56,7 @@ from pipeline.kafka.committer import (
 from pipeline.kafka.offsets import OffsetTracker, TopicPartitionKey
 from pipeline.kafka.outputs import Outputs, Owed, camel, now_ms, usable_record
 from pipeline.kafka.share import ShareWorker
-from pipeline.kafka.topics import ensure_topics
+from pipeline.kafka.topics import ensure_topics, message_limit
 from pipeline.kafka.transactions import Transactions, default_transactional_id
 from pipeline.metrics import Sensor, Sensors
 from pipeline.metrics.endpoint import MetricsServer
@@ -75,6 +75,7 @@ _MIN_POLL_S = 0.001
 _CLOSE_TIMEOUT_S = 10.0
 _STALE_AFTER_S = 60.0  # not live without a loop turn this long (revoke and commit steps: 10 s)
 _LAG_INTERVAL_MS = 5000
+_DEFAULT_BATCH_BYTES = 1_000_000  # librdkafka's batch.size
 
 # Consumers whose close() did not return (an unreachable coordinator can hold it without
 # end). Kept referenced: freeing one would run librdkafka's destroy, which waits as well.
@@ -182,9 +183,11 @@ class Worker:
         self._epoch = 0
         self._assigned: set[TopicPartitionKey] = set()
         self._paused: set[TopicPartitionKey] = set()
-        # Exactly-once: inputs whose output the broker refused in an aborted transaction.
-        self._refused: dict[tuple[TopicPartitionKey, int], RdKafkaError] = {}
+        # Exactly-once: inputs whose output the broker refused in an aborted transaction,
+        # with the dead letter's omit level for the redo.
+        self._refused: dict[tuple[TopicPartitionKey, int], tuple[RdKafkaError, int]] = {}
         self._stopping = False
+        self._stop_at: float | None = None  # when stop() was first asked for
         self._fatal: KafkaError | None = None
 
     # -- what the committer sees (committer.Host) ---------------------------------------------
@@ -226,8 +229,8 @@ class Worker:
         self._tracker.forget(held)
         return firsts
 
-    def remember_refused(self, msg: Message, error: RdKafkaError) -> None:
-        self._refused[((msg.topic(), msg.partition()), msg.offset())] = error  # type: ignore[index]
+    def remember_refused(self, msg: Message, error: RdKafkaError, omit: int) -> None:
+        self._refused[((msg.topic(), msg.partition()), msg.offset())] = (error, omit)  # type: ignore[index]
 
     def fail(self, error: KafkaError) -> None:
         if self._fatal is None:
@@ -239,6 +242,7 @@ class Worker:
 
     def stop(self, *_: object) -> None:
         """Ask the loop to stop after the current turn (safe to call from a signal handler)."""
+        self._stop_at = self._stop_at or time.monotonic()
         self._stopping = True
 
     def run(self) -> int:
@@ -249,8 +253,9 @@ class Worker:
                 failed for good (nothing past it was committed).
         """
         cfg = self.config
+        admin = self._clients.admin(dict(self._common))
         ensure_topics(
-            self._clients.admin(dict(self._common)),
+            admin,
             cfg.bootstrap_servers,
             [*cfg.input_topics, cfg.output_topic, cfg.dlq_topic],
             create=cfg.create_topics,
@@ -258,7 +263,9 @@ class Worker:
             replication_factor=cfg.replication_factor,
             min_insync_replicas=cfg.min_insync_replicas,
         )
-        self._committer = self._make_committer()
+        self._committer = self._make_committer(
+            message_limit(admin, [cfg.output_topic, cfg.dlq_topic])
+        )
         self._outputs = Outputs(
             self._committer,
             output_topic=cfg.output_topic,
@@ -282,9 +289,16 @@ class Worker:
             self._shutdown()
         return 0
 
-    def _make_committer(self) -> Committer:
+    def _make_committer(self, limit: int | None) -> Committer:
+        """The committer of the configured guarantee, with its producer; `limit` is the
+        output topics' smallest max.message.bytes (see `batch_settings`)."""
         cfg = self.config
         producer_settings = {
+            **batch_settings(limit),
+            # A deleted output or DLQ topic is not re-created by the broker's auto-creation
+            # (its own partition count, not --topic-partitions): the output fails, the
+            # worker stops, and its restart creates the topic as configured.
+            "allow.auto.create.topics": False,
             "enable.idempotence": True,
             "linger.ms": 2,
             "queue.buffering.max.messages": 200_000,
@@ -318,7 +332,10 @@ class Worker:
     def _shutdown(self) -> None:
         assert self._committer is not None
         if self._fatal is None:
-            self.drain(DRAIN_TIMEOUT_S)
+            # DRAIN_TIMEOUT_S from the stop request: a turn that was waiting for
+            # acknowledgements when it came (the broker gone) used part of it already.
+            waited = time.monotonic() - (self._stop_at or time.monotonic())
+            self.drain(max(DRAIN_TIMEOUT_S - waited, 0.0))
         self._committer.close(fatal=self._fatal is not None)
         self._close_consumer()
         log.info("worker stopped: %s", self._stats.snapshot().line())
@@ -349,12 +366,21 @@ class Worker:
             self._ingest(msgs)
         self._engine.run_due()
         self._produce_outcomes()
-        self._producer.poll(0)
+        self._serve_deliveries()
         self._committer.tick(time.monotonic())
         self._backpressure()
         if self._stats.due():
             self._sensor.partitions(len(self._assigned), len(self._paused))
             log.info("%s", self._stats.snapshot().line())
+
+    def _serve_deliveries(self) -> None:
+        """Serve the producer's delivery reports. A producer with a fatal error (fenced, a
+        sequence the broker lost) raises it here: the committer decides what that means."""
+        assert self._committer is not None
+        try:
+            self._producer.poll(0)
+        except KafkaException as exc:
+            self._committer.producer_failed(f"the producer failed: {exc.args[0]}")
 
     def _consume(self) -> list[Message]:
         """Wait for the first record (or the next batch deadline), then take what is queued."""
@@ -421,20 +447,21 @@ class Worker:
     def _redo_refused(
         self, owed: Owed, records: list[Message], offsets: list[int]
     ) -> tuple[list[Message], list[int]]:
-        """Dead-letter, without their values, the records whose outputs the broker refused
-        in an aborted transaction; return the others."""
+        """Dead-letter, smaller than before (without their values first), the records whose
+        outputs the broker refused in an aborted transaction; return the others."""
         assert self._outputs is not None
         tp = owed[0]
         kept: list[Message] = []
         kept_offsets: list[int] = []
         for msg, offset in zip(records, offsets, strict=True):
-            err = self._refused.pop((tp, offset), None)
-            if err is None:
+            refused = self._refused.pop((tp, offset), None)
+            if refused is None:
                 kept.append(msg)
                 kept_offsets.append(offset)
                 continue
+            err, omit = refused
             message = f"the broker refused an output of this event: {err}"
-            self._outputs.dead_letter(msg, owed, ("produce", camel(err.name()), message), omit=1)
+            self._outputs.dead_letter(msg, owed, ("produce", camel(err.name()), message), omit=omit)
         return kept, kept_offsets
 
     # -- outcomes, outputs, offsets -------------------------------------------------------
@@ -563,6 +590,20 @@ def fetch_settings(max_in_flight: int) -> dict[str, int]:
     """
     kbytes = min(max(2 * max_in_flight * 2, 16 * 1024), 128 * 1024)
     return {"queued.max.messages.kbytes": kbytes, "fetch.queue.backoff.ms": 10}
+
+
+def batch_settings(limit: int | None) -> dict[str, int]:
+    """The producer's batch size, within the output topics' max.message.bytes (`limit`).
+
+    The broker refuses a record batch larger than the topic's max.message.bytes as a whole,
+    and reports every record in it as too large (MSG_SIZE_TOO_LARGE): with librdkafka's
+    1,000,000-byte batches a topic limited to 64 KiB saw valid events dead-lettered by the
+    thousand. Batches no larger than the limit are refused only for a record that is
+    itself too large. ``-X batch.size`` overrides it.
+    """
+    if limit is None or limit >= _DEFAULT_BATCH_BYTES:
+        return {}
+    return {"batch.size": max(limit, 1)}
 
 
 def _timestamp(msg: Message, now_ms: int) -> int:

@@ -21,7 +21,15 @@ from pipeline import exitcodes
 from pipeline.dev.tools import _sample_rows
 
 from .conftest import Pipeline
-from .kafkaio import FAST_FAILOVER, Accounting, good_events, read_all, send, wait_for_outputs
+from .kafkaio import (
+    FAST_FAILOVER,
+    Accounting,
+    WorkerProcess,
+    good_events,
+    read_all,
+    send,
+    wait_for_outputs,
+)
 from .rawproduce import produce_with_raw_header
 
 MLP = "breast-cancer-mlp"
@@ -298,12 +306,21 @@ def test_two_workers_share_partitions_and_one_leaves(
     print("two workers, one left cleanly: 0 lost, 0 duplicates")
 
 
-def test_workers_flag_runs_processes_in_one_group(make_pipeline: Callable[..., Pipeline]) -> None:
-    p = make_pipeline(partitions=4)
-    ids = _produce_stream(p, 20_000)
+_ORPHAN_LIMIT_S = 15.0  # a child's clean stop: drain, commit, leave the group
+
+
+def _two_workers(p: Pipeline) -> WorkerProcess:
+    """`pipeline run --workers 2`, once both children hold partitions."""
     parent = p.start_worker("--default-model", MLP, "--workers", "2")
     parent.wait_for_log("worker-0 INFO pipeline.worker: assigned")
     parent.wait_for_log("worker-1 INFO pipeline.worker: assigned")
+    return parent
+
+
+def test_workers_flag_runs_processes_in_one_group(make_pipeline: Callable[..., Pipeline]) -> None:
+    p = make_pipeline(partitions=4)
+    ids = _produce_stream(p, 20_000)
+    parent = _two_workers(p)
     out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(ids), timeout_s=120)
     code, took = parent.stop(signal.SIGTERM)
     assert code == 0 and took < 10.0
@@ -352,8 +369,7 @@ def test_a_dying_child_is_reported_and_the_parent_stops_the_rest(
 ) -> None:
     psutil = pytest.importorskip("psutil")
     p = make_pipeline(partitions=4)
-    parent = p.start_worker("--default-model", MLP, "--workers", "2")
-    parent.wait_for_log("worker-1 INFO pipeline.worker: assigned")
+    parent = _two_workers(p)
     children = psutil.Process(parent.proc.pid).children()
     workers = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
     assert len(workers) == 2
@@ -362,6 +378,25 @@ def test_a_dying_child_is_reported_and_the_parent_stops_the_rest(
     assert code == 1
     assert f"(pid {workers[0].pid}) died with exit code -9; stopping the others" in parent.log
     assert not workers[1].is_running() or workers[1].status() == psutil.STATUS_ZOMBIE
+
+
+def test_children_end_when_their_parent_is_killed(
+    make_pipeline: Callable[..., Pipeline],
+) -> None:
+    psutil = pytest.importorskip("psutil")
+    p = make_pipeline(partitions=4)
+    parent = _two_workers(p)
+    children = psutil.Process(parent.proc.pid).children(recursive=True)
+    assert len(children) >= 2, children
+    parent.proc.kill()  # kill -9: the parent cannot stop them
+    parent.proc.wait()
+    killed = time.monotonic()
+    _, alive = psutil.wait_procs(children, timeout=_ORPHAN_LIMIT_S)
+    took = time.monotonic() - killed
+    for orphan in alive:  # never left behind, even when the test fails
+        orphan.kill()
+    assert not alive, f"still running {_ORPHAN_LIMIT_S:.0f} s after the parent died: {alive}"
+    print(f"--workers 2: {len(children)} processes ended {took:.1f} s after kill -9 of the parent")
 
 
 def test_missing_topics_without_creation_is_a_clear_error(kafka_bootstrap: str) -> None:

@@ -16,6 +16,7 @@ import itertools
 import logging
 import os
 import random
+import signal
 import threading
 import time
 from collections import defaultdict
@@ -29,7 +30,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from tests.integration.kafkaio import (
     FAST_FAILOVER,  # noqa: F401  (the fault tests import it from here)
+    Accounting,
     Record,
+    WorkerProcess,
     checked,
     dead_letter_identity,
     read_settled,
@@ -343,6 +346,27 @@ def split(records: Iterable[TimedRecord]) -> tuple[list[TimedRecord], list[Timed
     dead: list[TimedRecord] = []
     for r in records:
         (dead if r.dead else predictions).append(r)
+    return predictions, dead
+
+
+def answered_then_stopped(
+    bootstrap: str,
+    topics: Sequence[str],
+    worker: WorkerProcess,
+    ids: Sequence[str],
+    *,
+    timeout_s: float,
+) -> tuple[list[TimedRecord], list[TimedRecord]]:
+    """Read `topics` until every id in `ids` is answered; check that the worker is still
+    running, stops with 0 on SIGTERM, and that no id was lost or answered twice; return
+    (predictions, dead letters)."""
+    out = read_committed(bootstrap, topics, want=ids, timeout_s=timeout_s)
+    assert worker.proc.poll() is None, f"the worker died:\n{worker.log[-3000:]}"
+    code, _ = worker.stop(signal.SIGTERM)
+    assert code == 0, worker.log[-3000:]
+    predictions, dead = split(out)
+    acc = Accounting.of(predictions, dead)
+    assert acc.lost(ids) == [] and acc.duplicates() == 0
     return predictions, dead
 
 

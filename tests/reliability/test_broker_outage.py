@@ -28,11 +28,13 @@ from tests.integration.kafkaio import Accounting, WorkerProcess, good_events, se
 from .conftest import OwnBroker
 from .harness import (
     AT_LEAST_ONCE,
+    EXACTLY_ONCE,
     FAST_FAILOVER,
     GUARANTEES,
     MLP,
     SIZES,
     EventStream,
+    answered_then_stopped,
     event_id,
     first_output_after,
     guarantee_args,
@@ -237,3 +239,34 @@ def test_outage_longer_than_the_delivery_timeout_is_a_clear_error_then_nothing_i
         lost=len(lost), duplicates=acc.duplicates(), dead_letters=len(dead),
     )  # fmt: skip
     assert lost == [], f"{len(lost)} events lost, e.g. {lost[:5]}"
+
+
+_SIGTERM_LIMIT_S = 30.0  # the README's promise for a SIGTERM, broker or not
+
+
+def test_sigterm_during_an_outage_exits_0_within_30_s_and_loses_nothing_exactly_once(
+    own_broker: OwnBroker, own_pipelines: Callable[[], Pipeline]
+) -> None:
+    p = own_pipelines()
+    stream = EventStream(p.bootstrap, p.input, good_events(20_000, run="term"), rate=1_000)
+    worker = p.start_worker("--default-model", MLP, *guarantee_args(EXACTLY_ONCE),
+                            *FAST_FAILOVER, env={"PYTHONFAULTHANDLER": "1"})  # fmt: skip
+    worker.wait_for_log(f"assigned {p.input}[", timeout_s=90)
+    time.sleep(2)  # transactions open and committing
+
+    assert stream.is_alive(), "the stream should still be flowing when the broker stops"
+    own_broker.stop()
+    time.sleep(3)  # the worker notices: outputs unacknowledged, a transaction open
+    code, took = worker.stop(signal.SIGTERM, timeout_s=_SIGTERM_LIMIT_S + 150)
+    assert code == 0 and took < _SIGTERM_LIMIT_S, (
+        f"exit {code} after {took:.1f} s:\n{_warnings(worker.log)}"
+    )
+    assert "Traceback" not in worker.log, worker.log[-3000:]
+
+    _restart(own_broker)
+    ids = stream.finish()
+    second = p.start_worker("--default-model", MLP, *guarantee_args(EXACTLY_ONCE))
+    second.wait_for_log(f"assigned {p.input}[", timeout_s=90)
+    answered_then_stopped(p.bootstrap, [p.output, p.dlq], second, ids, timeout_s=180)
+    report("T2", part="sigterm-in-outage", mode=EXACTLY_ONCE, events=len(ids), exit_code=code,
+           stop_s=took, lost=0, duplicates=0)  # fmt: skip

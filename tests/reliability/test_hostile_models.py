@@ -9,16 +9,15 @@ keeps predicting for its good models before, between and after them.
 from __future__ import annotations
 
 import shutil
-import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 
 from tests.integration.conftest import Pipeline
-from tests.integration.kafkaio import Accounting, good_events, send
+from tests.integration.kafkaio import good_events, send
 
-from .harness import MLP, read_committed, report, split
+from .harness import MLP, answered_then_stopped, report
 
 GOOD_MODELS = ("breast-cancer-mlp", "breast-cancer-logreg", "breast-cancer-gbt")
 ROWS = good_events(1)[0][1]  # one real row, reused by the hostile events
@@ -98,14 +97,8 @@ def test_hostile_models_are_refused_and_good_models_keep_serving(
     send(p.bootstrap, p.input, events)
     worker = p.start_worker()
     ids = [orjson.loads(v)["id"] for _, v in events]
-    out = read_committed(p.bootstrap, [p.output, p.dlq], want=ids, timeout_s=120)
-    assert worker.proc.poll() is None, f"the worker died:\n{worker.log[-3000:]}"
-    code, _ = worker.stop(signal.SIGTERM)
-    assert code == 0, worker.log[-3000:]
-
-    predictions, dead = split(out)
-    acc = Accounting.of(predictions, dead)
-    assert acc.lost(ids) == [] and acc.duplicates() == 0
+    topics = [p.output, p.dlq]
+    predictions, dead = answered_then_stopped(p.bootstrap, topics, worker, ids, timeout_s=120)
     hostile_ids = {i for i in ids if i.startswith("hostile-")}
     assert {r.json["id"] for r in predictions} == set(ids) - hostile_ids
     assert {r.json["id"].rsplit("-", 1)[0]: r.json["model"] for r in predictions} == {

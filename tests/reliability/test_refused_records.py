@@ -11,6 +11,8 @@ become dead letters. In every case the worker keeps running and nothing is lost.
 
 from __future__ import annotations
 
+import hashlib
+import random
 import shutil
 import signal
 from collections.abc import Callable
@@ -19,6 +21,13 @@ from pathlib import Path
 import orjson
 import pytest
 from confluent_kafka import Producer
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
 
 from tests.integration.conftest import Pipeline
 from tests.integration.kafkaio import Accounting, good_events, send
@@ -28,6 +37,7 @@ from .harness import (
     GUARANTEES,
     MLP,
     TimedRecord,
+    answered_then_stopped,
     guarantee_args,
     read_committed,
     report,
@@ -91,6 +101,60 @@ def test_a_record_too_large_to_dead_letter_whole_ends_as_a_dead_letter_without_i
     report(f"T12-oversized-{guarantee}", events=len(ids), lost=0, duplicates=0, dead=1)
 
 
+HUGE_KEY_BYTES = 999_800  # the key seen from outside: every record carrying it is too large
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+def test_an_event_whose_key_fits_no_record_ends_as_a_dead_letter_without_its_key(
+    make_pipeline: Callable[..., Pipeline], guarantee: str
+) -> None:
+    p = make_pipeline(partitions=1)
+    before, after = good_events(50, run="before"), good_events(50, run="after")
+    send(p.bootstrap, p.input, before)
+    key = bytes(random.Random(7).randrange(256) for _ in range(HUGE_KEY_BYTES))
+    huge = orjson.loads(good_events(1, run="huge-key")[0][1])
+    _send_large(p.bootstrap, p.input, key, orjson.dumps(huge))
+    send(p.bootstrap, p.input, after)
+    worker = p.start_worker("--default-model", MLP, *guarantee_args(guarantee))
+    ids = [orjson.loads(v)["id"] for _, v in before + after]
+    ids.insert(len(before), f"{p.input}:0:{len(before)}")  # known by its source position
+    _, dead = answered_then_stopped(p.bootstrap, [p.output, p.dlq], worker, ids, timeout_s=60)
+    (letter,) = dead
+    h = letter.headers
+    assert letter.key is None and not letter.value
+    assert h["pipeline.error.stage"] == b"produce"
+    assert h["pipeline.error.type"] == b"MsgSizeTooLarge"
+    assert h["pipeline.key.omitted"] == str(HUGE_KEY_BYTES).encode()
+    assert h["pipeline.key.sha256"] == hashlib.sha256(key).hexdigest().encode()
+    assert h["pipeline.source.offset"] == str(len(before)).encode()
+    assert "Traceback" not in worker.log
+    report(f"T12-huge-key-{guarantee}", events=len(ids), lost=0, duplicates=0, dead=1)
+
+
+SMALL_TOPIC_LIMIT = 65_536  # max.message.bytes of the outside run's output topic
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+def test_an_output_topic_with_a_small_message_limit_gets_every_prediction(
+    make_pipeline: Callable[..., Pipeline], kafka_admin: AdminClient, guarantee: str
+) -> None:
+    p = make_pipeline(partitions=2)
+    limit = ConfigEntry("max.message.bytes", str(SMALL_TOPIC_LIMIT),
+                        incremental_operation=AlterConfigOpType.SET)  # fmt: skip
+    resource = ConfigResource(ResourceType.TOPIC, p.output, incremental_configs=[limit])
+    for future in kafka_admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=30)
+    events = good_events(20_000, run="small-limit")
+    send(p.bootstrap, p.input, events)  # a backlog: the producer's batches grow large
+    worker = p.start_worker("--default-model", MLP, *guarantee_args(guarantee))
+    ids = [orjson.loads(v)["id"] for _, v in events]
+    topics = [p.output, p.dlq]
+    _, dead = answered_then_stopped(p.bootstrap, topics, worker, ids, timeout_s=120)
+    assert dead == [], f"{len(dead)} valid events dead-lettered, e.g. {dead[0].headers}"
+    assert "Traceback" not in worker.log
+    report(f"T12-small-topic-limit-{guarantee}", events=len(ids), lost=0, duplicates=0, dead=0)
+
+
 @pytest.mark.parametrize("guarantee", GUARANTEES)
 def test_map_outputs_are_served_and_unservable_outputs_are_dead_lettered(
     make_pipeline: Callable[..., Pipeline], repo_root: Path, tmp_path: Path, guarantee: str
@@ -107,13 +171,8 @@ def test_map_outputs_are_served_and_unservable_outputs_are_dead_lettered(
     send(p.bootstrap, p.input, events)
     worker = p.start_worker(*guarantee_args(guarantee))
     ids = [orjson.loads(v)["id"] for _, v in events]
-    out = read_committed(p.bootstrap, [p.output, p.dlq], want=ids, timeout_s=90)
-    assert worker.proc.poll() is None, f"the worker died:\n{worker.log[-3000:]}"
-    assert worker.stop(signal.SIGTERM)[0] == 0, worker.log[-3000:]
-
-    predictions, dead = split(out)
-    acc = Accounting.of(predictions, dead)
-    assert acc.lost(ids) == [] and acc.duplicates() == 0
+    topics = [p.output, p.dlq]
+    predictions, dead = answered_then_stopped(p.bootstrap, topics, worker, ids, timeout_s=90)
     zipmapped = [r.json for r in predictions if r.json["model"] == "zipmap"]
     assert len(zipmapped) == 300
     for doc in zipmapped:

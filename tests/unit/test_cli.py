@@ -71,8 +71,26 @@ def test_a_usage_error_exits_2() -> None:
         (["run"], {"PIPELINE_MAX_BATCH_SIZ": "512"}, "did you mean PIPELINE_MAX_BATCH_SIZE?"),
         (["run", "-X", "plugin.library.paths=x.so"], {}, "plugin.library.paths"),
         (["consume", "--timeout", "3"], {}, "--timeout applies with --exit"),
+        (
+            ["run", "--guarantee", "exactly-once", "--commit-interval-ms", "30000"],
+            {},
+            "raise -X transaction.timeout.ms to 60000",
+        ),
+        (
+            ["run", "--group-type", "share", "-X", "session.timeout.ms=6000"],
+            {},
+            "['session.timeout.ms'] do not apply to --group-type share",
+        ),
     ],
-    ids=["flag-value", "serve-flag", "unknown-variable", "unsafe-property", "consume-timeout"],
+    ids=[
+        "flag-value",
+        "serve-flag",
+        "unknown-variable",
+        "unsafe-property",
+        "consume-timeout",
+        "commit-interval-past-transaction-timeout",
+        "share-group-session-timeout",
+    ],
 )
 def test_a_configuration_error_exits_3_before_connecting(
     args: list[str], env: dict[str, str], says: str

@@ -658,3 +658,36 @@ def test_pins_from_flags_env_and_file(make_toml: Callable[[str], Path]) -> None:
     assert load({}, config_file=make_toml('pins = ["c=3"]\n')).pinned() == {"c": "3"}
     with pytest.raises(ConfigError, match="--pin takes model=version"):
         load({"pins": ("a/../b=1",)})
+
+
+@pytest.mark.parametrize(
+    ("interval_ms", "kafka"),
+    [(7_501, {}), (15_000, {}), (30_000, {}), (30_001, {"transaction.timeout.ms": "60000"})],
+)
+def test_exactly_once_refuses_a_commit_interval_over_half_the_transaction_timeout(
+    interval_ms: int, kafka: dict[str, str]
+) -> None:
+    with pytest.raises(ConfigError, match=rf"--commit-interval-ms {interval_ms} .* at most half"):
+        WorkerConfig(guarantee="exactly-once", commit_interval_ms=interval_ms, kafka=kafka)
+
+
+@pytest.mark.parametrize(
+    ("guarantee", "interval_ms", "kafka"),
+    [
+        ("exactly-once", 7_500, {}),
+        ("exactly-once", 30_000, {"transaction.timeout.ms": "60000"}),
+        ("at-least-once", 30_000, {}),
+    ],
+)
+def test_a_commit_interval_within_half_the_transaction_timeout_is_taken(
+    guarantee: str, interval_ms: int, kafka: dict[str, str]
+) -> None:
+    config = WorkerConfig(guarantee=guarantee, commit_interval_ms=interval_ms, kafka=kafka)
+    assert config.commit_interval_ms == interval_ms
+
+
+def test_a_share_group_refuses_the_consumer_group_properties_its_consumer_refuses() -> None:
+    kafka = {"session.timeout.ms": "6000", "heartbeat.interval.ms": "1500", "linger.ms": "5"}
+    with pytest.raises(ConfigError, match=r"\['heartbeat.interval.ms', 'session.timeout.ms'\]"):
+        WorkerConfig(group_type="share", kafka=kafka)
+    assert WorkerConfig(group_type="consumer", kafka=kafka).kafka == kafka

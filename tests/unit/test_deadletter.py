@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -131,8 +132,12 @@ def test_headers_satisfy_the_dead_letter_schema(stage: str) -> None:
     jsonschema.Draft202012Validator(SCHEMA).validate(document)
 
 
+KEY = b"k" * 3000
+
+
 def letter(omit: int, *, unreadable: bool = False) -> tuple[bytes | None, dict[str, Any]]:
-    value, headers = dead_letter(
+    key, value, headers = dead_letter(
+        KEY,
         b"x" * 2000,
         [("trace", b"t")],
         reason=("decode", "TooLarge", "too large"),
@@ -143,6 +148,7 @@ def letter(omit: int, *, unreadable: bool = False) -> tuple[bytes | None, dict[s
         omit=omit,
         unreadable_headers=unreadable,
     )
+    assert key == (None if omit >= MAX_OMIT else KEY)
     return value, dict(headers)
 
 
@@ -162,11 +168,21 @@ def test_omit_1_leaves_the_value_out_and_says_how_large_it_was() -> None:
 
 
 def test_omit_2_also_leaves_the_original_headers_out() -> None:
-    value, headers = letter(MAX_OMIT)
+    value, headers = letter(2)
 
     assert value is None and "trace" not in headers
     assert headers["pipeline.headers.omitted"] == b"1"
     assert headers["pipeline.source.offset"] == b"9"
+    assert "pipeline.key.omitted" not in headers
+
+
+def test_omit_3_also_leaves_the_key_out_and_says_how_large_it_was_and_which() -> None:
+    value, headers = letter(MAX_OMIT)
+
+    assert MAX_OMIT == 3 and value is None and "trace" not in headers
+    assert headers["pipeline.key.omitted"] == b"3000"
+    assert headers["pipeline.key.sha256"] == hashlib.sha256(KEY).hexdigest().encode()
+    assert headers["pipeline.value.omitted"] == b"2000"
 
 
 def test_unreadable_headers_are_left_out_and_said_to_be() -> None:

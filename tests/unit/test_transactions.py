@@ -14,8 +14,11 @@ from typing import Any, cast
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from pipeline.errors import DeliveryFailed
+from pipeline.errors import KafkaError as PipelineKafkaError
 from pipeline.kafka import transactions
 from pipeline.kafka.committer import TransactionalCommitter
+from pipeline.kafka.deadletter import MAX_OMIT
 from pipeline.kafka.offsets import OffsetTracker
 from pipeline.kafka.transactions import STEP_TIMEOUT_S, Transactions
 from pipeline.metrics import Sensor
@@ -219,7 +222,7 @@ class _Host:
         self.tracker.forget(self.assigned)
         return firsts
 
-    def remember_refused(self, msg: Any, error: Any) -> None:
+    def remember_refused(self, msg: Any, error: Any, omit: int) -> None:
         raise AssertionError("no record was refused")
 
     def fail(self, error: Exception) -> None:
@@ -265,6 +268,40 @@ def test_outputs_purged_by_an_abort_do_not_abort_the_next_transaction() -> None:
     committer.output_failed(cast(Any, _Record()), KafkaError(KafkaError._MSG_TIMED_OUT), owed_now)
     committer.tick(time.monotonic())
     assert [c for c, _ in made[0].calls].count("abort_transaction") == 2
+
+
+class _RefusingHost(_Host):
+    """Remembers the refused records and the error that stopped the worker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused: list[int] = []
+        self.failed: list[Exception] = []
+
+    def remember_refused(self, msg: Any, error: Any, omit: int) -> None:
+        self.refused.append(omit)
+
+    def fail(self, error: Exception) -> None:
+        self.failed.append(error)
+
+
+def test_a_refused_dead_letter_is_redone_smaller_and_stops_the_worker_past_the_last_level() -> None:
+    host = _RefusingHost()
+    txn, _ = _txn()
+    committer = TransactionalCommitter(
+        cast(Any, host), txn, interval_ms=0, offset_reset="earliest", sensor=Sensor()
+    )
+    owed = (("in", 0), host.tracker.consumed_many(("in", 0), [7]))
+    too_large = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+    committer.begin()
+    for next_omit in range(1, MAX_OMIT + 1):
+        committer.output_failed(cast(Any, _Record()), too_large, owed, next_omit=next_omit)
+    assert host.refused == [1, 2, 3] and host.failed == []
+
+    committer.output_failed(cast(Any, _Record()), too_large, owed, next_omit=MAX_OMIT + 1)
+    (error,) = host.failed
+    assert isinstance(error, DeliveryFailed)
+    assert "in[0]@7" in str(error) and "even without its key" in str(error), error
 
 
 class _StuckHost(_Host):
@@ -339,3 +376,47 @@ def test_unreadable_offsets_are_left_alone_while_the_broker_is_away_or_a_transac
     for second in range(70, 131, 10):
         committer.tick(start + second + 0.5)
     assert [c for c, _ in made[0].calls] == ["init_transactions", "begin_transaction"]
+
+
+def _fenced() -> KafkaException:
+    return _error(KafkaError._FENCED, fatal=True)
+
+
+def _always_failing(
+    fail: dict[str, KafkaException],
+) -> tuple[Transactions, list[RecordingProducer]]:
+    made: list[RecordingProducer] = []
+
+    def make(conf: dict[str, Any]) -> Any:
+        made.append(RecordingProducer(conf, {} if not made else dict(fail)))
+        return made[-1]
+
+    return Transactions({}, transactional_id="twin-1", make_producer=make), made
+
+
+def test_a_producer_fenced_once_is_rebuilt_and_fenced_again_soon_stops_naming_the_id() -> None:
+    txn, made = _always_failing({"abort_transaction": _fenced()})
+    txn.begin()
+    txn.abort(_fenced())  # fenced once (a coordinator that moved, say): rebuilt
+    assert len(made) == 2
+    txn.begin()
+    with pytest.raises(PipelineKafkaError, match="'twin-1' was fenced twice") as raised:
+        txn.abort(None)  # abort_transaction says fenced again: another live twin
+    assert "--transactional-id" in str(raised.value) and "\n" not in str(raised.value)
+    assert len(made) == 2  # no third producer: it would fence the twin in turn
+
+
+def test_a_producer_fenced_while_idle_is_rebuilt_by_begin() -> None:
+    txn, made = _txn({"begin_transaction": _fenced()})
+    txn.begin()
+    assert len(made) == 2 and txn.open
+    assert [c for c, _ in made[1].calls] == ["init_transactions", "begin_transaction"]
+
+
+def test_close_aborts_within_its_bound_and_never_rebuilds() -> None:
+    txn, made = _txn({"abort_transaction": _error(KafkaError._TRANSPORT, retriable=True)})
+    txn.begin()
+    txn.close()
+    assert len(made) == 1 and not txn.open
+    assert ("abort_transaction", transactions.CLOSE_ABORT_S) in made[0].calls
+    assert "purge" in [c for c, _ in made[0].calls]
