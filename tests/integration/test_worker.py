@@ -389,7 +389,7 @@ def test_children_end_when_their_parent_is_killed(
     children = psutil.Process(parent.proc.pid).children(recursive=True)
     assert len(children) >= 2, children
     parent.proc.kill()  # kill -9: the parent cannot stop them
-    parent.proc.wait()
+    parent.__exit__(None, None, None)  # waits for it and closes its log file
     killed = time.monotonic()
     _, alive = psutil.wait_procs(children, timeout=_ORPHAN_LIMIT_S)
     took = time.monotonic() - killed
