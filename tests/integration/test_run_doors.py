@@ -15,7 +15,7 @@ from pipeline.serve._proto import prediction_pb2, prediction_pb2_grpc
 from tests.doors.test_http import ROWS, ort_outputs
 
 from .conftest import Pipeline
-from .kafkaio import Accounting, free_port, good_events, read_all, send
+from .kafkaio import Accounting, WorkerProcess, free_port, good_events, read_all, send
 
 MLP = "breast-cancer-mlp"
 
@@ -33,6 +33,20 @@ def _records_in(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
+def _wait_ready(worker: WorkerProcess, http_port: int, timeout_s: float = 60.0) -> None:
+    """Until the worker's HTTP door answers /readyz 200; fail if it exits or takes too long."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{http_port}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert worker.proc.poll() is None, worker.log[-3000:]
+        assert time.monotonic() < deadline, worker.log[-3000:]
+        time.sleep(0.1)
+
+
 def test_one_worker_answers_kafka_events_and_requests(
     make_pipeline: Callable[..., Pipeline],
 ) -> None:
@@ -40,16 +54,7 @@ def test_one_worker_answers_kafka_events_and_requests(
     http_port, grpc_port = free_port(), free_port()
     worker = p.start_worker("--default-model", MLP, "--http-port", str(http_port),
                             "--grpc-port", str(grpc_port))  # fmt: skip
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{http_port}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert worker.proc.poll() is None, worker.log[-3000:]
-        assert time.monotonic() < deadline, worker.log[-3000:]
-        time.sleep(0.1)
+    _wait_ready(worker, http_port)
     events = good_events(2000)
     send(p.bootstrap, p.input, events)
     label, probabilities = ort_outputs(MLP, ROWS[:1])
@@ -79,15 +84,7 @@ def test_a_kafka_backlog_does_not_starve_the_doors_nor_the_doors_kafka(
     worker = p.start_worker("--default-model", MLP, "--http-port", str(http_port),
                             "--max-queue", "2000", "--max-rows-per-request", "2000")  # fmt: skip
     url = f"http://127.0.0.1:{http_port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert worker.proc.poll() is None and time.monotonic() < deadline, worker.log[-3000:]
-        time.sleep(0.1)
+    _wait_ready(worker, http_port)
     rows = [ROWS[i % len(ROWS)].tolist() for i in range(2000)]  # the most one request takes
     statuses: dict[int, int] = {}
     before = _records_in(p.bootstrap, p.output)
