@@ -277,20 +277,19 @@ def build_models() -> dict[str, tuple[Any, bytes]]:
     """
     built: dict[str, tuple[Any, bytes]] = {}
     for name, model in _estimators().items():
-        x, y = load_data(name)
-        x_train, _, y_train, _ = train_test_split(
-            x, y, test_size=TEST_SIZE, random_state=RANDOM_STATE, stratify=y
-        )
-        model.fit(x_train, y_train)
-        built[name] = (model, _to_onnx(name, model))
+        built[name] = _trained(name, model, *load_data(name))
     for name, model in _typed_estimators().items():
-        frame, classes = typed_data(name)
-        train, _, y_train, _ = train_test_split(
-            frame, classes, test_size=TEST_SIZE, random_state=RANDOM_STATE, stratify=classes
-        )
-        model.fit(train, y_train)
-        built[name] = (model, _to_onnx(name, model))
+        built[name] = _trained(name, model, *typed_data(name))
     return built
+
+
+def _trained(name: str, model: Any, x: Any, y: np.ndarray[Any, Any]) -> tuple[Any, bytes]:
+    """Fit `model` on the fixed, stratified 75% of (x, y) and convert it to ONNX."""
+    x_train, _, y_train, _ = train_test_split(
+        x, y, test_size=TEST_SIZE, random_state=RANDOM_STATE, stratify=y
+    )
+    model.fit(x_train, y_train)
+    return model, _to_onnx(name, model)
 
 
 def _manifest(name: str, blob: bytes) -> dict[str, object]:
