@@ -39,7 +39,7 @@ from confluent_kafka import KafkaError as RdKafkaError
 from pipeline.errors import DeliveryFailed, KafkaError
 from pipeline.kafka.deadletter import MAX_OMIT
 from pipeline.kafka.offsets import OffsetTracker, Owed, TopicPartitionKey
-from pipeline.kafka.transactions import Transactions
+from pipeline.kafka.transactions import Stopping, Transactions
 from pipeline.metrics import Sensor
 
 __all__ = ["AtLeastOnceCommitter", "Committer", "Host", "TransactionalCommitter"]
@@ -273,6 +273,8 @@ class TransactionalCommitter:
             ))  # fmt: skip
         except KafkaError as exc:  # the rebuild was refused
             self._host.fail(exc)
+        except Stopping as exc:  # what is produced now is refused and never committed
+            log.warning("%s: leaving the outputs to a restart", exc)
 
     def finished(self, n: int) -> None:
         pass
@@ -418,6 +420,9 @@ class TransactionalCommitter:
             self._txn.abort(cause)
         except KafkaError as exc:
             self._host.fail(exc)
+            return False
+        except Stopping as exc:  # the shutdown that follows leaves everything to a restart
+            log.warning("%s: the coordinator aborts the open transaction", exc)
             return False
         return True
 

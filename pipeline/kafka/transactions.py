@@ -33,6 +33,8 @@ rebuilt: the worker stops with an error that names the id, and the other goes on
 At shutdown (`close`) the open transaction is aborted within `CLOSE_ABORT_S`, never
 rebuilt: the worker is leaving, and a transaction it cannot abort (the broker is gone) is
 aborted by the coordinator after ``transaction.timeout.ms``; nothing of it ever shows.
+A rebuild already under way when the worker is asked to stop (the broker gone, it can take
+`_INIT_DEADLINE_S`) gives up within `_STOP_CHECK_S` and raises `Stopping`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaError as RdKafkaError
@@ -52,7 +55,7 @@ from confluent_kafka import KafkaException, Producer, TopicPartition
 from pipeline.config import TRANSACTION_TIMEOUT_MS
 from pipeline.errors import KafkaError
 
-__all__ = ["Transactions", "default_transactional_id"]
+__all__ = ["Stopping", "Transactions", "default_transactional_id"]
 
 log = logging.getLogger("pipeline.transactions")
 STEP_TIMEOUT_S = 10.0  # send offsets, commit, abort: milliseconds when the broker is well
@@ -60,6 +63,7 @@ _INIT_TIMEOUT_S = 30.0  # init_transactions, which may wait for an earlier trans
 _INIT_DEADLINE_S = 120.0  # init_transactions is tried again on retriable errors until then
 _STEP_MARGIN_S = 5.0  # beyond librdkafka's own step timeout, before the worker stops waiting
 CLOSE_ABORT_S = 3.0  # the abort at shutdown (SIGTERM's promise: exit within 30 s)
+_STOP_CHECK_S = 0.2  # how often a rebuild looks whether the worker was asked to stop
 FENCED_AGAIN_S = 60.0  # fenced again this soon after a rebuild: another live worker has the id
 _FENCED = frozenset((RdKafkaError._FENCED, RdKafkaError.PRODUCER_FENCED))
 
@@ -77,6 +81,11 @@ _PRODUCER_DEFAULTS = {
     # in the pid. Our transactions last one commit interval plus a few bounded steps.
     "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
 }
+
+
+class Stopping(Exception):
+    """The worker was asked to stop while the transactional producer was being rebuilt: no
+    transaction is open, and the coordinator aborts the one the old producer left."""
 
 
 def default_transactional_id(group_id: str, index: int) -> str:
@@ -99,9 +108,11 @@ class Transactions:
         *,
         transactional_id: str,
         make_producer: Callable[[dict[str, Any]], Producer] = Producer,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self._settings = {**_PRODUCER_DEFAULTS, **settings, "transactional.id": transactional_id}
         self._make_producer = make_producer
+        self._stopping = stopping
         self.transactional_id = transactional_id
         self.producer = self._new_producer()
         self.open = False
@@ -111,12 +122,17 @@ class Transactions:
 
     def _new_producer(self, *, deadline_s: float = _INIT_TIMEOUT_S) -> Producer:
         """A producer whose transactions are initialized (which fences any earlier producer
-        with this id); retriable failures are tried again until `deadline_s` has passed."""
+        with this id); retriable failures are tried again until `deadline_s` has passed.
+
+        Raises:
+            KafkaError: transactions could not be started.
+            Stopping: the worker was asked to stop meanwhile.
+        """
         deadline = time.monotonic() + deadline_s
         while True:
             producer = self._make_producer(dict(self._settings))
             try:
-                producer.init_transactions(_INIT_TIMEOUT_S)
+                self._unless_stopping(partial(producer.init_transactions, _INIT_TIMEOUT_S))
                 return producer
             except KafkaException as exc:
                 error = exc.args[0] if exc.args else None
@@ -131,7 +147,31 @@ class Transactions:
                         "allowed to write with this transactional id"
                     ) from exc
                 log.warning("init_transactions failed (%s): trying again", error)
-                time.sleep(1.0)
+                self._unless_stopping(lambda: time.sleep(1.0))
+
+    def _unless_stopping(self, step: Callable[[], object]) -> None:
+        """Run `step` on a helper thread, looking every `_STOP_CHECK_S` whether the worker
+        was asked to stop (the main thread runs signal handlers while it waits).
+
+        Raises:
+            Stopping: it was; the step goes on, unwaited for, on its daemon thread.
+        """
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                step()
+            except BaseException as exc:  # handed to the caller's thread
+                failure.append(exc)
+
+        thread = threading.Thread(target=run, name="txn-init", daemon=True)
+        thread.start()
+        while thread.is_alive():
+            if self._stopping():
+                raise Stopping(f"stopping while {self.transactional_id!r} was being rebuilt")
+            thread.join(_STOP_CHECK_S)
+        if failure:
+            raise failure[0]
 
     def begin(self) -> None:
         """Open a transaction unless one is open; a producer that cannot (fenced while no
@@ -202,6 +242,7 @@ class Transactions:
 
         Raises:
             KafkaError: the rebuild was refused (see `_rebuild`).
+            Stopping: the worker was asked to stop during the rebuild.
         """
         if not self.open and cause is None:
             return  # nothing begun, nothing to abort

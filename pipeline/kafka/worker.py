@@ -307,7 +307,10 @@ class Worker:
         if cfg.guarantee == "exactly-once":
             txn_id = cfg.transactional_id or default_transactional_id(cfg.group_id, self._index)
             transactions = Transactions(
-                producer_settings, transactional_id=txn_id, make_producer=self._clients.producer
+                producer_settings,
+                transactional_id=txn_id,
+                make_producer=self._clients.producer,
+                stopping=lambda: self._stopping,
             )
             log.info("exactly-once: transactional.id %s", txn_id)
             return TransactionalCommitter(

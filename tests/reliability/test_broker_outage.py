@@ -244,11 +244,6 @@ def test_outage_longer_than_the_delivery_timeout_is_a_clear_error_then_nothing_i
 _SIGTERM_LIMIT_S = 30.0  # the README's promise for a SIGTERM, broker or not
 
 
-@pytest.mark.xfail(
-    reason="issue 30 item 7 is not fixed reliably: on the clean-clone CI run of 6a56841 the "
-    "exactly-once worker exited 6 after 134.6 s (it passed twice on a developer machine)",
-    strict=False,
-)
 def test_sigterm_during_an_outage_exits_0_within_30_s_and_loses_nothing_exactly_once(
     own_broker: OwnBroker, own_pipelines: Callable[[], Pipeline]
 ) -> None:

@@ -420,3 +420,27 @@ def test_close_aborts_within_its_bound_and_never_rebuilds() -> None:
     assert len(made) == 1 and not txn.open
     assert ("abort_transaction", transactions.CLOSE_ABORT_S) in made[0].calls
     assert "purge" in [c for c, _ in made[0].calls]
+
+
+def test_a_rebuild_gives_up_soon_after_the_worker_is_asked_to_stop() -> None:
+    # issue 30 item 7: the broker gone, a rebuild's init_transactions waits 30 s a try for
+    # up to 120 s; a SIGTERM meanwhile must not wait for it (the README promises 30 s)
+    stop = threading.Event()
+    released = threading.Event()
+    made: list[RecordingProducer] = []
+
+    def make(conf: dict[str, Any]) -> Any:
+        made.append(RecordingProducer(conf, {}))
+        if len(made) > 1:  # the rebuilt producer finds no broker
+            made[-1].init_transactions = lambda _: released.wait(10)  # type: ignore[method-assign]
+        return made[-1]
+
+    txn = Transactions({}, transactional_id="t-1", make_producer=make, stopping=stop.is_set)
+    txn.begin()
+    threading.Timer(0.3, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(transactions.Stopping, match="'t-1'"):
+        txn.abort(_error(KafkaError._FENCED, fatal=True))
+    assert time.monotonic() - started < 2
+    assert not txn.open
+    released.set()
