@@ -156,16 +156,7 @@ class Transactions:
         Raises:
             Stopping: it was; the step goes on, unwaited for, on its daemon thread.
         """
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                step()
-            except BaseException as exc:  # handed to the caller's thread
-                failure.append(exc)
-
-        thread = threading.Thread(target=run, name="txn-init", daemon=True)
-        thread.start()
+        thread, failure = _on_thread("txn-init", step)
         while thread.is_alive():
             if self._stopping():
                 raise Stopping(f"stopping while {self.transactional_id!r} was being rebuilt")
@@ -325,14 +316,11 @@ def _drop_queue(producer: Producer) -> None:
         producer.flush(0)
 
 
-def _bounded(name: str, step: Callable[[], object], *, timeout_s: float | None = None) -> None:
-    """Run one transactional step on a helper thread; wait at most its timeout (by default
-    `STEP_TIMEOUT_S`) and a margin.
-
-    Raises:
-        KafkaException: what the step raised, or ``_TIMED_OUT`` if it did not return in
-            time (it keeps running on its thread, against a producer about to be replaced).
-    """
+def _on_thread(
+    name: str, step: Callable[[], object]
+) -> tuple[threading.Thread, list[BaseException]]:
+    """Start `step` on a daemon thread; the list receives what it raises, for the caller's
+    thread to raise once the thread has ended."""
     failure: list[BaseException] = []
 
     def run() -> None:
@@ -341,8 +329,20 @@ def _bounded(name: str, step: Callable[[], object], *, timeout_s: float | None =
         except BaseException as exc:  # handed to the caller's thread
             failure.append(exc)
 
-    thread = threading.Thread(target=run, name=f"txn-{name}", daemon=True)
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
+    return thread, failure
+
+
+def _bounded(name: str, step: Callable[[], object], *, timeout_s: float | None = None) -> None:
+    """Run one transactional step on a helper thread; wait at most its timeout (by default
+    `STEP_TIMEOUT_S`) and a margin.
+
+    Raises:
+        KafkaException: what the step raised, or ``_TIMED_OUT`` if it did not return in
+            time (it keeps running on its thread, against a producer about to be replaced).
+    """
+    thread, failure = _on_thread(f"txn-{name}", step)
     timeout_s = STEP_TIMEOUT_S if timeout_s is None else timeout_s
     thread.join(timeout_s + _STEP_MARGIN_S)
     if thread.is_alive():
