@@ -48,6 +48,14 @@ log = logging.getLogger("pipeline.worker")
 
 DRAIN_TIMEOUT_S = 10.0  # how long a revoke or a transaction waits for outputs to be acknowledged
 _UNANSWERED_COMMIT_S = 10.0  # an async commit unanswered this long no longer holds back the next
+# A final commit that meets a rebalance is tried again, between turns of the group protocol,
+# for this long (a clean stop within the README's 30 s).
+_FINAL_COMMIT_S = 5.0
+_REBALANCING = frozenset((
+    RdKafkaError.ILLEGAL_GENERATION,
+    RdKafkaError.UNKNOWN_MEMBER_ID,
+    RdKafkaError.REBALANCE_IN_PROGRESS,
+))  # fmt: skip
 
 
 class Host(Protocol):
@@ -80,6 +88,11 @@ class Host(Protocol):
 
     def fail(self, error: KafkaError) -> None:
         """Stop the worker with `error` (nothing past unfinished work is committed)."""
+        ...
+
+    def serve_group(self, timeout_s: float) -> None:
+        """Take part in the group's rebalance for up to `timeout_s` without taking new work
+        (a record that still arrives is left unfinished, so never committed)."""
         ...
 
 
@@ -207,17 +220,40 @@ class AtLeastOnceCommitter:
     def close(self, *, fatal: bool) -> None:
         if fatal:  # only offsets whose outputs were acknowledged
             self._producer.flush(DRAIN_TIMEOUT_S)
-        self._commit(asynchronous=False)
+        self._final_commit()
+
+    def _final_commit(self) -> None:
+        """Commit what is finished; a commit that meets a rebalance (a member joining as
+        this one stops) is tried again once the group has moved on, within
+        `_FINAL_COMMIT_S`: otherwise the next owner would redo, and duplicate, all of it."""
+        deadline = self._clock() + _FINAL_COMMIT_S
+        while True:
+            error = self._commit(asynchronous=False)
+            if error is None or error.code() not in _REBALANCING:
+                return
+            if self._clock() >= deadline:
+                log.warning("the final offset commit kept meeting a rebalance (%s): the next "
+                            "owner redoes the events since the last commit", error)  # fmt: skip
+                return
+            log.info("the final offset commit met a rebalance (%s): trying again", error)
+            self._host.serve_group(0.5)
 
     def _commit(
         self, *, asynchronous: bool, only: Sequence[TopicPartitionKey] | None = None
-    ) -> None:
+    ) -> RdKafkaError | None:
+        """Commit the finished positions (of `only`, if given); return the error of a
+        synchronous commit that failed, in whole or for some partition."""
         tracker = self._host.tracker
-        positions = tracker.commit_positions(only)
+        # A synchronous commit (a revoke, the last one) while an asynchronous one is
+        # unanswered sends its positions again: that one may yet fail (a rebalance moved the
+        # generation), and these partitions are given up now, so no later commit would.
+        again = not asynchronous and self._unanswered_since is not None
+        positions = tracker.commit_positions(only, again=again)
         if not positions:
-            return
+            return None
         offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
         consumer = self._host.consumer
+        failed: RdKafkaError | None = None
         try:
             if asynchronous:
                 consumer.commit(offsets=offsets, asynchronous=True)
@@ -228,10 +264,13 @@ class AtLeastOnceCommitter:
                         log.warning("offset commit of %s[%d] failed: %s",
                                     p.topic, p.partition, p.error)  # fmt: skip
                         positions.pop((p.topic, p.partition), None)
+                        failed = p.error
         except KafkaException as exc:
             log.warning("offset commit failed (will retry): %s", exc.args[0])
-            return
+            error = exc.args[0] if exc.args else None
+            return error if isinstance(error, RdKafkaError) else None
         tracker.mark_committed(positions)
+        return failed
 
 
 class TransactionalCommitter:

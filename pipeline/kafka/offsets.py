@@ -180,14 +180,16 @@ class OffsetTracker:
         return part.position() if part is not None else None
 
     def commit_positions(
-        self, only: Iterable[TopicPartitionKey] | None = None
+        self, only: Iterable[TopicPartitionKey] | None = None, *, again: bool = False
     ) -> dict[TopicPartitionKey, int]:
-        """Positions that moved since the last call (of the given partitions, or all)."""
+        """Positions that moved since they were last marked committed (of the given
+        partitions, or all); with `again`, every position, marked or not (an asynchronous
+        commit marked them but its answer has not come)."""
         moved: dict[TopicPartitionKey, int] = {}
         for tp in self._parts if only is None else only:
             part = self._parts.get(tp)
             position = part.position() if part is not None else None
-            if part is not None and position is not None and position != part.committed:
+            if part is not None and position is not None and (again or position != part.committed):
                 moved[tp] = position
         return moved
 

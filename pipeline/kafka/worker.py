@@ -238,6 +238,12 @@ class Worker:
             self.readiness.fatal(str(error))
         self._stopping = True
 
+    def serve_group(self, timeout_s: float) -> None:
+        held = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
+        if held:
+            self._consumer.pause(held)
+        self._consumer.poll(timeout_s)  # serves the rebalance; a record it returns is dropped
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def stop(self, *_: object) -> None:
