@@ -245,6 +245,7 @@ class WorkerConfig(EngineSettings, DoorSettings, LogSettings):
     commit_every_events: int = 10_000
     metrics_port: int = 0  # 0: no /metrics endpoint of its own (an HTTP door serves one)
     metrics_host: str = "127.0.0.1"
+    delivery_stall_s: int = 120  # /healthz fails once outputs are owed this long undelivered
     kafka: Mapping[str, str] = field(default_factory=dict)
     allow_unsafe_kafka_properties: bool = False
 
@@ -275,6 +276,7 @@ class WorkerConfig(EngineSettings, DoorSettings, LogSettings):
                 f"worker process, got {self.metrics_port!r}"
             )
         _check_int(self.max_in_flight, "max_in_flight", self.max_batch_size)
+        _check_int(self.delivery_stall_s, "delivery_stall_s", 0)
         if self.guarantee not in GUARANTEES:
             raise ConfigError(
                 f"guarantee must be one of {', '.join(GUARANTEES)}, got {self.guarantee!r}"

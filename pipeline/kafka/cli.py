@@ -144,3 +144,9 @@ def _add_worker_flags(add: Callable[..., Any]) -> None:
         "worker i uses this port + i)",
     )
     add("--metrics-host", help="address of the metrics endpoint (default: 127.0.0.1)")
+    add(
+        "--delivery-stall-s",
+        type=int,
+        help="/healthz fails once outputs have been owed this long with no delivery, so an "
+        "orchestrator restarts a stuck worker (0: never; default: 120)",
+    )

@@ -43,7 +43,7 @@ from pipeline.kafka.outputs import Outputs, Owed, now_ms, usable_record
 from pipeline.kafka.sharegroup import agree_delivery_limit, set_offset_reset
 from pipeline.kafka.topics import ensure_topics
 from pipeline.metrics import Sensor, Sensors
-from pipeline.metrics.health import Readiness
+from pipeline.metrics.health import Readiness, Stall
 from pipeline.metrics.statsline import StatsLine
 
 __all__ = ["ShareWorker"]
@@ -158,6 +158,8 @@ class ShareWorker:
         self._stats = stats
         self._sensor = Sensors([stats, *sensors])
         self.readiness = readiness or Readiness()
+        self._deliveries = Stall("outputs", after_s=config.delivery_stall_s)
+        self.readiness.watch(self._deliveries)
         self._common = client_settings(config.bootstrap_servers, config.kafka)
         self._decoder = EventDecoder(catalog=engine.models, default_model=config.default_model)
         self._outcomes: list[
@@ -260,9 +262,15 @@ class ShareWorker:
         if records:
             self._acks = acks = _Acks(records)
             self._process(records, outputs)
+            owed = len(producer)
             unacknowledged = producer.flush(_DRAIN_TIMEOUT_S)
+            self._deliveries.observe(unacknowledged, progressed=unacknowledged < owed)
             self._acknowledge(consumer, acks, unacknowledged)
             self._acks = None
+        else:  # outputs a timed-out flush left behind stay owed until delivered
+            owed = len(producer)
+            producer.poll(0)
+            self._deliveries.observe(len(producer), progressed=len(producer) < owed)
         if self._stats.due():
             log.info("%s", self._stats.snapshot().line())
 

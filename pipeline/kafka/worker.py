@@ -60,7 +60,7 @@ from pipeline.kafka.topics import ensure_topics, message_limit
 from pipeline.kafka.transactions import Transactions, default_transactional_id
 from pipeline.metrics import Sensor, Sensors
 from pipeline.metrics.endpoint import MetricsServer
-from pipeline.metrics.health import Readiness
+from pipeline.metrics.health import Readiness, Stall
 from pipeline.metrics.prometheus import PrometheusSensor
 from pipeline.metrics.statsline import StatsLine
 from pipeline.metrics.tracing import batch_tracer
@@ -145,6 +145,8 @@ class Worker:
         self._stats = stats or StatsLine(interval_s=config.stats_interval_s)
         self._sensor = Sensors([self._stats, *sensors])
         self.readiness = readiness or Readiness(stale_after_s=_STALE_AFTER_S)
+        self._deliveries = Stall("outputs", after_s=config.delivery_stall_s)
+        self.readiness.watch(self._deliveries)
         statistics = {"statistics.interval.ms": lag_interval_ms, "stats_cb": self._on_stats}
         self._common = client_settings(config.bootstrap_servers, config.kafka)
         self._consumer = self._clients.consumer(
@@ -386,10 +388,14 @@ class Worker:
         """Serve the producer's delivery reports. A producer with a fatal error (fenced, a
         sequence the broker lost) raises it here: the committer decides what that means."""
         assert self._committer is not None
+        producer = self._producer
+        owed = len(producer)
         try:
-            self._producer.poll(0)
+            producer.poll(0)
         except KafkaException as exc:
             self._committer.producer_failed(f"the producer failed: {exc.args[0]}")
+        still = len(producer)
+        self._deliveries.observe(still, progressed=still < owed)
 
     def _consume(self) -> list[Message]:
         """Wait for the first record (or the next batch deadline), then take what is queued."""

@@ -1,8 +1,9 @@
 """`pipeline run --metrics-port`: /metrics, /healthz and /readyz on a small HTTP server.
 
 A thread of its own serves Prometheus's text format and the probes, so a scrape never
-waits for the worker's loop; `/healthz` answers from the loop's heartbeat and never fails
-because Kafka is slow. (`pipeline serve`, and `pipeline run` with an HTTP door, serve the
+waits for the worker's loop; `/healthz` answers from the loop's heartbeat and from the
+outputs' progress (owed with no delivery for `--delivery-stall-s`), never merely because
+Kafka is slow. (`pipeline serve`, and `pipeline run` with an HTTP door, serve the
 same paths on the door's port.)
 """
 
