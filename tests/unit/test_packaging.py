@@ -21,7 +21,9 @@ PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 def test_the_license_is_the_apache_2_0_text_pyproject_names() -> None:
     text = (ROOT / "LICENSE").read_text()
 
-    assert PROJECT["license"] == {"text": "Apache-2.0"}
+    assert PROJECT["license"] == "Apache-2.0"  # an SPDX expression (PEP 639)
+    assert PROJECT["license-files"] == ["LICENSE"]
+    assert metadata.metadata("kafka-onnx-pipeline")["License-Expression"] == "Apache-2.0"
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     assert "END OF TERMS AND CONDITIONS" in text
 
