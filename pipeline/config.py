@@ -24,7 +24,7 @@ import difflib
 import os
 import re
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -598,6 +598,7 @@ def load_config(
     config_file: Path | None = None,
     env: Mapping[str, str] | None = None,
     properties: Sequence[str] = (),
+    local_broker: Callable[[], str | None] | None = None,
 ) -> WorkerConfig:
     """Build the worker's settings: flags over environment over file over defaults.
 
@@ -607,13 +608,20 @@ def load_config(
         config_file: The TOML file, if any (else ``PIPELINE_CONFIG`` from `env`).
         env: The environment (default: ``os.environ``).
         properties: ``-X key=value`` flags, resolved here (they win over ``kafka``).
+        local_broker: Where no flag, variable or file names the bootstrap servers, the
+            address of a local broker to use before the default (None: use the default).
 
     Raises:
         ConfigError: a setting is malformed or out of range, a file key or a
             ``PIPELINE_*`` variable is unknown, or a property is refused.
     """
     return load_settings(
-        WorkerConfig, flags, config_file=config_file, env=env, properties=properties
+        WorkerConfig,
+        flags,
+        config_file=config_file,
+        env=env,
+        properties=properties,
+        local_broker=local_broker,
     )
 
 
@@ -624,6 +632,7 @@ def load_settings(
     config_file: Path | None = None,
     env: Mapping[str, str] | None = None,
     properties: Sequence[str] = (),
+    local_broker: Callable[[], str | None] | None = None,
 ) -> Settings:
     """Build `cls` (`WorkerConfig` or `ServeConfig`): flags over environment over file over
     defaults; see `load_config`."""
@@ -641,6 +650,10 @@ def load_settings(
         **{k: v for k, v in flags.items() if k != "kafka"},
     }
     if cls is WorkerConfig:
+        if "bootstrap_servers" not in settings and local_broker is not None:
+            found = local_broker()
+            if found:
+                settings["bootstrap_servers"] = found
         resolved = {k: _secret_value(v, env) for k, v in pairs.items()}
         settings["kafka"] = {**file_kafka, **dict(flags.get("kafka") or {}), **resolved}  # type: ignore[call-overload]
     return cls(**settings)  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from pipeline.config import Settings, load_settings
@@ -16,13 +17,20 @@ from pipeline.logs import setup_logging
 __all__ = ["print_config", "settings_from_args", "start_logging"]
 
 
-def settings_from_args(cls: type[Settings], args: argparse.Namespace) -> Settings:
-    """Build `cls` from the parsed flags, the environment and the ``--config`` file."""
+def settings_from_args(
+    cls: type[Settings],
+    args: argparse.Namespace,
+    *,
+    local_broker: Callable[[], str | None] | None = None,
+) -> Settings:
+    """Build `cls` from the parsed flags, the environment and the ``--config`` file (and,
+    where none names the bootstrap servers, `local_broker`'s address)."""
     return load_settings(
         cls,
         setting_flags(args),
         config_file=args.config,
         properties=getattr(args, "X", None) or (),
+        local_broker=local_broker,
     )
 
 

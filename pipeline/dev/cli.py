@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.config import WorkerConfig, load_config, parse_properties
-from pipeline.dev.localkafka import DEFAULT_DATA_DIR, DEFAULT_PORT, LocalKafka
+from pipeline.dev.localkafka import DEFAULT_DATA_DIR, DEFAULT_PORT, LocalBootstrap, LocalKafka
 from pipeline.errors import ConfigError
 from pipeline.flags import add_config_flag, add_property_flags
 from pipeline.kafka.cli import DEFAULT_BOOTSTRAP
@@ -26,8 +27,11 @@ def _client_settings(args: argparse.Namespace) -> WorkerConfig:
         flags["bootstrap_servers"] = args.bootstrap_servers
     if getattr(args, "allow_unsafe_kafka_properties", False):
         flags["allow_unsafe_kafka_properties"] = True
-    settings = load_config(flags, config_file=args.config, properties=args.X)
+    local = LocalBootstrap()
+    settings = load_config(flags, config_file=args.config, properties=args.X, local_broker=local)
     setup_logging(level=logging.WARNING)
+    if said := local.said():
+        print(said, file=sys.stderr)
     return settings
 
 
@@ -106,7 +110,7 @@ def add_client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
             "--bootstrap-servers",
             default=None,
             help=f"default: $PIPELINE_BOOTSTRAP_SERVERS, $KAFKA_BOOTSTRAP_SERVERS, the "
-            f"--config file's, or {DEFAULT_BOOTSTRAP}",
+            f"--config file's, the broker `pipeline kafka start` runs, or {DEFAULT_BOOTSTRAP}",
         )
         add("--topic", default=topic, help=f"default: {topic}")
         add_config_flag(add)

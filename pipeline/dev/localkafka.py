@@ -50,6 +50,7 @@ __all__ = [
     "DEFAULT_PORT",
     "BrokerInfo",
     "ClusterInfo",
+    "LocalBootstrap",
     "LocalKafka",
     "broker_classpath",
     "new_cluster_id",
@@ -98,6 +99,31 @@ class ClusterInfo:
     def bootstrap(self) -> str:
         """The running nodes' addresses, comma-separated, for ``bootstrap.servers``."""
         return ",".join(node.bootstrap for node in self.nodes)
+
+
+class LocalBootstrap:
+    """Where no flag, variable or file names the bootstrap servers, the address of the
+    broker (or cluster) `pipeline kafka start` runs with its default data dir, so `run`,
+    `produce` and `consume` find it (a `local_broker` for `load_settings`); `found` is
+    what it gave, and `said` the line that tells the user."""
+
+    def __init__(self, data_dir: Path | None = None) -> None:
+        self.data_dir = data_dir or DEFAULT_DATA_DIR
+        self.found: str | None = None
+
+    def __call__(self) -> str | None:
+        cluster = LocalKafka(data_dir=self.data_dir).cluster()
+        self.found = cluster.bootstrap if cluster else None
+        return self.found
+
+    def said(self) -> str | None:
+        if self.found is None:
+            return None
+        return (
+            f"no bootstrap servers given: using the local broker at {self.found} that "
+            f"`pipeline kafka start` runs (data dir {self.data_dir}); give "
+            "--bootstrap-servers for another"
+        )
 
 
 def _resource(name: str) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -20,12 +21,19 @@ __all__ = ["DEFAULT_BOOTSTRAP", "add_run_parser"]
 
 DEFAULT_BOOTSTRAP = WorkerConfig.bootstrap_servers
 
+log = logging.getLogger("pipeline.worker")
+
 
 def _run(args: argparse.Namespace) -> int:
-    config = settings_from_args(WorkerConfig, args)
+    from pipeline.dev.localkafka import LocalBootstrap
+
+    local = LocalBootstrap()
+    config = settings_from_args(WorkerConfig, args, local_broker=local)
     if args.print_config:
         return print_config(config)
     start_logging(config)
+    if said := local.said():
+        log.info("%s", said)
     if config.workers > 1:
         from pipeline.kafka.supervisor import supervise
 
@@ -62,7 +70,11 @@ def add_run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 def _add_worker_flags(add: Callable[..., Any]) -> None:
     """Kafka, the group, delivery, the topics it creates, and its own metrics endpoint."""
-    add("--bootstrap-servers", help=f"Kafka bootstrap servers (default: {DEFAULT_BOOTSTRAP})")
+    add(
+        "--bootstrap-servers",
+        help="Kafka bootstrap servers (default: the broker `pipeline kafka start` runs, if "
+        f"one does, else {DEFAULT_BOOTSTRAP})",
+    )
     add(
         "--input-topic",
         dest="input_topics",

@@ -58,11 +58,35 @@ def test_start_status_second_start_stop(tmp_path: Path) -> None:
         assert (tmp_path / "kafka" / "broker.log").stat().st_size > 0
         pid = LocalKafka(data_dir=tmp_path / "kafka").running()
         assert pid is not None
+        _clients_find_the_local_broker(tmp_path, f"127.0.0.1:{port}")
     finally:
         stopped = _cli("stop", "--data-dir", data)
     assert stopped.returncode == 0
     assert not _pid_alive(pid.pid)
     assert _cli("status", "--data-dir", data).returncode == 1
+
+
+def _clients_find_the_local_broker(home: Path, bootstrap: str) -> None:
+    """With no bootstrap given, `run`, `produce` and `consume` use the broker that
+    `pipeline kafka start` runs in the default data dir ($PIPELINE_HOME/kafka), and say so
+    (issue 26 item 4): not 127.0.0.1:9092, where someone else's broker may listen."""
+    env = {k: v for k, v in os.environ.items() if "BOOTSTRAP_SERVERS" not in k}
+    env["PIPELINE_HOME"] = str(home)
+
+    def pipeline(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True,
+                              text=True, timeout=120, check=False, env=env)  # fmt: skip
+
+    config = pipeline("run", "--print-config")
+    assert config.returncode == 0, config.stderr
+    assert f'"bootstrap_servers": "{bootstrap}"' in config.stdout
+    topic = f"found-{uuid.uuid4().hex[:8]}"
+    sent = pipeline("produce", "--topic", topic, "--synthetic", "breast-cancer-mlp", "--count", "3")
+    assert sent.returncode == 0, sent.stderr
+    assert f"using the local broker at {bootstrap}" in sent.stderr
+    read = pipeline("consume", "--topic", topic, "--from-beginning", "--exit", "--format", "value")
+    assert read.returncode == 0, read.stderr
+    assert len(read.stdout.splitlines()) == 3, read.stdout
 
 
 def test_port_taken_is_a_one_line_error(tmp_path: Path) -> None:

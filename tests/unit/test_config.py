@@ -691,3 +691,28 @@ def test_a_share_group_refuses_the_consumer_group_properties_its_consumer_refuse
     with pytest.raises(ConfigError, match=r"\['heartbeat.interval.ms', 'session.timeout.ms'\]"):
         WorkerConfig(group_type="share", kafka=kafka)
     assert WorkerConfig(group_type="consumer", kafka=kafka).kafka == kafka
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "file", "expected"),
+    [
+        ({}, {}, "", "127.0.0.1:40001"),  # nothing given: the local broker
+        ({"bootstrap_servers": "flag:1"}, {}, "", "flag:1"),
+        ({}, {"KAFKA_BOOTSTRAP_SERVERS": "env:1"}, "", "env:1"),
+        ({}, {"PIPELINE_BOOTSTRAP_SERVERS": "env:2"}, "", "env:2"),
+        ({}, {}, 'bootstrap_servers = "file:1"\n', "file:1"),
+    ],
+)
+def test_the_local_broker_is_used_only_where_nothing_names_the_bootstrap_servers(
+    tmp_path: Path, flags: dict[str, object], env: dict[str, str], file: str, expected: str
+) -> None:
+    path = None
+    if file:
+        path = tmp_path / "pipeline.toml"
+        path.write_text(file)
+    config = load_config(flags, config_file=path, env=env, local_broker=lambda: "127.0.0.1:40001")
+    assert config.bootstrap_servers == expected
+
+
+def test_with_no_local_broker_running_the_default_stays() -> None:
+    assert load_config({}, env={}, local_broker=lambda: None).bootstrap_servers == "127.0.0.1:9092"
