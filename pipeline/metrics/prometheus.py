@@ -59,7 +59,12 @@ _MV = ("model", "version")
 METRICS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...]]] = {
     "records_consumed_total": ("counter", "Input records read", ("topic",), ()),
     "records_produced_total": ("counter", "Outputs acknowledged by the broker", ("topic",), ()),
-    "predictions_total": ("counter", "Predictions acknowledged by the broker", _MV, ()),
+    "predictions_total": (
+        "counter",
+        "Predictions acknowledged by the broker or answered by a door",
+        _MV,
+        (),
+    ),
     "dead_letters_total": (
         "counter",
         "Dead letters acknowledged by the broker",
@@ -209,6 +214,9 @@ class PrometheusSensor(Sensor, Collector):
             series = self._values["predictions_total"]
             series[labels] = series.get(labels, 0.0) + len(latencies_s)
             self._histograms["event_to_prediction_seconds"].observe(labels, latencies_s)
+
+    def answered(self, model: str, version: str, rows: int) -> None:
+        self._add("predictions_total", (model, version), rows)
 
     def produce_acknowledged(self, model: str, version: str, seconds: float) -> None:
         self._observe("produce_ack_seconds", (model, version), np.array([seconds]))

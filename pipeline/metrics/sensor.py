@@ -72,6 +72,9 @@ class Sensor:
     def request(self, door: str, status: str, seconds: float) -> None:
         """A front-door request ended with `status` (an HTTP code or a gRPC status)."""
 
+    def answered(self, model: str, version: str, rows: int) -> None:
+        """A front door answered a caller with `rows` predictions of a model version."""
+
 
 NULL_SENSOR = Sensor()
 
@@ -147,3 +150,7 @@ class Sensors(Sensor):
     def request(self, door: str, status: str, seconds: float) -> None:
         for s in self.sensors:
             s.request(door, status, seconds)
+
+    def answered(self, model: str, version: str, rows: int) -> None:
+        for s in self.sensors:
+            s.answered(model, version, rows)

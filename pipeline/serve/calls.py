@@ -34,6 +34,7 @@ from pipeline.engine.names import is_plain_name
 from pipeline.engine.signature import Feed, feed_rows
 from pipeline.engine.spec import ModelSpec
 from pipeline.errors import ModelLoadError, ModelNotFoundError, Overloaded
+from pipeline.metrics.sensor import NULL_SENSOR, Sensor
 
 __all__ = [
     "ModelCalls",
@@ -163,12 +164,21 @@ class ModelCalls:
         engine: The shared engine (its model cache answers `resolve`).
         default_model: The model for requests that name none; None to require a name.
         max_rows: Most rows one request may carry.
+        sensor: Counts the predictions answered.
     """
 
-    def __init__(self, engine: Engine[Any], *, default_model: str | None, max_rows: int) -> None:
+    def __init__(
+        self,
+        engine: Engine[Any],
+        *,
+        default_model: str | None,
+        max_rows: int,
+        sensor: Sensor = NULL_SENSOR,
+    ) -> None:
         self.engine = engine
         self._default_model = default_model
         self._max_rows = max_rows
+        self._sensor = sensor
 
     def model_name(self, name: object) -> str:
         """The model a request means: its own, or the default."""
@@ -212,7 +222,9 @@ class ModelCalls:
             )
         except Overloaded as exc:
             raise Refusal(429, "RESOURCE_EXHAUSTED", str(exc)) from exc
-        return _assemble(await waiter.future, n)
+        predicted = _assemble(await waiter.future, n)
+        self._sensor.answered(spec.name, predicted.model.spec.version, n)
+        return predicted
 
 
 def _assemble(outcomes: list[Outcome[Any]], n: int) -> Predicted:

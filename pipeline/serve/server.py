@@ -76,7 +76,7 @@ class Doors:
         self._readiness = readiness
         self._calls = ModelCalls(
             engine, default_model=default_model or _only_model(engine),
-            max_rows=settings.max_rows_per_request,
+            max_rows=settings.max_rows_per_request, sensor=sensor,
         )  # fmt: skip
         self._sensor = sensor
         self._http: _Uvicorn | None = None

@@ -64,6 +64,25 @@ def test_v1_instances_get_one_prediction_each(server: Server, path: str) -> None
     np.testing.assert_allclose([p["probabilities"] for p in predictions], probabilities, atol=1e-6)
 
 
+def _predictions_total(server: Server, model: str) -> float:
+    """pipeline_predictions_total of `model` (every version) on the door's /metrics."""
+    text = httpx.get(f"{server.url}/metrics").text
+    prefix = f'pipeline_predictions_total{{model="{model}",'
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(prefix))  # fmt: skip
+
+
+def test_door_predictions_are_counted_in_pipeline_predictions_total(server: Server) -> None:
+    """Issue 26 item 8: a door's predictions count as the Kafka worker's do (per row)."""
+    before = _predictions_total(server, LOGREG)
+    reply = httpx.post(f"{server.url}/v1/models/{LOGREG}:predict",
+                       json={"instances": ROWS[:3].tolist()})  # fmt: skip
+    assert reply.status_code == 200, reply.text
+    refused = httpx.post(f"{server.url}/v1/models/{LOGREG}:predict", json={"instances": [[1.0]]})
+    assert refused.status_code == 400  # a refused request predicts nothing
+    assert _predictions_total(server, LOGREG) == before + 3
+
+
 def test_v2_health_server_and_model_metadata(server: Server) -> None:
     assert httpx.get(f"{server.url}/v2/health/live").status_code == 200
     assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
