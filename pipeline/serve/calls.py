@@ -258,12 +258,14 @@ class SeedAnswer:
 
 def seed_answers(model: LoadedModel, outputs: dict[str, np.ndarray]) -> list[SeedAnswer]:
     """Each row's prediction and confidence: a classifier's class index (the column of its
-    largest probability) and that probability; a regressor's value, without confidence."""
+    largest probability) and that probability, clipped to [0, 1] (float32 rounding makes a
+    sure class 1.0000001; `outputs` keep the model's own figures); a regressor's value,
+    without confidence."""
     spec = model.spec
     probabilities = _probabilities(spec, outputs)
     if probabilities is not None:
         best = np.argmax(probabilities, axis=1)
-        scores = probabilities[np.arange(len(best)), best]
+        scores = np.clip(probabilities[np.arange(len(best)), best], 0.0, 1.0)
         labels = spec.labels if spec.labels and len(spec.labels) == probabilities.shape[1] else None
         return [
             SeedAnswer(float(b), float(s), labels[int(b)] if labels else None)

@@ -3,9 +3,12 @@ goes with it, whichever door it came through."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 
-from pipeline.serve.calls import rejected
+from pipeline.serve.calls import rejected, seed_answers
 
 from .test_codec import make_decoder
 
@@ -33,3 +36,14 @@ def test_a_rejected_row_is_refused_with_a_matching_status_and_code(
 
     assert (refusal.http, refusal.grpc) == (http, grpc)
     assert refusal.message == f"instances[0]: {reject.message}"
+
+
+def test_a_sure_class_has_confidence_1_not_float32_rounding_above_it() -> None:
+    """Issue 26 item 8: float32 probabilities of a sure class sum past 1 (1.0000001)."""
+    probabilities = np.array([[np.float32(1.0000001), 0.0], [0.25, 0.75]], dtype=np.float32)
+    model = SimpleNamespace(spec=SimpleNamespace(probability_output="probabilities", labels=None))
+
+    answers = seed_answers(model, {"probabilities": probabilities})  # type: ignore[arg-type]
+
+    assert [(a.prediction, a.confidence) for a in answers] == [(0.0, 1.0), (1.0, 0.75)]
+    assert probabilities[0, 0] > 1.0  # the outputs keep the model's own figure
