@@ -31,6 +31,7 @@ as a new version rather than overwriting an old one.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -66,6 +67,8 @@ __all__ = [
     "ModelStore",
     "SessionFactory",
 ]
+
+log = logging.getLogger("pipeline.engine")
 
 MODEL_FILE = "model.onnx"
 PIN_FILE = "PINNED"
@@ -322,6 +325,7 @@ class ModelCache:
         self._loading: dict[tuple[str, str], Future[LoadedModel]] = {}
         self._failed: dict[tuple[str, str], tuple[ModelLoadError, float]] = {}
         self._newest: dict[str, tuple[str, float]] = {}
+        self._served: dict[str, tuple[str, str]] = {}  # name -> (version, why), to log changes
         self._unknown: OrderedDict[str, tuple[ModelNotFoundError, float]] = OrderedDict()
 
     @property
@@ -387,7 +391,7 @@ class ModelCache:
         if unknown is not None and now - unknown[1] < self._reload_interval_s:
             raise unknown[0].with_traceback(None)
         try:
-            version = self._current(name)
+            version, why = self._current(name)
         except ModelNotFoundError as exc:
             with self._lock:
                 self._unknown[name] = (exc, now)
@@ -396,18 +400,26 @@ class ModelCache:
                     self._unknown.popitem(last=False)
             raise
         with self._lock:
+            before = self._served.get(name)
+            self._served[name] = (version, why)
             self._newest[name] = (version, now)
             self._unknown.pop(name, None)
+        if before is not None and before != (version, why):  # once per change, not per event
+            log.info("model %r: events that name no version now get version %s (%s; was %s, %s)",
+                     name, version, why, *before)  # fmt: skip
         return version
 
-    def _current(self, name: str) -> str:
-        """The version served to those who name none: a ``--pin``, the store's pin, or the
-        newest."""
+    def _current(self, name: str) -> tuple[str, str]:
+        """The version served to those who name none, and why: a ``--pin``, the store's
+        pin, or the newest."""
         pin = self._pins.get(name)
         if pin is not None:
             self._store.require_version(name, pin, "--pin")
-            return pin
-        return self._store.pinned(name) or self._store.latest(name)
+            return pin, "pinned by --pin"
+        pinned = self._store.pinned(name)
+        if pinned is not None:
+            return pinned, f"pinned by {name}/{PIN_FILE}"
+        return self._store.latest(name), "the newest"
 
     def _claim(self, key: tuple[str, str]) -> tuple[Future[LoadedModel], bool]:
         """Return the pending load of `key` and whether the caller must run it.

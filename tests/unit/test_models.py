@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -717,6 +718,35 @@ def test_a_store_pin_serves_its_version_and_a_change_applies_after_the_interval(
     add_version("m", "3")
     clock.advance(2.0)
     assert cache.resolve("m", None).version == "3", "no pin: the newest"
+
+
+def test_a_new_version_a_pin_set_and_a_pin_removed_are_each_logged_once(
+    root: Path, add_version: Callable[..., Path], make_cache: Callable[..., ModelCache],
+    clock: FakeClock, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """Issue 26 item 8: the worker said nothing when the version it serves changed."""
+    add_version("m", "1")
+    cache = make_cache(reload_interval_s=2.0)
+    cache.resolve("m", None)
+    with caplog.at_level(logging.INFO, logger="pipeline.engine"):
+        for step in ("new version", "pin set", "pin removed"):
+            if step == "new version":
+                add_version("m", "2")
+            elif step == "pin set":
+                (root / "m" / "PINNED").write_text("1\n")
+            else:
+                (root / "m" / "PINNED").unlink()
+            for _ in range(3):  # listed again three times: logged once
+                clock.advance(2.0)
+                cache.resolve("m", None)
+    changes = [r.getMessage() for r in caplog.records if "now get version" in r.getMessage()]
+    assert changes == [
+        "model 'm': events that name no version now get version 2 (the newest; was 1, the newest)",
+        "model 'm': events that name no version now get version 1 (pinned by m/PINNED; was 2, "
+        "the newest)",
+        "model 'm': events that name no version now get version 2 (the newest; was 1, pinned "
+        "by m/PINNED)",
+    ]
 
 
 def test_a_flag_pin_wins_over_the_store_and_explicit_versions_still_work(
