@@ -643,7 +643,7 @@ def run_worker(config: WorkerConfig, index: int = 0) -> int:
     probes; with ``--http-port`` or ``--grpc-port`` the front doors answer requests from
     the worker's own engine, on a thread of their own, for as long as the worker runs.
     """
-    stats = StatsLine(interval_s=config.stats_interval_s)
+    stats = StatsLine(interval_s=config.stats_interval_s, kind=config.group_type)
     wants_metrics = bool(config.metrics_port or config.http_port)
     metrics = PrometheusSensor() if wants_metrics else None
     sensor = Sensors([stats, *([metrics] if metrics else [])])

@@ -39,11 +39,21 @@ class StatsSnapshot:
     requests: int = 0
     expired: int = 0
     acknowledged: dict[str, int] = field(default_factory=dict)
+    answered: int = 0
+    kind: str = "consumer"
 
     def line(self) -> str:
-        """The human-readable stats line."""
+        """The human-readable stats line: Kafka's figures for a worker (without partitions
+        for a share-group member, which holds none of its own), the doors' for a server."""
         rate = 1.0 / self.seconds if self.seconds > 0 else 0.0
         mean_batch = self.batch_rows / self.batches if self.batches else 0.0
+        if self.kind == "doors":
+            return (
+                f"requests {self.requests * rate:.0f}/s predictions {self.answered * rate:.0f}/s "
+                f"mean batch {mean_batch:.1f} total requests {self.totals.get('requests', 0)} "
+                f"predictions {self.totals.get('answered', 0)}"
+                + (f" expired {self.expired}" if self.expired else "")
+            )
         p50 = "-" if self.latency_p50_ms is None else f"{self.latency_p50_ms:.1f}"
         p99 = "-" if self.latency_p99_ms is None else f"{self.latency_p99_ms:.1f}"
         out = self.predictions + self.dead_letters
@@ -51,8 +61,8 @@ class StatsSnapshot:
             f"in {self.events_in * rate:.0f}/s out {out * rate:.0f}/s "
             f"mean batch {mean_batch:.1f} latency p50 {p50} ms p99 {p99} ms "
             f"dlq {self.dead_letters} (total {self.totals.get('dead_letters', 0)}) "
-            f"partitions {self.partitions} "
-            f"total in {self.totals.get('events_in', 0)} out {self.totals.get('out', 0)}"
+            + ("" if self.kind == "share" else f"partitions {self.partitions} ")
+            + f"total in {self.totals.get('events_in', 0)} out {self.totals.get('out', 0)}"
             + (f" requests {self.requests * rate:.0f}/s" if self.requests else "")
             + (f" expired {self.expired}" if self.expired else "")
             + "".join(f" {kind} {n}" for kind, n in sorted(self.acknowledged.items()))
@@ -60,19 +70,34 @@ class StatsSnapshot:
 
 
 class StatsLine(Sensor):
-    """Counters for the current interval plus running totals, fed by sensor events."""
+    """Counters for the current interval plus running totals, fed by sensor events.
 
-    def __init__(self, *, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    Args:
+        interval_s: How often a line is due.
+        kind: Whose line: ``consumer`` (a consumer-group worker), ``share`` (a share-group
+            member: no partitions of its own) or ``doors`` (`pipeline serve`: requests and
+            predictions, no Kafka figures).
+        clock: Monotonic clock in seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        interval_s: float,
+        kind: str = "consumer",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._interval_s = interval_s
+        self._kind = kind
         self._clock = clock
         self._started = clock()
-        self._totals = {"events_in": 0, "out": 0, "dead_letters": 0}
+        self._totals = {"events_in": 0, "out": 0, "dead_letters": 0, "requests": 0, "answered": 0}
         self._partitions = 0
         self._reset()
 
     def _reset(self) -> None:
         self.events_in = self.predicted = self.dead = self.batches = self.batch_rows = 0
-        self.requests = self.expired = 0
+        self.requests = self.expired = self.door_predictions = 0
         self.acknowledged: dict[str, int] = {}
         self._samples: list[np.ndarray] = []
         self._held = 0
@@ -114,6 +139,9 @@ class StatsLine(Sensor):
     def request(self, door: str, status: str, seconds: float) -> None:
         self.requests += 1
 
+    def answered(self, model: str, version: str, rows: int) -> None:
+        self.door_predictions += rows
+
     def records_acknowledged(self, kind: str, n: int) -> None:
         self.acknowledged[kind] = self.acknowledged.get(kind, 0) + n
 
@@ -135,6 +163,8 @@ class StatsLine(Sensor):
         self._totals["events_in"] += self.events_in
         self._totals["out"] += self.predicted + self.dead
         self._totals["dead_letters"] += self.dead
+        self._totals["requests"] += self.requests
+        self._totals["answered"] += self.door_predictions
         snap = StatsSnapshot(
             seconds=now - self._started,
             events_in=self.events_in,
@@ -149,6 +179,8 @@ class StatsLine(Sensor):
             requests=self.requests,
             expired=self.expired,
             acknowledged=dict(self.acknowledged),
+            answered=self.door_predictions,
+            kind=self._kind,
         )
         self._started = now
         self._reset()

@@ -169,7 +169,7 @@ def _only_model(engine: Engine[Any]) -> str | None:
 
 def serve(settings: ServeConfig) -> int:
     """`pipeline serve`: run the doors until SIGTERM or SIGINT; return 0."""
-    stats = StatsLine(interval_s=settings.stats_interval_s)
+    stats = StatsLine(interval_s=settings.stats_interval_s, kind="doors")
     metrics = PrometheusSensor()
     sensor = Sensors([stats, metrics])
     readiness = Readiness(stale_after_s=ENGINE_STALE_AFTER_S)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -52,6 +53,25 @@ def test_no_latency_and_the_optional_figures() -> None:
     assert fields is not None
     assert fields["latency_p50_ms"] is None and fields["latency_p99_ms"] is None
     assert (fields["requests_per_s"], fields["expired"]) == (7, 2)
+
+
+def test_a_share_members_and_a_servers_lines_are_read_back() -> None:
+    share = dataclasses.replace(SNAPSHOT, kind="share")
+    fields = stats_fields(share.line())
+    assert fields is not None and "partitions" not in fields
+    assert fields["total_out"] == 3003
+    doors = StatsSnapshot(
+        seconds=2.0, events_in=0, predictions=0, dead_letters=0, batches=4, batch_rows=40,
+        latency_p50_ms=None, latency_p99_ms=None, partitions=0, requests=10, answered=40,
+        totals={"requests": 30, "answered": 120}, kind="doors",
+    )  # fmt: skip
+    assert stats_fields(doors.line()) == {
+        "requests_per_s": 5,
+        "predictions_per_s": 20,
+        "mean_batch": 10.0,
+        "total_requests": 30,
+        "total_predictions": 120,
+    }
 
 
 def test_other_messages_have_no_stats() -> None:

@@ -87,7 +87,13 @@ def test_snapshot_figures_and_line(stats: StatsLine, clock: FakeClock) -> None:
     assert (snap.batches, snap.batch_rows, snap.partitions) == (4, 100, 4)
     assert snap.latency_p50_ms == pytest.approx(50.5)
     assert snap.latency_p99_ms == pytest.approx(99.01)
-    assert snap.totals == {"events_in": 105, "out": 105, "dead_letters": 5}
+    assert snap.totals == {
+        "events_in": 105,
+        "out": 105,
+        "dead_letters": 5,
+        "requests": 0,
+        "answered": 0,
+    }
     assert snap.line() == (
         "in 21/s out 21/s mean batch 25.0 latency p50 50.5 ms p99 99.0 ms "
         "dlq 5 (total 5) partitions 4 total in 105 out 105"
@@ -109,7 +115,13 @@ def test_counters_reset_and_totals_accumulate_across_snapshots(
     assert (second.events_in, second.predictions, second.dead_letters) == (20, 17, 3)
     assert (second.batches, second.batch_rows) == (1, 20)
     assert second.latency_p50_ms == second.latency_p99_ms == 7.0
-    assert second.totals == {"events_in": 70, "out": 70, "dead_letters": 5}
+    assert second.totals == {
+        "events_in": 70,
+        "out": 70,
+        "dead_letters": 5,
+        "requests": 0,
+        "answered": 0,
+    }
     assert second.line() == (
         "in 2/s out 2/s mean batch 20.0 latency p50 7.0 ms p99 7.0 ms "
         "dlq 3 (total 5) partitions 3 total in 70 out 70"
@@ -199,3 +211,30 @@ def test_a_long_interval_keeps_a_bounded_sample_of_latencies(
     snap = stats.snapshot()
     assert snap.predictions == 300_000
     assert snap.latency_p50_ms is not None and 40 <= snap.latency_p50_ms <= 60
+
+
+def test_the_servers_line_shows_requests_and_predictions_and_no_kafka_figures(
+    clock: FakeClock,
+) -> None:
+    """Issue 26 item 9: `pipeline serve` logged `dlq 0 ... partitions 0 total in 0 out 0`."""
+    stats = StatsLine(interval_s=5.0, kind="doors", clock=clock.now)
+    for _ in range(10):
+        stats.request("http", "200", 0.01)
+        stats.answered("m", "1", 3)
+    stats.inference("m", "1", rows=30, queue_wait_s=0.0, infer_s=0.001)
+    clock.advance(5.0)
+
+    line = stats.snapshot().line()
+
+    assert line == "requests 2/s predictions 6/s mean batch 30.0 total requests 10 predictions 30"
+
+
+def test_a_share_members_line_has_no_partitions() -> None:
+    """Issue 26 item 9: share-group members showed `partitions 0` while working."""
+    clock = FakeClock()
+    stats = StatsLine(interval_s=5.0, kind="share", clock=clock.now)
+    stats.records_consumed("t", 10)
+    clock.advance(5.0)
+    line = stats.snapshot().line()
+    assert "partitions" not in line
+    assert line.startswith("in 2/s out 0/s mean batch")
