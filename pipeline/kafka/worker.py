@@ -546,7 +546,10 @@ class Worker:
             # partition this worker paused before must not come back paused.
             self._consumer.resume(partitions)
             self._sensor.rebalance("assigned", len(partitions))
-        log.info("assigned %s", names(partitions))
+            log.info("assigned %s", names(partitions))
+        else:  # cooperative rebalancing hands over only what changed
+            held = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
+            log.info("assigned nothing new, holding %s", names(held))
 
     def _on_revoke(self, _: Consumer, partitions: list[TopicPartition]) -> None:
         assert self._committer is not None

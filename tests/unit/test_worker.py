@@ -7,6 +7,7 @@ tests/reliability; these tests pin the decision itself, deterministically.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,20 @@ def test_records_of_a_partition_revoked_before_they_were_processed_are_dropped(
     assert ids == ["e-0", "e-1"], "e-7 belongs to a partition this worker no longer owns"
     assert r.last_commit(1) is None
     assert r.last_commit(0) == 2
+
+
+def test_a_rebalance_that_leaves_the_partitions_held_says_so_not_assigned_nothing(
+    run: Callable[..., Run], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 26 item 9: cooperative rebalancing hands over only what changed; a worker
+    that kept both its partitions logged "assigned nothing"."""
+    r = run()
+    c = r.consumer
+    with caplog.at_level(logging.INFO, logger="pipeline.worker"):
+        r.go(c.assign((IN, 0), (IN, 1)), record(0, 0), c.assign(), record(1, 1))
+    lines = [m for m in caplog.messages if m.startswith("assigned")]
+    assert lines == [f"assigned {IN}[0], {IN}[1]",
+                     f"assigned nothing new, holding {IN}[0], {IN}[1]"]  # fmt: skip
 
 
 def test_a_paused_partition_that_comes_back_after_a_revoke_is_resumed(
