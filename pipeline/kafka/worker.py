@@ -525,15 +525,24 @@ class Worker:
             self._committer.on_commit(err, partitions)
 
     def _on_stats(self, statistics: str) -> None:
-        """librdkafka's statistics (JSON): the consumer lag of each partition held."""
+        """librdkafka's statistics (JSON): the consumer lag of each partition held.
+
+        librdkafka's own figure counts from the offsets the consumer committed; an
+        exactly-once worker commits in transactions, which it never sees (-1). Then the lag
+        counts from the position this worker finished (its next transaction commits it)."""
         try:
             topics = json.loads(statistics).get("topics", {})
         except ValueError:
             return
         for topic, info in topics.items():
             for partition, figures in info.get("partitions", {}).items():
+                tp = (topic, int(partition))
+                if tp not in self._assigned:
+                    continue
                 lag = figures.get("consumer_lag", -1)
-                if lag >= 0 and (topic, int(partition)) in self._assigned:
+                if lag < 0:
+                    lag = _lag_from(figures, self._tracker.position(tp))
+                if lag >= 0:
                     self._sensor.consumer_lag(topic, int(partition), lag)
 
     # -- rebalances and backpressure ------------------------------------------------------
@@ -594,6 +603,19 @@ class Worker:
             self._consumer.resume([TopicPartition(t, p) for t, p in sorted(self._paused)])
             log.info("resumed %d partitions", len(self._paused))
             self._paused = set()
+
+
+def _lag_from(figures: dict[str, Any], finished: int | None) -> int:
+    """A partition's lag from its statistics' end (the last stable offset, which is what a
+    read_committed consumer can read) to `finished`, else to the offset committed when it
+    was assigned; -1 when neither is known."""
+    end = int(figures.get("ls_offset", -1))
+    if end < 0:
+        end = int(figures.get("hi_offset", -1))
+    start = finished if finished is not None else int(figures.get("committed_offset", -1))
+    if end < 0 or start < 0:
+        return -1
+    return max(end - start, 0)
 
 
 def fetch_settings(max_in_flight: int) -> dict[str, int]:

@@ -236,3 +236,27 @@ def test_a_real_prometheus_scrapes_the_worker_and_answers_a_rate(
         server.terminate()
         server.wait(30)
         assert worker.stop()[0] == 0
+
+
+@pytest.mark.parametrize("guarantee", ["at-least-once", "exactly-once"])
+def test_consumer_lag_is_reported_under_either_guarantee(
+    make_pipeline: Callable[..., Pipeline], guarantee: str
+) -> None:
+    """Issue 26 item 9: exactly-once workers had no pipeline_consumer_lag samples (their
+    offsets go in transactions, which the consumer's own lag figure does not see)."""
+    p = make_pipeline(partitions=2)
+    port = free_port()
+    worker = p.start_worker("--default-model", MLP, "--metrics-port", str(port),
+                            "--guarantee", guarantee)  # fmt: skip
+    wait_ready(port, worker)
+    events = good_events(300)
+    send(p.bootstrap, p.input, events)
+    read_all(p.bootstrap, [p.output], expect=len(events))
+
+    def lags(m: Samples) -> list[float]:
+        return [v for labels, v in m.get("pipeline_consumer_lag", {}).items()
+                if ("topic", p.input) in labels]  # fmt: skip
+
+    m = scrape_until(port, lambda m: lags(m) == [0.0, 0.0], timeout_s=30)
+    assert worker.stop()[0] == 0
+    assert lags(m) == [0.0, 0.0], f"consumer lag of {p.input}'s 2 partitions: {lags(m)}"
