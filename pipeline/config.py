@@ -345,6 +345,12 @@ class WorkerConfig(EngineSettings, DoorSettings, LogSettings):
         """The settings as a dict for logs, with secret librdkafka properties masked."""
         return _redacted(self)
 
+    @property
+    def summary(self) -> dict[str, Any]:
+        """`redacted`, short enough for a start-up line: where it reads, writes and which
+        group, and every setting that is not its default (--print-config shows all)."""
+        return _summary(self, ("bootstrap_servers", "input_topics", "output_topic", "group_id"))
+
 
 @dataclass(frozen=True, kw_only=True, repr=False)
 class ServeConfig(EngineSettings, DoorSettings, LogSettings):
@@ -368,6 +374,12 @@ class ServeConfig(EngineSettings, DoorSettings, LogSettings):
         """The settings as a dict for logs."""
         return _redacted(self)
 
+    @property
+    def summary(self) -> dict[str, Any]:
+        """`redacted`, short enough for a start-up line: the ports and every setting that
+        is not its default (--print-config shows all)."""
+        return _summary(self, ("http_port", "grpc_port"))
+
 
 Settings = TypeVar("Settings", WorkerConfig, ServeConfig)
 
@@ -378,6 +390,12 @@ def _redacted(settings: object) -> dict[str, Any]:
     if "kafka" in shown:
         shown["kafka"] = redact(shown["kafka"])
     return shown
+
+
+def _summary(settings: object, always: Sequence[str]) -> dict[str, Any]:
+    shown = _redacted(settings)
+    defaults = _redacted(type(settings)())
+    return {k: v for k, v in shown.items() if k in always or v != defaults.get(k)}
 
 
 def _repr(settings: object) -> str:

@@ -241,7 +241,7 @@ class ShareWorker:
                 **self._common,
             }
         )
-        log.info("share-group worker starting with %s", cfg.redacted)
+        log.info("share-group worker starting with %s", cfg.summary)
         consumer.subscribe(list(cfg.input_topics))
         self.readiness.done("partitions")
         try:

@@ -282,7 +282,7 @@ class Worker:
             finish=self._finished,
             tracer=batch_tracer(),
         )
-        log.info("worker starting with %s", cfg.redacted)
+        log.info("worker starting with %s", cfg.summary)
         self.readiness.wait_for("partitions", "waiting for the group to assign partitions")
         self._consumer.subscribe(
             list(cfg.input_topics),

@@ -176,7 +176,7 @@ def serve(settings: ServeConfig) -> int:
     engine = build_engine(settings, sensor, max_queue=settings.max_queue)
     runner = EngineLoop(engine, on_turn=readiness.heartbeat)
     runner.start()
-    log.info("serving with %s", settings.redacted)
+    log.info("serving with %s", settings.summary)
     readiness.wait_for("models", "the models are loading")
     loaded, failed = warm_up_models(
         engine, default_model=settings.default_model, max_loaded=settings.max_loaded_models

@@ -716,3 +716,19 @@ def test_the_local_broker_is_used_only_where_nothing_names_the_bootstrap_servers
 
 def test_with_no_local_broker_running_the_default_stays() -> None:
     assert load_config({}, env={}, local_broker=lambda: None).bootstrap_servers == "127.0.0.1:9092"
+
+
+def test_the_start_up_line_shows_where_and_what_differs_not_every_setting() -> None:
+    """Issue 26 item 9: `worker starting with {...}` ran to 1,500 characters."""
+    config = load_config({"input_topics": ("payments",), "max_batch_size": 64,
+                          "kafka": {"sasl.password": "pw-1f0e"}}, env={})  # fmt: skip
+
+    assert config.summary == {
+        "bootstrap_servers": "127.0.0.1:9092",
+        "input_topics": ("payments",),
+        "output_topic": "predictions",
+        "group_id": "pipeline",
+        "max_batch_size": 64,
+        "kafka": {"sasl.password": "***"},
+    }
+    assert len(str(config.summary)) < len(str(config.redacted)) // 4
