@@ -10,7 +10,8 @@ a logger's lines on when the client is polled, so an admin client's come out whe
 A client that cannot reach a broker says so on every retry, many times a second.
 `RepeatFilter` lets such a line through once per change: the same line (its numbers aside)
 from the same client and broker thread again only after that thread said something else,
-or once a minute, with how many were held back.
+or once a minute, with how many were held back. `ConnectionFailures` logs a failed
+broker connection as a warning, not an error.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["LIBRDKAFKA", "RepeatFilter", "client_settings", "serve_logs"]
+__all__ = ["LIBRDKAFKA", "ConnectionFailures", "RepeatFilter", "client_settings", "serve_logs"]
 
 LIBRDKAFKA = logging.getLogger("librdkafka")
 _REPEAT_S = 60.0
@@ -92,4 +93,18 @@ def _source_and_shape(record: logging.LogRecord) -> tuple[tuple[str, str], str]:
     return (client, where), facility + " " + _VARYING.sub("#", text)
 
 
+class ConnectionFailures(logging.Filter):
+    """A failed broker connection (librdkafka's ``FAIL`` lines, logged at error level) is
+    a warning: the client reconnects by itself, to the same broker or another (a node
+    stopped for an upgrade says so on every client), and what cannot recover surfaces as
+    an error of its own (a delivery or commit that fails, all brokers down)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = _args(record)
+        if record.levelno >= logging.ERROR and args and args[0] == "FAIL":
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 LIBRDKAFKA.addFilter(RepeatFilter())
+LIBRDKAFKA.addFilter(ConnectionFailures())

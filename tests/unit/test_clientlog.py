@@ -9,7 +9,7 @@ import time
 import pytest
 from confluent_kafka import Producer
 
-from pipeline.kafka.clientlog import LIBRDKAFKA, RepeatFilter, client_settings
+from pipeline.kafka.clientlog import LIBRDKAFKA, ConnectionFailures, RepeatFilter, client_settings
 
 
 class Clock:
@@ -72,3 +72,16 @@ def test_a_client_that_cannot_connect_logs_through_python_logging_once(
     producer.flush(0)
     refused = [r for r in caplog.records if "Connection refused" in r.getMessage()]
     assert len(refused) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_a_failed_broker_connection_is_a_warning_other_errors_stay_errors() -> None:
+    """Issue 26 item 9: a planned node stop logged ERROR-level coordinator lines."""
+    coordinator = line("[thrd:GroupCoordinator]: GroupCoordinator: 127.0.0.1:39093: Connect to "
+                       "ipv4#127.0.0.1:39093 failed: Connection refused")  # fmt: skip
+    other = logging.LogRecord("librdkafka", logging.ERROR, __file__, 0, "%s [%s] %s",
+                              ("ERROR", "rdkafka#producer-1", "1/1 brokers are down"), None)  # fmt: skip
+
+    assert ConnectionFailures().filter(coordinator) and ConnectionFailures().filter(other)
+
+    assert (coordinator.levelno, coordinator.levelname) == (logging.WARNING, "WARNING")
+    assert (other.levelno, other.levelname) == (logging.ERROR, "ERROR")
