@@ -10,12 +10,15 @@ not run by then are not run (DEADLINE_EXCEEDED). Errors are the statuses of
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from pipeline.engine.codec import EventDecoder
 from pipeline.metrics import Sensor
@@ -228,20 +231,70 @@ def _input(request: Any, i: int) -> oip.InputTensor:
     return oip.InputTensor(tensor.name, tensor.datatype, array)
 
 
+_PREDICTOR = prediction_pb2.DESCRIPTOR.services_by_name["Predictor"].full_name
+_INFERENCE = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+_HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+_WATCH_S = 1.0  # how often a Watch looks at readiness again
+
+
+class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+    """``grpc.health.v1.Health``, the probe gRPC tooling knows (grpc_health_probe, Kubernetes'
+    gRPC probes, Envoy): SERVING while the process is ready (`/readyz`), else NOT_SERVING
+    (`/readyz` says why), for the server (``""``) and each of its services."""
+
+    def __init__(self, readiness: Readiness) -> None:
+        self._readiness = readiness
+
+    def _status(self, service: str) -> int | None:
+        if service not in ("", _PREDICTOR, _INFERENCE, _HEALTH):
+            return None
+        ready, _ = self._readiness.ready()
+        response = health_pb2.HealthCheckResponse
+        return int(response.SERVING if ready else response.NOT_SERVING)
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        status = self._status(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no service {request.service!r}")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
+        last = None
+        while True:  # ends when the caller cancels or the server stops
+            status = self._status(request.service)
+            if status is None:
+                status = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+            if status != last:
+                yield health_pb2.HealthCheckResponse(status=status)
+                last = status
+            await asyncio.sleep(_WATCH_S)
+
+
 def add_services(
     server: grpc.aio.Server, calls: ModelCalls, readiness: Readiness, sensor: Sensor
 ) -> None:
-    """Register both services on `server`."""
+    """Register the prediction services, the health service and server reflection (which
+    lets grpcurl and Postman list and call them without the .proto files)."""
     door = _Door(calls, readiness, sensor)
     prediction_pb2_grpc.add_PredictorServicer_to_server(PredictorService(door), server)  # type: ignore[no-untyped-call]
     inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
         InferenceService(door), server
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(HealthService(readiness), server)
+    reflection.enable_server_reflection(
+        (_PREDICTOR, _INFERENCE, _HEALTH, reflection.SERVICE_NAME), server
     )
 
 
 _OPEN_METHODS = frozenset((
     "/inference.GRPCInferenceService/ServerLive",
     "/inference.GRPCInferenceService/ServerReady",
+    f"/{_HEALTH}/Check",
+    f"/{_HEALTH}/Watch",
 ))  # fmt: skip
 
 

@@ -6,6 +6,11 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
+from google.protobuf.descriptor_pool import DescriptorPool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
 
 from pipeline.serve._proto import (
     inference_pb2,
@@ -88,3 +93,30 @@ def test_infer_takes_typed_contents_too(channel: grpc.Channel) -> None:
     _, probabilities = ort_outputs(LOGREG, ROWS[:2])
     got = np.frombuffer(reply.raw_output_contents[0], dtype="<f4").reshape(2, 2)
     np.testing.assert_allclose(got, probabilities, atol=1e-6)
+
+
+def test_the_grpc_health_service_answers_for_the_server_and_each_service(
+    channel: grpc.Channel,
+) -> None:
+    """Issue 26 item 11: grpc.health.v1, which grpc_health_probe and Kubernetes' gRPC
+    probes call."""
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "Predictor", "inference.GRPCInferenceService"):
+        reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+    with pytest.raises(grpc.RpcError) as unknown:
+        health.Check(health_pb2.HealthCheckRequest(service="nope.Nothing"), timeout=5)
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    watched = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    assert next(watched).status == health_pb2.HealthCheckResponse.SERVING
+    watched.cancel()
+
+
+def test_server_reflection_lists_the_services_and_describes_them(channel: grpc.Channel) -> None:
+    """Issue 26 item 11: grpcurl and Postman find the services without the .proto files."""
+    database = ProtoReflectionDescriptorDatabase(channel)
+    services = set(database.get_services())
+    assert {"Predictor", "inference.GRPCInferenceService", "grpc.health.v1.Health"} <= services
+    pool = DescriptorPool(database)
+    infer = pool.FindServiceByName("inference.GRPCInferenceService").FindMethodByName("ModelInfer")
+    assert infer.input_type.full_name == "inference.ModelInferRequest"

@@ -15,6 +15,10 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
 
 from pipeline.serve._proto import (
     inference_pb2,
@@ -146,6 +150,11 @@ def test_bearer_tokens_on_both_doors(serve: Callable[..., Server], tmp_path: Pat
     with grpc.insecure_channel(server.grpc_target) as channel:
         health = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
         assert health.ServerLive(inference_pb2.ServerLiveRequest()).live, "--open-health"
+        probe = health_pb2_grpc.HealthStub(channel)
+        assert probe.Check(health_pb2.HealthCheckRequest()).status == 1, "SERVING, open"
+        with pytest.raises(grpc.RpcError) as listing:  # reflection needs the token
+            next(ProtoReflectionDescriptorDatabase(channel).get_services())
+        assert listing.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "first-token" not in server.log and "second-token" not in server.log
 
 
