@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from pipeline.completion import add_completion_parser
 from pipeline.dev.bench.cli import add_bench_parser
-from pipeline.dev.cli import add_client_parsers, add_kafka_parser
+from pipeline.dev.cli import add_client_parsers, add_cluster_parsers, add_kafka_parser
 from pipeline.errors import PipelineError
 from pipeline.exitcodes import exit_code
 from pipeline.importer.cli import add_models_parser
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_parser(sub)
     add_serve_parser(sub)
     add_client_parsers(sub)
+    add_cluster_parsers(sub)
     add_kafka_parser(sub)
     add_bench_parser(sub)
     add_models_parser(sub)

@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pipeline.config import WorkerConfig, load_config, parse_properties
 from pipeline.dev.localkafka import DEFAULT_DATA_DIR, DEFAULT_PORT, LocalBootstrap, LocalKafka
@@ -106,15 +107,8 @@ def add_client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     for parser, topic in ((produce, "features"), (consumer, "predictions")):
         add = parser.add_argument
-        add(
-            "--bootstrap-servers",
-            default=None,
-            help=f"default: $PIPELINE_BOOTSTRAP_SERVERS, $KAFKA_BOOTSTRAP_SERVERS, the "
-            f"--config file's, the broker `pipeline kafka start` runs, or {DEFAULT_BOOTSTRAP}",
-        )
+        _add_connection_flags(add)
         add("--topic", default=topic, help=f"default: {topic}")
-        add_config_flag(add)
-        add_property_flags(add)
         add(
             "--count",
             type=int,
@@ -134,6 +128,63 @@ def add_client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         )
     _add_produce_flags(produce)
     _add_consume_flags(consumer)
+
+
+def _add_connection_flags(add: Callable[..., Any]) -> None:
+    """--bootstrap-servers, --config and -X, as every client command takes them."""
+    add(
+        "--bootstrap-servers",
+        default=None,
+        help=f"default: $PIPELINE_BOOTSTRAP_SERVERS, $KAFKA_BOOTSTRAP_SERVERS, the "
+        f"--config file's, the broker `pipeline kafka start` runs, or {DEFAULT_BOOTSTRAP}",
+    )
+    add_config_flag(add)
+    add_property_flags(add)
+
+
+def _topics(args: argparse.Namespace) -> int:
+    from pipeline.dev.groups import list_topics
+
+    settings = _client_settings(args)
+    return list_topics(settings.bootstrap_servers, settings.kafka, sys.stdout,
+                       internal=args.internal)  # fmt: skip
+
+
+def _groups(args: argparse.Namespace) -> int:
+    from pipeline.dev.groups import describe_group, list_groups
+
+    settings = _client_settings(args)
+    if args.action == "describe":
+        return describe_group(settings.bootstrap_servers, settings.kafka, args.group, sys.stdout)
+    return list_groups(settings.bootstrap_servers, settings.kafka, sys.stdout)
+
+
+def add_cluster_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `pipeline topics` and `pipeline groups [list | describe G]`."""
+    topics = sub.add_parser(
+        "topics",
+        help="list the topics: partitions, replicas, records held",
+        description="List the cluster's topics with their partitions, replication factor "
+        "and the records each holds (end minus start, summed over partitions).",
+    )
+    _add_connection_flags(topics.add_argument)
+    topics.add_argument("--internal", action="store_true", help="also list __internal topics")
+    topics.set_defaults(handler=_topics)
+    groups = sub.add_parser(
+        "groups",
+        help="list consumer groups, or describe one with its lag per partition",
+        description="`pipeline groups` lists the groups with their type and state; "
+        "`pipeline groups describe G` prints G's committed offset, end (last stable offset) "
+        "and lag per partition, and the member holding each (like kafka-consumer-groups.sh "
+        "--describe).",
+    )
+    actions = groups.add_subparsers(dest="action")
+    listing = actions.add_parser("list", help="list the groups (the default)")
+    describe = actions.add_parser("describe", help="one group's lag per partition")
+    describe.add_argument("group", help="the group's id (pipeline run's --group-id)")
+    for parser in (groups, listing, describe):
+        _add_connection_flags(parser.add_argument)
+    groups.set_defaults(handler=_groups, action="list")
 
 
 def _add_produce_flags(produce: argparse.ArgumentParser) -> None:

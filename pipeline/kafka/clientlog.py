@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["ConnectionFailures", "LIBRDKAFKA", "RepeatFilter", "client_settings", "serve_logs"]
+__all__ = ["LIBRDKAFKA", "ConnectionFailures", "RepeatFilter", "client_settings", "serve_logs"]
 
 LIBRDKAFKA = logging.getLogger("librdkafka")
 _REPEAT_S = 60.0

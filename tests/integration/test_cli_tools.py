@@ -216,3 +216,40 @@ def test_consume_in_a_group_commits_only_what_it_printed(
 
     shown = sorted(r["partition"] for r in first + rest)  # type: ignore[type-var]
     assert (len(first), shown) == (3, [0, 1, 2, 3, 4]), (first, rest)
+
+
+def test_topics_and_groups_show_what_is_held_and_each_partitions_lag(
+    kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    """Issue 26 item 11: a topic and consumer-group view with per-partition lag, as
+    kcat -L and kafka-consumer-groups.sh --describe give."""
+    topic = make_topic(partitions=2)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    for p, n in ((0, 3), (1, 2)):
+        send(kafka_bootstrap, topic, [(None, b'{"x": 1}')] * n, partition=p)
+    first = _consume(kafka_bootstrap, topic, "--group", group, "--from-beginning", "--count", "2",
+                     "--partition", "0")  # fmt: skip
+    assert len(first) == 2
+
+    topics = _pipeline("topics", "--bootstrap-servers", kafka_bootstrap)
+    assert topics.returncode == 0, topics.stderr
+    row = next(line.split() for line in topics.stdout.splitlines() if line.startswith(topic))
+    assert row == [topic, "2", "1", "5"]  # partitions, replicas, records held
+    assert "__consumer_offsets" not in topics.stdout
+
+    groups = _pipeline("groups", "--bootstrap-servers", kafka_bootstrap)
+    assert groups.returncode == 0, groups.stderr
+    listed = [line.split() for line in groups.stdout.splitlines()]
+    assert [group, "classic", "empty"] in listed, groups.stdout  # the classic group protocol
+
+    described = _pipeline("groups", "describe", group, "--bootstrap-servers", kafka_bootstrap)
+    assert described.returncode == 0, described.stderr
+    lines = described.stdout.splitlines()
+    assert lines[0] == f"group {group}: empty, 0 members, lag 1"
+    assert lines[1].split() == ["TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "MEMBER"]
+    assert [line.split() for line in lines[2:]] == [[topic, "0", "2", "3", "1", "-"]]
+
+    unknown = _pipeline("groups", "describe", "no-such-group", "--bootstrap-servers",
+                        kafka_bootstrap)  # fmt: skip
+    assert unknown.returncode == exitcodes.KAFKA_FATAL, unknown.stderr
+    assert "has no committed offsets and no members" in unknown.stderr

@@ -35,8 +35,9 @@ def run_cli(*args: str, timeout_s: float = 30.0) -> tuple[int, list[str], float]
     [
         ("produce", "--topic", "features", "--synthetic", "breast-cancer-mlp", "--count", "3"),
         ("consume", "--topic", "predictions", "--exit"),
+        ("groups", "describe", "pipeline"),
     ],
-    ids=["produce", "consume"],
+    ids=["produce", "consume", "groups"],
 )
 def test_a_client_command_says_so_in_one_line_and_exits_4(command: tuple[str, ...]) -> None:
     code, lines, took = run_cli(*command, "--bootstrap-servers", NOWHERE)

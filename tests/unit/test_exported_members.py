@@ -33,6 +33,7 @@ RUF022_ORDERED = {
     "pipeline.engine.signature",
     "pipeline.engine.spec",
     "pipeline.engine.values",
+    "pipeline.kafka.clientlog",
     "pipeline.kafka.deadletter",
     "pipeline.metrics.tracing",
     "pipeline.metrics.prometheus",
