@@ -27,7 +27,18 @@ def complete(*words: str) -> list[str]:
 
 def test_subcommands() -> None:
     assert complete("") == sorted(
-        ["bench", "completion", "consume", "kafka", "models", "produce", "run", "serve"]
+        [
+            "bench",
+            "completion",
+            "consume",
+            "groups",
+            "kafka",
+            "models",
+            "produce",
+            "run",
+            "serve",
+            "topics",
+        ]
     )
     assert complete("kafka", "st") == ["start", "status", "stop"]
 
