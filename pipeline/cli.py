@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pipeline.completion import add_completion_parser
 from pipeline.dev.bench.cli import add_bench_parser
 from pipeline.dev.cli import add_client_parsers, add_kafka_parser
+from pipeline.dev.registrycli import add_registry_parser
 from pipeline.errors import PipelineError
 from pipeline.exitcodes import exit_code
 from pipeline.importer.cli import add_models_parser
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     add_client_parsers(sub)
     add_kafka_parser(sub)
+    add_registry_parser(sub)
     add_bench_parser(sub)
     add_models_parser(sub)
     add_completion_parser(sub, build_parser)

@@ -27,9 +27,20 @@ def complete(*words: str) -> list[str]:
 
 def test_subcommands() -> None:
     assert complete("") == sorted(
-        ["bench", "completion", "consume", "kafka", "models", "produce", "run", "serve"]
+        [
+            "bench",
+            "completion",
+            "consume",
+            "kafka",
+            "models",
+            "produce",
+            "run",
+            "schema-registry",
+            "serve",
+        ]
     )
     assert complete("kafka", "st") == ["start", "status", "stop"]
+    assert complete("schema-registry", "st") == ["start", "status", "stop"]
 
 
 def test_flags_of_the_subcommand_typed() -> None:

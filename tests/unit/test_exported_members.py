@@ -80,6 +80,8 @@ def test_package_exports_are_pinned() -> None:
         "Outcome",
         "Overloaded",
         "PipelineError",
+        "RegistryError",
+        "RegistryUnreachable",
         "Reject",
         "RowBlock",
         "RowError",
