@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pipeline",
         description="Kafka-native prediction pipeline: feature events in, ONNX predictions out.",
         epilog="Exit codes: 0 ok, 1 failed, 2 usage, 3 configuration, 4 broker unreachable, "
-        "5 delivery failed, 6 other Kafka error, 130 interrupted.",
+        "5 delivery failed, 6 other Kafka error, 7 schema registry unreachable, 130 interrupted.",
     )
     parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)

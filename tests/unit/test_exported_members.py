@@ -28,6 +28,7 @@ RUF022_ORDERED = {
     "pipeline.dev.bench.runner",
     "pipeline.dev.bench.suite",
     "pipeline.engine.codec",
+    "pipeline.engine.framing",
     "pipeline.dev.localkafka",
     "pipeline.engine.models",
     "pipeline.engine.signature",
