@@ -19,17 +19,20 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
+import orjson
 from confluent_kafka.schema_registry import SchemaRegistryClient, SchemaRegistryError
-from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
 
 from pipeline.config import REGISTRY_PREFIX, WorkerConfig
 from pipeline.engine.framing import FrameProblem
 from pipeline.errors import ConfigError, RegistryUnreachable
 
-__all__ = ["AvroReader", "connect", "framed_reader", "registry_settings"]
+__all__ = ["AvroReader", "avro_encoder", "connect", "framed_reader", "registry_settings"]
 
 _NOT_FOUND = 404
 
@@ -52,6 +55,48 @@ def framed_reader(config: WorkerConfig) -> AvroReader | None:
         return None
     url = config.schema_registry_url
     return AvroReader(connect(url, config.kafka), url)
+
+
+def avro_encoder(
+    url: str, properties: Mapping[str, str], schema_file: Path, topic: str
+) -> Callable[[bytes], bytes]:
+    """Turn JSON event values into framed Avro values of the schema in `schema_file`.
+
+    The schema is registered under ``<topic>-value`` (the topic name strategy) with the
+    first value, as confluent-kafka's `AvroSerializer` does.
+
+    Raises:
+        ConfigError: The schema file cannot be read or is not an Avro schema.
+        RegistryUnreachable: The registry did not answer.
+    """
+    try:
+        schema = schema_file.read_text()
+        json.loads(schema)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--schema {schema_file} must be an Avro schema in JSON: {exc}") from exc
+    client = connect(url, properties)
+    try:
+        serializer = AvroSerializer(client, schema)
+    except Exception as exc:  # fastavro's SchemaParseException and the like
+        raise ConfigError(f"--schema {schema_file} is not a valid Avro schema: {exc}") from exc
+    context = SerializationContext(topic, MessageField.VALUE)
+    sent = 0
+
+    def encode(value: bytes) -> bytes:
+        nonlocal sent
+        sent += 1
+        try:
+            framed = serializer(orjson.loads(value), context)
+        except Exception as exc:  # fastavro: a field missing or of the wrong type
+            raise ConfigError(
+                f"event {sent} does not fit the Avro schema in {schema_file} "
+                f"({type(exc).__name__}: {exc}): {value[:200]!r}"
+            ) from exc
+        if not isinstance(framed, bytes):
+            raise ConfigError(f"event {sent} is JSON null; an Avro event must be an object")
+        return framed
+
+    return encode
 
 
 def connect(url: str, properties: Mapping[str, str]) -> SchemaRegistryClient:

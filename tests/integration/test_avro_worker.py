@@ -6,7 +6,10 @@ answer at start stops the worker with its own exit code."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -149,3 +152,40 @@ def test_a_registry_down_at_start_stops_the_worker_with_its_exit_code(
     assert code == REGISTRY_UNREACHABLE, worker.log
     assert f"the Schema Registry at {url} did not answer" in worker.log
     assert "pipeline schema-registry start" in worker.log
+
+
+def _produce(p: Pipeline, url: str, schema: Path, *args: str, stdin: str | None = None) -> Any:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "produce", "--bootstrap-servers", p.bootstrap,
+         "--topic", p.input, "--value-format", "avro", "--schema", str(schema),
+         "--schema-registry-url", url, *args],
+        capture_output=True, text=True, input=stdin, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_pipeline_produce_frames_avro_that_the_exactly_once_worker_predicts(
+    make_pipeline: Callable[..., Pipeline], schema_registry_url: str, tmp_path: Path
+) -> None:
+    p = make_pipeline(partitions=2)
+    schema = tmp_path / "event.avsc"
+    schema.write_text(json.dumps(V1))
+    sent = _produce(p, schema_registry_url, schema, "--synthetic", "breast-cancer-logreg",
+                    "--count", "100")  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    unfit = _produce(p, schema_registry_url, schema, "--file", "-", stdin='{"id": "x"}\n')
+    assert unfit.returncode == 3
+    assert "event 1 does not fit the Avro schema" in unfit.stderr
+    assert "no value and no default for features" in unfit.stderr
+
+    worker = p.start_worker(
+        "--value-format", "avro", "--schema-registry-url", schema_registry_url,
+        "--guarantee", "exactly-once",
+    )  # fmt: skip
+    predictions, dead = _predictions(p, 100)
+    code, _ = worker.stop()
+
+    assert code == 0, worker.log
+    assert dead == [] and len(predictions) == 100
+    assert {r["model"] for r in predictions.values()} == {"breast-cancer-logreg"}
+    with SchemaRegistryClient({"url": schema_registry_url}) as client:
+        assert client.get_latest_version(f"{p.input}-value").schema.schema_str is not None
