@@ -22,6 +22,7 @@ from pipeline.exitcodes import REGISTRY_UNREACHABLE
 
 from .conftest import Pipeline
 from .kafkaio import free_port, good_events, read_all, send
+from .test_share import lock_for, share_groups_supported
 
 V1 = {
     "type": "record",
@@ -189,3 +190,30 @@ def test_pipeline_produce_frames_avro_that_the_exactly_once_worker_predicts(
     assert {r["model"] for r in predictions.values()} == {"breast-cancer-logreg"}
     with SchemaRegistryClient({"url": schema_registry_url}) as client:
         assert client.get_latest_version(f"{p.input}-value").schema.schema_str is not None
+
+
+def test_a_share_group_worker_reads_avro_too(
+    make_pipeline: Callable[..., Pipeline],
+    schema_registry_url: str,
+    registry: SchemaRegistryClient,
+) -> None:
+    p = make_pipeline(partitions=1)
+    if not share_groups_supported(p.bootstrap):
+        pytest.skip(f"the broker at {p.bootstrap} has no share groups (needs Kafka 4.2+)")
+    lock_for(p, 5000)  # and start the new share group at the earliest offset
+    frame = _framer(registry, p.input, V1)
+    good = [(k, frame(orjson.loads(v))) for k, v in good_events(50, run="share")]
+    send(p.bootstrap, p.input, [*good, (b"magic-1", b"\x01" + good[0][1][1:])])
+
+    worker = p.start_worker(
+        "--group-type", "share", "--value-format", "avro",
+        "--schema-registry-url", schema_registry_url,
+    )  # fmt: skip
+    predictions, dead = _predictions(p, len(good) + 1)
+    code, _ = worker.stop()
+
+    assert code == 0, worker.log
+    assert len(predictions) == 50
+    assert [(r.key, r.headers["pipeline.error.type"]) for r in dead] == [
+        (b"magic-1", b"UnknownMagicByte")
+    ]

@@ -691,3 +691,34 @@ def test_a_share_group_refuses_the_consumer_group_properties_its_consumer_refuse
     with pytest.raises(ConfigError, match=r"\['heartbeat.interval.ms', 'session.timeout.ms'\]"):
         WorkerConfig(group_type="share", kafka=kafka)
     assert WorkerConfig(group_type="consumer", kafka=kafka).kafka == kafka
+
+
+def test_a_framed_value_format_needs_a_schema_registry_url() -> None:
+    with pytest.raises(ConfigError, match="--value-format avro reads Schema Registry framed"):
+        WorkerConfig(value_format="avro")
+    with pytest.raises(ConfigError, match="value_format must be one of json, avro, auto"):
+        WorkerConfig(value_format="protobuf", schema_registry_url="http://127.0.0.1:8081")
+    config = WorkerConfig(value_format="auto", schema_registry_url="http://127.0.0.1:8081")
+    assert config.value_format == "auto" and WorkerConfig().value_format == "json"
+
+
+def test_registry_client_settings_are_masked_and_kept_from_librdkafka() -> None:
+    from pipeline.kafka.clientlog import client_settings
+    from pipeline.schemaregistry import registry_settings
+
+    kafka = {
+        "schema.registry.basic.auth.user.info": "user:secret-pw",
+        "schema.registry.bearer.auth.token": "tok-7f3a9",
+        "client.id": "me",
+    }
+    config = WorkerConfig(kafka=kafka)
+    assert "secret-pw" not in repr(config) and "tok-7f3a9" not in str(config.redacted)
+    assert redact(kafka)["schema.registry.basic.auth.user.info"] == "***"
+    settings = client_settings("127.0.0.1:9092", kafka)
+    assert not any(k.startswith("schema.registry.") for k in settings)
+    assert settings["client.id"] == "me"
+    assert registry_settings("http://r:8081", kafka) == {
+        "basic.auth.user.info": "user:secret-pw",
+        "bearer.auth.token": "tok-7f3a9",
+        "url": "http://r:8081",
+    }
