@@ -263,7 +263,9 @@ def _terminate(pid: int, proc: subprocess.Popen[bytes] | None) -> None:
     while _pid_alive(pid):
         _reap(pid, proc)
         time.sleep(0.05)
-    _reap(pid, proc)
+    if proc is not None:  # gone from /proc's view, maybe not yet exited: collect its status
+        proc.wait()
+    _reap(pid, None)
 
 
 def _reap(pid: int, proc: subprocess.Popen[bytes] | None) -> None:

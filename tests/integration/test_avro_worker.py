@@ -18,10 +18,11 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+from pipeline.dev.localregistry import LocalRegistry, missing_tools
 from pipeline.exitcodes import REGISTRY_UNREACHABLE
 
 from .conftest import Pipeline
-from .kafkaio import free_port, good_events, read_all, send
+from .kafkaio import free_port, good_events, read_all, send, wait_for_outputs
 from .test_share import lock_for, share_groups_supported
 
 V1 = {
@@ -217,3 +218,37 @@ def test_a_share_group_worker_reads_avro_too(
     assert [(r.key, r.headers["pipeline.error.type"]) for r in dead] == [
         (b"magic-1", b"UnknownMagicByte")
     ]
+
+
+def test_a_registry_gone_mid_run_keeps_cached_schemas_and_explains_a_new_one(
+    make_pipeline: Callable[..., Pipeline], tmp_path: Path
+) -> None:
+    missing = missing_tools()
+    if missing is not None:
+        pytest.skip(missing)
+    own = LocalRegistry(tmp_path / "registry")  # this test stops it: not the session's
+    info, _ = own.start(port=free_port())
+    try:
+        p = make_pipeline(partitions=1)
+        with SchemaRegistryClient({"url": info.url}) as client:
+            old, new = _framer(client, p.input, V1), _framer(client, p.input, V2)
+            events = [(k, orjson.loads(v)) for k, v in good_events(100, run="gone")]
+            before = [(k, old(e)) for k, e in events[:50]]
+            after = [(k, old(e)) for k, e in events[50:]]
+            unseen = new({**events[0][1], "id": "unseen", "source": None})
+        send(p.bootstrap, p.input, before)
+        worker = p.start_worker("--value-format", "avro", "--schema-registry-url", info.url)
+        wait_for_outputs(p.bootstrap, p.output, 50)
+    finally:
+        own.stop()
+    send(p.bootstrap, p.input, [*after, (b"unseen", unseen)])
+    predictions, dead = _predictions(p, 101)
+    code, _ = worker.stop()
+
+    assert code == 0, worker.log
+    assert len(predictions) == 100  # the cached schema id kept working
+    ((letter),) = dead
+    assert letter.key == b"unseen" and letter.value == unseen
+    assert letter.headers["pipeline.error.type"] == b"RegistryUnavailable"
+    message = (letter.headers["pipeline.error.message"] or b"").decode()
+    assert f"the Schema Registry at {info.url} did not give schema id" in message
