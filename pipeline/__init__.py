@@ -27,6 +27,8 @@ from pipeline.errors import (
     ModelNotFoundError,
     Overloaded,
     PipelineError,
+    RegistryError,
+    RegistryUnreachable,
 )
 from pipeline.metrics import Sensor
 
@@ -54,6 +56,8 @@ __all__ = [
     "Outcome",
     "Overloaded",
     "PipelineError",
+    "RegistryError",
+    "RegistryUnreachable",
     "Reject",
     "RowBlock",
     "RowError",

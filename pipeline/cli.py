@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pipeline.completion import add_completion_parser
 from pipeline.dev.bench.cli import add_bench_parser
 from pipeline.dev.cli import add_client_parsers, add_cluster_parsers, add_kafka_parser
+from pipeline.dev.registrycli import add_registry_parser
 from pipeline.errors import PipelineError
 from pipeline.exitcodes import exit_code
 from pipeline.importer.cli import add_models_parser
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pipeline",
         description="Kafka-native prediction pipeline: feature events in, ONNX predictions out.",
         epilog="Exit codes: 0 ok, 1 failed, 2 usage, 3 configuration, 4 broker unreachable, "
-        "5 delivery failed, 6 other Kafka error, 130 interrupted.",
+        "5 delivery failed, 6 other Kafka error, 7 schema registry unreachable, 130 interrupted.",
     )
     parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_client_parsers(sub)
     add_cluster_parsers(sub)
     add_kafka_parser(sub)
+    add_registry_parser(sub)
     add_bench_parser(sub)
     add_models_parser(sub)
     add_completion_parser(sub, build_parser)

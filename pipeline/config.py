@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pipeline.engine.framing import VALUE_FORMATS
 from pipeline.engine.names import is_plain_name
 from pipeline.errors import ConfigError
 
@@ -36,6 +37,7 @@ __all__ = [
     "CONFIG_VARIABLE",
     "LOG_FORMATS",
     "LOG_LEVELS",
+    "REGISTRY_PREFIX",
     "RESERVED_VARIABLES",
     "UNSAFE_PROPERTIES",
     "DoorSettings",
@@ -53,8 +55,12 @@ __all__ = [
 ]
 
 _SECRET_KEY = re.compile(
-    r"password|passphrase|secret|\.pem$|key\.pem|private\.key|sasl\.oauthbearer\.config", re.I
+    r"password|passphrase|secret|\.pem$|key\.pem|private\.key|sasl\.oauthbearer\.config"
+    r"|user\.info|bearer\.auth\.token",
+    re.I,
 )
+REGISTRY_PREFIX = "schema.registry."
+"""``-X`` properties with this prefix configure the Schema Registry client, not librdkafka."""
 GUARANTEES = ("at-least-once", "exactly-once")
 GROUP_TYPES = ("consumer", "share")
 OFFSET_RESETS = ("earliest", "latest")
@@ -248,6 +254,8 @@ class WorkerConfig(EngineSettings, DoorSettings, LogSettings):
     delivery_stall_s: int = 120  # /healthz fails once outputs are owed this long undelivered
     kafka: Mapping[str, str] = field(default_factory=dict)
     allow_unsafe_kafka_properties: bool = False
+    value_format: str = "json"  # json, avro or auto: see pipeline.engine.framing
+    schema_registry_url: str = ""  # needed by avro and auto; -X schema.registry.* configure it
 
     def __post_init__(self) -> None:
         EngineSettings.__post_init__(self)
@@ -326,6 +334,7 @@ class WorkerConfig(EngineSettings, DoorSettings, LogSettings):
                 "one worker process"
             )
         check_properties(self.kafka, allow_unsafe=self.allow_unsafe_kafka_properties)
+        _check_value_format(self.value_format, self.schema_registry_url)
         if self.guarantee == "exactly-once":
             _check_transaction_timeout(self.commit_interval_ms, self.kafka)
         owned = sorted(k for k in self.kafka if k in OWNED_PROPERTIES)
@@ -443,6 +452,19 @@ def _check_transaction_timeout(interval_ms: int, kafka: Mapping[str, str]) -> No
         "longer timeout also hides a dead worker's open transaction from read_committed "
         "readers for longer"
     )
+
+
+def _check_value_format(value_format: str, url: str) -> None:
+    if value_format not in VALUE_FORMATS:
+        raise ConfigError(
+            f"value_format must be one of {', '.join(VALUE_FORMATS)}, got {value_format!r}"
+        )
+    if value_format != "json" and not url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"--value-format {value_format} reads Schema Registry framed values and needs "
+            f"--schema-registry-url http(s)://HOST:PORT, got {url!r}; `pipeline schema-registry "
+            "start` runs one locally"
+        )
 
 
 def _check_int(value: object, name: str, minimum: int) -> None:

@@ -5,6 +5,8 @@ Hierarchy::
     PipelineError                 anything the pipeline raises on purpose
     +-- ConfigError               a setting is missing, malformed or out of range
     +-- BrokerError               the local Kafka broker could not be obtained, started or stopped
+    +-- RegistryError             the local Schema Registry could not be fetched, started or stopped
+    +-- RegistryUnreachable       no Schema Registry answered at start (`--schema-registry-url`)
     +-- ModelError                a model could not be found or loaded
     |   +-- ModelNotFoundError    no such model name or version in the store
     |   +-- ModelLoadError        the file exists but is unsafe, corrupt or fails its checksum
@@ -31,6 +33,8 @@ __all__ = [
     "ModelNotFoundError",
     "Overloaded",
     "PipelineError",
+    "RegistryError",
+    "RegistryUnreachable",
 ]
 
 
@@ -44,6 +48,14 @@ class ConfigError(PipelineError):
 
 class BrokerError(PipelineError):
     """The local Kafka broker could not be obtained, started or stopped."""
+
+
+class RegistryError(PipelineError):
+    """The local Schema Registry could not be obtained, started or stopped."""
+
+
+class RegistryUnreachable(PipelineError):
+    """No Schema Registry answered at ``--schema-registry-url`` when the worker started."""
 
 
 class ModelError(PipelineError):

@@ -46,10 +46,39 @@ ERROR_TYPES: Final = (
     ErrorType(
         "InvalidJson",
         "decode",
-        "the value is not one JSON document (also a Schema Registry framed value: its magic "
-        "byte and schema id come first)",
+        "the value is not one JSON document (also a Schema Registry framed value read with "
+        "`--value-format json`: read those with `avro` or `auto`)",
     ),
-    ErrorType("NotAnObject", "decode", "the JSON is not an object (an array, a string, ...)"),
+    ErrorType(
+        "NotAnObject",
+        "decode",
+        "the JSON is not an object (an array, a string, ...), or a framed value not a record",
+    ),
+    ErrorType(
+        "UnknownMagicByte",
+        "decode",
+        "`--value-format avro|auto`: the value does not start with the Schema Registry magic "
+        "byte 0 (auto: a value starting with a control byte JSON text cannot start with)",
+    ),
+    ErrorType(
+        "TruncatedFrame",
+        "decode",
+        "`--value-format avro|auto`: the value ends within the 5-byte header (magic byte, "
+        "schema id) or right after it",
+    ),
+    ErrorType("UnknownSchema", "decode", "the Schema Registry does not know the value's schema id"),
+    ErrorType(
+        "RegistryUnavailable",
+        "decode",
+        "the Schema Registry did not answer for a schema id not fetched before, after the "
+        "client's retries; replay the dead letter once it answers",
+    ),
+    ErrorType(
+        "InvalidAvro",
+        "decode",
+        "the framed payload does not decode with its schema (cut short, corrupt), or the "
+        "schema is not Avro",
+    ),
     ErrorType("TooDeep", "decode", "arrays or objects nest deeper than 8 levels"),
     ErrorType(
         "MissingField",

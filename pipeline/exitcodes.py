@@ -16,6 +16,7 @@ from pipeline.errors import (
     ConfigError,
     DeliveryFailed,
     KafkaError,
+    RegistryUnreachable,
 )
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "INTERRUPTED",
     "KAFKA_FATAL",
     "OK",
+    "REGISTRY_UNREACHABLE",
     "USAGE",
     "ExitCode",
     "exit_code",
@@ -57,6 +59,7 @@ CONFIG: Final = 3
 BROKER_UNREACHABLE: Final = 4
 DELIVERY_FAILED: Final = 5
 KAFKA_FATAL: Final = 6
+REGISTRY_UNREACHABLE: Final = 7
 INTERRUPTED: Final = 130
 
 EXIT_CODES: Final = (
@@ -99,6 +102,13 @@ EXIT_CODES: Final = (
         "client error",
         True,
     ),
+    ExitCode(
+        REGISTRY_UNREACHABLE,
+        "registry-unreachable",
+        "`--value-format avro|auto`: the Schema Registry at `--schema-registry-url` did not "
+        "answer at start (the address, or the `-X schema.registry.*` credentials)",
+        True,
+    ),
     ExitCode(INTERRUPTED, "interrupted", "a command other than run or serve got Ctrl-C", False),
 )
 
@@ -109,6 +119,8 @@ def exit_code(exc: BaseException) -> int:
         return INTERRUPTED
     if isinstance(exc, ConfigError):
         return CONFIG
+    if isinstance(exc, RegistryUnreachable):
+        return REGISTRY_UNREACHABLE
     if isinstance(exc, BrokerUnreachable):
         return BROKER_UNREACHABLE
     if isinstance(exc, DeliveryFailed):

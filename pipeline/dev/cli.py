@@ -42,7 +42,20 @@ def _produce(args: argparse.Namespace) -> int:
     if args.key_delimiter is not None and args.key_field is not None:
         raise ConfigError("-K and --key-field both choose the key: give one of them")
     settings = _client_settings(args)
+    encode = None
+    if args.value_format == "avro":
+        if not args.schema or not args.schema_registry_url:
+            raise ConfigError(
+                "--value-format avro needs --schema FILE (an Avro schema) and "
+                "--schema-registry-url URL"
+            )
+        from pipeline.schemaregistry import avro_encoder
+
+        encode = avro_encoder(
+            args.schema_registry_url, settings.kafka, Path(args.schema), args.topic
+        )
     produce(
+        encode=encode,
         bootstrap_servers=settings.bootstrap_servers,
         topic=args.topic,
         kafka=settings.kafka,
@@ -216,6 +229,20 @@ def _add_produce_flags(produce: argparse.ArgumentParser) -> None:
         help="add this header to every record (repeatable)",
     )
     add("--partition", type=int, default=None, help="send every record to this partition")
+    add(
+        "--value-format",
+        choices=("json", "avro"),
+        default="json",
+        help="json: the events as they are (default); avro: each event framed as Avro with "
+        "--schema, registered under TOPIC-value in --schema-registry-url",
+    )
+    add("--schema", metavar="FILE", default=None, help="with avro: the events' Avro schema")
+    add(
+        "--schema-registry-url",
+        metavar="URL",
+        default=None,
+        help="with avro: the Schema Registry (its client takes -X schema.registry.* settings)",
+    )
     produce.set_defaults(handler=_produce)
 
 

@@ -33,7 +33,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -43,6 +42,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, cast
 
+from pipeline.dev.localserver import find_java, free_port, port_free
 from pipeline.errors import BrokerError
 
 __all__ = [
@@ -141,24 +141,7 @@ def _kafka_version() -> str:
 
 def _java() -> str:
     """Return the java executable (JAVA_HOME first), after checking it is 17 or newer."""
-    java_home = os.environ.get("JAVA_HOME")
-    java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
-    if not java or not Path(java).exists():
-        raise BrokerError(
-            f"Java {_MIN_JAVA}+ is needed to run the local Kafka broker, but no `java` was found; "
-            "install a JDK (e.g. `apt-get install openjdk-17-jre-headless`) or set JAVA_HOME"
-        )
-    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False).stderr
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
-    major = int(match.group(1)) if match else 0
-    if major == 1 and match and match.group(2):
-        major = int(match.group(2))
-    if major < _MIN_JAVA:
-        raise BrokerError(
-            f"Kafka 4.x needs Java {_MIN_JAVA}+, but {java} is Java "
-            f"{major or 'of unknown version'}; install a newer JDK or point JAVA_HOME at one"
-        )
-    return java
+    return find_java(_MIN_JAVA, "the local Kafka broker (Kafka 4.x)", BrokerError)
 
 
 def broker_classpath() -> str:
@@ -231,38 +214,20 @@ def new_cluster_id(draw: Callable[[], bytes] = lambda: uuid.uuid4().bytes) -> st
             return cluster_id
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # As the broker binds: a port left in TIME_WAIT by a broker just stopped is free.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((_HOST, port))
-        except OSError:
-            return False
-    return True
-
-
 def _check_ports(wanted: Iterable[tuple[int | None, str]]) -> None:
     """Raise if a port is taken; each comes with what to do about it."""
     for port, remedy in wanted:
-        if port is not None and not _port_free(port):
+        if port is not None and not port_free(port):
             raise BrokerError(
                 f"port {_HOST}:{port} is already in use by another process; stop it or {remedy}"
             )
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _free_ports(count: int) -> int:
     """The first of `count` consecutive ports that are free right now."""
     while True:
-        first = _free_port()
-        if all(_port_free(first + i) for i in range(1, count)):
+        first = free_port()
+        if all(port_free(first + i) for i in range(1, count)):
             return first
 
 
@@ -525,7 +490,7 @@ class LocalKafka:
         if current is not None:
             return current, False
         java = _java()
-        port = port or _free_port()
+        port = port or free_port()
         _check_ports(
             [(port, "pass --port with a free port"), (sasl_port, "pass a free --sasl-port")]
         )
@@ -773,7 +738,7 @@ class LocalKafka:
             taken = set(range(first, first + nodes))
             controllers: list[int] = []
             while len(controllers) < nodes:
-                if (candidate := _free_port()) not in taken:
+                if (candidate := free_port()) not in taken:
                     taken.add(candidate)
                     controllers.append(candidate)
             return _Layout(nodes, first, tuple(controllers), new_cluster_id())
@@ -833,9 +798,9 @@ class LocalKafka:
         previous = self.data_dir / "controller.port"
         with contextlib.suppress(OSError, ValueError):
             recorded = int(previous.read_text())
-            if recorded != port and _port_free(recorded):
+            if recorded != port and port_free(recorded):
                 return recorded  # KRaft keeps the voter address: reuse it across restarts
-        chosen = _free_port()
+        chosen = free_port()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         previous.write_text(str(chosen))
         return chosen

@@ -14,7 +14,7 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -120,6 +120,7 @@ def produce(
     key_delimiter: str | None = None,
     headers: Sequence[tuple[str, bytes]] = (),
     partition: int | None = None,
+    encode: Callable[[bytes], bytes] | None = None,
     out: TextIO = sys.stderr,
 ) -> int:
     """Send events and wait for every acknowledgement; return how many were delivered.
@@ -129,6 +130,7 @@ def produce(
         key_delimiter: Each line is KEY, this delimiter, VALUE (kcat -K).
         headers: Added to every record.
         partition: Every record goes to this partition (default: by key).
+        encode: Turns each JSON value into the value sent (``--value-format avro``).
 
     Raises:
         ConfigError: no source, or a key delimiter with synthetic events.
@@ -146,6 +148,8 @@ def produce(
         if synthetic is not None
         else _file_events(source or sys.stdin, _Keys(key_delimiter, key_field), count)
     )
+    if encode is not None:
+        events = ((key, encode(value)) for key, value in events)
     where: dict[str, Any] = {"headers": list(headers) or None}
     if partition is not None:
         where["partition"] = partition

@@ -36,6 +36,14 @@ from typing import Any, Final
 import numpy as np
 import orjson
 
+from pipeline.engine.framing import (
+    VALUE_FORMATS,
+    FramedReader,
+    FrameProblem,
+    frame_schema_id,
+    is_framed,
+    looks_framed,
+)
 from pipeline.engine.names import PLAIN_NAME_RULE, is_plain_name
 from pipeline.engine.signature import FLOAT_LIMITS, Feed
 from pipeline.engine.spec import ModelCatalog, ModelSpec
@@ -211,9 +219,15 @@ class EventDecoder:
         max_value_bytes: Values longer than this are rejected before parsing.
         max_depth: Values nesting arrays/objects deeper than this are rejected as
             ``TooDeep`` (the event object itself is depth 1, its `features` depth 2).
+        value_format: ``json`` (text), ``avro`` (Schema Registry framed values) or ``auto``
+            (framed values and JSON text, told apart per value); see
+            `pipeline.engine.framing`. A framed record's fields are the event's, and a null
+            `model`, `version` or `ts` counts as absent.
+        framed: Reads framed values' payloads; needed unless `value_format` is ``json``.
 
     Raises:
-        ValueError: `max_value_bytes` is below 1 or `max_depth` below 2.
+        ValueError: `max_value_bytes` is below 1 or `max_depth` below 2, `value_format` is
+            unknown, or it reads framed values and `framed` is None.
     """
 
     def __init__(
@@ -223,7 +237,15 @@ class EventDecoder:
         default_model: str | None = None,
         max_value_bytes: int = 65536,
         max_depth: int = 8,
+        value_format: str = "json",
+        framed: FramedReader | None = None,
     ) -> None:
+        if value_format not in VALUE_FORMATS:
+            raise ValueError(
+                f"value_format must be one of {', '.join(VALUE_FORMATS)}, got {value_format!r}"
+            )
+        if value_format != "json" and framed is None:
+            raise ValueError(f"value_format {value_format!r} needs a reader of framed values")
         if max_value_bytes < 1:
             raise ValueError(f"max_value_bytes must be an integer >= 1, got {max_value_bytes}")
         if max_depth < 2:
@@ -232,6 +254,11 @@ class EventDecoder:
         self._default_model = default_model
         self._max_value_bytes = max_value_bytes
         self._max_depth = max_depth
+        self._framed = framed
+        self._reads_frames = value_format != "json"
+        self._read = {"json": self._parse, "avro": self._parse_framed, "auto": self._parse_any}[
+            value_format
+        ]
 
     def decode(self, values: Sequence[bytes | None], fallback_ts: Sequence[int]) -> Decoded:
         """Decode a batch of record values.
@@ -257,8 +284,11 @@ class EventDecoder:
             try:
                 self._take(index, value, fallback_ts[index], state)
             except _Rejected as exc:
-                if exc.stage != "decode" and value:  # a field we checked may nest deeply
-                    exc = self._depth_problem(value) or exc
+                if exc.stage != "decode" and value:
+                    if self._reads_frames and is_framed(value):
+                        exc = self._in_frame(value, exc)
+                    else:  # a field we checked may nest deeply
+                        exc = self._depth_problem(value) or exc
                 rejects.append(Reject(index, exc.stage, exc.error_type, exc.message))
         return _decoded(state, rejects)
 
@@ -297,7 +327,7 @@ class EventDecoder:
         state: _CallState,
     ) -> None:
         """Decode one value and add its row to its block, or raise `_Rejected`."""
-        self._take_event(index, self._parse(value), fallback_ts, state)
+        self._take_event(index, self._read(value), fallback_ts, state)
 
     def _take_event(
         self, index: int, event: dict[str, Any], fallback_ts: int, state: _CallState
@@ -318,16 +348,7 @@ class EventDecoder:
 
     def _parse(self, value: bytes | None) -> dict[str, Any]:
         """Bound, parse and shape-check one value; return the event object."""
-        if not value:
-            what = "null (a record without a value)" if value is None else "empty (0 bytes)"
-            raise _Rejected("decode", "EmptyValue", f"value is {what}, expected a JSON object")
-        if len(value) > self._max_value_bytes:
-            raise _Rejected(
-                "decode",
-                "TooLarge",
-                f"value is {len(value)} bytes, more than the limit of "
-                f"{self._max_value_bytes} bytes (max_value_bytes)",
-            )
+        value = self._bounded(value, "a JSON object")
         try:  # linear in len(value), which is bounded; orjson stops at depth 1024
             event = orjson.loads(value)
         except orjson.JSONDecodeError as exc:
@@ -341,6 +362,52 @@ class EventDecoder:
             if problem is not None:
                 raise problem
         return event
+
+    def _bounded(self, value: bytes | None, expected: str) -> bytes:
+        """Return `value` if it is neither missing, empty, nor over the size limit."""
+        if not value:
+            what = "null (a record without a value)" if value is None else "empty (0 bytes)"
+            raise _Rejected("decode", "EmptyValue", f"value is {what}, expected {expected}")
+        if len(value) > self._max_value_bytes:
+            raise _Rejected(
+                "decode",
+                "TooLarge",
+                f"value is {len(value)} bytes, more than the limit of "
+                f"{self._max_value_bytes} bytes (max_value_bytes)",
+            )
+        return value
+
+    def _parse_any(self, value: bytes | None) -> dict[str, Any]:
+        """A framed value or JSON text, told apart by the first byte."""
+        if value and looks_framed(value):
+            return self._parse_framed(value)
+        return self._parse(value)
+
+    def _parse_framed(self, value: bytes | None) -> dict[str, Any]:
+        """Bound and read one Schema Registry framed value; return the event record."""
+        value = self._bounded(value, "a Schema Registry framed value")
+        assert self._framed is not None  # checked in __init__ for every format that frames
+        try:
+            schema_id = frame_schema_id(value)
+            event = self._framed.read(schema_id, value)
+        except FrameProblem as problem:
+            raise _Rejected(problem.stage, problem.error_type, problem.message) from None
+        if type(event) is not dict:
+            raise _Rejected(
+                "decode",
+                "NotAnObject",
+                f"value must be a record, got {_show(event)} ({self._framed.describe(schema_id)})",
+            )
+        for name in ("model", "version", "ts"):  # an optional field's null is its absence
+            if name in event and event[name] is None:
+                del event[name]
+        return event
+
+    def _in_frame(self, value: bytes, exc: _Rejected) -> _Rejected:
+        """Name the schema of the framed value a field check rejected."""
+        assert self._framed is not None  # only framed values get here
+        schema = self._framed.describe(frame_schema_id(value))
+        return _Rejected(exc.stage, exc.error_type, f"{exc.message} ({schema})")
 
     def _depth_problem(self, value: bytes) -> _Rejected | None:
         """Return a TooDeep reject if `value` nests deeper than the limit (O(len))."""

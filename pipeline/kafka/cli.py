@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.config import WorkerConfig
+from pipeline.engine.framing import VALUE_FORMATS
 from pipeline.flags import (
     add_config_flag,
     add_door_flags,
@@ -161,4 +162,16 @@ def _add_worker_flags(add: Callable[..., Any]) -> None:
         type=int,
         help="/healthz fails once outputs have been owed this long with no delivery, so an "
         "orchestrator restarts a stuck worker (0: never; default: 120)",
+    )
+    add(
+        "--value-format",
+        choices=VALUE_FORMATS,
+        help="json: JSON text (default); avro: Schema Registry framed Avro values; auto: "
+        "either, told apart per record",
+    )
+    add(
+        "--schema-registry-url",
+        metavar="URL",
+        help="the Schema Registry avro and auto read schemas from, e.g. "
+        "http://127.0.0.1:8081/apis/ccompat/v7; its client takes -X schema.registry.* settings",
     )

@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pipeline.config import REGISTRY_PREFIX
+
 __all__ = ["LIBRDKAFKA", "ConnectionFailures", "RepeatFilter", "client_settings", "serve_logs"]
 
 LIBRDKAFKA = logging.getLogger("librdkafka")
@@ -34,8 +36,10 @@ _THREAD = re.compile(r"^\[thrd:([^\]]*)\]:\s*")
 
 def client_settings(bootstrap_servers: str, kafka: Mapping[str, Any]) -> dict[str, Any]:
     """A client's settings: the user's librdkafka properties (SASL, TLS), the bootstrap
-    servers, and the ``librdkafka`` logger."""
-    return {**kafka, "bootstrap.servers": bootstrap_servers, "logger": LIBRDKAFKA}
+    servers, and the ``librdkafka`` logger. The Schema Registry client's ``schema.registry.*``
+    properties are not librdkafka's and stay out."""
+    mine = {k: v for k, v in kafka.items() if not k.startswith(REGISTRY_PREFIX)}
+    return {**mine, "bootstrap.servers": bootstrap_servers, "logger": LIBRDKAFKA}
 
 
 def serve_logs(client: Any) -> None:

@@ -45,6 +45,7 @@ from pipeline.kafka.topics import ensure_topics
 from pipeline.metrics import Sensor, Sensors
 from pipeline.metrics.health import Readiness, Stall
 from pipeline.metrics.statsline import StatsLine
+from pipeline.schemaregistry import framed_reader
 
 __all__ = ["ShareWorker"]
 
@@ -161,7 +162,12 @@ class ShareWorker:
         self._deliveries = Stall("outputs", after_s=config.delivery_stall_s)
         self.readiness.watch(self._deliveries)
         self._common = client_settings(config.bootstrap_servers, config.kafka)
-        self._decoder = EventDecoder(catalog=engine.models, default_model=config.default_model)
+        self._decoder = EventDecoder(
+            catalog=engine.models,
+            default_model=config.default_model,
+            value_format=config.value_format,
+            framed=framed_reader(config),
+        )
         self._outcomes: list[
             Outcome[tuple[Owed, list[Message], list[int], list[str], list[int]]]
         ] = []

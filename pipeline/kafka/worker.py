@@ -64,6 +64,7 @@ from pipeline.metrics.health import Readiness, Stall
 from pipeline.metrics.prometheus import PrometheusSensor
 from pipeline.metrics.statsline import StatsLine
 from pipeline.metrics.tracing import batch_tracer
+from pipeline.schemaregistry import framed_reader
 
 __all__ = ["ABANDONED", "KafkaClients", "Worker", "exit_if_abandoned", "run_worker"]
 
@@ -175,7 +176,10 @@ class Worker:
             latency_target_ms=config.latency_target_ms or None,
         )
         self._decoder = EventDecoder(
-            catalog=self._engine.models, default_model=config.default_model
+            catalog=self._engine.models,
+            default_model=config.default_model,
+            value_format=config.value_format,
+            framed=framed_reader(config),
         )
         self._tracker = OffsetTracker()
         self._committer: Committer | None = None  # made in run(), once Kafka answers

@@ -21,6 +21,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.dev.localkafka import LocalKafka
+from pipeline.dev.localregistry import LocalRegistry, missing_tools
 
 from .kafkaio import WorkerProcess, free_port
 
@@ -60,6 +61,30 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield info.bootstrap
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real Schema Registry (its Confluent-compatible API) for this test session.
+
+    SCHEMA_REGISTRY_URL names an existing one; otherwise the project's own local registry
+    (`pipeline schema-registry start`) runs on a free port in a temp dir, started by the
+    first test that asks for it. Skipped where Java 17+ (or Maven, before the server is
+    fetched) is missing.
+    """
+    existing = os.environ.get("SCHEMA_REGISTRY_URL")
+    if existing:
+        yield existing
+        return
+    missing = missing_tools()
+    if missing is not None:
+        pytest.skip(f"no Schema Registry for this test: {missing}")
+    registry = LocalRegistry(tmp_path_factory.mktemp("registry"))
+    info, _ = registry.start(port=free_port())
+    try:
+        yield info.url
+    finally:
+        registry.stop()
 
 
 @pytest.fixture(scope="session")

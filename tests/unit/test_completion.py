@@ -36,11 +36,13 @@ def test_subcommands() -> None:
             "models",
             "produce",
             "run",
+            "schema-registry",
             "serve",
             "topics",
         ]
     )
     assert complete("kafka", "st") == ["start", "status", "stop"]
+    assert complete("schema-registry", "st") == ["start", "status", "stop"]
 
 
 def test_flags_of_the_subcommand_typed() -> None:

@@ -732,3 +732,34 @@ def test_the_start_up_line_shows_where_and_what_differs_not_every_setting() -> N
         "kafka": {"sasl.password": "***"},
     }
     assert len(str(config.summary)) < len(str(config.redacted)) // 4
+
+
+def test_a_framed_value_format_needs_a_schema_registry_url() -> None:
+    with pytest.raises(ConfigError, match="--value-format avro reads Schema Registry framed"):
+        WorkerConfig(value_format="avro")
+    with pytest.raises(ConfigError, match="value_format must be one of json, avro, auto"):
+        WorkerConfig(value_format="protobuf", schema_registry_url="http://127.0.0.1:8081")
+    config = WorkerConfig(value_format="auto", schema_registry_url="http://127.0.0.1:8081")
+    assert config.value_format == "auto" and WorkerConfig().value_format == "json"
+
+
+def test_registry_client_settings_are_masked_and_kept_from_librdkafka() -> None:
+    from pipeline.kafka.clientlog import client_settings
+    from pipeline.schemaregistry import registry_settings
+
+    kafka = {
+        "schema.registry.basic.auth.user.info": "user:secret-pw",
+        "schema.registry.bearer.auth.token": "tok-7f3a9",
+        "client.id": "me",
+    }
+    config = WorkerConfig(kafka=kafka)
+    assert "secret-pw" not in repr(config) and "tok-7f3a9" not in str(config.redacted)
+    assert redact(kafka)["schema.registry.basic.auth.user.info"] == "***"
+    settings = client_settings("127.0.0.1:9092", kafka)
+    assert not any(k.startswith("schema.registry.") for k in settings)
+    assert settings["client.id"] == "me"
+    assert registry_settings("http://r:8081", kafka) == {
+        "basic.auth.user.info": "user:secret-pw",
+        "bearer.auth.token": "tok-7f3a9",
+        "url": "http://r:8081",
+    }

@@ -1,0 +1,254 @@
+"""Schema Registry framed Avro values through the Kafka worker, against a real registry and
+a real broker: predictions equal the JSON path's, a schema that evolves mid-stream costs
+nothing, each bad value is one dead letter with its reason, and a registry that does not
+answer at start stops the worker with its own exit code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from pipeline.dev.localregistry import LocalRegistry, missing_tools
+from pipeline.exitcodes import REGISTRY_UNREACHABLE
+
+from .conftest import Pipeline
+from .kafkaio import free_port, good_events, read_all, send, wait_for_outputs
+from .test_share import lock_for, share_groups_supported
+
+V1 = {
+    "type": "record",
+    "name": "FeatureEvent",
+    "namespace": "example",
+    "fields": [
+        {"name": "id", "type": "string"},
+        {"name": "model", "type": ["null", "string"], "default": None},
+        {"name": "features", "type": {"type": "array", "items": "double"}},
+    ],
+}
+# A producer adds an optional field mid-stream (BACKWARD compatible: a new schema id).
+V2 = {
+    **V1,
+    "fields": [*V1["fields"], {"name": "source", "type": ["null", "string"], "default": None}],
+}
+NO_FEATURES = {"type": "record", "name": "NotAnEvent", "fields": [{"name": "id", "type": "string"}]}
+
+
+@pytest.fixture
+def registry(schema_registry_url: str) -> Iterator[SchemaRegistryClient]:
+    with SchemaRegistryClient({"url": schema_registry_url}) as client:
+        yield client
+
+
+def _framer(
+    client: SchemaRegistryClient, topic: str, schema: dict[str, Any]
+) -> Callable[[dict[str, Any]], bytes]:
+    serializer = AvroSerializer(client, json.dumps(schema))
+    ctx = SerializationContext(topic, MessageField.VALUE)
+
+    def frame(event: dict[str, Any]) -> bytes:
+        value = serializer(event, ctx)
+        assert value is not None
+        return value
+
+    return frame
+
+
+def _predictions(p: Pipeline, expect: int) -> tuple[dict[str, Any], list[Any]]:
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=expect)
+    predictions = {r.json["id"]: r.json for r in out if r.topic == p.output}
+    return predictions, [r for r in out if r.topic == p.dlq]
+
+
+def test_avro_events_predict_as_their_json_twins_across_a_schema_change(
+    make_pipeline: Callable[..., Pipeline],
+    schema_registry_url: str,
+    registry: SchemaRegistryClient,
+) -> None:
+    p = make_pipeline(partitions=2)
+    old, new = _framer(registry, p.input, V1), _framer(registry, p.input, V2)
+    events: list[tuple[bytes, bytes]] = []
+    for i, (key, value) in enumerate(good_events(200, run="twin")):
+        event = orjson.loads(value)
+        events.append((key, value))  # JSON text, id twin-i
+        avro = {**event, "id": f"avro-{i}"}
+        events.append((key, old(avro) if i < 100 else new({**avro, "source": "pos-7"})))
+    send(p.bootstrap, p.input, events)
+
+    worker = p.start_worker("--value-format", "auto", "--schema-registry-url", schema_registry_url)
+    predictions, dead = _predictions(p, len(events))
+    code, _ = worker.stop()
+
+    assert code == 0, worker.log
+    assert dead == []
+    assert len(predictions) == 400
+    for i in range(200):
+        avro, twin = predictions[f"avro-{i}"], predictions[f"twin-{i}"]
+        assert avro["outputs"] == twin["outputs"] and avro["model"] == twin["model"]
+
+
+def test_each_bad_framed_value_is_one_dead_letter_with_its_reason(
+    make_pipeline: Callable[..., Pipeline],
+    schema_registry_url: str,
+    registry: SchemaRegistryClient,
+) -> None:
+    p = make_pipeline(partitions=1)
+    frame = _framer(registry, p.input, V1)
+    odd = _framer(registry, f"{p.input}-odd", NO_FEATURES)
+    good = [(k, frame(orjson.loads(v))) for k, v in good_events(50, run="ok")]
+    sample = good[0][1]
+    bad = {
+        b"unknown-schema": sample[:1] + (987654).to_bytes(4, "big") + sample[5:],
+        b"truncated": sample[:-20],
+        b"header-only": sample[:3],
+        b"magic-1": b"\x01" + sample[1:],
+        b"no-features": odd({"id": "nf"}),
+    }
+    send(p.bootstrap, p.input, [*good[:25], *bad.items(), *good[25:]])
+
+    worker = p.start_worker("--value-format", "avro", "--schema-registry-url", schema_registry_url)
+    predictions, dead = _predictions(p, len(good) + len(bad))
+    code, _ = worker.stop()
+
+    assert code == 0, worker.log
+    assert len(predictions) == 50
+    reasons = {r.key: r for r in dead}
+    assert sorted(reasons) == sorted(bad)
+    for key, value in bad.items():
+        assert reasons[key].value == value  # the original bytes
+        assert reasons[key].headers["pipeline.error.stage"] in (b"decode", b"validate")
+    kinds = {k: reasons[k].headers["pipeline.error.type"] for k in bad}
+    assert kinds == {
+        b"unknown-schema": b"UnknownSchema",
+        b"truncated": b"InvalidAvro",
+        b"header-only": b"TruncatedFrame",
+        b"magic-1": b"UnknownMagicByte",
+        b"no-features": b"MissingField",
+    }
+    messages = {k: (reasons[k].headers["pipeline.error.message"] or b"").decode() for k in bad}
+    assert "schema id 987654" in messages[b"unknown-schema"]
+    assert (
+        "schema id" in messages[b"truncated"] and "example.FeatureEvent" in messages[b"truncated"]
+    )
+    assert "got byte 0x01" in messages[b"magic-1"]
+    assert "features is required" in messages[b"no-features"]
+    assert "record NotAnEvent" in messages[b"no-features"]
+
+
+def test_a_registry_down_at_start_stops_the_worker_with_its_exit_code(
+    make_pipeline: Callable[..., Pipeline],
+) -> None:
+    p = make_pipeline(partitions=1)
+    url = f"http://127.0.0.1:{free_port()}/apis/ccompat/v7"
+    worker = p.start_worker("--value-format", "avro", "--schema-registry-url", url)
+    code = worker.wait(60)
+    assert code == REGISTRY_UNREACHABLE, worker.log
+    assert f"the Schema Registry at {url} did not answer" in worker.log
+    assert "pipeline schema-registry start" in worker.log
+
+
+def _produce(p: Pipeline, url: str, schema: Path, *args: str, stdin: str | None = None) -> Any:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "produce", "--bootstrap-servers", p.bootstrap,
+         "--topic", p.input, "--value-format", "avro", "--schema", str(schema),
+         "--schema-registry-url", url, *args],
+        capture_output=True, text=True, input=stdin, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_pipeline_produce_frames_avro_that_the_exactly_once_worker_predicts(
+    make_pipeline: Callable[..., Pipeline], schema_registry_url: str, tmp_path: Path
+) -> None:
+    p = make_pipeline(partitions=2)
+    schema = tmp_path / "event.avsc"
+    schema.write_text(json.dumps(V1))
+    sent = _produce(p, schema_registry_url, schema, "--synthetic", "breast-cancer-logreg",
+                    "--count", "100")  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    unfit = _produce(p, schema_registry_url, schema, "--file", "-", stdin='{"id": "x"}\n')
+    assert unfit.returncode == 3
+    assert "event 1 does not fit the Avro schema" in unfit.stderr
+    assert "no value and no default for features" in unfit.stderr
+
+    worker = p.start_worker(
+        "--value-format", "avro", "--schema-registry-url", schema_registry_url,
+        "--guarantee", "exactly-once",
+    )  # fmt: skip
+    predictions, dead = _predictions(p, 100)
+    code, _ = worker.stop()
+
+    assert code == 0, worker.log
+    assert dead == [] and len(predictions) == 100
+    assert {r["model"] for r in predictions.values()} == {"breast-cancer-logreg"}
+    with SchemaRegistryClient({"url": schema_registry_url}) as client:
+        assert client.get_latest_version(f"{p.input}-value").schema.schema_str is not None
+
+
+def test_a_share_group_worker_reads_avro_too(
+    make_pipeline: Callable[..., Pipeline],
+    schema_registry_url: str,
+    registry: SchemaRegistryClient,
+) -> None:
+    p = make_pipeline(partitions=1)
+    if not share_groups_supported(p.bootstrap):
+        pytest.skip(f"the broker at {p.bootstrap} has no share groups (needs Kafka 4.2+)")
+    lock_for(p, 5000)  # and start the new share group at the earliest offset
+    frame = _framer(registry, p.input, V1)
+    good = [(k, frame(orjson.loads(v))) for k, v in good_events(50, run="share")]
+    send(p.bootstrap, p.input, [*good, (b"magic-1", b"\x01" + good[0][1][1:])])
+
+    worker = p.start_worker(
+        "--group-type", "share", "--value-format", "avro",
+        "--schema-registry-url", schema_registry_url,
+    )  # fmt: skip
+    predictions, dead = _predictions(p, len(good) + 1)
+    code, _ = worker.stop()
+
+    assert code == 0, worker.log
+    assert len(predictions) == 50
+    assert [(r.key, r.headers["pipeline.error.type"]) for r in dead] == [
+        (b"magic-1", b"UnknownMagicByte")
+    ]
+
+
+def test_a_registry_gone_mid_run_keeps_cached_schemas_and_explains_a_new_one(
+    make_pipeline: Callable[..., Pipeline], tmp_path: Path
+) -> None:
+    missing = missing_tools()
+    if missing is not None:
+        pytest.skip(missing)
+    own = LocalRegistry(tmp_path / "registry")  # this test stops it: not the session's
+    info, _ = own.start(port=free_port())
+    try:
+        p = make_pipeline(partitions=1)
+        with SchemaRegistryClient({"url": info.url}) as client:
+            old, new = _framer(client, p.input, V1), _framer(client, p.input, V2)
+            events = [(k, orjson.loads(v)) for k, v in good_events(100, run="gone")]
+            before = [(k, old(e)) for k, e in events[:50]]
+            after = [(k, old(e)) for k, e in events[50:]]
+            unseen = new({**events[0][1], "id": "unseen", "source": None})
+        send(p.bootstrap, p.input, before)
+        worker = p.start_worker("--value-format", "avro", "--schema-registry-url", info.url)
+        wait_for_outputs(p.bootstrap, p.output, 50)
+    finally:
+        own.stop()
+    send(p.bootstrap, p.input, [*after, (b"unseen", unseen)])
+    predictions, dead = _predictions(p, 101)
+    code, _ = worker.stop()
+
+    assert code == 0, worker.log
+    assert len(predictions) == 100  # the cached schema id kept working
+    ((letter),) = dead
+    assert letter.key == b"unseen" and letter.value == unseen
+    assert letter.headers["pipeline.error.type"] == b"RegistryUnavailable"
+    message = (letter.headers["pipeline.error.message"] or b"").decode()
+    assert f"the Schema Registry at {info.url} did not give schema id" in message
