@@ -141,7 +141,7 @@ class TableFeed:
                 raise ConfigError(
                     f"table topic {self.spec.topic!r} (--enrich {self.spec}) holds more than "
                     f"--enrich-max-bytes {self._max_bytes}: {len(self.table)} entities took an "
-                    f"estimated {self.table.nbytes} bytes before the table was fully read. "
+                    f"estimated {self.table.nbytes} bytes while it was loading. "
                     "Raise --enrich-max-bytes if the host has the memory, or keep fewer or "
                     "smaller values in the topic"
                 )

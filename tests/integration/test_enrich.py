@@ -133,3 +133,32 @@ def test_a_table_topic_that_is_not_compacted_is_warned_about(
     worker.stop()
 
     assert f"table topic {table!r} has cleanup.policy=delete, not compact" in worker.log
+
+
+def test_a_table_over_its_bound_or_missing_stops_the_worker_at_start(
+    make_pipeline: Callable[..., Pipeline], kafka_admin: AdminClient, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    linear_model(models / "fraud" / "1", NAMES, [1.0, 1.0, 1.0])
+    p = make_pipeline(models=models, partitions=1)
+    table = _table_topic(kafka_admin, "card-stats")
+    send(p.bootstrap, table, [_stats(f"card-{i}", 1.5, 2.5) for i in range(200)])
+    events = _payments("a", ["card-0"])
+    send(p.bootstrap, p.input, events)
+
+    big = p.start_worker("--enrich", f"stats={table}:card_id", "--enrich-max-bytes", "4096")
+    assert big.wait(60) != 0
+    assert f"table topic {table!r} (--enrich stats={table}:card_id) holds more than " in big.log
+    assert "--enrich-max-bytes 4096" in big.log
+
+    gone = p.start_worker("--enrich", "stats=no-such-table:card_id")
+    assert gone.wait(60) != 0
+    assert (
+        "table topic 'no-such-table' of --enrich stats=no-such-table:card_id does not" in gone.log
+    )
+
+    # Refused at start, neither worker consumed: the event is still there for the next one.
+    ok = p.start_worker("--enrich", f"stats={table}:card_id", "--default-model", "fraud")
+    (prediction,) = read_all(p.bootstrap, [p.output], expect=1)
+    ok.stop()
+    assert prediction.json["id"] == "a-0"
