@@ -99,7 +99,8 @@ class TableFeed:
         """
         topic = self.spec.topic
         try:
-            meta = admin.list_topics(topic, timeout=_ASK_TIMEOUT_S).topics.get(topic)
+            # All topics: a request naming the topic could make the broker create it.
+            meta = admin.list_topics(timeout=_ASK_TIMEOUT_S).topics.get(topic)
         except KafkaException as exc:
             raise ConfigError(f"cannot read table topic {topic!r}'s metadata: {exc}") from exc
         if meta is None or meta.error is not None or not meta.partitions:

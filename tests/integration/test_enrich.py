@@ -151,11 +151,11 @@ def test_a_table_over_its_bound_or_missing_stops_the_worker_at_start(
     assert f"table topic {table!r} (--enrich stats={table}:card_id) holds more than " in big.log
     assert "--enrich-max-bytes 4096" in big.log
 
-    gone = p.start_worker("--enrich", "stats=no-such-table:card_id")
+    missing = f"no-such-table-{p.group}"
+    gone = p.start_worker("--enrich", f"stats={missing}:card_id")
     assert gone.wait(60) != 0
-    assert (
-        "table topic 'no-such-table' of --enrich stats=no-such-table:card_id does not" in gone.log
-    )
+    assert f"table topic {missing!r} of --enrich stats={missing}:card_id does not" in gone.log
+    assert missing not in kafka_admin.list_topics(timeout=10).topics  # not created by asking
 
     # Refused at start, neither worker consumed: the event is still there for the next one.
     ok = p.start_worker("--enrich", f"stats={table}:card_id", "--default-model", "fraud")
