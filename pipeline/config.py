@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pipeline.engine.enrich import EnrichSpec
 from pipeline.engine.framing import VALUE_FORMATS
 from pipeline.engine.names import is_plain_name
 from pipeline.errors import ConfigError
@@ -252,6 +253,8 @@ class WorkerConfig(EngineSettings, DoorSettings, LogSettings):
     metrics_port: int = 0  # 0: no /metrics endpoint of its own (an HTTP door serves one)
     metrics_host: str = "127.0.0.1"
     delivery_stall_s: int = 120  # /healthz fails once outputs are owed this long undelivered
+    enrich: tuple[str, ...] = ()  # "NAME=TOPIC:KEY_FIELD": tables joined before decoding
+    enrich_max_bytes: int = 1 << 30  # per table, estimated; over it while loading: refuse
     kafka: Mapping[str, str] = field(default_factory=dict)
     allow_unsafe_kafka_properties: bool = False
     value_format: str = "json"  # json, avro or auto: see pipeline.engine.framing
@@ -263,6 +266,7 @@ class WorkerConfig(EngineSettings, DoorSettings, LogSettings):
         LogSettings.__post_init__(self)
         if not self.dlq_topic:
             object.__setattr__(self, "dlq_topic", f"{self.output_topic}.dlq")
+        self._check_enrich()
         _check_int(self.workers, "workers", 1)
         _check_int(self.topic_partitions, "topic_partitions", 1)
         _check_int(self.replication_factor, "replication_factor", 0)
@@ -348,6 +352,34 @@ class WorkerConfig(EngineSettings, DoorSettings, LogSettings):
 
     def __repr__(self) -> str:
         return _repr(self)
+
+    @property
+    def enrichments(self) -> tuple[EnrichSpec, ...]:
+        """The parsed ``--enrich`` specs, in flag order."""
+        return tuple(EnrichSpec.parse(text) for text in self.enrich)
+
+    def _check_enrich(self) -> None:
+        _check_int(self.enrich_max_bytes, "enrich_max_bytes", 1)
+        try:
+            specs = self.enrichments
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        names = [s.name for s in specs]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(f"--enrich names must differ, {twice} given more than once")
+        ours = {*self.input_topics, self.output_topic, self.dlq_topic}
+        clash = sorted(s.topic for s in specs if s.topic in ours)
+        if clash:
+            raise ConfigError(
+                f"--enrich table topics {clash} are also input, output or dead-letter "
+                "topics: a table topic holds one entity's latest values per key"
+            )
+        if specs and self.group_type == "share":
+            raise ConfigError(
+                "--enrich works with --group-type consumer only for now; run the share-group "
+                "workers without it, or use a consumer group"
+            )
 
     @property
     def redacted(self) -> dict[str, Any]:
@@ -476,7 +508,7 @@ def _coerce(cls: type[Any], name: str, raw: object, source: str) -> object:
     """Turn a string from the environment (or a TOML value) into the field's type."""
     kind = {f.name: f.type for f in fields(cls)}[name]
     if not isinstance(raw, str):
-        if name in ("input_topics", "pins") and isinstance(raw, list):
+        if name in ("input_topics", "pins", "enrich") and isinstance(raw, list):
             return tuple(str(t) for t in raw)
         if name == "models":
             return Path(str(raw))
@@ -493,7 +525,7 @@ def _coerce(cls: type[Any], name: str, raw: object, source: str) -> object:
     except ValueError as exc:
         article = "an" if kind == "int" else "a"
         raise ConfigError(f"{name} from {source} must be {article} {kind}, got {raw!r}") from exc
-    if name in ("input_topics", "pins"):
+    if name in ("input_topics", "pins", "enrich"):
         return tuple(t.strip() for t in raw.split(",") if t.strip())
     if name == "models":
         return Path(raw)

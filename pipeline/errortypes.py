@@ -15,7 +15,7 @@ from typing import Final
 
 __all__ = ["ERROR_TYPES", "PATTERNS", "STAGES", "ErrorType"]
 
-STAGES: Final = ("decode", "validate", "route", "infer", "produce", "deliver", "deadline")
+STAGES: Final = ("decode", "validate", "route", "enrich", "infer", "produce", "deliver", "deadline")
 """In data-path order. ``deadline`` happens only at the doors: Kafka events have no
 deadline, so it is never a dead letter."""
 
@@ -83,13 +83,14 @@ ERROR_TYPES: Final = (
     ErrorType(
         "MissingField",
         "validate",
-        "`id` or `features` is missing, or `model` with no `--default-model`",
+        "`id` or `features` is missing, or `model` with no `--default-model`, or the "
+        "`--enrich` key field of an event that lacks features",
     ),
     ErrorType(
         "InvalidField",
         "validate",
-        "`id`, `model`, `version`, `ts` or `features` has the wrong type or range, or "
-        "named features went to a model without feature names",
+        "`id`, `model`, `version`, `ts`, `features` or an `--enrich` key field has the "
+        "wrong type or range, or named features went to a model without feature names",
     ),
     ErrorType("FeatureCount", "validate", "`features` has a different length than the model takes"),
     ErrorType("UnknownFeature", "validate", "`features` names a feature or input the model lacks"),
@@ -121,6 +122,12 @@ ERROR_TYPES: Final = (
         "ModelLoadFailed",
         "route",
         "the model's file cannot be loaded (corrupt, checksum mismatch, unsafe path)",
+    ),
+    ErrorType(
+        "EntityNotFound",
+        "enrich",
+        "the event lacks features and its `--enrich` key is not in the table topic (never "
+        "produced, or deleted by a tombstone); the message names the topic and the key",
     ),
     ErrorType(
         "OutputShape",

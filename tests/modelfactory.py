@@ -148,3 +148,19 @@ def sequence_model(directory: Path) -> Path:
         initializer=[numpy_helper.from_array(np.array([1, 2], dtype=np.int64), "axes")],
     )
     return _save(graph, directory)
+
+
+def linear_model(directory: Path, names: list[str], weights: list[float]) -> Path:
+    """A single-vector model with named feature columns (its manifest's ``features``):
+    ``features`` FP32 [N, len(names)] -> ``score`` = features @ weights, FP32 [N, 1]."""
+    w = np.array(weights, dtype=np.float32).reshape(len(names), 1)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["features", "w"], ["score"])],
+        "linear",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", len(names)])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1])],
+        initializer=[numpy_helper.from_array(w, "w")],
+    )
+    _save(graph, directory)
+    (directory / "model.json").write_text(json.dumps({"features": names}))
+    return directory

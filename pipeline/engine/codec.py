@@ -3,8 +3,8 @@
 This module owns the wire contract users see on their topics. `EventDecoder.decode`
 turns a batch of record values into one `RowBlock` per (model, version) that actually
 runs (per (model, version, row shapes) for inputs of symbolic shape), plus one `Reject`
-for every value that cannot become a row, each naming the stage
-(``decode``, ``validate`` or ``route``), a short error type and a message that says what
+for every value that cannot become a row, each naming the stage (``decode``,
+``validate``, ``route`` or ``enrich``), a short error type and a message that says what
 was expected and what arrived. One bad value never affects the others in its batch.
 `encode_predictions` turns one block's inference outputs into one JSON document per row.
 
@@ -36,6 +36,7 @@ from typing import Any, Final
 import numpy as np
 import orjson
 
+from pipeline.engine.enrich import Enrichment, EnrichProblem, enrich
 from pipeline.engine.framing import (
     VALUE_FORMATS,
     FramedReader,
@@ -87,7 +88,7 @@ class Reject:
 
     Attributes:
         index: Position of the value in the sequence given to `EventDecoder.decode`.
-        stage: ``"decode"``, ``"validate"`` or ``"route"``.
+        stage: ``"decode"``, ``"validate"``, ``"route"`` or ``"enrich"``.
         error_type: Short CamelCase kind, e.g. ``"InvalidJson"`` or ``"FeatureCount"``.
         message: Names the field, the kind of value that arrived and what was expected.
     """
@@ -224,6 +225,8 @@ class EventDecoder:
             `pipeline.engine.framing`. A framed record's fields are the event's, and a null
             `model`, `version` or `ts` counts as absent.
         framed: Reads framed values' payloads; needed unless `value_format` is ``json``.
+        enrichments: Tables that fill the named features an event's ``features`` object
+            does not carry, joined on an event field (`pipeline.engine.enrich`).
 
     Raises:
         ValueError: `max_value_bytes` is below 1 or `max_depth` below 2, `value_format` is
@@ -239,6 +242,7 @@ class EventDecoder:
         max_depth: int = 8,
         value_format: str = "json",
         framed: FramedReader | None = None,
+        enrichments: Sequence[Enrichment] = (),
     ) -> None:
         if value_format not in VALUE_FORMATS:
             raise ValueError(
@@ -259,6 +263,7 @@ class EventDecoder:
         self._read = {"json": self._parse, "avro": self._parse_framed, "auto": self._parse_any}[
             value_format
         ]
+        self._enrichments = tuple(enrichments)
 
     def decode(self, values: Sequence[bytes | None], fallback_ts: Sequence[int]) -> Decoded:
         """Decode a batch of record values.
@@ -344,7 +349,13 @@ class EventDecoder:
         features = event.get("features")
         if type(features) is not list and type(features) is not dict:
             raise _bad_features(event)
-        self._route(event, state).add(index, event_id, ts, features)
+        pending = self._route(event, state)
+        if self._enrichments and type(features) is dict:
+            try:
+                features = enrich(event, features, pending.spec, self._enrichments)
+            except EnrichProblem as exc:
+                raise _Rejected(exc.stage, exc.error_type, exc.message) from None
+        pending.add(index, event_id, ts, features)
 
     def _parse(self, value: bytes | None) -> dict[str, Any]:
         """Bound, parse and shape-check one value; return the event object."""

@@ -175,3 +175,19 @@ def _add_worker_flags(add: Callable[..., Any]) -> None:
         help="the Schema Registry avro and auto read schemas from, e.g. "
         "http://127.0.0.1:8081/apis/ccompat/v7; its client takes -X schema.registry.* settings",
     )
+    add(
+        "--enrich",
+        action="append",
+        metavar="NAME=TOPIC:KEY_FIELD",
+        help="join each event with the latest values of its entity from the compacted topic "
+        "TOPIC, keyed by the event's field KEY_FIELD; they fill the model's named inputs "
+        "or features the event lacks, and an entity not in the table is a dead letter "
+        "(EntityNotFound) (repeatable; comma-separated in the environment, a list in the file)",
+    )
+    add(
+        "--enrich-max-bytes",
+        type=int,
+        metavar="BYTES",
+        help="refuse to start if an --enrich table is estimated over this many bytes once "
+        "loaded (default: 1073741824, 1 GiB)",
+    )

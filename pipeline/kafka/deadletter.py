@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 __all__ = ["MAX_OMIT", "STAGES", "DeadLetter", "dead_letter", "dead_letter_headers"]
 
-STAGES = ("decode", "validate", "route", "infer", "produce", "deliver")
+STAGES = ("decode", "validate", "route", "enrich", "infer", "produce", "deliver")
 _OMIT_VALUE, _OMIT_HEADERS, _OMIT_KEY = 1, 2, 3  # each level also leaves out the previous ones
 MAX_OMIT = _OMIT_KEY
 """The last `dead_letter` ``omit`` level: value, original headers and key all left out."""

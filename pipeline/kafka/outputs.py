@@ -165,12 +165,15 @@ class Outputs:
         ids: Sequence[str],
         ts: Sequence[int],
         outputs: dict[str, np.ndarray],
+        *,
+        enriched_at: bytes | None = None,
     ) -> None:
         """Encode and produce one prediction per record (all of one partition); dead-letter
         them all if the outputs cannot be encoded (they do not fit the manifest, or JSON).
 
         Each prediction carries a ``prediction_id`` (field and header) derived from its
-        record and the model version, and its input's trace-context headers.
+        record and the model version, and its input's trace-context headers; with
+        `enriched_at`, a ``pipeline.enriched.at`` header too (`pipeline.kafka.enrich`).
         """
         (topic, partition), _ = owed
         prefix, suffix = f"{topic}/{partition}/", f"/{spec.name}/{spec.version}"
@@ -190,6 +193,8 @@ class Outputs:
         rows = zip(records, values, prediction_ids, contexts, strict=True)
         for position, (record, value, prediction_id, context) in enumerate(rows):
             headers = [("pipeline.prediction.id", prediction_id.encode()), *context]
+            if enriched_at is not None:
+                headers.append(("pipeline.enriched.at", enriched_at))
             refused = self._produce(output_topic, value, record.key(), headers, on_delivery)
             if refused is not None:  # never queued: no delivery report will come for it
                 message = f"the producer refused the prediction: {refused}"

@@ -41,6 +41,7 @@ from confluent_kafka.admin import AdminClient
 from pipeline.config import WorkerConfig
 from pipeline.engine.codec import EventDecoder
 from pipeline.engine.engine import Engine, Outcome
+from pipeline.engine.enrich import Enrichment
 from pipeline.engine.models import ModelCache, ModelStore
 from pipeline.engine.setup import build_engine, warm_up
 from pipeline.engine.spec import ModelSpec
@@ -53,6 +54,7 @@ from pipeline.kafka.committer import (
     TransactionalCommitter,
     names,
 )
+from pipeline.kafka.enrich import TableFeed, enriched_at
 from pipeline.kafka.offsets import OffsetTracker, TopicPartitionKey
 from pipeline.kafka.outputs import Outputs, Owed, camel, now_ms, usable_record
 from pipeline.kafka.share import ShareWorker
@@ -108,6 +110,7 @@ class _Block:
     ids: list[str]
     ts: list[int]
     epoch: int
+    enriched_at: bytes | None = None  # the tables' position its rows were joined with
 
 
 class Worker:
@@ -175,11 +178,17 @@ class Worker:
             sensor=self._sensor,
             latency_target_ms=config.latency_target_ms or None,
         )
+        self._feeds = [
+            TableFeed(spec, self._common, self._clients.consumer, self._sensor,
+                      config.enrich_max_bytes)
+            for spec in config.enrichments
+        ]  # fmt: skip
         self._decoder = EventDecoder(
             catalog=self._engine.models,
             default_model=config.default_model,
             value_format=config.value_format,
             framed=framed_reader(config),
+            enrichments=[Enrichment(feed.spec, feed.table) for feed in self._feeds],
         )
         self._tracker = OffsetTracker()
         self._committer: Committer | None = None  # made in run(), once Kafka answers
@@ -288,6 +297,11 @@ class Worker:
         )
         log.info("worker starting with %s", cfg.summary)
         self.readiness.wait_for("partitions", "waiting for the group to assign partitions")
+        try:
+            self._load_tables(admin)
+        except BaseException:
+            self._close_feeds()
+            raise
         self._consumer.subscribe(
             list(cfg.input_topics),
             on_assign=self._on_assign,
@@ -300,6 +314,23 @@ class Worker:
         finally:
             self._shutdown()
         return 0
+
+    def _load_tables(self, admin: AdminClient) -> None:
+        """Read every --enrich table to its end before joining the group (and so before
+        /readyz says ready); stop early if asked to."""
+        if not self._feeds:
+            return
+        self.readiness.wait_for("tables", "loading the --enrich tables")
+        for feed in self._feeds:
+            feed.check(admin)
+            if not feed.load(lambda: self._stopping):
+                return
+        self.readiness.done("tables")
+
+    def _close_feeds(self) -> None:
+        for feed in self._feeds:
+            feed.close()
+        self._feeds = []
 
     def _make_committer(self, limit: int | None) -> Committer:
         """The committer of the configured guarantee, with its producer; `limit` is the
@@ -353,6 +384,7 @@ class Worker:
             self.drain(max(DRAIN_TIMEOUT_S - waited, 0.0))
         self._committer.close(fatal=self._fatal is not None)
         self._close_consumer()
+        self._close_feeds()
         log.info("worker stopped: %s", self._stats.snapshot().line())
         if self._fatal is not None:
             raise self._fatal
@@ -379,6 +411,9 @@ class Worker:
         msgs = self._consume()
         if msgs:
             self._ingest(msgs)
+        else:
+            for feed in self._feeds:  # idle: apply the table updates already fetched
+                feed.drain()
         self._engine.run_due()
         self._produce_outcomes()
         self._serve_deliveries()
@@ -426,14 +461,26 @@ class Worker:
                     runs[tp] = [m]  # type: ignore[index]
                 else:
                     run.append(m)
+        at = self._catch_up_tables()
         now = now_ms()
         for tp, records in runs.items():
             # Records of a partition revoked between poll() and consume() are not ours any
             # more: their new owner reads them from the committed offset.
             if tp in self._assigned:
-                self._ingest_run(tp, records, now)
+                self._ingest_run(tp, records, now, at)
 
-    def _ingest_run(self, tp: TopicPartitionKey, records: list[Message], now: int) -> None:
+    def _catch_up_tables(self) -> bytes | None:
+        """Read the --enrich tables up to their ends now, so these records see every update
+        acknowledged before they were consumed; return the position they are joined with."""
+        if not self._feeds:
+            return None
+        for feed in self._feeds:
+            feed.catch_up()
+        return enriched_at(self._feeds)
+
+    def _ingest_run(
+        self, tp: TopicPartitionKey, records: list[Message], now: int, at: bytes | None
+    ) -> None:
         assert self._outputs is not None
         offsets: list[int] = [m.offset() for m in records]  # type: ignore[misc]
         owed = (tp, self._tracker.consumed_many(tp, offsets))
@@ -457,6 +504,7 @@ class Worker:
                 ids=block.ids,
                 ts=block.ts,
                 epoch=self._epoch,
+                enriched_at=at,
             )
             self._in_engine += len(indices)
             self._engine.submit(
@@ -510,7 +558,7 @@ class Worker:
                 ts = [block.ts[r] for r in rows]
             assert outcome.model is not None
             outputs.predictions(outcome.model.spec, block.owed, records, offsets, ids, ts,
-                                outcome.outputs)  # fmt: skip
+                                outcome.outputs, enriched_at=block.enriched_at)  # fmt: skip
 
     def _still_owed(self, block: _Block) -> bool:
         """After a loss or an abort: whether the block's partition is still held in the same

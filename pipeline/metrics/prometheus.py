@@ -28,6 +28,7 @@ pipeline_model_load_failures_total                          counter    model, ve
 pipeline_model_evictions_total                              counter    model, version
 pipeline_consumer_lag                                       gauge      topic, partition
 pipeline_partitions_assigned, pipeline_partitions_paused    gauge
+pipeline_enrich_table_rows, pipeline_enrich_table_bytes     gauge      table
 pipeline_rebalances_total                                   counter    kind
 pipeline_transactions_total                                 counter    outcome
 pipeline_share_acknowledgements_total                       counter    kind
@@ -105,6 +106,13 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...]]] = {
     ),
     "partitions_assigned": ("gauge", "Partitions this worker holds", (), ()),
     "partitions_paused": ("gauge", "Partitions paused for backpressure", (), ()),
+    "enrich_table_rows": ("gauge", "Entities in an --enrich table", ("table",), ()),
+    "enrich_table_bytes": (
+        "gauge",
+        "Estimated bytes an --enrich table holds (sys.getsizeof of its objects)",
+        ("table",),
+        (),
+    ),
     "rebalances_total": ("counter", "Partitions assigned, revoked or lost", ("kind",), ()),
     "transactions_total": ("counter", "Transactions committed or aborted", ("outcome",), ()),
     "share_acknowledgements_total": (
@@ -241,6 +249,10 @@ class PrometheusSensor(Sensor, Collector):
             return
         with self._lock:  # a partition revoked or lost: its last figure would go stale
             self._values["consumer_lag"].pop(labels, None)
+
+    def enrich_table(self, table: str, rows: int, nbytes: int) -> None:
+        self._set("enrich_table_rows", (table,), rows)
+        self._set("enrich_table_bytes", (table,), nbytes)
 
     def records_acknowledged(self, kind: str, n: int) -> None:
         self._add("share_acknowledgements_total", (kind,), n)

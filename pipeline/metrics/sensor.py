@@ -67,6 +67,9 @@ class Sensor:
     def records_acknowledged(self, kind: str, n: int) -> None:
         """Share groups: `n` acquired records were ``accepted``, ``released`` or ``rejected``."""
 
+    def enrich_table(self, table: str, rows: int, nbytes: int) -> None:
+        """An enrichment table now holds `rows` entities in an estimated `nbytes` bytes."""
+
     # -- the front doors --------------------------------------------------------------------
 
     def request(self, door: str, status: str, seconds: float) -> None:
@@ -146,6 +149,10 @@ class Sensors(Sensor):
     def records_acknowledged(self, kind: str, n: int) -> None:
         for s in self.sensors:
             s.records_acknowledged(kind, n)
+
+    def enrich_table(self, table: str, rows: int, nbytes: int) -> None:
+        for s in self.sensors:
+            s.enrich_table(table, rows, nbytes)
 
     def request(self, door: str, status: str, seconds: float) -> None:
         for s in self.sensors:

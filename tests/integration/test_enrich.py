@@ -1,0 +1,164 @@
+"""Enrichment on the real broker: a table topic of card statistics joined into payment
+events; predictions equal ONNX Runtime on the joined row, an update acknowledged before an
+event is seen by it, a tombstone makes the next event of its key an EntityNotFound dead
+letter, and a restarted worker rebuilds the table and loses no event."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import orjson
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from tests.modelfactory import linear_model
+
+from .conftest import Pipeline
+from .kafkaio import Accounting, Record, read_all, send
+
+NAMES = ["amount", "spend_1h", "tx_1h"]
+
+
+def _table_topic(admin: AdminClient, name: str) -> str:
+    topic = f"{name}-{np.random.default_rng().integers(1 << 40):x}"
+    futures = admin.create_topics(
+        [NewTopic(topic, 2, 1, config={"cleanup.policy": "compact"})], operation_timeout=30
+    )
+    futures[topic].result(30)
+    return topic
+
+
+def _stats(card: str, spend: float, tx: float) -> tuple[bytes, bytes]:
+    return card.encode(), orjson.dumps({"spend_1h": spend, "tx_1h": tx})
+
+
+def _payments(run: str, cards: list[str], start: int = 0) -> list[tuple[bytes, bytes]]:
+    return [
+        (card.encode(), orjson.dumps(
+            {"id": f"{run}-{start + i}", "card_id": card, "features": {"amount": 10.0 + i}}))
+        for i, card in enumerate(cards)
+    ]  # fmt: skip
+
+
+def _score(model: Path, rows: list[list[float]]) -> list[float]:
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"features": np.array(rows, dtype=np.float32)})[0]
+    return [float(v) for v in out[:, 0]]
+
+
+def _check(records: list[Record], model: Path, stats: dict[str, tuple[float, float]],
+           events: list[tuple[bytes, bytes]]) -> None:  # fmt: skip
+    """Each prediction equals ONNX Runtime on the event's amount joined with its card's stats."""
+    by_id = {r.json["id"]: r for r in records}
+    rows, ids = [], []
+    for _, value in events:
+        event: dict[str, Any] = orjson.loads(value)
+        rows.append([event["features"]["amount"], *stats[event["card_id"]]])
+        ids.append(event["id"])
+    for event_id, expected in zip(ids, _score(model, rows), strict=True):
+        record = by_id[event_id]
+        assert np.float32(record.json["outputs"]["score"][0]) == np.float32(expected), event_id
+        assert record.headers["pipeline.enriched.at"] is not None
+
+
+def test_enriched_predictions_follow_the_table_and_survive_a_restart(
+    make_pipeline: Callable[..., Pipeline], kafka_admin: AdminClient, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    model = linear_model(models / "fraud" / "1", NAMES, [0.5, 2.0, -3.0]) / "model.onnx"
+    p = make_pipeline(models=models, partitions=2)
+    table = _table_topic(kafka_admin, "card-stats")
+    cards = [f"card-{i}" for i in range(20)]
+    stats = {c: (100.0 + i, float(i)) for i, c in enumerate(cards)}
+    send(p.bootstrap, table, [_stats(c, 1.0, 1.0) for c in cards])  # overwritten below
+    send(p.bootstrap, table, [_stats(c, *stats[c]) for c in cards])
+    first = _payments("a", cards * 5)
+    send(p.bootstrap, p.input, first)
+    enrich = ("--enrich", f"stats={table}:card_id", "--default-model", "fraud")
+
+    worker = p.start_worker(*enrich)
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(first))
+    _check([r for r in out if r.topic == p.output], model, stats, first)
+    assert not [r for r in out if r.topic == p.dlq]
+
+    # An update and a tombstone acknowledged before the next events are seen by them.
+    stats["card-1"] = (999.5, 42.0)
+    send(p.bootstrap, table, [_stats("card-1", *stats["card-1"]), (b"card-2", None)])
+    second = _payments("b", ["card-1", "card-2", "card-3"])
+    send(p.bootstrap, p.input, second)
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(first) + len(second))
+    new = [r for r in out if r.json and r.json.get("id", "").startswith("b-")]
+    _check([r for r in new if r.topic == p.output], model, stats, [second[0], second[2]])
+    (dead,) = [r for r in out if r.topic == p.dlq]
+    assert dead.headers["pipeline.error.stage"] == b"enrich"
+    assert dead.headers["pipeline.error.type"] == b"EntityNotFound"
+    message = (dead.headers["pipeline.error.message"] or b"").decode()
+    assert "'card-2'" in message and repr(table) in message
+    assert dead.value == second[1][1] and dead.key == b"card-2"  # the original record
+    code, _ = worker.stop()
+    assert code == 0, worker.log
+
+    # A restart rebuilds the table from the topic: nothing is lost, nothing dead-lettered
+    # but the tombstoned card.
+    third = _payments("c", [c for c in cards if c != "card-2"] * 3)
+    send(p.bootstrap, p.input, third)
+    worker = p.start_worker(*enrich)
+    total = len(first) + len(second) + len(third)
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=total)
+    code, _ = worker.stop()
+    assert code == 0, worker.log
+    predictions = [r for r in out if r.topic == p.output]
+    _check([r for r in predictions if r.json["id"].startswith("c-")], model, stats, third)
+    acc = Accounting.of(predictions, [r for r in out if r.topic == p.dlq])
+    ids = [orjson.loads(v)["id"] for _, v in [*first, *second, *third]]
+    assert acc.lost(ids) == [] and acc.duplicates() == 0
+    assert "table stats loaded" in worker.log
+
+
+def test_a_table_topic_that_is_not_compacted_is_warned_about(
+    make_pipeline: Callable[..., Pipeline], make_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    linear_model(models / "fraud" / "1", NAMES, [1.0, 1.0, 1.0])
+    p = make_pipeline(models=models, partitions=1)
+    table = make_topic("not-compacted")  # cleanup.policy=delete
+    send(p.bootstrap, table, [_stats("card-0", 1.5, 2.5)])
+    send(p.bootstrap, p.input, _payments("a", ["card-0"]))
+
+    worker = p.start_worker("--enrich", f"stats={table}:card_id", "--default-model", "fraud")
+    read_all(p.bootstrap, [p.output], expect=1)
+    worker.stop()
+
+    assert f"table topic {table!r} has cleanup.policy=delete, not compact" in worker.log
+
+
+def test_a_table_over_its_bound_or_missing_stops_the_worker_at_start(
+    make_pipeline: Callable[..., Pipeline], kafka_admin: AdminClient, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    linear_model(models / "fraud" / "1", NAMES, [1.0, 1.0, 1.0])
+    p = make_pipeline(models=models, partitions=1)
+    table = _table_topic(kafka_admin, "card-stats")
+    send(p.bootstrap, table, [_stats(f"card-{i}", 1.5, 2.5) for i in range(200)])
+    events = _payments("a", ["card-0"])
+    send(p.bootstrap, p.input, events)
+
+    big = p.start_worker("--enrich", f"stats={table}:card_id", "--enrich-max-bytes", "4096")
+    assert big.wait(60) != 0
+    assert f"table topic {table!r} (--enrich stats={table}:card_id) holds more than " in big.log
+    assert "--enrich-max-bytes 4096" in big.log
+
+    missing = f"no-such-table-{p.group}"
+    gone = p.start_worker("--enrich", f"stats={missing}:card_id")
+    assert gone.wait(60) != 0
+    assert f"table topic {missing!r} of --enrich stats={missing}:card_id does not" in gone.log
+    assert missing not in kafka_admin.list_topics(timeout=10).topics  # not created by asking
+
+    # Refused at start, neither worker consumed: the event is still there for the next one.
+    ok = p.start_worker("--enrich", f"stats={table}:card_id", "--default-model", "fraud")
+    (prediction,) = read_all(p.bootstrap, [p.output], expect=1)
+    ok.stop()
+    assert prediction.json["id"] == "a-0"

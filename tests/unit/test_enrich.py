@@ -1,0 +1,214 @@
+"""The join decisions of `pipeline.engine.enrich` through the codec, the entity table, the
+``--enrich`` syntax and its settings; no broker."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from pipeline.config import WorkerConfig
+from pipeline.engine.codec import Decoded, EventDecoder
+from pipeline.engine.enrich import Enrichment, EnrichSpec, EntityTable
+from pipeline.engine.signature import TensorSpec
+from pipeline.engine.spec import ModelSpec
+from pipeline.errors import ConfigError
+from tests.unit.test_codec import DictCatalog
+
+VECTOR = ModelSpec(
+    name="fraud",
+    version="1",
+    n_features=3,
+    feature_names=("amount", "spend_1h", "tx_1h"),
+)
+TYPED = ModelSpec(
+    name="rec",
+    version="1",
+    inputs=(TensorSpec("x", "FP32", (2,)), TensorSpec("country", "BYTES", (1,))),
+)
+STATS = EnrichSpec("stats", "card-stats", "card_id")
+MERCHANT = EnrichSpec("merchant", "merchant-stats", "merchant_id")
+
+
+def table(**rows: dict[str, Any]) -> EntityTable:
+    t = EntityTable()
+    for key, row in rows.items():
+        assert t.put(key, orjson.dumps(row)) is None
+    return t
+
+
+def decode(events: list[dict[str, Any]], *enrichments: Enrichment, model: str = "fraud") -> Decoded:
+    decoder = EventDecoder(
+        catalog=DictCatalog(VECTOR, TYPED), default_model=model, enrichments=enrichments
+    )
+    return decoder.decode([orjson.dumps(e) for e in events], [0] * len(events))
+
+
+def test_the_table_fills_the_named_features_the_event_lacks_and_the_event_wins() -> None:
+    stats = Enrichment(STATS, table(c1={"spend_1h": 120.5, "tx_1h": 3.0, "unused": 9.5}))
+
+    decoded = decode(
+        [
+            {"id": "a", "card_id": "c1", "features": {"amount": 10.0}},
+            {"id": "b", "card_id": "c1", "features": {"amount": 20.0, "tx_1h": 7}},
+        ],
+        stats,
+    )
+
+    assert decoded.rejects == []
+    (block,) = decoded.blocks.values()
+    np.testing.assert_array_equal(
+        block.feed["features"], np.array([[10.0, 120.5, 3.0], [20.0, 120.5, 7.0]], np.float32)
+    )
+
+
+def test_named_inputs_of_a_typed_model_are_filled_too() -> None:
+    stats = Enrichment(STATS, table(c1={"country": "DE"}))
+
+    decoded = decode([{"id": "a", "card_id": "c1", "features": {"x": [1, 2]}}], stats, model="rec")
+
+    assert decoded.rejects == []
+    (block,) = decoded.blocks.values()
+    assert block.feed["country"].tolist() == [["DE"]]
+
+
+def test_a_missing_entity_is_an_enrich_reject_naming_the_topic_and_the_key() -> None:
+    stats = Enrichment(STATS, table(c1={"spend_1h": 1.5, "tx_1h": 1.5}))
+
+    decoded = decode([{"id": "a", "card_id": "c9", "features": {"amount": 1.0}}], stats)
+
+    (reject,) = decoded.rejects
+    assert (reject.stage, reject.error_type) == ("enrich", "EntityNotFound")
+    assert "'c9'" in reject.message and "'card-stats'" in reject.message
+    assert "'spend_1h', 'tx_1h'" in reject.message  # what the event could send instead
+
+
+def test_a_complete_event_or_an_array_is_not_looked_up() -> None:
+    stats = Enrichment(STATS, table())  # empty: a look-up would be EntityNotFound
+
+    decoded = decode(
+        [
+            {"id": "a", "card_id": "c9", "features": {"amount": 1, "spend_1h": 2, "tx_1h": 3}},
+            {"id": "b", "features": [1, 2, 3]},
+        ],
+        stats,
+    )
+
+    assert decoded.rejects == []
+    assert sum(b.rows for b in decoded.blocks.values()) == 2
+
+
+@pytest.mark.parametrize(
+    ("key", "error_type", "says"),
+    [(None, "MissingField", "card_id is required"), (1.5, "InvalidField", "got number 1.5")],
+)
+def test_a_missing_or_malformed_key_field_is_a_validate_reject(
+    key: Any, error_type: str, says: str
+) -> None:
+    event: dict[str, Any] = {"id": "a", "features": {"amount": 1.0}}
+    if key is not None:
+        event["card_id"] = key
+    decoded = decode([event], Enrichment(STATS, table()))
+
+    (reject,) = decoded.rejects
+    assert (reject.stage, reject.error_type) == ("validate", error_type)
+    assert says in reject.message
+
+
+def test_an_integer_key_is_looked_up_as_its_decimal_text() -> None:
+    stats = Enrichment(STATS, table(**{"42": {"spend_1h": 1.5, "tx_1h": 2.5}}))
+
+    decoded = decode([{"id": "a", "card_id": 42, "features": {"amount": 1.0}}], stats)
+
+    assert decoded.rejects == []
+
+
+def test_the_first_table_listed_wins_and_every_table_is_consulted() -> None:
+    first = Enrichment(STATS, table(c1={"spend_1h": 1.5}))
+    second = Enrichment(MERCHANT, table(m1={"spend_1h": 99.5, "tx_1h": 4.5}))
+
+    decoded = decode(
+        [
+            {"id": "a", "card_id": "c1", "merchant_id": "m1", "features": {"amount": 1.0}},
+            {"id": "b", "card_id": "c1", "merchant_id": "m2", "features": {"amount": 1.0}},
+        ],
+        first,
+        second,
+    )
+
+    (block,) = decoded.blocks.values()
+    assert block.feed["features"].tolist() == [[1.0, 1.5, 4.5]]
+    (reject,) = decoded.rejects
+    assert reject.index == 1 and "'merchant-stats'" in reject.message
+
+
+def test_a_table_row_lacking_a_feature_leaves_it_missing() -> None:
+    stats = Enrichment(STATS, table(c1={"spend_1h": 1.5}))
+
+    decoded = decode([{"id": "a", "card_id": "c1", "features": {"amount": 1.0}}], stats)
+
+    (reject,) = decoded.rejects
+    assert (reject.error_type, "'tx_1h'" in reject.message) == ("MissingFeature", True)
+
+
+def test_the_table_keeps_the_latest_value_and_a_tombstone_deletes() -> None:
+    t = EntityTable()
+    t.put("c1", b'{"a": 1.5, "b": 2.5}')
+    t.put("c1", b'{"a": 3.5, "b": 4.5}')
+    t.put("c2", b'{"a": 1, "s": "x"}')  # not all floats: kept as JSON
+
+    assert (len(t), t.get("c1"), t.get("c2")) == (2, {"a": 3.5, "b": 4.5}, {"a": 1, "s": "x"})
+    assert t.put("c1", None) is None
+    assert (len(t), t.get("c1")) == (1, None)
+
+
+def test_a_value_that_is_not_an_object_is_refused_and_the_previous_one_stays() -> None:
+    t = table(c1={"a": 1.5})
+
+    assert "got an array" in (t.put("c1", b"[1, 2]") or "")
+    assert "invalid JSON" in (t.put("c1", b"{") or "")
+    assert t.get("c1") == {"a": 1.5}
+
+
+def test_the_size_estimate_follows_puts_and_deletes() -> None:
+    t = EntityTable()
+    empty = t.nbytes
+    for i in range(1000):
+        t.put(f"card-{i}", orjson.dumps({f"f{j}": j + 0.5 for j in range(20)}))
+    full = t.nbytes
+    per_row = (full - empty) / 1000
+    # key + pair tuple + 160 packed bytes, plus the dict's slots: names are shared
+    assert sys.getsizeof("card-999") + 56 + 33 + 160 < per_row < 400
+    for i in range(1000):
+        t.put(f"card-{i}", None)
+    assert len(t) == 0 and t.nbytes - sys.getsizeof(t._rows) < 20 * 80  # the names only
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("stats=card-stats", "NAME=TOPIC:KEY_FIELD"),
+        ("card-stats:card_id", "NAME=TOPIC:KEY_FIELD"),
+        ("a/b=card-stats:card_id", "plain name"),
+        ("stats=card-stats:id", "beside the event's id"),
+    ],
+)
+def test_a_malformed_enrich_flag_says_what_was_expected(text: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        EnrichSpec.parse(text)
+
+
+def test_the_enrich_settings_are_checked_at_start() -> None:
+    cfg = WorkerConfig(enrich=("stats=my:topic:card_id",))
+    assert cfg.enrichments == (EnrichSpec("stats", "my:topic", "card_id"),)
+    with pytest.raises(ConfigError, match="must differ"):
+        WorkerConfig(enrich=("s=a:k", "s=b:k"))
+    with pytest.raises(ConfigError, match="also input"):
+        WorkerConfig(enrich=("s=features:k",))
+    with pytest.raises(ConfigError, match="consumer only"):
+        WorkerConfig(enrich=("s=a:k",), group_type="share")
+    with pytest.raises(ConfigError, match="enrich_max_bytes"):
+        WorkerConfig(enrich_max_bytes=0)
