@@ -21,7 +21,7 @@ def _line(requests: int, batches: int) -> str:
     snapshot = StatsSnapshot(
         seconds=1.0, events_in=0, predictions=0, dead_letters=0, batches=batches,
         batch_rows=requests, latency_p50_ms=None, latency_p99_ms=None, partitions=0,
-        requests=requests,
+        requests=requests, answered=requests, kind="doors",
     )  # fmt: skip
     return f"2026-11-29 21:00:00,000 INFO pipeline.serve: {snapshot.line()}\n"
 

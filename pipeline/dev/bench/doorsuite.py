@@ -32,7 +32,8 @@ from pipeline.dev.bench.doorservers import DOORS, MODEL, Running, Server, Setup,
 __all__ = ["FULL", "QUICK", "Plan", "mean_batch", "run_suite"]
 
 _ROWS = resources.files("pipeline.dev") / "_data" / "breast_cancer_rows.json"
-_BATCH = re.compile(r"mean batch ([\d.]+) .*? requests (\d+)/s")
+# pipeline serve's stats line: "requests R/s predictions P/s mean batch B ..." (P rows a second)
+_BATCH = re.compile(r"predictions (\d+)/s mean batch ([\d.]+)")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -235,7 +236,7 @@ def mean_batch(log: str) -> float | None:
     every line's rows divided by every line's batches."""
     rows = batches = 0.0
     for match in _BATCH.finditer(log):
-        mean, rate = float(match.group(1)), float(match.group(2))
+        rate, mean = float(match.group(1)), float(match.group(2))
         if mean > 0 and rate > 0:
             rows += rate
             batches += rate / mean
