@@ -227,59 +227,70 @@ def _produce_stream(p: Pipeline, n: int) -> list[str]:
 
 
 class _BackgroundProducer(threading.Thread):
-    """Sends `n` events in chunks at about `rate` events/s while the test breaks things."""
+    """Sends up to `n` events in chunks at about `rate` events/s, until told to `finish`:
+    the stream outlasts a worker's start however slow the machine is."""
 
-    def __init__(self, p: Pipeline, n: int, rate: float = 10_000, chunk: int = 500) -> None:
+    def __init__(self, p: Pipeline, n: int, rate: float = 5_000, chunk: int = 500) -> None:
         super().__init__(daemon=True)
         self.events = good_events(n)
-        self.ids = [orjson.loads(v)["id"] for _, v in self.events]
+        self.sent = 0
         self._p, self._rate, self._chunk = p, rate, chunk
+        self._finishing = threading.Event()
         self.start()
 
     def run(self) -> None:
         started = time.monotonic()
         for i in range(0, len(self.events), self._chunk):
-            send(self._p.bootstrap, self._p.input, self.events[i : i + self._chunk])
+            if self._finishing.is_set():
+                return
+            self.sent += send(self._p.bootstrap, self._p.input, self.events[i : i + self._chunk])
             delay = started + (i + self._chunk) / self._rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+
+    def finish(self, after_s: float = 1.0) -> list[str]:
+        """Stop sending `after_s` from now; the ids of every event sent."""
+        time.sleep(after_s)
+        self._finishing.set()
+        self.join()
+        return [orjson.loads(v)["id"] for _, v in self.events[: self.sent]]
 
 
 def test_sigterm_mid_stream_commits_and_restart_adds_no_duplicate(
     make_pipeline: Callable[..., Pipeline],
 ) -> None:
     p = make_pipeline()
-    stream = _BackgroundProducer(p, 60_000, rate=10_000)
+    stream = _BackgroundProducer(p, 200_000)
     first = p.start_worker("--default-model", MLP)
     wait_for_outputs(p.bootstrap, p.output, 1000)  # predictions are flowing
     code, took = first.stop(signal.SIGTERM)
     assert stream.is_alive(), "the stream should still have been flowing at SIGTERM"
     assert code == 0, first.log[-2000:]
     assert took < 10.0
-    stream.join()
+    ids = stream.finish()
     second = p.start_worker("--default-model", MLP)
-    out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(stream.ids), timeout_s=120)
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(ids), timeout_s=120)
     assert second.stop()[0] == 0
     acc = Accounting.of(out, [])
-    assert acc.lost(stream.ids) == []
+    assert acc.lost(ids) == []
     assert acc.duplicates() == 0
     print(f"SIGTERM mid-stream: exit 0 in {took:.2f} s; after restart 0 duplicates, 0 lost")
 
 
 def test_sigkill_mid_stream_loses_nothing(make_pipeline: Callable[..., Pipeline]) -> None:
     p = make_pipeline()
-    stream = _BackgroundProducer(p, 60_000, rate=10_000)
+    stream = _BackgroundProducer(p, 200_000)
     # the killed member's partitions come back after its session timeout: 6 s, not 45
     first = p.start_worker("--default-model", MLP, "--commit-interval-ms", "200", *FAST_FAILOVER)
     wait_for_outputs(p.bootstrap, p.output, 1000)  # predictions are flowing
     first.stop(signal.SIGKILL)
     assert stream.is_alive(), "the stream should still have been flowing at SIGKILL"
-    stream.join()
+    ids = stream.finish()
     second = p.start_worker("--default-model", MLP)
-    out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(stream.ids), timeout_s=120)
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(ids), timeout_s=120)
     assert second.stop()[0] == 0
     acc = Accounting.of(out, [])
-    assert acc.lost(stream.ids) == []
+    assert acc.lost(ids) == []
     print(f"SIGKILL mid-stream: 0 lost, {acc.duplicates()} duplicates (allowed at-least-once)")
 
 
