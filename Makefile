@@ -14,6 +14,9 @@ DEMO_DATA ?= .cache/kafka-demo
 PYTEST_ARGS ?=
 # `make check` runs tests/unit in this many pytest-xdist processes (one per core here).
 CHECK_WORKERS ?= 2
+# `make test` runs the broker tests not marked `alone` in this many processes: they mostly
+# wait on a broker, a rebalance or a worker, so more processes than cores pay (tests/conftest.py).
+TEST_WORKERS ?= 4
 # `make bench BENCH_ARGS=--publish` also updates docs/bench.md and docs/bench-latency.png.
 BENCH_ARGS ?=
 # The front-door benchmark takes BENCH_ARGS' --quick and --publish (docs/bench-doors.md and
@@ -44,19 +47,19 @@ check: lint ## the fast tier: lint, types and every test that needs no broker, n
 
 test: install $(TRITON)/.installed ## start the local broker unless KAFKA_BOOTSTRAP_SERVERS is set, run every test, stop it
 	@set -uo pipefail; \
-	if [ -n "$${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then exec $(PY) -m pytest $(PYTEST_ARGS); fi; \
-	started=0; \
-	if ! $(PIPELINE) kafka status --data-dir $(TEST_DATA) >/dev/null; then \
-		rm -rf $(TEST_DATA); \
-		$(PIPELINE) kafka start --port $(TEST_PORT) --data-dir $(TEST_DATA) || exit $$?; \
-		started=1; \
-		trap '$(PIPELINE) kafka stop --data-dir $(TEST_DATA)' EXIT; \
+	if [ -z "$${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then \
+		if ! $(PIPELINE) kafka status --data-dir $(TEST_DATA) >/dev/null; then \
+			rm -rf $(TEST_DATA); \
+			$(PIPELINE) kafka start --port $(TEST_PORT) --data-dir $(TEST_DATA) || exit $$?; \
+			trap '$(PIPELINE) kafka stop --data-dir $(TEST_DATA)' EXIT; \
+		fi; \
+		export KAFKA_BOOTSTRAP_SERVERS=$$($(PIPELINE) kafka status --data-dir $(TEST_DATA) | sed -E 's/^running at ([^ ]+).*/\1/'); \
 	fi; \
-	bootstrap=$$($(PIPELINE) kafka status --data-dir $(TEST_DATA) | sed -E 's/^running at ([^ ]+).*/\1/'); \
-	if [ -n "$(PYTEST_ARGS)" ]; then KAFKA_BOOTSTRAP_SERVERS=$$bootstrap $(PY) -m pytest $(PYTEST_ARGS); exit $$?; fi; \
-	$(PY) -m pytest tests/unit -n $(CHECK_WORKERS); unit=$$?; \
-	KAFKA_BOOTSTRAP_SERVERS=$$bootstrap $(PY) -m pytest --ignore=tests/unit; rest=$$?; \
-	exit $$(( unit > rest ? unit : rest ))
+	if [ -n "$(PYTEST_ARGS)" ]; then $(PY) -m pytest $(PYTEST_ARGS); exit $$?; fi; \
+	env -u KAFKA_BOOTSTRAP_SERVERS $(PY) -m pytest tests/unit -n $(CHECK_WORKERS); unit=$$?; \
+	$(PY) -m pytest --ignore=tests/unit -m 'not alone' -n $(TEST_WORKERS); spread=$$?; \
+	$(PY) -m pytest --ignore=tests/unit -m alone; alone=$$?; \
+	worst=$$(( unit > spread ? unit : spread )); exit $$(( worst > alone ? worst : alone ))
 
 lint: install ## ruff and mypy --strict on pipeline/
 	$(VENV)/bin/ruff check pipeline tests scripts examples

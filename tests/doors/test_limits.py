@@ -269,6 +269,7 @@ async def _predict_on_one_channel(target: str, callers: int, calls: int) -> list
     return [answer for answers in per_caller for answer in answers]
 
 
+@pytest.mark.alone  # the request must be in flight 0.3 s after it is sent
 def test_sigterm_answers_what_is_in_flight_and_exits_0(serve: Callable[..., Server]) -> None:
     server = serve("--max-wait-ms", "1500")
     answers: list[httpx.Response] = []

@@ -118,6 +118,7 @@ def own_pipelines(
             worker.stop(signal.SIGKILL)  # a no-op for one that exited; closes its log
 
 
+@pytest.mark.alone  # the broker must restart mid-stream: a slow start under load misses it
 def test_broker_restart_mid_stream_workers_resume_by_themselves(
     own_broker: OwnBroker, own_pipelines: Callable[[], Pipeline]
 ) -> None:
@@ -244,6 +245,7 @@ def test_outage_longer_than_the_delivery_timeout_is_a_clear_error_then_nothing_i
 _SIGTERM_LIMIT_S = 30.0  # the README's promise for a SIGTERM, broker or not
 
 
+@pytest.mark.alone  # a 30 s promise, and the broker must stop mid-stream
 def test_sigterm_during_an_outage_exits_0_within_30_s_and_loses_nothing_exactly_once(
     own_broker: OwnBroker, own_pipelines: Callable[[], Pipeline]
 ) -> None:
