@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import httpx
-import orjson
 import pytest
 
 from tests.integration.kafkaio import (
@@ -18,12 +17,12 @@ from tests.integration.kafkaio import (
     free_port,
     good_events,
     read_all,
-    send,
     wait_for_outputs,
 )
 from tests.integration.test_metrics import wait_ready
 
 from .conftest import OwnBroker
+from .harness import EventStream
 
 MLP = "breast-cancer-mlp"
 
@@ -47,7 +46,7 @@ def test_healthz_stays_up_while_the_broker_is_down(own_broker: OwnBroker, tmp_pa
         )
 
 
-@pytest.mark.alone  # the broker must freeze mid-stream: a slow start under load misses the stream
+@pytest.mark.alone  # a 3 s stall bound, timed while the machine is not busy
 def test_healthz_fails_while_outputs_are_owed_with_no_delivery_and_recovers(
     own_broker: OwnBroker, tmp_path: Path
 ) -> None:
@@ -57,8 +56,9 @@ def test_healthz_fails_while_outputs_are_owed_with_no_delivery_and_recovers(
     nothing is lost (issue 24 item 8)."""
     broker = own_broker
     broker.create_topics({"st-in": 2, "st-out": 1, "st-out.dlq": 1})
-    events = good_events(60_000)
-    send(broker.bootstrap, "st-in", events)
+    # a live stream, so outputs are owed whenever the broker freezes: a backlog sent up
+    # front was sometimes all predicted before the freeze
+    stream = EventStream(broker.bootstrap, "st-in", good_events(300_000), rate=5_000)
     port = free_port()
     args = ["--bootstrap-servers", broker.bootstrap, "--input-topic", "st-in",
             "--output-topic", "st-out", "--group-id", "st", "--default-model", MLP,
@@ -77,14 +77,16 @@ def test_healthz_fails_while_outputs_are_owed_with_no_delivery_and_recovers(
             os.kill(running.pid, signal.SIGCONT)
         answers = _healthz_until(port, 200, within_s=60)
         assert answers[-1][0] == 200, f"/healthz still failing 60 s after: {answers[-3:]}"
-        wait_for_outputs(broker.bootstrap, "st-out", len(events), timeout_s=120)
+        stream.stop()
+        ids = stream.finish()
+        wait_for_outputs(broker.bootstrap, "st-out", len(ids), timeout_s=120)
         code, _ = worker.stop(timeout_s=40)
         assert code == 0, f"the worker exited {code}:\n{worker.log[-3000:]}"
         assert "owed with no delivery" in worker.log  # the stall was also logged
-    outputs = read_all(broker.bootstrap, ["st-out", "st-out.dlq"], expect=len(events))
+    outputs = read_all(broker.bootstrap, ["st-out", "st-out.dlq"], expect=len(ids))
     acc = Accounting.of([r for r in outputs if r.topic == "st-out"],
                         [r for r in outputs if r.topic == "st-out.dlq"])  # fmt: skip
-    lost = acc.lost(orjson.loads(v)["id"] for _, v in events)
+    lost = acc.lost(ids)
     assert not lost, f"{len(lost)} events lost, e.g. {lost[:5]}"
 
 
