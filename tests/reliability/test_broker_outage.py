@@ -48,6 +48,7 @@ from .harness import (
 _DELIVERY_TIMEOUT_MS = 10_000
 _STATS = "INFO pipeline.worker: in "  # the stats line, logged once a second by the loop
 _RELEASED = "aborted now and their inputs redone"  # TransactionalCommitter._release
+_PRODUCING = re.compile(r"pipeline.worker: in \d+/s out [1-9]\d*/s")  # outputs flowing
 # A purged output's failure taken for a failure of the transaction open after the abort
 _PURGED_ABORTS = re.compile(r"failed \(KafkaError\{code=_PURGE_\w+.*\): aborting the transaction")
 
@@ -202,7 +203,12 @@ def test_outage_longer_than_the_delivery_timeout_is_a_clear_error_then_nothing_i
         "-X", f"message.timeout.ms={_DELIVERY_TIMEOUT_MS}", env={"PYTHONFAULTHANDLER": "1"},
     )  # fmt: skip
     worker.wait_for_log(f"assigned {p.input}[", timeout_s=90)
-    time.sleep(1)
+    # Outputs in flight when the broker goes: wait for the worker to be producing, not only
+    # assigned (on a loaded machine its first fetch can take longer than a second).
+    deadline = time.monotonic() + 60
+    while not _PRODUCING.search(worker.log):
+        assert time.monotonic() < deadline, f"no outputs within 60 s:\n{worker.log[-3000:]}"
+        time.sleep(0.1)
 
     down = time.monotonic()
     own_broker.stop()
