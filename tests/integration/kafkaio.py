@@ -56,6 +56,14 @@ class Record:
 _PRODUCERS: dict[str, Producer] = {}
 
 
+def drop_producers(bootstrap: str) -> None:
+    """Close the cached producers of a broker (or cluster) that is going away for good, so
+    they do not log a refused connection every second for the rest of the process."""
+    gone = set(bootstrap.split(","))
+    for key in [k for k in _PRODUCERS if gone & set(k.split(","))]:
+        _PRODUCERS.pop(key).flush(0)
+
+
 def send(
     bootstrap: str,
     topic: str,

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.dev.localkafka import BrokerInfo, LocalKafka
 
-from .kafkaio import WorkerProcess, free_port, good_events, read_all, send
+from .kafkaio import WorkerProcess, drop_producers, free_port, good_events, read_all, send
 
 PASSWORD = "s3cret-scram-pw-7f3a"
 
@@ -24,6 +24,7 @@ def scram_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerInf
     try:
         yield info
     finally:
+        drop_producers(info.bootstrap)
         broker.stop()
 
 

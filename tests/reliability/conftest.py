@@ -25,7 +25,7 @@ from tests.integration.conftest import (  # noqa: F401  (fixtures, registered by
     make_topic,
     repo_root,
 )
-from tests.integration.kafkaio import free_port
+from tests.integration.kafkaio import drop_producers, free_port
 
 
 @dataclass
@@ -63,5 +63,6 @@ def own_broker(tmp_path: Path) -> Iterator[OwnBroker]:
     try:
         yield broker
     finally:
+        drop_producers(broker.bootstrap)
         with contextlib.suppress(Exception):
             broker.stop()

@@ -47,7 +47,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.dev.localkafka import LocalKafka
 from tests.integration.conftest import Pipeline
-from tests.integration.kafkaio import Accounting, WorkerProcess, good_events
+from tests.integration.kafkaio import Accounting, WorkerProcess, drop_producers, good_events
 
 from .harness import (
     EXACTLY_ONCE,
@@ -107,6 +107,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
         yield kafka
         report("cluster", nodes=kafka.size, peak_rss_mib=_peak_rss_mib(kafka))
     finally:
+        drop_producers(info.bootstrap)
         kafka.stop()
 
 
