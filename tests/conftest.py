@@ -11,15 +11,16 @@ Tests under tests/integration/ are marked `integration`, those under tests/relia
 2. the tests marked `alone`, one at a time: they assert a time or a throughput (a 15 s
    promise, a throughput ratio, a stall bound), which a busy machine would make flaky.
 
-`PIPELINE_TEST_DURATIONS=PATH pytest ...` writes each test's seconds (set-up, call and
-tear-down) to PATH; copy a full run's file to tests/durations.json when the suite's
-shape changes.
+`PIPELINE_TEST_DURATIONS=PATH make test` records each test's seconds (set-up, call and
+tear-down) in PATH and its CPU seconds in PATH's NAME.cpu.json; copy a full run's PATH to
+tests/durations.json when the suite's shape changes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -147,15 +148,49 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 _seconds: dict[str, float] = defaultdict(float)
+_cpu: dict[str, float] = {}
+_CPU_AT_START = pytest.StashKey[float]()
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and of its children that have ended (brokers, workers)."""
+    own, ended = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + ended.ru_utime + ended.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> Any:
+    if os.environ.get("PIPELINE_TEST_DURATIONS"):
+        item.stash[_CPU_AT_START] = _cpu_s()
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True, trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Any:
+    yield
+    started = item.stash.get(_CPU_AT_START, None)
+    if started is not None:  # reaches the controller in the teardown report
+        item.user_properties.append(("cpu_s", _cpu_s() - started))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if os.environ.get("PIPELINE_TEST_DURATIONS"):
         _seconds[report.nodeid] += report.duration
+        for name, value in report.user_properties:
+            if name == "cpu_s" and report.when == "teardown":
+                _cpu[report.nodeid] = value
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Add each test's seconds to PIPELINE_TEST_DURATIONS's file (so `make test`'s three
+    phases add up in one), and its CPU seconds, its own and its ended children's, to
+    NAME.cpu.json beside it: on two cores the suite is bound by CPU."""
     out = os.environ.get("PIPELINE_TEST_DURATIONS")
     if out and _seconds and getattr(session.config, "workerinput", None) is None:
-        rounded = {nodeid: round(s, 1) for nodeid, s in sorted(_seconds.items())}
-        Path(out).write_text(json.dumps(rounded, indent=0) + "\n")
+        for path, figures in ((Path(out), _seconds), (Path(out).with_suffix(".cpu.json"), _cpu)):
+            merged = json.loads(path.read_text()) if path.exists() else {}
+            merged.update({nodeid: round(s, 1) for nodeid, s in figures.items()})
+            path.write_text(json.dumps(dict(sorted(merged.items())), indent=0) + "\n")
