@@ -119,15 +119,17 @@ def own_pipelines(
             worker.stop(signal.SIGKILL)  # a no-op for one that exited; closes its log
 
 
-@pytest.mark.alone  # the broker must restart mid-stream: a slow start under load misses it
 def test_broker_restart_mid_stream_workers_resume_by_themselves(
     own_broker: OwnBroker, own_pipelines: Callable[[], Pipeline]
 ) -> None:
     pipelines = {g: own_pipelines() for g in GUARANTEES}
     rate = SIZES.outage_events / (SIZES.outage_s + 15)
+    # Enough events to outlast slow worker and broker starts on a busy machine; the streams
+    # are stopped a few seconds after the broker is back, so they span the outage.
+    events = SIZES.outage_events * 6
     streams, workers = {}, {}
     for g, p in pipelines.items():
-        streams[g] = EventStream(p.bootstrap, p.input, good_events(SIZES.outage_events), rate=rate)
+        streams[g] = EventStream(p.bootstrap, p.input, good_events(events), rate=rate)
         workers[g] = p.start_worker(
             "--default-model", MLP, *guarantee_args(g), *FAST_FAILOVER,
             env={"PYTHONFAULTHANDLER": "1"},  # SIGABRT prints its Python stack if it hangs
@@ -145,6 +147,9 @@ def test_broker_restart_mid_stream_workers_resume_by_themselves(
     _restart(own_broker)
     back_ms = now_ms()
     assert all(s.is_alive() for s in streams.values()), "the streams should still be flowing"
+    time.sleep(3)  # events produced after the outage too
+    for stream in streams.values():
+        stream.stop()
 
     failures: list[str] = []
     for g, p in pipelines.items():
