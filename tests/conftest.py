@@ -11,7 +11,7 @@ Tests under tests/integration/ are marked `integration`, those under tests/relia
 2. the tests marked `alone`, one at a time: they assert a time or a throughput (a 15 s
    promise, a throughput ratio, a stall bound), which a busy machine would make flaky.
 
-`PIPELINE_TEST_DURATIONS=PATH make test` records each test's seconds (set-up, call and
+`TEST_DURATIONS_FILE=PATH make test` records each test's seconds (set-up, call and
 tear-down) in PATH and its CPU seconds in PATH's NAME.cpu.json; copy a full run's PATH to
 tests/durations.json when the suite's shape changes.
 """
@@ -163,7 +163,7 @@ def _cpu_s() -> float:
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> Any:
-    if os.environ.get("PIPELINE_TEST_DURATIONS"):
+    if os.environ.get("TEST_DURATIONS_FILE"):
         item.stash[_CPU_AT_START] = _cpu_s()
     yield
 
@@ -177,7 +177,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> Any:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if os.environ.get("PIPELINE_TEST_DURATIONS"):
+    if os.environ.get("TEST_DURATIONS_FILE"):
         _seconds[report.nodeid] += report.duration
         for name, value in report.user_properties:
             if name == "cpu_s" and report.when == "teardown":
@@ -185,10 +185,10 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Add each test's seconds to PIPELINE_TEST_DURATIONS's file (so `make test`'s three
+    """Add each test's seconds to TEST_DURATIONS_FILE's file (so `make test`'s three
     phases add up in one), and its CPU seconds, its own and its ended children's, to
     NAME.cpu.json beside it: on two cores the suite is bound by CPU."""
-    out = os.environ.get("PIPELINE_TEST_DURATIONS")
+    out = os.environ.get("TEST_DURATIONS_FILE")
     if out and _seconds and getattr(session.config, "workerinput", None) is None:
         for path, figures in ((Path(out), _seconds), (Path(out).with_suffix(".cpu.json"), _cpu)):
             merged = json.loads(path.read_text()) if path.exists() else {}
