@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -299,10 +300,11 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_for_log(self, text: str, timeout_s: float = 30.0) -> None:
+    def wait_for_log(self, text: str | re.Pattern[str], timeout_s: float = 30.0) -> None:
+        """Wait for `text` (a substring, or a compiled pattern to search for) in the log."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if text in self.log:
+            if text.search(self.log) if isinstance(text, re.Pattern) else text in self.log:
                 return
             if self.proc.poll() is not None:
                 raise AssertionError(

@@ -210,10 +210,7 @@ def test_outage_longer_than_the_delivery_timeout_is_a_clear_error_then_nothing_i
     worker.wait_for_log(f"assigned {p.input}[", timeout_s=90)
     # Outputs in flight when the broker goes: wait for the worker to be producing, not only
     # assigned (on a loaded machine its first fetch can take longer than a second).
-    deadline = time.monotonic() + 60
-    while not _PRODUCING.search(worker.log):
-        assert time.monotonic() < deadline, f"no outputs within 60 s:\n{worker.log[-3000:]}"
-        time.sleep(0.1)
+    worker.wait_for_log(_PRODUCING, timeout_s=60)
 
     down = time.monotonic()
     own_broker.stop()
