@@ -480,12 +480,14 @@ class TransactionalCommitter:
             self._sensor.transaction("aborted")
             return
         log.warning("transaction aborted (%s): rewinding to the committed offsets", reason)
+        # The work is dropped before the abort: librdkafka's abort_transaction (and the
+        # purge of a rebuild) serves the delivery reports of the outputs it purges from
+        # inside the call, and those must find their inputs no longer held (`output_failed`
+        # ignores them) instead of marking the next transaction for an abort too.
+        firsts = self._host.discard_work()
         aborted = self._abort(cause)
         self._sensor.transaction("aborted")
-        if not aborted:
-            return
-        firsts = self._host.discard_work()
-        if not firsts:
+        if not aborted or not firsts:
             return
         parts = [TopicPartition(t, p) for t, p in sorted(firsts)]
         consumer = self._host.consumer

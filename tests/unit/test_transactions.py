@@ -31,6 +31,7 @@ class RecordingProducer:
         self.settings = settings
         self.fail = fail
         self.calls: list[tuple[str, Any]] = []
+        self.on_abort: Any = None  # what abort_transaction serves from inside the call
 
     def _call(self, name: str, arg: Any = None) -> None:
         self.calls.append((name, arg))
@@ -51,6 +52,8 @@ class RecordingProducer:
 
     def abort_transaction(self, timeout: float) -> None:
         self._call("abort_transaction", timeout)
+        if self.on_abort is not None:
+            self.on_abort()
 
     def purge(self, **_: bool) -> None:
         self._call("purge")
@@ -268,6 +271,30 @@ def test_outputs_purged_by_an_abort_do_not_abort_the_next_transaction() -> None:
     committer.output_failed(cast(Any, _Record()), KafkaError(KafkaError._MSG_TIMED_OUT), owed_now)
     committer.tick(time.monotonic())
     assert [c for c, _ in made[0].calls].count("abort_transaction") == 2
+
+
+def test_outputs_purged_from_inside_the_abort_do_not_abort_the_next_transaction() -> None:
+    # librdkafka's abort_transaction purges the queued outputs and serves their delivery
+    # reports (_PURGE_QUEUE) before it returns: they must find their inputs already dropped.
+    host = _Host()
+    txn, made = _txn()
+    committer = TransactionalCommitter(
+        cast(Any, host), txn, interval_ms=0, offset_reset="earliest", sensor=Sensor()
+    )
+    owed = (("in", 0), host.tracker.consumed_many(("in", 0), [7]))
+    committer.begin()
+    purged = KafkaError(KafkaError._PURGE_QUEUE)
+    made[0].on_abort = lambda: committer.output_failed(cast(Any, _Record()), purged, owed)
+    committer.lost()
+    made[0].on_abort = None
+
+    redo = (("in", 0), host.tracker.consumed_many(("in", 0), [7]))
+    committer.begin()
+    host.tracker.finished_many(*redo[:1], [7], redo[1])
+    committer.tick(time.monotonic())
+    calls = [c for c, _ in made[0].calls]
+    assert calls.count("abort_transaction") == 1, calls
+    assert calls[-2:] == ["send_offsets_to_transaction", "commit_transaction"], calls
 
 
 class _RefusingHost(_Host):
