@@ -12,11 +12,13 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 
-# The package first and the models after it, so a changed model does not reinstall the
-# dependencies. The source tree is only needed to build the wheel, so it is removed after.
+# The package carries the example models (pipeline/dev/_models links to models/, for
+# `pipeline models examples DIR`), so the build needs both. The source tree is only needed to
+# build the wheel, so it is removed after.
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY pipeline/ pipeline/
+COPY models/ models/
 RUN pip install --no-cache-dir . && rm -rf /src
 
 RUN groupadd --system --gid 10001 pipeline \

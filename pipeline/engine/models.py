@@ -130,8 +130,8 @@ class ModelStore:
             shown = f"{root} ({self._root.absolute()})" if not self._root.is_absolute() else root
             raise ConfigError(
                 f"model store root must be an existing directory, got {shown}; pass --models "
-                "DIR (a directory of <name>/<version>/model.onnx; the project's checkout has "
-                "example models in models/, made by `make models`)"
+                "DIR (a directory of <name>/<version>/model.onnx). To try the example models, "
+                "`pipeline models examples DIR` copies them into DIR"
             )
         self._real_root = self._root.resolve()
 

@@ -1,4 +1,5 @@
-"""`pipeline models import | list | show | validate`: the model store's command line."""
+"""`pipeline models import | list | show | validate | examples`: the model store's command
+line."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline.importer.examples import copy_examples
 from pipeline.importer.importing import import_model
 from pipeline.importer.inventory import VersionCheck, VersionInfo, list_models, show_model, validate
 from pipeline.importer.parity import DEFAULT_TOLERANCE
@@ -23,12 +25,12 @@ SavedModel directory, a Keras .keras file, a scikit-learn estimator or pipeline 
 with joblib or pickle (.joblib, .pkl, .pickle), an XGBoost model (.json, .ubj) or a
 LightGBM text model (.txt). WARNING: loading a pickle or joblib file runs any code it
 contains; such files are refused unless --trust-pickle says you trust their origin.
-Needs the extra of the framework: pip install 'kafka-onnx-pipeline[tensorflow]'
-(or [sklearn], [boosting], [import] for all three)."""
+Needs the extra of the framework: pip install '.[tensorflow]' in the project's
+checkout (or [sklearn], [boosting], [import] for all three)."""
 
 
 def add_models_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `pipeline models` and its four subcommands to the subcommands."""
+    """Add `pipeline models` and its five subcommands to the subcommands."""
     models = sub.add_parser(
         "models",
         help="import, list, show and validate models",
@@ -52,6 +54,15 @@ def add_models_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     check.set_defaults(handler=_validate)
     for parser in (listing, show, check):
         _add_common(parser)
+    examples = commands.add_parser(
+        "examples",
+        help="copy the example models into DIR (a new or existing store)",
+        description="Copy the example models that ship with the package into the model store "
+        "DIR, made if missing; versions DIR already has are kept. For an installed tool "
+        "without the checkout: then pass --models DIR to run, serve and models.",
+    )
+    examples.add_argument("dir", type=Path, metavar="DIR", help="the model store to copy into")
+    examples.set_defaults(handler=_examples)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -137,6 +148,16 @@ def _show(args: argparse.Namespace) -> int:
         print(f"{info.name} version {info.version}{latest}{pinned}")
         body = info.manifest if info.manifest is not None else {"error": info.error}
         print("\n".join(f"  {k}: {json.dumps(v)}" for k, v in body.items()) or "  no manifest")
+    return 0
+
+
+def _examples(args: argparse.Namespace) -> int:
+    copied = copy_examples(args.dir)
+    for c in copied:
+        what = "copied to" if c.copied else "kept (already there):"
+        print(f"{c.name} version {c.version} {what} {c.path}")
+    store = args.dir.resolve()
+    print(f"use them with --models {store}, e.g. pipeline models list --models {store}")
     return 0
 
 

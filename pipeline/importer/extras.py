@@ -7,9 +7,13 @@ from types import ModuleType
 
 from pipeline.errors import ConfigError
 
-__all__ = ["MissingExtraError", "require"]
+__all__ = ["MissingExtraError", "install_command", "require"]
 
-DISTRIBUTION = "kafka-onnx-pipeline"
+
+def install_command(extra: str) -> str:
+    """The command that installs one of this project's extras (it is not on PyPI yet, so
+    it is installed from the checkout)."""
+    return f"pip install '.[{extra}]' in the project's checkout"
 
 
 class MissingExtraError(ConfigError):
@@ -32,5 +36,5 @@ def require(module: str, *, extra: str, purpose: str) -> ModuleType:
     except ImportError as exc:
         raise MissingExtraError(
             f"{purpose} needs the Python module {module!r}, which cannot be imported "
-            f"({exc}); install it with: pip install '{DISTRIBUTION}[{extra}]'"
+            f"({exc}); install it with: {install_command(extra)}"
         ) from exc

@@ -88,7 +88,7 @@ def _configure(exporter: str) -> bool:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
     except ImportError:
         log.warning("OTEL_* is set but the OpenTelemetry SDK is missing: "
-                    "pip install 'kafka-onnx-pipeline[otel]'")  # fmt: skip
+                    "pip install '.[otel]' in the project's checkout")  # fmt: skip
         return False
     if exporter == "console":
         span_exporter: Any = ConsoleSpanExporter()

@@ -276,7 +276,7 @@ def test_a_missing_library_names_the_extra_that_installs_it() -> None:
     assert message.startswith(
         "importing a booster needs the Python module 'no_such_module_for_the_test'"
     )
-    assert message.endswith("install it with: pip install 'kafka-onnx-pipeline[boosting]'")
+    assert message.endswith("install it with: pip install '.[boosting]' in the project's checkout")
     assert "\n" not in message
 
 
@@ -296,7 +296,9 @@ def test_import_without_the_extra_fails_before_writing(
     source.write_bytes(b"never read")
     store = tmp_path / "store"
     store.mkdir()
-    with pytest.raises(MissingExtraError, match=rf"pip install 'kafka-onnx-pipeline\[{extra}\]'"):
+    with pytest.raises(
+        MissingExtraError, match=rf"pip install '\.\[{extra}\]' in the project's checkout"
+    ):
         import_model(source, name="m", models=store, options=SourceOptions(trust_pickle=True))
     assert snapshot(store) == []
 
@@ -345,4 +347,4 @@ def test_the_import_help_text_names_the_pickle_risk_and_the_extras(
     text = " ".join(capsys.readouterr().out.split())
     assert "loading a pickle or joblib file runs any code it contains" in text
     assert "--trust-pickle" in text
-    assert "pip install 'kafka-onnx-pipeline[tensorflow]'" in text
+    assert "pip install '.[tensorflow]' in the project's checkout" in text
