@@ -599,19 +599,23 @@ def undelivered(msg: Message, err: RdKafkaError, next_omit: int, to: str) -> Del
             "topic's max.message.bytes and the producer's message.max.bytes (-X)"
         )
     return DeliveryFailed(
-        f"the output for {where} was not delivered ({err}); stopping without committing "
-        "past it, so a restart will redo it. Check the broker, or raise delivery.timeout.ms "
-        "with -X"
+        f"the output for {where} to {to or 'its topic'!r} was not delivered ({err}); stopping "
+        "without committing past it, so a restart will redo it. Check the broker, or raise "
+        "delivery.timeout.ms with -X"
     )
 
 
 # Errors that say the output's topic is gone (the producer never re-creates it: its
 # allow.auto.create.topics is off, or the broker would make it with its own defaults).
+# _DESTROY ("Broker handle destroyed") is what librdkafka reports for the outputs queued on
+# a partition that the metadata stopped showing (the topic deleted as they were written):
+# the worker's own producer is never destroyed while it runs.
 MISSING_TOPIC = frozenset(
     (
         RdKafkaError._UNKNOWN_TOPIC,
         RdKafkaError._UNKNOWN_PARTITION,
         RdKafkaError.UNKNOWN_TOPIC_OR_PART,
+        RdKafkaError._DESTROY,
     )
 )
 # Errors that say the record itself is unacceptable (too large, malformed).
