@@ -25,6 +25,9 @@ def test_ctrl_c_stops_the_demo_quietly_with_its_broker(tmp_path: Path) -> None:
             [sys.executable, "-m", "pipeline.dev.demo", "--port", str(port),
              "--data-dir", str(tmp_path / "kafka"), "--events", "200000"],
             stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+            # as from a terminal: a shell without job control starts a background job (this
+            # suite, say) with SIGINT ignored, and Python then leaves it ignored
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
         try:
             deadline = time.monotonic() + 120
