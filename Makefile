@@ -33,13 +33,25 @@ help: ## list the targets
 
 install: $(VENV)/.installed ## create .venv and install the project with its test, dev, import and faust extras
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test,dev,import,faust]'
-	touch $@
+# The package and its own dependencies: all `make demo` needs (about 0.4 GB; the extras
+# below add TensorFlow, XGBoost and LightGBM for `pipeline models import`, about 2 GB).
+$(VENV)/.core: pyproject.toml
+	@echo "make: installing the package into $(VENV) (the first time: a minute or two) ..."
+	@start=$$(date +%s); set -e; \
+	$(PYTHON) -m venv $(VENV); \
+	$(VENV)/bin/pip install -q --upgrade pip; \
+	$(VENV)/bin/pip install -q -e .; \
+	echo "make: installed in $$(( $$(date +%s) - start )) s"
+	@touch $@
 
-demo: install ## run the main job on the embedded local broker: events in, predictions out
+$(VENV)/.installed: $(VENV)/.core
+	@echo "make: installing the test, dev, import and faust extras into $(VENV) (the first time: a few minutes) ..."
+	@start=$$(date +%s); set -e; \
+	$(VENV)/bin/pip install -q -e '.[test,dev,import,faust]'; \
+	echo "make: installed in $$(( $$(date +%s) - start )) s"
+	@touch $@
+
+demo: $(VENV)/.core ## run the main job on the embedded local broker: events in, predictions out
 	$(PY) -m pipeline.dev.demo --port $(DEMO_PORT) --data-dir $(DEMO_DATA)
 
 check: lint ## the fast tier: lint, types and every test that needs no broker, no JVM and no server (tests/unit)

@@ -285,7 +285,8 @@ def _add_consume_flags(consumer: argparse.ArgumentParser) -> None:
 
 
 def _kafka_start(args: argparse.Namespace) -> int:
-    kafka = LocalKafka(data_dir=args.data_dir)
+    # stdout carries the bootstrap address alone (scripts read it); the steps go to stderr
+    kafka = LocalKafka(data_dir=args.data_dir, progress=_progress)
     if args.node is not None:
         return _kafka_start_node(kafka, args)
     nodes = args.nodes if args.nodes is not None else kafka.size
@@ -295,6 +296,10 @@ def _kafka_start(args: argparse.Namespace) -> int:
         raise ConfigError("--sasl-port and --scram-user are for a single node, not --nodes 3")
     cluster, started = kafka.start_cluster(nodes=nodes, port=args.port, timeout_s=args.timeout)
     return _said_started(cluster.bootstrap, started, f"{nodes} nodes, data dir {cluster.data_dir}")
+
+
+def _progress(text: str) -> None:
+    print(f"pipeline kafka: {text}", file=sys.stderr, flush=True)
 
 
 def _said_started(bootstrap: str, started: bool, detail: str) -> int:

@@ -53,7 +53,7 @@ def _relay(stream: IO[bytes], prefix: str) -> None:
 
 @contextlib.contextmanager
 def _broker(data_dir: Path, port: int) -> Iterator[str]:
-    broker = LocalKafka(data_dir=data_dir)
+    broker = LocalKafka(data_dir=data_dir, progress=_say)
     if broker.running() is None:
         shutil.rmtree(data_dir, ignore_errors=True)  # a fresh cluster for every demo run
     started_at = time.monotonic()

@@ -144,8 +144,9 @@ def _java() -> str:
     return find_java(_MIN_JAVA, "the local Kafka broker (Kafka 4.x)", BrokerError)
 
 
-def broker_classpath() -> str:
-    """Return the broker's Java classpath, resolving the jars with Maven on first use.
+def broker_classpath(progress: Callable[[str], None] = lambda _: None) -> str:
+    """Return the broker's Java classpath, resolving the jars with Maven on first use (which
+    takes a while: `progress` hears when it starts and how long it took).
 
     Raises:
         BrokerError: KAFKA_HOME has no libs/, or Maven is missing or fails.
@@ -161,7 +162,14 @@ def broker_classpath() -> str:
         return f"{libs}/*"
     libs = _CACHE_DIR / f"kafka-{_kafka_version()}" / "libs"
     if not libs.is_dir():
+        progress(
+            f"fetching the Kafka {_kafka_version()} broker jars from Maven Central with mvn "
+            f"(once: they are kept in {libs.parent})"
+        )
+        started = time.monotonic()
         _resolve_jars(libs)
+        jars = len(list(libs.glob("*.jar")))
+        progress(f"fetched {jars} jars in {time.monotonic() - started:.1f} s")
     return f"{libs}/*"
 
 
@@ -410,8 +418,14 @@ class LocalKafka:
     `freeze_node`, `thaw_node`) are for fault tests.
     """
 
-    def __init__(self, *, data_dir: Path = DEFAULT_DATA_DIR) -> None:
+    def __init__(
+        self,
+        *,
+        data_dir: Path = DEFAULT_DATA_DIR,
+        progress: Callable[[str], None] = lambda _: None,
+    ) -> None:
         self.data_dir = Path(data_dir).expanduser().absolute()
+        self._progress = progress  # hears the steps that take seconds (a person waits on them)
         self.log_file = self.data_dir / "broker.log"  # a single node's log
         self._procs: dict[int, subprocess.Popen[bytes]] = {}  # kept so children are reaped
 
@@ -494,7 +508,7 @@ class LocalKafka:
         _check_ports(
             [(port, "pass --port with a free port"), (sasl_port, "pass a free --sasl-port")]
         )
-        classpath = broker_classpath()
+        classpath = broker_classpath(self._progress)
         controller_port = self._controller_port(port)
         info = BrokerInfo(
             pid=0,
@@ -507,6 +521,10 @@ class LocalKafka:
         self._configure(node, info, voters=f"1@{_HOST}:{controller_port}", replicas=1)
         _format(java, classpath, [node], new_cluster_id())
         info = self._launch(java, classpath, node, info, _SINGLE_HEAP)
+        self._progress(
+            f"broker started (pid {info.pid}, log {node.log_file}); waiting up to "
+            f"{timeout_s:.0f} s for it to answer at {info.bootstrap}"
+        )
         self._wait_ready([(node, info)], timeout_s)
         if scram_users:
             try:
@@ -543,7 +561,7 @@ class LocalKafka:
         if stopped:
             java = _java()
             self._check_cluster_ports(layout, stopped)
-            classpath = broker_classpath()
+            classpath = broker_classpath(self._progress)
             layout.save(self.data_dir / _LAYOUT_FILE)
             self._start_nodes(java, classpath, layout, stopped, timeout_s)
         current = self.cluster()
@@ -580,7 +598,7 @@ class LocalKafka:
             )
         java = _java()
         self._check_cluster_ports(layout, [node])
-        self._start_nodes(java, broker_classpath(), layout, [node], timeout_s)
+        self._start_nodes(java, broker_classpath(self._progress), layout, [node], timeout_s)
         info = node.running()
         if info is None:
             raise BrokerError(f"node {node_id} stopped right after starting; see {node.log_file}")
@@ -780,6 +798,10 @@ class LocalKafka:
             (node, self._launch(java, classpath, node, self._planned(layout, node), _NODE_HEAP))
             for node in nodes
         ]
+        self._progress(
+            f"{len(started)} node(s) started; waiting up to {timeout_s:.0f} s for them to answer "
+            f"at {', '.join(info.bootstrap for _, info in started)}"
+        )
         self._wait_ready(started, timeout_s)
 
     @staticmethod

@@ -47,6 +47,8 @@ def test_start_status_second_start_stop(tmp_path: Path) -> None:
     started = _cli("start", "--port", str(port), "--data-dir", data)
     assert started.returncode == 0, started.stderr
     assert started.stdout.strip() == f"127.0.0.1:{port}"
+    # the wait is said on stderr, so a person knows what the seconds are for
+    assert f"waiting up to 90 s for it to answer at 127.0.0.1:{port}" in started.stderr
     try:
         brokers = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"}).list_topics(timeout=10)
         assert list(brokers.brokers) == [1]

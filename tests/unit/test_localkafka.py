@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -148,3 +149,26 @@ def test_a_cluster_keeps_its_ports(tmp_path: Path) -> None:
 
     with pytest.raises(BrokerError, match=r"ports 39092-39094, but 3 node.*port 40000"):
         LocalKafka(data_dir=tmp_path).start_cluster(nodes=3, port=40000)
+
+
+def test_the_first_fetch_of_the_broker_jars_is_said_with_its_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.dev import localkafka
+
+    def resolve(libs: Path) -> None:  # what mvn leaves: the jars in libs/
+        libs.mkdir(parents=True)
+        for name in ("kafka_2.13-4.3.1.jar", "kafka-clients-4.3.1.jar"):
+            (libs / name).write_bytes(b"")
+
+    monkeypatch.delenv("KAFKA_HOME", raising=False)
+    monkeypatch.setattr(localkafka, "_CACHE_DIR", tmp_path)
+    monkeypatch.setattr(localkafka, "_resolve_jars", resolve)
+    heard: list[str] = []
+    classpath = localkafka.broker_classpath(heard.append)
+    assert classpath.startswith(str(tmp_path))
+    assert heard[0].startswith("fetching the Kafka ") and "from Maven Central" in heard[0]
+    assert re.fullmatch(r"fetched 2 jars in \d+\.\d s", heard[1]), heard
+    heard.clear()
+    localkafka.broker_classpath(heard.append)  # kept: nothing to fetch, nothing said
+    assert heard == []
