@@ -226,7 +226,9 @@ def test_outage_longer_than_the_delivery_timeout_is_a_clear_error_then_nothing_i
         )
     exited_after_s = time.monotonic() - down
     undelivered = re.search(
-        rf"error: the output for {re.escape(p.input)}\[(\d+)\]@(\d+) was not delivered", worker.log
+        rf"error: the output for {re.escape(p.input)}\[(\d+)\]@(\d+) to "
+        rf"'{re.escape(p.output)}' was not delivered",
+        worker.log,
     )
     assert code == exitcodes.DELIVERY_FAILED, worker.log[-3000:]
     assert undelivered, f"no line naming the undelivered offset:\n{worker.log[-3000:]}"
