@@ -33,7 +33,7 @@ import numpy as np
 from pipeline.engine.signature import Feed, feed_rows
 from pipeline.errors import ConfigError
 
-__all__ = ["Batch", "BatchSizing", "MicroBatcher", "Slice"]
+__all__ = ["Batch", "BatchSizing", "Limits", "MicroBatcher", "NO_LIMITS", "Slice"]
 
 T = TypeVar("T")
 
@@ -56,6 +56,24 @@ class BatchSizing(Protocol):
     def added(self, key: Hashable, rows: int, now: float) -> None:
         """`rows` rows of `key` arrived at `now` (the batcher's clock)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """One key's own batch size and wait (a model version's manifest settings), replacing
+    the batcher's; None keeps the batcher's."""
+
+    max_batch_size: int | None = None
+    max_wait_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size is not None:
+            _check_batch_size(self.max_batch_size)
+        if self.max_wait_ms is not None:
+            _check_wait_ms(self.max_wait_ms)
+
+
+NO_LIMITS = Limits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +127,7 @@ class _Pending(Generic[T]):
     """The rows waiting for one key, oldest chunk first."""
 
     layout: tuple[tuple[str, str, tuple[int, ...]], ...]  # per input: name, dtype, row shape
+    limits: Limits = NO_LIMITS
     chunks: deque[_Chunk[T]] = field(default_factory=deque)
     rows: int = 0
 
@@ -188,7 +207,9 @@ class MicroBatcher(Generic[T]):
         pending = self._pending.get(key)
         return pending.rows if pending is not None else 0
 
-    def add(self, key: Hashable, feed: Feed, ticket: T) -> list[Batch[T]]:
+    def add(
+        self, key: Hashable, feed: Feed, ticket: T, limits: Limits = NO_LIMITS
+    ) -> list[Batch[T]]:
         """Append one submission's rows for `key`; return every batch that reached full size.
 
         Args:
@@ -196,6 +217,8 @@ class MicroBatcher(Generic[T]):
             feed: One array per input, each with the submission's ``n`` rows on its first
                 axis; the batcher keeps the arrays without copying.
             ticket: Stands for all `n` rows; batches name it in their slices.
+            limits: The key's own batch size and wait, if it has any (the latest given
+                for a key holds).
 
         Returns:
             Full batches of exactly ``max_batch_size`` rows, oldest first; rows beyond the
@@ -210,12 +233,13 @@ class MicroBatcher(Generic[T]):
             return []
         pending = self._pending.get(key)
         if pending is None:
-            pending = self._pending[key] = _Pending(layout)
+            pending = self._pending[key] = _Pending(layout, limits)
         elif layout != pending.layout:
             raise ValueError(
                 f"rows for key {key!r} must have the inputs, dtypes and row shapes "
                 f"{pending.layout} (as the rows pending for it do), got {layout}"
             )
+        pending.limits = limits
         contiguous = {name: np.ascontiguousarray(array) for name, array in feed.items()}
         chunk = _Chunk(contiguous, rows, ticket, 0, self._clock())
         if self._sizing is not None:
@@ -224,7 +248,7 @@ class MicroBatcher(Generic[T]):
         pending.rows += rows
         self._rows += rows
         full: list[Batch[T]] = []
-        cap = self._cap(key)
+        cap = self._cap(key, pending)
         while pending.rows >= cap:
             full.append(self._cut(key, pending, cap))
         if not pending.rows:
@@ -280,20 +304,27 @@ class MicroBatcher(Generic[T]):
                 del self._pending[key]
         return removed
 
-    def _cap(self, key: Hashable) -> int:
+    def _cap(self, key: Hashable, pending: _Pending[T]) -> int:
+        largest = pending.limits.max_batch_size or self._max_batch_size
         if self._sizing is None:
-            return self._max_batch_size
-        return max(1, min(self._sizing.cap(key), self._max_batch_size))
+            return largest
+        return max(1, min(self._sizing.cap(key), largest))
 
     def _deadline(self, key: Hashable, pending: _Pending[T]) -> float:
-        wait = self._max_wait_s if self._sizing is None else self._sizing.wait_s(key, pending.rows)
+        own = pending.limits.max_wait_ms
+        if self._sizing is not None:
+            wait = self._sizing.wait_s(key, pending.rows)
+            if own is not None:
+                wait = min(wait, own / 1000.0)
+        else:
+            wait = self._max_wait_s if own is None else own / 1000.0
         return pending.chunks[0].added_at + wait
 
     def _cut_all(self, keys: list[Hashable]) -> list[Batch[T]]:
         batches: list[Batch[T]] = []
         for key in keys:
             pending = self._pending.pop(key)
-            cap = self._cap(key)
+            cap = self._cap(key, pending)
             while pending.rows > cap:  # a sizing may have lowered the cap meanwhile
                 batches.append(self._cut(key, pending, cap))
             batches.append(self._cut(key, pending))

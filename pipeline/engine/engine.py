@@ -36,7 +36,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from pipeline.engine.batching import Batch, MicroBatcher, Slice
+from pipeline.engine.batching import NO_LIMITS, Batch, Limits, MicroBatcher, Slice
 from pipeline.engine.inference import run_batch
 from pipeline.engine.latency import LatencyTarget
 from pipeline.engine.models import LoadedModel, ModelCache
@@ -161,6 +161,7 @@ class Engine(Generic[T]):
         self._runner = threading.RLock()  # one thread runs batches at a time, in order
         self._queue = _Queue()
         self._admitted: dict[ModelKey, int] = {}  # the doors' rows not yet run, per version
+        self._limits: dict[ModelKey, Limits] = {}  # each version's manifest batch settings
 
     @property
     def models(self) -> ModelCache:
@@ -216,6 +217,7 @@ class Engine(Generic[T]):
         batch_key = (model, version, shape_key(feed))
         submission = _Submission(ticket, done, deadline, admitted=admit)
         rows = feed_rows(feed)
+        limits = self._limits.get(key) or self._limits_of(key)
         with self._lock:
             if admit:
                 waiting = self._admitted.get(key, 0)
@@ -227,12 +229,22 @@ class Engine(Generic[T]):
                     )
                 self._admitted[key] = waiting + rows
             was_idle = not len(self._batcher)
-            full = self._batcher.add(batch_key, feed, submission)
+            full = self._batcher.add(batch_key, feed, submission, limits)
             for batch in full:
                 self._queue.ready.append(batch)
                 self._queue.rows[key] = self._queue.rows.get(key, 0) + batch.rows
             if full or was_idle:
                 self._wake.notify()
+
+    def _limits_of(self, key: ModelKey) -> Limits:
+        """The batch size and wait of a version's manifest (``serving``), looked up once."""
+        try:
+            serving = self._models.get(*key).serving
+        except ModelError:  # it fails again when its batch runs, and says so there
+            return NO_LIMITS
+        limits = Limits(serving.get("max_batch_size"), serving.get("max_wait_ms"))
+        self._limits[key] = limits
+        return limits
 
     def next_deadline(self) -> float | None:
         """When the next batch is due to run (now, if one is full); None if nothing waits."""

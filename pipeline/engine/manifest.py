@@ -11,7 +11,13 @@ digest of model.onnx, checked on every load). ``pipeline models import`` also wr
 ``n_features`` (how many columns a row has; it must agree with ``features``) and three
 records of where the model came from, each a JSON object kept as written: ``source``
 (framework, its version, the file format), ``converter`` (name, version, opset, and the
-serving path) and ``parity`` (what the source-versus-ONNX check measured). Unknown keys
+serving path) and ``parity`` (what the source-versus-ONNX check measured). ``serving``
+holds the model's own serving settings, as Triton's model config does: any of
+``max_batch_size`` (rows per batch, an integer >= 1), ``max_wait_ms`` (how long a batch's
+oldest row may wait, a number >= 0) and ``intra_op_threads`` (ONNX Runtime's threads within
+an operator, an integer >= 0, 0 for one per core); each replaces the worker's or server's
+flag (``--max-batch-size``, ``--max-wait-ms``, ``--model-threads``) for this version alone.
+Unknown keys
 are refused, so a misspelt key fails loudly instead of being ignored; ``null`` means
 absent. Every error names the file and the field.
 """
@@ -27,10 +33,18 @@ from typing import TypedDict
 from pipeline.engine.signature import DATATYPES, TensorSpec
 from pipeline.errors import ModelLoadError
 
-__all__ = ["MANIFEST_FILE", "Manifest", "read_manifest", "verify_sha256"]
+__all__ = ["MANIFEST_FILE", "Manifest", "Serving", "read_manifest", "verify_sha256"]
 
 MANIFEST_FILE = "model.json"
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+class Serving(TypedDict, total=False):
+    """A manifest's ``serving`` settings; each replaces its flag for this version."""
+
+    max_batch_size: int
+    max_wait_ms: float
+    intra_op_threads: int
 
 
 class Manifest(TypedDict, total=False):
@@ -47,6 +61,7 @@ class Manifest(TypedDict, total=False):
     source: dict[str, object]
     converter: dict[str, object]
     parity: dict[str, object]
+    serving: Serving
 
 
 def verify_sha256(path: Path, data: bytes, expected: str | None) -> None:
@@ -104,7 +119,44 @@ def _parse_manifest(path: Path, raw: object) -> Manifest:
     for key in ("source", "converter", "parity"):
         if key in fields:
             manifest[key] = _object_field(path, key, fields[key])
+    if "serving" in fields:
+        manifest["serving"] = _serving_field(path, fields["serving"])
     return manifest
+
+
+def _serving_field(path: Path, value: object) -> Serving:
+    """Validate ``serving``: an object of the known settings, each in range."""
+    known = sorted(Serving.__annotations__)
+    if not isinstance(value, dict):
+        raise ModelLoadError(
+            f"{path}: manifest field 'serving' must be a JSON object with any of {known}, "
+            f"got {_kind(value)}"
+        )
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise ModelLoadError(
+            f"{path}: unknown serving setting(s) {unknown}; expected any of {known}"
+        )
+    serving: Serving = {}
+    for key, least in (("max_batch_size", 1), ("intra_op_threads", 0)):
+        setting = value.get(key)
+        if setting is None:
+            continue
+        if isinstance(setting, bool) or not isinstance(setting, int) or setting < least:
+            raise ModelLoadError(
+                f"{path}: serving setting {key!r} must be an integer >= {least}, "
+                f"got {_kind(setting)}"
+            )
+        serving[key] = setting  # type: ignore[literal-required]
+    wait = value.get("max_wait_ms")
+    if wait is not None:
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait < 1e6:
+            raise ModelLoadError(
+                f"{path}: serving setting 'max_wait_ms' must be a number of milliseconds "
+                f">= 0 (and under 1,000,000), got {_kind(wait)}"
+            )
+        serving["max_wait_ms"] = float(wait)
+    return serving
 
 
 def _names_field(path: Path, field: str, value: object) -> list[str]:

@@ -38,13 +38,19 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 import onnxruntime as ort
 
-from pipeline.engine.manifest import MANIFEST_FILE, Manifest, read_manifest, verify_sha256
+from pipeline.engine.manifest import (
+    MANIFEST_FILE,
+    Manifest,
+    Serving,
+    read_manifest,
+    verify_sha256,
+)
 from pipeline.engine.names import PLAIN_NAME_RULE, is_plain_name
 from pipeline.engine.onnxfile import refuse_external_data
 from pipeline.engine.signature import (
@@ -99,6 +105,8 @@ class LoadedModel:
         map_outputs: The outputs that are a sequence of maps, one ``{key: value}`` per row
             (skl2onnx's ZipMap) rather than a tensor.
         outputs: Every output as a tensor (a map output as ``FP32 [?]``), for metadata.
+        serving: The manifest's serving settings (batch size, wait, threads), which
+            replace the flags of the same names for this version.
     """
 
     spec: ModelSpec
@@ -107,6 +115,7 @@ class LoadedModel:
     path: Path
     map_outputs: tuple[str, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
+    serving: Serving = field(default_factory=lambda: Serving())
 
     @property
     def input_name(self) -> str:
@@ -473,15 +482,18 @@ class ModelCache:
         data = _read_bytes(path, shown)
         verify_sha256(Path(shown), data, manifest.get("sha256"))
         refuse_external_data(shown, data)
-        session = self._open_session(shown, data)
+        session = self._open_session(shown, data, manifest.get("serving", {}))
         model = _describe(name, version, path, shown, session, manifest)
         _warm_up(model, shown)
         return model
 
-    def _open_session(self, path: str, data: bytes) -> ort.InferenceSession:
-        """Build a session for the bytes of `path` with this cache's options."""
+    def _open_session(self, path: str, data: bytes, serving: Serving) -> ort.InferenceSession:
+        """Build a session for the bytes of `path` with this cache's options, or the
+        manifest's thread count."""
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = self._threads
+        if "intra_op_threads" in serving:
+            options.intra_op_num_threads = serving["intra_op_threads"]
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
@@ -533,6 +545,7 @@ def _describe(
         path=path,
         map_outputs=map_outputs,
         outputs=signature.outputs,
+        serving=manifest.get("serving", Serving()),
     )
 
 

@@ -3,6 +3,8 @@ version serves events that name none, and a change applies within the reload int
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -40,3 +42,24 @@ def test_a_pin_rolls_back_and_forward_while_the_worker_runs(
     assert _versions_served(p, "rolled-back", 40) == {"1"}
     assert worker.proc.poll() is None
     assert worker.stop()[0] == 0
+
+
+def test_a_manifests_serving_settings_size_that_versions_batches(
+    make_pipeline: Callable[..., Pipeline], repo_root: Path, tmp_path: Path
+) -> None:
+    # A backlog that the flags' defaults (256 rows) would run in batches of ~250: the
+    # version's own max_batch_size of 7 makes every batch 7 rows or fewer.
+    store = tmp_path / "models"
+    shutil.copytree(repo_root / "models" / MLP, store / MLP)
+    manifest = store / MLP / "1" / "model.json"
+    manifest.write_text(
+        json.dumps({**json.loads(manifest.read_text()), "serving": {"max_batch_size": 7}})
+    )
+    p = make_pipeline(partitions=1, models=store)
+    send(p.bootstrap, p.input, good_events(700, run="backlog"))
+    worker = p.start_worker("--default-model", MLP, "--max-batch-size", "256")
+    worker.wait_for_log("total in 700 out 700", timeout_s=90)
+    assert worker.stop()[0] == 0
+    means = [float(m) for m in re.findall(r"in [1-9]\d*/s .*?mean batch ([\d.]+)", worker.log)]
+    assert means and max(means) <= 7.0, worker.log[-3000:]
+    assert len(read_all(p.bootstrap, [p.output], expect=700, timeout_s=60)) == 700

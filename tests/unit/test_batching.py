@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
 
-from pipeline.engine.batching import Batch, MicroBatcher
+from pipeline.engine.batching import Batch, Limits, MicroBatcher
 from pipeline.errors import ConfigError
 
 WIDTH = 3
@@ -367,3 +369,34 @@ def test_a_key_that_drained_may_come_back_with_another_width(
     batcher.add("k", {"x": np.zeros((1, 5), dtype=np.float32)}, 2)  # a new version of the model
     (batch,) = batcher.flush()
     assert batch.feed["x"].shape == (1, 5)
+
+
+def test_a_keys_own_limits_replace_the_batchers(
+    make_batcher: Callable[..., MicroBatcher[int]], clock: FakeClock
+) -> None:
+    batcher = make_batcher(max_batch_size=256, max_wait_ms=5.0)
+    own = Limits(max_batch_size=300, max_wait_ms=50.0)  # larger than the batcher's, both
+
+    assert [b.rows for b in batcher.add(KEY_A, *rows(0, 600), own)] == [300, 300]
+    assert [b.rows for b in batcher.add(KEY_B, *rows(0, 600))] == [256, 256]
+    batcher.add(KEY_A, *rows(600, 610), own)
+    clock.advance_ms(10)
+    assert [b.key for b in batcher.due()] == [KEY_B]  # KEY_A's rows may wait 50 ms
+    clock.advance_ms(40)
+    assert [(b.key, b.rows) for b in batcher.due()] == [(KEY_A, 10)]
+
+    small = Limits(max_batch_size=7, max_wait_ms=0.0)
+    assert [b.rows for b in batcher.add(KEY_A, *rows(0, 20), small)] == [7, 7]
+    assert [(b.key, b.rows) for b in batcher.due()] == [(KEY_A, 6)]  # a wait of 0: due at once
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"max_batch_size": 0}, "max_batch_size must be an integer >= 1, got 0"),
+        ({"max_wait_ms": -1.0}, "max_wait_ms must be a number >= 0, got -1.0"),
+    ],
+)
+def test_limits_are_validated(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Limits(**settings)

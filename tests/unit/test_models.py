@@ -20,6 +20,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from pipeline.engine import models
+from pipeline.engine.engine import Engine
 from pipeline.engine.models import LoadedModel, ModelCache, ModelStore
 from pipeline.engine.signature import TensorSpec
 from pipeline.errors import ConfigError, ModelLoadError, ModelNotFoundError
@@ -288,6 +289,13 @@ BAD_MANIFESTS: list[tuple[object, str]] = [
     ({"sha256": True}, "'sha256'.*a boolean"),
     ({"feature": ["a"]}, r"unknown manifest field\(s\) \['feature'\]"),
     (["features"], "must be a JSON object, got an array"),
+    ({"serving": 8}, r"'serving' must be a JSON object with any of \['intra_op_threads', "),
+    ({"serving": {"batch": 8}}, r"unknown serving setting\(s\) \['batch'\]"),
+    ({"serving": {"max_batch_size": 0}}, "'max_batch_size' must be an integer >= 1, got a number"),
+    ({"serving": {"max_batch_size": 2.5}}, "'max_batch_size' must be an integer >= 1"),
+    ({"serving": {"intra_op_threads": -1}}, "'intra_op_threads' must be an integer >= 0"),
+    ({"serving": {"max_wait_ms": "5"}}, "'max_wait_ms' must be a number of milliseconds"),
+    ({"serving": {"max_wait_ms": True}}, "'max_wait_ms' must be a number of milliseconds"),
 ]
 
 
@@ -409,6 +417,36 @@ def test_session_options_and_one_warm_up_run(
     assert row.dtype == np.float32
     assert row.shape == (1, 30)
     assert not row.any()
+
+
+def test_a_manifests_serving_settings_set_its_threads_and_its_batches(
+    add_version: Callable[..., Path], make_cache: Callable[..., ModelCache]
+) -> None:
+    directory = add_version("m", "1")
+    manifest = json.loads((directory / "model.json").read_text())
+    serving = {"max_batch_size": 3, "max_wait_ms": 0, "intra_op_threads": 1}
+    write_manifest(directory, {**manifest, "serving": serving})
+    add_version("plain", "1")
+
+    class OptionsSession(ort.InferenceSession):  # type: ignore[misc]
+        def __init__(self, data: bytes, options: ort.SessionOptions) -> None:
+            super().__init__(data, sess_options=options, providers=["CPUExecutionProvider"])
+            self.options = options
+
+    cache = make_cache(intra_op_threads=2, session_factory=OptionsSession)
+    assert cache.get("m", "1").session.options.intra_op_num_threads == 1
+    assert cache.get("plain", "1").session.options.intra_op_num_threads == 2
+    assert cache.get("m", "1").serving == {"max_batch_size": 3, "max_wait_ms": 0.0,
+                                           "intra_op_threads": 1}  # fmt: skip
+
+    engine: Engine[str] = Engine(cache, max_batch_size=256, max_wait_ms=60_000)
+    sizes: dict[str, list[int]] = {"m": [], "plain": []}
+    for name in sizes:
+        rows = np.ones((8, 30), dtype=np.float32)
+        engine.submit(name, "1", {"features": rows}, name,
+                      lambda o: sizes[o.ticket].append(len(o.rows)))  # fmt: skip
+    engine.run_due()  # m's rows are due at once (its wait is 0), in batches of 3
+    assert sizes == {"m": [3, 3, 2], "plain": []}  # plain's wait a minute for 256 rows
 
 
 def test_failed_warm_up_is_a_load_error(
