@@ -10,6 +10,7 @@ one (`make soak`). ``PIPELINE_RELIABILITY_SEED`` replays the random kill points 
 from __future__ import annotations
 
 import bisect
+import collections
 import datetime as dt
 import functools
 import itertools
@@ -155,9 +156,18 @@ def _show(value: Any) -> str:
 # -- the input stream ---------------------------------------------------------------------
 
 # The stream's producer retries through broker outages on purpose; its librdkafka log
-# lines would only bury the test's own output.
-_QUIET = logging.getLogger("tests.reliability.librdkafka")
-_QUIET.disabled = True
+# lines would only bury the test's own output, so each stream keeps its last ones and shows
+# them only when some of its inputs were not delivered.
+_LOG_TAIL = 60
+
+
+class _Tail(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.created:.3f} {record.getMessage()}")
 
 
 class EventStream(threading.Thread):
@@ -186,6 +196,10 @@ class EventStream(threading.Thread):
         self._error: BaseException | None = None
         self._unacknowledged = 0
         self._stopping = threading.Event()
+        self._tail = _Tail()
+        self._log = logging.getLogger(f"tests.reliability.stream.{topic}")
+        self._log.propagate = False
+        self._log.addHandler(self._tail)
         self.start()
 
     def run(self) -> None:
@@ -200,7 +214,13 @@ class EventStream(threading.Thread):
                 "bootstrap.servers": self._servers,
                 "linger.ms": 5,
                 "enable.idempotence": True,
-                "logger": _QUIET,
+                "logger": self._log,
+                # As the worker's transactional producer: after an outage of the only
+                # broker, librdkafka 2.16's re-bootstrap can leave a producer on stale
+                # connections. A CI run saw this stream's events of the outage's first
+                # 20 s time out (300 s) though the broker was back; the log tail above
+                # says more if it happens again.
+                "metadata.recovery.strategy": "none",
             }
         )
         started = time.monotonic()
@@ -237,7 +257,10 @@ class EventStream(threading.Thread):
         assert not self.is_alive(), f"the input stream did not finish within {timeout_s} s"
         if self._error is not None:
             raise self._error
-        assert not self.failed, f"{len(self.failed)} inputs not delivered: {self.failed[:3]}"
+        assert not self.failed, (
+            f"{len(self.failed)} inputs not delivered: {self.failed[:3]}; the stream "
+            "producer's last librdkafka lines:\n" + "\n".join(self._tail.lines)
+        )
         assert self._unacknowledged == 0, f"{self._unacknowledged} inputs never acknowledged"
         return self.ids[: self.sent]
 
