@@ -46,7 +46,9 @@ from .harness import (
 psutil = pytest.importorskip("psutil")
 
 _RSS_LIMIT = 400 * 2**20
-_OVERLOAD_FACTOR = 7.0  # aim well above 5x: the worker speeds up if other jobs on the machine stop
+# Aim at twice the 5x the test asserts: the worker's rate swings with the machine's other
+# jobs (beside a CPU hog, calibrated at 93/s, it then ran at 132/s, and 7x fell short).
+_OVERLOAD_FACTOR = 10.0
 _MAX_RATE = 40_000.0
 
 
