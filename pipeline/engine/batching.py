@@ -33,7 +33,7 @@ import numpy as np
 from pipeline.engine.signature import Feed, feed_rows
 from pipeline.errors import ConfigError
 
-__all__ = ["Batch", "BatchSizing", "Limits", "MicroBatcher", "NO_LIMITS", "Slice"]
+__all__ = ["Batch", "BatchSizing", "Limits", "MicroBatcher", "Slice"]
 
 T = TypeVar("T")
 
@@ -73,7 +73,7 @@ class Limits:
             _check_wait_ms(self.max_wait_ms)
 
 
-NO_LIMITS = Limits()
+_NO_LIMITS = Limits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +127,7 @@ class _Pending(Generic[T]):
     """The rows waiting for one key, oldest chunk first."""
 
     layout: tuple[tuple[str, str, tuple[int, ...]], ...]  # per input: name, dtype, row shape
-    limits: Limits = NO_LIMITS
+    limits: Limits = _NO_LIMITS
     chunks: deque[_Chunk[T]] = field(default_factory=deque)
     rows: int = 0
 
@@ -208,7 +208,7 @@ class MicroBatcher(Generic[T]):
         return pending.rows if pending is not None else 0
 
     def add(
-        self, key: Hashable, feed: Feed, ticket: T, limits: Limits = NO_LIMITS
+        self, key: Hashable, feed: Feed, ticket: T, limits: Limits = _NO_LIMITS
     ) -> list[Batch[T]]:
         """Append one submission's rows for `key`; return every batch that reached full size.
 

@@ -36,7 +36,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from pipeline.engine.batching import NO_LIMITS, Batch, Limits, MicroBatcher, Slice
+from pipeline.engine.batching import Batch, Limits, MicroBatcher, Slice
 from pipeline.engine.inference import run_batch
 from pipeline.engine.latency import LatencyTarget
 from pipeline.engine.models import LoadedModel, ModelCache
@@ -241,7 +241,7 @@ class Engine(Generic[T]):
         try:
             serving = self._models.get(*key).serving
         except ModelError:  # it fails again when its batch runs, and says so there
-            return NO_LIMITS
+            return Limits()
         limits = Limits(serving.get("max_batch_size"), serving.get("max_wait_ms"))
         self._limits[key] = limits
         return limits
