@@ -115,7 +115,7 @@ class LoadedModel:
     path: Path
     map_outputs: tuple[str, ...] = ()
     outputs: tuple[TensorSpec, ...] = ()
-    serving: Serving = field(default_factory=lambda: Serving())
+    serving: Serving = field(default_factory=Serving)
 
     @property
     def input_name(self) -> str:

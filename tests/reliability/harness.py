@@ -197,8 +197,9 @@ class EventStream(threading.Thread):
         self._unacknowledged = 0
         self._stopping = threading.Event()
         self._tail = _Tail()
-        self._log = logging.getLogger(f"tests.reliability.stream.{topic}")
-        self._log.propagate = False
+        # A logger of this stream's own, outside logging's registry: a registered one would
+        # be shared by every stream on the topic and keep their handlers for good.
+        self._log = logging.Logger(f"tests.reliability.stream.{topic}")
         self._log.addHandler(self._tail)
         self.start()
 
