@@ -56,10 +56,14 @@ def test_a_manifests_serving_settings_size_that_versions_batches(
         json.dumps({**json.loads(manifest.read_text()), "serving": {"max_batch_size": 7}})
     )
     p = make_pipeline(partitions=1, models=store)
-    send(p.bootstrap, p.input, good_events(700, run="backlog"))
+    events = good_events(700, run="backlog")
+    send(p.bootstrap, p.input, events)
     worker = p.start_worker("--default-model", MLP, "--max-batch-size", "256")
     worker.wait_for_log("total in 700 out 700", timeout_s=90)
     assert worker.stop()[0] == 0
     means = [float(m) for m in re.findall(r"in [1-9]\d*/s .*?mean batch ([\d.]+)", worker.log)]
     assert means and max(means) <= 7.0, worker.log[-3000:]
-    assert len(read_all(p.bootstrap, [p.output], expect=700, timeout_s=60)) == 700
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=700, timeout_s=60)
+    # every event one prediction: none missing, none twice, no dead letter
+    assert sorted(r.json["id"] for r in out) == sorted(json.loads(v)["id"] for _, v in events)
+    assert {r.topic for r in out} == {p.output}
