@@ -177,6 +177,4 @@ def make_pipeline(
     yield make
     for pipeline in made:
         for worker in pipeline.workers:
-            if worker.proc.poll() is None:
-                worker.proc.kill()
-                worker.proc.wait()
+            worker.__exit__()  # kills a worker left running and closes its log either way

@@ -40,9 +40,11 @@ def test_sigterm_mid_stream_exits_0_and_restarts_add_no_duplicate(
     rng, seed = seeded_random(f"T6-{guarantee}")
     p = make_pipeline(partitions=4)
     args = ("--default-model", MLP, *guarantee_args(guarantee), *FAST_FAILOVER)
+    # The rate that spreads the sized stream over the cycles, kept up until the last
+    # SIGTERM however long the cycles take: the budget is four times the planned events.
+    rate = SIZES.sigterm_events / (SIZES.sigterms * _CYCLE_S)
     stream = EventStream(
-        p.bootstrap, p.input, good_events(SIZES.sigterm_events),
-        rate=SIZES.sigterm_events / (SIZES.sigterms * _CYCLE_S),
+        p.bootstrap, p.input, good_events(4 * SIZES.sigterm_events), rate=rate
     )  # fmt: skip
 
     stop_s: list[float] = []
@@ -57,6 +59,7 @@ def test_sigterm_mid_stream_exits_0_and_restarts_add_no_duplicate(
         assert took < _STOP_LIMIT_S, f"SIGTERM took {took:.1f} s:\n{worker.log[-3000:]}"
 
     final = p.start_worker(*args)
+    stream.stop()
     ids = stream.finish()
     out = read_committed(p.bootstrap, [p.output, p.dlq], want=ids, timeout_s=240)
     code, took = final.stop(signal.SIGTERM, timeout_s=30)
@@ -90,8 +93,10 @@ def test_sigterm_as_another_member_joins_adds_no_duplicate(
     rng, seed = seeded_random("T6-join")
     p = make_pipeline(partitions=4)
     args = ("--default-model", MLP, *guarantee_args(AT_LEAST_ONCE), *FAST_FAILOVER)
-    events = 3_000 * _JOINS
-    stream = EventStream(p.bootstrap, p.input, good_events(events), rate=events / (_JOINS * 8))
+    # A steady 375 events/s until the last join is done, however long the joins take
+    # (a slow CI machine once spent more than the 32 s the stream used to last).
+    rate = 375
+    stream = EventStream(p.bootstrap, p.input, good_events(rate * 240), rate=rate)
 
     oldest = p.start_worker(*args)
     oldest.wait_for_log(f"assigned {p.input}[", timeout_s=90)
@@ -108,6 +113,7 @@ def test_sigterm_as_another_member_joins_adds_no_duplicate(
         oldest = joining
         oldest.wait_for_log(f"assigned {p.input}[", timeout_s=90)
 
+    stream.stop()
     ids = stream.finish()
     out = read_committed(p.bootstrap, [p.output, p.dlq], want=ids, timeout_s=240)
     code, _ = oldest.stop(signal.SIGTERM, timeout_s=40)
