@@ -285,9 +285,10 @@ class EventDecoder:
             )
         state = _CallState()
         rejects: list[Reject] = []
+        read, take = self._read, self._take_event  # once per call, not per value
         for index, value in enumerate(values):
             try:
-                self._take(index, value, fallback_ts[index], state)
+                take(index, read(value), fallback_ts[index], state)
             except _Rejected as exc:
                 if exc.stage != "decode" and value:
                     if self._reads_frames and is_framed(value):
@@ -324,16 +325,6 @@ class EventDecoder:
                 rejects.append(Reject(index, exc.stage, exc.error_type, exc.message))
         return _decoded(state, rejects)
 
-    def _take(
-        self,
-        index: int,
-        value: bytes | None,
-        fallback_ts: int,
-        state: _CallState,
-    ) -> None:
-        """Decode one value and add its row to its block, or raise `_Rejected`."""
-        self._take_event(index, self._read(value), fallback_ts, state)
-
     def _take_event(
         self, index: int, event: dict[str, Any], fallback_ts: int, state: _CallState
     ) -> None:
@@ -359,7 +350,8 @@ class EventDecoder:
 
     def _parse(self, value: bytes | None) -> dict[str, Any]:
         """Bound, parse and shape-check one value; return the event object."""
-        value = self._bounded(value, "a JSON object")
+        if not value or len(value) > self._max_value_bytes:
+            value = self._bounded(value, "a JSON object")  # raises
         try:  # linear in len(value), which is bounded; orjson stops at depth 1024
             event = orjson.loads(value)
         except orjson.JSONDecodeError as exc:

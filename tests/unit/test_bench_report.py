@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pipeline.dev.bench.contenders import RunTopics, relay_contender, worker_contender
+from pipeline.dev.bench.contenders import (
+    REPO_ROOT,
+    RunTopics,
+    baseline_contender,
+    relay_contender,
+    worker_contender,
+)
 from pipeline.dev.bench.report import evaluate_targets, markdown, write_plot
 from pipeline.dev.bench.settings import RELAY_SETTINGS
 from pipeline.dev.bench.stages import quantile, stage_figures
@@ -175,3 +182,35 @@ def test_stage_quantiles_follow_prometheus_histogram_quantile() -> None:
     assert figures["count"] == 100
     assert figures["buckets"] == {"1": 0, "5": 100, "+Inf": 100}
     assert figures["p50_ms"] == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize(
+    ("baseline", "met"), [(1040.0, True), (1060.0, False), (None, None)]
+)  # fmt: skip
+def test_the_worker_is_held_within_5_percent_of_a_baseline_revision(
+    baseline: float | None, met: bool | None
+) -> None:
+    results = _results()  # worker-1 runs at 1,000 events/s
+    results["contenders"].append(_row("worker-1-baseline", baseline))
+    (target,) = [t for t in evaluate_targets(results) if "within 5%" in t["target"]]
+    assert target["met"] is met
+    if baseline:
+        assert f"vs {baseline:,.0f} events/s" in target["value"]
+    assert not [t for t in evaluate_targets(_results()) if "within 5%" in t["target"]]
+
+
+def test_a_baseline_runs_from_a_worktree_of_its_revision_or_says_why_not(tmp_path: Path) -> None:
+    if not (REPO_ROOT / ".git").exists():
+        pytest.skip("not a git checkout (an installed package has no revisions to compare)")
+    topics = RunTopics(bootstrap="b", input="i", output="o", dlq="d", group="g")
+    missing = baseline_contender("no-such-revision", tmp_path)
+    assert missing.not_run is not None and "'no-such-revision'" in missing.not_run
+    head = baseline_contender("HEAD", tmp_path)
+    try:
+        assert head.not_run is None and head.key == "worker-1-baseline"
+        assert head.root.parent == tmp_path and (head.root / "pipeline" / "__init__.py").exists()
+        (command,) = head.commands(topics, 10)
+        assert command[command.index("--models") + 1] == str(head.root / "models")
+    finally:
+        subprocess.run(["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force",
+                        str(head.root)], check=False, capture_output=True)  # fmt: skip

@@ -62,6 +62,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated contenders to leave out: {', '.join(_SKIPPABLE)}",
     )
     add(
+        "--baseline",
+        default=None,
+        metavar="REF",
+        help="also run the worker (1 process) as it was at this git revision of the checkout "
+        "(a worktree under .cache/bench-baseline/), beside today's in the same run",
+    )
+    add(
         "--quix-python",
         type=Path,
         default=None,
@@ -128,6 +135,7 @@ def run_bench(args: argparse.Namespace) -> int:
             logs_dir=out / "logs" / stamp,
             quix_python=args.quix_python,
             skip=skip,
+            baseline=args.baseline,
             progress=_progress,
         )
     results["meta"] = {
@@ -165,6 +173,8 @@ def _command(args: argparse.Namespace) -> str:
             parts += [flag, str(value)]
     if args.skip:
         parts += ["--skip", args.skip]
+    if args.baseline:
+        parts += ["--baseline", args.baseline]
     if args.publish:
         parts.append("--publish")
     return shlex.join(parts)

@@ -8,6 +8,9 @@ Faust runs in this interpreter when faust-streaming is installed, both as a plai
 ``take()`` agent and as this project's `pipeline.faust.predict_agent`. Quix Streams pins
 confluent-kafka below the worker's version, so it runs from a virtualenv of its own
 (``.cache/bench-quix``, made by ``make bench``) with this checkout on ``PYTHONPATH``.
+``--baseline REF`` adds the worker as it was at a git revision of this checkout, run from a
+worktree of it (``.cache/bench-baseline/``), so a change's cost is measured against what
+came before in the same run, on the same broker and the same events.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +33,12 @@ from pipeline.dev.bench.settings import (
 )
 
 __all__ = [
+    "BASELINES",
     "EOS_COMMIT_INTERVAL_MS",
     "REPO_ROOT",
     "Contender",
     "RunTopics",
+    "baseline_contender",
     "faust_contender",
     "faust_engine_contender",
     "free_port",
@@ -77,6 +82,8 @@ class Contender:
             worker, what it sets by itself, for the report).
         settings_label: Which settings these are, for the table.
         dead_letters: A peer that writes dead letters: it gets the run's ``--dlq`` topic.
+        root: The checkout it runs from (its working directory, and the worker's
+            ``--models``): this one, or a worktree of an earlier revision.
     """
 
     key: str
@@ -91,12 +98,14 @@ class Contender:
     settings: Mapping[str, Any] = field(default_factory=lambda: PEER_SETTINGS)
     settings_label: str = "librdkafka defaults, acks=all, idempotence"
     dead_letters: bool = False
+    root: Path = REPO_ROOT
 
     def commands(self, topics: RunTopics, count: int, model: str = MODEL) -> list[list[str]]:
         """One command per process for a run on `topics` that must produce `count` outputs
         of `model`."""
         if self.kind == "worker":
-            return [[self.python, "-m", self.module, *_worker_args(topics), *self.extra_args]]
+            worker = _worker_args(topics, self.root / "models")
+            return [[self.python, "-m", self.module, *worker, *self.extra_args]]
         base = [
             self.python,
             "-m",
@@ -121,7 +130,7 @@ class Contender:
         return [base for _ in range(self.processes)]  # the runner stops them at `count`
 
 
-def _worker_args(topics: RunTopics) -> list[str]:
+def _worker_args(topics: RunTopics, models: Path) -> list[str]:
     return [
         "run",
         "--bootstrap-servers",
@@ -135,7 +144,7 @@ def _worker_args(topics: RunTopics) -> list[str]:
         "--group-id",
         topics.group,
         "--models",
-        str(REPO_ROOT / "models"),
+        str(models),
         "--no-create-topics",
         "--stats-interval-s",
         "5",
@@ -196,6 +205,42 @@ def worker_contender(
         settings=WORKER_SETTINGS,
         settings_label="its own defaults",
     )
+
+
+BASELINES = REPO_ROOT / ".cache" / "bench-baseline"
+
+
+def baseline_contender(ref: str, worktrees: Path = BASELINES) -> Contender:
+    """``pipeline run`` (1 process, its defaults) as it was at git revision `ref` of this
+    checkout: a detached worktree of it in `worktrees` (made once per commit), run with
+    this interpreter and its installed dependencies, on that revision's own ``models/``.
+    Not run, with the reason, where git cannot make the worktree."""
+    try:
+        commit = _git("rev-parse", "--verify", f"{ref}^{{commit}}")
+        tree = worktrees / commit[:12]
+        if not (tree / "pipeline" / "__init__.py").exists():
+            _git("worktree", "add", "--detach", "--force", str(tree), commit)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        why = getattr(exc, "stderr", None) or str(exc)
+        return replace(
+            worker_contender(1),
+            key="worker-1-baseline",
+            label=f"pipeline run at {ref}, 1 process",
+            not_run=f"no worktree of {ref!r}: {why.strip().splitlines()[-1]}",
+        )
+    return replace(
+        worker_contender(1),
+        key="worker-1-baseline",
+        label=f"pipeline run at {ref} ({commit[:9]}), 1 process",
+        root=tree,
+    )
+
+
+def _git(*args: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
 
 
 def relay_contender(processes: int, variant: str = "defaults") -> Contender:

@@ -49,6 +49,23 @@ def _ratio_target(
     }
 
 
+BASELINE_TOLERANCE = 0.05
+"""How much slower than the ``--baseline`` revision the worker may be (issue 22: the float
+path must not slow down for typed inputs)."""
+
+
+def _baseline_target(mine: float | None, baseline: dict[str, Any]) -> dict[str, Any]:
+    text = f"worker (1 process) within {BASELINE_TOLERANCE:.0%} of {baseline['label']}"
+    theirs = baseline.get("throughput")
+    if not mine or not theirs:
+        return {"target": text, "met": None, "value": baseline.get("not_run") or "no figure"}
+    return {
+        "target": text,
+        "met": mine >= (1 - BASELINE_TOLERANCE) * theirs,
+        "value": f"{mine / theirs - 1:+.1%} ({mine:,.0f} vs {theirs:,.0f} events/s)",
+    }
+
+
 def _latency_target(
     text: str, p: dict[str, Any] | None, field: str, limit: float
 ) -> dict[str, Any]:
@@ -90,6 +107,9 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"after an idle spell, no event waits more than {IDLE_MAX_MS:,.0f} ms "
             f"(worst of {len(idle)} ways of batching: {worst['batching']})",
             worst, "max_ms", IDLE_MAX_MS))  # fmt: skip
+    baseline = _row(results, "worker-1-baseline")
+    if baseline:
+        targets.append(_baseline_target(mine, baseline))
     plain, metered = mine, _row(results, "worker-1-metrics").get("throughput")
     targets.append(
         {

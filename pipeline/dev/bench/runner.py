@@ -306,6 +306,7 @@ class Launch:
     commands: list[list[str]]
     env: Mapping[str, str]
     log_path: Path
+    cwd: Path | None = None
 
 
 def run_contender(
@@ -330,7 +331,7 @@ def run_contender(
     with launch.log_path.open("ab") as log:
         started = time.monotonic()
         procs = [
-            subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=launch.cwd)
             for cmd in launch.commands
         ]
         try:
@@ -451,7 +452,7 @@ def run_once(
         dlq=topics.create(f"{c.key}-dlq"),
         group=topics.group(c.key),
     )
-    launch = Launch(c.commands(run, count, model), c.env, log_path)
+    launch = Launch(c.commands(run, count, model), c.env, log_path, cwd=c.root)
     try:
         figures = run_contender(
             launch,

@@ -34,6 +34,7 @@ from pipeline.dev.bench.contenders import (
     MODEL,
     REPO_ROOT,
     Contender,
+    baseline_contender,
     faust_contender,
     faust_engine_contender,
     naive_contender,
@@ -147,8 +148,11 @@ QUICK = Plan(
 )
 
 
-def contenders(plan: Plan, *, quix_python: Path | None, skip: Sequence[str]) -> list[Contender]:
-    """Every row of the main throughput table, in table order; skipped ones carry a reason."""
+def contenders(
+    plan: Plan, *, quix_python: Path | None, skip: Sequence[str], baseline: str | None = None
+) -> list[Contender]:
+    """Every row of the main throughput table, in table order; skipped ones carry a reason.
+    `baseline`, a git revision, adds the worker as it was there beside today's."""
     n = plan.worker_processes
     rows = [
         relay_contender(1),
@@ -160,6 +164,7 @@ def contenders(plan: Plan, *, quix_python: Path | None, skip: Sequence[str]) -> 
         faust_engine_contender(),
         quix_contender(quix_python),
         worker_contender(1),
+        *([baseline_contender(baseline)] if baseline else []),
         worker_contender(1, guarantee="exactly-once"),
         worker_contender(1, metrics=True),
         worker_contender(n),
@@ -183,6 +188,7 @@ def run_suite(
     logs_dir: Path,
     quix_python: Path | None = None,
     skip: Sequence[str] = (),
+    baseline: str | None = None,
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the benchmark on `bootstrap`; return every figure (see `pipeline.dev.bench.report`)."""
@@ -192,7 +198,7 @@ def run_suite(
     topics = BenchTopics(bootstrap)
     main = DATASETS["full"]
     try:
-        rows = contenders(plan, quix_python=quix_python, skip=skip)
+        rows = contenders(plan, quix_python=quix_python, skip=skip, baseline=baseline)
         results["events"] = _describe_events(main)
         results["contenders"] = _throughput(
             plan.events, plan, topics, rows, main, logs_dir, progress
