@@ -27,7 +27,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from pipeline.engine.enrich import EnrichSpec
 from pipeline.engine.framing import VALUE_FORMATS
@@ -38,8 +38,10 @@ __all__ = [
     "CONFIG_VARIABLE",
     "LOG_FORMATS",
     "LOG_LEVELS",
+    "OUTPUT_FORMATS",
     "REGISTRY_PREFIX",
     "RESERVED_VARIABLES",
+    "SUBJECT_STRATEGIES",
     "UNSAFE_PROPERTIES",
     "DoorSettings",
     "EngineSettings",
@@ -259,6 +261,8 @@ class WorkerConfig(EngineSettings, DoorSettings, LogSettings):
     allow_unsafe_kafka_properties: bool = False
     value_format: str = "json"  # json, avro or auto: see pipeline.engine.framing
     schema_registry_url: str = ""  # needed by avro and auto; -X schema.registry.* configure it
+    output_format: str = "json"  # json or avro: see pipeline.schemaregistry
+    output_subject_strategy: str = "topic"  # topic, record or topic-record
 
     def __post_init__(self) -> None:
         EngineSettings.__post_init__(self)
@@ -339,6 +343,9 @@ class WorkerConfig(EngineSettings, DoorSettings, LogSettings):
             )
         check_properties(self.kafka, allow_unsafe=self.allow_unsafe_kafka_properties)
         _check_value_format(self.value_format, self.schema_registry_url)
+        _check_output_format(
+            self.output_format, self.output_subject_strategy, self.schema_registry_url
+        )
         if self.guarantee == "exactly-once":
             _check_transaction_timeout(self.commit_interval_ms, self.kafka)
         owned = sorted(k for k in self.kafka if k in OWNED_PROPERTIES)
@@ -486,16 +493,34 @@ def _check_transaction_timeout(interval_ms: int, kafka: Mapping[str, str]) -> No
     )
 
 
+OUTPUT_FORMATS: Final = ("json", "avro")
+SUBJECT_STRATEGIES: Final = ("topic", "record", "topic-record")
+
+
 def _check_value_format(value_format: str, url: str) -> None:
-    if value_format not in VALUE_FORMATS:
-        raise ConfigError(
-            f"value_format must be one of {', '.join(VALUE_FORMATS)}, got {value_format!r}"
-        )
+    _check_choice("value_format", value_format, VALUE_FORMATS)
+    _check_registry(f"--value-format {value_format} reads Schema Registry framed values",
+                    value_format, url)  # fmt: skip
+
+
+def _check_output_format(output_format: str, strategy: str, url: str) -> None:
+    _check_choice("output_format", output_format, OUTPUT_FORMATS)
+    _check_choice("output_subject_strategy", strategy, SUBJECT_STRATEGIES)
+    _check_registry(f"--output-format {output_format} registers the predictions' schema",
+                    output_format, url)  # fmt: skip
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_registry(what: str, value_format: str, url: str) -> None:
+    """A format other than JSON needs the registry's address."""
     if value_format != "json" and not url.startswith(("http://", "https://")):
         raise ConfigError(
-            f"--value-format {value_format} reads Schema Registry framed values and needs "
-            f"--schema-registry-url http(s)://HOST:PORT, got {url!r}; `pipeline schema-registry "
-            "start` runs one locally"
+            f"{what} and needs --schema-registry-url http(s)://HOST:PORT, got {url!r}; "
+            "`pipeline schema-registry start` runs one locally"
         )
 
 

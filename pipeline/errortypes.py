@@ -151,6 +151,24 @@ ERROR_TYPES: Final = (
         "doors only: the caller's deadline passed before its rows ran (HTTP 504, gRPC "
         "DEADLINE_EXCEEDED)",
     ),
+    ErrorType(
+        "IncompatibleSchema",
+        "produce",
+        "`--output-format avro`: the Schema Registry refused the prediction schema of a "
+        "model version first met while running (its outputs break the subject's "
+        "compatibility; one met at start stops the worker instead); replay once fixed",
+    ),
+    ErrorType(
+        "UnwritableOutputs",
+        "produce",
+        "`--output-format avro`: two outputs of the model version share one Avro name",
+    ),
+    ErrorType(
+        "SchemaNotRegistered",
+        "produce",
+        "`--output-format avro`: the Schema Registry did not answer when a version's "
+        "prediction schema was first registered; replay the dead letter once it answers",
+    ),
 )
 
 PATTERNS: Final = (

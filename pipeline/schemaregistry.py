@@ -1,4 +1,5 @@
-"""The Schema Registry client side: connecting at start, and reading framed Avro values.
+"""The Schema Registry client side: connecting at start, reading framed Avro values, and
+writing predictions as framed Avro values.
 
 The worker reads Schema Registry framed values (``--value-format avro|auto``) through
 `AvroReader`, the engine's `FramedReader` that asks a registry: each schema id is fetched
@@ -9,6 +10,16 @@ answer for a schema not cached yet, after the client's own bounded retries
 (``RegistryUnavailable``), or a payload that does not decode with its schema
 (``InvalidAvro``).
 
+With ``--output-format avro``, `AvroPredictionWriter` writes each prediction as a framed
+Avro value of its model's schema (`pipeline.engine.avroschema`), registered under the
+subject that ``--output-subject-strategy`` names (``topic``: ``<output topic>-value``;
+``record``: ``pipeline.prediction.<model>``; ``topic-record``: both, joined by ``-``). A
+version is registered once, when it is first written (and for every version loaded at
+start, before the worker reads a record): a registry that checks compatibility and refuses
+the schema refuses the version, with the registry's reason, at start; a version first met
+later has its predictions dead-lettered with that reason (``IncompatibleSchema``), never
+written in a form consumers cannot read.
+
 The client's settings are the ``-X schema.registry.<setting>`` properties (the same
 ``[kafka]`` table and ``-X`` flags as librdkafka's, with this prefix), e.g.
 ``-X schema.registry.basic.auth.user.info=env:REGISTRY_AUTH``; they never reach
@@ -18,21 +29,40 @@ librdkafka, and their secrets are masked wherever settings are shown.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
-from confluent_kafka.schema_registry import SchemaRegistryClient, SchemaRegistryError
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
+from fastavro import parse_schema, schemaless_writer
 
 from pipeline.config import REGISTRY_PREFIX, WorkerConfig
-from pipeline.engine.framing import FrameProblem
+from pipeline.engine.avroschema import NAMESPACE, avro_name, prediction_schema
+from pipeline.engine.codec import prediction_documents
+from pipeline.engine.framing import MAGIC_BYTE, FrameProblem
+from pipeline.engine.models import LoadedModel
+from pipeline.engine.spec import ModelSpec
 from pipeline.errors import ConfigError, RegistryUnreachable
 
-__all__ = ["AvroReader", "avro_encoder", "connect", "framed_reader", "registry_settings"]
+__all__ = [
+    "AvroPredictionWriter",
+    "AvroReader",
+    "avro_encoder",
+    "connect",
+    "framed_reader",
+    "prediction_writer",
+    "registry_settings",
+]
+
+log = logging.getLogger("pipeline.schemaregistry")
 
 _NOT_FOUND = 404
 
@@ -55,6 +85,31 @@ def framed_reader(config: WorkerConfig) -> AvroReader | None:
         return None
     url = config.schema_registry_url
     return AvroReader(connect(url, config.kafka), url)
+
+
+def prediction_writer(
+    config: WorkerConfig, models: Callable[[str, str], LoadedModel]
+) -> AvroPredictionWriter | None:
+    """The writer of predictions `config` asks for, connected; None for JSON text.
+
+    Args:
+        config: The worker's settings (``--output-format`` and the registry's).
+        models: Gives the loaded model of a name and version (the engine's cache ``get``).
+
+    Raises:
+        ConfigError: The client refuses a ``schema.registry.*`` setting.
+        RegistryUnreachable: The registry did not answer.
+    """
+    if config.output_format == "json":
+        return None
+    client = connect(config.schema_registry_url, config.kafka)
+    return AvroPredictionWriter(
+        client,
+        config.schema_registry_url,
+        topic=config.output_topic,
+        strategy=config.output_subject_strategy,
+        models=models,
+    )
 
 
 def avro_encoder(
@@ -201,3 +256,160 @@ class AvroReader:
             f"({type(exc).__name__}: {exc}) after the client's retries; the value is kept in "
             "the dead-letter topic to be replayed once the registry answers",
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """How one model version's predictions are written: its schema's id and parsed form,
+    and the Avro names of outputs whose own names Avro does not allow."""
+
+    header: bytes
+    parsed: Any
+    renamed: tuple[tuple[str, str], ...]
+
+
+class AvroPredictionWriter:
+    """Writes predictions as framed Avro values of their model's registered schema.
+
+    Args:
+        client: The registry's client.
+        url: The registry's address, for messages.
+        topic: The output topic (for the ``topic`` and ``topic-record`` subjects).
+        strategy: ``topic``, ``record`` or ``topic-record``.
+        models: Gives the loaded model of a name and version.
+    """
+
+    def __init__(
+        self,
+        client: SchemaRegistryClient,
+        url: str,
+        *,
+        topic: str,
+        strategy: str,
+        models: Callable[[str, str], LoadedModel],
+    ) -> None:
+        self._client = client
+        self._url = url
+        self._topic = topic
+        self._strategy = strategy
+        self._models = models
+        self._written: dict[tuple[str, str], _Written] = {}
+        self._refused: dict[tuple[str, str], tuple[str, str]] = {}  # (error type, message)
+
+    def subject(self, model: str) -> str:
+        """The subject a model's prediction schema is registered under."""
+        record = f"{NAMESPACE}.{avro_name(model)}"
+        return {
+            "topic": f"{self._topic}-value",
+            "record": record,
+            "topic-record": f"{self._topic}-{record}",
+        }[self._strategy]
+
+    def prepare(self, versions: Iterable[tuple[str, str]]) -> None:
+        """Register the schema of every version in `versions` (the ones loaded at start).
+
+        Raises:
+            ConfigError: The registry refused a version's schema (incompatible with the
+                subject's earlier ones), or the version's outputs have no Avro form.
+            RegistryUnreachable: The registry did not answer.
+        """
+        for name, version in versions:
+            try:
+                self._writing(name, version)
+            except FrameProblem as problem:
+                if problem.error_type == "SchemaNotRegistered":
+                    raise RegistryUnreachable(problem.message) from None
+                raise ConfigError(problem.message) from None
+
+    def __call__(
+        self,
+        spec: ModelSpec,
+        ids: Sequence[str],
+        ts: Sequence[int],
+        outputs: Mapping[str, np.ndarray[Any, Any]],
+        predicted_at_ms: int,
+        prediction_ids: Sequence[str] | None = None,
+    ) -> list[bytes]:
+        """One framed Avro value per row (the arguments are `encode_rows`'s).
+
+        Raises:
+            FrameProblem: The version's schema was refused, or the registry did not answer
+                when it was first registered (every row of the batch is dead-lettered).
+            ValueError: The outputs do not fit the manifest or the schema (OutputMismatch).
+        """
+        written = self._writing(spec.name, spec.version)
+        docs = prediction_documents(spec, ids, ts, outputs, predicted_at_ms, prediction_ids)
+        values = []
+        for doc in docs:
+            if written.renamed:
+                row = doc["outputs"]
+                doc["outputs"] = {new: row.get(old) for old, new in written.renamed}
+            buffer = io.BytesIO()
+            buffer.write(written.header)
+            try:
+                schemaless_writer(buffer, written.parsed, doc)
+            except (ValueError, TypeError) as exc:  # fastavro: a value not of its field's type
+                raise ValueError(
+                    f"the outputs of {spec.describe()} do not fit its Avro schema ({exc}); "
+                    "the graph declares other types or shapes than it returns"
+                ) from None
+            values.append(buffer.getvalue())
+        return values
+
+    def _writing(self, name: str, version: str) -> _Written:
+        key = (name, version)
+        written = self._written.get(key)
+        if written is not None:
+            return written
+        refused = self._refused.get(key)
+        if refused is not None:
+            raise FrameProblem("produce", *refused)
+        model = self._models(name, version)
+        try:
+            schema = prediction_schema(model.spec, model.outputs, model.map_outputs)
+        except ValueError as exc:
+            raise self._refuse(
+                key, FrameProblem("produce", "UnwritableOutputs", str(exc))
+            ) from None
+        subject = self.subject(name)
+        text = json.dumps(schema)
+        try:
+            schema_id = self._client.register_schema(subject, Schema(text, "AVRO"))
+        except SchemaRegistryError as exc:
+            raise self._refuse(key, FrameProblem(
+                "produce",
+                "IncompatibleSchema",
+                f"the Schema Registry at {self._url} refused the prediction schema of "
+                f"{model.spec.describe()} under subject {subject!r} (HTTP "
+                f"{exc.http_status_code}, error {exc.error_code}: {exc.error_message}); "
+                "a version whose outputs change type breaks the subject's compatibility: "
+                "write it to another topic, use --output-subject-strategy record or "
+                "topic-record if several models share the topic, or relax the subject's "
+                "compatibility",
+            )) from None  # fmt: skip
+        except Exception as exc:  # httpx: the registry does not answer
+            raise FrameProblem(
+                "produce",
+                "SchemaNotRegistered",
+                f"the Schema Registry at {self._url} did not register the prediction schema "
+                f"of {model.spec.describe()} under subject {subject!r} ({type(exc).__name__}: "
+                f"{exc}); the inputs are kept in the dead-letter topic to be replayed",
+            ) from None
+        renamed = tuple(
+            (t.name, avro_name(t.name)) for t in model.outputs if avro_name(t.name) != t.name
+        )
+        if renamed:  # every output under its Avro name
+            renamed += tuple((t.name, t.name) for t in model.outputs if avro_name(t.name) == t.name)
+        header = bytes([MAGIC_BYTE]) + schema_id.to_bytes(4, "big")
+        written = self._written[key] = _Written(header, parse_schema(schema), renamed)
+        log.info(
+            "predictions of model %r version %r are written as Avro: schema id %d, subject %r",
+            name, version, schema_id, subject,
+        )  # fmt: skip
+        return written
+
+    def _refuse(self, key: tuple[str, str], problem: FrameProblem) -> FrameProblem:
+        """Remember that a version cannot be written, so its batches fail fast."""
+        log.error("%s", problem.message)
+        self._refused[key] = (problem.error_type, problem.message)
+        return problem

@@ -64,6 +64,7 @@ __all__ = [
     "encode_rows",
     "is_plain_name",
     "output_rows",
+    "prediction_documents",
 ]
 
 MAX_ID_LENGTH: Final = 256
@@ -833,6 +834,27 @@ def encode_rows(
 ) -> list[bytes]:
     """`encode_predictions` for rows given by their ids and event times; with
     `prediction_ids`, each document also carries its ``prediction_id``."""
+    docs = prediction_documents(spec, ids, ts, outputs, predicted_at_ms, prediction_ids)
+    # orjson over-allocates its output buffer and shrinks it in place; keeping hundreds of
+    # those alive makes glibc grow and trim the heap on almost every call (about 2 us each
+    # on the reference machine). Copying into an exactly-sized object costs ~0.05 us.
+    return [orjson.dumps(doc).decode().encode() for doc in docs]
+
+
+def prediction_documents(
+    spec: ModelSpec,
+    ids: Sequence[str],
+    ts: Sequence[int],
+    outputs: Mapping[str, np.ndarray[Any, Any]],
+    predicted_at_ms: int,
+    prediction_ids: Sequence[str] | None = None,
+) -> Iterable[dict[str, Any]]:
+    """The prediction documents `encode_rows` writes as JSON, one dict per row, for a
+    writer of another format (`pipeline.schemaregistry.AvroPredictionWriter`).
+
+    Raises:
+        ValueError: As `encode_predictions`.
+    """
     n = len(ids)
     names = list(outputs)
     columns = [_output_rows(name, outputs[name], n) for name in names]
@@ -861,10 +883,7 @@ def encode_rows(
         )
     if prediction_ids is not None:
         docs = ({"prediction_id": p, **d} for p, d in zip(prediction_ids, docs, strict=True))
-    # orjson over-allocates its output buffer and shrinks it in place; keeping hundreds of
-    # those alive makes glibc grow and trim the heap on almost every call (about 2 us each
-    # on the reference machine). Copying into an exactly-sized object costs ~0.05 us.
-    return [orjson.dumps(doc).decode().encode() for doc in docs]
+    return docs
 
 
 def output_rows(outputs: Mapping[str, np.ndarray[Any, Any]], n: int) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.config import WorkerConfig
+from pipeline.config import OUTPUT_FORMATS, SUBJECT_STRATEGIES, WorkerConfig
 from pipeline.engine.framing import VALUE_FORMATS
 from pipeline.flags import (
     add_config_flag,
@@ -168,6 +168,18 @@ def _add_worker_flags(add: Callable[..., Any]) -> None:
         choices=VALUE_FORMATS,
         help="json: JSON text (default); avro: Schema Registry framed Avro values; auto: "
         "either, told apart per record",
+    )
+    add(
+        "--output-format",
+        choices=OUTPUT_FORMATS,
+        help="json: predictions as JSON text (default); avro: framed Avro values of each "
+        "model's prediction schema, registered in the Schema Registry",
+    )
+    add(
+        "--output-subject-strategy",
+        choices=SUBJECT_STRATEGIES,
+        help="the subject of the predictions' schema: topic (<output topic>-value, the "
+        "default), record (pipeline.prediction.<model>) or topic-record (both)",
     )
     add(
         "--schema-registry-url",

@@ -29,6 +29,7 @@ from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka import KafkaException, Message
 
 from pipeline.engine.codec import encode_rows
+from pipeline.engine.framing import FrameProblem
 from pipeline.engine.spec import ModelSpec
 from pipeline.errors import KafkaError
 from pipeline.kafka.committer import REFUSED_RECORD, Committer
@@ -44,6 +45,11 @@ _QUEUE_FULL_LIMIT_S = 60.0  # the producer's queue stays full this long: the bro
 
 Headers = list[tuple[str, bytes | None]]
 Finish = Callable[[Owed, Sequence[int]], None]
+EncodeRows = Callable[
+    [ModelSpec, Sequence[str], Sequence[int], dict[str, np.ndarray], int, Sequence[str]],
+    list[bytes],
+]
+"""Writes a batch's predictions: `encode_rows`'s arguments (prediction ids given), its result."""
 
 
 def usable_record(msg: Message, consumer: str, fail: Callable[[KafkaError], None]) -> bool:
@@ -135,6 +141,8 @@ class Outputs:
         sensor: Receives predictions, dead letters and records produced.
         finish: Called with the offsets of inputs whose outputs were acknowledged.
         tracer: Records a span per batch of predictions (OpenTelemetry), if configured.
+        encode: Writes a batch's predictions (`encode_rows`'s arguments and result): JSON
+            text by default; `pipeline.schemaregistry.AvroPredictionWriter` for Avro.
     """
 
     def __init__(
@@ -146,8 +154,10 @@ class Outputs:
         sensor: Sensor,
         finish: Finish,
         tracer: BatchTracer | None = None,
+        encode: EncodeRows = encode_rows,
     ) -> None:
         self._committer = committer
+        self._encode = encode
         self._tracer = tracer
         self._output_topic = output_topic
         self._dlq_topic = dlq_topic
@@ -179,10 +189,14 @@ class Outputs:
         prefix, suffix = f"{topic}/{partition}/", f"/{spec.name}/{spec.version}"
         prediction_ids = [f"{prefix}{offset}{suffix}" for offset in offsets]
         try:
-            values = encode_rows(spec, ids, ts, outputs, now_ms(), prediction_ids)
+            values = self._encode(spec, ids, ts, outputs, now_ms(), prediction_ids)
         except (ValueError, TypeError) as exc:
             for record in records:
                 self.dead_letter(record, owed, ("infer", "OutputMismatch", str(exc)))
+            return
+        except FrameProblem as problem:  # the registry refused or lacks the version's schema
+            for record in records:
+                self.dead_letter(record, owed, (problem.stage, problem.error_type, problem.message))
             return
         contexts = [trace_headers(read_headers(record)[0]) for record in records]
         if self._tracer is not None:

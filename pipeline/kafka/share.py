@@ -35,7 +35,7 @@ from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka.admin import AdminClient
 
 from pipeline.config import WorkerConfig
-from pipeline.engine.codec import EventDecoder
+from pipeline.engine.codec import EventDecoder, encode_rows
 from pipeline.engine.engine import Engine, Outcome
 from pipeline.errors import KafkaError
 from pipeline.kafka.clientlog import client_settings
@@ -45,7 +45,7 @@ from pipeline.kafka.topics import ensure_topics
 from pipeline.metrics import Sensor, Sensors
 from pipeline.metrics.health import Readiness, Stall
 from pipeline.metrics.statsline import StatsLine
-from pipeline.schemaregistry import framed_reader
+from pipeline.schemaregistry import framed_reader, prediction_writer
 
 __all__ = ["ShareWorker"]
 
@@ -168,6 +168,7 @@ class ShareWorker:
             value_format=config.value_format,
             framed=framed_reader(config),
         )
+        self._writer = prediction_writer(config, engine.models.get)
         self._outcomes: list[
             Outcome[tuple[Owed, list[Message], list[int], list[str], list[int]]]
         ] = []
@@ -235,7 +236,10 @@ class ShareWorker:
             dlq_topic=cfg.dlq_topic,
             sensor=self._sensor,
             finish=self._finished,
+            encode=self._writer or encode_rows,
         )
+        if self._writer is not None:  # a version the registry refuses is refused at start
+            self._writer.prepare(self._engine.models.loaded())
         consumer = ShareConsumer(
             {
                 "group.id": cfg.group_id,

@@ -39,7 +39,7 @@ from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka.admin import AdminClient
 
 from pipeline.config import WorkerConfig
-from pipeline.engine.codec import EventDecoder
+from pipeline.engine.codec import EventDecoder, encode_rows
 from pipeline.engine.engine import Engine, Outcome
 from pipeline.engine.enrich import Enrichment
 from pipeline.engine.models import ModelCache, ModelStore
@@ -66,7 +66,7 @@ from pipeline.metrics.health import Readiness, Stall
 from pipeline.metrics.prometheus import PrometheusSensor
 from pipeline.metrics.statsline import StatsLine
 from pipeline.metrics.tracing import batch_tracer
-from pipeline.schemaregistry import framed_reader
+from pipeline.schemaregistry import framed_reader, prediction_writer
 
 __all__ = ["ABANDONED", "KafkaClients", "Worker", "exit_if_abandoned", "run_worker"]
 
@@ -190,6 +190,7 @@ class Worker:
             framed=framed_reader(config),
             enrichments=[Enrichment(feed.spec, feed.table) for feed in self._feeds],
         )
+        self._writer = prediction_writer(config, self._engine.models.get)
         self._tracker = OffsetTracker()
         self._committer: Committer | None = None  # made in run(), once Kafka answers
         self._outputs: Outputs | None = None
@@ -294,7 +295,10 @@ class Worker:
             sensor=self._sensor,
             finish=self._finished,
             tracer=batch_tracer(),
+            encode=self._writer or encode_rows,
         )
+        if self._writer is not None:  # a version the registry refuses is refused at start
+            self._writer.prepare(self._engine.models.loaded())
         log.info("worker starting with %s", cfg.summary)
         self.readiness.wait_for("partitions", "waiting for the group to assign partitions")
         try:

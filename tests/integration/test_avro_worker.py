@@ -6,20 +6,22 @@ answer at start stops the worker with its own exit code."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from pipeline.dev.localregistry import LocalRegistry, missing_tools
-from pipeline.exitcodes import REGISTRY_UNREACHABLE
+from pipeline.exitcodes import CONFIG, REGISTRY_UNREACHABLE
 
 from .conftest import Pipeline
 from .kafkaio import free_port, good_events, read_all, send, wait_for_outputs
@@ -193,7 +195,7 @@ def test_pipeline_produce_frames_avro_that_the_exactly_once_worker_predicts(
         assert client.get_latest_version(f"{p.input}-value").schema.schema_str is not None
 
 
-def test_a_share_group_worker_reads_avro_too(
+def test_a_share_group_worker_reads_and_writes_avro_too(
     make_pipeline: Callable[..., Pipeline],
     schema_registry_url: str,
     registry: SchemaRegistryClient,
@@ -207,14 +209,16 @@ def test_a_share_group_worker_reads_avro_too(
     send(p.bootstrap, p.input, [*good, (b"magic-1", b"\x01" + good[0][1][1:])])
 
     worker = p.start_worker(
-        "--group-type", "share", "--value-format", "avro",
+        "--group-type", "share", "--value-format", "avro", "--output-format", "avro",
         "--schema-registry-url", schema_registry_url,
     )  # fmt: skip
-    predictions, dead = _predictions(p, len(good) + 1)
+    predictions = _read_avro(p, registry, p.output, len(good))
+    dead = read_all(p.bootstrap, [p.dlq], expect=1)
     code, _ = worker.stop()
 
     assert code == 0, worker.log
     assert len(predictions) == 50
+    assert {r["model"] for r in predictions.values()} == {"breast-cancer-mlp"}
     assert [(r.key, r.headers["pipeline.error.type"]) for r in dead] == [
         (b"magic-1", b"UnknownMagicByte")
     ]
@@ -252,3 +256,94 @@ def test_a_registry_gone_mid_run_keeps_cached_schemas_and_explains_a_new_one(
     assert letter.headers["pipeline.error.type"] == b"RegistryUnavailable"
     message = (letter.headers["pipeline.error.message"] or b"").decode()
     assert f"the Schema Registry at {info.url} did not give schema id" in message
+
+
+def _read_avro(
+    p: Pipeline, registry: SchemaRegistryClient, topic: str, expect: int
+) -> dict[str, dict[str, Any]]:
+    """A plain `AvroDeserializer` consumer's view of `topic`: id -> prediction."""
+    deserialize = AvroDeserializer(registry)
+    out = read_all(p.bootstrap, [topic], expect=expect)
+    ctx = SerializationContext(topic, MessageField.VALUE)
+    return {d["id"]: d for d in (deserialize(r.value, ctx) for r in out)}
+
+
+def _same(avro: dict[str, Any], twin: dict[str, Any]) -> bool:
+    """An Avro prediction equals its JSON twin (Avro floats read back as the double of the
+    float32 written; JSON writes the float32's shortest text: compare as float32)."""
+    shown = {k: v for k, v in avro.items() if v is not None and k not in ("id", "predicted_at")}
+    wanted = {k: v for k, v in twin.items() if k not in ("id", "predicted_at", "prediction_id")}
+    shown.pop("prediction_id")
+    return bool(_f32(shown) == _f32(wanted))
+
+
+def _f32(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _f32(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_f32(v) for v in value]
+    return np.float32(value) if isinstance(value, float) else value
+
+
+def test_avro_predictions_equal_the_json_paths_and_each_model_registers_once(
+    make_pipeline: Callable[..., Pipeline],
+    make_topic: Callable[..., str],
+    make_group: Callable[[], str],
+    schema_registry_url: str,
+    registry: SchemaRegistryClient,
+) -> None:
+    """--output-format avro with the record strategy: one subject per model, one schema
+    version each, read by a plain AvroDeserializer consumer; the same events through a
+    JSON worker give the same predictions. The exactly-once path writes the same form."""
+    p = make_pipeline(partitions=2)
+    events = [*good_events(60, run="mlp"), *good_events(60, model="breast-cancer-gbt", run="gbt")]
+    send(p.bootstrap, p.input, events)
+    json_out = make_topic("json-out", partitions=2)
+    avro = p.start_worker(
+        "--output-format", "avro", "--output-subject-strategy", "record",
+        "--schema-registry-url", schema_registry_url, "--guarantee", "exactly-once",
+    )  # fmt: skip
+    twin = p.start_worker("--output-topic", json_out, "--group-id", make_group())
+    predictions = _read_avro(p, registry, p.output, len(events))
+    twins = {r.json["id"]: r.json for r in read_all(p.bootstrap, [json_out], expect=len(events))}
+    assert avro.stop()[0] == 0, avro.log[-3000:]
+    assert twin.stop()[0] == 0, twin.log[-3000:]
+
+    assert sorted(predictions) == sorted(twins)
+    assert all(_same(predictions[i], twins[i]) for i in twins), next(
+        (predictions[i], twins[i]) for i in twins if not _same(predictions[i], twins[i])
+    )
+    for model in ("breast_cancer_mlp", "breast_cancer_gbt"):
+        assert registry.get_versions(f"pipeline.prediction.{model}") == [1]
+    assert "are written as Avro: schema id" in avro.log
+
+
+def test_a_version_whose_outputs_break_compatibility_is_refused_at_start(
+    make_pipeline: Callable[..., Pipeline],
+    schema_registry_url: str,
+    registry: SchemaRegistryClient,
+    tmp_path: Path,
+    repo_root: Path,
+) -> None:
+    """Version 1 wrote probabilities as double (card-fraud); version 2's are float (the
+    MLP): a reader of version 2's schema cannot read version 1's records, so a registry
+    checking BACKWARD compatibility refuses it, and the worker stops at start saying why
+    rather than writing records its consumers cannot read."""
+    models = tmp_path / "models"
+    for version, source in (("1", "card-fraud"), ("2", "breast-cancer-mlp")):
+        shutil.copytree(repo_root / "models" / source / "1", models / "scorer" / version)
+    p = make_pipeline(partitions=1, models=models)
+    subject = f"{p.output}-value"
+    registry.set_compatibility(subject, "BACKWARD")
+    (models / "scorer" / "PINNED").write_text("1\n")
+    first = p.start_worker("--output-format", "avro", "--schema-registry-url", schema_registry_url)
+    first.wait_for_log("are written as Avro: schema id", timeout_s=60)
+    assert first.stop()[0] == 0, first.log[-3000:]
+    (models / "scorer" / "PINNED").unlink()
+
+    second = p.start_worker("--output-format", "avro", "--schema-registry-url", schema_registry_url)
+    code = second.wait(timeout_s=60)
+    assert code == CONFIG, second.log[-3000:]
+    assert f"refused the prediction schema of model 'scorer' version '2' under subject " \
+           f"'{subject}'" in second.log  # fmt: skip
+    assert registry.get_versions(subject) == [1]

@@ -763,3 +763,15 @@ def test_registry_client_settings_are_masked_and_kept_from_librdkafka() -> None:
         "bearer.auth.token": "tok-7f3a9",
         "url": "http://r:8081",
     }
+
+
+def test_avro_predictions_need_a_schema_registry_url_and_a_known_subject_strategy() -> None:
+    url = "http://127.0.0.1:8081"
+    with pytest.raises(ConfigError, match="--output-format avro registers .* needs --schema-reg"):
+        WorkerConfig(output_format="avro")
+    with pytest.raises(ConfigError, match="output_format must be one of json, avro, got 'xml'"):
+        WorkerConfig(output_format="xml", schema_registry_url=url)
+    with pytest.raises(ConfigError, match="output_subject_strategy must be one of topic, rec"):
+        WorkerConfig(output_format="avro", schema_registry_url=url, output_subject_strategy="x")
+    config = WorkerConfig(output_format="avro", schema_registry_url=url)
+    assert config.output_subject_strategy == "topic"
