@@ -767,7 +767,7 @@ def test_registry_client_settings_are_masked_and_kept_from_librdkafka() -> None:
 
 def test_avro_predictions_need_a_schema_registry_url_and_a_known_subject_strategy() -> None:
     url = "http://127.0.0.1:8081"
-    with pytest.raises(ConfigError, match="--output-format avro registers .* needs --schema-reg"):
+    with pytest.raises(ConfigError, match=r"--output-format avro registers .* needs --schema-reg"):
         WorkerConfig(output_format="avro")
     with pytest.raises(ConfigError, match="output_format must be one of json, avro, got 'xml'"):
         WorkerConfig(output_format="xml", schema_registry_url=url)
