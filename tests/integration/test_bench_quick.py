@@ -3,7 +3,7 @@
 It checks the shape of what the benchmark reports, never its figures: every row has a
 positive throughput (or, for the optional Faust and Quix peers, a reason it did not
 run; a required row the bench could not time fails with the bench's reason, such as
-"not measured"), every event size has its rows, and the worker has latency percentiles and stage
+"not measured"), every event size has its rows (the Avro one wherever a Schema Registry can run), and the worker has latency percentiles and stage
 histograms for every way of batching and every phase.
 """
 
@@ -14,6 +14,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+from pipeline.dev.localregistry import missing_tools
 
 REQUIRED = ("relay-1", "relay-1-tuned", "relay-2", "relay-2-tuned", "naive", "worker-1",
             "worker-1-eos", "worker-1-metrics", "worker-2")  # fmt: skip
@@ -46,6 +48,12 @@ def test_quick_benchmark_reports_every_row(
         for row in size["rows"]:
             _assert_measured(row)
             assert row["mb_per_s"] > 0, row
+    (avro,) = [s for s in results["sizes"] if s["events"]["key"] == "avro"]
+    if missing_tools() is None:  # Java and the registry's archive (or Maven): it must run
+        assert [r["key"] for r in avro["rows"]] == ["relay-1", "relay-1-tuned", "worker-1"]
+        assert "--value-format avro" in avro["rows"][2]["label"]
+    else:
+        assert avro["not_run"] == missing_tools()
 
     points = results["latency"]["points"]
     assert {p["batching"] for p in points} == {

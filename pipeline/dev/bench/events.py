@@ -12,6 +12,10 @@ entity ids:
 - ``typed``: a card payment for the ``card-fraud`` model, its four named, typed inputs
   (``amount`` float64, ``hour`` int64, ``country`` and ``channel`` strings; about 130
   bytes): what typed decoding costs per event.
+- ``avro``: the ``full`` events written as Schema Registry framed Avro values of
+  `AVRO_EVENT_SCHEMA` (about 290 bytes: doubles take 8 bytes, not ~20 characters), as a
+  producer using Confluent's ``AvroSerializer`` sends them. The suite frames them with a
+  registry it starts; `Dataset.maker` gives their JSON form.
 
 Rows are drawn once per set from a fixed seed (569 distinct rows, cycled), so every run
 and every contender gets the same bytes.
@@ -20,15 +24,32 @@ and every contender gets the same bytes.
 from __future__ import annotations
 
 import functools
+import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
+from fastavro import parse_schema, schemaless_writer
 
 from pipeline.dev.tools import _sample_rows
+from pipeline.engine.framing import FRAME_HEADER_BYTES
 
-__all__ = ["DATASETS", "Dataset", "dataset"]
+__all__ = ["AVRO_EVENT_SCHEMA", "DATASETS", "Dataset", "dataset"]
+
+AVRO_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "record",
+    "name": "FeatureEvent",
+    "namespace": "bench",
+    "fields": [
+        {"name": "id", "type": "string"},
+        {"name": "model", "type": ["null", "string"], "default": None},
+        {"name": "ts", "type": ["null", "long"], "default": None},
+        {"name": "features", "type": {"type": "array", "items": "double"}},
+    ],
+}
+"""The ``avro`` set's schema: the event contract's fields, features an array of doubles."""
 
 _DISTINCT_ROWS = 569  # the breast cancer data set's rows
 _SEED = 0
@@ -39,14 +60,16 @@ class Dataset:
     """One set of benchmark events.
 
     Attributes:
-        key: ``full``, ``rounded``, ``wide`` or ``typed``.
+        key: ``full``, ``rounded``, ``wide``, ``typed`` or ``avro``.
         label: What the table shows.
         model: The model the events name.
+        avro: Sent as framed Avro values of `AVRO_EVENT_SCHEMA`, not as JSON text.
     """
 
     key: str
     label: str
     model: str
+    avro: bool = False
 
     def maker(self, tag: str) -> Callable[[int, int], bytes]:
         """Return ``make(n, ts)``: the bytes of event ``<tag>-<n>`` stamped `ts` (ms)."""
@@ -71,8 +94,19 @@ class Dataset:
     def mean_bytes(self) -> float:
         """The mean size of an event's value (key excluded), in bytes."""
         make = self.maker("0123abcd")
-        sizes = [len(make(n, 1_764_000_000_000 + n)) for n in range(_DISTINCT_ROWS)]
+        values = [make(n, 1_764_000_000_000 + n) for n in range(_DISTINCT_ROWS)]
+        if self.avro:  # the 5-byte frame (magic byte, schema id), then the payload
+            parsed = parse_schema(AVRO_EVENT_SCHEMA)
+            sizes = [FRAME_HEADER_BYTES + len(_avro_payload(parsed, v)) for v in values]
+        else:
+            sizes = [len(v) for v in values]
         return sum(sizes) / len(sizes)
+
+
+def _avro_payload(parsed: Any, value: bytes) -> bytes:
+    buffer = io.BytesIO()
+    schemaless_writer(buffer, parsed, orjson.loads(value))
+    return buffer.getvalue()
 
 
 @functools.cache
@@ -81,6 +115,8 @@ def _rows(key: str) -> tuple[bytes, ...]:
     rng = np.random.default_rng(_SEED)
     if key == "typed":
         return tuple(orjson.dumps(payment) for payment in _payments(rng))
+    if key == "avro":
+        return _rows("full")
     if key == "wide":
         matrix = rng.standard_normal((_DISTINCT_ROWS, 200))
     else:
@@ -112,10 +148,16 @@ DATASETS: dict[str, Dataset] = {
         Dataset(
             "typed", "a card payment: 4 typed inputs (float64, int64, 2 strings)", "card-fraud"
         ),
+        Dataset(
+            "avro",
+            "30 features, full-precision doubles, Avro (Schema Registry framed)",
+            "breast-cancer-mlp",
+            avro=True,
+        ),
     )
 }
 
 
 def dataset(key: str) -> Dataset:
-    """The set named `key` (``full``, ``rounded``, ``wide`` or ``typed``)."""
+    """The set named `key` (``full``, ``rounded``, ``wide``, ``typed`` or ``avro``)."""
     return DATASETS[key]

@@ -233,6 +233,10 @@ def _sizes_table(results: dict[str, Any]) -> list[str]:
     ]
     main = {"events": results.get("events", {}), "rows": results.get("contenders", [])}
     for size in [main, *sizes]:
+        if size.get("not_run"):
+            lines.append(f"| {size['events'].get('label', '-')} | - | not measured: "
+                         f"{size['not_run']} | - | - | - | - | - |")  # fmt: skip
+            continue
         rows = [r for r in size["rows"] if r["key"] in _SIZE_ROWS]
         worker = next((r.get("throughput") for r in rows if r["key"] == "worker-1"), None)
         for row in rows:
@@ -243,7 +247,26 @@ def _sizes_table(results: dict[str, Any]) -> list[str]:
                 f"{_times(worker, row.get('throughput'))} | "
                 f"{_num(row.get('cpu_s_per_100k'), 2)} | {_num(row.get('peak_rss_mb'))} |"
             )
-    return lines
+    return lines + _avro_line(main, sizes)
+
+
+def _avro_line(main: dict[str, Any], sizes: list[dict[str, Any]]) -> list[str]:
+    """The worker on the Avro events against the same events as JSON text."""
+    avro = next((s for s in sizes if s["events"].get("key") == "avro" and s["rows"]), None)
+    if avro is None:
+        return []
+    framed: dict[str, Any] = next((r for r in avro["rows"] if r["key"] == "worker-1"), {})
+    text: dict[str, Any] = next((r for r in main["rows"] if r["key"] == "worker-1"), {})
+    if not framed.get("throughput") or not text.get("throughput"):
+        return []
+    return [
+        "",
+        f"Avro against JSON text, the same events and the same worker: "
+        f"{framed['throughput']:,.0f} against {text['throughput']:,.0f} events/s "
+        f"({framed['throughput'] / text['throughput']:.2f}x), "
+        f"{framed['cpu_s_per_100k']:.2f} against {text['cpu_s_per_100k']:.2f} CPU s per 100k "
+        "events.",
+    ]
 
 
 def _latency_table(results: dict[str, Any]) -> list[str]:

@@ -178,8 +178,15 @@ class BenchTopics:
         self._created.clear()
 
 
-def preload(bootstrap: str, topic: str, count: int, dataset: Dataset) -> float:
-    """Produce `count` events of `dataset`; return the seconds it took.
+def preload(
+    bootstrap: str,
+    topic: str,
+    count: int,
+    dataset: Dataset,
+    encode: Callable[[bytes], bytes] | None = None,
+) -> float:
+    """Produce `count` events of `dataset` (each JSON value through `encode` first, if
+    given: Avro framing, say); return the seconds it took.
 
     Raises:
         BenchError: Not every event was acknowledged.
@@ -193,7 +200,8 @@ def preload(bootstrap: str, topic: str, count: int, dataset: Dataset) -> float:
 
     started = time.monotonic()
     tag = uuid.uuid4().hex[:8]
-    for key, value in dataset.events(tag, count, time.time_ns() // 1_000_000):
+    for key, text in dataset.events(tag, count, time.time_ns() // 1_000_000):
+        value = encode(text) if encode else text
         while True:
             try:
                 producer.produce(topic, value, key, on_delivery=delivered)

@@ -22,9 +22,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,12 +39,13 @@ from pipeline.dev.bench.contenders import (
     baseline_contender,
     faust_contender,
     faust_engine_contender,
+    free_port,
     naive_contender,
     quix_contender,
     relay_contender,
     worker_contender,
 )
-from pipeline.dev.bench.events import DATASETS, Dataset
+from pipeline.dev.bench.events import AVRO_EVENT_SCHEMA, DATASETS, Dataset
 from pipeline.dev.bench.latency import Batching, LatencyPoint, Phase, measure_latency
 from pipeline.dev.bench.runner import (
     BenchError,
@@ -52,7 +55,9 @@ from pipeline.dev.bench.runner import (
     run_once,
 )
 from pipeline.dev.bench.sharebench import run_share
-from pipeline.errors import PipelineError
+from pipeline.dev.localregistry import LocalRegistry, missing_tools
+from pipeline.errors import PipelineError, RegistryError
+from pipeline.schemaregistry import avro_encoder
 
 __all__ = ["FULL", "QUICK", "Plan", "run_suite"]
 
@@ -112,7 +117,7 @@ FULL = Plan(
     runs=3,
     naive_events=None,
     worker_processes=2,
-    size_events={"rounded": 300_000, "wide": 60_000, "typed": 300_000},
+    size_events={"rounded": 300_000, "wide": 60_000, "typed": 300_000, "avro": 300_000},
     loads=(0.1, 0.3, 0.5, 0.7, 0.9),
     max_waits_ms=(1, 5, 20),
     latency_targets_ms=(20,),
@@ -132,7 +137,7 @@ QUICK = Plan(
     runs=1,
     naive_events=2_000,
     worker_processes=2,
-    size_events={"rounded": 10_000, "wide": 2_000, "typed": 4_000},
+    size_events={"rounded": 10_000, "wide": 2_000, "typed": 4_000, "avro": 4_000},
     loads=(0.5,),
     max_waits_ms=(1, 5, 20),
     latency_targets_ms=(20,),
@@ -175,10 +180,63 @@ def contenders(
     ]
 
 
-def size_contenders(skip: Sequence[str]) -> list[Contender]:
-    """The rows run on every other event set: the relay ceilings and the worker."""
-    rows = [relay_contender(1), relay_contender(1, "tuned"), worker_contender(1)]
+def size_contenders(skip: Sequence[str], registry_url: str | None = None) -> list[Contender]:
+    """The rows run on every other event set: the relay ceilings and the worker (reading
+    framed Avro values from the registry at `registry_url`, if given)."""
+    worker = worker_contender(1)
+    if registry_url:
+        worker = replace(
+            worker,
+            label=f"{worker.label}, --value-format avro",
+            extra_args=(*worker.extra_args, "--value-format", "avro",
+                        "--schema-registry-url", registry_url),
+        )  # fmt: skip
+    rows = [relay_contender(1), relay_contender(1, "tuned"), worker]
     return [c for c in rows if c.key not in skip]
+
+
+def _size(
+    events: Dataset,
+    count: int,
+    plan: Plan,
+    topics: BenchTopics,
+    skip: Sequence[str],
+    logs_dir: Path,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """The size table's rows for one set of events; an Avro set runs against a Schema
+    Registry of its own (not measured, with the reason, where none can start)."""
+    described = _describe_events(events)
+    if not events.avro:
+        rows = _throughput(count, plan, topics, size_contenders(skip), events, logs_dir, progress)
+        return {"events": described, "rows": rows}
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(_registry(logs_dir / "registry", progress))
+        except PipelineError as exc:
+            progress(f"  no Avro row: {exc}")
+            return {"events": described, "rows": [], "not_run": str(exc).splitlines()[0]}
+        schema = logs_dir / "event.avsc"
+        schema.write_text(json.dumps(AVRO_EVENT_SCHEMA))
+        encode = avro_encoder(url, {}, schema, "bench-avro-events")
+        rows = _throughput(count, plan, topics, size_contenders(skip, url), events, logs_dir,
+                           progress, encode=encode)  # fmt: skip
+    return {"events": described, "rows": rows}
+
+
+@contextlib.contextmanager
+def _registry(data_dir: Path, progress: Callable[[str], None]) -> Iterator[str]:
+    """A local Schema Registry for the Avro row; yields its Confluent-compatible URL."""
+    missing = missing_tools()
+    if missing is not None:
+        raise RegistryError(missing)
+    progress("starting a Schema Registry for the Avro row")
+    registry = LocalRegistry(data_dir)
+    info, _ = registry.start(port=free_port())
+    try:
+        yield info.url
+    finally:
+        registry.stop()
 
 
 def run_suite(
@@ -204,12 +262,7 @@ def run_suite(
             plan.events, plan, topics, rows, main, logs_dir, progress
         )
         results["sizes"] = [
-            {
-                "events": _describe_events(DATASETS[key]),
-                "rows": _throughput(
-                    count, plan, topics, size_contenders(skip), DATASETS[key], logs_dir, progress
-                ),
-            }
+            _size(DATASETS[key], count, plan, topics, skip, logs_dir, progress)
             for key, count in plan.size_events.items()
         ]
         worker = next(r for r in results["contenders"] if r["key"] == "worker-1")
@@ -280,10 +333,11 @@ def _throughput(
     events: Dataset,
     logs_dir: Path,
     progress: Callable[[str], None],
+    encode: Callable[[bytes], bytes] | None = None,
 ) -> list[dict[str, Any]]:
     source = topics.create(f"input-{events.key}")
     progress(f"pre-loading {count:,} events ({events.label}) into {source}")
-    seconds = preload(topics.bootstrap, source, count, events)
+    seconds = preload(topics.bootstrap, source, count, events, encode)
     progress(f"pre-loaded in {seconds:.1f} s")
     runs: dict[str, list[dict[str, Any]]] = {c.key: [] for c in rows}
     for n in range(plan.runs):
