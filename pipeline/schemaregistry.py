@@ -42,12 +42,12 @@ import orjson
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
-from fastavro import parse_schema, schemaless_writer
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from pipeline.config import REGISTRY_PREFIX, WorkerConfig
 from pipeline.engine.avroschema import NAMESPACE, avro_name, prediction_schema
 from pipeline.engine.codec import prediction_documents
-from pipeline.engine.framing import MAGIC_BYTE, FrameProblem
+from pipeline.engine.framing import FRAME_HEADER_BYTES, MAGIC_BYTE, FrameProblem
 from pipeline.engine.models import LoadedModel
 from pipeline.engine.spec import ModelSpec
 from pipeline.errors import ConfigError, RegistryUnreachable
@@ -63,6 +63,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("pipeline.schemaregistry")
+_RESOLVED_BY_DESERIALIZER = object()  # a schema with references: AvroDeserializer reads it
 
 _NOT_FOUND = 404
 
@@ -193,9 +194,35 @@ class AvroReader:
         self._url = url
         self._deserializer = AvroDeserializer(client)
         self._described: dict[int, str] = {}
+        self._parsed: dict[int, Any] = {}  # schema id -> fastavro's parsed writer schema
 
     def read(self, schema_id: int, value: bytes) -> object:
-        """Return the value's record as a dict, reading it with its writer's schema."""
+        """Return the value's record as a dict, reading it with its writer's schema.
+
+        A schema fetched and parsed once is kept by id, and the payload read with
+        fastavro's `schemaless_reader` directly: what `AvroDeserializer` does for a value
+        without a serialization context, without its per-value look-ups (about half its
+        time on a record of 30 doubles). A schema with references to other subjects is
+        read through `AvroDeserializer`, which resolves them.
+        """
+        parsed = self._parsed.get(schema_id)
+        if parsed is None:
+            parsed = self._writer_schema(schema_id)
+        try:
+            if parsed is _RESOLVED_BY_DESERIALIZER:
+                return self._deserializer(value, None)
+            return schemaless_reader(io.BytesIO(value[FRAME_HEADER_BYTES:]), parsed, None)
+        except Exception as exc:  # fastavro: EOFError, ValueError, UnicodeDecodeError...
+            raise FrameProblem(
+                "decode",
+                "InvalidAvro",
+                f"the payload does not decode with {self.describe(schema_id)}: "
+                f"{type(exc).__name__}: {exc or 'the value ends early'}",
+            ) from None
+
+    def _writer_schema(self, schema_id: int) -> Any:
+        """Fetch and parse schema `schema_id`, and keep it; a failure is not kept, so the
+        next value of the id asks again."""
         try:
             schema = self._client.get_schema(schema_id)
         except SchemaRegistryError as exc:
@@ -217,15 +244,20 @@ class AvroReader:
                 f"{self.describe(schema_id)} is a {schema.schema_type} schema; "
                 "--value-format avro reads Avro values only",
             )
-        try:
-            return self._deserializer(value, None)
-        except Exception as exc:  # fastavro: EOFError, ValueError, UnicodeDecodeError...
-            raise FrameProblem(
-                "decode",
-                "InvalidAvro",
-                f"the payload does not decode with {self.describe(schema_id)}: "
-                f"{type(exc).__name__}: {exc or 'the value ends early'}",
-            ) from None
+        if schema.references:
+            parsed = _RESOLVED_BY_DESERIALIZER
+        else:
+            try:
+                parsed = parse_schema(json.loads(schema.schema_str or "null"))
+            except Exception as exc:  # fastavro's SchemaParseException, a JSON error
+                raise FrameProblem(
+                    "decode",
+                    "InvalidAvro",
+                    f"{self.describe(schema_id)} is not an Avro schema fastavro can read: "
+                    f"{type(exc).__name__}: {exc}",
+                ) from None
+        self._parsed[schema_id] = parsed
+        return parsed
 
     def describe(self, schema_id: int) -> str:
         """``schema id 3 (subject features-value, record example.FeatureEvent)``."""
