@@ -26,7 +26,7 @@ BENCH_QUIX ?= .cache/bench-quix
 # tritonclient, the standard Open Inference Protocol client the door tests talk to the server with.
 TRITON ?= .cache/tritonclient
 
-.PHONY: help install demo check test lint bench soak models protos picture clean
+.PHONY: help install demo demo-avro check test lint bench soak models protos picture clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ $(VENV)/.installed: $(VENV)/.core
 
 demo: $(VENV)/.core ## run the main job on the embedded local broker: events in, predictions out
 	$(PY) -m pipeline.dev.demo --port $(DEMO_PORT) --data-dir $(DEMO_DATA)
+
+demo-avro: $(VENV)/.core ## the demo with Avro events and predictions and a Schema Registry of its own
+	$(PY) -m pipeline.dev.demo --avro --port $(DEMO_PORT) --data-dir $(DEMO_DATA)
 
 check: lint ## the fast tier: lint, types and every test that needs no broker, no JVM and no server (tests/unit)
 	$(PY) -m pytest tests/unit -n $(CHECK_WORKERS) $(PYTEST_ARGS)

@@ -24,6 +24,13 @@ def setup_logging(*, prefix: str = "", level: int = logging.INFO, fmt: str = "te
             logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s")
         )
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    for chatty in _CHATTY:
+        logging.getLogger(chatty).setLevel(max(level, logging.WARNING))
+
+
+_CHATTY = ("httpx", "httpx2", "httpcore")
+"""Libraries that log every request at INFO: the Schema Registry client's HTTP requests
+(confluent-kafka's own copy of httpx logs as ``httpx2``). Their warnings still show."""
 
 
 def report_error(message: str) -> None:

@@ -27,9 +27,17 @@ from pipeline.errors import ConfigError, DeliveryFailed
 from pipeline.kafka.clientlog import client_settings
 from pipeline.kafka.topics import reach
 
-__all__ = ["Record", "parse_headers", "produce", "synthetic_events"]
+__all__ = ["Record", "feature_event_schema", "parse_headers", "produce", "synthetic_events"]
 
 _PROGRESS_EVERY_S = 2.0
+
+
+def feature_event_schema() -> dict[str, Any]:
+    """The event contract as an Avro record (``schemas/feature-event.avsc``): what the demo
+    and the benchmark frame events with, and a producer's starting point."""
+    text = (resources.files("pipeline.dev") / "_data" / "feature-event.avsc").read_text()
+    schema: dict[str, Any] = json.loads(text)
+    return schema
 
 
 def _sample_rows() -> list[list[float]]:

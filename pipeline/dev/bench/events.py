@@ -33,23 +33,13 @@ import numpy as np
 import orjson
 from fastavro import parse_schema, schemaless_writer
 
-from pipeline.dev.tools import _sample_rows
+from pipeline.dev.tools import _sample_rows, feature_event_schema
 from pipeline.engine.framing import FRAME_HEADER_BYTES
 
 __all__ = ["AVRO_EVENT_SCHEMA", "DATASETS", "Dataset", "dataset"]
 
-AVRO_EVENT_SCHEMA: dict[str, Any] = {
-    "type": "record",
-    "name": "FeatureEvent",
-    "namespace": "bench",
-    "fields": [
-        {"name": "id", "type": "string"},
-        {"name": "model", "type": ["null", "string"], "default": None},
-        {"name": "ts", "type": ["null", "long"], "default": None},
-        {"name": "features", "type": {"type": "array", "items": "double"}},
-    ],
-}
-"""The ``avro`` set's schema: the event contract's fields, features an array of doubles."""
+AVRO_EVENT_SCHEMA: dict[str, Any] = feature_event_schema()
+"""The ``avro`` set's schema: ``schemas/feature-event.avsc``, features an array of doubles."""
 
 _DISTINCT_ROWS = 569  # the breast cancer data set's rows
 _SEED = 0
