@@ -62,7 +62,12 @@ def test_healthz_fails_while_outputs_are_owed_with_no_delivery_and_recovers(
     port = free_port()
     args = ["--bootstrap-servers", broker.bootstrap, "--input-topic", "st-in",
             "--output-topic", "st-out", "--group-id", "st", "--default-model", MLP,
-            "--metrics-port", str(port), "--delivery-stall-s", "3"]  # fmt: skip
+            "--metrics-port", str(port), "--delivery-stall-s", "3",
+            # outputs wait 500 ms in the producer before they are sent, so some are always
+            # owed while the stream flows and the freeze catches them: at 5,000 events/s
+            # the worker otherwise often had none in flight (a CI run: /healthz stayed
+            # 200, nothing being owed)
+            "-X", "linger.ms=500"]  # fmt: skip
     running = broker.kafka.running()
     assert running is not None
     with WorkerProcess(args, tmp_path / "worker.log") as worker:
