@@ -59,6 +59,7 @@ from .harness import (
     LiveReader,
     TimedRecord,
     guarantee_args,
+    identity,
     largest_gap_s,
     now_ms,
     report,
@@ -360,6 +361,26 @@ def _finish(flows: Sequence[Flow]) -> dict[str, Outcome]:
     return outcomes
 
 
+def _duplicated(records: Sequence[TimedRecord]) -> str:
+    """Where each duplicated event's records are: two offsets are two records in the topic;
+    one offset twice is the reader seeing one record again (a T11 failure left this open)."""
+    by_id: dict[str, list[TimedRecord]] = {}
+    for r in records:
+        by_id.setdefault(identity(r), []).append(r)
+    lines = [
+        f"  {event}: "
+        + ", ".join(
+            f"{r.topic}[{r.partition}]@{r.offset} (prediction "
+            f"{(r.headers.get('pipeline.prediction.id') or b'').decode()}, written "
+            f"{r.timestamp_ms}, seen {r.seen_ms})"
+            for r in copies
+        )
+        for event, copies in by_id.items()
+        if len(copies) > 1
+    ]
+    return "\n".join(lines[:10])
+
+
 def _check(outcomes: dict[str, Outcome], flows: Sequence[Flow]) -> None:
     """Nothing lost, nothing dead-lettered, no duplicate with exactly-once, a clean exit,
     and no worker that exited or hung during the fault (an exactly-once one fails as
@@ -373,7 +394,9 @@ def _check(outcomes: dict[str, Outcome], flows: Sequence[Flow]) -> None:
                 f"{o.exit_code}:\n{logs[g][-2000:]}"
             )
         if g == EXACTLY_ONCE and o.duplicates:
-            failures.append(f"{g}: {o.duplicates} duplicates:\n{logs[g][-2000:]}")
+            failures.append(
+                f"{g}: {o.duplicates} duplicates:\n{_duplicated(o.records)}\n{logs[g][-2000:]}"
+            )
     failed = {f.guarantee: f"{f.guarantee}: the worker {f.failed}" for f in flows if f.failed}
     failures += [why for g, why in failed.items() if g != EXACTLY_ONCE]
     assert not failures, "\n\n".join(failures)
