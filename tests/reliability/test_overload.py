@@ -46,8 +46,9 @@ from .harness import (
 psutil = pytest.importorskip("psutil")
 
 _RSS_LIMIT = 400 * 2**20
-# Aim at twice the 5x the test asserts: the worker's rate swings with the machine's other
-# jobs (beside a CPU hog, calibrated at 93/s, it then ran at 132/s, and 7x fell short).
+# Aim well above the 3x the test asserts: the worker's rate swings with the machine's other
+# jobs (beside a CPU hog, calibrated at 93/s, it then ran at 132/s, and 7x fell short; a CI
+# run calibrated it at 107/s and it then handled 251/s).
 _OVERLOAD_FACTOR = 10.0
 _MAX_RATE = 40_000.0
 
@@ -180,7 +181,10 @@ def test_overload_memory_bounded_no_rebalance_lag_drains(
         drain_s=(drained_ms - overload_to) / 1000, lag_left=left, rebalances=rebalances,
         lost=len(set(ids) - seen), versions=versions,
     )  # fmt: skip
-    assert produced >= 5 * handled, (
+    # Aimed at 10x the calibrated rate; under the backlog the worker's batches grow, and a
+    # CI run measured it 2.3x faster than calibrated (1,071/s in, 251/s handled: 4.3x).
+    # Three times what it handles is still a backlog growing by two thirds of the input.
+    assert produced >= 3 * handled, (
         f"not an overload: input {produced:.0f}/s vs worker {handled:.0f}/s"
     )
     assert peak < _RSS_LIMIT, f"worker RSS peaked at {peak / 2**20:.0f} MiB"
