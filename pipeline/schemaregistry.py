@@ -427,11 +427,8 @@ class AvroPredictionWriter:
                 f"of {model.spec.describe()} under subject {subject!r} ({type(exc).__name__}: "
                 f"{exc}); the inputs are kept in the dead-letter topic to be replayed",
             ) from None
-        renamed = tuple(
-            (t.name, avro_name(t.name)) for t in model.outputs if avro_name(t.name) != t.name
-        )
-        if renamed:  # every output under its Avro name
-            renamed += tuple((t.name, t.name) for t in model.outputs if avro_name(t.name) == t.name)
+        names = tuple((t.name, avro_name(t.name)) for t in model.outputs)
+        renamed = names if any(old != new for old, new in names) else ()  # all, or none
         header = bytes([MAGIC_BYTE]) + schema_id.to_bytes(4, "big")
         written = self._written[key] = _Written(header, parse_schema(schema), renamed)
         log.info(

@@ -39,7 +39,6 @@ from pipeline.dev.bench.contenders import (
     baseline_contender,
     faust_contender,
     faust_engine_contender,
-    free_port,
     naive_contender,
     quix_contender,
     relay_contender,
@@ -232,7 +231,7 @@ def _registry(data_dir: Path, progress: Callable[[str], None]) -> Iterator[str]:
         raise RegistryError(missing)
     progress("starting a Schema Registry for the Avro row")
     registry = LocalRegistry(data_dir)
-    info, _ = registry.start(port=free_port())
+    info, _ = registry.start(port=0)  # a free port
     try:
         yield info.url
     finally:
