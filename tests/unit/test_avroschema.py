@@ -146,3 +146,23 @@ def test_the_schema_parses_for_every_element_type() -> None:
         parse_schema(prediction_schema(spec, tensors, ("o0",)))
     except SchemaParseException as exc:  # pragma: no cover - the failure's message
         pytest.fail(str(exc))
+
+
+def test_outputs_whose_names_avro_refuses_are_written_under_their_avro_names() -> None:
+    from types import SimpleNamespace
+
+    spec = ModelSpec(name="m", version="1", n_features=2)
+    model = SimpleNamespace(
+        spec=spec, outputs=(TensorSpec("out:0", "INT64", ()), TensorSpec("p", "FP64", ())),
+        map_outputs=(),
+    )  # fmt: skip
+    registry = _Registry()
+    writer = AvroPredictionWriter(
+        registry,  # type: ignore[arg-type]
+        "http://registry.test", topic="t", strategy="topic", models=lambda n, v: model,  # type: ignore[arg-type,return-value]
+    )  # fmt: skip
+    outputs = {"out:0": np.array([3, 4], dtype=np.int64), "p": np.array([0.5, 0.25])}
+    values = writer(spec, ["a", "b"], [1, 2], outputs, 9, ["x", "y"])
+    parsed = parse_schema(orjson.loads(registry.registered[0][1]))
+    read = [schemaless_reader(io.BytesIO(v[5:]), parsed, parsed) for v in values]
+    assert [r["outputs"] for r in read] == [{"out_0": 3, "p": 0.5}, {"out_0": 4, "p": 0.25}]  # type: ignore[index]
