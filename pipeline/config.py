@@ -32,6 +32,7 @@ from typing import Any, Final, TypeVar
 from pipeline.engine.enrich import EnrichSpec
 from pipeline.engine.framing import VALUE_FORMATS
 from pipeline.engine.names import is_plain_name
+from pipeline.engine.rollout import Canary, parse_canaries, parse_shadows
 from pipeline.errors import ConfigError
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "setting_variables",
 ]
 
+_LISTS: Final = ("input_topics", "pins", "enrich", "shadows", "canaries")  # repeatable flags
 _SECRET_KEY = re.compile(
     r"password|passphrase|secret|\.pem$|key\.pem|private\.key|sasl\.oauthbearer\.config"
     r"|user\.info|bearer\.auth\.token",
@@ -124,6 +126,9 @@ class EngineSettings:
     stats_interval_s: float = 5.0
     pins: tuple[str, ...] = ()  # "model=version": served when an event or request names none
     latency_target_ms: float = 0.0  # > 0: size batches from this target, not max_wait_ms
+    shadows: tuple[str, ...] = ()  # "model=version": runs on the served rows, answers nobody
+    shadow_fraction: float = 1.0  # share of the served rows a shadow runs on
+    canaries: tuple[str, ...] = ()  # "model=version:percent": that share of keys gets it
 
     def __post_init__(self) -> None:
         _check_int(self.max_batch_size, "max_batch_size", 1)
@@ -141,6 +146,21 @@ class EngineSettings:
                 f"latency_target_ms must be a number from 0 (off) to 60000, got {target!r}"
             )
         self.pinned()
+        self.shadowed()
+        self.canaried()
+        if not (isinstance(self.shadow_fraction, int | float) and 0 < self.shadow_fraction <= 1):
+            raise ConfigError(
+                f"shadow_fraction must be a number above 0 and at most 1, got "
+                f"{self.shadow_fraction!r}"
+            )
+
+    def shadowed(self) -> dict[str, str]:
+        """The ``--shadow`` settings as model name -> version (raises `ConfigError`)."""
+        return parse_shadows(self.shadows)
+
+    def canaried(self) -> dict[str, Canary]:
+        """The ``--canary`` settings as model name -> `Canary` (raises `ConfigError`)."""
+        return parse_canaries(self.canaries)
 
     def pinned(self) -> dict[str, str]:
         """The ``--pin`` settings as model name -> version.
@@ -533,7 +553,7 @@ def _coerce(cls: type[Any], name: str, raw: object, source: str) -> object:
     """Turn a string from the environment (or a TOML value) into the field's type."""
     kind = {f.name: f.type for f in fields(cls)}[name]
     if not isinstance(raw, str):
-        if name in ("input_topics", "pins", "enrich") and isinstance(raw, list):
+        if name in _LISTS and isinstance(raw, list):
             return tuple(str(t) for t in raw)
         if name == "models":
             return Path(str(raw))
@@ -550,7 +570,7 @@ def _coerce(cls: type[Any], name: str, raw: object, source: str) -> object:
     except ValueError as exc:
         article = "an" if kind == "int" else "a"
         raise ConfigError(f"{name} from {source} must be {article} {kind}, got {raw!r}") from exc
-    if name in ("input_topics", "pins", "enrich"):
+    if name in _LISTS:
         return tuple(t.strip() for t in raw.split(",") if t.strip())
     if name == "models":
         return Path(raw)

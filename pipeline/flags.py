@@ -120,6 +120,29 @@ def add_engine_flags(add: Add) -> None:
         help="serve this version to events and requests that name none, instead of the "
         "newest (repeatable; a store's <model>/PINNED file does the same without a restart)",
     )
+    add(
+        "--shadow",
+        dest="shadows",
+        action="append",
+        metavar="MODEL=VERSION",
+        help="also run this version on the served rows and compare its answers "
+        "(pipeline_shadow_* metrics); it answers nobody (repeatable; a store's "
+        "<model>/SHADOW file does the same without a restart)",
+    )
+    add(
+        "--shadow-fraction",
+        type=float,
+        help="share of the served rows a shadow version runs on, above 0 to 1 (default: 1)",
+    )
+    add(
+        "--canary",
+        dest="canaries",
+        action="append",
+        metavar="MODEL=VERSION:PERCENT",
+        help="answer PERCENT of the keys of events that name no version with this version, "
+        "by a stable hash of the record key (repeatable; a store's <model>/CANARY file "
+        "holding VERSION:PERCENT does the same without a restart)",
+    )
 
 
 def add_door_flags(add: Add, *, http_default: int, grpc_default: int) -> None:

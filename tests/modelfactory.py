@@ -164,3 +164,14 @@ def linear_model(directory: Path, names: list[str], weights: list[float]) -> Pat
     _save(graph, directory)
     (directory / "model.json").write_text(json.dumps({"features": names}))
     return directory
+
+
+def failing_model(directory: Path) -> Path:
+    """Takes the example models' rows (``features`` FP32 [N, 30]) and fails on every run:
+    it gathers column 99 of 30, which ONNX Runtime refuses when the batch runs."""
+    features = helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", N_FEATURES])
+    out = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 1])
+    index = numpy_helper.from_array(np.array([99], dtype=np.int64), "index")
+    gather = helper.make_node("Gather", ["features", "index"], ["probabilities"], axis=1)
+    graph = helper.make_graph([gather], "failing", [features], [out], initializer=[index])
+    return _save(graph, directory)

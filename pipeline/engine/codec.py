@@ -46,6 +46,7 @@ from pipeline.engine.framing import (
     looks_framed,
 )
 from pipeline.engine.names import PLAIN_NAME_RULE, is_plain_name
+from pipeline.engine.rollout import Canary, Rollouts
 from pipeline.engine.signature import FLOAT_LIMITS, Feed
 from pipeline.engine.spec import ModelCatalog, ModelSpec
 from pipeline.engine.values import OVERFLOW as _OVERFLOW
@@ -60,6 +61,7 @@ __all__ = [
     "EventDecoder",
     "Reject",
     "RowBlock",
+    "class_probabilities",
     "encode_predictions",
     "encode_rows",
     "is_plain_name",
@@ -203,12 +205,23 @@ class _Pending:
 
 
 @dataclass(slots=True)
+class _Split:
+    """Events of a model naming no version while it has a canary: a share of keys goes
+    to the canary version's block, the rest to the served version's."""
+
+    served: _Pending
+    canary: Canary
+    fields: tuple[object, object]  # the canary's (model, version) fields, to route by
+
+
+@dataclass(slots=True)
 class _CallState:
     """What one `decode` call remembers between values."""
 
     pending: dict[tuple[str, str], _Pending] = field(default_factory=dict)  # by spec
-    routes: dict[tuple[object, object], _Pending] = field(default_factory=dict)  # by fields
+    routes: dict[tuple[object, object], _Pending | _Split] = field(default_factory=dict)
     failures: dict[tuple[object, object], tuple[str, str, str]] = field(default_factory=dict)
+    keys: Sequence[bytes | None] | None = None  # the records' keys, for canary splits
 
 
 class EventDecoder:
@@ -228,6 +241,9 @@ class EventDecoder:
         framed: Reads framed values' payloads; needed unless `value_format` is ``json``.
         enrichments: Tables that fill the named features an event's ``features`` object
             does not carry, joined on an event field (`pipeline.engine.enrich`).
+        rollouts: Canary splits (`pipeline.engine.rollout`): an event naming no version
+            of a model with a canary goes to the canary version when its key (the record
+            key given to `decode`, else its `id`) falls in the canary's share.
 
     Raises:
         ValueError: `max_value_bytes` is below 1 or `max_depth` below 2, `value_format` is
@@ -244,6 +260,7 @@ class EventDecoder:
         value_format: str = "json",
         framed: FramedReader | None = None,
         enrichments: Sequence[Enrichment] = (),
+        rollouts: Rollouts | None = None,
     ) -> None:
         if value_format not in VALUE_FORMATS:
             raise ValueError(
@@ -265,14 +282,22 @@ class EventDecoder:
             value_format
         ]
         self._enrichments = tuple(enrichments)
+        self._rollouts = rollouts
 
-    def decode(self, values: Sequence[bytes | None], fallback_ts: Sequence[int]) -> Decoded:
+    def decode(
+        self,
+        values: Sequence[bytes | None],
+        fallback_ts: Sequence[int],
+        keys: Sequence[bytes | None] | None = None,
+    ) -> Decoded:
         """Decode a batch of record values.
 
         Args:
             values: Kafka record values, in order; None for a record without a value.
             fallback_ts: One timestamp per value (ms since epoch, normally the record's
                 timestamp), used as event time when the event has no `ts`.
+            keys: The records' keys, for canary splits; None (or a None key) splits by
+                the event's `id`.
 
         Returns:
             The accepted rows grouped per (model, version) and one reject per other value.
@@ -284,7 +309,7 @@ class EventDecoder:
             raise ValueError(
                 f"fallback_ts must have one entry per value ({len(values)}), got {len(fallback_ts)}"
             )
-        state = _CallState()
+        state = _CallState(keys=keys)
         rejects: list[Reject] = []
         read, take = self._read, self._take_event  # once per call, not per value
         for index, value in enumerate(values):
@@ -299,19 +324,23 @@ class EventDecoder:
                 rejects.append(Reject(index, exc.stage, exc.error_type, exc.message))
         return _decoded(state, rejects)
 
-    def decode_events(self, events: Sequence[object], fallback_ts: int) -> Decoded:
+    def decode_events(
+        self, events: Sequence[object], fallback_ts: int, key: bytes | None = None
+    ) -> Decoded:
         """Check events that are already parsed JSON (a front door's request bodies) the
         way `decode` checks record values, from the `id` field on.
 
         Args:
             events: Parsed JSON values, each meant to be an event object.
             fallback_ts: Event time of events without a `ts` (ms since epoch).
+            key: The caller's routing key for canary splits, for every event; None splits
+                by each event's `id`.
 
         Returns:
             The accepted rows grouped per (model, version) and one reject per other event;
             a reject's index is the event's position in `events`.
         """
-        state = _CallState()
+        state = _CallState(keys=None if key is None else [key] * len(events))
         rejects: list[Reject] = []
         for index, event in enumerate(events):
             try:
@@ -342,6 +371,8 @@ class EventDecoder:
         if type(features) is not list and type(features) is not dict:
             raise _bad_features(event)
         pending = self._route(event, state)
+        if isinstance(pending, _Split):  # a canary takes a share of this model's keys
+            pending = self._split(pending, index, event_id, state)
         if self._enrichments and type(features) is dict:
             try:
                 features = enrich(event, features, pending.spec, self._enrichments)
@@ -427,15 +458,18 @@ class EventDecoder:
             f"of {self._max_depth} (max_depth)",
         )
 
-    def _route(self, event: dict[str, Any], state: _CallState) -> _Pending:
+    def _route(self, event: dict[str, Any], state: _CallState) -> _Pending | _Split:
         """Return the block for the event's model and version fields."""
-        key = (event.get("model", _ABSENT), event.get("version", _ABSENT))
+        return self._route_fields((event.get("model", _ABSENT), event.get("version", _ABSENT)),
+                                  state)  # fmt: skip
+
+    def _route_fields(self, key: tuple[object, object], state: _CallState) -> _Pending | _Split:
         try:
             return state.routes[key]
         except (KeyError, TypeError):  # TypeError: an array or object where a name belongs
             return self._first_route(key, state)
 
-    def _first_route(self, key: tuple[object, object], state: _CallState) -> _Pending:
+    def _first_route(self, key: tuple[object, object], state: _CallState) -> _Pending | _Split:
         """Resolve a pair of fields not met before in this call; remember the outcome."""
         model, version = key
         memo = _is_name_or_absent(model) and _is_name_or_absent(version)  # True == 1 == 1.0
@@ -447,10 +481,32 @@ class EventDecoder:
             if memo:
                 state.failures[key] = (exc.stage, exc.error_type, exc.message)
             raise
-        block = state.pending.setdefault((spec.name, spec.version), _Pending(spec))
+        block: _Pending | _Split = state.pending.setdefault(
+            (spec.name, spec.version), _Pending(spec)
+        )
+        canary = self._canary(spec) if version is _ABSENT else None
+        if canary is not None:
+            assert isinstance(block, _Pending)
+            block = _Split(block, canary, (spec.name, canary.version))
         if memo:
             state.routes[key] = block
         return block
+
+    def _split(self, split: _Split, index: int, event_id: str, state: _CallState) -> _Pending:
+        """The block of the version that the event's key (else its id) falls to."""
+        key = state.keys[index] if state.keys is not None else None
+        if not split.canary.takes(event_id.encode() if key is None else key):
+            return split.served
+        block = self._route_fields(split.fields, state)  # names a version: never a split
+        assert type(block) is _Pending
+        return block
+
+    def _canary(self, spec: ModelSpec) -> Canary | None:
+        """The canary of the model of `spec` (its served version), if one is in force."""
+        if self._rollouts is None:
+            return None
+        canary = self._rollouts.canary_of(spec.name)
+        return canary if canary is not None and canary.version != spec.version else None
 
     def _resolve(self, model: object, version: object) -> ModelSpec:
         """Check the model name and version fields, then ask the catalog."""
@@ -949,14 +1005,16 @@ def _map_columns(name: str, maps: np.ndarray[Any, Any], n_labels: int) -> np.nda
     return np.asarray(rows, dtype=np.float32).reshape(len(rows), n_labels)
 
 
-def _labels_and_scores(
-    spec: ModelSpec,
-    names: list[str],
-    columns: list[list[Any]],
-    outputs: Mapping[str, np.ndarray[Any, Any]],
-    n: int,
-) -> tuple[list[str], list[Any]] | None:
-    """Pick each row's most probable label and its probability, if the spec has labels."""
+def class_probabilities(
+    spec: ModelSpec, outputs: Mapping[str, np.ndarray[Any, Any]], n: int
+) -> np.ndarray[Any, Any] | None:
+    """The probability output as a matrix, one row per prediction and one column per
+    label of the manifest (a map output's values in key order); None for a model without
+    labels.
+
+    Raises:
+        ValueError: the output is missing or is not one probability per label per row.
+    """
     if not spec.labels or not spec.probability_output:
         return None
     output = spec.probability_output
@@ -969,8 +1027,23 @@ def _labels_and_scores(
             f"probability output {output!r} of model {spec.name!r} version {spec.version!r} "
             f"must have shape ({n}, {len(spec.labels)}), one column per label; got {got}"
         )
+    return probs
+
+
+def _labels_and_scores(
+    spec: ModelSpec,
+    names: list[str],
+    columns: list[list[Any]],
+    outputs: Mapping[str, np.ndarray[Any, Any]],
+    n: int,
+) -> tuple[list[str], list[Any]] | None:
+    """Pick each row's most probable label and its probability, if the spec has labels."""
+    probs = class_probabilities(spec, outputs, n)
+    if probs is None:
+        return None
+    assert spec.labels is not None and spec.probability_output is not None
     best = np.argmax(probs, axis=1).tolist()
-    rows = columns[names.index(output)]
+    rows = columns[names.index(spec.probability_output)]
     if rows and isinstance(rows[0], dict):  # a map output: its values in key order
         rows = [list(row.values()) for row in rows]
     return [spec.labels[j] for j in best], [row[j] for row, j in zip(rows, best, strict=True)]

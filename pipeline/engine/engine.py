@@ -40,6 +40,8 @@ from pipeline.engine.batching import Batch, Limits, MicroBatcher, Slice
 from pipeline.engine.inference import run_batch
 from pipeline.engine.latency import LatencyTarget
 from pipeline.engine.models import LoadedModel, ModelCache
+from pipeline.engine.rollout import Rollouts
+from pipeline.engine.shadow import ShadowRunner
 from pipeline.engine.signature import Feed, feed_rows, shape_key
 from pipeline.errors import ConfigError, ModelError, Overloaded
 from pipeline.metrics import NULL_SENSOR, Sensor
@@ -122,6 +124,9 @@ class Engine(Generic[T]):
         sensor: Receives an ``inference`` event per batch run.
         latency_target_ms: Size batches from this target instead of ``max_wait_ms``
             (see `pipeline.engine.latency`); None for the fixed wait.
+        rollouts: Shadow and canary versions (`pipeline.engine.rollout`); after a batch's
+            outcomes are reported, its rows are offered to the model's shadow version, if
+            any (`pipeline.engine.shadow`). None for neither.
 
     Raises:
         ConfigError: a setting is out of range.
@@ -137,6 +142,7 @@ class Engine(Generic[T]):
         clock: Callable[[], float] = time.monotonic,
         sensor: Sensor = NULL_SENSOR,
         latency_target_ms: float | None = None,
+        rollouts: Rollouts | None = None,
     ) -> None:
         if max_queue_rows is not None and (
             isinstance(max_queue_rows, bool) or not isinstance(max_queue_rows, int)
@@ -162,6 +168,8 @@ class Engine(Generic[T]):
         self._queue = _Queue()
         self._admitted: dict[ModelKey, int] = {}  # the doors' rows not yet run, per version
         self._limits: dict[ModelKey, Limits] = {}  # each version's manifest batch settings
+        self.rollouts = rollouts
+        self.shadows = ShadowRunner(models, rollouts, sensor) if rollouts is not None else None
 
     @property
     def models(self) -> ModelCache:
@@ -343,6 +351,9 @@ class Engine(Generic[T]):
         else:
             _report_mixed(slices, model, result.outputs, result.ok_positions,
                           result.failures, waited)  # fmt: skip
+        if self.shadows is not None:  # after the callers have their outcomes, never before
+            owners = [(s.ticket.ticket, s.start, s.stop) for s in slices]
+            self.shadows.offer(model, feed, result.outputs, result.ok_positions, owners)
 
     def _live(
         self, batch: Batch[_Submission[T]], now: float

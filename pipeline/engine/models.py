@@ -199,16 +199,26 @@ class ModelStore:
             ModelLoadError: the file cannot be read, or names a version that is not a plain
                 name or that the store does not have.
         """
+        version = self.setting(name, PIN_FILE)
+        if version is not None:
+            self.require_version(name, version, f"{name}/{PIN_FILE}")
+        return version
+
+    def setting(self, name: str, file_name: str) -> str | None:
+        """Return the stripped text of the file ``<name>/<file_name>`` (a one-line setting
+        such as ``PINNED``, ``SHADOW`` or ``CANARY``), or None if there is no such file.
+
+        Raises:
+            ModelLoadError: the file exists but cannot be read.
+        """
         _check_plain("model name", name)
-        file = self._root / name / PIN_FILE
+        file = self._root / name / file_name
         if not _guarded(file, file.is_file):
             return None
         try:
-            version = file.read_text(encoding="utf-8").strip()
+            return file.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeError) as exc:
-            raise ModelLoadError(f"cannot read {name}/{PIN_FILE}: {exc}") from exc
-        self.require_version(name, version, f"{name}/{PIN_FILE}")
-        return version
+            raise ModelLoadError(f"cannot read {name}/{file_name}: {exc}") from exc
 
     def require_version(self, name: str, version: str, where: str) -> None:
         """Refuse a pin (`where` says whose) naming a version the store does not have."""

@@ -10,6 +10,7 @@ from typing import Any
 from pipeline.config import EngineSettings
 from pipeline.engine.engine import Engine
 from pipeline.engine.models import ModelCache, ModelStore
+from pipeline.engine.rollout import Rollouts
 from pipeline.errors import ModelError
 from pipeline.metrics import Sensor
 
@@ -19,14 +20,27 @@ log = logging.getLogger("pipeline.engine")
 
 
 def build_engine(settings: EngineSettings, sensor: Sensor, *, max_queue: int | None) -> Engine[Any]:
-    """The engine of `settings`: its model cache and batcher; `sensor` hears both."""
+    """The engine of `settings`: its model cache, batcher, shadows and canaries; `sensor`
+    hears them all.
+
+    Raises:
+        ConfigError: a ``--shadow`` or ``--canary`` names a version the store lacks.
+    """
+    store = ModelStore(settings.models)
     cache = ModelCache(
-        ModelStore(settings.models),
+        store,
         max_loaded=settings.max_loaded_models,
         intra_op_threads=settings.model_threads,
         sensor=sensor,
         pins=settings.pinned(),
     )
+    rollouts = Rollouts(
+        store,
+        shadows=settings.shadowed(),
+        canaries=settings.canaried(),
+        shadow_fraction=settings.shadow_fraction,
+    )
+    rollouts.check()
     return Engine(
         cache,
         max_batch_size=settings.max_batch_size,
@@ -34,6 +48,7 @@ def build_engine(settings: EngineSettings, sensor: Sensor, *, max_queue: int | N
         max_queue_rows=max_queue,
         sensor=sensor,
         latency_target_ms=settings.latency_target_ms or None,
+        rollouts=rollouts,
     )
 
 

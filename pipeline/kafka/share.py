@@ -167,6 +167,7 @@ class ShareWorker:
             default_model=config.default_model,
             value_format=config.value_format,
             framed=framed_reader(config),
+            rollouts=engine.rollouts,
         )
         self._writer = prediction_writer(config, engine.models.get)
         self._outcomes: list[
@@ -323,6 +324,7 @@ class ShareWorker:
         decoded = self._decoder.decode(
             [m.value() for m in records],
             [ts if (ts := m.timestamp()[1]) >= 0 else now for m in records],
+            [m.key() for m in records],
         )
         for reject in decoded.rejects:
             reason = (reject.stage, reject.error_type, reject.message)

@@ -42,7 +42,6 @@ from pipeline.config import WorkerConfig
 from pipeline.engine.codec import EventDecoder, encode_rows
 from pipeline.engine.engine import Engine, Outcome
 from pipeline.engine.enrich import Enrichment
-from pipeline.engine.models import ModelCache, ModelStore
 from pipeline.engine.setup import build_engine, warm_up
 from pipeline.engine.spec import ModelSpec
 from pipeline.errors import KafkaError
@@ -167,16 +166,8 @@ class Worker:
             }
         )
         self._shared_engine = engine is not None
-        self._engine: Engine[Any] = engine or Engine(
-            ModelCache(
-                ModelStore(config.models),
-                max_loaded=config.max_loaded_models,
-                intra_op_threads=config.model_threads,
-            ),
-            max_batch_size=config.max_batch_size,
-            max_wait_ms=config.max_wait_ms,
-            sensor=self._sensor,
-            latency_target_ms=config.latency_target_ms or None,
+        self._engine: Engine[Any] = engine or build_engine(
+            config, self._sensor, max_queue=config.max_queue
         )
         self._feeds = [
             TableFeed(spec, self._common, self._clients.consumer, self._sensor,
@@ -189,6 +180,7 @@ class Worker:
             value_format=config.value_format,
             framed=framed_reader(config),
             enrichments=[Enrichment(feed.spec, feed.table) for feed in self._feeds],
+            rollouts=self._engine.rollouts,
         )
         self._writer = prediction_writer(config, self._engine.models.get)
         self._tracker = OffsetTracker()
@@ -492,7 +484,9 @@ class Worker:
         if self._refused:
             records, offsets = self._redo_refused(owed, records, offsets)
         decoded = self._decoder.decode(
-            [m.value() for m in records], [_timestamp(m, now) for m in records]
+            [m.value() for m in records],
+            [_timestamp(m, now) for m in records],
+            [m.key() for m in records],
         )
         for reject in decoded.rejects:
             reason = (reject.stage, reject.error_type, reject.message)

@@ -26,6 +26,12 @@ pipeline_event_to_prediction_seconds                        histogram  model, ve
 pipeline_model_loads_total                                  counter    model, version
 pipeline_model_load_failures_total                          counter    model, version
 pipeline_model_evictions_total                              counter    model, version
+pipeline_shadow_rows_total                                  counter    model, version, shadow
+pipeline_shadow_agreements_total                            counter    model, version, shadow
+pipeline_shadow_score_difference                            histogram  model, version, shadow
+pipeline_shadow_errors_total                                counter    model, version, shadow,
+                                                                       error_type
+pipeline_shadow_rows_skipped_total                          counter    model, version, shadow
 pipeline_consumer_lag                                       gauge      topic, partition
 pipeline_partitions_assigned, pipeline_partitions_paused    gauge
 pipeline_enrich_table_rows, pipeline_enrich_table_bytes     gauge      table
@@ -56,6 +62,8 @@ _SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 _ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 _MV = ("model", "version")
+_MVS = ("model", "version", "shadow")
+_DIFFERENCES = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 # name -> (type, help, label names, buckets for histograms)
 METRICS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...]]] = {
     "records_consumed_total": ("counter", "Input records read", ("topic",), ()),
@@ -98,6 +106,32 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...]]] = {
     "model_loads_total": ("counter", "Model versions loaded and warmed", _MV, ()),
     "model_load_failures_total": ("counter", "Model versions that failed to load", _MV, ()),
     "model_evictions_total": ("counter", "Model versions dropped from the cache", _MV, ()),
+    "shadow_rows_total": ("counter", "Served rows a shadow version answered", _MVS, ()),
+    "shadow_agreements_total": (
+        "counter",
+        "Shadowed rows whose label the shadow version agreed with (labelled models)",
+        _MVS,
+        (),
+    ),
+    "shadow_score_difference": (
+        "histogram",
+        "Absolute difference between the shadow's probability of the served label and the "
+        "served score (labelled models), or of the first shared output",
+        _MVS,
+        _DIFFERENCES,
+    ),
+    "shadow_errors_total": (
+        "counter",
+        "Served rows the shadow version failed on",
+        (*_MVS, "error_type"),
+        (),
+    ),
+    "shadow_rows_skipped_total": (
+        "counter",
+        "Served rows not shadowed because the shadow thread was behind",
+        _MVS,
+        (),
+    ),
     "consumer_lag": (
         "gauge",
         "Records not yet read (librdkafka statistics)",
@@ -209,6 +243,29 @@ class PrometheusSensor(Sensor, Collector):
 
     def model_evicted(self, model: str, version: str) -> None:
         self._add("model_evictions_total", (model, version), 1)
+
+    def shadowed(
+        self,
+        model: str,
+        version: str,
+        shadow: str,
+        rows: int,
+        agreed: int | None,
+        differences: np.ndarray,
+    ) -> None:
+        labels = (model, version, shadow)
+        self._add("shadow_rows_total", labels, rows)
+        if agreed is not None:
+            self._add("shadow_agreements_total", labels, agreed)
+        self._observe("shadow_score_difference", labels, np.asarray(differences, np.float64))
+
+    def shadow_failed(
+        self, model: str, version: str, shadow: str, error_type: str, rows: int
+    ) -> None:
+        self._add("shadow_errors_total", (model, version, shadow, error_type), rows)
+
+    def shadow_skipped(self, model: str, version: str, shadow: str, rows: int) -> None:
+        self._add("shadow_rows_skipped_total", (model, version, shadow), rows)
 
     def records_consumed(self, topic: str, n: int) -> None:
         self._add("records_consumed_total", (topic,), n)

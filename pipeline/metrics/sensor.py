@@ -33,6 +33,28 @@ class Sensor:
     def model_evicted(self, model: str, version: str) -> None:
         """A loaded model version was dropped from the cache (least recently used)."""
 
+    def shadowed(
+        self,
+        model: str,
+        version: str,
+        shadow: str,
+        rows: int,
+        agreed: int | None,
+        differences: np.ndarray,
+    ) -> None:
+        """A shadow version answered `rows` rows that `version` served: `agreed` of them
+        with the same label (None for a model without labels), with these absolute score
+        differences (`pipeline.engine.compare`)."""
+
+    def shadow_failed(
+        self, model: str, version: str, shadow: str, error_type: str, rows: int
+    ) -> None:
+        """The shadow version failed on `rows` rows of `version` (cannot load, other
+        inputs, raised, not comparable)."""
+
+    def shadow_skipped(self, model: str, version: str, shadow: str, rows: int) -> None:
+        """`rows` rows were not shadowed: the shadow thread was behind."""
+
     # -- the Kafka adapter ------------------------------------------------------------------
 
     def records_consumed(self, topic: str, n: int) -> None:
@@ -109,6 +131,28 @@ class Sensors(Sensor):
     def model_evicted(self, model: str, version: str) -> None:
         for s in self.sensors:
             s.model_evicted(model, version)
+
+    def shadowed(
+        self,
+        model: str,
+        version: str,
+        shadow: str,
+        rows: int,
+        agreed: int | None,
+        differences: np.ndarray,
+    ) -> None:
+        for s in self.sensors:
+            s.shadowed(model, version, shadow, rows, agreed, differences)
+
+    def shadow_failed(
+        self, model: str, version: str, shadow: str, error_type: str, rows: int
+    ) -> None:
+        for s in self.sensors:
+            s.shadow_failed(model, version, shadow, error_type, rows)
+
+    def shadow_skipped(self, model: str, version: str, shadow: str, rows: int) -> None:
+        for s in self.sensors:
+            s.shadow_skipped(model, version, shadow, rows)
 
     def records_consumed(self, topic: str, n: int) -> None:
         for s in self.sensors:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ from pipeline.errors import ModelLoadError, ModelNotFoundError, Overloaded
 from pipeline.metrics.sensor import NULL_SENSOR, Sensor
 
 __all__ = [
+    "KEY",
     "ModelCalls",
     "Refusal",
     "SeedAnswer",
@@ -44,9 +46,22 @@ __all__ = [
     "internal",
     "one_block",
     "rejected",
+    "routing_key",
     "seed_answers",
     "seed_model",
 ]
+
+
+KEY = b"x-routing-key"
+"""The request header (HTTP) or metadata key (gRPC) whose value splits a canary's share
+of keys, as a Kafka record's key does; see `routing_key`."""
+
+
+def routing_key(value: str | None) -> bytes:
+    """The key a door's request is split by when its model has a canary: the
+    ``x-routing-key`` value (the same value always gets the same version), or, without
+    one, a random key (each request falls to the canary with its share's chance)."""
+    return value.encode() if value else os.urandom(8)
 
 
 class Refusal(Exception):

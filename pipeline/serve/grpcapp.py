@@ -31,12 +31,14 @@ from pipeline.serve._proto import (
     prediction_pb2_grpc,
 )
 from pipeline.serve.calls import (
+    KEY,
     ModelCalls,
     Refusal,
     bad_input,
     internal,
     one_block,
     rejected,
+    routing_key,
     seed_answers,
     seed_model,
 )
@@ -104,7 +106,10 @@ class PredictorService(prediction_pb2_grpc.PredictorServicer):
 
     def __init__(self, door: _Door) -> None:
         self._door = door
-        self._decoder = EventDecoder(catalog=door.calls.engine.models, default_model=None)
+        engine = door.calls.engine
+        self._decoder = EventDecoder(
+            catalog=engine.models, default_model=None, rollouts=engine.rollouts
+        )
 
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await self._door.answer(context, lambda: self._predict(request, context))
@@ -119,7 +124,9 @@ class PredictorService(prediction_pb2_grpc.PredictorServicer):
         if request.version:
             event["version"] = request.version
         seed_model(calls, event["model"], event.get("version"))
-        decoded = self._decoder.decode_events([event], fallback_ts=0)
+        metadata = dict(context.invocation_metadata() or ())
+        key = routing_key(metadata.get(KEY.decode()))
+        decoded = self._decoder.decode_events([event], fallback_ts=0, key=key)
         if decoded.rejects:
             raise rejected(decoded.rejects[0])
         spec, feed = one_block(decoded.blocks.values())

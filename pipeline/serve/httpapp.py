@@ -44,12 +44,14 @@ from pipeline.metrics.health import Readiness
 from pipeline.metrics.prometheus import PrometheusSensor
 from pipeline.serve import oip
 from pipeline.serve.calls import (
+    KEY,
     ModelCalls,
     Refusal,
     bad_input,
     internal,
     one_block,
     rejected,
+    routing_key,
     seed_answers,
     seed_model,
 )
@@ -110,7 +112,9 @@ class HttpApp:
         self._sensor = sensor
         self._max_body = max_body_bytes
         self._body_timeout_s = body_timeout_s
-        self._decoder = EventDecoder(catalog=calls.engine.models, default_model=None)
+        self._decoder = EventDecoder(
+            catalog=calls.engine.models, default_model=None, rollouts=calls.engine.rollouts
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -147,7 +151,8 @@ class HttpApp:
         method, path = scope["method"], scope["path"]
         if path == "/predict":
             _method(method, "POST", path)
-            return await self._predict(await self._body(scope, receive), _deadline(scope))
+            body = await self._body(scope, receive)
+            return await self._predict(body, _deadline(scope), routing_key(_header(scope, KEY)))
         if path.startswith("/v1/models/") and ":" not in path:  # KServe v1 model status
             _method(method, "GET", path)
             name, version = _model_path(path[len("/v1/models/") :], path)
@@ -174,7 +179,7 @@ class HttpApp:
 
     # -- the seed's API ------------------------------------------------------------------------
 
-    async def _predict(self, body: bytes, deadline: float | None) -> _Answer:
+    async def _predict(self, body: bytes, deadline: float | None, key: bytes) -> _Answer:
         request = _object(body)
         if "data" in request and "features" in request:
             raise bad_input("send the row as data or as features, not both")
@@ -187,7 +192,7 @@ class HttpApp:
         if "model" not in event:
             event["model"] = self._calls.model_name(None)
         seed_model(self._calls, event["model"], event.get("version"))
-        spec, rows = self._decode([event], "")
+        spec, rows = self._decode([event], "", key)
         predicted = await self._calls.run(spec, rows, deadline=deadline)
         (answer,) = seed_answers(predicted.model, predicted.outputs)
         (outputs,) = output_rows(predicted.outputs, 1)
@@ -236,9 +241,12 @@ class HttpApp:
             answer["predictions"] = [next(iter(r.values())) if single else r for r in per_row]
         return _json(200, answer)
 
-    def _decode(self, events: list[dict[str, Any]], where: str) -> tuple[ModelSpec, Feed]:
-        """Check events the way the Kafka codec does; the rows of the one model they name."""
-        decoded = self._decoder.decode_events(events, fallback_ts=0)
+    def _decode(
+        self, events: list[dict[str, Any]], where: str, key: bytes | None = None
+    ) -> tuple[ModelSpec, Feed]:
+        """Check events the way the Kafka codec does; the rows of the one model they name
+        (`key` splits a canary's share, when the events name no version)."""
+        decoded = self._decoder.decode_events(events, fallback_ts=0, key=key)
         if decoded.rejects:
             reject = decoded.rejects[0]
             raise rejected(reject, f"{where}[{reject.index}]: " if where else "")

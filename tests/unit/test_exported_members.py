@@ -31,6 +31,7 @@ RUF022_ORDERED = {
     "pipeline.engine.framing",
     "pipeline.dev.localkafka",
     "pipeline.engine.models",
+    "pipeline.engine.rollout",
     "pipeline.engine.signature",
     "pipeline.engine.spec",
     "pipeline.engine.values",
