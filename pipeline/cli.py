@@ -5,6 +5,7 @@ Subcommands:
     serve                     the HTTP and gRPC doors, no Kafka (pipeline.serve.cli)
     produce                   send events to a topic (pipeline.dev.cli)
     consume                   print a topic's records (pipeline.dev.cli)
+    replay                    a topic's range through a candidate version, with a diff
     kafka start|stop|status   the embedded local broker (pipeline.dev.cli)
     bench                     the side-by-side benchmark (pipeline.dev.bench.cli)
     models                    import, list, show, validate models (pipeline.importer.cli)
@@ -22,7 +23,12 @@ from collections.abc import Sequence
 
 from pipeline.completion import add_completion_parser
 from pipeline.dev.bench.cli import add_bench_parser
-from pipeline.dev.cli import add_client_parsers, add_cluster_parsers, add_kafka_parser
+from pipeline.dev.cli import (
+    add_client_parsers,
+    add_cluster_parsers,
+    add_kafka_parser,
+    add_replay_parser,
+)
 from pipeline.dev.registrycli import add_registry_parser
 from pipeline.errors import PipelineError
 from pipeline.exitcodes import exit_code
@@ -49,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     add_client_parsers(sub)
     add_cluster_parsers(sub)
+    add_replay_parser(sub)
     add_kafka_parser(sub)
     add_registry_parser(sub)
     add_bench_parser(sub)

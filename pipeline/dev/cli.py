@@ -6,8 +6,11 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from pipeline.config import WorkerConfig, load_config, parse_properties
 from pipeline.dev.localkafka import DEFAULT_DATA_DIR, DEFAULT_PORT, LocalBootstrap, LocalKafka
@@ -16,10 +19,10 @@ from pipeline.flags import add_config_flag, add_property_flags
 from pipeline.kafka.cli import DEFAULT_BOOTSTRAP
 from pipeline.logs import setup_logging
 
-__all__ = ["add_client_parsers", "add_kafka_parser"]
+__all__ = ["add_client_parsers", "add_kafka_parser", "add_replay_parser"]
 
 
-def _client_settings(args: argparse.Namespace) -> WorkerConfig:
+def _client_settings(args: argparse.Namespace, *, models: Path | None = None) -> WorkerConfig:
     """The Kafka settings produce and consume share with `pipeline run`: bootstrap servers
     and librdkafka properties from flags, environment and the --config file. Logs
     librdkafka's warnings, each repeated one once, as `pipeline run` does."""
@@ -28,6 +31,8 @@ def _client_settings(args: argparse.Namespace) -> WorkerConfig:
         flags["bootstrap_servers"] = args.bootstrap_servers
     if getattr(args, "allow_unsafe_kafka_properties", False):
         flags["allow_unsafe_kafka_properties"] = True
+    if models is not None:
+        flags["models"] = models
     local = LocalBootstrap()
     settings = load_config(flags, config_file=args.config, properties=args.X, local_broker=local)
     setup_logging(level=logging.WARNING)
@@ -198,6 +203,90 @@ def add_cluster_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     for parser in (groups, listing, describe):
         _add_connection_flags(parser.add_argument)
     groups.set_defaults(handler=_groups, action="list")
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from pipeline.engine.setup import build_engine
+    from pipeline.kafka.replay import Range, ReplayOptions, progress_stream, replay
+    from pipeline.metrics import NULL_SENSOR
+
+    model, at, version = args.model.partition("@")
+    if not at or not model or not version:
+        raise ConfigError(f"--model takes NAME@VERSION, got {args.model!r}; e.g. fraud@2")
+    span = Range(
+        from_offset=args.from_offset,
+        from_time_ms=_time_ms(args.from_time, "--from-time"),
+        to_offset=args.to_offset,
+        to_time_ms=_time_ms(args.to_time, "--to-time"),
+    )
+    settings = _client_settings(args, models=args.models)
+    engine = build_engine(settings, NULL_SENSOR, max_queue=None)
+    options = ReplayOptions(
+        input_topic=args.input_topic,
+        model=model,
+        version=version,
+        range=span,
+        against=args.against,
+        against_dlq=args.against_dlq,
+        output_topic=args.output_topic,
+        largest=args.largest,
+    )
+    report = replay(options, engine, bootstrap_servers=settings.bootstrap_servers,
+                    kafka=settings.kafka, progress=progress_stream())  # fmt: skip
+    if args.json:
+        sys.stdout.write(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        sys.stdout.write(report.table())
+    sys.stdout.write("\n")
+    return 0
+
+
+def _time_ms(text: str | None, flag: str) -> int | None:
+    """A time as ms since the epoch: a number of ms, or ISO 8601 (UTC unless it says)."""
+    if text is None:
+        return None
+    if text.isdigit():
+        return int(text)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"{flag} takes milliseconds since the epoch or an ISO 8601 time "
+            f"(2026-12-06T09:00:00Z), got {text!r}"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
+def add_replay_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `pipeline replay`."""
+    replay = sub.add_parser(
+        "replay",
+        help="run a range of an input topic through one model version and compare its "
+        "answers with what was served",
+        description="Read a range of an input topic with a group of its own (the live "
+        "workers' offsets are untouched), run every event of the model through VERSION, "
+        "and report against the served predictions of --against (joined by prediction_id): "
+        "label agreement, score differences, the largest, a confusion table. A range "
+        "starts at --from-* (included; default: the first offset) and stops before --to-* "
+        "(default: the end when the replay starts); offsets apply to every partition.",
+    )
+    add = replay.add_argument
+    add("--input-topic", required=True, help="the topic whose events are replayed")
+    add("--model", required=True, metavar="NAME@VERSION", help="the candidate, e.g. fraud@2")
+    add("--from-offset", type=int, help="first offset replayed, in each partition")
+    add("--from-time", metavar="TIME", help="first record time replayed (ms or ISO 8601)")
+    add("--to-offset", type=int, help="offset the replay stops before, in each partition")
+    add("--to-time", metavar="TIME", help="record time the replay stops before")
+    add("--against", metavar="OUTPUT_TOPIC", help="the served predictions to compare with")
+    add("--against-dlq", metavar="DLQ_TOPIC", help="also count the served dead letters")
+    add("--output-topic", help="write the candidate's predictions here")
+    add("--models", type=Path, default=None, help="model store directory (default: models)")
+    add("--largest", type=int, default=5, help="largest differences shown (default: 5)")
+    add("--json", action="store_true", help="print the report as JSON")
+    _add_connection_flags(add)
+    replay.set_defaults(handler=_replay)
 
 
 def _add_produce_flags(produce: argparse.ArgumentParser) -> None:

@@ -34,6 +34,7 @@ def test_subcommands() -> None:
             "groups",
             "kafka",
             "models",
+            "replay",
             "produce",
             "run",
             "schema-registry",
