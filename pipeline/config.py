@@ -283,6 +283,7 @@ class WorkerConfig(EngineSettings, DoorSettings, LogSettings):
     schema_registry_url: str = ""  # needed by avro and auto; -X schema.registry.* configure it
     output_format: str = "json"  # json or avro: see pipeline.schemaregistry
     output_subject_strategy: str = "topic"  # topic, record or topic-record
+    shadow_topic: str = ""  # "": shadow versions' answers go to metrics only
 
     def __post_init__(self) -> None:
         EngineSettings.__post_init__(self)
@@ -349,6 +350,11 @@ class WorkerConfig(EngineSettings, DoorSettings, LogSettings):
                 f"the output topic {self.output_topic!r} and DLQ topic {self.dlq_topic!r} must "
                 f"differ from the input topics {list(self.input_topics)}, or predictions would "
                 "loop back in"
+            )
+        if self.shadow_topic in (*self.input_topics, self.output_topic, self.dlq_topic):
+            raise ConfigError(
+                f"--shadow-topic {self.shadow_topic!r} must differ from the input, output and "
+                "dead-letter topics: consumers of predictions would read a candidate's answers"
             )
         if self.dlq_topic == self.output_topic:
             raise ConfigError(

@@ -86,6 +86,11 @@ def _add_worker_flags(add: Callable[..., Any]) -> None:
     )
     add("--output-topic", help="topic for predictions (default: predictions)")
     add("--dlq-topic", help="dead-letter topic (default: the output topic + .dlq)")
+    add(
+        "--shadow-topic",
+        help="also write the --shadow versions' predictions here, each with the served "
+        "prediction's id as served_prediction_id (default: metrics only)",
+    )
     add("--group-id", help="consumer group, or share group (default: pipeline)")
     add(
         "--group-type",

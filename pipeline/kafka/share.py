@@ -40,6 +40,7 @@ from pipeline.engine.engine import Engine, Outcome
 from pipeline.errors import KafkaError
 from pipeline.kafka.clientlog import client_settings
 from pipeline.kafka.outputs import Outputs, Owed, now_ms, usable_record
+from pipeline.kafka.shadowtopic import shadow_topic
 from pipeline.kafka.sharegroup import agree_delivery_limit, set_offset_reset
 from pipeline.kafka.topics import ensure_topics
 from pipeline.metrics import Sensor, Sensors
@@ -241,6 +242,7 @@ class ShareWorker:
         )
         if self._writer is not None:  # a version the registry refuses is refused at start
             self._writer.prepare(self._engine.models.loaded())
+        shadows = shadow_topic(cfg, self._engine, self._common, _source, self._sensor)
         consumer = ShareConsumer(
             {
                 "group.id": cfg.group_id,
@@ -262,6 +264,8 @@ class ShareWorker:
         finally:
             committer.close(fatal=self._fatal is not None)
             _close(consumer)
+            if shadows is not None:
+                shadows.close()
             log.info("worker stopped: %s", self._stats.snapshot().line())
         if self._fatal is not None:
             raise self._fatal
@@ -381,6 +385,15 @@ class ShareWorker:
     def _finished(self, owed: Owed, offsets: Sequence[int]) -> None:
         if self._acks is not None:
             self._acks.finished(owed, offsets)
+
+
+def _source(ticket: object, row: int) -> tuple[str, int, int, str, int, bytes | None] | None:
+    """Where row `row` of a submission came from, for --shadow-topic (None: a door's)."""
+    if not (isinstance(ticket, tuple) and len(ticket) == 5):
+        return None
+    ((topic, partition), _), records, offsets, ids, ts = ticket
+    key: bytes | None = records[row].key()
+    return topic, partition, offsets[row], ids[row], ts[row], key
 
 
 def _close(consumer: ShareConsumer) -> None:

@@ -56,6 +56,7 @@ from pipeline.kafka.committer import (
 from pipeline.kafka.enrich import TableFeed, enriched_at
 from pipeline.kafka.offsets import OffsetTracker, TopicPartitionKey
 from pipeline.kafka.outputs import Outputs, Owed, camel, now_ms, usable_record
+from pipeline.kafka.shadowtopic import ShadowTopic, shadow_topic
 from pipeline.kafka.share import ShareWorker
 from pipeline.kafka.topics import ensure_topics, message_limit
 from pipeline.kafka.transactions import Transactions, default_transactional_id
@@ -184,6 +185,7 @@ class Worker:
         )
         self._writer = prediction_writer(config, self._engine.models.get)
         self._tracker = OffsetTracker()
+        self._shadow_topic: ShadowTopic | None = None  # --shadow-topic, made in run()
         self._committer: Committer | None = None  # made in run(), once Kafka answers
         self._outputs: Outputs | None = None
         self._outcomes: deque[Outcome[_Block]] = deque()
@@ -291,6 +293,7 @@ class Worker:
         )
         if self._writer is not None:  # a version the registry refuses is refused at start
             self._writer.prepare(self._engine.models.loaded())
+        self._shadow_topic = shadow_topic(cfg, self._engine, self._common, _source, self._sensor)
         log.info("worker starting with %s", cfg.summary)
         self.readiness.wait_for("partitions", "waiting for the group to assign partitions")
         try:
@@ -381,6 +384,8 @@ class Worker:
         self._committer.close(fatal=self._fatal is not None)
         self._close_consumer()
         self._close_feeds()
+        if self._shadow_topic is not None:
+            self._shadow_topic.close()
         log.info("worker stopped: %s", self._stats.snapshot().line())
         if self._fatal is not None:
             raise self._fatal
@@ -694,6 +699,15 @@ def batch_settings(limit: int | None) -> dict[str, int]:
     if limit is None or limit >= _DEFAULT_BATCH_BYTES:
         return {}
     return {"batch.size": max(limit, 1)}
+
+
+def _source(ticket: object, row: int) -> tuple[str, int, int, str, int, bytes | None] | None:
+    """Where row `row` of a block came from, for --shadow-topic (None: a door's request)."""
+    if not isinstance(ticket, _Block):
+        return None
+    (topic, partition), _ = ticket.owed
+    key: bytes | None = ticket.records[row].key()
+    return topic, partition, ticket.offsets[row], ticket.ids[row], ticket.ts[row], key
 
 
 def _timestamp(msg: Message, now_ms: int) -> int:

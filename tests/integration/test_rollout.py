@@ -123,12 +123,21 @@ def test_a_shadow_answers_nobody_and_its_metrics_are_what_both_models_say(
     events = good_events(2000, run="shadowed")
     send(p.bootstrap, p.input, events)
     port = free_port()
+    shadows = f"{p.output}-shadow"
     worker = p.start_worker("--default-model", MLP, "--shadow", f"{MLP}=2",
-                            "--metrics-port", str(port))  # fmt: skip
+                            "--shadow-topic", shadows, "--metrics-port", str(port))  # fmt: skip
     out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(events), settle_s=2)
     assert {r.topic for r in out} == {p.output}
     assert sorted(r.json["id"] for r in out) == sorted(orjson.loads(v)["id"] for _, v in events)
     assert {r.json["version"] for r in out} == {"1"}  # no shadow row leaks
+    # the shadow topic: one answer of version 2 per served prediction, joined by its id
+    shadowed = read_all(p.bootstrap, [shadows], expect=len(events), settle_s=1)
+    served_ids = {r.json["prediction_id"]: r for r in out}
+    assert sorted(r.json["served_prediction_id"] for r in shadowed) == sorted(served_ids)
+    assert {r.json["version"] for r in shadowed} == {"2"}
+    for r in shadowed[:50]:
+        assert r.json["id"] == served_ids[r.json["served_prediction_id"]].json["id"]
+        assert r.key == served_ids[r.json["served_prediction_id"]].key
     labels = {"model": MLP, "version": "1", "shadow": "2"}
     samples = scrape_until(port, lambda s: total(s, "pipeline_shadow_rows_total", **labels)
                            + total(s, "pipeline_shadow_rows_skipped_total") >= len(events))  # fmt: skip
