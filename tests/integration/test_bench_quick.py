@@ -18,7 +18,7 @@ from pathlib import Path
 from pipeline.dev.localregistry import missing_tools
 
 REQUIRED = ("relay-1", "relay-1-tuned", "relay-2", "relay-2-tuned", "naive", "worker-1",
-            "worker-1-eos", "worker-1-metrics", "worker-2")  # fmt: skip
+            "worker-1-eos", "worker-1-metrics", "worker-1-shadow", "worker-2")  # fmt: skip
 OPTIONAL = ("faust", "faust-engine", "quix")
 
 

@@ -34,6 +34,7 @@ _SKIPPABLE = (
     "quix",
     "worker-1-eos",
     "worker-1-metrics",
+    "worker-1-shadow",
     "worker-2",
 )
 

@@ -16,6 +16,7 @@ came before in the same run, on the same broker and the same events.
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import socket
 import subprocess
 import sys
@@ -84,6 +85,7 @@ class Contender:
         dead_letters: A peer that writes dead letters: it gets the run's ``--dlq`` topic.
         root: The checkout it runs from (its working directory, and the worker's
             ``--models``): this one, or a worktree of an earlier revision.
+        models: The worker's ``--models``, where not the root's ``models/``.
     """
 
     key: str
@@ -99,12 +101,13 @@ class Contender:
     settings_label: str = "librdkafka defaults, acks=all, idempotence"
     dead_letters: bool = False
     root: Path = REPO_ROOT
+    models: Path | None = None
 
     def commands(self, topics: RunTopics, count: int, model: str = MODEL) -> list[list[str]]:
         """One command per process for a run on `topics` that must produce `count` outputs
         of `model`."""
         if self.kind == "worker":
-            worker = _worker_args(topics, self.root / "models")
+            worker = _worker_args(topics, self.models or self.root / "models")
             return [[self.python, "-m", self.module, *worker, *self.extra_args]]
         base = [
             self.python,
@@ -204,6 +207,26 @@ def worker_contender(
         extra_args=(*args, *extra_args),
         settings=WORKER_SETTINGS,
         settings_label="its own defaults",
+    )
+
+
+SHADOW_STORE = REPO_ROOT / ".cache" / "bench-shadow-models"
+
+
+def shadow_contender(store: Path = SHADOW_STORE) -> Contender:
+    """``pipeline run`` (1 process, its defaults) with a shadow on every row: the MLP serves
+    (version 1, pinned) and a copy of it shadows (version 2), so the row shows what a
+    candidate as costly as the served model adds. The store is made once in `store`."""
+    source = REPO_ROOT / "models" / MODEL / "1"
+    for version in ("1", "2"):
+        if not (store / MODEL / version / "model.onnx").exists():
+            shutil.copytree(source, store / MODEL / version, dirs_exist_ok=True)
+    (store / MODEL / "PINNED").write_text("1\n")
+    return replace(
+        worker_contender(1, extra_args=("--shadow", f"{MODEL}=2")),
+        key="worker-1-shadow",
+        label="pipeline run, 1 process, --shadow on every row (a second MLP)",
+        models=store,
     )
 
 

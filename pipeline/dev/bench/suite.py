@@ -42,6 +42,7 @@ from pipeline.dev.bench.contenders import (
     naive_contender,
     quix_contender,
     relay_contender,
+    shadow_contender,
     worker_contender,
 )
 from pipeline.dev.bench.events import AVRO_EVENT_SCHEMA, DATASETS, Dataset
@@ -171,6 +172,7 @@ def contenders(
         *([baseline_contender(baseline)] if baseline else []),
         worker_contender(1, guarantee="exactly-once"),
         worker_contender(1, metrics=True),
+        shadow_contender(),
         worker_contender(n),
     ]
     return [
