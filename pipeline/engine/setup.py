@@ -83,9 +83,30 @@ def warm_up_models(
             failed[name] = str(exc)
             continue
         loaded.append(f"{spec.name}/{spec.version}")
+        loaded += _candidates(engine, spec.name, spec.version)
     log.info("models loaded and warmed in %.2f s: %s", time.monotonic() - started,
              ", ".join(loaded) or "none")  # fmt: skip
     return loaded, failed
+
+
+def _candidates(engine: Engine[Any], name: str, served: str) -> list[str]:
+    """Warm the model's shadow and canary versions too, so their first rows do not pay for
+    loading; one that fails is logged (its rows say why when they meet it)."""
+    rollouts = engine.rollouts
+    if rollouts is None:
+        return []
+    canary = rollouts.canary_of(name)
+    wanted = {v for v in (rollouts.shadow_of(name), canary and canary.version) if v}
+    warmed = []
+    for version in sorted(wanted - {served}):
+        try:
+            engine.models.get(name, version)
+        except ModelError as exc:
+            log.warning("model %s version %s (a shadow or canary) is not served: %s",
+                        name, version, exc)  # fmt: skip
+            continue
+        warmed.append(f"{name}/{version}")
+    return warmed
 
 
 def unready_reason(
