@@ -175,3 +175,21 @@ def failing_model(directory: Path) -> Path:
     gather = helper.make_node("Gather", ["features", "index"], ["probabilities"], axis=1)
     graph = helper.make_graph([gather], "failing", [features], [out], initializer=[index])
     return _save(graph, directory)
+
+
+def slow_model(directory: Path, *, steps: int = 400) -> Path:
+    """Takes the example models' rows (``features`` FP32 [N, 30]) and answers ``probabilities``
+    [N, 2] after `steps` chained 30x30 matrix products: at 400, a batch costs tens of times
+    what the example MLP's does (a candidate far slower than the served version)."""
+    features = helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", N_FEATURES])
+    out = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2])
+    square = numpy_helper.from_array(np.eye(N_FEATURES, dtype=np.float32), "square")
+    head = numpy_helper.from_array(np.ones((N_FEATURES, 2), dtype=np.float32), "head")
+    nodes, previous = [], "features"
+    for i in range(steps):
+        nodes.append(helper.make_node("MatMul", [previous, "square"], [f"h{i}"]))
+        previous = f"h{i}"
+    nodes.append(helper.make_node("MatMul", [previous, "head"], ["logits"]))
+    nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1))
+    graph = helper.make_graph(nodes, "slow", [features], [out], initializer=[square, head])
+    return _save(graph, directory)

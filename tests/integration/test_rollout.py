@@ -21,7 +21,7 @@ from pipeline.engine.compare import compare
 from pipeline.engine.inference import run_batch
 from pipeline.engine.models import ModelCache, ModelStore
 from pipeline.engine.rollout import Canary
-from tests.modelfactory import failing_model
+from tests.modelfactory import failing_model, slow_model
 
 from .conftest import Pipeline
 from .kafkaio import free_port, good_events, read_all, send
@@ -85,11 +85,12 @@ def test_a_manifests_serving_settings_size_that_versions_batches(
 
 def _store_with_candidates(repo_root: Path, tmp_path: Path) -> Path:
     """The MLP at version 1 (pinned), the logistic regression as its version 2 (a real
-    candidate), and at version 3 a model that fails on every row."""
+    candidate), at version 3 a model that fails on every row, at 4 a slow one."""
     store = tmp_path / "models"
     shutil.copytree(repo_root / "models" / MLP / "1", store / MLP / "1")
     shutil.copytree(repo_root / "models" / "breast-cancer-logreg" / "1", store / MLP / "2")
     failing_model(store / MLP / "3")
+    slow_model(store / MLP / "4")
     (store / MLP / "PINNED").write_text("1\n")
     return store
 
@@ -170,6 +171,25 @@ def test_a_shadow_answers_nobody_and_its_metrics_are_what_both_models_say(
     assert worker.stop()[0] == 0
     assert _committed(p) == len(events) + len(more)
     assert "shadow version 3 failed" in worker.log
+
+    # A shadow 15 times slower per batch than the served MLP: the served path is as before.
+    (store / MLP / "SHADOW").write_text("4\n")
+    slow = good_events(3000, run="slow")
+    send(p.bootstrap, p.input, slow)
+    total_in = len(events) + len(more) + len(slow)
+    worker = p.start_worker("--default-model", MLP, "--metrics-port", str(port))
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=total_in, settle_s=2)
+    ids = [r.json["id"] for r in out if r.topic == p.output]
+    assert len(ids) == len(set(ids)) == total_in
+    slowed = {"model": MLP, "version": "1", "shadow": "4"}
+    samples = scrape_until(port, lambda s: total(s, "pipeline_shadow_errors_total", **slowed)
+                           + total(s, "pipeline_shadow_rows_skipped_total", **slowed)
+                           >= len(slow))  # fmt: skip
+    # no labels in its manifest: every row it answered is NotComparable, or was skipped
+    assert total(samples, "pipeline_shadow_errors_total", **slowed) + total(
+        samples, "pipeline_shadow_rows_skipped_total", **slowed) == len(slow)  # fmt: skip
+    assert worker.stop()[0] == 0
+    assert _committed(p) == total_in
 
 
 def test_a_canary_takes_its_keys_and_the_canary_file_applies_without_a_restart(
