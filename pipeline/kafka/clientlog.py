@@ -11,7 +11,8 @@ A client that cannot reach a broker says so on every retry, many times a second.
 `RepeatFilter` lets such a line through once per change: the same line (its numbers aside)
 from the same client and broker thread again only after that thread said something else,
 or once a minute, with how many were held back. `ConnectionFailures` logs a failed
-broker connection as a warning, not an error.
+broker connection as a warning, not an error; `StartingBroker` logs a just-started broker's
+"load in progress: retrying" as information.
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ from typing import Any
 
 from pipeline.config import REGISTRY_PREFIX
 
-__all__ = ["LIBRDKAFKA", "ConnectionFailures", "RepeatFilter", "client_settings", "serve_logs"]
+__all__ = [
+    "LIBRDKAFKA",
+    "ConnectionFailures",
+    "RepeatFilter",
+    "StartingBroker",
+    "client_settings",
+    "serve_logs",
+]
 
 LIBRDKAFKA = logging.getLogger("librdkafka")
 _REPEAT_S = 60.0
@@ -110,5 +118,25 @@ class ConnectionFailures(logging.Filter):
         return True
 
 
+class StartingBroker(logging.Filter):
+    """A broker that has just started answers the idempotent producer's first request for a
+    producer id with "Coordinator load in progress", and librdkafka retries by itself
+    (``GETPID ... : retrying``): an INFO line, not a warning a user should act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = _args(record)
+        if (
+            record.levelno == logging.WARNING
+            and len(args) == 3
+            and args[0] == "GETPID"
+            and str(args[2]).endswith("load in progress: retrying")
+        ):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            # the logger let it in as a warning: drop it here if INFO is not wanted
+            return LIBRDKAFKA.isEnabledFor(logging.INFO)
+        return True
+
+
 LIBRDKAFKA.addFilter(RepeatFilter())
 LIBRDKAFKA.addFilter(ConnectionFailures())
+LIBRDKAFKA.addFilter(StartingBroker())

@@ -9,7 +9,13 @@ import time
 import pytest
 from confluent_kafka import Producer
 
-from pipeline.kafka.clientlog import LIBRDKAFKA, ConnectionFailures, RepeatFilter, client_settings
+from pipeline.kafka.clientlog import (
+    LIBRDKAFKA,
+    ConnectionFailures,
+    RepeatFilter,
+    StartingBroker,
+    client_settings,
+)
 
 
 class Clock:
@@ -85,3 +91,26 @@ def test_a_failed_broker_connection_is_a_warning_other_errors_stay_errors() -> N
 
     assert (coordinator.levelno, coordinator.levelname) == (logging.WARNING, "WARNING")
     assert (other.levelno, other.levelname) == (logging.ERROR, "ERROR")
+
+
+def test_a_just_started_brokers_retry_is_information_not_a_warning() -> None:
+    """Issue 26: the first `pipeline produce` after `pipeline kafka start` printed a raw
+    librdkafka WARNING about a retry librdkafka makes by itself."""
+    text = ("[thrd:main]: Failed to acquire idempotence PID from broker 127.0.0.1:9092/1: "
+            "Broker: Coordinator load in progress: retrying")  # fmt: skip
+    retry = logging.LogRecord("librdkafka", logging.WARNING, __file__, 0, "%s [%s] %s",
+                              ("GETPID", "rdkafka#producer-1", text), None)  # fmt: skip
+    fatal = logging.LogRecord("librdkafka", logging.WARNING, __file__, 0, "%s [%s] %s",
+                              ("GETPID", "rdkafka#producer-1", "Failed: fenced"), None)  # fmt: skip
+    before = LIBRDKAFKA.level
+    try:
+        LIBRDKAFKA.setLevel(logging.INFO)
+        assert StartingBroker().filter(retry) and StartingBroker().filter(fatal)
+        assert (retry.levelno, retry.levelname) == (logging.INFO, "INFO")
+        assert fatal.levelno == logging.WARNING
+        LIBRDKAFKA.setLevel(logging.WARNING)  # `pipeline produce`: warnings only, so not shown
+        again = logging.LogRecord("librdkafka", logging.WARNING, __file__, 0, "%s [%s] %s",
+                                  ("GETPID", "rdkafka#producer-1", text), None)  # fmt: skip
+        assert not StartingBroker().filter(again)
+    finally:
+        LIBRDKAFKA.setLevel(before)
