@@ -1,11 +1,13 @@
 """What `pipeline run` and `pipeline serve` do before they start: settings from the command
-line, environment and file; ``--print-config``; logging as the settings say."""
+line, environment and file; ``--print-config``; logging as the settings say; a SIGTERM or
+SIGINT that arrives meanwhile, remembered."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -14,7 +16,13 @@ from pipeline.config import Settings, load_settings
 from pipeline.flags import setting_flags
 from pipeline.logs import setup_logging
 
-__all__ = ["print_config", "settings_from_args", "start_logging"]
+__all__ = [
+    "early_stop",
+    "print_config",
+    "remember_early_stop",
+    "settings_from_args",
+    "start_logging",
+]
 
 
 def settings_from_args(
@@ -48,3 +56,24 @@ def start_logging(settings: Any, *, prefix: str = "") -> None:
         level=logging.getLevelName(settings.log_level.upper()),
         fmt=settings.log_format,
     )
+
+
+_early: list[signal.Signals] = []  # the signal that came while starting, if one did
+
+
+def remember_early_stop() -> None:
+    """From here until the command installs its own handlers, a SIGTERM or SIGINT is
+    remembered instead of ending the process: imports, model loading and warm-up can take
+    seconds, and an orchestrator stops a process whenever it likes. The command asks
+    `early_stop` once its handlers are in place and stops at once, exiting 0 as it would
+    a moment later. A signal its parent left blocked (one that was pending while this
+    process started) is unblocked here and remembered too."""
+    stops = (signal.SIGTERM, signal.SIGINT)
+    for signum in stops:
+        signal.signal(signum, lambda s, _: _early.append(signal.Signals(s)))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+
+
+def early_stop() -> signal.Signals | None:
+    """The signal that arrived while starting (see `remember_early_stop`), or None."""
+    return _early[0] if _early else None

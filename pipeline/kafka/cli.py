@@ -16,7 +16,12 @@ from pipeline.flags import (
     add_output_flags,
     add_property_flags,
 )
-from pipeline.startup import print_config, settings_from_args, start_logging
+from pipeline.startup import (
+    print_config,
+    remember_early_stop,
+    settings_from_args,
+    start_logging,
+)
 
 __all__ = ["DEFAULT_BOOTSTRAP", "add_run_parser"]
 
@@ -26,6 +31,7 @@ log = logging.getLogger("pipeline.worker")
 
 
 def _run(args: argparse.Namespace) -> int:
+    remember_early_stop()
     from pipeline.dev.localkafka import LocalBootstrap
 
     local = LocalBootstrap()

@@ -29,12 +29,14 @@ from types import FrameType
 from pipeline.config import WorkerConfig
 from pipeline.errors import PipelineError
 from pipeline.exitcodes import FAILED, exit_code
+from pipeline.startup import early_stop
 
 __all__ = ["child_config", "supervise"]
 
 log = logging.getLogger("pipeline.supervisor")
 _CHILD_STOP_TIMEOUT_S = 15.0
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def child_config(config: WorkerConfig, index: int) -> WorkerConfig:
@@ -59,8 +61,10 @@ def _end_with_parent(parent_pid: int) -> None:
 
 
 def _child(config: WorkerConfig, index: int, parent_pid: int) -> None:
+    from pipeline.startup import remember_early_stop, start_logging
+
+    remember_early_stop()  # and unblock what the parent blocked while starting this process
     from pipeline.kafka import worker
-    from pipeline.startup import start_logging
 
     _end_with_parent(parent_pid)
     start_logging(config, prefix=f"worker-{index} ")
@@ -89,11 +93,20 @@ def supervise(config: WorkerConfig) -> int:
 
     signal.signal(signal.SIGTERM, _forward)
     signal.signal(signal.SIGINT, _forward)
+    if early := early_stop():
+        log.info("received %s while starting: stopping", early.name)
+        return 0
     for index in range(config.workers):
         process = ctx.Process(
             target=_child, args=(config, index, os.getpid()), name=f"worker-{index}"
         )
-        process.start()
+        # The child inherits the blocked signals and unblocks them once it can remember
+        # one: a SIGTERM forwarded while its interpreter starts would otherwise end it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         children.append(process)
         log.info("started worker-%d (pid %s)", index, process.pid)
     code = 0

@@ -67,6 +67,7 @@ from pipeline.metrics.prometheus import PrometheusSensor
 from pipeline.metrics.statsline import StatsLine
 from pipeline.metrics.tracing import batch_tracer
 from pipeline.schemaregistry import framed_reader, prediction_writer
+from pipeline.startup import early_stop
 
 __all__ = ["ABANDONED", "KafkaClients", "Worker", "exit_if_abandoned", "run_worker"]
 
@@ -764,6 +765,9 @@ def run_worker(config: WorkerConfig, index: int = 0) -> int:
                 readiness=readiness, lag_interval_ms=_LAG_INTERVAL_MS if metrics else 0,
             )  # fmt: skip
         _stop_on_signals(worker)
+        if early := early_stop():
+            log.info("received %s while starting: stopping", early.name)
+            worker.stop()
         return worker.run()
 
 

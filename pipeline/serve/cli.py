@@ -6,12 +6,18 @@ import argparse
 
 from pipeline.config import ServeConfig
 from pipeline.flags import add_config_flag, add_door_flags, add_engine_flags, add_output_flags
-from pipeline.startup import print_config, settings_from_args, start_logging
+from pipeline.startup import (
+    print_config,
+    remember_early_stop,
+    settings_from_args,
+    start_logging,
+)
 
 __all__ = ["add_serve_parser"]
 
 
 def _serve(args: argparse.Namespace) -> int:
+    remember_early_stop()
     settings = settings_from_args(ServeConfig, args)
     if args.print_config:
         return print_config(settings)

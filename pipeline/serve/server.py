@@ -33,6 +33,7 @@ from pipeline.serve.grpcapp import TokenInterceptor, add_services
 from pipeline.serve.guard import guarded_http
 from pipeline.serve.httpapp import HttpApp
 from pipeline.serve.security import Tls, TokenCheck, Watcher
+from pipeline.startup import early_stop
 
 __all__ = ["Doors", "DoorsThread", "serve"]
 
@@ -194,6 +195,9 @@ def serve(settings: ServeConfig) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        if early := early_stop():
+            log.info("received %s while starting: stopping", early.name)
+            stop.set()
         await doors.start()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):

@@ -7,11 +7,14 @@ import json
 import signal
 import uuid
 from collections.abc import Callable
+from pathlib import Path
+
+import pytest
 
 from pipeline import exitcodes
 
 from .conftest import Pipeline
-from .kafkaio import Accounting, good_events, read_all, send
+from .kafkaio import Accounting, WorkerProcess, free_port, good_events, read_all, send
 
 MLP = "breast-cancer-mlp"
 
@@ -80,3 +83,46 @@ def test_predictions_carry_the_inputs_trace_headers(make_pipeline: Callable[...,
     assert prediction.headers["traceparent"] == trace
     assert prediction.headers["tracestate"] == b"a=1"
     assert "app" not in prediction.headers
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_sigterm_while_the_worker_starts_stops_it_with_exit_0(
+    make_pipeline: Callable[..., Pipeline], workers: int
+) -> None:
+    """An orchestrator may stop a worker while it imports and warms its models (or, under
+    --workers, while its children start): the signal is remembered, and the worker stops as
+    soon as it can, exit 0, as it would a moment later.
+
+    The worker is started with SIGTERM blocked (a child inherits the mask), so the signal
+    sent at once waits until the command takes it: the earliest moment, every time."""
+    p = make_pipeline(partitions=2)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        worker = p.start_worker("--default-model", MLP, "--workers", str(workers))
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    code, took = worker.stop(signal.SIGTERM, timeout_s=60)
+    assert code == 0, f"exit {code} after {took:.1f} s:\n{worker.log[-2000:]}"
+    assert "received SIGTERM while starting: stopping" in worker.log, worker.log[-2000:]
+    assert "Traceback" not in worker.log, worker.log[-2000:]
+
+
+class _Serve(WorkerProcess):
+    command = ("-m", "pipeline", "serve")
+
+
+def test_a_sigterm_while_serve_starts_stops_it_with_exit_0(repo_root: Path, tmp_path: Path) -> None:
+    """The same for `pipeline serve` (the signal blocked at start, as above)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        serve = _Serve(
+            ["--models", str(repo_root / "models"), "--http-port", str(free_port()),
+             "--grpc-port", str(free_port())],
+            tmp_path / "serve.log",
+        )  # fmt: skip
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    with serve:
+        code, took = serve.stop(signal.SIGTERM, timeout_s=60)
+        assert code == 0, f"exit {code} after {took:.1f} s:\n{serve.log[-2000:]}"
+        assert "received SIGTERM while starting: stopping" in serve.log, serve.log[-2000:]
