@@ -14,6 +14,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from pipeline.cli import build_parser
+from tests.readmeblocks import blocks
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -134,3 +135,13 @@ def test_every_command_in_the_readme_is_one_the_tools_accept(line: str, args: li
         build_parser().parse_args(args[1:])
     except SystemExit as exit:  # --version and --help print and exit 0
         assert exit.code == 0, f"the README's `{line}` is refused by the parser"
+
+
+def test_every_shell_block_says_whether_it_runs_here() -> None:
+    """The walk (tests/integration/test_readme_walk.py) runs the blocks marked `runs here`;
+    every other block says why it cannot, so a new block is never left out unnoticed."""
+    unmarked = [b.line for b in blocks() if b.marker is None or not b.note]
+    assert not unmarked, (
+        f"README.md lines {unmarked}: put `<!-- runs here: SCENARIO -->` or `<!-- runs "
+        "elsewhere: REASON -->` on the line before the block (tests/readmeblocks.py)"
+    )
