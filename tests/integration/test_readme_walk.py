@@ -14,11 +14,15 @@ How a command is run, so that the README needs no test-only words:
   shows (the worker started a line earlier needs a moment); curl fails on an HTTP error
   status, as a reader would see it;
 - anything else runs once and must exit 0.
+
+Nothing any of them prints may be a traceback or a raw librdkafka line (the issue's "done
+when": no traceback, no raw library line, no exit code but the table's).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -37,6 +41,7 @@ PORTS = (9092, 8080, 50051, 9464, 8081)  # the README's: broker, doors, metrics,
 _READ_FOR_S = 90.0  # how long a reading command is tried again
 _FOLLOW_S = 4.0  # how long a following consume runs before Ctrl-C
 _STOP_S = 30.0  # the README's SIGTERM promise
+_RAW_LIBRDKAFKA = re.compile(r"%\d\|\d+\.\d+\|")  # %3|1796586326.445|FAIL|rdkafka#...
 
 
 @dataclass
@@ -46,6 +51,7 @@ class Walker:
     cwd: Path
     env: dict[str, str]
     background: list[tuple[Command, subprocess.Popen[bytes], Path]] = field(default_factory=list)
+    seen: list[tuple[str, str]] = field(default_factory=list)  # (where, what it printed)
 
     def run(self, block: Block, command: Command) -> None:
         where = f"README.md:{block.line} `{command.text.splitlines()[0]}`"
@@ -58,6 +64,7 @@ class Walker:
                 time.sleep(_FOLLOW_S)
                 proc.send_signal(signal.SIGINT)
                 code = proc.wait(_STOP_S)
+            self.seen.append((where, log.read_text()))
             assert code == 0, f"{where}: exit {code} on Ctrl-C:\n{log.read_text()[-2000:]}"
         else:
             self._until_shown(where, command)
@@ -71,6 +78,7 @@ class Walker:
             )  # fmt: skip
             shown = len(done.stdout.decode().splitlines())
             if done.returncode == 0 and (shown >= command.shown_lines or not command.reads):
+                self.seen.append((where, done.stdout.decode() + done.stderr.decode()))
                 return
             if time.monotonic() > deadline:
                 break
@@ -116,8 +124,20 @@ class Walker:
                 continue
             if code != 0:
                 failures.append(f"`{command.text}` exited {code}:\n{log.read_text()[-2500:]}")
+        self.seen.extend(
+            (f"`{c.text.splitlines()[0]}`", log.read_text()) for c, _, log in self.background
+        )
         self.background.clear()
         return failures
+
+    def untidy(self) -> list[str]:
+        """Lines a reader should never meet: tracebacks and raw librdkafka lines."""
+        return [
+            f"{where}: {line}"
+            for where, text in self.seen
+            for line in text.splitlines()
+            if line.startswith("Traceback") or _RAW_LIBRDKAFKA.match(line)
+        ]
 
     def _logs(self) -> str:
         return "\n".join(f"`{c.text}`:\n{log.read_text()[-1500:]}" for c, _, log in self.background)
@@ -160,3 +180,4 @@ def test_every_runnable_readme_block_runs_as_written(walker: Walker) -> None:
                 walker.run(block, command)
         failures = walker.stop_background()
         assert not failures, f"scenario {scenario}: " + "\n".join(failures)
+    assert not walker.untidy(), "\n".join(walker.untidy()[:20])
