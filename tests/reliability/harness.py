@@ -394,8 +394,25 @@ def answered_then_stopped(
     assert code == 0, worker.log[-3000:]
     predictions, dead = split(out)
     acc = Accounting.of(predictions, dead)
-    assert acc.lost(ids) == [] and acc.duplicates() == 0
+    assert acc.lost(ids) == [] and acc.duplicates() == 0, accounting_failure(acc, ids, out)
     return predictions, dead
+
+
+def accounting_failure(acc: Accounting, ids: Sequence[str], out: Iterable[TimedRecord]) -> str:
+    """What went wrong, to act on: how many lost (a few ids), how many answered twice, and
+    where each copy of a few of those sits (topic[partition]@offset, broker timestamp)."""
+    lost = acc.lost(ids)
+    twice = {i for i, c in (acc.predicted + acc.dead).items() if c > 1}
+    where: dict[str, list[str]] = defaultdict(list)
+    for r in out:
+        event = identity(r)
+        if event in where or (event in twice and len(where) < 5):
+            where[event].append(f"{r.topic}[{r.partition}]@{r.offset} ts={r.timestamp_ms}")
+    copies = "; ".join(f"{i}: {', '.join(w)}" for i, w in where.items())
+    return (
+        f"{len(lost)} of {len(ids)} ids lost (e.g. {lost[:5]}), {acc.duplicates()} duplicates"
+        f" ({len(twice)} ids answered more than once: {copies or 'none'})"
+    )
 
 
 # -- offsets ------------------------------------------------------------------------------
