@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from pipeline.engine.enrich import EnrichSpec
+from pipeline.engine.enrich import EnrichSpec, missing_policies
 from pipeline.engine.framing import VALUE_FORMATS
 from pipeline.engine.names import is_plain_name
 from pipeline.engine.rollout import Canary, parse_canaries, parse_shadows
@@ -58,7 +58,8 @@ __all__ = [
     "setting_variables",
 ]
 
-_LISTS: Final = ("input_topics", "pins", "enrich", "shadows", "canaries")  # repeatable flags
+# repeatable flags
+_LISTS: Final = ("input_topics", "pins", "enrich", "enrich_missing", "shadows", "canaries")
 _SECRET_KEY = re.compile(
     r"password|passphrase|secret|\.pem$|key\.pem|private\.key|sasl\.oauthbearer\.config"
     r"|user\.info|bearer\.auth\.token",
@@ -277,6 +278,7 @@ class WorkerConfig(EngineSettings, DoorSettings, LogSettings):
     delivery_stall_s: int = 120  # /healthz fails once outputs are owed this long undelivered
     enrich: tuple[str, ...] = ()  # "NAME=TOPIC:KEY_FIELD": tables joined before decoding
     enrich_max_bytes: int = 1 << 30  # per table, estimated; over it while loading: refuse
+    enrich_missing: tuple[str, ...] = ()  # "NAME=POLICY": dead-letter (default) or defaults
     kafka: Mapping[str, str] = field(default_factory=dict)
     allow_unsafe_kafka_properties: bool = False
     value_format: str = "json"  # json, avro or auto: see pipeline.engine.framing
@@ -388,8 +390,17 @@ class WorkerConfig(EngineSettings, DoorSettings, LogSettings):
 
     @property
     def enrichments(self) -> tuple[EnrichSpec, ...]:
-        """The parsed ``--enrich`` specs, in flag order."""
-        return tuple(EnrichSpec.parse(text) for text in self.enrich)
+        """The parsed ``--enrich`` specs, in flag order, each with its ``--enrich-missing``
+        policy."""
+        policies = missing_policies(self.enrich_missing)
+        specs = tuple(EnrichSpec.parse(text) for text in self.enrich)
+        unknown = sorted(set(policies) - {s.name for s in specs})
+        if unknown:
+            raise ValueError(
+                f"--enrich-missing names {unknown}, which no --enrich flag names "
+                f"(it names {[s.name for s in specs]})"
+            )
+        return tuple(s.with_missing(policies.get(s.name, s.missing)) for s in specs)
 
     def _check_enrich(self) -> None:
         _check_int(self.enrich_max_bytes, "enrich_max_bytes", 1)

@@ -111,6 +111,9 @@ TYPED_INPUTS = {  # a typed model's inputs: name -> skl2onnx type, each one valu
     },
     TEXT: {"text": StringTensorType([None, 1])},
 }
+# What a row takes where an --enrich table with --enrich-missing NAME=defaults lacks the
+# entity: a category the encoder never saw, which it encodes as all zeros (zeros=1).
+DEFAULTS = {FRAUD: {"country": "unknown", "channel": "unknown"}}
 _LOCALE = "C.UTF-8"  # what ONNX Runtime's StringNormalizer uses; present on every glibc
 WIDE = "wide-mlp"
 WIDE_FEATURES = 200
@@ -306,6 +309,7 @@ def _manifest(name: str, blob: bytes) -> dict[str, object]:
             "probability_output": PROBABILITY_OUTPUT,
             "description": DESCRIPTIONS[name],
             "sha256": hashlib.sha256(blob).hexdigest(),
+            **({"defaults": DEFAULTS[name]} if name in DEFAULTS else {}),
         }
     return {
         "features": feature_names(name),

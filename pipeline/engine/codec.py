@@ -135,10 +135,14 @@ class Decoded:
         blocks: One block per (model name, resolved version), and per shape of a row
             where a model's inputs have symbolic dimensions; only non-empty blocks.
         rejects: One reject per value that did not become a row, ordered by index.
+        defaulted: For a value whose entity an enrichment table lacked and whose row took
+            the model's defaults instead (``--enrich-missing NAME=defaults``), its index ->
+            those tables' names.
     """
 
     blocks: dict[tuple[Any, ...], RowBlock]
     rejects: list[Reject]
+    defaulted: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
 
 class _Rejected(Exception):
@@ -222,6 +226,7 @@ class _CallState:
     routes: dict[tuple[object, object], _Pending | _Split] = field(default_factory=dict)
     failures: dict[tuple[object, object], tuple[str, str, str]] = field(default_factory=dict)
     keys: Sequence[bytes | None] | None = None  # the records' keys, for canary splits
+    defaulted: dict[int, tuple[str, ...]] = field(default_factory=dict)  # see `Decoded`
 
 
 class EventDecoder:
@@ -375,9 +380,11 @@ class EventDecoder:
             pending = self._split(pending, index, event_id, state)
         if self._enrichments and type(features) is dict:
             try:
-                features = enrich(event, features, pending.spec, self._enrichments)
+                features, defaulted = enrich(event, features, pending.spec, self._enrichments)
             except EnrichProblem as exc:
                 raise _Rejected(exc.stage, exc.error_type, exc.message) from None
+            if defaulted:
+                state.defaulted[index] = defaulted
         pending.add(index, event_id, ts, features)
 
     def _parse(self, value: bytes | None) -> dict[str, Any]:
@@ -577,7 +584,7 @@ def _decoded(state: _CallState, rejects: list[Reject]) -> Decoded:
                 alone = block is None and len(collected.groups) == 1
                 blocks[key if alone else (*key, shapes)] = typed
     rejects.sort(key=lambda r: r.index)
-    return Decoded(blocks, rejects)
+    return Decoded(blocks, rejects, state.defaulted)
 
 
 def _is_name_or_absent(value: object) -> bool:

@@ -16,9 +16,12 @@ The join rule, for an event routed to a model:
   the row still lacks is taken from the first table that has it. The event's own values
   always win; names a table carries that the model does not take are ignored.
 * An event whose ``features`` is an array carries its whole row: it is never looked up.
-* A key that is not in a table is the ``EntityNotFound`` reject of stage ``enrich``; an
-  event without the key field is ``MissingField``, one with a key of another type
-  ``InvalidField``.
+* A key that is not in a table is the ``EntityNotFound`` reject of stage ``enrich``, unless
+  the table's policy (``--enrich-missing NAME=defaults``) is ``defaults``: then the
+  names still lacking after every table are taken from the model manifest's ``defaults``
+  (still ``EntityNotFound`` if it has none for one of them), and the codec reports which
+  tables defaulted, for the prediction to say so. An event without the key field is
+  ``MissingField``, one with a key of another type ``InvalidField``.
 """
 
 from __future__ import annotations
@@ -42,9 +45,13 @@ __all__ = [
     "EntityTable",
     "Table",
     "enrich",
+    "missing_policies",
 ]
 
 _MAX_KEY_LENGTH: Final = 1024
+_DEAD_LETTER: Final = "dead-letter"
+_DEFAULTS: Final = "defaults"
+_MISSING_POLICIES: Final = (_DEAD_LETTER, _DEFAULTS)
 
 
 class Table(Protocol):
@@ -67,6 +74,7 @@ class EnrichSpec:
     name: str
     topic: str
     key_field: str
+    missing: str = _DEAD_LETTER
 
     @classmethod
     def parse(cls, text: str) -> EnrichSpec:
@@ -94,6 +102,32 @@ class EnrichSpec:
     def __str__(self) -> str:
         return f"{self.name}={self.topic}:{self.key_field}"
 
+    def with_missing(self, policy: str) -> EnrichSpec:
+        """This spec with its missing-entity policy (``dead-letter`` or ``defaults``)."""
+        return EnrichSpec(self.name, self.topic, self.key_field, policy)
+
+
+def missing_policies(texts: Sequence[str]) -> dict[str, str]:
+    """Parse ``--enrich-missing NAME=POLICY`` flags into table name -> policy.
+
+    Raises:
+        ValueError: A flag is not of that form, names a table twice, or names no policy we
+            have; the message shows an example.
+    """
+    policies: dict[str, str] = {}
+    for text in texts:
+        name, eq, policy = text.partition("=")
+        if not eq or not name or policy not in _MISSING_POLICIES:
+            raise ValueError(
+                f"--enrich-missing must be NAME=POLICY with POLICY one of "
+                f"{', '.join(_MISSING_POLICIES)} (e.g. --enrich-missing stats=defaults), "
+                f"got {text!r}"
+            )
+        if name in policies:
+            raise ValueError(f"--enrich-missing names {name!r} twice")
+        policies[name] = policy
+    return policies
+
 
 @dataclass(frozen=True, slots=True)
 class Enrichment:
@@ -118,13 +152,16 @@ def enrich(
     features: dict[str, Any],
     spec: ModelSpec,
     enrichments: Sequence[Enrichment],
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], tuple[str, ...]]:
     """Return `features` with the names it lacks filled from the tables (see the module
-    docstring for the rule); `features` itself is never changed.
+    docstring for the rule), and the names of the tables that lacked the entity and whose
+    policy is ``defaults`` (the model's defaults then fill what is still lacking);
+    `features` itself is never changed.
 
     Raises:
         EnrichProblem: The key field is missing or not a string or integer, or the entity
-            is not in a table.
+            is not in a table whose policy is ``dead-letter``, or the model has no default
+            for a name that is still lacking.
     """
     if spec.vector and spec.feature_names and spec.inputs[0].name not in features:
         needed: Sequence[str] = spec.feature_names
@@ -132,24 +169,44 @@ def enrich(
         needed = [t.name for t in spec.inputs]
     lacking = [name for name in needed if name not in features]
     if not lacking:
-        return features
+        return features, ()
     joined = dict(features)
+    defaulted: list[tuple[EnrichSpec, str]] = []
     for enrichment in enrichments:
         key = _key(event, enrichment.spec)
         row = enrichment.table.get(key)
         if row is None:
-            s = enrichment.spec
-            raise EnrichProblem(
-                "enrich",
-                "EntityNotFound",
-                f"{s.key_field} {key!r} is not in table topic {s.topic!r} (--enrich {s}): "
-                f"produce the entity's values to {s.topic!r} keyed {key!r}, or send "
-                f"{_names(lacking)} in features",
-            )
+            if enrichment.spec.missing != _DEFAULTS:
+                raise _not_found(enrichment.spec, key, lacking, "")
+            defaulted.append((enrichment.spec, key))
+            continue
         for name in lacking:
             if name not in joined and name in row:
                 joined[name] = row[name]
-    return joined
+    if not defaulted:
+        return joined, ()
+    for name, value in spec.defaults:
+        if name in lacking and name not in joined:
+            joined[name] = value
+    still = [name for name in lacking if name not in joined]
+    if still:
+        first, key = defaulted[0]
+        raise _not_found(
+            first, key, still,
+            f", and {spec.describe()} has no defaults for {_names(still)} (its model.json "
+            "'defaults')",
+        )  # fmt: skip
+    return joined, tuple(s.name for s, _ in defaulted)
+
+
+def _not_found(s: EnrichSpec, key: str, lacking: list[str], more: str) -> EnrichProblem:
+    return EnrichProblem(
+        "enrich",
+        "EntityNotFound",
+        f"{s.key_field} {key!r} is not in table topic {s.topic!r} (--enrich {s}){more}: "
+        f"produce the entity's values to {s.topic!r} keyed {key!r}, or send "
+        f"{_names(lacking)} in features",
+    )
 
 
 def _key(event: Mapping[str, Any], spec: EnrichSpec) -> str:

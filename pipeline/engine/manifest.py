@@ -17,6 +17,10 @@ holds the model's own serving settings, as Triton's model config does: any of
 oldest row may wait, a number >= 0) and ``intra_op_threads`` (ONNX Runtime's threads within
 an operator, an integer >= 0, 0 for one per core); each replaces the worker's or server's
 flag (``--max-batch-size``, ``--max-wait-ms``, ``--model-threads``) for this version alone.
+``defaults`` maps input names (or a vector model's feature names) to one value each (a
+string for a ``BYTES`` input, a number for a numeric one, true or false for ``BOOL``): what
+a row takes when an ``--enrich`` table with ``--enrich-missing NAME=defaults`` has no entry
+for the event's entity; the model load checks the names and kinds.
 Unknown keys
 are refused, so a misspelt key fails loudly instead of being ignored; ``null`` means
 absent. Every error names the file and the field.
@@ -62,6 +66,7 @@ class Manifest(TypedDict, total=False):
     converter: dict[str, object]
     parity: dict[str, object]
     serving: Serving
+    defaults: dict[str, str | int | float | bool]
 
 
 def verify_sha256(path: Path, data: bytes, expected: str | None) -> None:
@@ -121,7 +126,25 @@ def _parse_manifest(path: Path, raw: object) -> Manifest:
             manifest[key] = _object_field(path, key, fields[key])
     if "serving" in fields:
         manifest["serving"] = _serving_field(path, fields["serving"])
+    if "defaults" in fields:
+        manifest["defaults"] = _defaults_field(path, fields["defaults"])
     return manifest
+
+
+def _defaults_field(path: Path, value: object) -> dict[str, str | int | float | bool]:
+    """Validate ``defaults``: an object of names to one JSON string, number or boolean."""
+    if not isinstance(value, dict):
+        raise ModelLoadError(
+            f"{path}: manifest field 'defaults' must be a JSON object of input names to "
+            f'values (e.g. {{"country": "unknown"}}), got {_kind(value)}'
+        )
+    for name, item in value.items():
+        if not name or not isinstance(item, str | int | float | bool):
+            raise ModelLoadError(
+                f"{path}: manifest field 'defaults' must map each input name to one string, "
+                f"number or boolean, got {name!r}: {_kind(item)}"
+            )
+    return dict(value)
 
 
 def _serving_field(path: Path, value: object) -> Serving:

@@ -547,6 +547,7 @@ def _describe(
         labels=tuple(labels) if labels is not None else None,
         probability_output=probability_output,
         inputs=signature.inputs,
+        defaults=_defaults(shown, signature.inputs, features, manifest.get("defaults", {})),
     )
     return LoadedModel(
         spec=spec,
@@ -557,6 +558,41 @@ def _describe(
         outputs=signature.outputs,
         serving=manifest.get("serving", Serving()),
     )
+
+
+def _defaults(
+    path: str,
+    inputs: tuple[TensorSpec, ...],
+    features: list[str] | None,
+    defaults: dict[str, str | int | float | bool],
+) -> tuple[tuple[str, str | int | float | bool], ...]:
+    """The manifest's ``defaults`` as pairs, each name one the model's rows take (a
+    feature column of a vector model, else an input of one value a row) with a value of its
+    kind; anything else refused, naming the file, the name and what was expected."""
+    kinds: dict[str, str] = {}
+    if features is not None and is_vector_input(inputs):
+        kinds = dict.fromkeys(features, inputs[0].datatype)
+    kinds.update({t.name: t.datatype for t in inputs if t.scalar})
+    for name, value in defaults.items():
+        datatype = kinds.get(name)
+        if datatype is None:
+            raise ModelLoadError(
+                f"{path}: {MANIFEST_FILE} field 'defaults' names {name!r}, which is not an "
+                f"input of one value a row (or a feature column) of this model; it takes "
+                f"{sorted(kinds)}"
+            )
+        wanted = {"BYTES": "a string", "BOOL": "true or false"}.get(datatype, "a number")
+        fits = (
+            isinstance(value, str) if datatype == "BYTES"
+            else isinstance(value, bool) if datatype == "BOOL"
+            else isinstance(value, int | float) and not isinstance(value, bool)
+        )  # fmt: skip
+        if not fits:
+            raise ModelLoadError(
+                f"{path}: {MANIFEST_FILE} field 'defaults' gives {name!r} {value!r}, but "
+                f"input {name!r} is {datatype}: give it {wanted}"
+            )
+    return tuple(defaults.items())
 
 
 def _check_recorded(

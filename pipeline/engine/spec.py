@@ -44,6 +44,9 @@ class ModelSpec:
             with `labels` to add `label` and `score` to predictions.
         inputs: Every input of the model, from its graph. Left out, the spec stands for
             one float32 input named ``features`` of `n_features` columns.
+        defaults: (name, value) pairs from the manifest's ``defaults``: what a row takes
+            for a name when an enrichment table lacks the event's entity and its policy is
+            ``defaults`` (`pipeline.engine.enrich`).
     """
 
     name: str
@@ -53,6 +56,7 @@ class ModelSpec:
     labels: tuple[str, ...] | None = None
     probability_output: str | None = None
     inputs: tuple[TensorSpec, ...] = ()
+    defaults: tuple[tuple[str, str | int | float | bool], ...] = ()
     feature_index: dict[str, int] = field(init=False, repr=False, compare=False)
     input_index: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
     vector: bool = field(init=False, repr=False, compare=False)

@@ -208,6 +208,15 @@ def _add_worker_flags(add: Callable[..., Any]) -> None:
         "(EntityNotFound) (repeatable; comma-separated in the environment, a list in the file)",
     )
     add(
+        "--enrich-missing",
+        action="append",
+        metavar="NAME=POLICY",
+        help="what an event whose entity is not in --enrich table NAME gets: dead-letter (the "
+        "default: EntityNotFound) or defaults (the model manifest's defaults fill what the "
+        "event lacks; the prediction's pipeline.enriched.defaults header names the table) "
+        "(repeatable)",
+    )
+    add(
         "--enrich-max-bytes",
         type=int,
         metavar="BYTES",

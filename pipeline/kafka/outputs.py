@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -177,13 +177,16 @@ class Outputs:
         outputs: dict[str, np.ndarray],
         *,
         enriched_at: bytes | None = None,
+        defaulted: Mapping[int, bytes] | None = None,
     ) -> None:
         """Encode and produce one prediction per record (all of one partition); dead-letter
         them all if the outputs cannot be encoded (they do not fit the manifest, or JSON).
 
         Each prediction carries a ``prediction_id`` (field and header) derived from its
         record and the model version, and its input's trace-context headers; with
-        `enriched_at`, a ``pipeline.enriched.at`` header too (`pipeline.kafka.enrich`).
+        `enriched_at`, a ``pipeline.enriched.at`` header too (`pipeline.kafka.enrich`), and
+        a record whose offset is in `defaulted` a ``pipeline.enriched.defaults`` header
+        naming the tables that lacked its entity (the model's defaults filled its row).
         """
         (topic, partition), _ = owed
         prefix, suffix = f"{topic}/{partition}/", f"/{spec.name}/{spec.version}"
@@ -204,11 +207,13 @@ class Outputs:
         sent = _Predictions(self, spec, owed, records, offsets, ts, values)
         self._committer.begin()
         output_topic, on_delivery = self._output_topic, sent.delivered
-        rows = zip(records, values, prediction_ids, contexts, strict=True)
-        for position, (record, value, prediction_id, context) in enumerate(rows):
+        rows = zip(records, values, prediction_ids, contexts, offsets, strict=True)
+        for position, (record, value, prediction_id, context, offset) in enumerate(rows):
             headers = [("pipeline.prediction.id", prediction_id.encode()), *context]
             if enriched_at is not None:
                 headers.append(("pipeline.enriched.at", enriched_at))
+            if defaulted and offset in defaulted:
+                headers.append(("pipeline.enriched.defaults", defaulted[offset]))
             refused = self._produce(output_topic, value, record.key(), headers, on_delivery)
             if refused is not None:  # never queued: no delivery report will come for it
                 message = f"the producer refused the prediction: {refused}"

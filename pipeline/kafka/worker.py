@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -112,6 +112,7 @@ class _Block:
     ts: list[int]
     epoch: int
     enriched_at: bytes | None = None  # the tables' position its rows were joined with
+    defaulted: Mapping[int, bytes] | None = None  # offset -> tables whose defaults it took
 
 
 class Worker:
@@ -497,6 +498,9 @@ class Worker:
         for reject in decoded.rejects:
             reason = (reject.stage, reject.error_type, reject.message)
             self._outputs.dead_letter(records[reject.index], owed, reason)
+        defaulted = {
+            offsets[i]: ",".join(tables).encode() for i, tables in decoded.defaulted.items()
+        }
         for block in decoded.blocks.values():
             indices = block.indices
             whole = len(indices) == len(records)
@@ -509,6 +513,7 @@ class Worker:
                 ts=block.ts,
                 epoch=self._epoch,
                 enriched_at=at,
+                defaulted=defaulted or None,
             )
             self._in_engine += len(indices)
             self._engine.submit(
@@ -562,7 +567,8 @@ class Worker:
                 ts = [block.ts[r] for r in rows]
             assert outcome.model is not None
             outputs.predictions(outcome.model.spec, block.owed, records, offsets, ids, ts,
-                                outcome.outputs, enriched_at=block.enriched_at)  # fmt: skip
+                                outcome.outputs, enriched_at=block.enriched_at,
+                                defaulted=block.defaulted)  # fmt: skip
 
     def _still_owed(self, block: _Block) -> bool:
         """After a loss or an abort: whether the block's partition is still held in the same

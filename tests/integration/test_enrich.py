@@ -162,3 +162,36 @@ def test_a_table_over_its_bound_or_missing_stops_the_worker_at_start(
     (prediction,) = read_all(p.bootstrap, [p.output], expect=1)
     ok.stop()
     assert prediction.json["id"] == "a-0"
+
+
+def test_with_the_defaults_policy_an_unknown_entity_is_predicted_from_the_models_defaults(
+    make_pipeline: Callable[..., Pipeline], kafka_admin: AdminClient, tmp_path: Path
+) -> None:
+    """--enrich-missing stats=defaults: a card the table never had, or lost to a tombstone,
+    is scored with the manifest's defaults (equal to ONNX Runtime on that row) and says so
+    in a pipeline.enriched.defaults header; a known card is joined as before, without it."""
+    models = tmp_path / "models"
+    model = linear_model(models / "fraud" / "1", NAMES, [0.5, 2.0, -3.0]) / "model.onnx"
+    manifest = model.parent / "model.json"
+    defaults = (25.0, 0.5)
+    manifest.write_bytes(orjson.dumps({**orjson.loads(manifest.read_bytes()),
+                                       "defaults": dict(zip(NAMES[1:], defaults, strict=True))}))  # fmt: skip
+    p = make_pipeline(models=models, partitions=2)
+    table = _table_topic(kafka_admin, "card-stats")
+    stats = {"card-1": (100.0, 3.0), "card-2": (200.0, 4.0)}
+    send(p.bootstrap, table, [_stats(c, *v) for c, v in stats.items()])
+    send(p.bootstrap, table, [(b"card-2", None)])  # a tombstone: card-2 is gone
+    events = _payments("d", ["card-1", "card-2", "card-9"] * 4)
+    send(p.bootstrap, p.input, events)
+
+    worker = p.start_worker("--enrich", f"stats={table}:card_id", "--default-model", "fraud",
+                            "--enrich-missing", "stats=defaults")  # fmt: skip
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(events))
+    code, _ = worker.stop()
+    assert code == 0, worker.log
+
+    assert [r for r in out if r.topic == p.dlq] == []
+    _check(out, model, {**stats, "card-2": defaults, "card-9": defaults}, events)
+    for record in out:
+        defaulted = record.headers.get("pipeline.enriched.defaults")
+        assert defaulted == (None if record.key == b"card-1" else b"stats"), record

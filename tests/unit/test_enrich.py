@@ -86,6 +86,48 @@ def test_a_missing_entity_is_an_enrich_reject_naming_the_topic_and_the_key() -> 
     assert "'spend_1h', 'tx_1h'" in reject.message  # what the event could send instead
 
 
+DEFAULTED = ModelSpec(
+    name="fraud",
+    version="1",
+    n_features=3,
+    feature_names=("amount", "spend_1h", "tx_1h"),
+    defaults=(("spend_1h", 0.0), ("tx_1h", 1.0)),
+)
+
+
+def decode_with(spec: ModelSpec, events: list[dict[str, Any]], *enrichments: Enrichment) -> Decoded:
+    decoder = EventDecoder(catalog=DictCatalog(spec), default_model=spec.name,
+                           enrichments=enrichments)  # fmt: skip
+    return decoder.decode([orjson.dumps(e) for e in events], [0] * len(events))
+
+
+def test_with_the_defaults_policy_a_missing_entity_takes_the_models_defaults() -> None:
+    stats = Enrichment(STATS.with_missing("defaults"), table(c1={"spend_1h": 7.0, "tx_1h": 2.0}))
+    events = [
+        {"id": "known", "card_id": "c1", "features": {"amount": 1.0}},
+        {"id": "unknown", "card_id": "c9", "features": {"amount": 2.0}},
+        {"id": "own", "card_id": "c9", "features": {"amount": 3.0, "tx_1h": 5.0}},
+    ]
+
+    decoded = decode_with(DEFAULTED, events, stats)
+
+    assert decoded.rejects == []
+    (block,) = decoded.blocks.values()
+    assert block.feed["features"].tolist() == [[1.0, 7.0, 2.0], [2.0, 0.0, 1.0], [3.0, 0.0, 5.0]]
+    assert decoded.defaulted == {1: ("stats",), 2: ("stats",)}  # the event's own value won
+
+
+def test_with_the_defaults_policy_a_name_without_a_default_is_still_entity_not_found() -> None:
+    stats = Enrichment(STATS.with_missing("defaults"), table())
+
+    decoded = decode([{"id": "a", "card_id": "c9", "features": {"amount": 1.0}}], stats)
+
+    (reject,) = decoded.rejects
+    assert (reject.stage, reject.error_type) == ("enrich", "EntityNotFound")
+    assert "has no defaults for 'spend_1h', 'tx_1h'" in reject.message
+    assert decoded.defaulted == {}
+
+
 def test_a_complete_event_or_an_array_is_not_looked_up() -> None:
     stats = Enrichment(STATS, table())  # empty: a look-up would be EntityNotFound
 
@@ -212,3 +254,14 @@ def test_the_enrich_settings_are_checked_at_start() -> None:
         WorkerConfig(enrich=("s=a:k",), group_type="share")
     with pytest.raises(ConfigError, match="enrich_max_bytes"):
         WorkerConfig(enrich_max_bytes=0)
+
+
+def test_the_missing_entity_policy_is_set_per_table_and_checked_at_start() -> None:
+    cfg = WorkerConfig(enrich=("s=a:k", "t=b:k"), enrich_missing=("t=defaults",))
+    assert [e.missing for e in cfg.enrichments] == ["dead-letter", "defaults"]
+    with pytest.raises(ConfigError, match="which no --enrich flag names"):
+        WorkerConfig(enrich=("s=a:k",), enrich_missing=("x=defaults",))
+    with pytest.raises(ConfigError, match="POLICY one of dead-letter, defaults"):
+        WorkerConfig(enrich=("s=a:k",), enrich_missing=("s=wait",))
+    with pytest.raises(ConfigError, match="names 's' twice"):
+        WorkerConfig(enrich=("s=a:k",), enrich_missing=("s=defaults", "s=dead-letter"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -296,6 +297,9 @@ BAD_MANIFESTS: list[tuple[object, str]] = [
     ({"serving": {"intra_op_threads": -1}}, "'intra_op_threads' must be an integer >= 0"),
     ({"serving": {"max_wait_ms": "5"}}, "'max_wait_ms' must be a number of milliseconds"),
     ({"serving": {"max_wait_ms": True}}, "'max_wait_ms' must be a number of milliseconds"),
+    ({"defaults": ["x"]}, "'defaults' must be a JSON object of input names to values"),
+    ({"defaults": {"mean_radius": None}}, "one string, number or boolean, got 'mean_radius': null"),
+    ({"defaults": {"mean_radius": [1.0]}}, "one string, number or boolean"),
 ]
 
 
@@ -842,3 +846,31 @@ def test_list_show_and_validate_tell_the_pin(tmp_path: Path) -> None:
     pinned_wrong = run("validate", "rec")
     assert pinned_wrong.returncode == 1
     assert "rec version PINNED" in pinned_wrong.stderr and "'7'" in pinned_wrong.stderr
+
+
+@pytest.mark.parametrize(
+    ("defaults", "says"),
+    [
+        ({"no such column": 1.0}, "names 'no such column', which is not an input of one value"),
+        ({"mean_radius": "big"}, "but input 'mean_radius' is FP32: give it a number"),
+        ({"mean_radius": True}, "give it a number"),
+    ],
+)
+def test_a_manifests_defaults_must_name_the_models_columns_with_values_of_their_kind(
+    add_version: Callable[..., Path], make_cache: Callable[..., ModelCache],
+    defaults: dict[str, object], says: str,
+) -> None:  # fmt: skip
+    directory = add_version("m", "1")
+    manifest = json.loads((directory / "model.json").read_text())
+    write_manifest(directory, {**manifest, "defaults": defaults})
+    with pytest.raises(ModelLoadError, match=re.escape(says)):
+        make_cache().get("m", "1")
+
+
+def test_a_manifests_defaults_reach_the_models_spec(
+    add_version: Callable[..., Path], make_cache: Callable[..., ModelCache]
+) -> None:
+    directory = add_version("m", "1")
+    manifest = json.loads((directory / "model.json").read_text())
+    write_manifest(directory, {**manifest, "defaults": {"mean_radius": 14, "mean_texture": 19.5}})
+    assert make_cache().get("m", "1").spec.defaults == (("mean_radius", 14), ("mean_texture", 19.5))
