@@ -28,9 +28,10 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from types import FrameType
 from typing import Any
 
@@ -501,6 +502,9 @@ class Worker:
         defaulted = {
             offsets[i]: ",".join(tables).encode() for i, tables in decoded.defaulted.items()
         }
+        if defaulted:
+            for table, rows in Counter(chain(*decoded.defaulted.values())).items():
+                self._sensor.enrich_defaulted(table, rows)
         for block in decoded.blocks.values():
             indices = block.indices
             whole = len(indices) == len(records)

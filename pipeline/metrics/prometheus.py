@@ -35,6 +35,7 @@ pipeline_shadow_rows_skipped_total                          counter    model, ve
 pipeline_consumer_lag                                       gauge      topic, partition
 pipeline_partitions_assigned, pipeline_partitions_paused    gauge
 pipeline_enrich_table_rows, pipeline_enrich_table_bytes     gauge      table
+pipeline_enrich_defaults_total                              counter    table
 pipeline_rebalances_total                                   counter    kind
 pipeline_transactions_total                                 counter    outcome
 pipeline_share_acknowledgements_total                       counter    kind
@@ -144,6 +145,12 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...]]] = {
     "enrich_table_bytes": (
         "gauge",
         "Estimated bytes an --enrich table holds (sys.getsizeof of its objects)",
+        ("table",),
+        (),
+    ),
+    "enrich_defaults_total": (
+        "counter",
+        "Rows that took the model's defaults because an --enrich table lacked their entity",
         ("table",),
         (),
     ),
@@ -310,6 +317,9 @@ class PrometheusSensor(Sensor, Collector):
     def enrich_table(self, table: str, rows: int, nbytes: int) -> None:
         self._set("enrich_table_rows", (table,), rows)
         self._set("enrich_table_bytes", (table,), nbytes)
+
+    def enrich_defaulted(self, table: str, rows: int) -> None:
+        self._add("enrich_defaults_total", (table,), rows)
 
     def records_acknowledged(self, kind: str, n: int) -> None:
         self._add("share_acknowledgements_total", (kind,), n)

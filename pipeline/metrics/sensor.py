@@ -92,6 +92,9 @@ class Sensor:
     def enrich_table(self, table: str, rows: int, nbytes: int) -> None:
         """An enrichment table now holds `rows` entities in an estimated `nbytes` bytes."""
 
+    def enrich_defaulted(self, table: str, rows: int) -> None:
+        """`rows` rows took the model's defaults because `table` lacked their entity."""
+
     # -- the front doors --------------------------------------------------------------------
 
     def request(self, door: str, status: str, seconds: float) -> None:
@@ -197,6 +200,10 @@ class Sensors(Sensor):
     def enrich_table(self, table: str, rows: int, nbytes: int) -> None:
         for s in self.sensors:
             s.enrich_table(table, rows, nbytes)
+
+    def enrich_defaulted(self, table: str, rows: int) -> None:
+        for s in self.sensors:
+            s.enrich_defaulted(table, rows)
 
     def request(self, door: str, status: str, seconds: float) -> None:
         for s in self.sensors:

@@ -5,6 +5,7 @@ letter, and a restarted worker rebuilds the table and loses no event."""
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from tests.modelfactory import linear_model
 
 from .conftest import Pipeline
-from .kafkaio import Accounting, Record, read_all, send
+from .kafkaio import Accounting, Record, free_port, read_all, send
 
 NAMES = ["amount", "spend_1h", "tx_1h"]
 
@@ -184,9 +185,12 @@ def test_with_the_defaults_policy_an_unknown_entity_is_predicted_from_the_models
     events = _payments("d", ["card-1", "card-2", "card-9"] * 4)
     send(p.bootstrap, p.input, events)
 
+    port = free_port()
     worker = p.start_worker("--enrich", f"stats={table}:card_id", "--default-model", "fraud",
-                            "--enrich-missing", "stats=defaults")  # fmt: skip
+                            "--enrich-missing", "stats=defaults", "--metrics-port", str(port))  # fmt: skip
     out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(events))
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        metrics = reply.read().decode()
     code, _ = worker.stop()
     assert code == 0, worker.log
 
@@ -195,3 +199,4 @@ def test_with_the_defaults_policy_an_unknown_entity_is_predicted_from_the_models
     for record in out:
         defaulted = record.headers.get("pipeline.enriched.defaults")
         assert defaulted == (None if record.key == b"card-1" else b"stats"), record
+    assert 'pipeline_enrich_defaults_total{table="stats"} 8.0' in metrics, metrics
