@@ -5,6 +5,7 @@ letter, and a restarted worker rebuilds the table and loses no event."""
 
 from __future__ import annotations
 
+import re
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -200,3 +201,44 @@ def test_with_the_defaults_policy_an_unknown_entity_is_predicted_from_the_models
         defaulted = record.headers.get("pipeline.enriched.defaults")
         assert defaulted == (None if record.key == b"card-1" else b"stats"), record
     assert 'pipeline_enrich_defaults_total{table="stats"} 8.0' in metrics, metrics
+
+
+def test_a_worker_joining_loads_the_whole_table_and_the_rebalance_loses_no_event(
+    make_pipeline: Callable[..., Pipeline], kafka_admin: AdminClient, tmp_path: Path
+) -> None:
+    """A second worker joins the group mid-stream: it loads the whole table before it takes
+    partitions, an update made after the rebalance reaches the events of both workers, and
+    every event is predicted once, equal to ONNX Runtime on its joined row."""
+    models = tmp_path / "models"
+    model = linear_model(models / "fraud" / "1", NAMES, [0.5, 2.0, -3.0]) / "model.onnx"
+    p = make_pipeline(models=models, partitions=4)
+    table = _table_topic(kafka_admin, "card-stats")
+    cards = [f"card-{i}" for i in range(20)]
+    stats = {c: (100.0 + i, float(i)) for i, c in enumerate(cards)}
+    send(p.bootstrap, table, [_stats(c, *stats[c]) for c in cards])
+    enrich = ("--enrich", f"stats={table}:card_id", "--default-model", "fraud")
+
+    first = p.start_worker(*enrich)
+    before = _payments("a", cards * 10)
+    send(p.bootstrap, p.input, before)
+    read_all(p.bootstrap, [p.output], expect=len(before))
+    second = p.start_worker(*enrich)
+    second.wait_for_log("table stats loaded", timeout_s=60)
+    second.wait_for_log(re.compile(rf"assigned {re.escape(p.input)}\["), timeout_s=60)
+    first.wait_for_log("revoked ", timeout_s=60)  # it gave the newcomer partitions
+
+    updated = dict(stats, **{c: (5.0, 50.0) for c in cards[:10]})
+    send(p.bootstrap, table, [_stats(c, *updated[c]) for c in cards[:10]])
+    after = _payments("b", cards * 10)
+    send(p.bootstrap, p.input, after)
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(before) + len(after))
+    for worker in (first, second):
+        code, _ = worker.stop()
+        assert code == 0, worker.log[-2000:]
+
+    predictions = [r for r in out if r.topic == p.output]
+    _check([r for r in predictions if r.json["id"].startswith("a-")], model, stats, before)
+    _check([r for r in predictions if r.json["id"].startswith("b-")], model, updated, after)
+    acc = Accounting.of(predictions, [r for r in out if r.topic == p.dlq])
+    ids = [orjson.loads(v)["id"] for _, v in [*before, *after]]
+    assert acc.lost(ids) == [] and acc.duplicates() == 0
