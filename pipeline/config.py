@@ -281,7 +281,7 @@ class WorkerConfig(EngineSettings, DoorSettings, LogSettings):
     enrich_missing: tuple[str, ...] = ()  # "NAME=POLICY": dead-letter (default) or defaults
     kafka: Mapping[str, str] = field(default_factory=dict)
     allow_unsafe_kafka_properties: bool = False
-    value_format: str = "json"  # json, avro or auto: see pipeline.engine.framing
+    value_format: str = "json"  # json, avro, jsonschema or auto: see pipeline.engine.framing
     schema_registry_url: str = ""  # needed by avro and auto; -X schema.registry.* configure it
     output_format: str = "json"  # json or avro: see pipeline.schemaregistry
     output_subject_strategy: str = "topic"  # topic, record or topic-record

@@ -47,7 +47,9 @@ ERROR_TYPES: Final = (
         "InvalidJson",
         "decode",
         "the value is not one JSON document (also a Schema Registry framed value read with "
-        "`--value-format json`: read those with `avro` or `auto`)",
+        "`--value-format json`: read those with `avro`, `jsonschema` or `auto`); with "
+        "`jsonschema`, a framed payload that is not JSON text, or a schema that is not JSON "
+        "Schema",
     ),
     ErrorType(
         "NotAnObject",
@@ -57,14 +59,15 @@ ERROR_TYPES: Final = (
     ErrorType(
         "UnknownMagicByte",
         "decode",
-        "`--value-format avro|auto`: the value does not start with the Schema Registry magic "
-        "byte 0 (auto: a value starting with a control byte JSON text cannot start with)",
+        "`--value-format avro|jsonschema|auto`: the value does not start with the Schema "
+        "Registry magic byte 0 (auto: a value starting with a control byte JSON text cannot "
+        "start with)",
     ),
     ErrorType(
         "TruncatedFrame",
         "decode",
-        "`--value-format avro|auto`: the value ends within the 5-byte header (magic byte, "
-        "schema id) or right after it",
+        "`--value-format avro|jsonschema|auto`: the value ends within the 5-byte header "
+        "(magic byte, schema id) or right after it",
     ),
     ErrorType("UnknownSchema", "decode", "the Schema Registry does not know the value's schema id"),
     ErrorType(
@@ -77,7 +80,7 @@ ERROR_TYPES: Final = (
         "InvalidAvro",
         "decode",
         "the framed payload does not decode with its schema (cut short, corrupt), or the "
-        "schema is not Avro",
+        "schema is not Avro (nor, under `auto`, JSON Schema)",
     ),
     ErrorType("TooDeep", "decode", "arrays or objects nest deeper than 8 levels"),
     ErrorType(

@@ -1,14 +1,18 @@
-"""The Schema Registry client side: connecting at start, reading framed Avro values, and
-writing predictions as framed Avro values.
+"""The Schema Registry client side: connecting at start, reading framed Avro and JSON
+Schema values, and writing predictions as framed Avro values.
 
-The worker reads Schema Registry framed values (``--value-format avro|auto``) through
-`AvroReader`, the engine's `FramedReader` that asks a registry: each schema id is fetched
-once (the client caches it) and the payload is decoded with confluent-kafka's
-`AvroDeserializer`. What goes wrong with one value becomes that value's ``decode`` reject:
+The worker reads Schema Registry framed values (``--value-format avro|jsonschema|auto``)
+through `RegistryReader`, the engine's `FramedReader` that asks a registry: each schema id
+is fetched once and kept. An Avro payload is decoded with fastavro (confluent-kafka's
+`AvroDeserializer` for a schema with references); a JSON Schema payload (the frame, then
+JSON text, as confluent-kafka's `JSONSerializer` writes it) is parsed as JSON, and not
+validated against its schema again: the serializer validated it, and the event contract's
+own checks follow. What goes wrong with one value becomes that value's ``decode`` reject:
 a schema id the registry does not know (``UnknownSchema``), a registry that does not
 answer for a schema not cached yet, after the client's own bounded retries
-(``RegistryUnavailable``), or a payload that does not decode with its schema
-(``InvalidAvro``).
+(``RegistryUnavailable``), a payload that does not decode with its schema (``InvalidAvro``,
+``InvalidJson``), or a schema of a type the format does not read (Protobuf, or Avro under
+``jsonschema``).
 
 With ``--output-format avro``, `AvroPredictionWriter` writes each prediction as a framed
 Avro value of its model's schema (`pipeline.engine.avroschema`), registered under the
@@ -54,7 +58,7 @@ from pipeline.errors import ConfigError, RegistryUnreachable
 
 __all__ = [
     "AvroPredictionWriter",
-    "AvroReader",
+    "RegistryReader",
     "avro_encoder",
     "connect",
     "framed_reader",
@@ -66,6 +70,10 @@ log = logging.getLogger("pipeline.schemaregistry")
 _RESOLVED_BY_DESERIALIZER = object()  # a schema with references: AvroDeserializer reads it
 
 _NOT_FOUND = 404
+_AVRO, _JSON = "AVRO", "JSON"  # the registry's schema types (an absent type is Avro)
+_SCHEMA_TYPES = {"avro": (_AVRO,), "jsonschema": (_JSON,), "auto": (_AVRO, _JSON)}
+_READ_BY = {_AVRO: "--value-format avro or auto", _JSON: "--value-format jsonschema or auto"}
+_PARSED_AS_JSON = object()  # a JSON Schema id: its payloads are JSON text
 
 
 def registry_settings(url: str, properties: Mapping[str, str]) -> dict[str, Any]:
@@ -75,7 +83,7 @@ def registry_settings(url: str, properties: Mapping[str, str]) -> dict[str, Any]
     return {**extra, "url": url}
 
 
-def framed_reader(config: WorkerConfig) -> AvroReader | None:
+def framed_reader(config: WorkerConfig) -> RegistryReader | None:
     """The reader of framed values `config` asks for, connected; None for JSON text.
 
     Raises:
@@ -85,7 +93,7 @@ def framed_reader(config: WorkerConfig) -> AvroReader | None:
     if config.value_format == "json":
         return None
     url = config.schema_registry_url
-    return AvroReader(connect(url, config.kafka), url)
+    return RegistryReader(connect(url, config.kafka), url, _SCHEMA_TYPES[config.value_format])
 
 
 def prediction_writer(
@@ -181,17 +189,22 @@ def connect(url: str, properties: Mapping[str, str]) -> SchemaRegistryClient:
     return client
 
 
-class AvroReader:
-    """Reads framed Avro values with the schemas of one registry (a `FramedReader`).
+class RegistryReader:
+    """Reads framed values with the schemas of one registry (a `FramedReader`).
 
     Args:
         client: The registry's client; it caches each schema it fetched.
         url: The registry's address, for messages.
+        types: The schema types read (``AVRO``, ``JSON``); a value whose schema is of
+            another type is that type's ``decode`` reject.
     """
 
-    def __init__(self, client: SchemaRegistryClient, url: str) -> None:
+    def __init__(
+        self, client: SchemaRegistryClient, url: str, types: Sequence[str] = (_AVRO,)
+    ) -> None:
         self._client = client
         self._url = url
+        self._types = tuple(types)
         self._deserializer = AvroDeserializer(client)
         self._described: dict[int, str] = {}
         self._parsed: dict[int, Any] = {}  # schema id -> fastavro's parsed writer schema
@@ -208,6 +221,16 @@ class AvroReader:
         parsed = self._parsed.get(schema_id)
         if parsed is None:
             parsed = self._writer_schema(schema_id)
+        if parsed is _PARSED_AS_JSON:
+            try:
+                return orjson.loads(value[FRAME_HEADER_BYTES:])
+            except orjson.JSONDecodeError as exc:
+                raise FrameProblem(
+                    "decode",
+                    "InvalidJson",
+                    f"the payload of a value framed with {self.describe(schema_id)} is not "
+                    f"JSON text: {exc}",
+                ) from None
         try:
             if parsed is _RESOLVED_BY_DESERIALIZER:
                 return self._deserializer(value, None)
@@ -237,14 +260,19 @@ class AvroReader:
             raise self._unavailable(schema_id, exc) from None
         except Exception as exc:  # httpx: the registry does not answer
             raise self._unavailable(schema_id, exc) from None
-        if schema.schema_type not in (None, "AVRO"):
+        kind = schema.schema_type or _AVRO
+        if kind not in self._types:
+            wanted = " and ".join(self._types)
             raise FrameProblem(
                 "decode",
-                "InvalidAvro",
-                f"{self.describe(schema_id)} is a {schema.schema_type} schema; "
-                "--value-format avro reads Avro values only",
+                "InvalidJson" if self._types == (_JSON,) else "InvalidAvro",
+                f"{self.describe(schema_id)} has schema type {kind}; this worker reads "
+                f"{wanted} schemas only"
+                + (f" (run it with {_READ_BY[kind]})" if kind in _READ_BY else ""),
             )
-        if schema.references:
+        if kind == _JSON:
+            parsed = _PARSED_AS_JSON
+        elif schema.references:
             parsed = _RESOLVED_BY_DESERIALIZER
         else:
             try:

@@ -239,8 +239,8 @@ class EventDecoder:
         max_value_bytes: Values longer than this are rejected before parsing.
         max_depth: Values nesting arrays/objects deeper than this are rejected as
             ``TooDeep`` (the event object itself is depth 1, its `features` depth 2).
-        value_format: ``json`` (text), ``avro`` (Schema Registry framed values) or ``auto``
-            (framed values and JSON text, told apart per value); see
+        value_format: ``json`` (text), ``avro`` or ``jsonschema`` (Schema Registry framed
+            values) or ``auto`` (framed values and JSON text, told apart per value); see
             `pipeline.engine.framing`. A framed record's fields are the event's, and a null
             `model`, `version` or `ts` counts as absent.
         framed: Reads framed values' payloads; needed unless `value_format` is ``json``.
@@ -283,9 +283,12 @@ class EventDecoder:
         self._max_depth = max_depth
         self._framed = framed
         self._reads_frames = value_format != "json"
-        self._read = {"json": self._parse, "avro": self._parse_framed, "auto": self._parse_any}[
-            value_format
-        ]
+        self._read = {
+            "json": self._parse,
+            "avro": self._parse_framed,
+            "jsonschema": self._parse_framed,
+            "auto": self._parse_any,
+        }[value_format]
         self._enrichments = tuple(enrichments)
         self._rollouts = rollouts
 

@@ -177,8 +177,9 @@ def _add_worker_flags(add: Callable[..., Any]) -> None:
     add(
         "--value-format",
         choices=VALUE_FORMATS,
-        help="json: JSON text (default); avro: Schema Registry framed Avro values; auto: "
-        "either, told apart per record",
+        help="json: JSON text (default); avro: Schema Registry framed Avro values; "
+        "jsonschema: framed JSON Schema values (confluent-kafka's JSONSerializer); auto: any "
+        "of these, told apart per record",
     )
     add(
         "--output-format",

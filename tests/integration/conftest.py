@@ -16,9 +16,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.serialization import MessageField, SerializationContext
 
 from pipeline.dev.localkafka import LocalKafka
 from pipeline.dev.localregistry import LocalRegistry, missing_tools
@@ -61,6 +64,26 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield info.bootstrap
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def registry(schema_registry_url: str) -> Iterator[SchemaRegistryClient]:
+    """A client of the session's Schema Registry."""
+    with SchemaRegistryClient({"url": schema_registry_url}) as client:
+        yield client
+
+
+def framer(serializer: Callable[..., bytes | None], topic: str) -> Callable[[Any], bytes]:
+    """Frame values for `topic` with a Schema Registry serializer of confluent-kafka's
+    (AvroSerializer, JSONSerializer): the producers users run."""
+    ctx = SerializationContext(topic, MessageField.VALUE)
+
+    def frame(value: Any) -> bytes:
+        framed = serializer(value, ctx)
+        assert framed is not None
+        return framed
+
+    return frame
 
 
 @pytest.fixture(scope="session")

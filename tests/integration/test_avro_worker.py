@@ -9,7 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from pipeline.dev.localregistry import LocalRegistry, missing_tools
 from pipeline.exitcodes import CONFIG, REGISTRY_UNREACHABLE
 
-from .conftest import Pipeline
+from .conftest import Pipeline, framer
 from .kafkaio import free_port, good_events, read_all, send, wait_for_outputs
 from .test_share import lock_for, share_groups_supported
 
@@ -45,24 +45,10 @@ V2 = {
 NO_FEATURES = {"type": "record", "name": "NotAnEvent", "fields": [{"name": "id", "type": "string"}]}
 
 
-@pytest.fixture
-def registry(schema_registry_url: str) -> Iterator[SchemaRegistryClient]:
-    with SchemaRegistryClient({"url": schema_registry_url}) as client:
-        yield client
-
-
 def _framer(
     client: SchemaRegistryClient, topic: str, schema: dict[str, Any]
 ) -> Callable[[dict[str, Any]], bytes]:
-    serializer = AvroSerializer(client, json.dumps(schema))
-    ctx = SerializationContext(topic, MessageField.VALUE)
-
-    def frame(event: dict[str, Any]) -> bytes:
-        value = serializer(event, ctx)
-        assert value is not None
-        return value
-
-    return frame
+    return framer(AvroSerializer(client, json.dumps(schema)), topic)
 
 
 def _predictions(p: Pipeline, expect: int) -> tuple[dict[str, Any], list[Any]]:

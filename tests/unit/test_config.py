@@ -737,7 +737,9 @@ def test_the_start_up_line_shows_where_and_what_differs_not_every_setting() -> N
 def test_a_framed_value_format_needs_a_schema_registry_url() -> None:
     with pytest.raises(ConfigError, match="--value-format avro reads Schema Registry framed"):
         WorkerConfig(value_format="avro")
-    with pytest.raises(ConfigError, match="value_format must be one of json, avro, auto"):
+    with pytest.raises(
+        ConfigError, match="value_format must be one of json, avro, jsonschema, auto"
+    ):
         WorkerConfig(value_format="protobuf", schema_registry_url="http://127.0.0.1:8081")
     config = WorkerConfig(value_format="auto", schema_registry_url="http://127.0.0.1:8081")
     assert config.value_format == "auto" and WorkerConfig().value_format == "json"

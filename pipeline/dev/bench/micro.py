@@ -36,6 +36,7 @@ __all__ = [
     "bench_avro_decode",
     "bench_codec",
     "bench_inference",
+    "bench_jsonschema_decode",
     "main",
 ]
 
@@ -47,18 +48,21 @@ BATCHING_TARGET = 20.0
 
 _N_FEATURES = 30
 _POLL_SIZE = 500  # values per decode call, as the worker consumes them
+_SCHEMAS = Path(__file__).resolve().parents[3] / "schemas"
 _WARMUP_RUNS = 3
 
 
 class CodecFigures(TypedDict):
-    """Median microseconds per event over the timed repetitions; `avro_decode_us` is the
-    same events' decoding as Schema Registry framed Avro values (`bench_avro_decode`)."""
+    """Median microseconds per event over the timed repetitions; `avro_decode_us` and
+    `jsonschema_decode_us` are the same events' decoding as Schema Registry framed Avro and
+    JSON Schema values (`bench_avro_decode`, `bench_jsonschema_decode`)."""
 
     events: int
     decode_us: float
     encode_us: float
     total_us: float
     avro_decode_us: float
+    jsonschema_decode_us: float
 
 
 class ModelFigures(TypedDict):
@@ -136,6 +140,7 @@ def bench_codec(n_events: int = 20000, repeats: int = 5) -> CodecFigures:
         "encode_us": statistics.median(e for _, e in timings) * per_event,
         "total_us": statistics.median(d + e for d, e in timings) * per_event,
         "avro_decode_us": bench_avro_decode(spec, events, repeats),
+        "jsonschema_decode_us": bench_jsonschema_decode(spec, events, repeats),
     }
 
 
@@ -151,12 +156,8 @@ class _OneSchemaRegistry:
 
 def bench_avro_decode(spec: ModelSpec, events: Sequence[bytes], repeats: int) -> float:
     """Median us per event of decoding `events` framed as Avro values (schema id 1, the
-    benchmark's `AVRO_EVENT_SCHEMA`) through `EventDecoder` and `AvroReader`, with the
+    benchmark's `AVRO_EVENT_SCHEMA`) through `EventDecoder` and `RegistryReader`, with the
     schema already fetched: what the worker spends per value once its cache is warm."""
-    from confluent_kafka.schema_registry import Schema
-
-    from pipeline.schemaregistry import AvroReader
-
     parsed = parse_schema(AVRO_EVENT_SCHEMA)
     framed = []
     for value in events:
@@ -164,9 +165,29 @@ def bench_avro_decode(spec: ModelSpec, events: Sequence[bytes], repeats: int) ->
         buffer.write(b"\x00" + (1).to_bytes(4, "big"))
         schemaless_writer(buffer, parsed, orjson.loads(value))
         framed.append(buffer.getvalue())
-    registry = _OneSchemaRegistry(Schema(orjson.dumps(AVRO_EVENT_SCHEMA).decode(), "AVRO"))
-    reader = AvroReader(registry, "in memory")  # type: ignore[arg-type]
-    decoder = EventDecoder(catalog=_OneModelCatalog(spec), value_format="avro", framed=reader)
+    return _framed_decode(spec, framed, "avro", orjson.dumps(AVRO_EVENT_SCHEMA), repeats)
+
+
+def bench_jsonschema_decode(spec: ModelSpec, events: Sequence[bytes], repeats: int) -> float:
+    """The same for `events` framed as JSON Schema values (schema id 1, the event
+    contract's `schemas/feature-event.schema.json`): the frame, then the JSON text."""
+    framed = [b"\x00" + (1).to_bytes(4, "big") + value for value in events]
+    schema = (_SCHEMAS / "feature-event.schema.json").read_bytes()
+    return _framed_decode(spec, framed, "jsonschema", schema, repeats)
+
+
+def _framed_decode(
+    spec: ModelSpec, framed: Sequence[bytes], value_format: str, schema: bytes, repeats: int
+) -> float:
+    """Median us per value of decoding `framed` (schema id 1, of `value_format`'s type)."""
+    from confluent_kafka.schema_registry import Schema
+
+    from pipeline.schemaregistry import RegistryReader
+
+    kind = "AVRO" if value_format == "avro" else "JSON"
+    registry = _OneSchemaRegistry(Schema(schema.decode(), kind))
+    reader = RegistryReader(registry, "in memory", (kind,))  # type: ignore[arg-type]
+    decoder = EventDecoder(catalog=_OneModelCatalog(spec), value_format=value_format, framed=reader)
     batches = [framed[i : i + _POLL_SIZE] for i in range(0, len(framed), _POLL_SIZE)]
 
     def run_once() -> float:
@@ -263,6 +284,8 @@ def _codec_table(figures: CodecFigures) -> list[str]:
         f"| encode | {figures['encode_us']:.2f} |",
         f"| decode + encode | {figures['total_us']:.2f} |",
         f"| decode, the same events as framed Avro | {figures['avro_decode_us']:.2f} |",
+        f"| decode, the same events as framed JSON Schema | "
+        f"{figures['jsonschema_decode_us']:.2f} |",
     ]
 
 
