@@ -283,7 +283,7 @@ class WorkerConfig(EngineSettings, DoorSettings, LogSettings):
     allow_unsafe_kafka_properties: bool = False
     value_format: str = "json"  # json, avro, jsonschema or auto: see pipeline.engine.framing
     schema_registry_url: str = ""  # needed by avro and auto; -X schema.registry.* configure it
-    output_format: str = "json"  # json or avro: see pipeline.schemaregistry
+    output_format: str = "json"  # json, avro or jsonschema: see pipeline.schemaregistry
     output_subject_strategy: str = "topic"  # topic, record or topic-record
     shadow_topic: str = ""  # "": shadow versions' answers go to metrics only
 
@@ -530,7 +530,7 @@ def _check_transaction_timeout(interval_ms: int, kafka: Mapping[str, str]) -> No
     )
 
 
-OUTPUT_FORMATS: Final = ("json", "avro")
+OUTPUT_FORMATS: Final = ("json", "avro", "jsonschema")
 SUBJECT_STRATEGIES: Final = ("topic", "record", "topic-record")
 
 

@@ -1,5 +1,5 @@
 """The Schema Registry client side: connecting at start, reading framed Avro and JSON
-Schema values, and writing predictions as framed Avro values.
+Schema values, and writing predictions as framed Avro or JSON Schema values.
 
 The worker reads Schema Registry framed values (``--value-format avro|jsonschema|auto``)
 through `RegistryReader`, the engine's `FramedReader` that asks a registry: each schema id
@@ -24,6 +24,11 @@ the schema refuses the version, with the registry's reason, at start; a version 
 later has its predictions dead-lettered with that reason (``IncompatibleSchema``), never
 written in a form consumers cannot read.
 
+With ``--output-format jsonschema``, `JsonSchemaPredictionWriter` writes each prediction as
+the JSON text ``--output-format json`` writes, framed with the id of the prediction
+contract's JSON Schema (``schemas/prediction.schema.json``, shipped in the package),
+registered once per subject of the same strategy.
+
 The client's settings are the ``-X schema.registry.<setting>`` properties (the same
 ``[kafka]`` table and ``-X`` flags as librdkafka's, with this prefix), e.g.
 ``-X schema.registry.basic.auth.user.info=env:REGISTRY_AUTH``; they never reach
@@ -38,6 +43,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +56,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from pipeline.config import REGISTRY_PREFIX, WorkerConfig
 from pipeline.engine.avroschema import NAMESPACE, avro_name, prediction_schema
-from pipeline.engine.codec import prediction_documents
+from pipeline.engine.codec import encode_rows, prediction_documents
 from pipeline.engine.framing import FRAME_HEADER_BYTES, MAGIC_BYTE, FrameProblem
 from pipeline.engine.models import LoadedModel
 from pipeline.engine.spec import ModelSpec
@@ -58,6 +64,7 @@ from pipeline.errors import ConfigError, RegistryUnreachable
 
 __all__ = [
     "AvroPredictionWriter",
+    "JsonSchemaPredictionWriter",
     "RegistryReader",
     "avro_encoder",
     "connect",
@@ -98,7 +105,7 @@ def framed_reader(config: WorkerConfig) -> RegistryReader | None:
 
 def prediction_writer(
     config: WorkerConfig, models: Callable[[str, str], LoadedModel]
-) -> AvroPredictionWriter | None:
+) -> AvroPredictionWriter | JsonSchemaPredictionWriter | None:
     """The writer of predictions `config` asks for, connected; None for JSON text.
 
     Args:
@@ -112,6 +119,13 @@ def prediction_writer(
     if config.output_format == "json":
         return None
     client = connect(config.schema_registry_url, config.kafka)
+    if config.output_format == "jsonschema":
+        return JsonSchemaPredictionWriter(
+            client,
+            config.schema_registry_url,
+            topic=config.output_topic,
+            strategy=config.output_subject_strategy,
+        )
     return AvroPredictionWriter(
         client,
         config.schema_registry_url,
@@ -318,6 +332,110 @@ class RegistryReader:
         )
 
 
+def _register_at_start(
+    versions: Iterable[tuple[str, str]], register: Callable[[str, str], object]
+) -> None:
+    """Register each version's prediction schema before the worker reads a record: a
+    refusal is a configuration error (exit 3), no answer an unreachable registry."""
+    for name, version in versions:
+        try:
+            register(name, version)
+        except FrameProblem as problem:
+            if problem.error_type == "SchemaNotRegistered":
+                raise RegistryUnreachable(problem.message) from None
+            raise ConfigError(problem.message) from None
+
+
+def _subject(topic: str, strategy: str, model: str) -> str:
+    """The subject of a model's predictions under `strategy` (``--output-subject-strategy``)."""
+    record = f"{NAMESPACE}.{avro_name(model)}"
+    return {"topic": f"{topic}-value", "record": record, "topic-record": f"{topic}-{record}"}[
+        strategy
+    ]
+
+
+class JsonSchemaPredictionWriter:
+    """Writes predictions as framed JSON Schema values: the frame of the prediction
+    contract's schema (``schemas/prediction.schema.json``), registered once per subject,
+    then the prediction's JSON text as ``--output-format json`` writes it, so a consumer's
+    `JSONDeserializer` reads (and validates) it.
+
+    Args:
+        client: The registry's client.
+        url: The registry's address, for messages.
+        topic: The output topic (for the ``topic`` and ``topic-record`` subjects).
+        strategy: ``topic``, ``record`` or ``topic-record``.
+    """
+
+    def __init__(
+        self, client: SchemaRegistryClient, url: str, *, topic: str, strategy: str
+    ) -> None:
+        self._client = client
+        self._url = url
+        self._topic = topic
+        self._strategy = strategy
+        schema = resources.files("pipeline") / "_schemas" / "prediction.schema.json"
+        self._schema = Schema(schema.read_text(), "JSON")
+        self._headers: dict[str, bytes] = {}  # subject -> frame header
+
+    def prepare(self, versions: Iterable[tuple[str, str]]) -> None:
+        """Register the schema under the subject of every model in `versions`.
+
+        Raises:
+            ConfigError: The registry refused the schema under a subject.
+            RegistryUnreachable: The registry did not answer.
+        """
+        _register_at_start(versions, lambda name, _: self._header(name))
+
+    def __call__(
+        self,
+        spec: ModelSpec,
+        ids: Sequence[str],
+        ts: Sequence[int],
+        outputs: Mapping[str, np.ndarray[Any, Any]],
+        predicted_at_ms: int,
+        prediction_ids: Sequence[str] | None = None,
+    ) -> list[bytes]:
+        """One framed JSON value per row (the arguments are `encode_rows`'s).
+
+        Raises:
+            FrameProblem: The registry refused the schema, or did not answer when it was
+                first registered (every row of the batch is dead-lettered).
+        """
+        header = self._header(spec.name)
+        return [header + v for v in encode_rows(spec, ids, ts, outputs, predicted_at_ms,
+                                                 prediction_ids)]  # fmt: skip
+
+    def _header(self, model: str) -> bytes:
+        subject = _subject(self._topic, self._strategy, model)
+        header = self._headers.get(subject)
+        if header is not None:
+            return header
+        try:
+            schema_id = self._client.register_schema(subject, self._schema)
+        except SchemaRegistryError as exc:
+            raise FrameProblem(
+                "produce",
+                "IncompatibleSchema",
+                f"the Schema Registry at {self._url} refused the prediction JSON Schema under "
+                f"subject {subject!r} (HTTP {exc.http_status_code}, error {exc.error_code}: "
+                f"{exc.error_message}); the subject holds schemas of another kind or contract: "
+                "write to another topic or choose another --output-subject-strategy",
+            ) from None
+        except Exception as exc:  # httpx: the registry does not answer
+            raise FrameProblem(
+                "produce",
+                "SchemaNotRegistered",
+                f"the Schema Registry at {self._url} did not register the prediction JSON "
+                f"Schema under subject {subject!r} ({type(exc).__name__}: {exc}); the inputs "
+                "are kept in the dead-letter topic to be replayed",
+            ) from None
+        header = self._headers[subject] = bytes([MAGIC_BYTE]) + schema_id.to_bytes(4, "big")
+        log.info("predictions under subject %r are written as JSON Schema values: schema id %d",
+                 subject, schema_id)  # fmt: skip
+        return header
+
+
 @dataclass(frozen=True, slots=True)
 class _Written:
     """How one model version's predictions are written: its schema's id and parsed form,
@@ -358,12 +476,7 @@ class AvroPredictionWriter:
 
     def subject(self, model: str) -> str:
         """The subject a model's prediction schema is registered under."""
-        record = f"{NAMESPACE}.{avro_name(model)}"
-        return {
-            "topic": f"{self._topic}-value",
-            "record": record,
-            "topic-record": f"{self._topic}-{record}",
-        }[self._strategy]
+        return _subject(self._topic, self._strategy, model)
 
     def prepare(self, versions: Iterable[tuple[str, str]]) -> None:
         """Register the schema of every version in `versions` (the ones loaded at start).
@@ -373,13 +486,7 @@ class AvroPredictionWriter:
                 subject's earlier ones), or the version's outputs have no Avro form.
             RegistryUnreachable: The registry did not answer.
         """
-        for name, version in versions:
-            try:
-                self._writing(name, version)
-            except FrameProblem as problem:
-                if problem.error_type == "SchemaNotRegistered":
-                    raise RegistryUnreachable(problem.message) from None
-                raise ConfigError(problem.message) from None
+        _register_at_start(versions, self._writing)
 
     def __call__(
         self,

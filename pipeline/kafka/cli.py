@@ -185,7 +185,8 @@ def _add_worker_flags(add: Callable[..., Any]) -> None:
         "--output-format",
         choices=OUTPUT_FORMATS,
         help="json: predictions as JSON text (default); avro: framed Avro values of each "
-        "model's prediction schema, registered in the Schema Registry",
+        "model's prediction schema, registered in the Schema Registry; jsonschema: the JSON "
+        "text framed with schemas/prediction.schema.json, registered there",
     )
     add(
         "--output-subject-strategy",

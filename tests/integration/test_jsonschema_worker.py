@@ -14,7 +14,7 @@ import orjson
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
-from confluent_kafka.schema_registry.json_schema import JSONSerializer
+from confluent_kafka.schema_registry.json_schema import JSONDeserializer, JSONSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from .conftest import Pipeline, framer
@@ -96,3 +96,40 @@ def test_an_avro_value_or_a_payload_that_is_not_json_is_one_dead_letter(
         "has schema type AVRO" in said[b"avro"] and "--value-format avro or auto" in said[b"avro"]
     )
     assert "is not JSON text" in said[b"not-json"]
+
+
+def test_predictions_as_json_schema_values_are_read_by_a_plain_json_deserializer(
+    make_pipeline: Callable[..., Pipeline],
+    schema_registry_url: str,
+    registry: SchemaRegistryClient,
+) -> None:
+    """--output-format jsonschema: each prediction is the frame of the prediction contract's
+    schema, registered under <output topic>-value, then the JSON text --output-format json
+    writes; confluent-kafka's JSONDeserializer, given no schema of its own, fetches the
+    writer's schema by id and validates every prediction against it."""
+    p = make_pipeline(partitions=2)
+    events = good_events(60, run="out")
+    send(p.bootstrap, p.input, events)
+
+    worker = p.start_worker("--output-format", "jsonschema",
+                            "--schema-registry-url", schema_registry_url)  # fmt: skip
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(events))
+    code, _ = worker.stop()
+
+    assert code == 0, worker.log
+    assert all(r.topic == p.output for r in out)
+    subject = registry.get_latest_version(f"{p.output}-value")
+    assert subject.schema.schema_type == "JSON"
+    read = JSONDeserializer(None, schema_registry_client=registry)
+    ctx = SerializationContext(p.output, MessageField.VALUE)
+    ids = set()
+    for record in out:
+        assert record.value is not None
+        assert (
+            record.value[0] == 0 and int.from_bytes(record.value[1:5], "big") == subject.schema_id
+        )
+        prediction = read(record.value, ctx)  # validates against the registered schema
+        assert prediction == orjson.loads(record.value[5:])
+        assert prediction["model"] == "breast-cancer-mlp" and record.key is not None
+        ids.add(prediction["id"])
+    assert ids == {orjson.loads(v)["id"] for _, v in events}

@@ -771,8 +771,10 @@ def test_avro_predictions_need_a_schema_registry_url_and_a_known_subject_strateg
     url = "http://127.0.0.1:8081"
     with pytest.raises(ConfigError, match=r"--output-format avro registers .* needs --schema-reg"):
         WorkerConfig(output_format="avro")
-    with pytest.raises(ConfigError, match="output_format must be one of json, avro, got 'xml'"):
+    with pytest.raises(ConfigError, match="must be one of json, avro, jsonschema, got 'xml'"):
         WorkerConfig(output_format="xml", schema_registry_url=url)
+    with pytest.raises(ConfigError, match=r"--output-format jsonschema registers .* needs"):
+        WorkerConfig(output_format="jsonschema")
     with pytest.raises(ConfigError, match="output_subject_strategy must be one of topic, rec"):
         WorkerConfig(output_format="avro", schema_registry_url=url, output_subject_strategy="x")
     config = WorkerConfig(output_format="avro", schema_registry_url=url)

@@ -68,5 +68,6 @@ def _check_wheel(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith("/LICENSE") for n in names)
     assert "pipeline/py.typed" in names and "pipeline/dev/_kafka/pom.xml" in names
+    assert "pipeline/_schemas/prediction.schema.json" in names  # --output-format jsonschema
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "pipeline = pipeline.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
