@@ -183,18 +183,20 @@ def enrich(
         for name in lacking:
             if name not in joined and name in row:
                 joined[name] = row[name]
-    if not defaulted:
-        return joined, ()
-    for name, value in spec.defaults:
-        if name in lacking and name not in joined:
-            joined[name] = value
     still = [name for name in lacking if name not in joined]
-    if still:
+    if not defaulted or not still:  # no table lacked the entity, or the others filled all
+        return joined, ()
+    defaults = dict(spec.defaults)
+    for name in still:
+        if name in defaults:
+            joined[name] = defaults[name]
+    undefaulted = [name for name in still if name not in joined]
+    if undefaulted:
         first, key = defaulted[0]
         raise _not_found(
-            first, key, still,
-            f", and {spec.describe()} has no defaults for {_names(still)} (its model.json "
-            "'defaults')",
+            first, key, undefaulted,
+            f", and {spec.describe()} has no defaults for {_names(undefaulted)} (its "
+            "model.json 'defaults')",
         )  # fmt: skip
     return joined, tuple(s.name for s, _ in defaulted)
 

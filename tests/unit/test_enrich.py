@@ -117,6 +117,16 @@ def test_with_the_defaults_policy_a_missing_entity_takes_the_models_defaults() -
     assert decoded.defaulted == {1: ("stats",), 2: ("stats",)}  # the event's own value won
 
 
+def test_a_prediction_is_marked_defaulted_only_where_a_default_was_taken() -> None:
+    stats = Enrichment(STATS, table(c1={"spend_1h": 7.0, "tx_1h": 2.0}))
+    merchant = Enrichment(MERCHANT.with_missing("defaults"), table())  # lacks every merchant
+    event = {"id": "a", "card_id": "c1", "merchant_id": "m9", "features": {"amount": 1.0}}
+
+    decoded = decode_with(DEFAULTED, [event], stats, merchant)
+
+    assert decoded.rejects == [] and decoded.defaulted == {}  # stats filled it all
+
+
 def test_with_the_defaults_policy_a_name_without_a_default_is_still_entity_not_found() -> None:
     stats = Enrichment(STATS.with_missing("defaults"), table())
 
