@@ -419,11 +419,6 @@ class WorkerConfig(EngineSettings, DoorSettings, LogSettings):
                 f"--enrich table topics {clash} are also input, output or dead-letter "
                 "topics: a table topic holds one entity's latest values per key"
             )
-        if specs and self.group_type == "share":
-            raise ConfigError(
-                "--enrich works with --group-type consumer only for now; run the share-group "
-                "workers without it, or use a consumer group"
-            )
 
     @property
     def redacted(self) -> dict[str, Any]:

@@ -41,8 +41,9 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 from pipeline.engine.enrich import EnrichSpec, EntityTable
 from pipeline.errors import ConfigError
 from pipeline.metrics import Sensor
+from pipeline.metrics.health import Readiness
 
-__all__ = ["TableFeed", "enriched_at"]
+__all__ = ["TableFeed", "catch_up", "enriched_at", "load_tables"]
 
 log = logging.getLogger("pipeline.enrich")
 
@@ -261,6 +262,39 @@ class TableFeed:
 def enriched_at(feeds: Sequence[TableFeed]) -> bytes:
     """The ``pipeline.enriched.at`` header: table topic -> partition -> next offset, JSON."""
     return orjson.dumps({f.spec.topic: f.position() for f in feeds})
+
+
+def load_tables(
+    feeds: Sequence[TableFeed],
+    admin: AdminClient,
+    readiness: Readiness,
+    stopping: Callable[[], bool],
+) -> None:
+    """Read every table to its end before the worker consumes (and so before /readyz
+    says ready); stop early if `stopping` says so.
+
+    Raises:
+        ConfigError: A table topic does not exist, or a table is over its bound.
+    """
+    if not feeds:
+        return
+    readiness.wait_for("tables", "loading the --enrich tables")
+    for feed in feeds:
+        feed.check(admin)
+        if not feed.load(stopping):
+            return
+    readiness.done("tables")
+
+
+def catch_up(feeds: Sequence[TableFeed]) -> bytes | None:
+    """Read the tables up to their ends now, so the records consumed next see every
+    update acknowledged before them; return the position they are joined with (the
+    ``pipeline.enriched.at`` header), or None without tables."""
+    if not feeds:
+        return None
+    for feed in feeds:
+        feed.catch_up()
+    return enriched_at(feeds)
 
 
 def _cleanup_policy(admin: AdminClient, topic: str) -> str | None:

@@ -28,17 +28,26 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-from confluent_kafka import AcknowledgeType, Message, Producer, ShareConsumer, TopicPartition
+from confluent_kafka import (
+    AcknowledgeType,
+    Consumer,
+    Message,
+    Producer,
+    ShareConsumer,
+    TopicPartition,
+)
 from confluent_kafka import KafkaError as RdKafkaError
 from confluent_kafka.admin import AdminClient
 
 from pipeline.config import WorkerConfig
 from pipeline.engine.codec import EventDecoder, encode_rows
 from pipeline.engine.engine import Engine, Outcome
+from pipeline.engine.enrich import Enrichment
 from pipeline.errors import KafkaError
 from pipeline.kafka.clientlog import client_settings
+from pipeline.kafka.enrich import TableFeed, catch_up, load_tables
 from pipeline.kafka.outputs import Outputs, Owed, now_ms, usable_record
 from pipeline.kafka.shadowtopic import shadow_topic
 from pipeline.kafka.sharegroup import agree_delivery_limit, set_offset_reset
@@ -135,6 +144,24 @@ class _ShareCommitter:
         self._producer.flush(_DRAIN_TIMEOUT_S)
 
 
+class _Ticket(NamedTuple):
+    """What a block's outcome needs to be produced: where its records came from, their
+    ids and times, and the tables' position they were joined with."""
+
+    owed: Owed
+    records: list[Message]
+    offsets: list[int]
+    ids: list[str]
+    ts: list[int]
+    enriched_at: bytes | None
+    defaulted: dict[int, bytes] | None  # offset -> tables whose defaults the row took
+
+
+def _close_feeds(feeds: Sequence[TableFeed]) -> None:
+    for feed in feeds:
+        feed.close()
+
+
 class ShareWorker:
     """One share-group member: a share consumer, a producer, and an engine.
 
@@ -163,17 +190,20 @@ class ShareWorker:
         self._deliveries = Stall("outputs", after_s=config.delivery_stall_s)
         self.readiness.watch(self._deliveries)
         self._common = client_settings(config.bootstrap_servers, config.kafka)
+        self._feeds = [
+            TableFeed(spec, self._common, Consumer, self._sensor, config.enrich_max_bytes)
+            for spec in config.enrichments
+        ]
         self._decoder = EventDecoder(
             catalog=engine.models,
             default_model=config.default_model,
             value_format=config.value_format,
             framed=framed_reader(config),
+            enrichments=[Enrichment(feed.spec, feed.table) for feed in self._feeds],
             rollouts=engine.rollouts,
         )
         self._writer = prediction_writer(config, engine.models.get)
-        self._outcomes: list[
-            Outcome[tuple[Owed, list[Message], list[int], list[str], list[int]]]
-        ] = []
+        self._outcomes: list[Outcome[_Ticket]] = []
         self._acks: _Acks | None = None
         self._stopping = False
         self._fatal: KafkaError | None = None
@@ -229,6 +259,11 @@ class ShareWorker:
             min_insync_replicas=cfg.min_insync_replicas,
         )
         set_offset_reset(admin, cfg.group_id, cfg.offset_reset)
+        try:
+            load_tables(self._feeds, admin, self.readiness, lambda: self._stopping)
+        except BaseException:
+            _close_feeds(self._feeds)
+            raise
         self._last_delivery = agree_delivery_limit(admin, cfg.group_id, cfg.max_delivery_attempts)
         producer = Producer({"enable.idempotence": True, "linger.ms": 2, **self._common})
         committer = _ShareCommitter(self, producer)
@@ -264,6 +299,7 @@ class ShareWorker:
         finally:
             committer.close(fatal=self._fatal is not None)
             _close(consumer)
+            _close_feeds(self._feeds)
             if shadows is not None:
                 shadows.close()
             log.info("worker stopped: %s", self._stats.snapshot().line())
@@ -295,6 +331,7 @@ class ShareWorker:
         for m in records:
             runs.setdefault((m.topic(), m.partition()), []).append(m)  # type: ignore[arg-type]
         now = now_ms()
+        at = catch_up(self._feeds)  # every table update acknowledged before these records
         for tp, run in runs.items():
             owed = (tp, 0)
             self._sensor.records_consumed(tp[0], len(run))
@@ -315,13 +352,15 @@ class ShareWorker:
                     )
                 else:
                     fresh.append(m)
-            self._decode(owed, fresh, outputs, now)
+            self._decode(owed, fresh, outputs, now, at)
         self._engine.flush()
         for outcome in self._outcomes:
             self._produce(outcome, outputs)
         self._outcomes.clear()
 
-    def _decode(self, owed: Owed, records: list[Message], outputs: Outputs, now: int) -> None:
+    def _decode(
+        self, owed: Owed, records: list[Message], outputs: Outputs, now: int, at: bytes | None
+    ) -> None:
         if not records:
             return
         offsets: list[int] = [m.offset() for m in records]  # type: ignore[misc]
@@ -333,20 +372,25 @@ class ShareWorker:
         for reject in decoded.rejects:
             reason = (reject.stage, reject.error_type, reject.message)
             outputs.dead_letter(records[reject.index], owed, reason)
+        defaulted = {
+            offsets[i]: ",".join(tables).encode() for i, tables in decoded.defaulted.items()
+        }
         for block in decoded.blocks.values():
-            ticket = (
+            ticket = _Ticket(
                 owed,
                 [records[i] for i in block.indices],
                 [offsets[i] for i in block.indices],
                 block.ids,
                 block.ts,
+                at,
+                defaulted or None,
             )
             self._engine.submit(
                 block.spec.name, block.spec.version, block.feed, ticket, self._outcomes.append
             )
 
-    def _produce(self, outcome: Outcome[Any], outputs: Outputs) -> None:
-        owed, records, offsets, ids, ts = outcome.ticket
+    def _produce(self, outcome: Outcome[_Ticket], outputs: Outputs) -> None:
+        owed, records, offsets, ids, ts, at, defaulted = outcome.ticket
         for error in outcome.errors:
             outputs.dead_letter(
                 records[error.row], owed, (error.stage, error.error_type, error.message)
@@ -362,6 +406,8 @@ class ShareWorker:
                 [ids[r] for r in rows],
                 [ts[r] for r in rows],
                 outcome.outputs,
+                enriched_at=at,
+                defaulted=defaulted,
             )
 
     def _acknowledge(self, consumer: ShareConsumer, acks: _Acks, unacknowledged: int) -> None:

@@ -54,7 +54,7 @@ from pipeline.kafka.committer import (
     TransactionalCommitter,
     names,
 )
-from pipeline.kafka.enrich import TableFeed, enriched_at
+from pipeline.kafka.enrich import TableFeed, catch_up, load_tables
 from pipeline.kafka.offsets import OffsetTracker, TopicPartitionKey
 from pipeline.kafka.outputs import Outputs, Owed, camel, now_ms, usable_record
 from pipeline.kafka.shadowtopic import ShadowTopic, shadow_topic
@@ -318,16 +318,8 @@ class Worker:
         return 0
 
     def _load_tables(self, admin: AdminClient) -> None:
-        """Read every --enrich table to its end before joining the group (and so before
-        /readyz says ready); stop early if asked to."""
-        if not self._feeds:
-            return
-        self.readiness.wait_for("tables", "loading the --enrich tables")
-        for feed in self._feeds:
-            feed.check(admin)
-            if not feed.load(lambda: self._stopping):
-                return
-        self.readiness.done("tables")
+        """Read every --enrich table to its end before joining the group."""
+        load_tables(self._feeds, admin, self.readiness, lambda: self._stopping)
 
     def _close_feeds(self) -> None:
         for feed in self._feeds:
@@ -474,13 +466,8 @@ class Worker:
                 self._ingest_run(tp, records, now, at)
 
     def _catch_up_tables(self) -> bytes | None:
-        """Read the --enrich tables up to their ends now, so these records see every update
-        acknowledged before they were consumed; return the position they are joined with."""
-        if not self._feeds:
-            return None
-        for feed in self._feeds:
-            feed.catch_up()
-        return enriched_at(self._feeds)
+        """Catch the --enrich tables up before these records are decoded (`catch_up`)."""
+        return catch_up(self._feeds)
 
     def _ingest_run(
         self, tp: TopicPartitionKey, records: list[Message], now: int, at: bytes | None

@@ -14,12 +14,14 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import orjson
+import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from tests.modelfactory import linear_model
 
 from .conftest import Pipeline
 from .kafkaio import Accounting, Record, free_port, read_all, send
+from .test_share import lock_for, share_groups_supported
 
 NAMES = ["amount", "spend_1h", "tx_1h"]
 
@@ -242,3 +244,41 @@ def test_a_worker_joining_loads_the_whole_table_and_the_rebalance_loses_no_event
     acc = Accounting.of(predictions, [r for r in out if r.topic == p.dlq])
     ids = [orjson.loads(v)["id"] for _, v in [*before, *after]]
     assert acc.lost(ids) == [] and acc.duplicates() == 0
+
+
+def test_share_group_workers_join_the_table_too(
+    make_pipeline: Callable[..., Pipeline], kafka_admin: AdminClient, tmp_path: Path
+) -> None:
+    """Two share-group workers on one partition: each loads the whole table before it
+    acquires records, so every event is joined (equal to ONNX Runtime on the joined row),
+    whichever worker acquires it; a missing card is an EntityNotFound dead letter."""
+    models = tmp_path / "models"
+    model = linear_model(models / "fraud" / "1", NAMES, [0.5, 2.0, -3.0]) / "model.onnx"
+    p = make_pipeline(models=models, partitions=1)
+    if not share_groups_supported(p.bootstrap):
+        pytest.skip(f"the broker at {p.bootstrap} has no share groups (needs Kafka 4.2+)")
+    lock_for(p, 5_000)
+    table = _table_topic(kafka_admin, "card-stats")
+    cards = [f"card-{i}" for i in range(10)]
+    stats = {c: (10.0 * i, float(i)) for i, c in enumerate(cards)}
+    send(p.bootstrap, table, [_stats(c, *stats[c]) for c in cards])
+    events = _payments("s", cards * 20)
+    missing = _payments("m", ["card-99"])
+    send(p.bootstrap, p.input, [*events, *missing])
+
+    args = ("--group-type", "share", "--enrich", f"stats={table}:card_id",
+            "--default-model", "fraud")  # fmt: skip
+    workers = [p.start_worker(*args), p.start_worker(*args)]
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(events) + 1)
+    for worker in workers:
+        code, _ = worker.stop()
+        assert code == 0, worker.log[-2000:]
+        assert "table stats loaded" in worker.log
+
+    predictions = [r for r in out if r.topic == p.output]
+    _check(predictions, model, stats, events)
+    (dead,) = [r for r in out if r.topic == p.dlq]
+    assert dead.headers["pipeline.error.type"] == b"EntityNotFound" and dead.key == b"card-99"
+    acc = Accounting.of(predictions, [dead])
+    assert acc.lost([orjson.loads(v)["id"] for _, v in [*events, *missing]]) == []
+    assert acc.duplicates() == 0

@@ -260,8 +260,7 @@ def test_the_enrich_settings_are_checked_at_start() -> None:
         WorkerConfig(enrich=("s=a:k", "s=b:k"))
     with pytest.raises(ConfigError, match="also input"):
         WorkerConfig(enrich=("s=features:k",))
-    with pytest.raises(ConfigError, match="consumer only"):
-        WorkerConfig(enrich=("s=a:k",), group_type="share")
+    assert WorkerConfig(enrich=("s=a:k",), group_type="share").enrichments  # share groups too
     with pytest.raises(ConfigError, match="enrich_max_bytes"):
         WorkerConfig(enrich_max_bytes=0)
 
