@@ -157,8 +157,8 @@ ERROR_TYPES: Final = (
     ErrorType(
         "IncompatibleSchema",
         "produce",
-        "`--output-format avro`: the Schema Registry refused the prediction schema of a "
-        "model version first met while running (its outputs break the subject's "
+        "`--output-format avro|jsonschema`: the Schema Registry refused the prediction "
+        "schema of a model version first met while running (its outputs break the subject's "
         "compatibility; one met at start stops the worker instead); replay once fixed",
     ),
     ErrorType(
@@ -169,8 +169,9 @@ ERROR_TYPES: Final = (
     ErrorType(
         "SchemaNotRegistered",
         "produce",
-        "`--output-format avro`: the Schema Registry did not answer when a version's "
-        "prediction schema was first registered; replay the dead letter once it answers",
+        "`--output-format avro|jsonschema`: the Schema Registry did not answer when a "
+        "version's prediction schema was first registered; replay the dead letter once it "
+        "answers",
     ),
 )
 
