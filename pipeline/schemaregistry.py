@@ -69,6 +69,7 @@ __all__ = [
     "avro_encoder",
     "connect",
     "framed_reader",
+    "json_schema_encoder",
     "prediction_writer",
     "registry_settings",
 ]
@@ -147,16 +148,58 @@ def avro_encoder(
         ConfigError: The schema file cannot be read or is not an Avro schema.
         RegistryUnreachable: The registry did not answer.
     """
-    try:
-        schema = schema_file.read_text()
-        json.loads(schema)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"--schema {schema_file} must be an Avro schema in JSON: {exc}") from exc
+    schema = _schema_text(schema_file, "an Avro schema in JSON")
     client = connect(url, properties)
     try:
         serializer = AvroSerializer(client, schema)
     except Exception as exc:  # fastavro's SchemaParseException and the like
         raise ConfigError(f"--schema {schema_file} is not a valid Avro schema: {exc}") from exc
+    return _framing(serializer, topic, "Avro", schema_file)
+
+
+def json_schema_encoder(
+    url: str, properties: Mapping[str, str], schema_file: Path, topic: str
+) -> Callable[[bytes], bytes]:
+    """Turn JSON event values into framed JSON Schema values of the schema in
+    `schema_file`, with confluent-kafka's `JSONSerializer`: it registers the schema under
+    ``<topic>-value`` with the first value and validates every value against it.
+
+    Raises:
+        ConfigError: The schema file cannot be read or is not JSON, or the serializer's
+            ``jsonschema`` package is not installed.
+        RegistryUnreachable: The registry did not answer.
+    """
+    schema = _schema_text(schema_file, "a JSON Schema")
+    try:
+        from confluent_kafka.schema_registry.json_schema import JSONSerializer
+    except ImportError as exc:  # jsonschema / referencing, confluent-kafka's [json] extra
+        raise ConfigError(
+            f"--value-format jsonschema needs confluent-kafka's JSON Schema support ({exc}); "
+            "install it with `pip install 'confluent-kafka[json]'`"
+        ) from exc
+    client = connect(url, properties)
+    serializer = JSONSerializer(schema, client)
+    return _framing(serializer, topic, "JSON", schema_file)
+
+
+def _schema_text(schema_file: Path, kind: str) -> str:
+    """The text of ``--schema`` FILE, which must be JSON."""
+    try:
+        schema = schema_file.read_text()
+        json.loads(schema)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--schema {schema_file} must be {kind}: {exc}") from exc
+    return schema
+
+
+def _framing(
+    serializer: Callable[[Any, SerializationContext], bytes | None],
+    topic: str,
+    kind: str,
+    schema_file: Path,
+) -> Callable[[bytes], bytes]:
+    """Each JSON value through `serializer`; a value it refuses stops the command (exit 3)
+    with the event's number, the reason and the value's start."""
     context = SerializationContext(topic, MessageField.VALUE)
     sent = 0
 
@@ -165,13 +208,13 @@ def avro_encoder(
         sent += 1
         try:
             framed = serializer(orjson.loads(value), context)
-        except Exception as exc:  # fastavro: a field missing or of the wrong type
+        except Exception as exc:  # a field missing or of the wrong type, a failed validation
             raise ConfigError(
-                f"event {sent} does not fit the Avro schema in {schema_file} "
+                f"event {sent} does not fit the {kind} schema in {schema_file} "
                 f"({type(exc).__name__}: {exc}): {value[:200]!r}"
             ) from exc
         if not isinstance(framed, bytes):
-            raise ConfigError(f"event {sent} is JSON null; an Avro event must be an object")
+            raise ConfigError(f"event {sent} is JSON null; a framed event must be an object")
         return framed
 
     return encode

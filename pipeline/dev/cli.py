@@ -48,17 +48,17 @@ def _produce(args: argparse.Namespace) -> int:
         raise ConfigError("-K and --key-field both choose the key: give one of them")
     settings = _client_settings(args)
     encode = None
-    if args.value_format == "avro":
+    if args.value_format != "json":
+        kind = "an Avro schema" if args.value_format == "avro" else "a JSON Schema"
         if not args.schema or not args.schema_registry_url:
             raise ConfigError(
-                "--value-format avro needs --schema FILE (an Avro schema) and "
+                f"--value-format {args.value_format} needs --schema FILE ({kind}) and "
                 "--schema-registry-url URL"
             )
-        from pipeline.schemaregistry import avro_encoder
+        from pipeline.schemaregistry import avro_encoder, json_schema_encoder
 
-        encode = avro_encoder(
-            args.schema_registry_url, settings.kafka, Path(args.schema), args.topic
-        )
+        make = avro_encoder if args.value_format == "avro" else json_schema_encoder
+        encode = make(args.schema_registry_url, settings.kafka, Path(args.schema), args.topic)
     produce(
         encode=encode,
         bootstrap_servers=settings.bootstrap_servers,
@@ -320,17 +320,25 @@ def _add_produce_flags(produce: argparse.ArgumentParser) -> None:
     add("--partition", type=int, default=None, help="send every record to this partition")
     add(
         "--value-format",
-        choices=("json", "avro"),
+        choices=("json", "avro", "jsonschema"),
         default="json",
-        help="json: the events as they are (default); avro: each event framed as Avro with "
-        "--schema, registered under TOPIC-value in --schema-registry-url",
+        help="json: the events as they are (default); avro, jsonschema: each event framed "
+        "as Avro or JSON Schema with --schema, registered under TOPIC-value in "
+        "--schema-registry-url",
     )
-    add("--schema", metavar="FILE", default=None, help="with avro: the events' Avro schema")
+    add(
+        "--schema",
+        metavar="FILE",
+        default=None,
+        help="with avro or jsonschema: the events' schema (e.g. schemas/feature-event.avsc, "
+        "schemas/feature-event.schema.json)",
+    )
     add(
         "--schema-registry-url",
         metavar="URL",
         default=None,
-        help="with avro: the Schema Registry (its client takes -X schema.registry.* settings)",
+        help="with avro or jsonschema: the Schema Registry (its client takes -X "
+        "schema.registry.* settings)",
     )
     produce.set_defaults(handler=_produce)
 

@@ -6,6 +6,8 @@ another schema type, or whose payload is not JSON, is one dead letter with its r
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -133,3 +135,35 @@ def test_predictions_as_json_schema_values_are_read_by_a_plain_json_deserializer
         assert prediction["model"] == "breast-cancer-mlp" and record.key is not None
         ids.add(prediction["id"])
     assert ids == {orjson.loads(v)["id"] for _, v in events}
+
+
+def test_pipeline_produce_frames_json_schema_values_the_worker_predicts(
+    make_pipeline: Callable[..., Pipeline], schema_registry_url: str
+) -> None:
+    """`pipeline produce --value-format jsonschema --schema schemas/feature-event.schema.json`
+    frames with confluent-kafka's JSONSerializer, which validates each event: one that breaks
+    the contract stops it with exit 3 and the reason."""
+    p = make_pipeline(partitions=2)
+
+    def produce(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline", "produce", "--bootstrap-servers", p.bootstrap,
+             "--topic", p.input, "--value-format", "jsonschema", "--schema",
+             str(ROOT / "schemas/feature-event.schema.json"),
+             "--schema-registry-url", schema_registry_url, *args],
+            capture_output=True, text=True, input=stdin, timeout=120, check=False,
+        )  # fmt: skip
+
+    sent = produce("--synthetic", "breast-cancer-logreg", "--count", "50")
+    assert sent.returncode == 0, sent.stderr
+    unfit = produce("--file", "-", stdin='{"id": "x", "features": "not a vector"}\n')
+    assert unfit.returncode == 3, unfit.stderr
+    assert "event 1 does not fit the JSON schema" in unfit.stderr
+    assert "Traceback" not in unfit.stderr, unfit.stderr
+
+    worker = p.start_worker("--value-format", "jsonschema",
+                            "--schema-registry-url", schema_registry_url)  # fmt: skip
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=50)
+    code, _ = worker.stop()
+    assert code == 0, worker.log
+    assert len([r for r in out if r.topic == p.output]) == 50
