@@ -42,7 +42,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, ElectionType, KafkaError, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ElectionType,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.dev.localkafka import LocalKafka
@@ -123,6 +130,13 @@ def _peak_rss_mib(kafka: LocalKafka) -> list[int | None]:
     return peaks
 
 
+_COORDINATOR_MOVING = (
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.NOT_COORDINATOR,
+)
+
+
 def _create_coordinator_topics(bootstrap: str) -> None:
     """Make the cluster create __consumer_offsets and __transaction_state now, so the tests
     can place their coordinators before any worker starts."""
@@ -130,8 +144,21 @@ def _create_coordinator_topics(bootstrap: str) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic("warm-up", 1, 3)])["warm-up"].result(timeout=60)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "warm-up"})
+    deadline = time.monotonic() + 120
     try:
-        consumer.commit(offsets=[TopicPartition("warm-up", 0, 0)], asynchronous=False)
+        while True:
+            try:
+                consumer.commit(offsets=[TopicPartition("warm-up", 0, 0)], asynchronous=False)
+                return
+            except KafkaException as exc:
+                # The offsets topic was created a moment ago: its coordinator may still be
+                # loading (COORDINATOR_LOAD_IN_PROGRESS, seen in a CI run), which a
+                # synchronous commit reports instead of waiting out.
+                error = exc.args[0]
+                loading = error.code() in _COORDINATOR_MOVING or error.retriable()
+                if not loading or time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
     finally:
         consumer.close()
 
