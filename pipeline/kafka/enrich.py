@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from itertools import chain
 from typing import Any, Final
 
 import orjson
@@ -43,7 +45,7 @@ from pipeline.errors import ConfigError
 from pipeline.metrics import Sensor
 from pipeline.metrics.health import Readiness
 
-__all__ = ["TableFeed", "catch_up", "enriched_at", "load_tables"]
+__all__ = ["TableFeed", "catch_up", "defaulted_headers", "enriched_at", "load_tables"]
 
 log = logging.getLogger("pipeline.enrich")
 
@@ -262,6 +264,19 @@ class TableFeed:
 def enriched_at(feeds: Sequence[TableFeed]) -> bytes:
     """The ``pipeline.enriched.at`` header: table topic -> partition -> next offset, JSON."""
     return orjson.dumps({f.spec.topic: f.position() for f in feeds})
+
+
+def defaulted_headers(
+    defaulted: Mapping[int, Sequence[str]], offsets: Sequence[int], sensor: Sensor
+) -> dict[int, bytes] | None:
+    """The ``pipeline.enriched.defaults`` header of each decoded row that took the model's
+    defaults (`Decoded.defaulted`: index -> tables), by record offset; counts those rows per
+    table in `sensor`. None if no row did."""
+    if not defaulted:
+        return None
+    for table, rows in Counter(chain(*defaulted.values())).items():
+        sensor.enrich_defaulted(table, rows)
+    return {offsets[i]: ",".join(tables).encode() for i, tables in defaulted.items()}
 
 
 def load_tables(

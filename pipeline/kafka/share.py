@@ -47,7 +47,7 @@ from pipeline.engine.engine import Engine, Outcome
 from pipeline.engine.enrich import Enrichment
 from pipeline.errors import KafkaError
 from pipeline.kafka.clientlog import client_settings
-from pipeline.kafka.enrich import TableFeed, catch_up, load_tables
+from pipeline.kafka.enrich import TableFeed, catch_up, defaulted_headers, load_tables
 from pipeline.kafka.outputs import Outputs, Owed, now_ms, usable_record
 from pipeline.kafka.shadowtopic import shadow_topic
 from pipeline.kafka.sharegroup import agree_delivery_limit, set_offset_reset
@@ -372,9 +372,7 @@ class ShareWorker:
         for reject in decoded.rejects:
             reason = (reject.stage, reject.error_type, reject.message)
             outputs.dead_letter(records[reject.index], owed, reason)
-        defaulted = {
-            offsets[i]: ",".join(tables).encode() for i, tables in decoded.defaulted.items()
-        }
+        defaulted = defaulted_headers(decoded.defaulted, offsets, self._sensor)
         for block in decoded.blocks.values():
             ticket = _Ticket(
                 owed,
@@ -383,7 +381,7 @@ class ShareWorker:
                 block.ids,
                 block.ts,
                 at,
-                defaulted or None,
+                defaulted,
             )
             self._engine.submit(
                 block.spec.name, block.spec.version, block.feed, ticket, self._outcomes.append

@@ -28,10 +28,9 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain
 from types import FrameType
 from typing import Any
 
@@ -54,7 +53,7 @@ from pipeline.kafka.committer import (
     TransactionalCommitter,
     names,
 )
-from pipeline.kafka.enrich import TableFeed, catch_up, load_tables
+from pipeline.kafka.enrich import TableFeed, catch_up, defaulted_headers, load_tables
 from pipeline.kafka.offsets import OffsetTracker, TopicPartitionKey
 from pipeline.kafka.outputs import Outputs, Owed, camel, now_ms, usable_record
 from pipeline.kafka.shadowtopic import ShadowTopic, shadow_topic
@@ -486,12 +485,7 @@ class Worker:
         for reject in decoded.rejects:
             reason = (reject.stage, reject.error_type, reject.message)
             self._outputs.dead_letter(records[reject.index], owed, reason)
-        defaulted = {
-            offsets[i]: ",".join(tables).encode() for i, tables in decoded.defaulted.items()
-        }
-        if defaulted:
-            for table, rows in Counter(chain(*decoded.defaulted.values())).items():
-                self._sensor.enrich_defaulted(table, rows)
+        defaulted = defaulted_headers(decoded.defaulted, offsets, self._sensor)
         for block in decoded.blocks.values():
             indices = block.indices
             whole = len(indices) == len(records)
@@ -504,7 +498,7 @@ class Worker:
                 ts=block.ts,
                 epoch=self._epoch,
                 enriched_at=at,
-                defaulted=defaulted or None,
+                defaulted=defaulted,
             )
             self._in_engine += len(indices)
             self._engine.submit(
