@@ -198,6 +198,8 @@ def test_with_the_defaults_policy_an_unknown_entity_is_predicted_from_the_models
     assert code == 0, worker.log
 
     assert [r for r in out if r.topic == p.dlq] == []
+    acc = Accounting.of(out, [])
+    assert acc.lost([orjson.loads(v)["id"] for _, v in events]) == [] and acc.duplicates() == 0
     _check(out, model, {**stats, "card-2": defaults, "card-9": defaults}, events)
     for record in out:
         defaulted = record.headers.get("pipeline.enriched.defaults")

@@ -58,7 +58,7 @@ def test_json_schema_events_predict_as_their_json_twins(
     assert code == 0, worker.log
     assert [r for r in out if r.topic == p.dlq] == []
     predictions = {r.json["id"]: r.json for r in out}
-    assert len(predictions) == len(events)
+    assert len(predictions) == len(out) == len(events)  # each event once
     for i in range(100):
         assert predictions[f"framed-{i}"]["model"] == "breast-cancer-mlp"
         if value_format == "auto":  # the JSON text twin is there too
@@ -166,4 +166,5 @@ def test_pipeline_produce_frames_json_schema_values_the_worker_predicts(
     out = read_all(p.bootstrap, [p.output, p.dlq], expect=50)
     code, _ = worker.stop()
     assert code == 0, worker.log
-    assert len([r for r in out if r.topic == p.output]) == 50
+    ids = [r.json["id"] for r in out if r.topic == p.output]
+    assert len(ids) == len(set(ids)) == 50 and len(out) == 50  # each event once, no dead letter
