@@ -278,7 +278,7 @@ class WorkerConfig(EngineSettings, DoorSettings, LogSettings):
     delivery_stall_s: int = 120  # /healthz fails once outputs are owed this long undelivered
     enrich: tuple[str, ...] = ()  # "NAME=TOPIC:KEY_FIELD": tables joined before decoding
     enrich_max_bytes: int = 1 << 30  # per table, estimated; over it while loading: refuse
-    enrich_missing: tuple[str, ...] = ()  # "NAME=POLICY": dead-letter (default) or defaults
+    enrich_missing: tuple[str, ...] = ()  # "NAME=POLICY": dead-letter (default), defaults, wait:MS
     kafka: Mapping[str, str] = field(default_factory=dict)
     allow_unsafe_kafka_properties: bool = False
     value_format: str = "json"  # json, avro, jsonschema or auto: see pipeline.engine.framing

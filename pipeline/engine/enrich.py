@@ -20,8 +20,10 @@ The join rule, for an event routed to a model:
   the table's policy (``--enrich-missing NAME=defaults``) is ``defaults``: then the
   names still lacking after every table are taken from the model manifest's ``defaults``
   (still ``EntityNotFound`` if it has none for one of them), and the codec reports which
-  tables defaulted, for the prediction to say so. An event without the key field is
-  ``MissingField``, one with a key of another type ``InvalidField``.
+  tables defaulted, for the prediction to say so. With ``wait:MS`` the reject is the same
+  ``EntityNotFound``; the Kafka worker waits up to MS for the entity and decodes again
+  before it takes the reject (`pipeline.kafka.enrich.TableWaits`). An event without the
+  key field is ``MissingField``, one with a key of another type ``InvalidField``.
 """
 
 from __future__ import annotations
@@ -51,7 +53,9 @@ __all__ = [
 _MAX_KEY_LENGTH: Final = 1024
 _DEAD_LETTER: Final = "dead-letter"
 _DEFAULTS: Final = "defaults"
-_MISSING_POLICIES: Final = (_DEAD_LETTER, _DEFAULTS)
+_WAIT: Final = "wait:"
+_MISSING_POLICIES: Final = (_DEAD_LETTER, _DEFAULTS, f"{_WAIT}MS")
+_MAX_WAIT_MS: Final = 10_000  # a consumed batch waits at most this; share locks last 30 s
 
 
 class Table(Protocol):
@@ -69,6 +73,8 @@ class EnrichSpec:
         name: The enrichment's name (metrics label, messages).
         topic: The table's topic: a compacted topic of JSON objects keyed by entity.
         key_field: The event's top-level field whose value is the entity's key.
+        missing: What an event whose entity is not in the table gets: ``dead-letter``,
+            ``defaults`` or ``wait:MS`` (`missing_policies`).
     """
 
     name: str
@@ -103,8 +109,14 @@ class EnrichSpec:
         return f"{self.name}={self.topic}:{self.key_field}"
 
     def with_missing(self, policy: str) -> EnrichSpec:
-        """This spec with its missing-entity policy (``dead-letter`` or ``defaults``)."""
+        """This spec with its missing-entity policy (``dead-letter``, ``defaults`` or
+        ``wait:MS``)."""
         return EnrichSpec(self.name, self.topic, self.key_field, policy)
+
+    @property
+    def wait_ms(self) -> int:
+        """How long a batch may wait for a missing entity to arrive (``wait:MS``), else 0."""
+        return int(self.missing.removeprefix(_WAIT)) if self.missing.startswith(_WAIT) else 0
 
 
 def missing_policies(texts: Sequence[str]) -> dict[str, str]:
@@ -117,16 +129,24 @@ def missing_policies(texts: Sequence[str]) -> dict[str, str]:
     policies: dict[str, str] = {}
     for text in texts:
         name, eq, policy = text.partition("=")
-        if not eq or not name or policy not in _MISSING_POLICIES:
+        if not eq or not name or not (policy in _MISSING_POLICIES or _wait_ms(policy)):
             raise ValueError(
                 f"--enrich-missing must be NAME=POLICY with POLICY one of "
-                f"{', '.join(_MISSING_POLICIES)} (e.g. --enrich-missing stats=defaults), "
-                f"got {text!r}"
+                f"{', '.join(_MISSING_POLICIES)} (MS from 1 to {_MAX_WAIT_MS}; e.g. "
+                f"--enrich-missing stats=defaults or stats=wait:200), got {text!r}"
             )
         if name in policies:
             raise ValueError(f"--enrich-missing names {name!r} twice")
         policies[name] = policy
     return policies
+
+
+def _wait_ms(policy: str) -> int:
+    """MS of a ``wait:MS`` policy within bounds, else 0."""
+    ms = policy.removeprefix(_WAIT)
+    if ms == policy or not ms.isdigit() or not 0 < int(ms) <= _MAX_WAIT_MS:
+        return 0
+    return int(ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +222,9 @@ def enrich(
 
 
 def _not_found(s: EnrichSpec, key: str, lacking: list[str], more: str) -> EnrichProblem:
+    if s.wait_ms:
+        flag = f"--enrich-missing {s.name}={s.missing}"
+        more = f", not even after a wait of up to {s.wait_ms} ms ({flag}){more}"
     return EnrichProblem(
         "enrich",
         "EntityNotFound",
@@ -264,6 +287,9 @@ class EntityTable:
     def nbytes(self) -> int:
         """Estimated bytes the table holds (see the class docstring)."""
         return self._held + sys.getsizeof(self._rows)
+
+    def __contains__(self, key: object, /) -> bool:
+        return key in self._rows
 
     def get(self, key: str, /) -> Mapping[str, Any] | None:
         """The entity's named values, or None."""

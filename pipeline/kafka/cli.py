@@ -216,7 +216,8 @@ def _add_worker_flags(add: Callable[..., Any]) -> None:
         help="what an event whose entity is not in --enrich table NAME gets: dead-letter (the "
         "default: EntityNotFound) or defaults (the model manifest's defaults fill what the "
         "event lacks; the prediction's pipeline.enriched.defaults header names the table) "
-        "(repeatable)",
+        "or wait:MS (the consumed batch waits up to MS, 1 to 10000, for the entity to arrive, "
+        "then dead-letters it) (repeatable)",
     )
     add(
         "--enrich-max-bytes",

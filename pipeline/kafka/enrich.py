@@ -20,6 +20,13 @@ high watermarks and reads up to them. So
 Records are read uncommitted: the high watermark is the end, and the end-of-partition
 event moves the position past transaction markers. Write table topics without
 transactions, or an aborted update is applied too.
+
+A table whose policy is ``--enrich-missing NAME=wait:MS`` records the keys it was asked for
+and lacked. `TableWaits.decode` then reads that table for up to MS, counted from the first
+such miss of the consumed batch, until every missed entity has arrived, and decodes the
+records again with the table as it is now (and a ``pipeline.enriched.at`` that says so).
+A consumed batch waits at most MS however many entities it misses: the partition never
+stalls longer.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from itertools import chain
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import orjson
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
@@ -40,12 +47,19 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 
-from pipeline.engine.enrich import EnrichSpec, EntityTable
+from pipeline.engine.enrich import EnrichSpec, EntityTable, Table
 from pipeline.errors import ConfigError
 from pipeline.metrics import Sensor
 from pipeline.metrics.health import Readiness
 
-__all__ = ["TableFeed", "catch_up", "defaulted_headers", "enriched_at", "load_tables"]
+__all__ = [
+    "TableFeed",
+    "TableWaits",
+    "catch_up",
+    "defaulted_headers",
+    "enriched_at",
+    "load_tables",
+]
 
 log = logging.getLogger("pipeline.enrich")
 
@@ -54,6 +68,9 @@ _POLL_S: Final = 0.1
 _ASK_TIMEOUT_S: Final = 10.0  # a watermark or metadata request
 _CATCH_UP_S: Final = 5.0  # before a batch: past this, the batch uses the table as it is
 _LOGGED_PROBLEMS: Final = 5  # bad table records logged one by one, per feed
+_WAIT_POLL_S: Final = 0.01  # a wait for missing entities checks for them this often
+
+Decoded = TypeVar("Decoded")
 
 
 class TableFeed:
@@ -77,6 +94,9 @@ class TableFeed:
     ) -> None:
         self.spec = spec
         self.table = EntityTable()
+        # The keys the join asked for and the table lacked, kept for a wait:MS policy only.
+        self.missed: set[str] = set()
+        self.lookup: Table = _Recording(self.table, self.missed) if spec.wait_ms else self.table
         self._sensor = sensor
         self._max_bytes = max_bytes
         self._partitions: list[int] = []
@@ -182,6 +202,15 @@ class TableFeed:
             self._apply(self._consumer.consume(_READ, min(left, _POLL_S)))
         self._report()
 
+    def read(self, timeout_s: float) -> None:
+        """Apply what arrives within `timeout_s` (sooner if records come)."""
+        self._apply(self._consumer.consume(_READ, timeout_s))
+        self._report()
+
+    def arrived(self) -> int:
+        """How many of the missed keys the table holds now."""
+        return sum(key in self.table for key in self.missed)
+
     def drain(self) -> None:
         """Apply the records already fetched, without waiting."""
         self._apply(self._consumer.consume(_READ, 0))
@@ -259,6 +288,87 @@ class TableFeed:
                 self._max_bytes,
             )
         self._over_bound = nbytes > self._max_bytes
+
+
+class _Recording:
+    """A table's lookup that records the keys it lacked."""
+
+    __slots__ = ("_missed", "_table")
+
+    def __init__(self, table: EntityTable, missed: set[str]) -> None:
+        self._table = table
+        self._missed = missed
+
+    def get(self, key: str, /) -> Mapping[str, Any] | None:
+        row = self._table.get(key)
+        if row is None:
+            self._missed.add(key)
+        return row
+
+
+class TableWaits:
+    """Catch the tables up before each consumed batch, and give the entities of
+    ``wait:MS`` tables that a decode missed up to MS to arrive (see the module docstring).
+
+    Args:
+        feeds: Every table of the worker, in flag order.
+        sensor: Receives, per waiting table, the entities that arrived, those that did not,
+            and the seconds waited.
+    """
+
+    def __init__(self, feeds: Sequence[TableFeed], sensor: Sensor) -> None:
+        self._feeds = feeds
+        self._waiting = [f for f in feeds if f.spec.wait_ms]
+        self._sensor = sensor
+        self._deadlines: dict[str, float] = {}  # table -> end of its wait, this batch
+        self.at: bytes | None = None  # the tables' position the next decode joins with
+
+    def begin(self) -> None:
+        """A batch was consumed: read every table to its end (`catch_up`); its waits start
+        afresh."""
+        self._deadlines.clear()
+        self.at = catch_up(self._feeds)
+
+    def decode(self, decode: Callable[[], Decoded]) -> tuple[Decoded, bytes | None]:
+        """Run `decode` (which joins through the tables); if a ``wait:MS`` table lacked an
+        entity, wait for the missed entities (bounded), and if any arrived, run `decode`
+        again. Return its result and the tables' position it was joined with."""
+        for feed in self._waiting:
+            feed.missed.clear()
+        decoded, at = decode(), self.at
+        missing = [f for f in self._waiting if f.missed]
+        if missing:
+            arrived = self._wait(missing)
+            self.at = enriched_at(self._feeds)  # the wait read on: later decodes see more
+            if arrived:
+                decoded, at = decode(), self.at
+        return decoded, at
+
+    def _wait(self, feeds: list[TableFeed]) -> bool:
+        """Read `feeds` until each holds every key it missed or its wait is over; return
+        whether any missed entity arrived."""
+        started = time.monotonic()
+        for feed in feeds:
+            self._deadlines.setdefault(feed.spec.name, started + feed.spec.wait_ms / 1000)
+        pending = feeds
+        while True:
+            now = time.monotonic()
+            pending = [
+                f for f in pending
+                if f.arrived() < len(f.missed) and now < self._deadlines[f.spec.name]
+            ]  # fmt: skip
+            if not pending:
+                break
+            left = min(self._deadlines[f.spec.name] for f in pending) - now
+            for feed in pending:
+                feed.read(min(left, _WAIT_POLL_S))
+        waited = time.monotonic() - started
+        any_arrived = False
+        for feed in feeds:
+            arrived = feed.arrived()
+            any_arrived = any_arrived or arrived > 0
+            self._sensor.enrich_waited(feed.spec.name, arrived, len(feed.missed) - arrived, waited)
+        return any_arrived
 
 
 def enriched_at(feeds: Sequence[TableFeed]) -> bytes:

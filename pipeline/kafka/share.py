@@ -47,7 +47,7 @@ from pipeline.engine.engine import Engine, Outcome
 from pipeline.engine.enrich import Enrichment
 from pipeline.errors import KafkaError
 from pipeline.kafka.clientlog import client_settings
-from pipeline.kafka.enrich import TableFeed, catch_up, defaulted_headers, load_tables
+from pipeline.kafka.enrich import TableFeed, TableWaits, defaulted_headers, load_tables
 from pipeline.kafka.outputs import Outputs, Owed, now_ms, usable_record
 from pipeline.kafka.shadowtopic import shadow_topic
 from pipeline.kafka.sharegroup import agree_delivery_limit, set_offset_reset
@@ -194,12 +194,13 @@ class ShareWorker:
             TableFeed(spec, self._common, Consumer, self._sensor, config.enrich_max_bytes)
             for spec in config.enrichments
         ]
+        self._tables = TableWaits(self._feeds, self._sensor)
         self._decoder = EventDecoder(
             catalog=engine.models,
             default_model=config.default_model,
             value_format=config.value_format,
             framed=framed_reader(config),
-            enrichments=[Enrichment(feed.spec, feed.table) for feed in self._feeds],
+            enrichments=[Enrichment(feed.spec, feed.lookup) for feed in self._feeds],
             rollouts=engine.rollouts,
         )
         self._writer = prediction_writer(config, engine.models.get)
@@ -331,7 +332,7 @@ class ShareWorker:
         for m in records:
             runs.setdefault((m.topic(), m.partition()), []).append(m)  # type: ignore[arg-type]
         now = now_ms()
-        at = catch_up(self._feeds)  # every table update acknowledged before these records
+        self._tables.begin()  # every table update acknowledged before these records
         for tp, run in runs.items():
             owed = (tp, 0)
             self._sensor.records_consumed(tp[0], len(run))
@@ -352,23 +353,20 @@ class ShareWorker:
                     )
                 else:
                     fresh.append(m)
-            self._decode(owed, fresh, outputs, now, at)
+            self._decode(owed, fresh, outputs, now)
         self._engine.flush()
         for outcome in self._outcomes:
             self._produce(outcome, outputs)
         self._outcomes.clear()
 
-    def _decode(
-        self, owed: Owed, records: list[Message], outputs: Outputs, now: int, at: bytes | None
-    ) -> None:
+    def _decode(self, owed: Owed, records: list[Message], outputs: Outputs, now: int) -> None:
         if not records:
             return
         offsets: list[int] = [m.offset() for m in records]  # type: ignore[misc]
-        decoded = self._decoder.decode(
-            [m.value() for m in records],
-            [ts if (ts := m.timestamp()[1]) >= 0 else now for m in records],
-            [m.key() for m in records],
-        )
+        values = [m.value() for m in records]
+        timestamps = [ts if (ts := m.timestamp()[1]) >= 0 else now for m in records]
+        keys = [m.key() for m in records]
+        decoded, at = self._tables.decode(lambda: self._decoder.decode(values, timestamps, keys))
         for reject in decoded.rejects:
             reason = (reject.stage, reject.error_type, reject.message)
             outputs.dead_letter(records[reject.index], owed, reason)

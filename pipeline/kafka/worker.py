@@ -53,7 +53,7 @@ from pipeline.kafka.committer import (
     TransactionalCommitter,
     names,
 )
-from pipeline.kafka.enrich import TableFeed, catch_up, defaulted_headers, load_tables
+from pipeline.kafka.enrich import TableFeed, TableWaits, defaulted_headers, load_tables
 from pipeline.kafka.offsets import OffsetTracker, TopicPartitionKey
 from pipeline.kafka.outputs import Outputs, Owed, camel, now_ms, usable_record
 from pipeline.kafka.shadowtopic import ShadowTopic, shadow_topic
@@ -177,12 +177,13 @@ class Worker:
                       config.enrich_max_bytes)
             for spec in config.enrichments
         ]  # fmt: skip
+        self._tables = TableWaits(self._feeds, self._sensor)
         self._decoder = EventDecoder(
             catalog=self._engine.models,
             default_model=config.default_model,
             value_format=config.value_format,
             framed=framed_reader(config),
-            enrichments=[Enrichment(feed.spec, feed.table) for feed in self._feeds],
+            enrichments=[Enrichment(feed.spec, feed.lookup) for feed in self._feeds],
             rollouts=self._engine.rollouts,
         )
         self._writer = prediction_writer(config, self._engine.models.get)
@@ -456,32 +457,25 @@ class Worker:
                     runs[tp] = [m]  # type: ignore[index]
                 else:
                     run.append(m)
-        at = self._catch_up_tables()
+        self._tables.begin()  # every table update acknowledged before these records
         now = now_ms()
         for tp, records in runs.items():
             # Records of a partition revoked between poll() and consume() are not ours any
             # more: their new owner reads them from the committed offset.
             if tp in self._assigned:
-                self._ingest_run(tp, records, now, at)
+                self._ingest_run(tp, records, now)
 
-    def _catch_up_tables(self) -> bytes | None:
-        """Catch the --enrich tables up before these records are decoded (`catch_up`)."""
-        return catch_up(self._feeds)
-
-    def _ingest_run(
-        self, tp: TopicPartitionKey, records: list[Message], now: int, at: bytes | None
-    ) -> None:
+    def _ingest_run(self, tp: TopicPartitionKey, records: list[Message], now: int) -> None:
         assert self._outputs is not None
         offsets: list[int] = [m.offset() for m in records]  # type: ignore[misc]
         owed = (tp, self._tracker.consumed_many(tp, offsets))
         self._sensor.records_consumed(tp[0], len(records))
         if self._refused:
             records, offsets = self._redo_refused(owed, records, offsets)
-        decoded = self._decoder.decode(
-            [m.value() for m in records],
-            [_timestamp(m, now) for m in records],
-            [m.key() for m in records],
-        )
+        values = [m.value() for m in records]
+        timestamps = [_timestamp(m, now) for m in records]
+        keys = [m.key() for m in records]
+        decoded, at = self._tables.decode(lambda: self._decoder.decode(values, timestamps, keys))
         for reject in decoded.rejects:
             reason = (reject.stage, reject.error_type, reject.message)
             self._outputs.dead_letter(records[reject.index], owed, reason)

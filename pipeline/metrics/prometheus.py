@@ -36,6 +36,8 @@ pipeline_consumer_lag                                       gauge      topic, pa
 pipeline_partitions_assigned, pipeline_partitions_paused    gauge
 pipeline_enrich_table_rows, pipeline_enrich_table_bytes     gauge      table
 pipeline_enrich_defaults_total                              counter    table
+pipeline_enrich_waits_total                                 counter    table, outcome
+pipeline_enrich_wait_seconds_total                          counter    table
 pipeline_rebalances_total                                   counter    kind
 pipeline_transactions_total                                 counter    outcome
 pipeline_share_acknowledgements_total                       counter    kind
@@ -151,6 +153,18 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...], tuple[float, ...]]] = {
     "enrich_defaults_total": (
         "counter",
         "Rows that took the model's defaults because an --enrich table lacked their entity",
+        ("table",),
+        (),
+    ),
+    "enrich_waits_total": (
+        "counter",
+        "Missing entities waited for (--enrich-missing NAME=wait:MS), by whether they arrived",
+        ("table", "outcome"),
+        (),
+    ),
+    "enrich_wait_seconds_total": (
+        "counter",
+        "Seconds consumed batches waited for missing entities of an --enrich table",
         ("table",),
         (),
     ),
@@ -320,6 +334,11 @@ class PrometheusSensor(Sensor, Collector):
 
     def enrich_defaulted(self, table: str, rows: int) -> None:
         self._add("enrich_defaults_total", (table,), rows)
+
+    def enrich_waited(self, table: str, arrived: int, absent: int, seconds: float) -> None:
+        self._add("enrich_waits_total", (table, "arrived"), arrived)
+        self._add("enrich_waits_total", (table, "absent"), absent)
+        self._add("enrich_wait_seconds_total", (table,), seconds)
 
     def records_acknowledged(self, kind: str, n: int) -> None:
         self._add("share_acknowledgements_total", (kind,), n)

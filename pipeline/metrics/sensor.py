@@ -95,6 +95,10 @@ class Sensor:
     def enrich_defaulted(self, table: str, rows: int) -> None:
         """`rows` rows took the model's defaults because `table` lacked their entity."""
 
+    def enrich_waited(self, table: str, arrived: int, absent: int, seconds: float) -> None:
+        """A consumed batch waited `seconds` for entities `table` lacked: `arrived` of them
+        came in time, `absent` did not."""
+
     # -- the front doors --------------------------------------------------------------------
 
     def request(self, door: str, status: str, seconds: float) -> None:
@@ -204,6 +208,10 @@ class Sensors(Sensor):
     def enrich_defaulted(self, table: str, rows: int) -> None:
         for s in self.sensors:
             s.enrich_defaulted(table, rows)
+
+    def enrich_waited(self, table: str, arrived: int, absent: int, seconds: float) -> None:
+        for s in self.sensors:
+            s.enrich_waited(table, arrived, absent, seconds)
 
     def request(self, door: str, status: str, seconds: float) -> None:
         for s in self.sensors:

@@ -6,6 +6,7 @@ letter, and a restarted worker rebuilds the table and loses no event."""
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -207,6 +208,52 @@ def test_with_the_defaults_policy_an_unknown_entity_is_predicted_from_the_models
     assert 'pipeline_enrich_defaults_total{table="stats"} 8.0' in metrics, metrics
 
 
+def test_with_the_wait_policy_an_entity_produced_after_its_event_is_joined_in_time(
+    make_pipeline: Callable[..., Pipeline], kafka_admin: AdminClient, tmp_path: Path
+) -> None:
+    """--enrich-missing stats=wait:5000: events of a card whose stats are produced a second
+    after the worker consumed them are joined with those stats (equal to ONNX Runtime on the
+    joined row, with a pipeline.enriched.at that counts the update); a card that never
+    arrives is an EntityNotFound dead letter saying how long it was waited for; nothing is
+    lost or doubled."""
+    models = tmp_path / "models"
+    model = linear_model(models / "fraud" / "1", NAMES, [0.5, 2.0, -3.0]) / "model.onnx"
+    p = make_pipeline(models=models, partitions=1)  # card-7's events before card-404's
+    table = _table_topic(kafka_admin, "card-stats")
+    stats = {"card-1": (100.0, 3.0), "card-7": (7.0, 70.0)}
+    send(p.bootstrap, table, [_stats("card-1", *stats["card-1"])])
+    port = free_port()
+    worker = p.start_worker("--enrich", f"stats={table}:card_id", "--default-model", "fraud",
+                            "--enrich-missing", "stats=wait:5000", "--metrics-port", str(port))  # fmt: skip
+    warm = _payments("w", ["card-1"])
+    send(p.bootstrap, p.input, warm)
+    read_all(p.bootstrap, [p.output], expect=1)  # the worker is consuming now
+    late = _payments("l", ["card-7", "card-7", "card-7", "card-404"])
+    send(p.bootstrap, p.input, late)
+    time.sleep(1.0)  # the worker has consumed them and waits
+    send(p.bootstrap, table, [_stats("card-7", *stats["card-7"])])
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(warm) + len(late))
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        metrics = reply.read().decode()
+    code, _ = worker.stop()
+    assert code == 0, worker.log
+
+    predictions = [r for r in out if r.topic == p.output]
+    (dead,) = [r for r in out if r.topic == p.dlq]
+    assert dead.key == b"card-404" and dead.headers["pipeline.error.type"] == b"EntityNotFound"
+    assert b"not even after a wait of up to 5000 ms" in dead.headers["pipeline.error.message"]
+    _check(predictions, model, stats, [*warm, *late[:3]])
+    counted = {r.json["id"]: sum(orjson.loads(r.headers["pipeline.enriched.at"])[table].values())
+               for r in predictions}  # fmt: skip
+    assert counted["w-0"] == 1 and {counted[f"l-{i}"] for i in range(3)} == {2}, counted
+    assert re.search(r'pipeline_enrich_waits_total\{outcome="arrived",table="stats"\} [1-9]',
+                     metrics), metrics  # fmt: skip
+    assert 'pipeline_enrich_waits_total{outcome="absent",table="stats"} 1.0' in metrics
+    acc = Accounting.of(predictions, [dead])
+    assert acc.lost([orjson.loads(v)["id"] for _, v in [*warm, *late]]) == []
+    assert acc.duplicates() == 0
+
+
 def test_a_worker_joining_loads_the_whole_table_and_the_rebalance_loses_no_event(
     make_pipeline: Callable[..., Pipeline], kafka_admin: AdminClient, tmp_path: Path
 ) -> None:
@@ -269,7 +316,7 @@ def test_share_group_workers_join_the_table_too(
     send(p.bootstrap, p.input, [*events, *missing])
 
     args = ("--group-type", "share", "--enrich", f"stats={table}:card_id",
-            "--default-model", "fraud")  # fmt: skip
+            "--enrich-missing", "stats=wait:200", "--default-model", "fraud")  # fmt: skip
     workers = [p.start_worker(*args), p.start_worker(*args)]
     out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(events) + 1)
     for worker in workers:
@@ -281,6 +328,7 @@ def test_share_group_workers_join_the_table_too(
     _check(predictions, model, stats, events)
     (dead,) = [r for r in out if r.topic == p.dlq]
     assert dead.headers["pipeline.error.type"] == b"EntityNotFound" and dead.key == b"card-99"
+    assert b"after a wait of up to 200 ms" in dead.headers["pipeline.error.message"]
     acc = Accounting.of(predictions, [dead])
     assert acc.lost([orjson.loads(v)["id"] for _, v in [*events, *missing]]) == []
     assert acc.duplicates() == 0

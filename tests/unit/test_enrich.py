@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,8 @@ from pipeline.engine.enrich import Enrichment, EnrichSpec, EntityTable
 from pipeline.engine.signature import TensorSpec
 from pipeline.engine.spec import ModelSpec
 from pipeline.errors import ConfigError
+from pipeline.kafka.enrich import TableFeed, TableWaits
+from pipeline.metrics import Sensor
 from tests.unit.test_codec import DictCatalog
 
 VECTOR = ModelSpec(
@@ -270,7 +273,135 @@ def test_the_missing_entity_policy_is_set_per_table_and_checked_at_start() -> No
     assert [e.missing for e in cfg.enrichments] == ["dead-letter", "defaults"]
     with pytest.raises(ConfigError, match="which no --enrich flag names"):
         WorkerConfig(enrich=("s=a:k",), enrich_missing=("x=defaults",))
-    with pytest.raises(ConfigError, match="POLICY one of dead-letter, defaults"):
-        WorkerConfig(enrich=("s=a:k",), enrich_missing=("s=wait",))
     with pytest.raises(ConfigError, match="names 's' twice"):
         WorkerConfig(enrich=("s=a:k",), enrich_missing=("s=defaults", "s=dead-letter"))
+
+
+def test_the_wait_policy_takes_a_bounded_number_of_milliseconds() -> None:
+    (spec,) = WorkerConfig(enrich=("s=a:k",), enrich_missing=("s=wait:200",)).enrichments
+    assert (spec.missing, spec.wait_ms) == ("wait:200", 200)
+    assert STATS.wait_ms == 0 and STATS.with_missing("defaults").wait_ms == 0
+    for bad in ("s=wait", "s=wait:", "s=wait:0", "s=wait:10001", "s=wait:2s", "s=wait:-5"):
+        with pytest.raises(ConfigError, match=r"dead-letter, defaults, wait:MS \(MS from 1 to"):
+            WorkerConfig(enrich=("s=a:k",), enrich_missing=(bad,))
+
+
+def test_with_the_wait_policy_a_missing_entity_says_how_long_it_was_waited_for() -> None:
+    stats = Enrichment(STATS.with_missing("wait:200"), table(c1={"spend_1h": 1.5, "tx_1h": 1.5}))
+
+    decoded = decode([{"id": "a", "card_id": "c9", "features": {"amount": 1.0}}], stats)
+
+    (reject,) = decoded.rejects
+    assert (reject.stage, reject.error_type) == ("enrich", "EntityNotFound")
+    assert "not even after a wait of up to 200 ms (--enrich-missing stats=wait:200)" in (
+        reject.message
+    )
+
+
+class _Record:
+    """What `TableFeed` reads of a consumed table record."""
+
+    def __init__(self, offset: int, key: str, value: dict[str, Any]) -> None:
+        self._offset, self._key, self._value = offset, key.encode(), orjson.dumps(value)
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def error(self) -> None:
+        return None
+
+    def key(self) -> bytes:
+        return self._key
+
+    def value(self) -> bytes:
+        return self._value
+
+
+class _LateTable:
+    """A table topic's consumer whose records arrive `after_s` after it is made."""
+
+    def __init__(self, records: list[_Record], after_s: float) -> None:
+        self._records = records
+        self._due = time.monotonic() + after_s
+
+    def consume(self, n: int, timeout: float) -> list[_Record]:
+        left = self._due - time.monotonic()
+        if left > 0:
+            time.sleep(min(left, timeout))
+        if time.monotonic() < self._due or not self._records:
+            return []
+        taken, self._records = self._records, []
+        return taken
+
+    def get_watermark_offsets(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
+        return (0, 0)
+
+
+class _Waits(Sensor):
+    def __init__(self) -> None:
+        self.waits: list[tuple[str, int, int, float]] = []
+
+    def enrich_waited(self, table: str, arrived: int, absent: int, seconds: float) -> None:
+        self.waits.append((table, arrived, absent, seconds))
+
+
+def _waiting_feed(consumer: _LateTable, sensor: Sensor) -> TableFeed:
+    feed = TableFeed(
+        STATS.with_missing("wait:300"),
+        {},
+        lambda _: consumer,
+        sensor,
+        1 << 20,  # type: ignore[arg-type,return-value]
+    )
+    assert feed.table.put("c1", orjson.dumps({"spend_1h": 1.5, "tx_1h": 1.5})) is None
+    return feed
+
+
+def _decode_through(waits: TableWaits, feed: TableFeed, card: str) -> Decoded:
+    decoder = EventDecoder(catalog=DictCatalog(VECTOR), default_model="fraud",
+                           enrichments=[Enrichment(feed.spec, feed.lookup)])  # fmt: skip
+    event = orjson.dumps({"id": card, "card_id": card, "features": {"amount": 1.0}})
+    decoded, _ = waits.decode(lambda: decoder.decode([event], [0]))
+    return decoded
+
+
+def test_an_entity_arriving_within_the_wait_is_joined_after_a_second_decode() -> None:
+    sensor = _Waits()
+    late = _LateTable([_Record(0, "c9", {"spend_1h": 2.0, "tx_1h": 3.0})], after_s=0.05)
+    feed = _waiting_feed(late, sensor)
+    waits = TableWaits([feed], sensor)
+    waits.begin()
+
+    decoded = _decode_through(waits, feed, "c9")
+
+    assert decoded.rejects == []
+    (block,) = decoded.blocks.values()
+    np.testing.assert_array_equal(block.feed["features"], np.array([[1.0, 2.0, 3.0]], np.float32))
+    ((table_name, arrived, absent, seconds),) = sensor.waits
+    assert (table_name, arrived, absent) == ("stats", 1, 0) and 0.03 < seconds < 0.3
+
+
+def test_an_entity_that_never_arrives_is_waited_for_once_per_batch_then_dead_lettered() -> None:
+    sensor = _Waits()
+    feed = _waiting_feed(_LateTable([], after_s=0.0), sensor)
+    waits = TableWaits([feed], sensor)
+    waits.begin()
+
+    started = time.monotonic()
+    (first,) = _decode_through(waits, feed, "c9").rejects
+    waited = time.monotonic() - started
+    started = time.monotonic()
+    (second,) = _decode_through(waits, feed, "c8").rejects  # the same batch: its wait is spent
+    again = time.monotonic() - started
+
+    assert 0.29 < waited < 1.0 and again < 0.1, (waited, again)
+    assert first.error_type == second.error_type == "EntityNotFound"
+    assert "not even after a wait of up to 300 ms" in first.message
+    assert [(w[1], w[2]) for w in sensor.waits] == [(0, 1), (0, 1)]
+    waits.begin()  # the next batch waits afresh
+    started = time.monotonic()
+    _decode_through(waits, feed, "c7")
+    assert time.monotonic() - started > 0.29
