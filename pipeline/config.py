@@ -281,9 +281,9 @@ class WorkerConfig(EngineSettings, DoorSettings, LogSettings):
     enrich_missing: tuple[str, ...] = ()  # "NAME=POLICY": dead-letter (default), defaults, wait:MS
     kafka: Mapping[str, str] = field(default_factory=dict)
     allow_unsafe_kafka_properties: bool = False
-    value_format: str = "json"  # json, avro, jsonschema or auto: see pipeline.engine.framing
+    value_format: str = "json"  # json, avro, jsonschema, protobuf, auto: see engine.framing
     schema_registry_url: str = ""  # needed by avro and auto; -X schema.registry.* configure it
-    output_format: str = "json"  # json, avro or jsonschema: see pipeline.schemaregistry
+    output_format: str = "json"  # json, avro, jsonschema or protobuf: see pipeline.schemaregistry
     output_subject_strategy: str = "topic"  # topic, record or topic-record
     shadow_topic: str = ""  # "": shadow versions' answers go to metrics only
 
@@ -525,7 +525,7 @@ def _check_transaction_timeout(interval_ms: int, kafka: Mapping[str, str]) -> No
     )
 
 
-OUTPUT_FORMATS: Final = ("json", "avro", "jsonschema")
+OUTPUT_FORMATS: Final = ("json", "avro", "jsonschema", "protobuf")
 SUBJECT_STRATEGIES: Final = ("topic", "record", "topic-record")
 
 

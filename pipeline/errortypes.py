@@ -47,7 +47,7 @@ ERROR_TYPES: Final = (
         "InvalidJson",
         "decode",
         "the value is not one JSON document (also a Schema Registry framed value read with "
-        "`--value-format json`: read those with `avro`, `jsonschema` or `auto`); with "
+        "`--value-format json`: read those with `avro`, `jsonschema`, `protobuf` or `auto`); with "
         "`jsonschema`, a framed payload that is not JSON text, or a schema that is not JSON "
         "Schema",
     ),
@@ -59,15 +59,16 @@ ERROR_TYPES: Final = (
     ErrorType(
         "UnknownMagicByte",
         "decode",
-        "`--value-format avro|jsonschema|auto`: the value does not start with the Schema "
+        "`--value-format avro|jsonschema|protobuf|auto`: the value does not start with the Schema "
         "Registry magic byte 0 (auto: a value starting with a control byte JSON text cannot "
         "start with)",
     ),
     ErrorType(
         "TruncatedFrame",
         "decode",
-        "`--value-format avro|jsonschema|auto`: the value ends within the 5-byte header "
-        "(magic byte, schema id) or right after it",
+        "`--value-format avro|jsonschema|protobuf|auto`: the value ends within the 5-byte "
+        "header (magic byte, schema id) or right after it, or within a Protobuf value's "
+        "message indexes",
     ),
     ErrorType("UnknownSchema", "decode", "the Schema Registry does not know the value's schema id"),
     ErrorType(
@@ -80,7 +81,14 @@ ERROR_TYPES: Final = (
         "InvalidAvro",
         "decode",
         "the framed payload does not decode with its schema (cut short, corrupt), or the "
-        "schema is not Avro (nor, under `auto`, JSON Schema)",
+        "schema is not Avro (nor, under `auto`, JSON Schema or Protobuf)",
+    ),
+    ErrorType(
+        "InvalidProtobuf",
+        "decode",
+        "`--value-format protobuf`: the payload does not decode as the message its message "
+        "indexes name (cut short, corrupt), the indexes name no message of the schema, the "
+        "schema does not compile, or it is not a Protobuf schema",
     ),
     ErrorType("TooDeep", "decode", "arrays or objects nest deeper than 8 levels"),
     ErrorType(

@@ -1,18 +1,21 @@
-"""The Schema Registry client side: connecting at start, reading framed Avro and JSON
-Schema values, and writing predictions as framed Avro or JSON Schema values.
+"""The Schema Registry client side: connecting at start, reading framed Avro, JSON Schema
+and Protobuf values, and writing predictions as framed Avro, JSON Schema or Protobuf values.
 
-The worker reads Schema Registry framed values (``--value-format avro|jsonschema|auto``)
+The worker reads Schema Registry framed values
+(``--value-format avro|jsonschema|protobuf|auto``)
 through `RegistryReader`, the engine's `FramedReader` that asks a registry: each schema id
 is fetched once and kept. An Avro payload is decoded with fastavro (confluent-kafka's
 `AvroDeserializer` for a schema with references); a JSON Schema payload (the frame, then
 JSON text, as confluent-kafka's `JSONSerializer` writes it) is parsed as JSON, and not
 validated against its schema again: the serializer validated it, and the event contract's
-own checks follow. What goes wrong with one value becomes that value's ``decode`` reject:
+own checks follow. A Protobuf payload is read with the message its frame's message indexes
+name in the schema, compiled once per id (`pipeline.protoschema`), as the data of its JSON
+twin. What goes wrong with one value becomes that value's ``decode`` reject:
 a schema id the registry does not know (``UnknownSchema``), a registry that does not
 answer for a schema not cached yet, after the client's own bounded retries
 (``RegistryUnavailable``), a payload that does not decode with its schema (``InvalidAvro``,
-``InvalidJson``), or a schema of a type the format does not read (Protobuf, or Avro under
-``jsonschema``).
+``InvalidJson``, ``InvalidProtobuf``), message indexes cut short (``TruncatedFrame``), or a
+schema of a type the format does not read (Avro under ``jsonschema``, say).
 
 With ``--output-format avro``, `AvroPredictionWriter` writes each prediction as a framed
 Avro value of its model's schema (`pipeline.engine.avroschema`), registered under the
@@ -28,6 +31,11 @@ With ``--output-format jsonschema``, `JsonSchemaPredictionWriter` writes each pr
 the JSON text ``--output-format json`` writes, framed with the id of the prediction
 contract's JSON Schema (``schemas/prediction.schema.json``, shipped in the package),
 registered once per subject of the same strategy.
+
+With ``--output-format protobuf``, `ProtobufPredictionWriter` writes each prediction as a
+``pipeline.prediction.Prediction`` message (``schemas/prediction-message.proto``, shipped in
+the package, registered as its ``.proto`` text once per subject of the same strategy),
+framed with that schema's id and the message index 0.
 
 The client's settings are the ``-X schema.registry.<setting>`` properties (the same
 ``[kafka]`` table and ``-X`` flags as librdkafka's, with this prefix), e.g.
@@ -53,6 +61,8 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, Schema
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 
 from pipeline.config import REGISTRY_PREFIX, WorkerConfig
 from pipeline.engine.avroschema import NAMESPACE, avro_name, prediction_schema
@@ -61,16 +71,26 @@ from pipeline.engine.framing import FRAME_HEADER_BYTES, MAGIC_BYTE, FrameProblem
 from pipeline.engine.models import LoadedModel
 from pipeline.engine.spec import ModelSpec
 from pipeline.errors import ConfigError, RegistryUnreachable
+from pipeline.protoschema import (
+    ProtoFile,
+    ProtoProblem,
+    compile_schema,
+    frame_indexes,
+    message_data,
+    prediction_message,
+)
 
 __all__ = [
     "AvroPredictionWriter",
     "JsonSchemaPredictionWriter",
+    "ProtobufPredictionWriter",
     "RegistryReader",
     "avro_encoder",
     "connect",
     "framed_reader",
     "json_schema_encoder",
     "prediction_writer",
+    "protobuf_encoder",
     "registry_settings",
 ]
 
@@ -78,9 +98,19 @@ log = logging.getLogger("pipeline.schemaregistry")
 _RESOLVED_BY_DESERIALIZER = object()  # a schema with references: AvroDeserializer reads it
 
 _NOT_FOUND = 404
-_AVRO, _JSON = "AVRO", "JSON"  # the registry's schema types (an absent type is Avro)
-_SCHEMA_TYPES = {"avro": (_AVRO,), "jsonschema": (_JSON,), "auto": (_AVRO, _JSON)}
-_READ_BY = {_AVRO: "--value-format avro or auto", _JSON: "--value-format jsonschema or auto"}
+_AVRO, _JSON, _PROTOBUF = "AVRO", "JSON", "PROTOBUF"  # the registry's schema types
+_SCHEMA_TYPES = {
+    "avro": (_AVRO,),
+    "jsonschema": (_JSON,),
+    "protobuf": (_PROTOBUF,),
+    "auto": (_AVRO, _JSON, _PROTOBUF),
+}
+_READ_BY = {
+    _AVRO: "--value-format avro or auto",
+    _JSON: "--value-format jsonschema or auto",
+    _PROTOBUF: "--value-format protobuf or auto",
+}
+_INVALID = {_AVRO: "InvalidAvro", _JSON: "InvalidJson", _PROTOBUF: "InvalidProtobuf"}
 _PARSED_AS_JSON = object()  # a JSON Schema id: its payloads are JSON text
 
 
@@ -106,7 +136,7 @@ def framed_reader(config: WorkerConfig) -> RegistryReader | None:
 
 def prediction_writer(
     config: WorkerConfig, models: Callable[[str, str], LoadedModel]
-) -> AvroPredictionWriter | JsonSchemaPredictionWriter | None:
+) -> AvroPredictionWriter | JsonSchemaPredictionWriter | ProtobufPredictionWriter | None:
     """The writer of predictions `config` asks for, connected; None for JSON text.
 
     Args:
@@ -120,8 +150,13 @@ def prediction_writer(
     if config.output_format == "json":
         return None
     client = connect(config.schema_registry_url, config.kafka)
-    if config.output_format == "jsonschema":
-        return JsonSchemaPredictionWriter(
+    if config.output_format in ("jsonschema", "protobuf"):
+        one_schema = (
+            JsonSchemaPredictionWriter
+            if config.output_format == "jsonschema"
+            else ProtobufPredictionWriter
+        )
+        return one_schema(
             client,
             config.schema_registry_url,
             topic=config.output_topic,
@@ -180,6 +215,57 @@ def json_schema_encoder(
     client = connect(url, properties)
     serializer = JSONSerializer(schema, client)
     return _framing(serializer, topic, "JSON", schema_file)
+
+
+def protobuf_encoder(
+    url: str, properties: Mapping[str, str], schema_file: Path, topic: str
+) -> Callable[[bytes], bytes]:
+    """Turn JSON event values into framed Protobuf values of the first message of the
+    ``.proto`` file `schema_file`: each event is read into the message as protobuf's JSON
+    mapping reads it, and framed with the id its text is registered under, as
+    ``<topic>-value``, and the message index 0.
+
+    Raises:
+        ConfigError: The file cannot be read, protoc does not compile it, or the registry
+            refuses it.
+        RegistryUnreachable: The registry did not answer.
+    """
+    try:
+        text = schema_file.read_text()
+        message = compile_schema(text).message_class([0])
+    except OSError as exc:
+        raise ConfigError(f"--schema {schema_file} cannot be read: {exc}") from exc
+    except ProtoProblem as problem:
+        raise ConfigError(f"--schema {schema_file}: {problem.message}") from None
+    client = connect(url, properties)
+    subject = f"{topic}-value"
+    try:
+        schema_id = client.register_schema(subject, Schema(text, _PROTOBUF))
+    except SchemaRegistryError as exc:
+        raise ConfigError(
+            f"the Schema Registry at {url} refused {schema_file} under subject {subject!r} "
+            f"(HTTP {exc.http_status_code}, error {exc.error_code}: {exc.error_message})"
+        ) from None
+    finally:
+        client.close()  # registered once: the frame needs only its id
+    header = bytes([MAGIC_BYTE]) + schema_id.to_bytes(4, "big") + b"\x00"
+    name = message.DESCRIPTOR.full_name
+    sent = 0
+
+    def encode(value: bytes) -> bytes:
+        nonlocal sent
+        sent += 1
+        try:
+            event = json_format.ParseDict(orjson.loads(value), message())
+        except (json_format.ParseError, orjson.JSONDecodeError) as exc:
+            raise ConfigError(
+                f"event {sent} does not fit message {name} of {schema_file} ({exc}): "
+                f"{value[:200]!r}"
+            ) from None
+        data: bytes = event.SerializeToString()
+        return header + data
+
+    return encode
 
 
 def _schema_text(schema_file: Path, kind: str) -> str:
@@ -252,8 +338,8 @@ class RegistryReader:
     Args:
         client: The registry's client; it caches each schema it fetched.
         url: The registry's address, for messages.
-        types: The schema types read (``AVRO``, ``JSON``); a value whose schema is of
-            another type is that type's ``decode`` reject.
+        types: The schema types read (``AVRO``, ``JSON``, ``PROTOBUF``); a value whose
+            schema is of another type is a ``decode`` reject of the type read.
     """
 
     def __init__(
@@ -264,7 +350,7 @@ class RegistryReader:
         self._types = tuple(types)
         self._deserializer = AvroDeserializer(client)
         self._described: dict[int, str] = {}
-        self._parsed: dict[int, Any] = {}  # schema id -> fastavro's parsed writer schema
+        self._parsed: dict[int, Any] = {}  # schema id -> the parsed writer schema
 
     def read(self, schema_id: int, value: bytes) -> object:
         """Return the value's record as a dict, reading it with its writer's schema.
@@ -278,6 +364,8 @@ class RegistryReader:
         parsed = self._parsed.get(schema_id)
         if parsed is None:
             parsed = self._writer_schema(schema_id)
+        if isinstance(parsed, ProtoFile):
+            return self._read_protobuf(schema_id, parsed, value)
         if parsed is _PARSED_AS_JSON:
             try:
                 return orjson.loads(value[FRAME_HEADER_BYTES:])
@@ -298,6 +386,25 @@ class RegistryReader:
                 "InvalidAvro",
                 f"the payload does not decode with {self.describe(schema_id)}: "
                 f"{type(exc).__name__}: {exc or 'the value ends early'}",
+            ) from None
+
+    def _read_protobuf(self, schema_id: int, schema: ProtoFile, value: bytes) -> object:
+        """The message the frame's indexes name, read from the rest of the value."""
+        try:
+            indexes, start = frame_indexes(value, FRAME_HEADER_BYTES)
+            cls = schema.message_class(indexes)
+        except ProtoProblem as problem:
+            raise FrameProblem(
+                "decode", problem.error_type, f"{problem.message} ({self.describe(schema_id)})"
+            ) from None
+        try:
+            return message_data(cls.FromString(value[start:]))
+        except DecodeError as exc:
+            raise FrameProblem(
+                "decode",
+                "InvalidProtobuf",
+                f"the payload does not decode as message {cls.DESCRIPTOR.full_name} of "
+                f"{self.describe(schema_id)}: {exc}",
             ) from None
 
     def _writer_schema(self, schema_id: int) -> Any:
@@ -322,13 +429,15 @@ class RegistryReader:
             wanted = " and ".join(self._types)
             raise FrameProblem(
                 "decode",
-                "InvalidJson" if self._types == (_JSON,) else "InvalidAvro",
+                _INVALID[self._types[0]],
                 f"{self.describe(schema_id)} has schema type {kind}; this worker reads "
                 f"{wanted} schemas only"
                 + (f" (run it with {_READ_BY[kind]})" if kind in _READ_BY else ""),
             )
         if kind == _JSON:
             parsed = _PARSED_AS_JSON
+        elif kind == _PROTOBUF:
+            parsed = self._protobuf_schema(schema_id, schema)
         elif schema.references:
             parsed = _RESOLVED_BY_DESERIALIZER
         else:
@@ -343,6 +452,25 @@ class RegistryReader:
                 ) from None
         self._parsed[schema_id] = parsed
         return parsed
+
+    def _protobuf_schema(self, schema_id: int, schema: Schema) -> ProtoFile:
+        """Compile a Protobuf schema with the files its references name."""
+        try:
+            imports = {
+                str(ref.name): str(
+                    self._client.get_version(
+                        str(ref.subject), ref.version or "latest"
+                    ).schema.schema_str
+                )
+                for ref in schema.references or ()
+            }
+            return compile_schema(schema.schema_str or "", imports)
+        except ProtoProblem as problem:
+            raise FrameProblem(
+                "decode", problem.error_type, f"{self.describe(schema_id)}: {problem.message}"
+            ) from None
+        except Exception as exc:  # a reference the registry does not give
+            raise self._unavailable(schema_id, exc) from None
 
     def describe(self, schema_id: int) -> str:
         """``schema id 3 (subject features-value, record example.FeatureEvent)``."""
@@ -397,11 +525,9 @@ def _subject(topic: str, strategy: str, model: str) -> str:
     ]
 
 
-class JsonSchemaPredictionWriter:
-    """Writes predictions as framed JSON Schema values: the frame of the prediction
-    contract's schema (``schemas/prediction.schema.json``), registered once per subject,
-    then the prediction's JSON text as ``--output-format json`` writes it, so a consumer's
-    `JSONDeserializer` reads (and validates) it.
+class _OneSchemaWriter:
+    """Writes predictions framed with one schema of the prediction contract, registered
+    once per subject (`_subject`) when a model's predictions are first written.
 
     Args:
         client: The registry's client.
@@ -410,6 +536,11 @@ class JsonSchemaPredictionWriter:
         strategy: ``topic``, ``record`` or ``topic-record``.
     """
 
+    _kind = ""  # "JSON Schema", for messages
+    _schema_type = ""  # the registry's schema type
+    _file = ""  # the schema, in the package's _schemas
+    _after_header = b""  # what the frame holds between the header and the payload
+
     def __init__(
         self, client: SchemaRegistryClient, url: str, *, topic: str, strategy: str
     ) -> None:
@@ -417,8 +548,7 @@ class JsonSchemaPredictionWriter:
         self._url = url
         self._topic = topic
         self._strategy = strategy
-        schema = resources.files("pipeline") / "_schemas" / "prediction.schema.json"
-        self._schema = Schema(schema.read_text(), "JSON")
+        self._text = (resources.files("pipeline") / "_schemas" / self._file).read_text()
         self._headers: dict[str, bytes] = {}  # subject -> frame header
 
     def prepare(self, versions: Iterable[tuple[str, str]]) -> None:
@@ -439,28 +569,46 @@ class JsonSchemaPredictionWriter:
         predicted_at_ms: int,
         prediction_ids: Sequence[str] | None = None,
     ) -> list[bytes]:
-        """One framed JSON value per row (the arguments are `encode_rows`'s).
+        """One framed value per row (the arguments are `encode_rows`'s).
 
         Raises:
-            FrameProblem: The registry refused the schema, or did not answer when it was
-                first registered (every row of the batch is dead-lettered).
+            FrameProblem: As `_header`.
         """
         header = self._header(spec.name)
-        return [header + v for v in encode_rows(spec, ids, ts, outputs, predicted_at_ms,
-                                                 prediction_ids)]  # fmt: skip
+        payloads = self._payloads(spec, ids, ts, outputs, predicted_at_ms, prediction_ids)
+        return [header + payload for payload in payloads]
+
+    def _payloads(
+        self,
+        spec: ModelSpec,
+        ids: Sequence[str],
+        ts: Sequence[int],
+        outputs: Mapping[str, np.ndarray[Any, Any]],
+        predicted_at_ms: int,
+        prediction_ids: Sequence[str] | None,
+    ) -> Iterable[bytes]:
+        """Each row's payload, without the frame."""
+        raise NotImplementedError
 
     def _header(self, model: str) -> bytes:
+        """The frame of `model`'s predictions, registering the schema the first time.
+
+        Raises:
+            FrameProblem: The registry refused the schema (``IncompatibleSchema``) or did
+                not answer (``SchemaNotRegistered``): every row of the batch is
+                dead-lettered.
+        """
         subject = _subject(self._topic, self._strategy, model)
         header = self._headers.get(subject)
         if header is not None:
             return header
         try:
-            schema_id = self._client.register_schema(subject, self._schema)
+            schema_id = self._client.register_schema(subject, Schema(self._text, self._schema_type))
         except SchemaRegistryError as exc:
             raise FrameProblem(
                 "produce",
                 "IncompatibleSchema",
-                f"the Schema Registry at {self._url} refused the prediction JSON Schema under "
+                f"the Schema Registry at {self._url} refused the prediction {self._kind} under "
                 f"subject {subject!r} (HTTP {exc.http_status_code}, error {exc.error_code}: "
                 f"{exc.error_message}); the subject holds schemas of another kind or contract: "
                 "write to another topic or choose another --output-subject-strategy",
@@ -469,14 +617,66 @@ class JsonSchemaPredictionWriter:
             raise FrameProblem(
                 "produce",
                 "SchemaNotRegistered",
-                f"the Schema Registry at {self._url} did not register the prediction JSON "
-                f"Schema under subject {subject!r} ({type(exc).__name__}: {exc}); the inputs "
-                "are kept in the dead-letter topic to be replayed",
+                f"the Schema Registry at {self._url} did not register the prediction "
+                f"{self._kind} under subject {subject!r} ({type(exc).__name__}: {exc}); the "
+                "inputs are kept in the dead-letter topic to be replayed",
             ) from None
-        header = self._headers[subject] = bytes([MAGIC_BYTE]) + schema_id.to_bytes(4, "big")
-        log.info("predictions under subject %r are written as JSON Schema values: schema id %d",
-                 subject, schema_id)  # fmt: skip
+        header = bytes([MAGIC_BYTE]) + schema_id.to_bytes(4, "big") + self._after_header
+        self._headers[subject] = header
+        log.info("predictions under subject %r are written as %s values: schema id %d",
+                 subject, self._kind, schema_id)  # fmt: skip
         return header
+
+
+class JsonSchemaPredictionWriter(_OneSchemaWriter):
+    """Writes predictions as framed JSON Schema values: the frame of the prediction
+    contract's schema (``schemas/prediction.schema.json``), then the prediction's JSON text
+    as ``--output-format json`` writes it, so a consumer's `JSONDeserializer` reads (and
+    validates) it."""
+
+    _kind = "JSON Schema"
+    _schema_type = _JSON
+    _file = "prediction.schema.json"
+
+    def _payloads(
+        self,
+        spec: ModelSpec,
+        ids: Sequence[str],
+        ts: Sequence[int],
+        outputs: Mapping[str, np.ndarray[Any, Any]],
+        predicted_at_ms: int,
+        prediction_ids: Sequence[str] | None,
+    ) -> Iterable[bytes]:
+        return encode_rows(spec, ids, ts, outputs, predicted_at_ms, prediction_ids)
+
+
+class ProtobufPredictionWriter(_OneSchemaWriter):
+    """Writes predictions as framed Protobuf messages of ``schemas/prediction-message.proto``
+    (``pipeline.prediction.Prediction``, the file's first message: message index 0), whose
+    ``.proto`` text is what the registry holds, as a Java or Go serializer registers it."""
+
+    _kind = "Protobuf schema"
+    _schema_type = _PROTOBUF
+    _file = "prediction-message.proto"
+    _after_header = b"\x00"  # the message indexes [0], written as one zero byte
+
+    def __init__(
+        self, client: SchemaRegistryClient, url: str, *, topic: str, strategy: str
+    ) -> None:
+        super().__init__(client, url, topic=topic, strategy=strategy)
+        self._message = compile_schema(self._text).message_class([0])
+
+    def _payloads(
+        self,
+        spec: ModelSpec,
+        ids: Sequence[str],
+        ts: Sequence[int],
+        outputs: Mapping[str, np.ndarray[Any, Any]],
+        predicted_at_ms: int,
+        prediction_ids: Sequence[str] | None,
+    ) -> Iterable[bytes]:
+        docs = prediction_documents(spec, ids, ts, outputs, predicted_at_ms, prediction_ids)
+        return (prediction_message(self._message, doc) for doc in docs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,15 +49,17 @@ def _produce(args: argparse.Namespace) -> int:
     settings = _client_settings(args)
     encode = None
     if args.value_format != "json":
-        kind = "an Avro schema" if args.value_format == "avro" else "a JSON Schema"
+        kind = {"avro": "an Avro schema", "jsonschema": "a JSON Schema",
+                "protobuf": "a .proto file"}[args.value_format]  # fmt: skip
         if not args.schema or not args.schema_registry_url:
             raise ConfigError(
                 f"--value-format {args.value_format} needs --schema FILE ({kind}) and "
                 "--schema-registry-url URL"
             )
-        from pipeline.schemaregistry import avro_encoder, json_schema_encoder
+        from pipeline.schemaregistry import avro_encoder, json_schema_encoder, protobuf_encoder
 
-        make = avro_encoder if args.value_format == "avro" else json_schema_encoder
+        make = {"avro": avro_encoder, "jsonschema": json_schema_encoder,
+                "protobuf": protobuf_encoder}[args.value_format]  # fmt: skip
         encode = make(args.schema_registry_url, settings.kafka, Path(args.schema), args.topic)
     produce(
         encode=encode,
@@ -320,18 +322,19 @@ def _add_produce_flags(produce: argparse.ArgumentParser) -> None:
     add("--partition", type=int, default=None, help="send every record to this partition")
     add(
         "--value-format",
-        choices=("json", "avro", "jsonschema"),
+        choices=("json", "avro", "jsonschema", "protobuf"),
         default="json",
-        help="json: the events as they are (default); avro, jsonschema: each event framed "
-        "as Avro or JSON Schema with --schema, registered under TOPIC-value in "
-        "--schema-registry-url",
+        help="json: the events as they are (default); avro, jsonschema, protobuf: each event "
+        "framed as Avro, JSON Schema or Protobuf (the first message of the .proto file) with "
+        "--schema, registered under TOPIC-value in --schema-registry-url",
     )
     add(
         "--schema",
         metavar="FILE",
         default=None,
-        help="with avro or jsonschema: the events' schema (e.g. schemas/feature-event.avsc, "
-        "schemas/feature-event.schema.json)",
+        help="with avro, jsonschema or protobuf: the events' schema (e.g. "
+        "schemas/feature-event.avsc, schemas/feature-event.schema.json, "
+        "schemas/feature-event.proto)",
     )
     add(
         "--schema-registry-url",

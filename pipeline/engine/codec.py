@@ -239,10 +239,10 @@ class EventDecoder:
         max_value_bytes: Values longer than this are rejected before parsing.
         max_depth: Values nesting arrays/objects deeper than this are rejected as
             ``TooDeep`` (the event object itself is depth 1, its `features` depth 2).
-        value_format: ``json`` (text), ``avro`` or ``jsonschema`` (Schema Registry framed
-            values) or ``auto`` (framed values and JSON text, told apart per value); see
-            `pipeline.engine.framing`. A framed record's fields are the event's, and a null
-            `model`, `version` or `ts` counts as absent.
+        value_format: ``json`` (text), ``avro``, ``jsonschema`` or ``protobuf`` (Schema
+            Registry framed values) or ``auto`` (framed values and JSON text, told apart
+            per value); see `pipeline.engine.framing`. A framed record's fields are the
+            event's, and a null `model`, `version` or `ts` counts as absent.
         framed: Reads framed values' payloads; needed unless `value_format` is ``json``.
         enrichments: Tables that fill the named features an event's ``features`` object
             does not carry, joined on an event field (`pipeline.engine.enrich`).
@@ -287,6 +287,7 @@ class EventDecoder:
             "json": self._parse,
             "avro": self._parse_framed,
             "jsonschema": self._parse_framed,
+            "protobuf": self._parse_framed,
             "auto": self._parse_any,
         }[value_format]
         self._enrichments = tuple(enrichments)

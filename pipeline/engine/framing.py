@@ -7,10 +7,11 @@ wrong with it; reading the payload needs the schema, which lives in the registry
 a `FramedReader`'s job (`pipeline.schemaregistry` has the one that asks a registry). The
 engine stays free of network I/O: it is handed a reader.
 
-`VALUE_FORMATS` are the formats a worker reads: ``json`` (text, the default), ``avro``
-and ``jsonschema`` (every value framed, with an Avro or a JSON Schema schema) and ``auto``
-(per record: a value starting with a control byte that JSON text cannot start with, the
-magic byte 0 or another, is read as a frame of either type; any other value as JSON text).
+`VALUE_FORMATS` are the formats a worker reads: ``json`` (text, the default), ``avro``,
+``jsonschema`` and ``protobuf`` (every value framed, with an Avro, a JSON Schema or a
+Protobuf schema) and ``auto`` (per record: a value starting with a control byte that JSON
+text cannot start with, the magic byte 0 or another, is read as a frame of any of those
+types; any other value as JSON text).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ __all__ = [
 
 MAGIC_BYTE: Final = 0
 FRAME_HEADER_BYTES: Final = 5  # the magic byte and the schema id
-VALUE_FORMATS: Final = ("json", "avro", "jsonschema", "auto")
+VALUE_FORMATS: Final = ("json", "avro", "jsonschema", "protobuf", "auto")
 
 
 class FrameProblem(Exception):

@@ -178,15 +178,16 @@ def _add_worker_flags(add: Callable[..., Any]) -> None:
         "--value-format",
         choices=VALUE_FORMATS,
         help="json: JSON text (default); avro: Schema Registry framed Avro values; "
-        "jsonschema: framed JSON Schema values (confluent-kafka's JSONSerializer); auto: any "
-        "of these, told apart per record",
+        "jsonschema: framed JSON Schema values (confluent-kafka's JSONSerializer); protobuf: "
+        "framed Protobuf messages; auto: any of these, told apart per record",
     )
     add(
         "--output-format",
         choices=OUTPUT_FORMATS,
         help="json: predictions as JSON text (default); avro: framed Avro values of each "
         "model's prediction schema, registered in the Schema Registry; jsonschema: the JSON "
-        "text framed with schemas/prediction.schema.json, registered there",
+        "text framed with schemas/prediction.schema.json, registered there; protobuf: "
+        "framed messages of schemas/prediction-message.proto, registered there",
     )
     add(
         "--output-subject-strategy",

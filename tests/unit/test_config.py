@@ -737,10 +737,12 @@ def test_the_start_up_line_shows_where_and_what_differs_not_every_setting() -> N
 def test_a_framed_value_format_needs_a_schema_registry_url() -> None:
     with pytest.raises(ConfigError, match="--value-format avro reads Schema Registry framed"):
         WorkerConfig(value_format="avro")
+    with pytest.raises(ConfigError, match="--value-format protobuf reads Schema Registry"):
+        WorkerConfig(value_format="protobuf")
     with pytest.raises(
-        ConfigError, match="value_format must be one of json, avro, jsonschema, auto"
+        ConfigError, match="value_format must be one of json, avro, jsonschema, protobuf, auto"
     ):
-        WorkerConfig(value_format="protobuf", schema_registry_url="http://127.0.0.1:8081")
+        WorkerConfig(value_format="thrift", schema_registry_url="http://127.0.0.1:8081")
     config = WorkerConfig(value_format="auto", schema_registry_url="http://127.0.0.1:8081")
     assert config.value_format == "auto" and WorkerConfig().value_format == "json"
 
@@ -771,7 +773,9 @@ def test_avro_predictions_need_a_schema_registry_url_and_a_known_subject_strateg
     url = "http://127.0.0.1:8081"
     with pytest.raises(ConfigError, match=r"--output-format avro registers .* needs --schema-reg"):
         WorkerConfig(output_format="avro")
-    with pytest.raises(ConfigError, match="must be one of json, avro, jsonschema, got 'xml'"):
+    with pytest.raises(
+        ConfigError, match="must be one of json, avro, jsonschema, protobuf, got 'xml'"
+    ):
         WorkerConfig(output_format="xml", schema_registry_url=url)
     with pytest.raises(ConfigError, match=r"--output-format jsonschema registers .* needs"):
         WorkerConfig(output_format="jsonschema")

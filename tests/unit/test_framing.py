@@ -136,7 +136,9 @@ def test_the_frame_header_and_which_values_look_framed() -> None:
 def test_a_format_that_reads_frames_needs_a_reader() -> None:
     with pytest.raises(ValueError, match="'avro' needs a reader of framed values"):
         EventDecoder(catalog=DictCatalog(PLAIN), value_format="avro")
-    with pytest.raises(
-        ValueError, match="value_format must be one of json, avro, jsonschema, auto"
-    ):
+    with pytest.raises(ValueError, match="'protobuf' needs a reader of framed values"):
         EventDecoder(catalog=DictCatalog(PLAIN), value_format="protobuf")
+    with pytest.raises(
+        ValueError, match="value_format must be one of json, avro, jsonschema, protobuf, auto"
+    ):
+        EventDecoder(catalog=DictCatalog(PLAIN), value_format="thrift")

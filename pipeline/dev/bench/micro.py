@@ -37,6 +37,7 @@ __all__ = [
     "bench_codec",
     "bench_inference",
     "bench_jsonschema_decode",
+    "bench_protobuf_decode",
     "main",
 ]
 
@@ -53,9 +54,10 @@ _WARMUP_RUNS = 3
 
 
 class CodecFigures(TypedDict):
-    """Median microseconds per event over the timed repetitions; `avro_decode_us` and
-    `jsonschema_decode_us` are the same events' decoding as Schema Registry framed Avro and
-    JSON Schema values (`bench_avro_decode`, `bench_jsonschema_decode`)."""
+    """Median microseconds per event over the timed repetitions; `avro_decode_us`,
+    `jsonschema_decode_us` and `protobuf_decode_us` are the same events' decoding as Schema
+    Registry framed Avro, JSON Schema and Protobuf values (`bench_avro_decode`,
+    `bench_jsonschema_decode`, `bench_protobuf_decode`)."""
 
     events: int
     decode_us: float
@@ -63,6 +65,7 @@ class CodecFigures(TypedDict):
     total_us: float
     avro_decode_us: float
     jsonschema_decode_us: float
+    protobuf_decode_us: float
 
 
 class ModelFigures(TypedDict):
@@ -141,6 +144,7 @@ def bench_codec(n_events: int = 20000, repeats: int = 5) -> CodecFigures:
         "total_us": statistics.median(d + e for d, e in timings) * per_event,
         "avro_decode_us": bench_avro_decode(spec, events, repeats),
         "jsonschema_decode_us": bench_jsonschema_decode(spec, events, repeats),
+        "protobuf_decode_us": bench_protobuf_decode(spec, events, repeats),
     }
 
 
@@ -176,6 +180,24 @@ def bench_jsonschema_decode(spec: ModelSpec, events: Sequence[bytes], repeats: i
     return _framed_decode(spec, framed, "jsonschema", schema, repeats)
 
 
+def bench_protobuf_decode(spec: ModelSpec, events: Sequence[bytes], repeats: int) -> float:
+    """The same for `events` framed as Protobuf values (schema id 1, the event contract's
+    `schemas/feature-event.proto` as text, as a Java producer registers it): the frame, the
+    message index 0, then the message."""
+    from google.protobuf import json_format
+
+    from pipeline.protoschema import compile_schema
+
+    schema = (_SCHEMAS / "feature-event.proto").read_bytes()
+    message = compile_schema(schema.decode()).message_class([0])
+    header = b"\x00" + (1).to_bytes(4, "big") + b"\x00"
+    framed = [
+        header + json_format.ParseDict(orjson.loads(value), message()).SerializeToString()
+        for value in events
+    ]
+    return _framed_decode(spec, framed, "protobuf", schema, repeats)
+
+
 def _framed_decode(
     spec: ModelSpec, framed: Sequence[bytes], value_format: str, schema: bytes, repeats: int
 ) -> float:
@@ -184,7 +206,7 @@ def _framed_decode(
 
     from pipeline.schemaregistry import RegistryReader
 
-    kind = "AVRO" if value_format == "avro" else "JSON"
+    kind = {"avro": "AVRO", "jsonschema": "JSON", "protobuf": "PROTOBUF"}[value_format]
     registry = _OneSchemaRegistry(Schema(schema.decode(), kind))
     reader = RegistryReader(registry, "in memory", (kind,))  # type: ignore[arg-type]
     decoder = EventDecoder(catalog=_OneModelCatalog(spec), value_format=value_format, framed=reader)
@@ -286,6 +308,7 @@ def _codec_table(figures: CodecFigures) -> list[str]:
         f"| decode, the same events as framed Avro | {figures['avro_decode_us']:.2f} |",
         f"| decode, the same events as framed JSON Schema | "
         f"{figures['jsonschema_decode_us']:.2f} |",
+        f"| decode, the same events as framed Protobuf | {figures['protobuf_decode_us']:.2f} |",
     ]
 
 
