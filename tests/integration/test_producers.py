@@ -1,5 +1,6 @@
 """The README's Java and Go producers, built from examples/producers/ and run against the
-real broker while `pipeline run` works: every event they send is predicted.
+real broker while `pipeline run` works: every event they send is predicted, as JSON text
+and, with the real Schema Registry, as framed Avro values (`--value-format avro`).
 
 Java: Maven resolves kafka-clients 4.1.1 and its runtime jars (examples/producers/java/
 pom.xml) into .cache/producers/java/lib, javac compiles the one file. Go: go builds
@@ -51,7 +52,7 @@ def java_producer() -> list[str]:
         pytest.skip(f"{absent} not on PATH: this test builds the README's Java producer "
                     "(Java 17+ and Maven; the project's machines have both)")  # fmt: skip
     lib, classes = CACHE / "java" / "lib", CACHE / "java" / "classes"
-    if not (lib / "kafka-clients-4.1.1.jar").exists():
+    if not (lib / "avro-1.12.2.jar").exists():
         _run(["mvn", "-q", "-f", str(EXAMPLES / "java" / "pom.xml"),
               "dependency:copy-dependencies", f"-DoutputDirectory={lib}"], ROOT)  # fmt: skip
     _run(["javac", "-d", str(classes), "-cp", f"{lib}/*",
@@ -71,14 +72,20 @@ def go_producer() -> list[str]:
 
 
 def _predicted_by_the_worker(
-    make_pipeline: Callable[..., Pipeline], producer: list[str], language: str
+    make_pipeline: Callable[..., Pipeline],
+    producer: list[str],
+    language: str,
+    registry_url: str | None = None,
 ) -> None:
     p = make_pipeline(partitions=2)
-    worker = p.start_worker("--default-model", MLP)
+    avro = () if registry_url is None else (registry_url, str(ROOT / "schemas/feature-event.avsc"))
+    reads = () if registry_url is None else ("--value-format", "avro",
+                                             "--schema-registry-url", registry_url)  # fmt: skip
+    worker = p.start_worker("--default-model", MLP, *reads)
     worker.wait_for_log("assigned")
     run_id = f"{language}-{uuid.uuid4().hex[:8]}"
 
-    said = _run([*producer, p.bootstrap, p.input, MLP, str(COUNT), run_id], ROOT, 120)
+    said = _run([*producer, p.bootstrap, p.input, MLP, str(COUNT), run_id, *avro], ROOT, 120)
 
     assert f"sent {COUNT} events to {p.input}" in said
     out = read_all(p.bootstrap, [p.output, p.dlq], expect=COUNT, timeout_s=120)
@@ -101,3 +108,15 @@ def test_the_go_producers_events_are_predicted(
     make_pipeline: Callable[..., Pipeline], go_producer: list[str]
 ) -> None:
     _predicted_by_the_worker(make_pipeline, go_producer, "go")
+
+
+def test_the_java_producers_avro_events_are_predicted(
+    make_pipeline: Callable[..., Pipeline], java_producer: list[str], schema_registry_url: str
+) -> None:
+    _predicted_by_the_worker(make_pipeline, java_producer, "java-avro", schema_registry_url)
+
+
+def test_the_go_producers_avro_events_are_predicted(
+    make_pipeline: Callable[..., Pipeline], go_producer: list[str], schema_registry_url: str
+) -> None:
+    _predicted_by_the_worker(make_pipeline, go_producer, "go-avro", schema_registry_url)
