@@ -37,6 +37,7 @@ from pipeline.errors import ConfigError
 
 __all__ = [
     "CONFIG_VARIABLE",
+    "DISPATCHES",
     "LOG_FORMATS",
     "LOG_LEVELS",
     "OUTPUT_FORMATS",
@@ -438,11 +439,13 @@ class ServeConfig(EngineSettings, DoorSettings, LogSettings):
 
     http_port: int = 8080
     grpc_port: int = 50051
+    dispatch: str = "when-idle"  # or "when-due": see pipeline.engine.engine.EngineLoop
 
     def __post_init__(self) -> None:
         EngineSettings.__post_init__(self)
         DoorSettings.__post_init__(self)
         LogSettings.__post_init__(self)
+        _check_choice("dispatch", self.dispatch, DISPATCHES)
         if not self.http_port and not self.grpc_port:
             raise ConfigError("pipeline serve needs a door: --http-port or --grpc-port above 0")
 
@@ -526,6 +529,7 @@ def _check_transaction_timeout(interval_ms: int, kafka: Mapping[str, str]) -> No
 
 
 OUTPUT_FORMATS: Final = ("json", "avro", "jsonschema", "protobuf")
+DISPATCHES: Final = ("when-idle", "when-due")  # when `pipeline serve` runs the rows that wait
 SUBJECT_STRATEGIES: Final = ("topic", "record", "topic-record")
 
 

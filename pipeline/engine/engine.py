@@ -261,11 +261,15 @@ class Engine(Generic[T]):
                 return self._clock()
             return self._batcher.next_deadline()
 
-    def wait_for_work(self, at_most_s: float) -> None:
+    def wait_for_work(self, at_most_s: float, *, any_row: bool = False) -> None:
         """Block until a batch is full or due, something is submitted to an idle engine,
-        or `at_most_s` passes (what an `EngineLoop` does between runs)."""
+        or `at_most_s` passes (what an `EngineLoop` does between runs); with `any_row`,
+        not at all while any row waits."""
         with self._wake:
-            due = self._clock() if self._queue.ready else self._batcher.next_deadline()
+            if self._queue.ready or (any_row and len(self._batcher)):
+                due: float | None = self._clock()
+            else:
+                due = self._batcher.next_deadline()
             timeout = at_most_s if due is None else min(due - self._clock(), at_most_s)
             if timeout > 0:
                 self._wake.wait(timeout)
@@ -459,6 +463,12 @@ class EngineLoop(threading.Thread):
     from a turn (a caller's callback that raised, say) is logged and the loop goes on;
     `on_turn` is called after every turn (at least every `idle_s`), so a liveness probe
     can tell a loop that stopped turning.
+
+    With `when_idle`, the loop does not wait for batches to fill: whenever it is free it
+    runs every row that waits, however young. A lone caller's row runs at once; rows that
+    arrive while a batch runs wait for it and then go out together, so batches grow with
+    the load by themselves (and never exceed the engine's ``max_batch_size``). Without
+    it, a batch waits until it is full or its oldest row has waited ``max_wait_ms``.
     """
 
     def __init__(
@@ -467,18 +477,24 @@ class EngineLoop(threading.Thread):
         *,
         idle_s: float = 0.5,
         on_turn: Callable[[], None] | None = None,
+        when_idle: bool = False,
     ) -> None:
         super().__init__(name="engine", daemon=True)
         self._engine = engine
         self._idle_s = idle_s
         self._on_turn = on_turn
+        self._when_idle = when_idle
         self._stopping = threading.Event()
 
     def run(self) -> None:
+        engine = self._engine
         while not self._stopping.is_set():
             try:
-                self._engine.wait_for_work(self._idle_s)
-                self._engine.run_due()
+                engine.wait_for_work(self._idle_s, any_row=self._when_idle)
+                if self._when_idle:
+                    engine.flush()
+                else:
+                    engine.run_due()
             except Exception:  # one turn's failure must not end the thread
                 log.exception("the engine loop's turn failed; it goes on")
             if self._on_turn is not None:

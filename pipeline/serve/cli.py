@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.config import ServeConfig
+from pipeline.config import DISPATCHES, ServeConfig
 from pipeline.flags import add_config_flag, add_door_flags, add_engine_flags, add_output_flags
 from pipeline.startup import (
     print_config,
@@ -38,7 +38,16 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "over environment (PIPELINE_<SETTING>), which wins over the --config TOML file.",
         argument_default=argparse.SUPPRESS,
     )
-    add_engine_flags(parser.add_argument_group("engine").add_argument)
+    engine = parser.add_argument_group("engine")
+    add_engine_flags(engine.add_argument)
+    engine.add_argument(
+        "--dispatch",
+        choices=DISPATCHES,
+        help="when the rows that wait run: when-idle (the default): as soon as the engine is "
+        "free, so a lone caller is answered at once and the rows that arrive during a batch "
+        "go out together after it; when-due: once a batch is full or its oldest row has "
+        "waited --max-wait-ms. --latency-target-ms sizes batches itself, as when-due",
+    )
     add_door_flags(
         parser.add_argument_group("doors").add_argument, http_default=8080, grpc_default=50051
     )

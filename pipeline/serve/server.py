@@ -175,7 +175,8 @@ def serve(settings: ServeConfig) -> int:
     sensor = Sensors([stats, metrics])
     readiness = Readiness(stale_after_s=ENGINE_STALE_AFTER_S)
     engine = build_engine(settings, sensor, max_queue=settings.max_queue)
-    runner = EngineLoop(engine, on_turn=readiness.heartbeat)
+    when_idle = settings.dispatch == "when-idle" and not settings.latency_target_ms
+    runner = EngineLoop(engine, on_turn=readiness.heartbeat, when_idle=when_idle)
     runner.start()
     log.info("serving with %s", settings.summary)
     readiness.wait_for("models", "the models are loading")

@@ -159,7 +159,7 @@ def _grpc_infer(shape: list[int], raw: bytes) -> inference_pb2.ModelInferRequest
 
 
 def test_a_full_queue_answers_429_and_resource_exhausted(serve: Callable[..., Server]) -> None:
-    server = serve("--max-queue", "1", "--max-wait-ms", "1500")
+    server = serve("--max-queue", "1", "--max-wait-ms", "1500", "--dispatch", "when-due")
     waiting = threading.Thread(target=httpx.post, args=(f"{server.url}/predict",),
                                kwargs={"json": {"data": ROW}, "timeout": 10})  # fmt: skip
     waiting.start()
@@ -176,7 +176,7 @@ def test_a_full_queue_answers_429_and_resource_exhausted(serve: Callable[..., Se
 
 
 def test_a_passed_deadline_is_504_and_deadline_exceeded(serve: Callable[..., Server]) -> None:
-    server = serve("--max-wait-ms", "800")
+    server = serve("--max-wait-ms", "800", "--dispatch", "when-due")
     started = time.monotonic()
     reply = httpx.post(f"{server.url}/predict", json={"data": ROW},
                        headers={"X-Request-Timeout-Ms": "100"})  # fmt: skip
@@ -271,7 +271,7 @@ async def _predict_on_one_channel(target: str, callers: int, calls: int) -> list
 
 @pytest.mark.alone  # the request must be in flight 0.3 s after it is sent
 def test_sigterm_answers_what_is_in_flight_and_exits_0(serve: Callable[..., Server]) -> None:
-    server = serve("--max-wait-ms", "1500")
+    server = serve("--max-wait-ms", "1500", "--dispatch", "when-due")
     answers: list[httpx.Response] = []
     waiting = threading.Thread(target=lambda: answers.append(
         httpx.post(f"{server.url}/predict", json={"data": ROW}, timeout=15)))  # fmt: skip

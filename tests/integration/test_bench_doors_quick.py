@@ -27,6 +27,7 @@ pytestmark = pytest.mark.skipif(
 CALLERS = ("1", "8", "64")
 DOORS = {
     "serve-1": {"http", "grpc", "http-oip", "grpc-oip"},
+    "serve-1-due": {"http", "grpc"},
     "serve-2": {"http", "grpc"},
 }
 PEERS = {"flask-sync": {"http"}, "flask-gthread": {"http"}, "fastapi": {"http"}}
@@ -64,7 +65,7 @@ def test_quick_door_benchmark_reports_every_row(repo_root: Path, tmp_path: Path)
         assert point["rate"] > 0 and point["requests"] > 0, point
         assert 0 < point["p50_ms"] <= point["p99_ms"] <= point["p999_ms"], point
 
-    assert len(results["targets"]) == 4, results["targets"]
+    assert len(results["targets"]) == 6, results["targets"]  # peers x2, open loop x2, lone x2
     table = (tmp_path / "doors-latest.md").read_text()
     assert "pipeline serve, 1 process" in table and table in done.stdout
     if importlib.util.find_spec("matplotlib") is not None:

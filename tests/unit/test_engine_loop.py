@@ -14,6 +14,7 @@ import pytest
 from pipeline.engine.engine import Engine, EngineLoop, Outcome
 from pipeline.engine.models import ModelCache, ModelStore
 from pipeline.errors import Overloaded
+from pipeline.metrics import Sensor
 from pipeline.metrics.health import Readiness
 from tests.modelfactory import two_input_model
 
@@ -72,7 +73,7 @@ def test_the_loop_survives_a_failing_turn_and_reports_each_turn() -> None:
         def __init__(self) -> None:
             self.calls = 0
 
-        def wait_for_work(self, at_most_s: float) -> None:
+        def wait_for_work(self, at_most_s: float, *, any_row: bool = False) -> None:
             time.sleep(0.001)
 
         def run_due(self) -> int:
@@ -94,6 +95,67 @@ def test_the_loop_survives_a_failing_turn_and_reports_each_turn() -> None:
         assert loop.is_alive() and flaky.calls >= 3
     finally:
         loop.stop()
+
+
+class _Batches(Sensor):
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def inference(
+        self, model: str, version: str, rows: int, queue_wait_s: float, infer_s: float
+    ) -> None:
+        self.sizes.append(rows)
+
+
+def test_when_idle_a_lone_row_runs_at_once_and_rows_that_wait_on_a_batch_go_together(
+    tmp_path: Path,
+) -> None:
+    """max_wait_ms of a minute: when_idle runs a lone row at once anyway; the rows submitted
+    while a batch's callback holds the loop run together, in one batch, right after."""
+    two_input_model(tmp_path / "rec" / "1")
+    batches = _Batches()
+    engine: Engine[str] = Engine(ModelCache(ModelStore(tmp_path)), max_batch_size=8,
+                                 max_wait_ms=60_000, sensor=batches)  # fmt: skip
+    held, release = threading.Event(), threading.Event()
+    done: list[str] = []
+
+    def hold(outcome: Outcome[str]) -> None:
+        held.set()
+        release.wait(10)
+        done.append(outcome.ticket)
+
+    loop = EngineLoop(engine, idle_s=0.05, when_idle=True)
+    loop.start()
+    try:
+        started = time.monotonic()
+        engine.submit("rec", "1", _feed(1), "lone", hold)
+        assert held.wait(5) and time.monotonic() - started < 5  # not the minute's wait
+        for i in range(5):  # the loop is busy with the lone row's callback
+            engine.submit("rec", "1", _feed(1), f"then-{i}", lambda o: done.append(o.ticket))
+        release.set()
+        deadline = time.monotonic() + 5
+        while len(done) < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        loop.stop()
+    assert done == ["lone", *(f"then-{i}" for i in range(5))]
+    assert batches.sizes == [1, 5]
+
+
+def test_when_due_a_lone_row_waits_for_its_batch(tmp_path: Path) -> None:
+    two_input_model(tmp_path / "rec" / "1")
+    engine: Engine[str] = Engine(ModelCache(ModelStore(tmp_path)), max_batch_size=8,
+                                 max_wait_ms=60_000)  # fmt: skip
+    done: list[str] = []
+    loop = EngineLoop(engine, idle_s=0.05)
+    loop.start()
+    try:
+        engine.submit("rec", "1", _feed(1), "lone", lambda o: done.append(o.ticket))
+        time.sleep(0.5)
+        assert done == []  # it waits for the batch to fill, up to a minute
+    finally:
+        loop.stop()  # runs what waits
+    assert done == ["lone"]
 
 
 def test_liveness_fails_when_the_loop_stops_turning() -> None:

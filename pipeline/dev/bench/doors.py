@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip",
         default="",
         metavar="KEYS",
-        help="comma-separated contenders to leave out: flask-sync, flask-gthread, fastapi, serve-2",
+        help="comma-separated contenders to leave out: flask-sync, flask-gthread, fastapi, "
+        "serve-1-due, serve-2",
     )
     return parser
 
@@ -98,7 +99,7 @@ def _plan(args: argparse.Namespace) -> Plan:
     if not 0 <= args.max_wait_ms <= 60_000:
         raise ConfigError(f"--max-wait-ms must be from 0 to 60000, got {args.max_wait_ms}")
     skip = {s for s in args.skip.split(",") if s}
-    allowed = {"flask-sync", "flask-gthread", "fastapi", "serve-2"}
+    allowed = {"flask-sync", "flask-gthread", "fastapi", "serve-1-due", "serve-2"}
     if skip - allowed:
         raise ConfigError(
             f"--skip takes {', '.join(sorted(allowed))}; got {', '.join(sorted(skip - allowed))}"

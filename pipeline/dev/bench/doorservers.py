@@ -99,6 +99,7 @@ class Server:
         doors: The door keys (`DOORS`) it is measured on.
         instances: How many separately started processes the load is spread over.
         not_run: Why it does not run here, or None.
+        args: Flags of its own for ``pipeline serve`` (after the shared ones).
     """
 
     key: str
@@ -109,11 +110,12 @@ class Server:
     doors: tuple[str, ...]
     instances: int = 1
     not_run: str | None = None
+    args: tuple[str, ...] = ()
 
     def launch(self, setup: Setup) -> list[Instance]:
         """The processes to start, on fresh ports."""
         if self.kind == "door":
-            return [_serve_instance(setup) for _ in range(self.instances)]
+            return [_serve_instance(setup, self.args) for _ in range(self.instances)]
         cores = setup.cores
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
@@ -155,7 +157,7 @@ class Server:
         return [Instance(command, url, None, "/healthz")]
 
 
-def _serve_instance(setup: Setup) -> Instance:
+def _serve_instance(setup: Setup, args: tuple[str, ...]) -> Instance:
     http, grpc = _free_port(), _free_port()
     command = [
         sys.executable,
@@ -175,6 +177,7 @@ def _serve_instance(setup: Setup) -> Instance:
         "--stats-interval-s",
         f"{setup.stats_interval_s:g}",
         *setup.serve_args,
+        *args,
     ]
     return Instance(command, f"http://127.0.0.1:{http}", f"127.0.0.1:{grpc}", "/readyz")
 
@@ -212,14 +215,22 @@ def _peers(setup: Setup) -> list[Server]:
 
 def _doors(setup: Setup) -> list[Server]:
     flags = f"--max-wait-ms {setup.max_wait_ms:g}"
+    due = "--dispatch when-due"
     flags += f" {shlex.join(setup.serve_args)}" if setup.serve_args else ""
     return [
         Server(key="serve-1", label="pipeline serve, 1 process", kind="door", doors=tuple(DOORS),
                settings=f"1 process, {flags}",
                notes=f"as shipped ({flags}): one process, both doors on one event "
                "loop (HTTP on uvicorn with uvloop and httptools, gRPC on grpc.aio); the "
-               "engine batches the rows of concurrent requests (up to 256, waiting at most "
-               "--max-wait-ms for more) on one ONNX Runtime thread."),
+               "engine batches the rows of concurrent requests (up to 256) on one ONNX "
+               "Runtime thread, running what waits whenever it is free (--dispatch "
+               "when-idle, the default)."),
+        Server(key="serve-1-due", label="pipeline serve, 1 process, --dispatch when-due",
+               kind="door", doors=("http", "grpc"),
+               settings=f"1 process, {flags} {due}", args=tuple(due.split()),
+               notes="the same, with the dispatch before `when-idle` became the default: a "
+               "batch runs once it is full or its oldest row has waited --max-wait-ms, so a "
+               "lone caller waits that long."),
         Server(key="serve-2", label="pipeline serve, 2 processes", kind="door",
                doors=("http", "grpc"), instances=2, settings=f"2 processes, {flags}",
                notes="two such processes on ports of their own; the load generator's "
