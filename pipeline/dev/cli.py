@@ -79,6 +79,9 @@ def _produce(args: argparse.Namespace) -> int:
 
 
 def _consume(args: argparse.Namespace) -> int:
+    from pipeline.startup import remember_early_stop
+
+    remember_early_stop()  # a Ctrl-C while it imports and connects still ends it with 0
     from pipeline.dev.consume import ConsumeOptions, consume
 
     options = ConsumeOptions(

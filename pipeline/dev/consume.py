@@ -34,6 +34,7 @@ from confluent_kafka import KafkaError as RdKafkaError
 from pipeline.errors import ConfigError, KafkaError
 from pipeline.kafka.clientlog import client_settings
 from pipeline.kafka.topics import admin_client, reach
+from pipeline.startup import early_stop
 
 __all__ = ["ConsumeOptions", "consume", "parse_offset", "record"]
 
@@ -117,19 +118,19 @@ def consume(
         BrokerUnreachable: no broker answered.
         KafkaError: the topic's partitions could not be read, or a fatal client error.
     """
-    # An unreachable broker: one line, exit 4. An admin client's log lines wait until it
-    # is polled, so librdkafka's own "Connection refused" does not come before it.
-    reach(admin_client(bootstrap_servers, kafka), bootstrap_servers)
-    consumer = Consumer(_settings(options, bootstrap_servers, kafka))
-    reader = _Reader(options, consumer, out)
-    try:
-        with _stop_on_signals() as stopped:
+    with _stop_on_signals() as stopped:
+        # An unreachable broker: one line, exit 4. An admin client's log lines wait until
+        # it is polled, so librdkafka's own "Connection refused" does not come before it.
+        reach(admin_client(bootstrap_servers, kafka), bootstrap_servers)
+        consumer = Consumer(_settings(options, bootstrap_servers, kafka))
+        reader = _Reader(options, consumer, out)
+        try:
             reader.start()
             reader.run(stopped)
-    except KafkaException as exc:
-        raise KafkaError(f"consume from {options.topic} failed: {exc.args[0]}") from exc
-    finally:
-        consumer.close()
+        except KafkaException as exc:
+            raise KafkaError(f"consume from {options.topic} failed: {exc.args[0]}") from exc
+        finally:
+            consumer.close()
     return reader.printed
 
 
@@ -311,6 +312,8 @@ def _stop_on_signals() -> Iterator[threading.Event]:
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     for s in previous:
         signal.signal(s, lambda *_: stopped.set())
+    if early_stop() is not None:  # it came while the command started
+        stopped.set()
     try:
         yield stopped
     finally:

@@ -89,6 +89,23 @@ def test_consume_follows_until_interrupted_and_exits_0(
                 reader.kill()
 
 
+def test_a_ctrl_c_while_consume_starts_still_exits_0(
+    kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    """Ctrl-C while it imports, reaches the broker and assigns the partitions (a slow
+    machine takes seconds) is kept and honoured once it can stop: exit 0, not 130."""
+    topic = make_topic(partitions=1)
+    command = [sys.executable, "-m", "pipeline", "consume", "--bootstrap-servers",
+               kafka_bootstrap, "--topic", topic]  # fmt: skip
+    for after_s in (0.8, 1.2):  # past the interpreter's own start-up, before the loop
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as p:
+            time.sleep(after_s)
+            p.send_signal(signal.SIGINT)
+            _, err = p.communicate(timeout=30)
+        assert p.returncode == exitcodes.OK, (after_s, err.decode()[-2000:])
+        assert b"Traceback" not in err
+
+
 def test_consume_exit_stops_at_the_end_of_every_partition(
     kafka_bootstrap: str, make_topic: Callable[..., str]
 ) -> None:
