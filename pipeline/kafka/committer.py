@@ -51,6 +51,7 @@ _UNANSWERED_COMMIT_S = 10.0  # an async commit unanswered this long no longer ho
 # A final commit that meets a rebalance is tried again, between turns of the group protocol,
 # for this long (a clean stop within the README's 30 s).
 _FINAL_COMMIT_S = 5.0
+_PURGED = frozenset((RdKafkaError._PURGE_QUEUE, RdKafkaError._PURGE_INFLIGHT))  # by our aborts
 _REBALANCING = frozenset((
     RdKafkaError.ILLEGAL_GENERATION,
     RdKafkaError.UNKNOWN_MEMBER_ID,
@@ -339,10 +340,12 @@ class TransactionalCommitter:
     def output_failed(
         self, msg: Message, err: RdKafkaError, owed: Owed, *, next_omit: int = 1, to: str = ""
     ) -> None:
-        if not self._host.tracker.holds(owed):
+        if err.code() in _PURGED or not self._host.tracker.holds(owed):
             # An output of a transaction that was already aborted (the abort purged it, or it
             # timed out): its input is redone from the committed offsets, and its delivery
-            # report, served after the abort, must not abort the next transaction too.
+            # report, served after the abort, must not abort the next transaction too. A
+            # purged output is always such a one, even when its partition was consumed
+            # again since: only an abort or a producer given up purges.
             log.debug("ignoring a failed output of an aborted transaction (%s)", err)
             return
         if not self._abort_pending:  # one line per transaction, not one per output
