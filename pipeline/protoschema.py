@@ -42,6 +42,7 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 from google.protobuf.message import DecodeError, Message
 
 __all__ = [
+    "FIRST_MESSAGE",
     "ProtoFile",
     "ProtoProblem",
     "compile_schema",
@@ -50,6 +51,7 @@ __all__ = [
     "prediction_message",
 ]
 
+FIRST_MESSAGE: Final = b"\x00"  # the message indexes [0] (the file's first message), one byte
 _MAIN: Final = "schema.proto"  # the file name a compiled schema's text is given
 _MAX_INDEXES: Final = 32  # message indexes deeper than this are not a real schema's
 _ABSENT_WHEN_EMPTY: Final = (("model", ""), ("version", ""), ("ts", 0))

@@ -69,11 +69,12 @@ from pipeline.config import REGISTRY_PREFIX, WorkerConfig
 from pipeline.engine.avrodecode import record_reader
 from pipeline.engine.avroschema import NAMESPACE, avro_name, prediction_schema
 from pipeline.engine.codec import encode_rows, prediction_documents
-from pipeline.engine.framing import FRAME_HEADER_BYTES, MAGIC_BYTE, FrameProblem
+from pipeline.engine.framing import FRAME_HEADER_BYTES, FrameProblem, frame_header
 from pipeline.engine.models import LoadedModel
 from pipeline.engine.spec import ModelSpec
 from pipeline.errors import ConfigError, RegistryUnreachable
 from pipeline.protoschema import (
+    FIRST_MESSAGE,
     ProtoFile,
     ProtoProblem,
     compile_schema,
@@ -258,7 +259,7 @@ def protobuf_encoder(
         ) from None
     finally:
         client.close()  # registered once: the frame needs only its id
-    header = bytes([MAGIC_BYTE]) + schema_id.to_bytes(4, "big") + b"\x00"
+    header = frame_header(schema_id) + FIRST_MESSAGE
     name = message.DESCRIPTOR.full_name
     sent = 0
 
@@ -644,7 +645,7 @@ class _OneSchemaWriter:
                 f"{self._kind} under subject {subject!r} ({type(exc).__name__}: {exc}); the "
                 "inputs are kept in the dead-letter topic to be replayed",
             ) from None
-        header = bytes([MAGIC_BYTE]) + schema_id.to_bytes(4, "big") + self._after_header
+        header = frame_header(schema_id) + self._after_header
         self._headers[subject] = header
         log.info("predictions under subject %r are written as %s values: schema id %d",
                  subject, self._kind, schema_id)  # fmt: skip
@@ -681,7 +682,7 @@ class ProtobufPredictionWriter(_OneSchemaWriter):
     _kind = "Protobuf schema"
     _schema_type = _PROTOBUF
     _file = "prediction-message.proto"
-    _after_header = b"\x00"  # the message indexes [0], written as one zero byte
+    _after_header = FIRST_MESSAGE
 
     def __init__(
         self, client: SchemaRegistryClient, url: str, *, topic: str, strategy: str
@@ -830,7 +831,7 @@ class AvroPredictionWriter:
             ) from None
         names = tuple((t.name, avro_name(t.name)) for t in model.outputs)
         renamed = names if any(old != new for old, new in names) else ()  # all, or none
-        header = bytes([MAGIC_BYTE]) + schema_id.to_bytes(4, "big")
+        header = frame_header(schema_id)
         written = self._written[key] = _Written(header, parse_schema(schema), renamed)
         log.info(
             "predictions of model %r version %r are written as Avro: schema id %d, subject %r",

@@ -116,7 +116,7 @@ class EnrichSpec:
     @property
     def wait_ms(self) -> int:
         """How long a batch may wait for a missing entity to arrive (``wait:MS``), else 0."""
-        return int(self.missing.removeprefix(_WAIT)) if self.missing.startswith(_WAIT) else 0
+        return _wait_ms(self.missing)
 
 
 def missing_policies(texts: Sequence[str]) -> dict[str, str]:

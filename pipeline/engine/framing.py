@@ -24,6 +24,7 @@ __all__ = [
     "VALUE_FORMATS",
     "FrameProblem",
     "FramedReader",
+    "frame_header",
     "frame_schema_id",
     "is_framed",
     "looks_framed",
@@ -82,6 +83,12 @@ def looks_framed(value: bytes) -> bool:
     other than whitespace): read as a frame, it gets the frame's reasons (a magic byte 1
     is ``UnknownMagicByte``, not ``InvalidUtf8``)."""
     return bool(value) and value[0] < 0x20 and value[0] not in b"\t\n\r"
+
+
+def frame_header(schema_id: int) -> bytes:
+    """The 5-byte header a framed value of schema `schema_id` starts with (what
+    `frame_schema_id` reads back)."""
+    return bytes([MAGIC_BYTE]) + schema_id.to_bytes(4, "big")
 
 
 def frame_schema_id(value: bytes) -> int:
