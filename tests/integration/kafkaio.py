@@ -29,6 +29,21 @@ R = TypeVar("R")
 FAST_FAILOVER = ("-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=1500")
 
 
+def wait_until_loaded(pid: int, library: str = "confluent_kafka", timeout_s: float = 60) -> None:
+    """Wait until process `pid` has mapped `library` (it is past its imports), or until
+    `timeout_s`: a Ctrl-C sent earlier interrupts Python's imports, which takes more than a
+    few seconds on a loaded machine. Returns at once where there is no /proc."""
+    maps = Path(f"/proc/{pid}/maps")
+    deadline = time.monotonic() + timeout_s
+    while maps.exists() and time.monotonic() < deadline:
+        try:
+            if library in maps.read_text():
+                return
+        except OSError:  # the process is gone
+            return
+        time.sleep(0.005)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:

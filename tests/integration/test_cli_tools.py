@@ -16,7 +16,7 @@ import pytest
 
 from pipeline import exitcodes
 
-from .kafkaio import read_all, send
+from .kafkaio import read_all, send, wait_until_loaded
 
 
 def _pipeline(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -107,10 +107,7 @@ def test_a_ctrl_c_while_consume_starts_still_exits_0(
     p = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
-        loaded = Path(f"/proc/{p.pid}/maps")
-        deadline = time.monotonic() + 60
-        while "confluent_kafka" not in loaded.read_text() and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_until_loaded(p.pid)
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=30)
     finally:

@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.dev.localserver import port_free
+from tests.integration.kafkaio import wait_until_loaded
 from tests.readmeblocks import ROOT, Block, Command, blocks
 
 WALK = [b for b in blocks() if b.marker == "runs here"]
@@ -61,6 +62,7 @@ class Walker:
             log = self.cwd / f"follow-{len(self.background)}.log"
             with log.open("wb") as out:
                 proc = self._popen(command.text, out)
+                wait_until_loaded(proc.pid)  # a Ctrl-C before then interrupts its imports
                 time.sleep(_FOLLOW_S)
                 proc.send_signal(signal.SIGINT)
                 code = proc.wait(_STOP_S)
