@@ -62,6 +62,8 @@ CLUSTER = sorted(  # its nodes
     if PROFILE in service.get("profiles", []) and name.startswith(f"{BROKER}-")
 )
 CLUSTER_TOPICS = "cluster-topics"  # the one-shot service that creates the topics on it
+AVRO = "avro"  # the profile of the Schema Registry and the Avro worker and producer
+REGISTRY = "schema-registry"  # its registry service, which is also its host name
 LOOPBACK = "127.0.0.1"
 # PIPELINE_* variables that are not settings but are still read by `pipeline`.
 NON_SETTING_VARS = set(RESERVED_VARIABLES)
@@ -233,6 +235,11 @@ def _services_running(subcommand: str) -> list[str]:
     ]
 
 
+def _profiles(name: str) -> set[str]:
+    """The profiles service `name` belongs to (none: the default stack)."""
+    return set(SERVICES[name].get("profiles", []))
+
+
 def _ports(service: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """Published ports as ``(host_ip, host_port, container_port)``; ``""`` when unset."""
     found = []
@@ -383,9 +390,10 @@ def test_worker_settings_load_and_name_an_existing_model(name: str) -> None:
 
 @pytest.mark.parametrize("name", _services_running("produce"))
 def test_producer_feeds_a_worker_a_model_it_has(name: str) -> None:
+    """Every worker that starts with a producer (the same profiles) reads what it writes."""
     args = _parse(name)
-    workers = _services_running("run")
-    assert workers, "nothing in the compose file runs `pipeline run`"
+    workers = [w for w in _services_running("run") if _profiles(w) == _profiles(name)]
+    assert workers, f"nothing that starts with {name!r} runs `pipeline run`"
     for worker in workers:
         config = _run_config(worker)
         assert args.topic in config.input_topics, (
@@ -483,12 +491,13 @@ def test_topics_service_creates_what_the_workers_use() -> None:
     )
     created = {call.topic: int(call.partitions) for call in calls}
     assert all(count >= 1 for count in created.values()), f"partitions: {created}"
+    used: set[str] = set()
     for name in _services_running("run"):
         config = _run_config(name)
-        used = {*config.input_topics, config.output_topic, config.dlq_topic}
-        assert set(created) == used, (
-            f"{TOPICS!r} creates {sorted(created)}; {name!r} uses {sorted(used)}"
-        )
+        own = {*config.input_topics, config.output_topic, config.dlq_topic}
+        assert own <= set(created), f"{TOPICS!r} creates {sorted(created)}; {name!r} uses {own}"
+        used |= own
+    assert used == set(created), f"{TOPICS!r} creates {sorted(set(created) - used)} for nobody"
 
 
 # -- the `cluster` profile: three nodes ---------------------------------------------------
@@ -502,14 +511,14 @@ def test_the_cluster_profile_has_three_kafka_nodes_of_one_image() -> None:
     assert SERVICES[CLUSTER_TOPICS].get("profiles") == [PROFILE]
 
 
-def test_the_default_stack_leaves_the_cluster_out() -> None:
+def test_the_default_stack_leaves_the_profiles_out() -> None:
+    """A service starts with a profile's services only if it is in that profile too."""
     for name, service in SERVICES.items():
-        if PROFILE in service.get("profiles", []):
-            continue
-        depends = set(service.get("depends_on", {}))
-        assert not depends & {*CLUSTER, CLUSTER_TOPICS}, (
-            f"{name!r} starts without the profile but depends on cluster services {depends}"
-        )
+        for dependency in service.get("depends_on", {}):
+            assert _profiles(dependency) <= _profiles(name), (
+                f"{name!r} (profiles {sorted(_profiles(name))}) depends on {dependency!r}, "
+                f"which starts only with {sorted(_profiles(dependency))}"
+            )
 
 
 @pytest.mark.parametrize("name", CLUSTER)
@@ -567,7 +576,9 @@ def test_cluster_topics_are_the_workers_own_replicated_on_the_cluster() -> None:
         assert set(call.bootstrap_server.split(",")) == internal, call.bootstrap_server
         assert call.replication_factor == "3", f"{call.topic}: RF {call.replication_factor}"
     assert script.count("--config min.insync.replicas=2") == len(calls), script
-    assert {c.topic for c in calls} == {c.topic for c in _kafka_topics_calls(TOPICS)}
+    json_worker = _run_config("worker")  # the cluster runs the default worker's topics
+    own = {*json_worker.input_topics, json_worker.output_topic, json_worker.dlq_topic}
+    assert {c.topic for c in calls} == own
     depends = SERVICES[CLUSTER_TOPICS]["depends_on"]
     assert {name: d["condition"] for name, d in depends.items()} == dict.fromkeys(
         CLUSTER, "service_healthy"
@@ -602,12 +613,20 @@ def test_one_image_is_built_once_and_run_by_every_pipeline_service() -> None:
 
 
 def test_the_config_check_validates_the_workers_settings_once() -> None:
+    """Every worker starts with the environment the check validated; one that differs (the
+    Avro worker) does so only by its flags, which the parser checks at its start."""
     check = SERVICES[CHECK]
     assert _argv(check) == ["run", "--print-config"]
     assert check.get("restart") == "no"
+    checked = _run_config(CHECK)
     for name in _services_running("run"):
         assert SERVICES[name]["environment"] == check["environment"], name
-        assert _run_config(name).redacted == _run_config(CHECK).redacted
+        flags = {k: v for k, v in vars(_parse(name)).items() if v is not None}
+        expected = dataclasses.replace(
+            checked, **{f.name: getattr(_run_config(name), f.name)
+                        for f in dataclasses.fields(WorkerConfig) if f.name in flags},
+        )  # fmt: skip
+        assert _run_config(name) == expected, f"{name!r} differs beyond its flags"
 
 
 def test_a_bad_worker_setting_stops_the_check_with_exit_3() -> None:
@@ -743,3 +762,42 @@ def test_the_tls_overlay_scrapes_serve_over_https_with_the_mounted_ca() -> None:
             checked = subprocess.run(["promtool", "check", "config", str(checked_path)],
                                      capture_output=True, text=True, timeout=60)  # fmt: skip
             assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+# -- the `avro` profile: a Schema Registry, an Avro worker and producer ----------------------
+
+
+def test_the_avro_profile_runs_the_registry_the_local_one_is() -> None:
+    from pipeline.dev.localregistry import APICURIO_VERSION
+
+    registry = SERVICES[REGISTRY]
+    assert _profiles(REGISTRY) == {AVRO}
+    assert registry["image"] == f"apicurio/apicurio-registry:{APICURIO_VERSION}"
+    (port,) = {target for _ip, _host, target in _ports(registry)}
+    probe = " ".join(registry["healthcheck"]["test"])
+    assert f"/dev/tcp/127.0.0.1/{port}" in probe and "/health/ready" in probe, probe
+
+
+@pytest.mark.parametrize("name", ["worker-avro", "producer-avro"])
+def test_the_avro_services_speak_avro_through_the_profiles_registry(name: str) -> None:
+    args = _parse(name)
+    (port,) = {target for _ip, _host, target in _ports(SERVICES[REGISTRY])}
+    assert _profiles(name) == {AVRO}
+    assert args.value_format == "avro"
+    assert args.schema_registry_url == f"http://{REGISTRY}:{port}/apis/ccompat/v7"
+    condition = SERVICES[name]["depends_on"][REGISTRY]["condition"]
+    assert condition == "service_healthy", f"{name!r} would start before the registry answers"
+
+
+def test_the_avro_worker_writes_avro_and_the_producer_sends_the_event_contract() -> None:
+    from pipeline.dev.tools import feature_event_schema
+
+    assert _run_config("worker-avro").output_format == "avro"
+    schema = PurePosixPath(_parse("producer-avro").schema)
+    mounts = {
+        PurePosixPath(container): host
+        for host, container, *_ in (v.split(":") for v in SERVICES["producer-avro"]["volumes"])
+    }
+    assert schema.parent in mounts, f"--schema {schema} is in no mounted directory: {mounts}"
+    on_host = REPO / mounts[schema.parent] / schema.name
+    assert json.loads(on_host.read_text()) == feature_event_schema()

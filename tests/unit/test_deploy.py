@@ -354,7 +354,7 @@ def test_the_compose_prometheus_scrapes_pipeline_services_on_their_metrics_ports
         and [str(w) for w in service.get("command") or ["run"]][:1] in (["run"], ["serve"])
         and "--print-config" not in map(str, service.get("command") or [])
     }
-    assert running == {"worker", "serve"}, running
+    assert running == {"worker", "worker-avro", "serve"}, running
     assert running <= scraped, f"not scraped: {running - scraped}"
 
 
