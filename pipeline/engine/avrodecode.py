@@ -9,9 +9,14 @@ with fastavro. What it returns equals fastavro's `schemaless_reader` on every va
 reads (a property test holds it to that): bytes as bytes, an absent optional as None, an
 array as a list, a map or record as a dict.
 
-Why: fastavro walks the schema for every value; reading the 30 doubles of the benchmark's
-events one by one was most of Avro's cost (`pipeline.dev.bench.micro`). Here an array of
-doubles or floats is one `struct` call per block, and each field one closure call.
+How: the schema becomes the source of one Python function that reads its fields in
+order, straight-line, with one-byte varints (lengths, union branches, counts) read
+inline and an array of doubles or floats taken by one `struct` call per block. A
+function per field, as a first version had, spent most of its time calling: the
+benchmark's event (an id, two optional strings, an optional long, 30 doubles) read in
+about half the time this way (`pipeline.dev.bench.micro`). Field names reach the source
+only through `repr`, so a schema cannot inject code. A reader's source is kept on it as
+``read.source``, for a person debugging one.
 """
 
 from __future__ import annotations
@@ -22,158 +27,200 @@ from typing import Any, Final
 
 __all__ = ["record_reader"]
 
-Read = Callable[[bytes, int], tuple[Any, int]]  # (value, position) -> (decoded, next position)
-
-_DOUBLE: Final = struct.Struct("<d")
-_FLOAT: Final = struct.Struct("<f")
-_STRUCT_TYPES: Final = {"double": "d", "float": "f"}
+_STRUCT_CODES: Final = {"double": ("d", 8), "float": ("f", 4)}
+_CACHED_COUNTS: Final = 1024  # packed arrays up to this length keep their Struct
 
 
 def record_reader(schema: Any) -> Callable[[bytes, int], Any] | None:
     """A reader of records of `schema` (Avro's JSON form) starting at a position, or None
-    if the schema is not one this module reads."""
+    if the schema is not one this module reads.
+
+    The reader raises IndexError, EOFError or struct.error for a value that ends early,
+    ValueError for a union branch or boolean byte the schema does not allow, and
+    UnicodeDecodeError for a string that is not UTF-8.
+    """
     if not isinstance(schema, Mapping) or schema.get("type") != "record":
         return None
+    source = _Source()
     try:
-        read = _reader(schema, {})
+        source.value(schema, "record", 1, {})
     except _Unsupported:
         return None
-
-    def read_record(payload: bytes, start: int) -> Any:
-        return read(payload, start)[0]
-
-    return read_record
+    return source.compile(str(schema.get("name", "record")))
 
 
 class _Unsupported(Exception):
     """A part of the schema this module leaves to fastavro."""
 
 
-def _reader(schema: Any, named: dict[str, Any]) -> Read:
-    """The reader of one schema (a name, a primitive, or a complex type's object)."""
-    if isinstance(schema, str):
-        if schema in _PRIMITIVES:
-            return _PRIMITIVES[schema]
-        raise _Unsupported(schema)  # a named type used again: a recursive record, say
-    if isinstance(schema, list):
-        return _union(schema, named)
-    if not isinstance(schema, Mapping) or "logicalType" in schema:
-        raise _Unsupported(schema)  # fastavro turns logical types into dates, decimals
-    kind = schema.get("type")
-    if kind == "record":
-        return _record(schema, named)
-    if kind == "array":
-        return _array(schema["items"], named)
-    if kind == "map":
-        return _map(schema["values"], named)
-    if isinstance(kind, str) and kind in _PRIMITIVES:
-        return _PRIMITIVES[kind]
-    raise _Unsupported(kind)
+class _Source:
+    """The lines of one reader function: ``b`` is the payload, ``p`` the position, ``n``
+    the payload's length; each `value` call adds the lines that read one value into a
+    variable."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._names = 0
+
+    def compile(self, name: str) -> Callable[[bytes, int], Any]:
+        text = "\n".join(
+            ["def read_record(b, p):", "    n = len(b)", *self.lines, "    return record"]
+        )
+        namespace: dict[str, Any] = {
+            "_long_rest": _long_rest,
+            "_unpacker": _unpacker,
+            "_DOUBLE": struct.Struct("<d").unpack_from,
+            "_FLOAT": struct.Struct("<f").unpack_from,
+        }
+        exec(compile(text, f"<avro reader of {name}>", "exec"), namespace)  # noqa: S102
+        read: Callable[[bytes, int], Any] = namespace["read_record"]
+        read.source = text  # type: ignore[attr-defined]
+        return read
+
+    def fresh(self, stem: str) -> str:
+        self._names += 1
+        return f"{stem}{self._names}"
+
+    def add(self, depth: int, *lines: str) -> None:
+        self.lines.extend("    " * depth + line for line in lines)
+
+    def value(self, schema: Any, into: str, depth: int, named: dict[str, Any]) -> None:
+        """Add the lines reading one value of `schema` into variable `into`."""
+        if isinstance(schema, str):
+            if schema not in _PRIMITIVES:
+                raise _Unsupported(schema)  # a named type used again: a recursive record
+            self.primitive(schema, into, depth)
+        elif isinstance(schema, list):
+            self.union(schema, into, depth, named)
+        elif not isinstance(schema, Mapping) or "logicalType" in schema:
+            raise _Unsupported(schema)  # fastavro turns logical types into dates, decimals
+        elif schema.get("type") == "record":
+            self.record(schema, into, depth, named)
+        elif schema.get("type") == "array":
+            self.array(schema["items"], into, depth, named)
+        elif schema.get("type") == "map":
+            self.map(schema["values"], into, depth, named)
+        elif isinstance(schema.get("type"), str) and schema["type"] in _PRIMITIVES:
+            self.primitive(schema["type"], into, depth)
+        else:
+            raise _Unsupported(schema.get("type"))
+
+    def primitive(self, kind: str, into: str, depth: int) -> None:
+        if kind == "null":
+            self.add(depth, f"{into} = None")
+        elif kind == "boolean":
+            self.add(depth, f"{into} = b[p]", "p += 1",
+                     f"if {into} > 1: raise ValueError("
+                     f"f'a boolean must be byte 0 or 1, got {{{into}}}')",
+                     f"{into} = {into} == 1")  # fmt: skip
+        elif kind in ("int", "long"):
+            self.long(into, depth)
+        elif kind in _STRUCT_CODES:
+            code, width = _STRUCT_CODES[kind]
+            unpack = "_DOUBLE" if code == "d" else "_FLOAT"
+            self.add(depth, f"{into} = {unpack}(b, p)[0]", f"p += {width}")
+        else:  # bytes, string
+            size, end = self.fresh("size"), self.fresh("end")
+            self.long(size, depth)
+            self.add(depth, f"{end} = p + {size}",
+                     f"if {size} < 0 or {end} > n: raise EOFError("
+                     f"f'{{{size}}} bytes from byte {{p}} of {{n}}')",
+                     f"{into} = b[p:{end}]" + (".decode()" if kind == "string" else ""),
+                     f"p = {end}")  # fmt: skip
+
+    def long(self, into: str, depth: int) -> None:
+        """A zigzag varint (Avro's int and long); one byte inline, more by `_long_rest`."""
+        self.add(depth, f"{into} = b[p]", "p += 1",
+                 f"if {into} < 128: {into} = ({into} >> 1) ^ -({into} & 1)",
+                 f"else: {into}, p = _long_rest(b, p, {into})")  # fmt: skip
+
+    def count(self, into: str, depth: int) -> None:
+        """A block's item count; a negative count is followed by the block's size."""
+        self.long(into, depth)
+        skipped = self.fresh("skipped")
+        self.add(depth, f"if {into} < 0:")
+        self.add(depth + 1, f"{into} = -{into}")
+        self.long(skipped, depth + 1)
+
+    def union(self, branches: list[Any], into: str, depth: int, named: dict[str, Any]) -> None:
+        branch = self.fresh("branch")
+        if len(branches) == 2 and "null" in branches:  # an optional field: one byte
+            null = branches.index("null")
+            self.add(depth, f"{branch} = b[p]", "p += 1",
+                     f"if {branch} == {2 * null}: {into} = None",  # zigzag of the index
+                     f"elif {branch} == {2 - 2 * null}:")  # fmt: skip
+            self.value(branches[1 - null], into, depth + 1, named)
+            self.add(depth, "else: raise ValueError("
+                     f"f'union branch byte {{{branch}}} of an optional field')")  # fmt: skip
+            return
+        self.long(branch, depth)
+        for index, schema in enumerate(branches):
+            self.add(depth, f"{'if' if index == 0 else 'elif'} {branch} == {index}:")
+            self.value(schema, into, depth + 1, named)
+        self.add(depth, f"else: raise ValueError(f'union branch {{{branch}}} of "
+                 f"{len(branches)}')")  # fmt: skip
+
+    def record(
+        self, schema: Mapping[str, Any], into: str, depth: int, named: dict[str, Any]
+    ) -> None:
+        name = schema.get("name")
+        if name in named:
+            raise _Unsupported(name)
+        named[str(name)] = schema
+        fields = []
+        for field in schema["fields"]:
+            value = self.fresh("field")
+            self.value(field["type"], value, depth, named)
+            fields.append(f"{str(field['name'])!r}: {value}")
+        self.add(depth, f"{into} = {{{', '.join(fields)}}}")
+
+    def array(self, items: Any, into: str, depth: int, named: dict[str, Any]) -> None:
+        count = self.fresh("count")
+        self.add(depth, f"{into} = []")
+        self.count(count, depth)
+        self.add(depth, f"while {count}:")
+        packed = _STRUCT_CODES.get(items) if isinstance(items, str) else None
+        if packed is not None:
+            code, size = packed
+            self.add(depth + 1, f"{into} += _unpacker({code!r}, {count})(b, p)",
+                     f"p += {count} * {size}")  # fmt: skip
+        else:
+            item = self.fresh("item")
+            self.add(depth + 1, f"for _ in range({count}):")
+            self.value(items, item, depth + 2, named)
+            self.add(depth + 2, f"{into}.append({item})")
+        self.count(count, depth + 1)
+
+    def map(self, values: Any, into: str, depth: int, named: dict[str, Any]) -> None:
+        count, key, value = self.fresh("count"), self.fresh("key"), self.fresh("value")
+        self.add(depth, f"{into} = {{}}")
+        self.count(count, depth)
+        self.add(depth, f"while {count}:")
+        self.add(depth + 1, f"for _ in range({count}):")
+        self.primitive("string", key, depth + 2)
+        self.value(values, value, depth + 2, named)
+        self.add(depth + 2, f"{into}[{key}] = {value}")
+        self.count(count, depth + 1)
 
 
-def _record(schema: Mapping[str, Any], named: dict[str, Any]) -> Read:
-    name = schema.get("name")
-    if name in named:
-        raise _Unsupported(name)
-    named[str(name)] = schema
-    fields = tuple((str(f["name"]), _reader(f["type"], named)) for f in schema["fields"])
-
-    def read(payload: bytes, pos: int) -> tuple[Any, int]:
-        record = {}
-        for field, read_field in fields:
-            record[field], pos = read_field(payload, pos)
-        return record, pos
-
-    return read
+_PRIMITIVES: Final = frozenset(("null", "boolean", "int", "long", "float", "double",
+                                "bytes", "string"))  # fmt: skip
+_UNPACKERS: dict[tuple[str, int], Callable[[bytes, int], tuple[Any, ...]]] = {}
 
 
-def _union(branches: list[Any], named: dict[str, Any]) -> Read:
-    readers = tuple(_reader(branch, named) for branch in branches)
-    if len(branches) == 2 and "null" in branches:  # an optional field: index 0 or 1, one byte
-        null_byte = 2 * branches.index("null")  # the zigzag varint of its index
-        other_byte = 2 - null_byte
-        read_other = readers[1 - branches.index("null")]
-
-        def read_optional(payload: bytes, pos: int) -> tuple[Any, int]:
-            byte = payload[pos]
-            if byte == null_byte:
-                return None, pos + 1
-            if byte == other_byte:
-                return read_other(payload, pos + 1)
-            raise ValueError(f"union branch byte {byte} of an optional field")
-
-        return read_optional
-
-    def read(payload: bytes, pos: int) -> tuple[Any, int]:
-        index, pos = _long(payload, pos)
-        if not 0 <= index < len(readers):
-            raise ValueError(f"union branch {index} of {len(readers)}")
-        return readers[index](payload, pos)
-
-    return read
+def _unpacker(code: str, count: int) -> Callable[[bytes, int], tuple[Any, ...]]:
+    """The unpacker of `count` little-endian values of struct `code`, kept for short
+    blocks (a feature vector's length repeats in every value)."""
+    unpack = _UNPACKERS.get((code, count))
+    if unpack is None:
+        unpack = struct.Struct(f"<{count}{code}").unpack_from
+        if count <= _CACHED_COUNTS:
+            _UNPACKERS[(code, count)] = unpack
+    return unpack
 
 
-def _array(items: Any, named: dict[str, Any]) -> Read:
-    packed = _STRUCT_TYPES.get(items) if isinstance(items, str) else None
-    if packed is not None:
-        size = struct.calcsize(packed)
-
-        def read_packed(payload: bytes, pos: int) -> tuple[Any, int]:
-            values: list[Any] = []
-            count, pos = _block_count(payload, pos)
-            while count:
-                values.extend(struct.unpack_from(f"<{count}{packed}", payload, pos))
-                pos += count * size
-                count, pos = _block_count(payload, pos)
-            return values, pos
-
-        return read_packed
-    read_item = _reader(items, named)
-
-    def read(payload: bytes, pos: int) -> tuple[Any, int]:
-        values = []
-        count, pos = _block_count(payload, pos)
-        while count:
-            for _ in range(count):
-                value, pos = read_item(payload, pos)
-                values.append(value)
-            count, pos = _block_count(payload, pos)
-        return values, pos
-
-    return read
-
-
-def _map(values: Any, named: dict[str, Any]) -> Read:
-    read_value = _reader(values, named)
-
-    def read(payload: bytes, pos: int) -> tuple[Any, int]:
-        entries = {}
-        count, pos = _block_count(payload, pos)
-        while count:
-            for _ in range(count):
-                key, pos = _string(payload, pos)
-                entries[key], pos = read_value(payload, pos)
-            count, pos = _block_count(payload, pos)
-        return entries, pos
-
-    return read
-
-
-def _block_count(payload: bytes, pos: int) -> tuple[int, int]:
-    """A block's item count; a negative count is followed by the block's size in bytes."""
-    count, pos = _long(payload, pos)
-    if count < 0:
-        _, pos = _long(payload, pos)
-        count = -count
-    return count, pos
-
-
-def _long(payload: bytes, pos: int) -> tuple[int, int]:
-    """A zigzag varint (Avro's int and long)."""
-    byte = payload[pos]
-    pos += 1
-    if byte < 0x80:  # most lengths, counts and union branches: one byte
-        return (byte >> 1) ^ -(byte & 1), pos
+def _long_rest(payload: bytes, pos: int, byte: int) -> tuple[int, int]:
+    """The rest of a zigzag varint whose first byte (`byte`, at pos - 1) has more."""
     n = byte & 0x7F
     shift = 7
     while byte & 0x80:
@@ -182,47 +229,3 @@ def _long(payload: bytes, pos: int) -> tuple[int, int]:
         n |= (byte & 0x7F) << shift
         shift += 7
     return (n >> 1) ^ -(n & 1), pos
-
-
-def _null(payload: bytes, pos: int) -> tuple[None, int]:
-    return None, pos
-
-
-def _boolean(payload: bytes, pos: int) -> tuple[bool, int]:
-    byte = payload[pos]
-    if byte > 1:
-        raise ValueError(f"a boolean must be byte 0 or 1, got {byte}")
-    return byte == 1, pos + 1
-
-
-def _double(payload: bytes, pos: int) -> tuple[float, int]:
-    return _DOUBLE.unpack_from(payload, pos)[0], pos + 8
-
-
-def _float(payload: bytes, pos: int) -> tuple[float, int]:
-    return _FLOAT.unpack_from(payload, pos)[0], pos + 4
-
-
-def _bytes(payload: bytes, pos: int) -> tuple[bytes, int]:
-    size, pos = _long(payload, pos)
-    end = pos + size
-    if size < 0 or end > len(payload):
-        raise EOFError(f"{size} bytes from byte {pos} of {len(payload)}")
-    return payload[pos:end], end
-
-
-def _string(payload: bytes, pos: int) -> tuple[str, int]:
-    raw, pos = _bytes(payload, pos)
-    return raw.decode("utf-8"), pos
-
-
-_PRIMITIVES: Final[dict[str, Read]] = {
-    "null": _null,
-    "boolean": _boolean,
-    "int": _long,
-    "long": _long,
-    "float": _float,
-    "double": _double,
-    "bytes": _bytes,
-    "string": _string,
-}

@@ -131,3 +131,14 @@ def test_a_schema_it_does_not_read_is_left_to_fastavro(field: Any) -> None:
     schema = {"type": "record", "name": "Self", "fields": [{"name": "x", "type": field}]}
     assert record_reader(schema) is None
     assert record_reader({"type": "array", "items": "long"}) is None  # not a record
+
+
+def test_field_names_reach_the_reader_as_data_never_as_code() -> None:
+    """The reader is generated Python source: a name that would close the record's dict
+    and run a statement stays a key."""
+    name = "x'}; raise SystemExit('injected'); {'y"
+    schema = {"type": "record", "name": "N'\nraise SystemExit", "fields": [
+        {"name": name, "type": "long"}, {"name": "s", "type": "string"}]}  # fmt: skip
+    read = record_reader(schema)
+    assert read is not None
+    assert read(b"\x04" + b"\x02a", 0) == {name: 2, "s": "a"}

@@ -15,16 +15,17 @@ import argparse
 import io
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
 import numpy as np
 import onnxruntime as ort
 import orjson
-from fastavro import parse_schema, schemaless_writer
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
 from pipeline.dev.bench.events import AVRO_EVENT_SCHEMA, DATASETS
+from pipeline.engine.avrodecode import record_reader
 from pipeline.engine.codec import EventDecoder, encode_predictions
 from pipeline.engine.signature import Feed, TensorSpec, read_signature, zero_feed
 from pipeline.engine.spec import ModelSpec, is_vector_input
@@ -37,6 +38,7 @@ __all__ = [
     "bench_codec",
     "bench_inference",
     "bench_jsonschema_decode",
+    "bench_parsers",
     "bench_protobuf_decode",
     "main",
 ]
@@ -66,6 +68,7 @@ class CodecFigures(TypedDict):
     avro_decode_us: float
     jsonschema_decode_us: float
     protobuf_decode_us: float
+    parse_us: dict[str, float]  # a value's parse alone, by parser (`bench_parsers`)
 
 
 class ModelFigures(TypedDict):
@@ -145,7 +148,43 @@ def bench_codec(n_events: int = 20000, repeats: int = 5) -> CodecFigures:
         "avro_decode_us": bench_avro_decode(spec, events, repeats),
         "jsonschema_decode_us": bench_jsonschema_decode(spec, events, repeats),
         "protobuf_decode_us": bench_protobuf_decode(spec, events, repeats),
+        "parse_us": bench_parsers(events, repeats),
     }
+
+
+def bench_parsers(events: Sequence[bytes], repeats: int) -> dict[str, float]:
+    """Median us per value of parsing alone, no contract checks and no batch: `events` as
+    JSON text by `orjson.loads`, and their Avro payloads (`AVRO_EVENT_SCHEMA`, no frame) by
+    the reader generated for the schema and by fastavro's `schemaless_reader`."""
+    parsed = parse_schema(AVRO_EVENT_SCHEMA)
+    payloads = []
+    for value in events:
+        buffer = io.BytesIO()
+        schemaless_writer(buffer, parsed, orjson.loads(value))
+        payloads.append(buffer.getvalue())
+    generated = record_reader(AVRO_EVENT_SCHEMA)
+    assert generated is not None, "the benchmark's event schema is a flat record"
+    parsers: dict[str, tuple[Callable[[bytes], object], Sequence[bytes]]] = {
+        "orjson.loads (JSON text)": (orjson.loads, events),
+        "the generated Avro reader": (lambda payload: generated(payload, 0), payloads),
+        "fastavro schemaless_reader": (
+            lambda payload: schemaless_reader(io.BytesIO(payload), parsed, None),
+            payloads,
+        ),
+    }
+
+    def run_once(parse: Callable[[bytes], object], values: Sequence[bytes]) -> float:
+        started = time.perf_counter()
+        for i in range(0, len(values), _POLL_SIZE):  # a batch's values live at once, no more
+            [parse(value) for value in values[i : i + _POLL_SIZE]]
+        return time.perf_counter() - started
+
+    figures = {}
+    for name, (parse, values) in parsers.items():
+        run_once(parse, values)
+        timings = [run_once(parse, values) for _ in range(repeats)]
+        figures[name] = statistics.median(timings) * 1e6 / len(values)
+    return figures
 
 
 class _OneSchemaRegistry:
@@ -309,6 +348,7 @@ def _codec_table(figures: CodecFigures) -> list[str]:
         f"| decode, the same events as framed JSON Schema | "
         f"{figures['jsonschema_decode_us']:.2f} |",
         f"| decode, the same events as framed Protobuf | {figures['protobuf_decode_us']:.2f} |",
+        *(f"| parse alone: {name} | {us:.2f} |" for name, us in figures["parse_us"].items()),
     ]
 
 
