@@ -792,7 +792,9 @@ def test_the_avro_services_speak_avro_through_the_profiles_registry(name: str) -
 def test_the_avro_worker_writes_avro_and_the_producer_sends_the_event_contract() -> None:
     from pipeline.dev.tools import feature_event_schema
 
-    assert _run_config("worker-avro").output_format == "avro"
+    avro = _run_config("worker-avro")
+    assert avro.output_format == "avro"
+    assert avro.group_id != _run_config("worker").group_id, "one group, two subscriptions"
     schema = PurePosixPath(_parse("producer-avro").schema)
     mounts = {
         PurePosixPath(container): host
