@@ -1,7 +1,8 @@
 """``pipeline bench`` and ``python -m pipeline.dev.bench``: run the benchmark, write its results.
 
 The full run (the default) took about 31 minutes (1,887 s) on a 2-core machine; ``--quick``
-takes about a minute and is what the integration test runs. Results go to
+took 4.5 minutes on the same idle machine (2026-12-07; 7 to 12 inside the test suite, beside
+other tests) and is what the integration test runs. Results go to
 ``bench-results/`` (``bench-<timestamp>.json`` and ``.png``, plus ``latest.json``,
 ``latest.png`` and ``latest.md``); ``--publish`` also copies the table to
 ``docs/bench.md`` and the plot to ``docs/bench-latency.png``. This module imports
@@ -41,7 +42,7 @@ _SKIPPABLE = (
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--quick", action="store_true", help="about a minute: 20,000 events, 1 run, 5 s points")
+    add("--quick", action="store_true", help="a few minutes: 20,000 events, 1 run, short points")
     add(
         "--bootstrap-servers",
         default=None,
