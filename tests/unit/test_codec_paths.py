@@ -1,0 +1,132 @@
+"""`EventDecoder` reads JSON text two ways: msgspec parses and checks a value against the
+contract in one C pass, and whatever it does not accept takes the full path (orjson and
+the checks in Python). Which path a value takes must never show: the same rows, the same
+rejects with the same reasons, for every value, good or bad."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.engine.codec import Decoded, EventDecoder
+from pipeline.engine.signature import TensorSpec
+from pipeline.engine.spec import ModelSpec
+
+from .test_codec import BC1, BC2, NAMES, PLAIN, DictCatalog
+
+TYPED = ModelSpec(
+    name="typed",
+    version="1",
+    n_features=0,
+    inputs=(TensorSpec("amount", "FP64", (1,)), TensorSpec("country", "BYTES", (1,))),
+)
+
+_LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.floats(min_value=3e38, max_value=1e300)  # past float32's range
+    | st.text(max_size=6)
+)
+_JSON = st.recursive(
+    _LEAVES,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_NUMBERS = st.integers(-(2**65), 2**65) | st.floats(allow_nan=False, allow_infinity=False)
+_FEATURES = (
+    st.lists(_NUMBERS, min_size=2, max_size=4)
+    | st.dictionaries(st.sampled_from([*NAMES, "colour"]), _NUMBERS | _JSON, max_size=4)
+    | st.fixed_dictionaries({"amount": _NUMBERS | _JSON, "country": st.text(max_size=3) | _JSON})
+    | _JSON
+)
+_EVENTS = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.text(min_size=1, max_size=8) | st.text(min_size=255, max_size=258) | _JSON,
+        "features": _FEATURES,
+        "model": st.sampled_from(["bc", "plain", "typed", "nope", "broken", ""]) | _JSON,
+        "version": st.sampled_from(["1", "2", "9"]) | _JSON,
+        "ts": st.integers(-3, 2**64) | _JSON,
+        "extra": _JSON,
+        "nested": st.just([[[[[[[[[1]]]]]]]]]),  # deeper than the limit, in a field not read
+    },
+)
+
+
+_GOOD = st.fixed_dictionaries(  # events the contract accepts, or nearly
+    {"id": st.text(min_size=1, max_size=8), "features": st.lists(_NUMBERS, min_size=2, max_size=4)
+     | st.dictionaries(st.sampled_from(NAMES), _NUMBERS, min_size=3, max_size=3)},
+    optional={"model": st.sampled_from(["bc", "plain", "typed", "nope"]),
+              "version": st.sampled_from(["1", "2", "9"]), "ts": st.integers(0, 2**63 - 1)},
+)  # fmt: skip
+
+
+@st.composite
+def _values(draw: st.DrawFn) -> bytes | None:
+    """A value as a producer might send it: an event, an event cut short or with a key
+    repeated, something that is not an event, or nothing."""
+    kind = draw(
+        st.sampled_from(["good"] * 6 + ["event"] * 4 + ["cut", "repeated", "other", "none"])
+    )
+    if kind == "good":
+        return json.dumps(draw(_GOOD)).encode()
+    if kind == "none":
+        return draw(st.sampled_from([None, b""]))
+    if kind == "other":
+        return json.dumps(draw(_JSON)).encode()
+    text = json.dumps(draw(_EVENTS), separators=draw(st.sampled_from([(",", ":"), (", ", ": ")])))
+    if kind == "cut":
+        return text.encode()[: draw(st.integers(0, len(text)))]
+    if kind == "repeated" and len(text) > 2:  # a key repeated: the last one counts
+        return ('{"id": "first", "features": [1, 2, 3], ' + text[1:]).encode()
+    return text.encode()
+
+
+def _decoders(**kwargs: Any) -> tuple[EventDecoder, EventDecoder]:
+    catalog = DictCatalog(BC1, BC2, PLAIN, TYPED, broken=("broken",))
+    fast = EventDecoder(catalog=catalog, default_model="bc", **kwargs)
+    full = EventDecoder(catalog=catalog, default_model="bc", **kwargs)
+    full._fast = False  # the reference: every value the full way
+    assert fast._fast
+    return fast, full
+
+
+def _same(fast: Decoded, full: Decoded) -> None:
+    assert fast.rejects == full.rejects
+    assert fast.blocks.keys() == full.blocks.keys()
+    for key, block in fast.blocks.items():
+        other = full.blocks[key]
+        assert (block.spec, block.indices, block.ids, block.ts) == (
+            other.spec, other.indices, other.ids, other.ts
+        )  # fmt: skip
+        assert block.feed.keys() == other.feed.keys()
+        for name, array in block.feed.items():
+            assert array.dtype == other.feed[name].dtype
+            assert np.array_equal(array, other.feed[name], equal_nan=array.dtype.kind == "f")
+    assert fast.defaulted == full.defaulted
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_values(), min_size=1, max_size=12))
+def test_both_paths_decide_every_value_alike(values: list[bytes | None]) -> None:
+    fast, full = _decoders(max_value_bytes=400)
+    ts = [1_700_000_000_000 + i for i in range(len(values))]
+    _same(fast.decode(values, ts), full.decode(values, ts))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_values(), min_size=1, max_size=12))
+def test_every_value_alone_is_decided_alike(values: list[bytes | None]) -> None:
+    """After one refusal the rest of a batch takes the full path, so each value alone too:
+    then msgspec sees every one."""
+    fast, full = _decoders(max_value_bytes=400)
+    for index, value in enumerate(values):
+        _same(fast.decode([value], [index]), full.decode([value], [index]))
