@@ -35,6 +35,7 @@ from confluent_kafka import Consumer, Producer
 from pipeline.dev.localkafka import LocalKafka
 from pipeline.dev.localregistry import LocalRegistry
 from pipeline.dev.tools import feature_event_schema, synthetic_events
+from pipeline.engine.framing import FRAME_HEADER_BYTES, frame_header
 from pipeline.errors import PipelineError
 from pipeline.kafka.topics import admin_client, ensure_topics
 
@@ -136,7 +137,7 @@ def _produce(
     bad_count = len(BAD_EVENTS)
     if frame is not None:  # a framed value whose schema id the registry does not know
         good = frame(orjson.dumps({"id": f"{run_id}-unknown-schema", "features": [1.0]}))
-        unknown = good[:1] + _UNKNOWN_SCHEMA_ID.to_bytes(4, "big") + good[5:]
+        unknown = frame_header(_UNKNOWN_SCHEMA_ID) + good[FRAME_HEADER_BYTES:]
         producer.produce("features", unknown, b"unknown-schema")
         bad_count += 1
     producer.flush(30)

@@ -207,13 +207,24 @@ class _Pending:
         if type(features) is list:
             if not spec.vector:
                 raise _array_for_inputs(spec)
-            self.rows.append(_checked_row(features, None, spec))
+            self._keep(index, event_id, ts, _checked_row(features, None, spec))
         elif spec.vector and spec.feature_names and spec.inputs[0].name not in features:
-            self.rows.append(_named_row(features, spec))
-            self.named.add(len(self.rows) - 1)
+            self.named.add(len(self.rows))
+            self._keep(index, event_id, ts, _named_row(features, spec))
         else:
             self._add_inputs(index, event_id, ts, features)
-            return
+
+    def add_parsed(self, index: int, event_id: str, ts: int, features: Any) -> None:
+        """`add` for features msgspec read (`_Event`): an array is floats already, so one of
+        the right length for a vector model is kept without the type check."""
+        spec = self.spec
+        if type(features) is list and spec.vector and len(features) == spec.n_features:
+            self._keep(index, event_id, ts, features)
+        else:
+            self.add(index, event_id, ts, features)
+
+    def _keep(self, index: int, event_id: str, ts: int, row: list[Any]) -> None:
+        self.rows.append(row)
         self.indices.append(index)
         self.ids.append(event_id)
         self.ts.append(ts)
@@ -418,9 +429,8 @@ class EventDecoder:
         features = event.get("features")
         if type(features) is not list and type(features) is not dict:
             raise _bad_features(event)
-        pending = self._route(event, state)
-        if isinstance(pending, _Split):  # a canary takes a share of this model's keys
-            pending = self._split(pending, index, event_id, state)
+        fields = (event.get("model", _ABSENT), event.get("version", _ABSENT))
+        pending = self._block(fields, index, event_id, state)
         if self._enrichments and type(features) is dict:
             try:
                 features, defaulted = enrich(event, features, pending.spec, self._enrichments)
@@ -431,27 +441,12 @@ class EventDecoder:
         pending.add(index, event_id, ts, features)
 
     def _take_parsed(self, index: int, event: _Event, fallback_ts: int, state: _CallState) -> None:
-        """`_take_event` for an event msgspec parsed and checked (`_Event`): route it and
-        keep its row; a vector model's array of the right length skips the type check."""
+        """`_take_event` for an event msgspec parsed and checked (`_Event`)."""
         ts = fallback_ts if event.ts is _UNSET else event.ts
         model = _ABSENT if event.model is _UNSET else event.model
         version = _ABSENT if event.version is _UNSET else event.version
-        pending = self._route_fields((model, version), state)
-        if type(pending) is _Split:  # a canary takes a share of this model's keys
-            pending = self._split(pending, index, event.id, state)
-        assert type(pending) is _Pending
-        features = event.features
-        if (
-            type(features) is list
-            and pending.spec.vector
-            and len(features) == pending.spec.n_features
-        ):
-            pending.rows.append(features)
-            pending.indices.append(index)
-            pending.ids.append(event.id)
-            pending.ts.append(ts)
-        else:
-            pending.add(index, event.id, ts, features)
+        pending = self._block((model, version), index, event.id, state)
+        pending.add_parsed(index, event.id, ts, event.features)
 
     def _parse(self, value: bytes | None) -> dict[str, Any]:
         """Bound, parse and shape-check one value; return the event object."""
@@ -531,10 +526,15 @@ class EventDecoder:
             f"of {self._max_depth} (max_depth)",
         )
 
-    def _route(self, event: dict[str, Any], state: _CallState) -> _Pending | _Split:
-        """Return the block for the event's model and version fields."""
-        return self._route_fields((event.get("model", _ABSENT), event.get("version", _ABSENT)),
-                                  state)  # fmt: skip
+    def _block(
+        self, fields: tuple[object, object], index: int, event_id: str, state: _CallState
+    ) -> _Pending:
+        """The block of an event's model and version fields (`_ABSENT` where it has none);
+        a canary takes a share of a model's keys."""
+        pending = self._route_fields(fields, state)
+        if isinstance(pending, _Split):
+            return self._split(pending, index, event_id, state)
+        return pending
 
     def _route_fields(self, key: tuple[object, object], state: _CallState) -> _Pending | _Split:
         try:

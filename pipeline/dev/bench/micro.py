@@ -27,6 +27,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from pipeline.dev.bench.events import AVRO_EVENT_SCHEMA, DATASETS
 from pipeline.engine.avrodecode import record_reader
 from pipeline.engine.codec import EventDecoder, encode_predictions
+from pipeline.engine.framing import frame_header
 from pipeline.engine.signature import Feed, TensorSpec, read_signature, zero_feed
 from pipeline.engine.spec import ModelSpec, is_vector_input
 from pipeline.errors import ModelNotFoundError
@@ -157,11 +158,7 @@ def bench_parsers(events: Sequence[bytes], repeats: int) -> dict[str, float]:
     JSON text by `orjson.loads`, and their Avro payloads (`AVRO_EVENT_SCHEMA`, no frame) by
     the reader generated for the schema and by fastavro's `schemaless_reader`."""
     parsed = parse_schema(AVRO_EVENT_SCHEMA)
-    payloads = []
-    for value in events:
-        buffer = io.BytesIO()
-        schemaless_writer(buffer, parsed, orjson.loads(value))
-        payloads.append(buffer.getvalue())
+    payloads = _avro_payloads(events)
     generated = record_reader(AVRO_EVENT_SCHEMA)
     assert generated is not None, "the benchmark's event schema is a flat record"
     parsers: dict[str, tuple[Callable[[bytes], object], Sequence[bytes]]] = {
@@ -201,20 +198,25 @@ def bench_avro_decode(spec: ModelSpec, events: Sequence[bytes], repeats: int) ->
     """Median us per event of decoding `events` framed as Avro values (schema id 1, the
     benchmark's `AVRO_EVENT_SCHEMA`) through `EventDecoder` and `RegistryReader`, with the
     schema already fetched: what the worker spends per value once its cache is warm."""
+    framed = [frame_header(1) + payload for payload in _avro_payloads(events)]
+    return _framed_decode(spec, framed, "avro", orjson.dumps(AVRO_EVENT_SCHEMA), repeats)
+
+
+def _avro_payloads(events: Sequence[bytes]) -> list[bytes]:
+    """`events` (JSON text) written as `AVRO_EVENT_SCHEMA` records, without a frame."""
     parsed = parse_schema(AVRO_EVENT_SCHEMA)
-    framed = []
+    payloads = []
     for value in events:
         buffer = io.BytesIO()
-        buffer.write(b"\x00" + (1).to_bytes(4, "big"))
         schemaless_writer(buffer, parsed, orjson.loads(value))
-        framed.append(buffer.getvalue())
-    return _framed_decode(spec, framed, "avro", orjson.dumps(AVRO_EVENT_SCHEMA), repeats)
+        payloads.append(buffer.getvalue())
+    return payloads
 
 
 def bench_jsonschema_decode(spec: ModelSpec, events: Sequence[bytes], repeats: int) -> float:
     """The same for `events` framed as JSON Schema values (schema id 1, the event
     contract's `schemas/feature-event.schema.json`): the frame, then the JSON text."""
-    framed = [b"\x00" + (1).to_bytes(4, "big") + value for value in events]
+    framed = [frame_header(1) + value for value in events]
     schema = (_SCHEMAS / "feature-event.schema.json").read_bytes()
     return _framed_decode(spec, framed, "jsonschema", schema, repeats)
 
@@ -225,11 +227,11 @@ def bench_protobuf_decode(spec: ModelSpec, events: Sequence[bytes], repeats: int
     message index 0, then the message."""
     from google.protobuf import json_format
 
-    from pipeline.protoschema import compile_schema
+    from pipeline.protoschema import FIRST_MESSAGE, compile_schema
 
     schema = (_SCHEMAS / "feature-event.proto").read_bytes()
     message = compile_schema(schema.decode()).message_class([0])
-    header = b"\x00" + (1).to_bytes(4, "big") + b"\x00"
+    header = frame_header(1) + FIRST_MESSAGE
     framed = [
         header + json_format.ParseDict(orjson.loads(value), message()).SerializeToString()
         for value in events
