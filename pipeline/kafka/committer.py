@@ -39,7 +39,7 @@ from confluent_kafka import KafkaError as RdKafkaError
 from pipeline.errors import DeliveryFailed, KafkaError
 from pipeline.kafka.deadletter import MAX_OMIT
 from pipeline.kafka.offsets import OffsetTracker, Owed, TopicPartitionKey
-from pipeline.kafka.transactions import Stopping, Transactions
+from pipeline.kafka.transactions import Stopping, Transactions, passing
 from pipeline.metrics import Sensor
 
 __all__ = ["AtLeastOnceCommitter", "Committer", "Host", "TransactionalCommitter"]
@@ -570,10 +570,7 @@ def _committed(
             raise KafkaException(unread[0].error)
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None
-            retriable = isinstance(error, RdKafkaError) and (
-                error.retriable() or error.code() == RdKafkaError._TIMED_OUT
-            )
-            if not retriable or time.monotonic() >= deadline:
+            if not passing(error) or time.monotonic() >= deadline:
                 raise
             log.warning("reading the committed offsets failed (%s): asking again", error)
             if not released and isinstance(error, RdKafkaError) and error.code() == _TIMED_OUT:

@@ -55,7 +55,7 @@ from confluent_kafka import KafkaException, Producer, TopicPartition
 from pipeline.config import TRANSACTION_TIMEOUT_MS
 from pipeline.errors import KafkaError
 
-__all__ = ["Stopping", "Transactions", "default_transactional_id"]
+__all__ = ["Stopping", "Transactions", "default_transactional_id", "passing"]
 
 log = logging.getLogger("pipeline.transactions")
 STEP_TIMEOUT_S = 10.0  # send offsets, commit, abort: milliseconds when the broker is well
@@ -66,6 +66,28 @@ CLOSE_ABORT_S = 3.0  # the abort at shutdown (SIGTERM's promise: exit within 30 
 _STOP_CHECK_S = 0.2  # how often a rebuild looks whether the worker was asked to stop
 FENCED_AGAIN_S = 60.0  # fenced again this soon after a rebuild: another live worker has the id
 _FENCED = frozenset((RdKafkaError._FENCED, RdKafkaError.PRODUCER_FENCED))
+# Errors that pass by themselves while brokers restart, though librdkafka does not always
+# flag them retriable: a group or transaction coordinator moving to another node (a rolling
+# restart answers committed() with NOT_COORDINATOR, unflagged), a leader changing, a timeout.
+_PASSING = frozenset(
+    (
+        RdKafkaError._TIMED_OUT,
+        RdKafkaError._TRANSPORT,
+        RdKafkaError._WAIT_COORD,
+        RdKafkaError._ALL_BROKERS_DOWN,
+        RdKafkaError.REQUEST_TIMED_OUT,
+        RdKafkaError.NOT_COORDINATOR,
+        RdKafkaError.COORDINATOR_NOT_AVAILABLE,
+        RdKafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        RdKafkaError.NOT_LEADER_FOR_PARTITION,
+    )
+)
+
+
+def passing(error: object) -> bool:
+    """Whether `error` is one that asking again after a while can cure."""
+    return isinstance(error, RdKafkaError) and (error.retriable() or error.code() in _PASSING)
+
 
 # -X can override both.
 _PRODUCER_DEFAULTS = {
@@ -136,10 +158,7 @@ class Transactions:
                 return producer
             except KafkaException as exc:
                 error = exc.args[0] if exc.args else None
-                retriable = isinstance(error, RdKafkaError) and (
-                    error.retriable() or error.code() == RdKafkaError._TIMED_OUT
-                )
-                if not retriable or time.monotonic() >= deadline:
+                if not passing(error) or time.monotonic() >= deadline:
                     raise KafkaError(
                         f"could not start transactions as {self.transactional_id!r} "
                         f"({error}); exactly-once needs a broker with transactions enabled "

@@ -16,6 +16,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from pipeline.errors import DeliveryFailed
 from pipeline.errors import KafkaError as PipelineKafkaError
+from pipeline.kafka import committer as committer_module
 from pipeline.kafka import transactions
 from pipeline.kafka.committer import TransactionalCommitter
 from pipeline.kafka.deadletter import MAX_OMIT
@@ -455,3 +456,47 @@ def test_a_rebuild_gives_up_soon_after_the_worker_is_asked_to_stop() -> None:
     assert time.monotonic() - started < 2
     assert not txn.open
     released.set()
+
+
+class _MovingCoordinator:
+    """A consumer whose group coordinator is moving: committed() answers `errors` in turn
+    (as librdkafka does in a rolling restart, NOT_COORDINATOR not flagged retriable),
+    then the offsets."""
+
+    def __init__(self, *errors: KafkaException) -> None:
+        self.errors = list(errors)
+        self.asked = 0
+
+    def committed(self, parts: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        self.asked += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return [TopicPartition(tp.topic, tp.partition, 7) for tp in parts]
+
+    def list_topics(self, topic: str, timeout: float) -> None:
+        return None
+
+
+def test_committed_offsets_are_asked_again_while_the_group_coordinator_moves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(committer_module.time, "sleep", lambda _: None)
+    consumer = _MovingCoordinator(
+        _error(KafkaError.NOT_COORDINATOR),
+        _error(KafkaError.COORDINATOR_LOAD_IN_PROGRESS),
+        _error(KafkaError._TRANSPORT),
+    )
+    released: list[str] = []
+    got = committer_module._committed(
+        consumer, [TopicPartition("in", 0)], release=lambda parts, why: released.append(why)
+    )
+    assert [tp.offset for tp in got] == [7] and consumer.asked == 4 and not released
+
+
+def test_a_committed_offsets_error_that_time_cannot_cure_is_raised_at_once() -> None:
+    consumer = _MovingCoordinator(_error(KafkaError.GROUP_AUTHORIZATION_FAILED))
+    with pytest.raises(KafkaException):
+        committer_module._committed(
+            consumer, [TopicPartition("in", 0)], release=lambda parts, why: None
+        )
+    assert consumer.asked == 1
