@@ -240,13 +240,7 @@ class EventStream(threading.Thread):
             delay = started + i / self._rate - time.monotonic()
             if delay > 0.002:
                 time.sleep(delay)
-            on_delivery = functools.partial(self._delivered, self.ids[i])
-            while True:
-                try:
-                    producer.produce(self._topic, value, key, on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            self._send(producer, self.ids[i], key, value)
             self.sent += 1
             producer.poll(0)
         self._unacknowledged = producer.flush(300)
@@ -267,15 +261,18 @@ class EventStream(threading.Thread):
         self._log.warning("producing %d events again after their delivery timed out", len(again))
         producer = self._producer()
         for event, key, value in again:
-            on_delivery = functools.partial(self._delivered, event)
-            while True:
-                try:
-                    producer.produce(self._topic, value, key, on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            self._send(producer, event, key, value)
         self._unacknowledged = producer.flush(300)
         self.failed += [f"{event}: timed out again" for event, _, _ in self._timed_out]
+
+    def _send(self, producer: Producer, event: str, key: bytes | None, value: bytes | None) -> None:
+        on_delivery = functools.partial(self._delivered, event)
+        while True:
+            try:
+                producer.produce(self._topic, value, key, on_delivery=on_delivery)
+                return
+            except BufferError:
+                producer.poll(0.05)
 
     def _delivered(self, event: str, err: Any, msg: Any) -> None:
         if err is None:
