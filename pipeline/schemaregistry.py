@@ -56,6 +56,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import orjson
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient, SchemaRegistryError
@@ -66,9 +67,9 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from pipeline.config import REGISTRY_PREFIX, WorkerConfig
-from pipeline.engine.avrodecode import record_reader
+from pipeline.engine.avrodecode import event_reader, record_reader
 from pipeline.engine.avroschema import NAMESPACE, avro_name, prediction_schema
-from pipeline.engine.codec import encode_rows, prediction_documents
+from pipeline.engine.codec import ParsedEvent, encode_rows, prediction_documents
 from pipeline.engine.framing import FRAME_HEADER_BYTES, FrameProblem, frame_header
 from pipeline.engine.models import LoadedModel
 from pipeline.engine.spec import ModelSpec
@@ -95,6 +96,7 @@ __all__ = [
     "prediction_writer",
     "protobuf_encoder",
     "registry_settings",
+    "table_reader",
 ]
 
 log = logging.getLogger("pipeline.schemaregistry")
@@ -143,6 +145,20 @@ def framed_reader(config: WorkerConfig) -> RegistryReader | None:
         return None
     url = config.schema_registry_url
     return RegistryReader(connect(url, config.kafka), url, _SCHEMA_TYPES[config.value_format])
+
+
+def table_reader(config: WorkerConfig) -> RegistryReader | None:
+    """The reader of `--enrich` table values written by a Schema Registry serializer (any
+    schema type, each record as a dict), connected; None without --schema-registry-url.
+
+    Raises:
+        ConfigError: The client refuses a ``schema.registry.*`` setting.
+        RegistryUnreachable: The registry did not answer.
+    """
+    url = config.schema_registry_url
+    if not config.enrichments or not url:
+        return None
+    return RegistryReader(connect(url, config.kafka), url, _SCHEMA_TYPES["auto"], events=False)
 
 
 def prediction_writer(
@@ -351,12 +367,22 @@ class RegistryReader:
         url: The registry's address, for messages.
         types: The schema types read (``AVRO``, ``JSON``, ``PROTOBUF``); a value whose
             schema is of another type is a ``decode`` reject of the type read.
+        events: Read Avro records of the event contract's shape as the decoder's
+            `ParsedEvent` (`pipeline.engine.avrodecode.event_reader`), which it takes
+            without checking their field types again; False reads them as dicts, like
+            any other record.
     """
 
     def __init__(
-        self, client: SchemaRegistryClient, url: str, types: Sequence[str] = (_AVRO,)
+        self,
+        client: SchemaRegistryClient,
+        url: str,
+        types: Sequence[str] = (_AVRO,),
+        *,
+        events: bool = True,
     ) -> None:
         self._client = client
+        self._events = events
         self._url = url
         self._types = tuple(types)
         self._deserializer = AvroDeserializer(client)
@@ -364,7 +390,8 @@ class RegistryReader:
         self._parsed: dict[int, Any] = {}  # schema id -> the parsed writer schema
 
     def read(self, schema_id: int, value: bytes) -> object:
-        """Return the value's record as a dict, reading it with its writer's schema.
+        """Return the value's record as a dict (or a `ParsedEvent`, see ``events``),
+        reading it with its writer's schema.
 
         A schema fetched and parsed once is kept by id. A flat record (primitives,
         optional fields, arrays, maps and records of them: `pipeline.engine.avrodecode`)
@@ -465,7 +492,9 @@ class RegistryReader:
         else:
             try:
                 raw = json.loads(schema.schema_str or "null")
-                compiled = record_reader(raw)
+                compiled = (
+                    event_reader(raw, ParsedEvent, msgspec.UNSET) if self._events else None
+                ) or record_reader(raw)
                 parsed = _Compiled(compiled) if compiled is not None else parse_schema(raw)
             except Exception as exc:  # fastavro's SchemaParseException, a JSON error
                 raise FrameProblem(

@@ -15,7 +15,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.engine.avrodecode import record_reader
+from pipeline.engine.avrodecode import event_reader, record_reader
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENT = json.loads((ROOT / "schemas/feature-event.avsc").read_text())
@@ -142,3 +142,116 @@ def test_field_names_reach_the_reader_as_data_never_as_code() -> None:
     read = record_reader(schema)
     assert read is not None
     assert read(b"\x04" + b"\x02a", 0) == {name: 2, "s": "a"}
+
+
+# -- records of the event contract's shape (`event_reader`) ------------------------------
+
+_ABSENT = object()
+
+
+def _as_event(*fields: Any) -> dict[str, Any]:
+    """What `event_reader` gives `make`, as the dict `record_reader` would have given."""
+    event_id, features, model, version, ts = fields
+    if type(features) is bytes:  # one block, kept packed
+        features = list(struct.unpack(f"<{len(features) // 8}d", features))
+    named = {"model": model, "version": version, "ts": ts}
+    return {"id": event_id, "features": features} | {
+        k: (None if v is _ABSENT else v) for k, v in named.items()
+    }
+
+
+EVOLVED = {**EVENT, "fields": [
+    *EVENT["fields"][:2],
+    {"name": "source", "type": ["null", {"type": "record", "name": "Source", "fields": [
+        {"name": "region", "type": ["null", "string"]}]}], "default": None},
+    *EVENT["fields"][2:],
+    {"name": "tags", "type": {"type": "map", "values": "string"}, "default": {}},
+]}  # fmt: skip
+EVOLVED_EVENTS = st.fixed_dictionaries({
+    "id": _TEXT, "model": st.none() | _TEXT, "version": st.none() | _TEXT,
+    "ts": st.none() | _I64, "features": st.lists(_F64, max_size=40),
+    "source": st.none() | st.fixed_dictionaries({"region": st.none() | _TEXT}),
+    "tags": st.dictionaries(_TEXT, _TEXT, max_size=3),
+})  # fmt: skip
+
+
+def _event_reader(schema: dict[str, Any]) -> Any:
+    read = event_reader(schema, _as_event, _ABSENT)
+    assert read is not None
+    return read
+
+
+@settings(max_examples=200, deadline=None)
+@given(EVENTS)
+def test_an_event_record_reads_as_the_record_reader_reads_it(record: dict[str, Any]) -> None:
+    payload = b"\0\0\0\0\1" + _written(EVENT, record)
+    plain = record_reader(EVENT)
+    assert plain is not None
+    assert _event_reader(EVENT)(payload, 5) == plain(payload, 5)
+
+
+@settings(max_examples=100, deadline=None)
+@given(EVOLVED_EVENTS)
+def test_fields_of_its_own_are_read_past_and_dropped(record: dict[str, Any]) -> None:
+    payload = _written(EVOLVED, record)
+    plain = _fastavro(EVOLVED, payload)
+    assert _event_reader(EVOLVED)(payload, 0) == {
+        k: plain[k] for k in ("id", "features", "model", "version", "ts")
+    }
+
+
+def test_a_single_block_of_doubles_stays_packed_and_several_become_floats() -> None:
+    seen: list[Any] = []
+    read = event_reader(EVENT, lambda *fields: seen.append(fields[1]), _ABSENT)
+    assert read is not None
+    one, two = struct.pack("<d", 1.5), struct.pack("<d", -2.0)
+    head = b"\x02a" + b"\x00\x00\x00"  # id "a", no model, version or ts
+    read(head + b"\x04" + one + two + b"\x00", 0)  # one block of 2
+    read(head + b"\x03\x20" + one + two + b"\x00", 0)  # a block of -2, 16 bytes long
+    read(head + b"\x02" + one + b"\x02" + two + b"\x00", 0)  # two blocks of 1
+    read(head + b"\x00", 0)  # empty
+    assert seen == [one + two, one + two, [1.5, -2.0], []]
+
+
+@settings(max_examples=50, deadline=None)
+@given(EVENTS)
+def test_an_event_record_cut_short_is_an_error_never_an_event(record: dict[str, Any]) -> None:
+    payload = _written(EVENT, record)
+    read = _event_reader(EVENT)
+    for end in range(len(payload)):
+        with pytest.raises((IndexError, EOFError, ValueError, struct.error)):
+            read(payload[:end], 0)
+
+
+def _with(name: str, kind: Any) -> dict[str, Any]:
+    fields = [f for f in EVENT["fields"] if f["name"] != name]
+    return {**EVENT, "fields": [*fields, *([{"name": name, "type": kind}] if kind else [])]}
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        _with("features", None),  # no features
+        _with("id", None),  # no id
+        _with("features", {"type": "array", "items": "float"}),
+        _with("features", {"type": "map", "values": "double"}),  # named inputs: a dict
+        _with("id", "bytes"),
+        _with("ts", ["null", "string"]),
+        _with("ts", {"type": "long", "logicalType": "timestamp-millis"}),
+        _with("model", ["null", "string", "long"]),
+        {"type": "array", "items": "double"},  # not a record
+    ],
+)
+def test_a_schema_off_the_contracts_types_reads_as_a_plain_record(schema: Any) -> None:
+    assert event_reader(schema, _as_event, _ABSENT) is None
+
+
+def test_required_fields_and_spelled_out_types_are_the_contracts_too() -> None:
+    schema = _with("ts", {"type": "long"})
+    schema = {**schema, "fields": [*schema["fields"][:1], {"name": "model", "type": "string"},
+                                   *schema["fields"][2:]]}  # fmt: skip
+    read = event_reader(schema, lambda *fields: fields, _ABSENT)
+    assert read is not None
+    payload = _written(schema, {"id": "e", "model": "m", "version": None, "ts": 7,
+                                "features": [0.5]})  # fmt: skip
+    assert read(payload, 0) == ("e", struct.pack("<d", 0.5), "m", _ABSENT, 7)
