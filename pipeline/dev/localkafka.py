@@ -42,7 +42,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, cast
 
-from pipeline.dev.localserver import find_java, free_port, port_free
+from pipeline.dev.localserver import find_java, free_port, free_ports, port_free
 from pipeline.errors import BrokerError
 
 __all__ = [
@@ -229,14 +229,6 @@ def _check_ports(wanted: Iterable[tuple[int | None, str]]) -> None:
             raise BrokerError(
                 f"port {_HOST}:{port} is already in use by another process; stop it or {remedy}"
             )
-
-
-def _free_ports(count: int) -> int:
-    """The first of `count` consecutive ports that are free right now."""
-    while True:
-        first = free_port()
-        if all(port_free(first + i) for i in range(1, count)):
-            return first
 
 
 def _pid_alive(pid: int) -> bool:
@@ -752,7 +744,7 @@ class LocalKafka:
             )
         layout = self._layout()
         if layout is None:
-            first = DEFAULT_PORT if port is None else port or _free_ports(nodes)
+            first = DEFAULT_PORT if port is None else port or free_ports(nodes)
             taken = set(range(first, first + nodes))
             controllers: list[int] = []
             while len(controllers) < nodes:

@@ -9,6 +9,7 @@ or too old. Both bind 127.0.0.1 only.
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import socket
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError
 
-__all__ = ["HOST", "find_java", "free_port", "port_free"]
+__all__ = ["HOST", "find_java", "free_port", "free_ports", "port_free"]
 
 HOST = "127.0.0.1"
 
@@ -67,8 +68,44 @@ def port_free(port: int) -> bool:
 
 
 def free_port() -> int:
-    """A port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port on 127.0.0.1 that is free right now, below the kernel's ephemeral range where
+    the system has one (see `free_ports`)."""
+    return free_ports(1)
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive ports on 127.0.0.1 that are free right now.
+
+    Chosen at random below the kernel's ephemeral range (``ip_local_port_range``), where
+    neither outgoing connections nor ``bind(port 0)`` take ports: a port picked from that
+    range, as ``bind(0)`` picks, can be taken by some client's connection before the server
+    it was picked for binds it (seen in CI: a Kafka node and a metrics endpoint of the
+    bench, each "Address already in use" while other tests ran). Where the range leaves no
+    room below it, the kernel picks.
+    """
+    low = _ephemeral_low()
+    start = _UNREACHED_LOW
+    if low - start >= 1000 + count:
+        rng = random.SystemRandom()
+        for _ in range(200):
+            first = rng.randrange(start, low - count)
+            if all(port_free(first + i) for i in range(count)):
+                return first
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((HOST, 0))
+            first = int(sock.getsockname()[1])
+        if first + count <= 65536 and all(port_free(first + i) for i in range(1, count)):
+            return first
+
+
+_UNREACHED_LOW = 10000  # below here: the well-known services' neighbourhood, left alone
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux), else 32768."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768

@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from urllib.parse import quote
 from confluent_kafka import Producer
 
 from pipeline.dev.localkafka import LocalKafka
+from pipeline.dev.localserver import free_port
 from pipeline.dev.prometheus import LocalPrometheus, local_config
 from pipeline.errors import PipelineError
 
@@ -67,13 +67,6 @@ def _say(text: str) -> None:
     print(f"monitorshot | {text}", flush=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _expressions() -> list[str]:
     """The PANELS' expressions, with Grafana's variables filled in for Prometheus."""
     dashboard = json.loads(DASHBOARD.read_text())
@@ -94,7 +87,7 @@ def _broker(bootstrap: str | None, data_dir: Path) -> Iterator[str]:
         yield bootstrap
         return
     broker = LocalKafka(data_dir=data_dir)
-    info, _ = broker.start(port=_free_port())
+    info, _ = broker.start(port=free_port())
     try:
         yield info.bootstrap
     finally:
@@ -238,7 +231,7 @@ def run(out: Path, bootstrap: str | None) -> None:
         servers = stack.enter_context(_broker(bootstrap, work / "kafka"))
         store = _model_store(work / "models")
         run_id = uuid.uuid4().hex[:8]
-        topic, metrics_port, prometheus_port = f"shot-{run_id}-features", _free_port(), _free_port()
+        topic, metrics_port, prometheus_port = f"shot-{run_id}-features", free_port(), free_port()
         worker = ["run", "--bootstrap-servers", servers, "--input-topic", topic,
                   "--output-topic", f"shot-{run_id}-predictions", "--group-id", f"shot-{run_id}",
                   "--models", str(store), "--default-model", MLP,

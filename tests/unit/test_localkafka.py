@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.dev import localserver
 from pipeline.dev.localkafka import (
     BrokerInfo,
     ClusterInfo,
@@ -172,3 +173,14 @@ def test_the_first_fetch_of_the_broker_jars_is_said_with_its_time(
     heard.clear()
     localkafka.broker_classpath(heard.append)  # kept: nothing to fetch, nothing said
     assert heard == []
+
+
+def test_free_ports_are_picked_below_the_ephemeral_range_and_bind() -> None:
+    """Ports from the ephemeral range can be taken by any client's connection before the
+    server they were picked for binds them; ports below it cannot."""
+    low = localserver._ephemeral_low()
+    for count in (1, 4):
+        first = localserver.free_ports(count)
+        if low - localserver._UNREACHED_LOW > 1000 + count:
+            assert first >= localserver._UNREACHED_LOW and first + count <= low
+        assert all(localserver.port_free(first + i) for i in range(count))

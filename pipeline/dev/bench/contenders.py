@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -32,6 +31,7 @@ from pipeline.dev.bench.settings import (
     as_json,
     describe,
 )
+from pipeline.dev.localserver import free_port
 
 __all__ = [
     "BASELINES",
@@ -42,7 +42,6 @@ __all__ = [
     "baseline_contender",
     "faust_contender",
     "faust_engine_contender",
-    "free_port",
     "naive_contender",
     "quix_contender",
     "relay_contender",
@@ -287,13 +286,6 @@ def relay_contender(processes: int, variant: str = "defaults") -> Contender:
             else describe(settings)
         ),
     )
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def naive_contender() -> Contender:

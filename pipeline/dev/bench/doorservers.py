@@ -14,7 +14,6 @@ import contextlib
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from pipeline.dev.bench.doorload import DoorBenchError
 from pipeline.dev.bench.procstats import ProcessTreeSampler
+from pipeline.dev.localserver import free_port
 
 __all__ = [
     "DOORS",
@@ -49,13 +49,6 @@ DOORS = {  # door key -> (what the table calls it, the generator's -proto and -a
 }
 _READY_TIMEOUT_S = 90.0
 _STOP_TIMEOUT_S = 20.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,7 +110,7 @@ class Server:
         if self.kind == "door":
             return [_serve_instance(setup, self.args) for _ in range(self.instances)]
         cores = setup.cores
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         python = [sys.executable, "-m"]
         if self.key == "fastapi":
@@ -158,7 +151,7 @@ class Server:
 
 
 def _serve_instance(setup: Setup, args: tuple[str, ...]) -> Instance:
-    http, grpc = _free_port(), _free_port()
+    http, grpc = free_port(), free_port()
     command = [
         sys.executable,
         "-m",

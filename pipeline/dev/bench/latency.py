@@ -37,11 +37,12 @@ import psutil
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 
 from pipeline.dev.bench import stages
-from pipeline.dev.bench.contenders import RunTopics, free_port, worker_contender
+from pipeline.dev.bench.contenders import RunTopics, worker_contender
 from pipeline.dev.bench.events import Dataset, dataset
 from pipeline.dev.bench.procstats import ProcessTreeSampler
 from pipeline.dev.bench.runner import PARTITIONS, BenchError, BenchTopics
 from pipeline.dev.bench.settings import LOAD_PRODUCER
+from pipeline.dev.localserver import free_port
 
 __all__ = ["Batching", "LatencyPoint", "Phase", "measure_latency", "open_loop"]
 

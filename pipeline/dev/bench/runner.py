@@ -25,7 +25,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -47,6 +46,7 @@ from pipeline.dev.bench.events import Dataset
 from pipeline.dev.bench.procstats import ProcessTreeSampler
 from pipeline.dev.bench.settings import LOAD_PRODUCER
 from pipeline.dev.localkafka import LocalKafka
+from pipeline.dev.localserver import free_port
 from pipeline.errors import PipelineError
 
 __all__ = [
@@ -88,10 +88,7 @@ def broker(bootstrap_servers: str | None) -> Iterator[str]:
         return
     data_dir = Path(tempfile.mkdtemp(prefix="pipeline-bench-kafka-"))
     local = LocalKafka(data_dir=data_dir)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    info, _ = local.start(port=port)
+    info, _ = local.start(port=free_port())
     try:
         yield info.bootstrap
     finally:

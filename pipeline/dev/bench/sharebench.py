@@ -17,7 +17,6 @@ count of busy workers is the shape that carries over.
 from __future__ import annotations
 
 import contextlib
-import socket
 import statistics
 import urllib.request
 from collections.abc import Callable
@@ -29,7 +28,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.dev.bench.contenders import Contender, worker_contender
 from pipeline.dev.bench.events import DATASETS
-from pipeline.dev.bench.runner import BenchError, BenchTopics, preload, run_once
+from pipeline.dev.bench.runner import BenchTopics, preload, run_once
+from pipeline.dev.localserver import free_ports
 
 __all__ = ["SHARE_MODEL", "run_share"]
 
@@ -39,7 +39,7 @@ _PARTITIONS = 2
 
 def share_contender(workers: int, group_type: str) -> tuple[Contender, int]:
     """``pipeline run --workers N --group-type T`` serving /metrics from a free port block."""
-    port = _free_port_block(workers)
+    port = free_ports(workers)
     base = worker_contender(
         workers,
         extra_args=("--group-type", group_type, "--metrics-port", str(port)),
@@ -148,26 +148,3 @@ def _summary(c: Contender, runs: list[dict[str, Any]]) -> dict[str, Any]:
         failed_runs=len(runs) - len(good),
     )
     return row
-
-
-def _free_port_block(count: int) -> int:
-    """A port P such that P .. P + count - 1 on 127.0.0.1 are all free now."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            first = int(probe.getsockname()[1])
-        if first + count > 65535:
-            continue
-        taken = []
-        try:
-            for port in range(first, first + count):
-                sock = socket.socket()
-                taken.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return first
-        except OSError:
-            continue
-        finally:
-            for sock in taken:
-                sock.close()
-    raise BenchError(f"no block of {count} free ports found on 127.0.0.1")
