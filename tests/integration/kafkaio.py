@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 import orjson
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
+from pipeline.dev.localserver import free_port as free_port  # the tests' port picker
+
 ROOT = Path(__file__).resolve().parents[2]
 R = TypeVar("R")
 
