@@ -318,15 +318,35 @@ class EntityTable:
             return f"the value must be a JSON object of named values, got invalid JSON: {exc}"
         if type(parsed) is not dict:
             return f"the value must be a JSON object of named values, got {show_value(parsed)}"
+        self._keep(key, parsed, bytes(value))
+        return None
+
+    def put_record(self, key: str, record: object) -> str | None:
+        """Keep a record read from a Schema Registry framed value (a dict of named values)
+        as the entity's latest, as `put` keeps a JSON object.
+
+        Returns:
+            None, or why the record was not kept; the entity's previous value then stays.
+        """
+        if type(record) is not dict:
+            return f"the value must be a record of named values, got {show_value(record)}"
+        try:
+            text = orjson.dumps(record)
+        except TypeError as exc:  # an Avro bytes field, say: not a named input's value
+            return f"the record's values must be numbers, strings, arrays or records ({exc})"
+        self._keep(key, record, text)
+        return None
+
+    def _keep(self, key: str, parsed: dict[str, Any], text: bytes) -> None:
+        """Keep `parsed` (whose JSON is `text`): packed if its values are all floats."""
         self._drop(key)
         stored: tuple[tuple[str, ...], bytes] | bytes
         if parsed and all(type(v) is float for v in parsed.values()):
             stored = (self._shape(tuple(parsed)), array("d", parsed.values()).tobytes())
         else:
-            stored = bytes(value)
+            stored = text
         self._rows[key] = stored
         self._held += _size(key, stored)
-        return None
 
     def _drop(self, key: str) -> None:
         old = self._rows.pop(key, None)

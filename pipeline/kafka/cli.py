@@ -198,8 +198,10 @@ def _add_worker_flags(add: Callable[..., Any]) -> None:
     add(
         "--schema-registry-url",
         metavar="URL",
-        help="the Schema Registry avro and auto read schemas from, e.g. "
-        "http://127.0.0.1:8081/apis/ccompat/v7; its client takes -X schema.registry.* settings",
+        help="the Schema Registry that framed values (--value-format avro, jsonschema, "
+        "protobuf, auto; --enrich table values) are read with and --output-format registers "
+        "in, e.g. http://127.0.0.1:8081/apis/ccompat/v7; its client takes -X "
+        "schema.registry.* settings",
     )
     add(
         "--enrich",

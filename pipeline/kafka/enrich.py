@@ -48,6 +48,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from pipeline.engine.enrich import EnrichSpec, EntityTable, Table
+from pipeline.engine.framing import FramedReader, FrameProblem, frame_schema_id, is_framed
 from pipeline.errors import ConfigError
 from pipeline.metrics import Sensor
 from pipeline.metrics.health import Readiness
@@ -82,6 +83,9 @@ class TableFeed:
         make_consumer: Makes the consumer (tests pass stand-ins).
         sensor: Receives the table's rows and estimated bytes.
         max_bytes: The table's bound: over it while loading, the worker refuses to start.
+        framed: Reads values written by a Schema Registry serializer (Avro, JSON Schema,
+            Protobuf records of named values); None (no --schema-registry-url) makes each
+            such value a skipped record whose warning says to give the registry.
     """
 
     def __init__(
@@ -91,8 +95,10 @@ class TableFeed:
         make_consumer: Callable[[dict[str, Any]], Consumer],
         sensor: Sensor,
         max_bytes: int,
+        framed: FramedReader | None = None,
     ) -> None:
         self.spec = spec
+        self._framed = framed
         self.table = EntityTable()
         # The keys the join asked for and the table lacked, kept for a wait:MS policy only.
         self.missed: set[str] = set()
@@ -256,10 +262,27 @@ class TableFeed:
             problem = (
                 "the key must be UTF-8 text (the entity's key)"
                 if text is None
-                else self.table.put(text, m.value())
+                else self._put(text, m.value())
             )
             if problem is not None:
                 self._bad_record(partition, offset, problem)
+
+    def _put(self, key: str, value: bytes | None) -> str | None:
+        """Apply one record's value: JSON text, or a Schema Registry framed record."""
+        if not value or not is_framed(value):
+            return self.table.put(key, value)
+        try:
+            schema_id = frame_schema_id(value)
+            if self._framed is None:
+                return (
+                    f"the value is Schema Registry framed (schema id {schema_id}); give the "
+                    "worker --schema-registry-url to read it, or write the table's values "
+                    "as JSON objects"
+                )
+            record = self._framed.read(schema_id, value)
+        except FrameProblem as problem:
+            return f"{problem.error_type}: {problem.message}"
+        return self.table.put_record(key, record)
 
     def _bad_record(self, partition: int, offset: int, problem: str) -> None:
         self._problems += 1

@@ -55,7 +55,7 @@ from pipeline.kafka.topics import ensure_topics
 from pipeline.metrics import Sensor, Sensors
 from pipeline.metrics.health import Readiness, Stall
 from pipeline.metrics.statsline import StatsLine
-from pipeline.schemaregistry import framed_reader, prediction_writer
+from pipeline.schemaregistry import framed_reader, prediction_writer, table_reader
 
 __all__ = ["ShareWorker"]
 
@@ -190,8 +190,16 @@ class ShareWorker:
         self._deliveries = Stall("outputs", after_s=config.delivery_stall_s)
         self.readiness.watch(self._deliveries)
         self._common = client_settings(config.bootstrap_servers, config.kafka)
+        tables_framed = table_reader(config)  # --enrich values a registry serializer wrote
         self._feeds = [
-            TableFeed(spec, self._common, Consumer, self._sensor, config.enrich_max_bytes)
+            TableFeed(
+                spec,
+                self._common,
+                Consumer,
+                self._sensor,
+                config.enrich_max_bytes,
+                framed=tables_framed,
+            )
             for spec in config.enrichments
         ]
         self._tables = TableWaits(self._feeds, self._sensor)

@@ -66,7 +66,7 @@ from pipeline.metrics.health import Readiness, Stall
 from pipeline.metrics.prometheus import PrometheusSensor
 from pipeline.metrics.statsline import StatsLine
 from pipeline.metrics.tracing import batch_tracer
-from pipeline.schemaregistry import framed_reader, prediction_writer
+from pipeline.schemaregistry import framed_reader, prediction_writer, table_reader
 from pipeline.startup import early_stop
 
 __all__ = ["ABANDONED", "KafkaClients", "Worker", "exit_if_abandoned", "run_worker"]
@@ -172,9 +172,10 @@ class Worker:
         self._engine: Engine[Any] = engine or build_engine(
             config, self._sensor, max_queue=config.max_queue
         )
+        tables_framed = table_reader(config)  # --enrich values a registry serializer wrote
         self._feeds = [
             TableFeed(spec, self._common, self._clients.consumer, self._sensor,
-                      config.enrich_max_bytes)
+                      config.enrich_max_bytes, framed=tables_framed)
             for spec in config.enrichments
         ]  # fmt: skip
         self._tables = TableWaits(self._feeds, self._sensor)

@@ -5,6 +5,7 @@ letter, and a restarted worker rebuilds the table and loses no event."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import urllib.request
@@ -17,10 +18,12 @@ import onnxruntime as ort
 import orjson
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
 
 from tests.modelfactory import linear_model
 
-from .conftest import Pipeline
+from .conftest import Pipeline, framer
 from .kafkaio import Accounting, Record, free_port, read_all, send
 from .test_share import lock_for, share_groups_supported
 
@@ -121,6 +124,46 @@ def test_enriched_predictions_follow_the_table_and_survive_a_restart(
     ids = [orjson.loads(v)["id"] for _, v in [*first, *second, *third]]
     assert acc.lost(ids) == [] and acc.duplicates() == 0
     assert "table stats loaded" in worker.log
+
+
+CARD_STATS_AVRO = {
+    "type": "record",
+    "name": "CardStats",
+    "fields": [{"name": "spend_1h", "type": "double"}, {"name": "tx_1h", "type": "double"}],
+}
+
+
+def test_table_values_a_registry_serializer_wrote_are_joined_like_json_ones(
+    make_pipeline: Callable[..., Pipeline],
+    kafka_admin: AdminClient,
+    registry: SchemaRegistryClient,
+    schema_registry_url: str,
+    tmp_path: Path,
+) -> None:
+    """A stats job writing Avro through the registry, beside one still writing JSON."""
+    models = tmp_path / "models"
+    model = linear_model(models / "fraud" / "1", NAMES, [0.5, 2.0, -3.0]) / "model.onnx"
+    p = make_pipeline(models=models, partitions=2)
+    table = _table_topic(kafka_admin, "card-stats-avro")
+    cards = [f"card-{i}" for i in range(10)]
+    stats = {c: (100.0 + i, float(i)) for i, c in enumerate(cards)}
+    avro = framer(AvroSerializer(registry, json.dumps(CARD_STATS_AVRO)), table)
+    send(p.bootstrap, table, [
+        (c.encode(), avro({"spend_1h": stats[c][0], "tx_1h": stats[c][1]})) if i % 2
+        else _stats(c, *stats[c])
+        for i, c in enumerate(cards)
+    ])  # fmt: skip
+    events = _payments("r", cards * 2)
+    send(p.bootstrap, p.input, events)
+
+    worker = p.start_worker("--enrich", f"stats={table}:card_id", "--default-model", "fraud",
+                            "--schema-registry-url", schema_registry_url)  # fmt: skip
+    out = read_all(p.bootstrap, [p.output, p.dlq], expect=len(events))
+    code, _ = worker.stop()
+    assert code == 0, worker.log
+    assert not [r for r in out if r.topic == p.dlq], worker.log
+    _check([r for r in out if r.topic == p.output], model, stats, events)
+    assert "skipped record" not in worker.log
 
 
 def test_a_table_topic_that_is_not_compacted_is_warned_about(

@@ -405,3 +405,50 @@ def test_an_entity_that_never_arrives_is_waited_for_once_per_batch_then_dead_let
     started = time.monotonic()
     _decode_through(waits, feed, "c7")
     assert time.monotonic() - started > 0.29
+
+
+def test_a_record_from_a_registry_framed_value_is_kept_as_a_json_object_would_be() -> None:
+    t = EntityTable()
+    assert t.put_record("c1", {"spend_1h": 1.5, "tx_1h": 2.5}) is None  # packed
+    assert t.put_record("c2", {"country": "DE", "n": 3}) is None
+    assert (t.get("c1"), t.get("c2")) == (
+        {"spend_1h": 1.5, "tx_1h": 2.5},
+        {"country": "DE", "n": 3},
+    )
+    assert "got an array" in (t.put_record("c1", [1.5]) or "")
+    assert "numbers, strings" in (t.put_record("c1", {"raw": b"\x00"}) or "")
+    assert t.get("c1") == {"spend_1h": 1.5, "tx_1h": 2.5}  # the previous value stays
+
+
+class _OneRecord:
+    """A framed reader that reads every value as `record`."""
+
+    def __init__(self, record: object) -> None:
+        self.record = record
+
+    def read(self, schema_id: int, value: bytes) -> object:
+        return self.record
+
+    def describe(self, schema_id: int) -> str:
+        return f"schema id {schema_id}"
+
+
+def _framed_record(value: bytes) -> _Record:
+    record = _Record(0, "c1", {})
+    record._value = value
+    return record
+
+
+@pytest.mark.parametrize("framed", [None, _OneRecord({"spend_1h": 4.5, "tx_1h": 1.0})])
+def test_a_framed_table_value_is_read_with_the_registry_or_skipped_saying_to_give_it(
+    framed: _OneRecord | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    feed = TableFeed(STATS, {}, lambda _: None, Sensor(), 1 << 20, framed=framed)  # type: ignore[arg-type,return-value]
+    feed._apply([_framed_record(b"\x00\x00\x00\x00\x07" + b"payload")])  # type: ignore[list-item]
+    if framed is None:
+        assert feed.table.get("c1") is None
+        assert "schema id 7" in caplog.text and "--schema-registry-url" in caplog.text
+    else:
+        assert feed.table.get("c1") == {"spend_1h": 4.5, "tx_1h": 1.0}
+    feed._apply([_framed_record(b"\x00\x00")])  # type: ignore[list-item]
+    assert "TruncatedFrame" in caplog.text
