@@ -105,9 +105,11 @@ _RESOLVED_BY_DESERIALIZER = object()  # a schema with references: AvroDeserializ
 
 @dataclass(frozen=True, slots=True)
 class _Compiled:
-    """A flat Avro record's reader (`pipeline.engine.avrodecode.record_reader`)."""
+    """A flat Avro record's reader (`pipeline.engine.avrodecode`): of events (`event_reader`,
+    giving `ParsedEvent`s) or of any record (`record_reader`, giving dicts)."""
 
     read: Callable[[bytes, int], Any]
+    events: bool = False
 
 
 _NOT_FOUND = 404
@@ -430,6 +432,14 @@ class RegistryReader:
             said = f"{type(exc).__name__}: {exc or 'the value ends early'}"
             raise self._invalid_avro(schema_id, said) from None
 
+    def event_reader(self, schema_id: int) -> Callable[[bytes, int], object] | None:
+        """The compiled reader of this schema id's events, once its schema was fetched by
+        `read` (see `pipeline.engine.framing.FramedReader`); never asks the registry."""
+        parsed = self._parsed.get(schema_id)
+        if type(parsed) is _Compiled and parsed.events:
+            return parsed.read
+        return None
+
     def _invalid_avro(self, schema_id: int, said: str) -> FrameProblem:
         return FrameProblem(
             "decode",
@@ -492,10 +502,13 @@ class RegistryReader:
         else:
             try:
                 raw = json.loads(schema.schema_str or "null")
-                compiled = (
-                    event_reader(raw, ParsedEvent, msgspec.UNSET) if self._events else None
-                ) or record_reader(raw)
-                parsed = _Compiled(compiled) if compiled is not None else parse_schema(raw)
+                events = event_reader(raw, ParsedEvent, msgspec.UNSET) if self._events else None
+                compiled = events or record_reader(raw)
+                parsed = (
+                    _Compiled(compiled, events is not None)
+                    if compiled is not None
+                    else parse_schema(raw)
+                )
             except Exception as exc:  # fastavro's SchemaParseException, a JSON error
                 raise FrameProblem(
                     "decode",

@@ -16,6 +16,7 @@ types; any other value as JSON text).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final, Protocol
 
 __all__ = [
@@ -70,6 +71,13 @@ class FramedReader(Protocol):
     def describe(self, schema_id: int) -> str:
         """Name the schema for messages: ``schema id 3 (subject features-value, record
         FeatureEvent)``, with what is known of it."""
+        ...
+
+    def event_reader(self, schema_id: int) -> Callable[[bytes, int], object] | None:
+        """The reader of this schema id's values as the decoder's `ParsedEvent`s, if one is
+        ready (the schema fetched, of the event contract's shape): a function of the whole
+        value and the payload's offset. Any error it raises means only "read this value
+        with `read`", which says what is wrong. None: read every value with `read`."""
         ...
 
 

@@ -35,6 +35,9 @@ class Records:
     def describe(self, schema_id: int) -> str:
         return f"schema id {schema_id} (record example.FeatureEvent)"
 
+    def event_reader(self, schema_id: int) -> None:
+        return None  # every value through `read`
+
 
 def framed(payload: bytes, schema_id: int = 7, magic: int = 0) -> bytes:
     return bytes([magic]) + schema_id.to_bytes(4, "big") + payload
