@@ -13,11 +13,10 @@ How: the schema becomes the source of one Python function that reads its fields 
 order, straight-line, with one-byte varints (lengths, union branches, counts) and every
 int or long field read inline, and an array of doubles or floats taken by one `struct`
 call per block. A function per field, as a first version had, spent most of its time
-calling: the
-benchmark's event (an id, two optional strings, an optional long, 30 doubles) read in
-about half the time this way (`pipeline.dev.bench.micro`). Field names reach the source
-only through `repr`, so a schema cannot inject code. A reader's source is kept on it as
-``read.source``, for a person debugging one.
+calling: the benchmark's event (an id, two optional strings, an optional long, 30
+doubles) read in about half the time this way (`pipeline.dev.bench.micro`). Field names
+reach the source only through `repr`, so a schema cannot inject code. A reader's source
+is kept on it as ``read.source``, for a person debugging one.
 
 `event_reader` compiles a record of the event contract's shape (`id` a string, `features`
 an array of doubles, `model` and `version` optional strings, `ts` an optional long, any
@@ -91,7 +90,7 @@ def event_reader(
         return None
     source = _Source(absent=absent)
     try:
-        kept = source.fields(schema, 1, {str(schema.get("name")): schema})
+        kept = source.fields(schema, 1, {str(schema.get("name")): schema}, event=True)
     except _Unsupported:
         return None
     args = (kept.get(name, "_ABSENT") for name in ("id", "features", "model", "version", "ts"))
@@ -245,20 +244,24 @@ class _Source:
         if name in named:
             raise _Unsupported(name)
         named[str(name)] = schema
-        fields = self.fields(schema, depth, named, nulls="None")
+        fields = self.fields(schema, depth, named)
         self.add(depth, f"{into} = {{{', '.join(f'{k!r}: {v}' for k, v in fields.items())}}}")
 
     def fields(
-        self, schema: Mapping[str, Any], depth: int, named: dict[str, Any], nulls: str = ""
+        self, schema: Mapping[str, Any], depth: int, named: dict[str, Any], *, event: bool = False
     ) -> dict[str, str]:
         """Add the lines reading a record's fields in order; return field name -> the
-        variable holding it. An event's array of doubles keeps a single block's bytes."""
+        variable holding it. The event record itself (`event`) reads an optional's null as
+        its reader's absent value and keeps a single block of `features` as bytes; every
+        other record, as fastavro does (None, a list)."""
         kept = {}
-        null, self._null = self._null, nulls or self._null
+        null = self._null
+        if not event:
+            self._null = "None"
         for field in schema["fields"]:
             value = self.fresh("field")
             field_name = str(field["name"])
-            if not nulls and field_name == "features":
+            if event and field_name == "features":
                 self.packed_doubles(value, depth)
             else:
                 self.value(field["type"], value, depth, named)

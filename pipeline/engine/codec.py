@@ -47,6 +47,8 @@ import orjson
 
 from pipeline.engine.enrich import Enrichment, EnrichProblem, enrich
 from pipeline.engine.framing import (
+    FRAME_HEADER_BYTES,
+    MAGIC_BYTE,
     VALUE_FORMATS,
     FramedReader,
     FrameProblem,
@@ -389,17 +391,22 @@ class EventDecoder:
         readers: dict[bytes, Callable[[bytes, int], Any] | None] = {}  # by frame header
         for index, value in enumerate(values):
             try:
-                if framed_events and value and 5 < len(value) <= max_bytes and value[0] == 0:
+                if (
+                    framed_events
+                    and value
+                    and FRAME_HEADER_BYTES < len(value) <= max_bytes
+                    and value[0] == MAGIC_BYTE
+                ):
                     # A framed value whose schema has a compiled event reader is read
                     # straight into a `ParsedEvent`; whatever that reader cannot read, the
                     # full path reads again, and says why.
-                    header = value[1:5]
+                    header = value[:FRAME_HEADER_BYTES]
                     read_event = readers.get(header)
                     if read_event is None and header not in readers:
-                        read_event = readers[header] = framed_events(int.from_bytes(header, "big"))
+                        read_event = readers[header] = framed_events(frame_schema_id(value))
                     if read_event is not None:
                         try:
-                            record = read_event(value, 5)
+                            record = read_event(value, FRAME_HEADER_BYTES)
                         except (IndexError, EOFError, ValueError, struct.error):
                             pass
                         else:
@@ -419,7 +426,7 @@ class EventDecoder:
                         continue
                 event = read(value)
                 if isinstance(event, ParsedEvent):  # a framed record of the contract's types
-                    self._take_record(index, event, fallback_ts[index], state)
+                    take_record(index, event, fallback_ts[index], state)
                 else:
                     take(index, event, fallback_ts[index], state)
             except _Rejected as exc:
