@@ -39,6 +39,18 @@ def _table_topic(admin: AdminClient, name: str) -> str:
     return topic
 
 
+def _fraud_model(tmp_path: Path) -> tuple[Path, Path]:
+    """A models directory holding the fraud model (score = 0.5 amount + 2 spend_1h - 3
+    tx_1h); returns it and the model's file."""
+    models = tmp_path / "models"
+    return models, linear_model(models / "fraud" / "1", NAMES, [0.5, 2.0, -3.0]) / "model.onnx"
+
+
+def _card_stats(count: int) -> dict[str, tuple[float, float]]:
+    """card-0 .. card-<count - 1>, each with stats of its own (spend_1h, tx_1h)."""
+    return {f"card-{i}": (100.0 + i, float(i)) for i in range(count)}
+
+
 def _stats(card: str, spend: float, tx: float) -> tuple[bytes, bytes]:
     return card.encode(), orjson.dumps({"spend_1h": spend, "tx_1h": tx})
 
@@ -75,12 +87,11 @@ def _check(records: list[Record], model: Path, stats: dict[str, tuple[float, flo
 def test_enriched_predictions_follow_the_table_and_survive_a_restart(
     make_pipeline: Callable[..., Pipeline], kafka_admin: AdminClient, tmp_path: Path
 ) -> None:
-    models = tmp_path / "models"
-    model = linear_model(models / "fraud" / "1", NAMES, [0.5, 2.0, -3.0]) / "model.onnx"
+    models, model = _fraud_model(tmp_path)
     p = make_pipeline(models=models, partitions=2)
     table = _table_topic(kafka_admin, "card-stats")
-    cards = [f"card-{i}" for i in range(20)]
-    stats = {c: (100.0 + i, float(i)) for i, c in enumerate(cards)}
+    stats = _card_stats(20)
+    cards = list(stats)
     send(p.bootstrap, table, [_stats(c, 1.0, 1.0) for c in cards])  # overwritten below
     send(p.bootstrap, table, [_stats(c, *stats[c]) for c in cards])
     first = _payments("a", cards * 5)
@@ -141,12 +152,11 @@ def test_table_values_a_registry_serializer_wrote_are_joined_like_json_ones(
     tmp_path: Path,
 ) -> None:
     """A stats job writing Avro through the registry, beside one still writing JSON."""
-    models = tmp_path / "models"
-    model = linear_model(models / "fraud" / "1", NAMES, [0.5, 2.0, -3.0]) / "model.onnx"
+    models, model = _fraud_model(tmp_path)
     p = make_pipeline(models=models, partitions=2)
     table = _table_topic(kafka_admin, "card-stats-avro")
-    cards = [f"card-{i}" for i in range(10)]
-    stats = {c: (100.0 + i, float(i)) for i, c in enumerate(cards)}
+    stats = _card_stats(10)
+    cards = list(stats)
     avro = framer(AvroSerializer(registry, json.dumps(CARD_STATS_AVRO)), table)
     send(p.bootstrap, table, [
         (c.encode(), avro({"spend_1h": stats[c][0], "tx_1h": stats[c][1]})) if i % 2
@@ -218,8 +228,7 @@ def test_with_the_defaults_policy_an_unknown_entity_is_predicted_from_the_models
     """--enrich-missing stats=defaults: a card the table never had, or lost to a tombstone,
     is scored with the manifest's defaults (equal to ONNX Runtime on that row) and says so
     in a pipeline.enriched.defaults header; a known card is joined as before, without it."""
-    models = tmp_path / "models"
-    model = linear_model(models / "fraud" / "1", NAMES, [0.5, 2.0, -3.0]) / "model.onnx"
+    models, model = _fraud_model(tmp_path)
     manifest = model.parent / "model.json"
     defaults = (25.0, 0.5)
     manifest.write_bytes(orjson.dumps({**orjson.loads(manifest.read_bytes()),
@@ -259,8 +268,7 @@ def test_with_the_wait_policy_an_entity_produced_after_its_event_is_joined_in_ti
     joined row, with a pipeline.enriched.at that counts the update); a card that never
     arrives is an EntityNotFound dead letter saying how long it was waited for; nothing is
     lost or doubled."""
-    models = tmp_path / "models"
-    model = linear_model(models / "fraud" / "1", NAMES, [0.5, 2.0, -3.0]) / "model.onnx"
+    models, model = _fraud_model(tmp_path)
     p = make_pipeline(models=models, partitions=1)  # card-7's events before card-404's
     table = _table_topic(kafka_admin, "card-stats")
     stats = {"card-1": (100.0, 3.0), "card-7": (7.0, 70.0)}
@@ -303,12 +311,11 @@ def test_a_worker_joining_loads_the_whole_table_and_the_rebalance_loses_no_event
     """A second worker joins the group mid-stream: it loads the whole table before it takes
     partitions, an update made after the rebalance reaches the events of both workers, and
     every event is predicted once, equal to ONNX Runtime on its joined row."""
-    models = tmp_path / "models"
-    model = linear_model(models / "fraud" / "1", NAMES, [0.5, 2.0, -3.0]) / "model.onnx"
+    models, model = _fraud_model(tmp_path)
     p = make_pipeline(models=models, partitions=4)
     table = _table_topic(kafka_admin, "card-stats")
-    cards = [f"card-{i}" for i in range(20)]
-    stats = {c: (100.0 + i, float(i)) for i, c in enumerate(cards)}
+    stats = _card_stats(20)
+    cards = list(stats)
     send(p.bootstrap, table, [_stats(c, *stats[c]) for c in cards])
     enrich = ("--enrich", f"stats={table}:card_id", "--default-model", "fraud")
 
@@ -344,8 +351,7 @@ def test_share_group_workers_join_the_table_too(
     """Two share-group workers on one partition: each loads the whole table before it
     acquires records, so every event is joined (equal to ONNX Runtime on the joined row),
     whichever worker acquires it; a missing card is an EntityNotFound dead letter."""
-    models = tmp_path / "models"
-    model = linear_model(models / "fraud" / "1", NAMES, [0.5, 2.0, -3.0]) / "model.onnx"
+    models, model = _fraud_model(tmp_path)
     p = make_pipeline(models=models, partitions=1)
     if not share_groups_supported(p.bootstrap):
         pytest.skip(f"the broker at {p.bootstrap} has no share groups (needs Kafka 4.2+)")
