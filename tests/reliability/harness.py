@@ -75,9 +75,11 @@ SHORT = Sizes(
     poison_events=100_000,
     poison_rounds=1,
     # One short run of each on a shared 2-core machine is noisy (other jobs, the broker's
-    # own GC): a loose bound here still catches a poison event that stalls the worker; the
-    # issue's 5% bound is asserted by the soak run, on the median of several rounds.
-    poison_min_ratio=0.70,
+    # own GC; a clean CI machine once measured 0.69 with nothing wrong): a loose bound here
+    # still catches a poison event that stalls the worker (100 of them costing 15 ms each
+    # would halve a ~1.5 s run); the 5% bound is asserted by the soak run, on the
+    # median of several rounds.
+    poison_min_ratio=0.50,
     overload_s=12.0,  # at 10x the worker's rate: a backlog of ~108 s of its work
     sigterms=3,
     sigterm_events=12_000,

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import threading
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
 from pipeline.dev.bench.doorpeers.model import OneRowModel
-from pipeline.dev.bench.doorsuite import mean_batch
+from pipeline.dev.bench.doorservers import Running
+from pipeline.dev.bench.doorsuite import _Marks, mean_batch
 from pipeline.dev.tools import _sample_rows
 from pipeline.metrics.statsline import StatsSnapshot
 
@@ -34,6 +37,29 @@ def test_mean_batch_is_all_rows_over_all_batches_of_the_stats_lines() -> None:
 def test_mean_batch_skips_idle_intervals_and_is_none_without_lines() -> None:
     assert mean_batch(_line(0, 0) + _line(500, 250)) == pytest.approx(2.0)
     assert mean_batch("no stats line here\n") is None
+
+
+def test_a_window_without_a_stats_line_takes_its_mean_batch_from_the_next(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "serve-0.log"
+    log.write_text("started\n")
+    up = Running(instances=[], procs=[], sampler=_NoCpu(), logs=[log])  # type: ignore[arg-type]
+    marks = _Marks(up)
+    marks("measuring")
+    marks("measured")  # the window closed before the starved server logged a line
+    late = threading.Timer(0.3, lambda: log.write_text("started\n" + _line(800, 100)))
+    late.start()
+    try:
+        figures = marks.figures({"requests": 800, "cpu_s": 0.1}, 1.0, batching=True)
+    finally:
+        late.cancel()
+    assert figures["mean_batch"] == pytest.approx(8.0)
+
+
+class _NoCpu:
+    def cpu_seconds(self) -> float:
+        return 0.0
 
 
 def test_the_peers_model_answers_as_the_seed_did() -> None:

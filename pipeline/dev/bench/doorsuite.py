@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import statistics
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -34,6 +35,7 @@ __all__ = ["FULL", "QUICK", "Plan", "mean_batch", "run_suite"]
 _ROWS = resources.files("pipeline.dev") / "_data" / "breast_cancer_rows.json"
 # pipeline serve's stats line: "requests R/s predictions P/s mean batch B ..." (P rows a second)
 _BATCH = re.compile(r"predictions (\d+)/s mean batch ([\d.]+)")
+_LATE_LINE_S = 3.0  # how long a window with no stats line of its own waits for the next
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -225,6 +227,8 @@ class _Marks:
         server, loadgen = cpu_to - cpu_from, report["cpu_s"]
         answered = report["requests"]
         log = self.up.log_between(logs_from, logs_to)
+        if batching and mean_batch(log) is None:
+            log = self._through_next_stats_line(logs_from)
         return {
             **{k: v for k, v in report.items() if k not in ("targets", "proto", "api", "cpu_s")},
             "server_cpu_s": server,
@@ -234,6 +238,19 @@ class _Marks:
             "others_cpu_cores": max(0.0, busy_to - busy_from - server - loadgen) / seconds,
             "mean_batch": mean_batch(log) if batching else None,
         }
+
+    def _through_next_stats_line(self, logs_from: list[int]) -> str:
+        """The logs from the window's start through the first stats line written after it.
+
+        On a starved machine a window can close before any stats line lands in it; the next
+        line covers the window's last interval (lines after the load stopped count no
+        predictions and are left out of the mean). Waits at most `_LATE_LINE_S`."""
+        deadline = time.monotonic() + _LATE_LINE_S
+        while True:
+            log = self.up.log_between(logs_from, self.up.log_sizes())
+            if mean_batch(log) is not None or time.monotonic() > deadline:
+                return log
+            time.sleep(0.05)
 
 
 def _busy_s() -> float:
