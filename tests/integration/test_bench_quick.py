@@ -66,6 +66,8 @@ def test_quick_benchmark_reports_every_row(
         stages = point["stages"]
         assert stages["inference"]["count"] > 0 and stages["produce_ack"]["count"] > 0, point
         assert stages["event_to_prediction"]["count"] > 0, point
+    (tail,) = [p for p in points if p["latency_target_ms"] and p["phase"] == "2,000 events/s"]
+    assert [w["events"] > 0 for w in tail["windows"]] == [True, True], tail  # QUICK's 2 windows
 
     share = {row["key"]: row for row in results["share"]["rows"]}
     assert set(share) == {"consumer-1", "share-1", "consumer-4", "share-4"}

@@ -127,6 +127,25 @@ def test_targets_say_met_missed_or_not_measured() -> None:
     assert rss[0]["met"] is False
 
 
+def test_the_tail_target_holds_in_every_window_or_is_missed() -> None:
+    def window(p99: float | None, p999: float | None) -> dict[str, Any]:
+        return {"events": 20_000, "p50_ms": 9.0, "p99_ms": p99, "p999_ms": p999, "max_ms": 60.0}
+
+    results = _results()
+    tail = results["latency"]["points"][1]
+    tail.update(window_s=10.0, windows=[window(18.0, 40.0), window(19.5, 55.0), window(12.0, 30.0)])
+    verdicts = {t["target"]: (t["met"], t["value"]) for t in evaluate_targets(results)}
+    where = "in every one of 3 10 s windows (--latency-target-ms 20)"
+    assert verdicts[f"p99 at 2,000 events/s <= 20 ms {where}"] == (True, "18.0 / 19.5 / 12.0 ms")
+    assert verdicts[f"p99.9 at 2,000 events/s <= 50 ms {where}"] == (False, "40.0 / 55.0 / 30.0 ms")
+    results["targets"] = evaluate_targets(results)
+    assert "window by window (10 s each, after the warm-up): end-to-end p99 18.0 / 19.5" in (
+        markdown(results)
+    )
+    tail["windows"][2] = window(None, None)  # a window nothing was measured in
+    assert {t["met"] for t in evaluate_targets(results) if "windows" in t["target"]} == {None}
+
+
 def test_markdown_shows_every_row_and_the_reason_a_peer_did_not_run() -> None:
     results = _results()
     results["targets"] = evaluate_targets(results)

@@ -12,12 +12,19 @@ topic takes, for every prediction, its receive time (when ``consume`` returned i
 it, and so is how busy the machine's CPUs were (worker, broker, producer and this
 reader share them). The first ``warmup_s`` of each phase is left out. The worker serves
 ``/metrics``, scraped before and after each phase: its stage histograms
-(`pipeline.dev.bench.stages`) say where the time went.
+(`pipeline.dev.bench.stages`) say where the time went. A phase may split its measured
+seconds into windows, each with its own percentiles: a tail target holds in every window,
+not only over the whole.
+
+The reader keeps Python's cyclic garbage collector off while it collects a phase: it
+holds a tuple per prediction, and a full collection over them (40 ms once, seen here)
+delays its receive times, which would count against the worker.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import re
 import signal
@@ -44,13 +51,23 @@ from pipeline.dev.bench.runner import PARTITIONS, BenchError, BenchTopics
 from pipeline.dev.bench.settings import LOAD_PRODUCER
 from pipeline.dev.localserver import free_port
 
-__all__ = ["Batching", "LatencyPoint", "Phase", "measure_latency", "open_loop"]
+__all__ = ["Batching", "LatencyPoint", "Phase", "Window", "measure_latency", "open_loop"]
 
 _GROUP_READY_TIMEOUT_S = 60.0
 _DRAIN_TIMEOUT_S = 20.0
 # the reader may see a prediction before the worker has handled its acknowledgement
 _ACKS_COUNTED_S = 0.5
 _TIMES = re.compile(rb'"ts":(\d+),"predicted_at":(\d+)')
+
+
+class Window(TypedDict):
+    """One window of a phase's measured seconds; latencies end to end, in milliseconds."""
+
+    events: int
+    p50_ms: float | None
+    p99_ms: float | None
+    p999_ms: float | None
+    max_ms: float | None
 
 
 class LatencyPoint(TypedDict):
@@ -76,6 +93,8 @@ class LatencyPoint(TypedDict):
     machine_cpu_busy: float
     worker_cpu_cores: float
     stages: dict[str, dict[str, Any]]
+    window_s: float | None
+    windows: list[Window]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +122,8 @@ class Phase:
         seconds: Seconds measured, after `warmup_s`.
         warmup_s: Seconds sent first and left out.
         idle_before_s: Seconds the worker is left without events before the phase.
+        windows: Equal windows the measured seconds are split into, each with its own
+            percentiles (1: the phase as a whole only).
     """
 
     label: str
@@ -111,6 +132,7 @@ class Phase:
     seconds: float
     warmup_s: float
     idle_before_s: float = 0.0
+    windows: int = 1
 
 
 _PRODUCERS: dict[str, Producer] = {}  # the load producer per broker, kept by its process
@@ -303,15 +325,19 @@ class _OutputReader:
         prefix = f'"id":"{tag}-'.encode()
         got: list[tuple[int, float, float]] = []
         deadline = time.monotonic() + _DRAIN_TIMEOUT_S + expected / 1000
-        while len(got) < expected and time.monotonic() < deadline and proc.poll() is None:
-            msgs = self._receive()
-            received_ms = time.time_ns() / 1e6
-            for msg in msgs:
-                value = msg.value()
-                if msg.error() is not None or not value or prefix not in value:
-                    continue
-                ts, predicted_at = _times(value)
-                got.append((ts, received_ms - ts, float(predicted_at - ts)))
+        gc.disable()  # tuples of numbers hold no cycles: nothing to collect, nothing to pause
+        try:
+            while len(got) < expected and time.monotonic() < deadline and proc.poll() is None:
+                msgs = self._receive()
+                received_ms = time.time_ns() / 1e6
+                for msg in msgs:
+                    value = msg.value()
+                    if msg.error() is not None or not value or prefix not in value:
+                        continue
+                    ts, predicted_at = _times(value)
+                    got.append((ts, received_ms - ts, float(predicted_at - ts)))
+        finally:
+            gc.enable()
         return got
 
     def _receive(self) -> list[Message]:
@@ -355,9 +381,18 @@ def _point(
     stage_figures: dict[str, dict[str, Any]],
 ) -> LatencyPoint:
     first_ts = min((ts for ts, _, _ in got), default=0)
-    kept = [(e2e, own) for ts, e2e, own in got if ts >= first_ts + phase.warmup_s * 1000]
+    measured_from = first_ts + phase.warmup_s * 1000
+    kept = [(e2e, own) for ts, e2e, own in got if ts >= measured_from]
     e2e = np.array([k[0] for k in kept]) if kept else None
     own = np.array([k[1] for k in kept]) if kept else None
+    window_s = phase.seconds / phase.windows if phase.windows > 1 else None
+    windows: list[Window] = []
+    if window_s is not None:
+        ts = np.array([t for t, _, _ in got if t >= measured_from], dtype=np.float64)
+        index = np.minimum((ts - measured_from) // (window_s * 1000), phase.windows - 1)
+        for n in range(phase.windows):
+            in_window = e2e[index == n] if e2e is not None else np.empty(0)
+            windows.append(_window(in_window))
 
     def pct(values: Any, q: float) -> float | None:
         return None if values is None else float(np.percentile(values, q))
@@ -383,4 +418,14 @@ def _point(
         "machine_cpu_busy": machine_cpu_busy,
         "worker_cpu_cores": worker_cpu_cores,
         "stages": stage_figures,
+        "window_s": window_s,
+        "windows": windows,
     }
+
+
+def _window(e2e: np.ndarray) -> Window:
+    """A window's figures from its end-to-end latencies (ms)."""
+    if not len(e2e):
+        return {"events": 0, "p50_ms": None, "p99_ms": None, "p999_ms": None, "max_ms": None}
+    p50, p99, p999, top = (float(v) for v in np.percentile(e2e, [50, 99, 99.9, 100]))
+    return {"events": len(e2e), "p50_ms": p50, "p99_ms": p99, "p999_ms": p999, "max_ms": top}

@@ -13,7 +13,8 @@
    ceilings and the worker only;
 4. the worker (1 process) under an open-loop producer at fractions of its median
    throughput, once per way of batching (``--max-wait-ms`` 1, 5, 20 and
-   ``--latency-target-ms``), plus a fixed 2,000 events/s and a return from idle
+   ``--latency-target-ms``), plus a fixed 2,000 events/s (with a latency target: five
+   10 s windows, each held to the tail target) and a return from idle
    (`latency.measure_latency`), with the worker's stage histograms per point;
 5. share groups against consumer groups, 1 to 8 workers on a 2-partition topic
    (`sharebench.run_share`);
@@ -81,6 +82,10 @@ class Plan:
         max_waits_ms: ``--max-wait-ms`` values for the latency points.
         latency_targets_ms: ``--latency-target-ms`` values for the latency points.
         fixed_rate: A latency point at this rate for every way of batching (events/s).
+        tail_windows: With a ``--latency-target-ms``, the fixed-rate point is measured
+            for this many windows of `tail_window_s` (after `warmup_s`), each with its
+            own p99 and p99.9: the tail target holds in every one.
+        tail_window_s: Seconds per window of that point.
         idle_s: Before the return-from-idle point, the worker idles this long.
         latency_s: Seconds measured per latency point (after `warmup_s`).
         warmup_s: Seconds of each latency point left out.
@@ -101,6 +106,8 @@ class Plan:
     max_waits_ms: tuple[float, ...]
     latency_targets_ms: tuple[float, ...]
     fixed_rate: float
+    tail_windows: int
+    tail_window_s: float
     idle_s: float
     latency_s: float
     warmup_s: float
@@ -122,6 +129,8 @@ FULL = Plan(
     max_waits_ms=(1, 5, 20),
     latency_targets_ms=(20,),
     fixed_rate=2000,
+    tail_windows=5,
+    tail_window_s=10,
     idle_s=30,
     latency_s=15,
     warmup_s=5,
@@ -142,6 +151,8 @@ QUICK = Plan(
     max_waits_ms=(1, 5, 20),
     latency_targets_ms=(20,),
     fixed_rate=2000,
+    tail_windows=2,
+    tail_window_s=1.5,
     idle_s=2,
     latency_s=3,
     warmup_s=1,
@@ -413,17 +424,20 @@ def _latency(
     ways = [Batching(max_wait_ms=w) for w in plan.max_waits_ms]
     ways += [Batching(latency_target_ms=t) for t in plan.latency_targets_ms]
     points: list[LatencyPoint] = []
+    tail = replace(fixed, seconds=plan.tail_windows * plan.tail_window_s,
+                   windows=plan.tail_windows)  # fmt: skip
     for batching in ways:
+        first = tail if batching.latency_target_ms else fixed
         progress(
-            f"latency, {batching.label}: loads {list(plan.loads)} of {maximum:,.0f} events/s, "
-            f"then {fixed.label} and {idle.label}, {seconds:g} s each"
+            f"latency, {batching.label}: {first.label} for {first.seconds:g} s, then loads "
+            f"{list(plan.loads)} of {maximum:,.0f} events/s and {idle.label}, {seconds:g} s each"
         )
         name = batching.label.removeprefix("--").replace(" ", "-")
         try:
             got = measure_latency(
                 topics,
                 batching,
-                [fixed, *phases, idle],
+                [first, *phases, idle],
                 events=events,
                 log_path=logs_dir / f"latency-{name}.log",
             )
