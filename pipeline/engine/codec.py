@@ -61,7 +61,7 @@ from pipeline.engine.rollout import Canary, Rollouts
 from pipeline.engine.signature import FLOAT_LIMITS, Feed
 from pipeline.engine.spec import ModelCatalog, ModelSpec
 from pipeline.engine.values import OVERFLOW as _OVERFLOW
-from pipeline.engine.values import ValueProblem, column_array, row_value
+from pipeline.engine.values import ValueProblem, column_array, one_value_column, row_value
 from pipeline.engine.values import show_value as _show
 from pipeline.errors import ModelLoadError, ModelNotFoundError
 
@@ -203,10 +203,27 @@ class _Group:
 
 
 @dataclass(slots=True)
+class _OneValueRows:
+    """Rows of a model whose inputs take one value each (`ModelSpec.one_value_inputs`),
+    kept as sent (input name -> value) until their columns are checked at once."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    ts: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class _Pending:
-    """Rows collected for one model version during a `decode` call, before conversion."""
+    """Rows collected for one model version during a `decode` call, before conversion.
+
+    `by_column` lets the rows of a model whose inputs take one value each wait unchecked
+    in `one_value` (the decoder's fast way); `_finish_one_value` checks them a column at a
+    time, and row by row (`_add_inputs`) only if a column holds a value of another kind.
+    """
 
     spec: ModelSpec
+    by_column: bool = False
     rows: list[Any] = field(default_factory=list)  # a vector model's rows: lists, or bytes
     packed: int = 0  # how many rows are packed little-endian doubles (bytes)
     indices: list[int] = field(default_factory=list)
@@ -214,6 +231,7 @@ class _Pending:
     ts: list[int] = field(default_factory=list)
     named: set[int] = field(default_factory=set)  # row positions sent as name -> value
     groups: dict[tuple[tuple[int, ...], ...], _Group] = field(default_factory=dict)
+    one_value: _OneValueRows | None = None
 
     def add(self, index: int, event_id: str, ts: int, features: Any) -> None:
         """Check `features` (an array or an object) against the spec and keep the row."""
@@ -225,6 +243,14 @@ class _Pending:
         elif spec.vector and spec.feature_names and spec.inputs[0].name not in features:
             self.named.add(len(self.rows))
             self._keep(index, event_id, ts, _named_row(features, spec))
+        elif self.by_column and features.keys() == spec.one_value_inputs:
+            rows = self.one_value
+            if rows is None:
+                rows = self.one_value = _OneValueRows()
+            rows.rows.append(features)
+            rows.indices.append(index)
+            rows.ids.append(event_id)
+            rows.ts.append(ts)
         else:
             self._add_inputs(index, event_id, ts, features)
 
@@ -625,7 +651,7 @@ class EventDecoder:
                 state.failures[key] = (exc.stage, exc.error_type, exc.message)
             raise
         block: _Pending | _Split = state.pending.setdefault(
-            (spec.name, spec.version), _Pending(spec)
+            (spec.name, spec.version), _Pending(spec, by_column=self._fast)
         )
         canary = self._canary(spec) if version is _ABSENT else None
         if canary is not None:
@@ -714,10 +740,15 @@ def _decoded(state: _CallState, rejects: list[Reject]) -> Decoded:
         block = _finish(collected, rejects)
         if block is not None:
             blocks[key] = block
+        checked = _finish_one_value(collected, rejects) if collected.one_value else None
+        if checked is not None:
+            shapes = tuple(tensor.shape for tensor in collected.spec.inputs)
+            alone = block is None and not collected.groups
+            blocks[key if alone else (*key, shapes)] = checked
         for shapes, group in collected.groups.items():
             typed = _finish_group(collected.spec, group, rejects)
             if typed is not None:
-                alone = block is None and len(collected.groups) == 1
+                alone = block is None and checked is None and len(collected.groups) == 1
                 blocks[key if alone else (*key, shapes)] = typed
     rejects.sort(key=lambda r: r.index)
     return Decoded(blocks, rejects, state.defaulted)
@@ -791,6 +822,33 @@ def _input_row(
     return leaves, tuple(shapes)
 
 
+def _finish_one_value(p: _Pending, rejects: list[Reject]) -> RowBlock | None:
+    """Convert the rows of `p.one_value` a column at a time. If a column holds a value of
+    another kind, check every row of them the full way instead (`_Pending._add_inputs`:
+    the same rows and reasons as if they had never waited) and return None."""
+    pending = p.one_value
+    assert pending is not None
+    p.one_value = None
+    feed: Feed = {}
+    refused: dict[int, ValueProblem] = {}
+    for tensor in p.spec.inputs:
+        name = tensor.name
+        converted = one_value_column(tensor, [row[name] for row in pending.rows], _where(name))
+        if converted is None:
+            rows = zip(pending.indices, pending.ids, pending.ts, pending.rows, strict=True)
+            for index, event_id, ts, features in rows:
+                try:
+                    p._add_inputs(index, event_id, ts, features)
+                except _Rejected as exc:
+                    rejects.append(Reject(index, exc.stage, exc.error_type, exc.message))
+            return None
+        feed[name], problems = converted
+        for row, problem in problems.items():
+            refused.setdefault(row, problem)
+    group = _Group((), [], pending.indices, pending.ids, pending.ts)
+    return _kept(p.spec, group, feed, refused, rejects)
+
+
 def _finish_group(spec: ModelSpec, group: _Group, rejects: list[Reject]) -> RowBlock | None:
     """Convert rows of named inputs to one array per input; reject rows a float input
     cannot hold (beyond its datatype's finite range)."""
@@ -800,6 +858,18 @@ def _finish_group(spec: ModelSpec, group: _Group, rejects: list[Reject]) -> RowB
         feed[tensor.name], problems = column_array(tensor, column, shape, _where(tensor.name))
         for row, problem in problems.items():
             refused.setdefault(row, problem)
+    return _kept(spec, group, feed, refused, rejects)
+
+
+def _kept(
+    spec: ModelSpec,
+    group: _Group,
+    feed: Feed,
+    refused: dict[int, ValueProblem],
+    rejects: list[Reject],
+) -> RowBlock | None:
+    """The block of `group`'s rows without those `refused` (by position), which become
+    rejects; None if none is left."""
     if refused:
         for row, problem in sorted(refused.items()):
             rejects.append(Reject(group.indices[row], problem.stage, problem.error_type,

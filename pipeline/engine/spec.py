@@ -62,6 +62,10 @@ class ModelSpec:
     vector: bool = field(init=False, repr=False, compare=False)
     """Whether the model takes one floating-point matrix [rows, n_features], whose events
     may send features as an array or as named columns (a field: the codec asks per event)."""
+    one_value_inputs: frozenset[str] | None = field(init=False, repr=False, compare=False)
+    """The input names, when the model is not a vector model and every input takes one
+    value per row (per-row shape ``[]`` or ``[1]``): the codec checks rows of such a model
+    a column at a time. None for any other model."""
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -76,6 +80,9 @@ class ModelSpec:
         object.__setattr__(self, "feature_index", index)
         object.__setattr__(self, "input_index", {i.name: i for i in self.inputs})
         object.__setattr__(self, "vector", self.n_features > 0)
+        one_value = not self.vector and all(i.scalar for i in self.inputs)
+        names = frozenset(self.input_index) if one_value else None
+        object.__setattr__(self, "one_value_inputs", names)
 
     def describe(self) -> str:
         """``model 'fraud' version '2'``, for messages."""

@@ -25,7 +25,14 @@ import numpy as np
 
 from pipeline.engine.signature import FLOAT_LIMITS, INTEGER_RANGES, TensorSpec
 
-__all__ = ["OVERFLOW", "ValueProblem", "column_array", "row_value", "show_value"]
+__all__ = [
+    "OVERFLOW",
+    "ValueProblem",
+    "column_array",
+    "one_value_column",
+    "row_value",
+    "show_value",
+]
 
 _NUMBERS: Final = frozenset((int, float))
 # Each problem's stage and error type (pipeline/errortypes.py lists them for the README).
@@ -172,6 +179,50 @@ def column_array(
             problems[r] = _out_of_range(spec, rows[r], limit, where)
         wide[~in_range] = 0.0  # those rows are dropped; no overflow while casting the rest
     return wide.astype(spec.dtype).reshape((n, *shape)), problems
+
+
+def one_value_column(
+    spec: TensorSpec, values: list[Any], where: str
+) -> tuple[np.ndarray, dict[int, ValueProblem]] | None:
+    """`column_array` for an input of one value per row, from the rows' values unchecked:
+    the kinds of the whole column are checked at once.
+
+    Returns:
+        As `column_array`; or None when a value is not plainly one of the input's kind (an
+        array, a string for a number, a float for an integer, an integer out of range):
+        the caller then checks the rows one by one with `row_value`, which names the
+        problem or, for ``3.0`` or ``[3]``, accepts the value.
+    """
+    kinds = set(map(type, values))
+    shape = (len(values), 1) if spec.shape else (len(values),)  # per-row [1] or []
+    datatype = spec.datatype
+    if datatype in FLOAT_LIMITS:
+        if not _NUMBERS.issuperset(kinds):
+            return None
+        try:
+            wide = np.array(values, dtype=np.float64)
+        except OverflowError:  # an integer beyond float64 itself
+            return None
+        limit = FLOAT_LIMITS[datatype]
+        in_range = np.abs(wide) <= limit
+        problems: dict[int, ValueProblem] = {}
+        if not in_range.all():
+            for r in np.flatnonzero(~in_range).tolist():
+                problems[r] = _out_of_range(spec, [values[r]], limit, where)
+            wide[~in_range] = 0.0
+        return wide.astype(spec.dtype).reshape(shape), problems
+    if datatype in INTEGER_RANGES:
+        low, high = INTEGER_RANGES[datatype]
+        if kinds != {int} or not (low <= min(values) and max(values) <= high):
+            return None
+        return np.array(values, dtype=spec.dtype).reshape(shape), {}
+    if kinds != ({bool} if datatype == "BOOL" else {str}):
+        return None
+    if datatype == "BOOL":
+        return np.array(values, dtype=np.bool_).reshape(shape), {}
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array.reshape(shape), {}
 
 
 def _objects(rows: Sequence[list[Any]]) -> np.ndarray:

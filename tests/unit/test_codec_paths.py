@@ -33,6 +33,18 @@ TYPED = ModelSpec(
     n_features=0,
     inputs=(TensorSpec("amount", "FP64", (1,)), TensorSpec("country", "BYTES", (1,))),
 )
+ONE_EACH = ModelSpec(  # one value per input and row: its columns are checked at once
+    name="one-each",
+    version="1",
+    n_features=0,
+    inputs=(
+        TensorSpec("amount", "FP32", ()),
+        TensorSpec("hour", "INT8", (1,)),
+        TensorSpec("card", "UINT64", ()),
+        TensorSpec("online", "BOOL", (1,)),
+        TensorSpec("country", "BYTES", ()),
+    ),
+)
 
 _LEAVES = (
     st.none()
@@ -70,12 +82,27 @@ _EVENTS = st.fixed_dictionaries(
 )
 
 
+def _mostly(good: st.SearchStrategy[Any], *other: Any) -> st.SearchStrategy[Any]:
+    """`good` four times in five, else a value of another kind (or out of range)."""
+    return st.one_of(good, good, good, good, st.sampled_from(other))
+
+
+_ONE_EACH = st.fixed_dictionaries({
+    "amount": _mostly(st.floats(-1e39, 1e39) | st.integers(-(2**64), 2**64), True, "1", 1e300),
+    "hour": _mostly(st.integers(-128, 127), 3.0, 2.5, [4], [[4]], None, 128, -129),
+    "card": _mostly(st.integers(0, 2**64 - 1), -1, 2**64, 7.0, [7]),
+    "online": _mostly(st.booleans(), [True], 1, "true"),
+    "country": _mostly(st.text(max_size=3), ["DE"], 5, None),
+})  # fmt: skip
 _GOOD = st.fixed_dictionaries(  # events the contract accepts, or nearly
     {"id": st.text(min_size=1, max_size=8), "features": st.lists(_NUMBERS, min_size=2, max_size=4)
      | st.dictionaries(st.sampled_from(NAMES), _NUMBERS, min_size=3, max_size=3)},
     optional={"model": st.sampled_from(["bc", "plain", "typed", "nope"]),
               "version": st.sampled_from(["1", "2", "9"]), "ts": st.integers(0, 2**63 - 1)},
 )  # fmt: skip
+_GOOD_ONE_EACH = st.fixed_dictionaries(
+    {"id": st.text(min_size=1, max_size=8), "model": st.just("one-each"), "features": _ONE_EACH}
+)
 
 
 @st.composite
@@ -83,10 +110,14 @@ def _values(draw: st.DrawFn) -> bytes | None:
     """A value as a producer might send it: an event, an event cut short or with a key
     repeated, something that is not an event, or nothing."""
     kind = draw(
-        st.sampled_from(["good"] * 6 + ["event"] * 4 + ["cut", "repeated", "other", "none"])
+        st.sampled_from(
+            ["good"] * 6 + ["one-each"] * 4 + ["event"] * 4 + ["cut", "repeated", "other", "none"]
+        )
     )
     if kind == "good":
         return json.dumps(draw(_GOOD)).encode()
+    if kind == "one-each":
+        return json.dumps(draw(_GOOD_ONE_EACH)).encode()
     if kind == "none":
         return draw(st.sampled_from([None, b""]))
     if kind == "other":
@@ -100,7 +131,7 @@ def _values(draw: st.DrawFn) -> bytes | None:
 
 
 def _decoders(**kwargs: Any) -> tuple[EventDecoder, EventDecoder]:
-    catalog = DictCatalog(BC1, BC2, PLAIN, TYPED, broken=("broken",))
+    catalog = DictCatalog(BC1, BC2, PLAIN, TYPED, ONE_EACH, broken=("broken",))
     fast = EventDecoder(catalog=catalog, default_model="bc", **kwargs)
     full = EventDecoder(catalog=catalog, default_model="bc", **kwargs)
     full._fast = False  # the reference: every value the full way
@@ -194,7 +225,7 @@ class _OneSchema:
 
 
 def _avro_decoders() -> tuple[EventDecoder, EventDecoder]:
-    catalog = DictCatalog(BC1, BC2, PLAIN, TYPED, broken=("broken",))
+    catalog = DictCatalog(BC1, BC2, PLAIN, TYPED, ONE_EACH, broken=("broken",))
     decoders = [
         EventDecoder(
             catalog=catalog,
