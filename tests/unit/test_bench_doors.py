@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.dev.bench.doorpeers.model import OneRowModel
 from pipeline.dev.bench.doorservers import Running
-from pipeline.dev.bench.doorsuite import _Marks, mean_batch
+from pipeline.dev.bench.doorsuite import _Marks, _too_thin, mean_batch
 from pipeline.dev.tools import _sample_rows
 from pipeline.metrics.statsline import StatsSnapshot
 
@@ -55,6 +55,15 @@ def test_a_window_without_a_stats_line_takes_its_mean_batch_from_the_next(
     finally:
         late.cancel()
     assert figures["mean_batch"] == pytest.approx(8.0)
+
+
+def test_a_window_without_answers_or_measurable_cpu_is_too_thin() -> None:
+    # CI once reported 0.0 CPU s per 1,000 requests: 10 requests in a 0.4 s window on a
+    # starved machine, less CPU than one clock tick
+    assert _too_thin({"requests": 0, "server_cpu_s": 0.5})
+    assert _too_thin({"requests": 10, "server_cpu_s": 0.0})
+    assert _too_thin({"requests": 10, "server_cpu_s": 0.01})
+    assert not _too_thin({"requests": 400, "server_cpu_s": 0.12})
 
 
 class _NoCpu:

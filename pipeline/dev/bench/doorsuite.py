@@ -63,7 +63,8 @@ class Plan:
     latency_warmup_s: float
 
 
-_EMPTY_WINDOW_STRETCH = 5.0  # a point's window once more, this much longer, if none answered
+_EMPTY_WINDOW_STRETCH = 5.0  # a point's window once more, this much longer, if too thin
+_CPU_RESOLUTION_S = 2 / os.sysconf("SC_CLK_TCK")  # CPU times move in clock ticks
 FULL = Plan(name="full", rounds=3, duration_s=5, warmup_s=1.5, latency_s=10, latency_warmup_s=2)
 QUICK = Plan(
     name="quick", rounds=1, duration_s=0.4, warmup_s=0.2, latency_s=0.5, latency_warmup_s=0.2
@@ -147,11 +148,12 @@ def _round(ctx: _Context, server: Server, n: int, figures: _Figures) -> None:
             for door in server.doors:
                 for callers in ctx.plan.concurrencies:
                     point = _point(ctx, up, server.kind, door, callers=callers)
-                    if "error" not in point and not point["requests"]:
-                        # A window in which no call came back says nothing of the door
-                        # (a quick window is 0.4 s; a busy machine can take longer than
-                        # that to answer the first of 64 callers): measure it once more,
-                        # longer, and say so in the point.
+                    if "error" not in point and _too_thin(point):
+                        # A window in which no call came back, or the server's CPU time
+                        # did not move past the clock's resolution, says nothing of the
+                        # door (a quick window is 0.4 s; a busy machine can take longer
+                        # than that to answer the first of 64 callers): measure it once
+                        # more, longer, and say so in the point.
                         point = _point(ctx, up, server.kind, door, callers=callers,
                                        stretch=_EMPTY_WINDOW_STRETCH)  # fmt: skip
                         point["window_stretched"] = _EMPTY_WINDOW_STRETCH
@@ -251,6 +253,12 @@ class _Marks:
             if mean_batch(log) is not None or time.monotonic() > deadline:
                 return log
             time.sleep(0.05)
+
+
+def _too_thin(point: dict[str, Any]) -> bool:
+    """Whether a window answered nothing, or its server's CPU time moved less than the
+    clock's resolution (a CPU figure of 0 or 1 tick per request is not a measurement)."""
+    return not point["requests"] or point["server_cpu_s"] < _CPU_RESOLUTION_S
 
 
 def _busy_s() -> float:
