@@ -18,11 +18,17 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("go") is None,
-    reason="the Go toolchain (`go`) is not on PATH: the door benchmark builds its load "
-    "generator from pipeline/dev/bench/loadgen (install Go 1.26 to run this test)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        shutil.which("go") is None,
+        reason="the Go toolchain (`go`) is not on PATH: the door benchmark builds its load "
+        "generator from pipeline/dev/bench/loadgen (install Go 1.26 to run this test)",
+    ),
+    # 0.4 s windows: beside three broker tests a server answered 10 requests in one, with
+    # less CPU than a clock tick and no stats line (two CI failures, both mended; alone,
+    # its windows measure something)
+    pytest.mark.alone,
+]
 
 CALLERS = ("1", "8", "64")
 DOORS = {
