@@ -845,8 +845,7 @@ def _finish_one_value(p: _Pending, rejects: list[Reject]) -> RowBlock | None:
         feed[name], problems = converted
         for row, problem in problems.items():
             refused.setdefault(row, problem)
-    group = _Group((), [], pending.indices, pending.ids, pending.ts)
-    return _kept(p.spec, group, feed, refused, rejects)
+    return _kept(p.spec, pending, feed, refused, rejects)
 
 
 def _finish_group(spec: ModelSpec, group: _Group, rejects: list[Reject]) -> RowBlock | None:
@@ -863,7 +862,7 @@ def _finish_group(spec: ModelSpec, group: _Group, rejects: list[Reject]) -> RowB
 
 def _kept(
     spec: ModelSpec,
-    group: _Group,
+    group: _Group | _OneValueRows,
     feed: Feed,
     refused: dict[int, ValueProblem],
     rejects: list[Reject],

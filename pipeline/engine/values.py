@@ -18,7 +18,7 @@ reports by position so that the other rows are kept.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -171,14 +171,24 @@ def column_array(
         wide = np.array(rows, dtype=np.float64)
     except OverflowError:  # an integer beyond float64 itself
         wide = np.array([[_float_or_inf(v) for v in row] for row in rows], dtype=np.float64)
+    array, problems = _in_range(spec, wide, rows.__getitem__, where)
+    return array.reshape((n, *shape)), problems
+
+
+def _in_range(
+    spec: TensorSpec, wide: np.ndarray, leaves: Callable[[int], list[Any]], where: str
+) -> tuple[np.ndarray, dict[int, ValueProblem]]:
+    """A float input's rows (float64, one per first index) cast to its datatype, and the
+    rows (by position; `leaves` gives a row's values for the message) beyond its finite
+    range."""
     limit = FLOAT_LIMITS[spec.datatype]
     in_range = np.abs(wide) <= limit
     problems: dict[int, ValueProblem] = {}
     if not in_range.all():
-        for r in np.flatnonzero(~in_range.reshape(n, -1).all(axis=1)).tolist():
-            problems[r] = _out_of_range(spec, rows[r], limit, where)
+        for r in np.flatnonzero(~in_range.reshape(len(wide), -1).all(axis=1)).tolist():
+            problems[r] = _out_of_range(spec, leaves(r), limit, where)
         wide[~in_range] = 0.0  # those rows are dropped; no overflow while casting the rest
-    return wide.astype(spec.dtype).reshape((n, *shape)), problems
+    return wide.astype(spec.dtype), problems
 
 
 def one_value_column(
@@ -203,14 +213,8 @@ def one_value_column(
             wide = np.array(values, dtype=np.float64)
         except OverflowError:  # an integer beyond float64 itself
             return None
-        limit = FLOAT_LIMITS[datatype]
-        in_range = np.abs(wide) <= limit
-        problems: dict[int, ValueProblem] = {}
-        if not in_range.all():
-            for r in np.flatnonzero(~in_range).tolist():
-                problems[r] = _out_of_range(spec, [values[r]], limit, where)
-            wide[~in_range] = 0.0
-        return wide.astype(spec.dtype).reshape(shape), problems
+        array, problems = _in_range(spec, wide, lambda r: [values[r]], where)
+        return array.reshape(shape), problems
     if datatype in INTEGER_RANGES:
         low, high = INTEGER_RANGES[datatype]
         if kinds != {int} or not (low <= min(values) and max(values) <= high):
