@@ -228,9 +228,9 @@ class _Marks:
         (cpu_to, busy_to, logs_to) = self.seen["measured"]
         server, loadgen = cpu_to - cpu_from, report["cpu_s"]
         answered = report["requests"]
-        log = self.up.log_between(logs_from, logs_to)
-        if batching and mean_batch(log) is None:
-            log = self._through_next_stats_line(logs_from)
+        batch = mean_batch(self.up.log_between(logs_from, logs_to)) if batching else None
+        if batching and batch is None:
+            batch = self._late_mean_batch(logs_from)
         return {
             **{k: v for k, v in report.items() if k not in ("targets", "proto", "api", "cpu_s")},
             "server_cpu_s": server,
@@ -238,20 +238,21 @@ class _Marks:
             "server_cpu_cores": server / seconds,
             "loadgen_cpu_cores": loadgen / seconds,
             "others_cpu_cores": max(0.0, busy_to - busy_from - server - loadgen) / seconds,
-            "mean_batch": mean_batch(log) if batching else None,
+            "mean_batch": batch,
         }
 
-    def _through_next_stats_line(self, logs_from: list[int]) -> str:
-        """The logs from the window's start through the first stats line written after it.
+    def _late_mean_batch(self, logs_from: list[int]) -> float | None:
+        """The mean batch of the logs from the window's start through the first stats line
+        written after it.
 
         On a starved machine a window can close before any stats line lands in it; the next
         line covers the window's last interval (lines after the load stopped count no
         predictions and are left out of the mean). Waits at most `_LATE_LINE_S`."""
         deadline = time.monotonic() + _LATE_LINE_S
         while True:
-            log = self.up.log_between(logs_from, self.up.log_sizes())
-            if mean_batch(log) is not None or time.monotonic() > deadline:
-                return log
+            batch = mean_batch(self.up.log_between(logs_from, self.up.log_sizes()))
+            if batch is not None or time.monotonic() > deadline:
+                return batch
             time.sleep(0.05)
 
 

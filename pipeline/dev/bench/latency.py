@@ -382,17 +382,16 @@ def _point(
 ) -> LatencyPoint:
     first_ts = min((ts for ts, _, _ in got), default=0)
     measured_from = first_ts + phase.warmup_s * 1000
-    kept = [(e2e, own) for ts, e2e, own in got if ts >= measured_from]
-    e2e = np.array([k[0] for k in kept]) if kept else None
-    own = np.array([k[1] for k in kept]) if kept else None
+    kept = [row for row in got if row[0] >= measured_from]
+    ts = np.array([row[0] for row in kept], dtype=np.float64)
+    e2e = np.array([row[1] for row in kept]) if kept else None
+    own = np.array([row[2] for row in kept]) if kept else None
     window_s = phase.seconds / phase.windows if phase.windows > 1 else None
     windows: list[Window] = []
     if window_s is not None:
-        ts = np.array([t for t, _, _ in got if t >= measured_from], dtype=np.float64)
         index = np.minimum((ts - measured_from) // (window_s * 1000), phase.windows - 1)
         for n in range(phase.windows):
-            in_window = e2e[index == n] if e2e is not None else np.empty(0)
-            windows.append(_window(in_window))
+            windows.append(_window(e2e[index == n] if e2e is not None else np.empty(0)))
 
     def pct(values: Any, q: float) -> float | None:
         return None if values is None else float(np.percentile(values, q))

@@ -279,8 +279,12 @@ def _framed_decode(
     spec: ModelSpec, framed: Sequence[bytes], value_format: str, schema: bytes, repeats: int
 ) -> float:
     """Median us per value of decoding `framed` (schema id 1, of `value_format`'s type)."""
-    decoder = _framed_decoder(spec, value_format, schema)
-    batches = [framed[i : i + _POLL_SIZE] for i in range(0, len(framed), _POLL_SIZE)]
+    return _decode_us(_framed_decoder(spec, value_format, schema), framed, repeats)
+
+
+def _decode_us(decoder: EventDecoder, values: Sequence[bytes], repeats: int) -> float:
+    """Median us per value of decoding `values` in poll-sized batches, none refused."""
+    batches = [values[i : i + _POLL_SIZE] for i in range(0, len(values), _POLL_SIZE)]
 
     def run_once() -> float:
         started = time.perf_counter()
@@ -290,7 +294,7 @@ def _framed_decode(
         return time.perf_counter() - started
 
     run_once()
-    return statistics.median(run_once() for _ in range(repeats)) * 1e6 / len(framed)
+    return statistics.median(run_once() for _ in range(repeats)) * 1e6 / len(values)
 
 
 def _framed_decoder(spec: ModelSpec, value_format: str, schema: bytes) -> EventDecoder:
@@ -385,21 +389,10 @@ def bench_typed_decode(n_events: int, repeats: int) -> float:
     decoder = EventDecoder(catalog=_OneModelCatalog(spec), default_model="card-fraud")
     make = DATASETS["typed"].maker("pay")
     events = [make(i, 1_732_550_400_000 + i) for i in range(n_events)]
-    batches = [events[i : i + _POLL_SIZE] for i in range(0, n_events, _POLL_SIZE)]
-    fallback = [[0] * len(batch) for batch in batches]
-
-    def run_once() -> float:
-        started = time.perf_counter()
-        for batch, ts in zip(batches, fallback, strict=True):
-            decoder.decode(batch, ts)
-        return time.perf_counter() - started
-
-    rejects = decoder.decode(batches[0], fallback[0]).rejects
+    rejects = decoder.decode(events[:_POLL_SIZE], [0] * min(n_events, _POLL_SIZE)).rejects
     if rejects:  # the figure would time refusals, not decoding
         raise RuntimeError(f"the card payments do not fit {model_file}: {rejects[0]}")
-
-    run_once()
-    return statistics.median(run_once() for _ in range(repeats)) * 1e6 / n_events
+    return _decode_us(decoder, events, repeats)
 
 
 def _codec_table(figures: CodecFigures) -> list[str]:
