@@ -1,6 +1,8 @@
 """Models with named, typed inputs through the Kafka worker on the real broker: a two-input
-int64 + float model, a sequence model with a symbolic length and a model of every element
-type; predictions equal ONNX Runtime run directly, and each bad value is one dead letter."""
+int64 + float model, a sequence model with a symbolic length, a model of every element
+type and one whose inputs take one value each (checked a column at a time, row by row in a
+batch holding a bad value); predictions equal ONNX Runtime run directly, and each bad
+value is one dead letter."""
 
 from __future__ import annotations
 
@@ -41,7 +43,14 @@ def _store(tmp_path: Path) -> Path:
     two_input_model(models / "rec" / "1")
     sequence_model(models / "seq" / "1")
     identity_model(models / "kinds" / "1", {k.lower(): (k, [2]) for k in KINDS})
+    identity_model(models / "one" / "1", {"amount": ("FP64", [1]), "hour": ("INT64", [1]),
+                                          "country": ("BYTES", []), "online": ("BOOL", [1])})  # fmt: skip
     return models
+
+
+def _payment(i: int) -> dict[str, Any]:
+    """One value per input; `hour` beyond float64's exact integers, so a cast would show."""
+    return {"amount": i / 7, "hour": 2**62 + i, "country": f"c{i}", "online": i % 2 == 0}
 
 
 def _run(path: Path, feed: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -78,6 +87,27 @@ def test_typed_models_over_kafka_equal_onnx_runtime_and_bad_values_are_dead_lett
         events.append(
             (name.encode(), orjson.dumps({"id": name, "model": "rec", "features": features}))
         )
+    for i in range(300):
+        one = {"id": f"one-{i}", "model": "one", "features": _payment(i)}
+        events.append((f"o{i}".encode(), orjson.dumps(one)))
+    bad_one = {  # each with its error type; the rows beside them are still predicted
+        "one-fraction": ({"hour": 3.5}, "NotAnInteger"),
+        "one-text-number": ({"amount": "1.5"}, "NonNumeric"),
+        "one-number-text": ({"country": 5}, "NotAString"),
+        "one-int-bool": ({"online": 1}, "NotBoolean"),
+        "one-too-big": ({"hour": 2**63}, "IntegerRange"),
+    }
+    for name, (change, _) in bad_one.items():
+        features = {**_payment(0), **change}
+        events.append(
+            (name.encode(), orjson.dumps({"id": name, "model": "one", "features": features}))
+        )
+    accepted = {"one-integral": {"hour": 4.0}, "one-listed": {"hour": [4], "country": "DE"}}
+    for name, change in accepted.items():  # what the row-by-row checks accept, as before
+        features = {**_payment(0), **change}
+        events.append(
+            (name.encode(), orjson.dumps({"id": name, "model": "one", "features": features}))
+        )
     send(p.bootstrap, p.input, events)
 
     worker = p.start_worker()
@@ -86,12 +116,16 @@ def test_typed_models_over_kafka_equal_onnx_runtime_and_bad_values_are_dead_lett
 
     assert code == 0, worker.log
     predictions = {r.json["id"]: r for r in out if r.topic == p.output}
-    dead = {(r.headers["pipeline.error.type"] or b"").decode(): r for r in out if r.topic == p.dlq}
+    dead = {(r.key or b"").decode(): (r.headers["pipeline.error.type"] or b"").decode()
+            for r in out if r.topic == p.dlq}  # fmt: skip
     acc = Accounting.of(predictions.values(), [r for r in out if r.topic == p.dlq])
     ids = [orjson.loads(v)["id"] for _, v in events]
     assert acc.lost(ids) == [] and acc.duplicates() == 0
-    assert sorted(dead) == ["MissingFeature", "NonNumeric", "NotAnInteger", "WrongShape"]
-    assert {r.key for r in dead.values()} == {n.encode() for n in bad}
+    assert dead == {
+        "bad-fraction": "NotAnInteger", "bad-missing": "MissingFeature",
+        "bad-string": "NonNumeric", "bad-shape": "WrongShape",
+        **{name: error_type for name, (_, error_type) in bad_one.items()},
+    }  # fmt: skip
 
     x = np.array([row[0] for row in rec_rows], dtype=np.float32)
     cat = np.array([[row[1]] for row in rec_rows], dtype=np.int64)
@@ -109,3 +143,10 @@ def test_typed_models_over_kafka_equal_onnx_runtime_and_bad_values_are_dead_lett
     echoed = predictions["kinds"].json["outputs"]
     for kind, value in KINDS.items():
         assert echoed[f"{kind.lower()}_out"] == value, kind
+    for i in range(300):  # each value as its input's own type: no int through a float
+        sent = _payment(i)
+        outputs = predictions[f"one-{i}"].json["outputs"]
+        assert outputs == {"amount_out": [sent["amount"]], "hour_out": [sent["hour"]],
+                           "country_out": sent["country"], "online_out": [sent["online"]]}  # fmt: skip
+    assert predictions["one-integral"].json["outputs"]["hour_out"] == [4]
+    assert predictions["one-listed"].json["outputs"]["country_out"] == "DE"
