@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.metrics.prometheus import PrometheusSensor
+from pipeline.metrics.prometheus import PrometheusSensor, _Histogram
 
 
 def _samples(sensor: PrometheusSensor) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -43,3 +48,24 @@ def test_batch_stages_are_histograms_by_model_version() -> None:
     assert samples[("pipeline_produce_ack_seconds_count", mv)] == 1
     assert samples[("pipeline_event_to_prediction_seconds_count", mv)] == 2
     assert samples[("pipeline_predictions_total", mv)] == 2
+
+
+_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.1, 1.0, 10.0)
+_EDGY = st.sampled_from([*_BOUNDS, 0.0, -1.0, math.inf, -math.inf, math.nan, 5e-324])
+
+
+@given(st.lists(st.one_of(_EDGY, st.floats(allow_nan=True)), max_size=40))
+def test_one_value_at_a_time_fills_the_buckets_an_array_would(values: list[float]) -> None:
+    one, many = _Histogram(_BOUNDS), _Histogram(_BOUNDS)
+    for v in values:
+        one.observe_one(("m",), v)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf + -inf, 1e308 + 1e308
+        many.observe(("m",), np.asarray(values, dtype=np.float64))
+    if not values:
+        assert one.series == {}
+        return
+    (counts, total, n), (counts_a, total_a, n_a) = one.series[("m",)], many.series[("m",)]
+    assert counts.tolist() == counts_a.tolist()
+    assert n == n_a == len(values)
+    if all(math.isfinite(v) for v in values):
+        assert total == pytest.approx(total_a)
