@@ -50,6 +50,10 @@ __all__ = ["Engine", "EngineLoop", "Outcome", "RowError"]
 
 log = logging.getLogger(__name__)
 
+RUN_NOW_MAX_S = 0.005
+"""`Engine.run_now` runs a version's rows on the caller's thread only while its last batch
+took less than this: a door's event loop may pause that long, no longer."""
+
 T = TypeVar("T")
 ModelKey = tuple[str, str]
 
@@ -168,6 +172,7 @@ class Engine(Generic[T]):
         self._queue = _Queue()
         self._admitted: dict[ModelKey, int] = {}  # the doors' rows not yet run, per version
         self._limits: dict[ModelKey, Limits] = {}  # each version's manifest batch settings
+        self._took: dict[ModelKey, float] = {}  # each version's last batch's run time
         self.rollouts = rollouts
         self.shadows = ShadowRunner(models, rollouts, sensor) if rollouts is not None else None
 
@@ -243,6 +248,47 @@ class Engine(Generic[T]):
                 self._queue.rows[key] = self._queue.rows.get(key, 0) + batch.rows
             if full or was_idle:
                 self._wake.notify()
+
+    def run_now(
+        self,
+        model: str,
+        version: str,
+        feed: Feed,
+        ticket: T,
+        done: Callable[[Outcome[T]], None],
+        *,
+        deadline: float | None = None,
+    ) -> bool:
+        """Run `feed` as a batch of its own on the calling thread, if the engine is idle;
+        `done` hears its outcome before this returns. A front door's lone caller skips the
+        hand-off to the thread that runs batches and back (two thread wake-ups, most of a
+        lone request's cost after the door's own).
+
+        Returns:
+            False, having done nothing, when another batch runs or rows wait (submit them
+            instead, so they batch with those); when this version's last batch took longer
+            than `RUN_NOW_MAX_S` or none has run yet (the calling thread is a door's event
+            loop, which must not stall on a slow model); or when `feed` holds more rows
+            than ``max_queue_rows`` (`submit` refuses those).
+        """
+        key = (model, version)
+        if self._took.get(key, RUN_NOW_MAX_S) >= RUN_NOW_MAX_S:
+            return False
+        if self._max_queue_rows is not None and feed_rows(feed) > self._max_queue_rows:
+            return False
+        if not self._runner.acquire(blocking=False):
+            return False
+        try:
+            with self._lock:
+                if len(self._batcher) or self._queue.ready:
+                    return False
+                limits = self._limits.get(key) or self._limits_of(key)
+                submission = _Submission(ticket, done, deadline)
+                self._batcher.add((model, version, shape_key(feed)), feed, submission, limits)
+            self._run_all(flush=True)
+            return True
+        finally:
+            self._runner.release()
 
     def _limits_of(self, key: ModelKey) -> Limits:
         """The batch size and wait of a version's manifest (``serving``), looked up once."""
@@ -346,6 +392,7 @@ class Engine(Generic[T]):
                 _report_all(s, model, "infer", type(exc).__name__, message, waited)
             return
         took = self._clock() - started
+        self._took[(name, version)] = took
         rows = feed_rows(feed)
         self._sensor.inference(name, version, rows, waited, took)
         if self._target is not None:

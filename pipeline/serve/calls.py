@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,7 @@ from pipeline.metrics.sensor import NULL_SENSOR, Sensor
 
 __all__ = [
     "KEY",
+    "LONE_AFTER_S",
     "ModelCalls",
     "Refusal",
     "SeedAnswer",
@@ -51,6 +53,9 @@ __all__ = [
     "seed_model",
 ]
 
+
+LONE_AFTER_S = 0.1
+"""A caller is lone (see `ModelCalls`) once no request has had company for this long."""
 
 KEY = b"x-routing-key"
 """The request header (HTTP) or metadata key (gRPC) whose value splits a canary's share
@@ -161,10 +166,18 @@ class _Waiter:
         self.remaining = rows
 
     def done(self, outcome: Outcome[_Waiter]) -> None:  # on the thread that runs batches
+        if self._last(outcome):
+            self.loop.call_soon_threadsafe(_resolve, self.future, self.outcomes)
+
+    def done_here(self, outcome: Outcome[_Waiter]) -> None:  # on the loop's own thread
+        if self._last(outcome):
+            _resolve(self.future, self.outcomes)
+
+    def _last(self, outcome: Outcome[_Waiter]) -> bool:
+        """Keep `outcome`; whether it was the last one the submission waited for."""
         self.outcomes.append(outcome)
         self.remaining -= len(outcome.rows) + len(outcome.errors)
-        if not self.remaining:
-            self.loop.call_soon_threadsafe(_resolve, self.future, self.outcomes)
+        return not self.remaining
 
 
 def _resolve(future: asyncio.Future[list[Outcome[_Waiter]]], outcomes: list[Outcome[Any]]) -> None:
@@ -180,6 +193,12 @@ class ModelCalls:
         default_model: The model for requests that name none; None to require a name.
         max_rows: Most rows one request may carry.
         sensor: Counts the predictions answered.
+        run_lone_now: Run a lone caller's rows at once on the door's event loop
+            (`Engine.run_now`) rather than hand them to the engine's thread and wait for
+            it to hand the outcome back. A caller is lone when no other request has been in
+            flight beside one for `LONE_AFTER_S`; with company, rows go to the engine's
+            thread, which batches them. For ``--dispatch when-idle``, whose batches run as
+            soon as the engine is free anyway.
     """
 
     def __init__(
@@ -189,11 +208,15 @@ class ModelCalls:
         default_model: str | None,
         max_rows: int,
         sensor: Sensor = NULL_SENSOR,
+        run_lone_now: bool = False,
     ) -> None:
         self.engine = engine
         self._default_model = default_model
         self._max_rows = max_rows
         self._sensor = sensor
+        self._run_lone_now = run_lone_now
+        self._in_flight = 0  # requests between submitting their rows and their outcome
+        self._company_at = -LONE_AFTER_S  # when a request last had another beside it
 
     def model_name(self, name: object) -> str:
         """The model a request means: its own, or the default."""
@@ -231,13 +254,23 @@ class ModelCalls:
                 f"a request may carry at most {self._max_rows} rows (max_rows_per_request), got {n}"
             )
         waiter = _Waiter(asyncio.get_running_loop(), n)
+        now = time.monotonic()
+        self._in_flight += 1
+        if self._in_flight > 1:
+            self._company_at = now
         try:
-            self.engine.submit(
-                spec.name, spec.version, rows, waiter, waiter.done, deadline=deadline, admit=True
-            )
-        except Overloaded as exc:
-            raise Refusal(429, "RESOURCE_EXHAUSTED", str(exc)) from exc
-        predicted = _assemble(await waiter.future, n)
+            lone = self._run_lone_now and now - self._company_at > LONE_AFTER_S
+            if not (lone and self.engine.run_now(spec.name, spec.version, rows, waiter,
+                                                 waiter.done_here, deadline=deadline)):  # fmt: skip
+                try:
+                    self.engine.submit(spec.name, spec.version, rows, waiter, waiter.done,
+                                       deadline=deadline, admit=True)  # fmt: skip
+                except Overloaded as exc:
+                    raise Refusal(429, "RESOURCE_EXHAUSTED", str(exc)) from exc
+            outcomes = await waiter.future
+        finally:
+            self._in_flight -= 1
+        predicted = _assemble(outcomes, n)
         self._sensor.answered(spec.name, predicted.model.spec.version, n)
         return predicted
 

@@ -60,6 +60,9 @@ class Doors:
         engine: The engine their callers share.
         readiness: What the health endpoints report.
         sensor: Receives the requests.
+        when_idle: The engine's loop runs rows as soon as it is free (``--dispatch
+            when-idle``); then a lone caller's rows run at once on the doors' loop (see
+            `ModelCalls`).
     """
 
     def __init__(
@@ -71,13 +74,14 @@ class Doors:
         *,
         default_model: str | None,
         metrics: PrometheusSensor | None = None,
+        when_idle: bool = False,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
         self._readiness = readiness
         self._calls = ModelCalls(
             engine, default_model=default_model or _only_model(engine),
-            max_rows=settings.max_rows_per_request, sensor=sensor,
+            max_rows=settings.max_rows_per_request, sensor=sensor, run_lone_now=when_idle,
         )  # fmt: skip
         self._sensor = sensor
         self._http: _Uvicorn | None = None
@@ -189,7 +193,7 @@ def serve(settings: ServeConfig) -> int:
         log.error("not ready: %s", unready)
         readiness.wait_for("models", unready)
     doors = Doors(settings, engine, readiness, sensor, default_model=settings.default_model,
-                  metrics=metrics)  # fmt: skip
+                  metrics=metrics, when_idle=when_idle)  # fmt: skip
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -3,12 +3,17 @@ goes with it, whichever door it came through."""
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
 
-from pipeline.serve.calls import rejected, seed_answers
+from pipeline.engine.engine import Outcome
+from pipeline.engine.spec import ModelSpec
+from pipeline.serve import calls as calls_module
+from pipeline.serve.calls import ModelCalls, rejected, seed_answers
 
 from .test_codec import make_decoder
 
@@ -47,3 +52,79 @@ def test_a_sure_class_has_confidence_1_not_float32_rounding_above_it() -> None:
 
     assert [(a.prediction, a.confidence) for a in answers] == [(0.0, 1.0), (1.0, 0.75)]
     assert probabilities[0, 0] > 1.0  # the outputs keep the model's own figure
+
+
+class _Engine:
+    """Records how a door's rows reach it; `answer` plays the engine's thread."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []  # "run_now" or "submit", in call order
+        self.waiting: list[tuple[Any, Any]] = []
+
+    def run_now(self, model: str, version: str, feed: Any, ticket: Any, done: Any,
+                **_: Any) -> bool:  # fmt: skip
+        self.asked.append("run_now")
+        return False  # as if another batch ran: the rows go to `submit`
+
+    def submit(self, model: str, version: str, feed: Any, ticket: Any, done: Any,
+               **_: Any) -> None:  # fmt: skip
+        self.asked.append("submit")
+        self.waiting.append((ticket, done))
+
+    def answer(self) -> None:
+        model = SimpleNamespace(spec=SimpleNamespace(version="1"))
+        for ticket, done in self.waiting:
+            done(Outcome(ticket, model, (0,), {"y": np.zeros((1, 1))}, [], 0.0))  # type: ignore[arg-type]
+        self.waiting.clear()
+
+
+_SPEC = ModelSpec(name="m", version="1", n_features=1)
+_FEED = {"x": np.zeros((1, 1), np.float32)}
+
+
+def test_only_a_lone_caller_asks_to_run_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(calls_module, "LONE_AFTER_S", 0.05)
+    engine = _Engine()
+    calls = ModelCalls(engine, default_model="m", max_rows=8, run_lone_now=True)  # type: ignore[arg-type]
+
+    async def answered(*tasks: asyncio.Task[Any]) -> None:
+        await asyncio.sleep(0)  # each task submits
+        engine.answer()
+        await asyncio.gather(*tasks)
+
+    def request() -> asyncio.Task[Any]:
+        return asyncio.create_task(calls.run(_SPEC, _FEED, deadline=None))
+
+    async def scenario() -> list[list[str]]:
+        seen = []
+        first = request()
+        await asyncio.sleep(0)
+        await answered(first, request())  # the second is in flight beside the first
+        seen.append(engine.asked[:])
+        await answered(request())  # alone now, but it had company a moment ago
+        seen.append(engine.asked[:])
+        await asyncio.sleep(0.06)  # nobody beside anyone for longer than LONE_AFTER_S
+        await answered(request())
+        seen.append(engine.asked[:])
+        return seen
+
+    together, just_after, later = asyncio.run(scenario())
+
+    assert together == ["run_now", "submit", "submit"]
+    assert just_after == [*together, "submit"]
+    assert later == [*just_after, "run_now", "submit"]
+
+
+def test_without_run_lone_now_rows_always_go_to_the_engine_thread() -> None:
+    engine = _Engine()
+    calls = ModelCalls(engine, default_model="m", max_rows=8)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        task = asyncio.create_task(calls.run(_SPEC, _FEED, deadline=None))
+        await asyncio.sleep(0)
+        engine.answer()
+        await task
+
+    asyncio.run(scenario())
+
+    assert engine.asked == ["submit"]

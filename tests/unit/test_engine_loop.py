@@ -185,3 +185,100 @@ def test_a_kafka_backlog_does_not_count_against_the_doors_queue_bound(tmp_path: 
     engine.flush()
 
     assert [o.ticket for o in outcomes] == ["kafka backlog", "door 1", "door 3"]
+
+
+def test_run_now_runs_a_lone_batch_on_the_calling_thread_once_a_batch_has_timed_it(
+    tmp_path: Path,
+) -> None:
+    engine = _engine(tmp_path)
+    outcomes: list[tuple[Outcome[str], int]] = []
+
+    def done(outcome: Outcome[str]) -> None:
+        outcomes.append((outcome, threading.get_ident()))
+
+    # No batch of this version has run yet: its run time is unknown, so not on this thread.
+    assert not engine.run_now("rec", "1", _feed(1), "first", done)
+    assert outcomes == [] and engine.waiting() == 0
+    engine.submit("rec", "1", _feed(1), "timed", done)
+    engine.flush()
+
+    assert engine.run_now("rec", "1", _feed(2), "now", done)
+
+    (_, _), (now, thread) = outcomes
+    assert now.ticket == "now" and list(now.rows) == [0, 1] and not now.errors
+    assert now.outputs["score"].tolist() == [[30.0], [30.0]]
+    assert thread == threading.get_ident()
+
+
+def test_run_now_leaves_rows_to_the_engine_while_others_wait_or_run(tmp_path: Path) -> None:
+    engine = _engine(tmp_path)
+    outcomes: list[Outcome[str]] = []
+    engine.submit("rec", "1", _feed(1), "timed", outcomes.append)
+    engine.flush()
+
+    engine.submit("rec", "1", _feed(1), "waiting", outcomes.append)
+    assert not engine.run_now("rec", "1", _feed(1), "not now", outcomes.append)
+    engine.flush()
+    assert [o.ticket for o in outcomes] == ["timed", "waiting"]
+
+    running, release = threading.Event(), threading.Event()
+
+    def slow(outcome: Outcome[str]) -> None:  # holds the engine's runner, as a batch would
+        running.set()
+        release.wait(5)
+
+    engine.submit("rec", "1", _feed(1), "running", slow)
+    runner = threading.Thread(target=engine.flush)
+    runner.start()
+    assert running.wait(5)
+    try:
+        assert not engine.run_now("rec", "1", _feed(1), "not now", outcomes.append)
+    finally:
+        release.set()
+        runner.join(5)
+    assert [o.ticket for o in outcomes] == ["timed", "waiting"]
+
+
+def test_run_now_keeps_a_slow_model_off_the_calling_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = _engine(tmp_path)
+    outcomes: list[Outcome[str]] = []
+    engine.submit("rec", "1", _feed(1), "timed", outcomes.append)
+    engine.flush()
+    monkeypatch.setattr("pipeline.engine.engine.RUN_NOW_MAX_S", 0.0)  # every batch is slow
+
+    assert not engine.run_now("rec", "1", _feed(1), "slow", outcomes.append)
+    assert [o.ticket for o in outcomes] == ["timed"]
+
+
+def test_run_now_answers_a_row_past_its_deadline_with_the_deadline_error(
+    tmp_path: Path,
+) -> None:
+    engine = _engine(tmp_path)
+    outcomes: list[Outcome[str]] = []
+    engine.submit("rec", "1", _feed(1), "timed", outcomes.append)
+    engine.flush()
+
+    assert engine.run_now("rec", "1", _feed(1), "late", outcomes.append, deadline=0.0)
+
+    late = outcomes[-1]
+    assert late.rows == () and [(e.stage, e.error_type) for e in late.errors] == [
+        ("deadline", "DeadlineExceeded")
+    ]
+
+
+def test_run_now_leaves_more_rows_than_the_queue_bound_to_submit_which_refuses_them(
+    tmp_path: Path,
+) -> None:
+    two_input_model(tmp_path / "rec" / "1")
+    engine: Engine[Any] = Engine(
+        ModelCache(ModelStore(tmp_path)), max_batch_size=256, max_wait_ms=0, max_queue_rows=10
+    )
+    outcomes: list[Outcome[str]] = []
+    engine.submit("rec", "1", _feed(1), "timed", outcomes.append)
+    engine.flush()
+
+    assert not engine.run_now("rec", "1", _feed(11), "too many", outcomes.append)
+    assert engine.run_now("rec", "1", _feed(10), "as many as allowed", outcomes.append)
+    assert [o.ticket for o in outcomes] == ["timed", "as many as allowed"]
