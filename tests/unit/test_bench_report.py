@@ -218,6 +218,29 @@ def test_the_worker_is_held_within_5_percent_of_a_baseline_revision(
     assert not [t for t in evaluate_targets(_results()) if "within 5%" in t["target"]]
 
 
+def _rounds(key: str, *throughputs: float) -> dict[str, Any]:
+    row = _row(key, sorted(throughputs)[len(throughputs) // 2])
+    row["runs"] = [{"throughput": t, "peak_rss_mb": 100.0} for t in throughputs]
+    return row
+
+
+def test_the_metrics_cost_is_judged_round_by_round_not_on_medians_of_far_apart_runs() -> None:
+    """The 2026-12-07 case: the third round ran on a slower machine for the /metrics row."""
+    results = _results()
+    results["contenders"] = [
+        _rounds("worker-1", 1000.0, 1100.0, 1200.0),
+        _rounds("worker-1-metrics", 1023.0, 1074.0, 916.0),  # -2.3%, +2.4%, +23.7% dearer
+    ]
+    (target,) = [t for t in evaluate_targets(results) if "/metrics" in t["target"]]
+
+    assert target["met"] is True  # the medians alone say +7.0%: missed
+    assert target["value"].startswith("+2.4% slower, median of the rounds' -2.3% / +2.4% / +23.7%")
+
+    results["contenders"][1] = _rounds("worker-1-metrics", 950.0, 1050.0, 1150.0)  # 4-5% each
+    (target,) = [t for t in evaluate_targets(results) if "/metrics" in t["target"]]
+    assert target["met"] is False
+
+
 def test_a_baseline_runs_from_a_worktree_of_its_revision_or_says_why_not(tmp_path: Path) -> None:
     if not (REPO_ROOT / ".git").exists():
         pytest.skip("not a git checkout (an installed package has no revisions to compare)")

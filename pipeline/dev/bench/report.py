@@ -9,6 +9,7 @@ in the Markdown comes from the same dict that goes to the JSON.
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,15 +56,31 @@ BASELINE_TOLERANCE = 0.05
 path must not slow down for typed inputs)."""
 
 
-def _baseline_target(mine: float | None, baseline: dict[str, Any]) -> dict[str, Any]:
-    text = f"worker (1 process) within {BASELINE_TOLERANCE:.0%} of {baseline['label']}"
-    theirs = baseline.get("throughput")
+def _slowdown_target(
+    text: str, limit: float, row: dict[str, Any], reference: dict[str, Any]
+) -> dict[str, Any]:
+    """`row` at most `limit` slower than `reference`: judged on the median of the rounds'
+    own ratios, each round's runs being minutes apart at most, where the medians of each
+    row's runs can come from rounds a slower machine ran (a third round once made serving
+    /metrics read 22% dearer, when the rounds' own ratios were -2%, +2% and +24%)."""
+    mine, theirs = row.get("throughput"), reference.get("throughput")
     if not mine or not theirs:
-        return {"target": text, "met": None, "value": baseline.get("not_run") or "no figure"}
+        why = reference.get("not_run") or row.get("not_run") or "no figure"
+        return {"target": text, "met": None, "value": why}
+    rounds = [
+        1 - a["throughput"] / b["throughput"]
+        for a, b in zip(row.get("runs", []), reference.get("runs", []), strict=False)
+        if a.get("throughput") and b.get("throughput")
+    ]
+    if not rounds:  # no round has both: the medians are all there is
+        rounds = [1 - mine / theirs]
+    slower = statistics.median(rounds)
+    each = " / ".join(f"{r:+.1%}" for r in rounds)
     return {
         "target": text,
-        "met": mine >= (1 - BASELINE_TOLERANCE) * theirs,
-        "value": f"{mine / theirs - 1:+.1%} ({mine:,.0f} vs {theirs:,.0f} events/s)",
+        "met": slower <= limit,
+        "value": f"{slower:+.1%} slower, median of the rounds' {each} (medians "
+        f"{mine:,.0f} vs {theirs:,.0f} events/s)",
     }
 
 
@@ -129,19 +146,13 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"after an idle spell, no event waits more than {IDLE_MAX_MS:,.0f} ms "
             f"(worst of {len(idle)} ways of batching: {worst['batching']})",
             worst, "max_ms", IDLE_MAX_MS))  # fmt: skip
-    baseline = _row(results, "worker-1-baseline")
+    worker, baseline = _row(results, "worker-1"), _row(results, "worker-1-baseline")
     if baseline:
-        targets.append(_baseline_target(mine, baseline))
-    plain, metered = mine, _row(results, "worker-1-metrics").get("throughput")
-    targets.append(
-        {
-            "target": f"serving /metrics costs <= {METRICS_COST_LIMIT:.0%} of throughput",
-            "met": None if not (plain and metered) else 1 - metered / plain <= METRICS_COST_LIMIT,
-            "value": "not measured"
-            if not (plain and metered)
-            else f"{1 - metered / plain:+.1%} ({metered:,.0f} vs {plain:,.0f} events/s)",
-        }
-    )
+        text = f"worker (1 process) within {BASELINE_TOLERANCE:.0%} of {baseline['label']}"
+        targets.append(_slowdown_target(text, BASELINE_TOLERANCE, worker, baseline))
+    targets.append(_slowdown_target(
+        f"serving /metrics costs <= {METRICS_COST_LIMIT:.0%} of throughput", METRICS_COST_LIMIT,
+        _row(results, "worker-1-metrics"), worker))  # fmt: skip
     rss = [
         r["peak_rss_mb"]
         for row in [*rows, *(r for s in results.get("sizes", []) for r in s["rows"])]
