@@ -312,12 +312,14 @@ def seed_answers(model: LoadedModel, outputs: dict[str, np.ndarray]) -> list[See
     spec = model.spec
     probabilities = _probabilities(spec, outputs)
     if probabilities is not None:
-        best = np.argmax(probabilities, axis=1)
-        scores = np.clip(probabilities[np.arange(len(best)), best], 0.0, 1.0)
+        # The value at the argmax is the row's max (NaN included); two ufuncs clip it, as
+        # np.clip's wrapper and fancy indexing cost more than a lone row's other work.
+        best = probabilities.argmax(axis=1).tolist()
+        scores = np.minimum(np.maximum(probabilities.max(axis=1), 0.0), 1.0).tolist()
         labels = spec.labels if spec.labels and len(spec.labels) == probabilities.shape[1] else None
         return [
-            SeedAnswer(float(b), float(s), labels[int(b)] if labels else None)
-            for b, s in zip(best.tolist(), scores.tolist(), strict=True)
+            SeedAnswer(float(b), s, labels[b] if labels else None)
+            for b, s in zip(best, scores, strict=True)
         ]
     values = _regression_values(outputs)
     return [SeedAnswer(float(v), None, None) for v in values]

@@ -9,6 +9,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from pipeline.engine.engine import Outcome
 from pipeline.engine.spec import ModelSpec
@@ -52,6 +55,28 @@ def test_a_sure_class_has_confidence_1_not_float32_rounding_above_it() -> None:
 
     assert [(a.prediction, a.confidence) for a in answers] == [(0.0, 1.0), (1.0, 0.75)]
     assert probabilities[0, 0] > 1.0  # the outputs keep the model's own figure
+
+
+_CELLS = st.one_of(st.sampled_from([0.0, 1.0, 1.0000001, -0.0, 0.5]), st.floats(width=32))
+
+
+@given(
+    hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1), elements=_CELLS)
+)
+def test_each_row_answers_its_first_largest_class_and_that_probability_clipped(
+    probabilities: np.ndarray,
+) -> None:
+    model = SimpleNamespace(spec=SimpleNamespace(probability_output="p", labels=None))
+    if probabilities.shape[1] < 2:
+        return  # one column is not a probability matrix: the regression answer
+    answers = seed_answers(model, {"p": probabilities})  # type: ignore[arg-type]
+
+    best = np.argmax(probabilities, axis=1)
+    chosen = probabilities.astype(np.float64)[np.arange(len(best)), best]
+    with np.errstate(invalid="ignore"):
+        expected = np.clip(chosen, 0.0, 1.0)
+    assert [a.prediction for a in answers] == best.astype(float).tolist()
+    np.testing.assert_array_equal([a.confidence for a in answers], expected)
 
 
 class _Engine:
