@@ -1145,29 +1145,32 @@ def prediction_documents(
     per_row = _per_row_outputs(names, columns, n)
     labelled = _labels_and_scores(spec, names, columns, outputs, n)
     model, version, at = spec.name, spec.version, predicted_at_ms
-    docs: Iterable[dict[str, Any]]
+    # One dict display per row, "prediction_id" first when there is one: the worker's
+    # path, where building each dict and copying it into another cost 0.3 us a row.
     if labelled is None:
-        docs = (
-            {"id": i, "model": model, "version": version, "outputs": o, "ts": t, "predicted_at": at}
-            for i, o, t in zip(ids, per_row, ts, strict=True)
-        )
-    else:
-        docs = (
-            {
-                "id": i,
-                "model": model,
-                "version": version,
-                "label": label,
-                "score": score,
-                "outputs": o,
-                "ts": t,
-                "predicted_at": at,
-            }
+        if prediction_ids is None:
+            return (
+                {"id": i, "model": model, "version": version, "outputs": o, "ts": t,
+                 "predicted_at": at}
+                for i, o, t in zip(ids, per_row, ts, strict=True)
+            )  # fmt: skip
+        return (
+            {"prediction_id": p, "id": i, "model": model, "version": version, "outputs": o,
+             "ts": t, "predicted_at": at}
+            for p, i, o, t in zip(prediction_ids, ids, per_row, ts, strict=True)
+        )  # fmt: skip
+    if prediction_ids is None:
+        return (
+            {"id": i, "model": model, "version": version, "label": label, "score": score,
+             "outputs": o, "ts": t, "predicted_at": at}
             for i, o, t, label, score in zip(ids, per_row, ts, *labelled, strict=True)
-        )
-    if prediction_ids is not None:
-        docs = ({"prediction_id": p, **d} for p, d in zip(prediction_ids, docs, strict=True))
-    return docs
+        )  # fmt: skip
+    return (
+        {"prediction_id": p, "id": i, "model": model, "version": version, "label": label,
+         "score": score, "outputs": o, "ts": t, "predicted_at": at}
+        for p, i, o, t, label, score in zip(prediction_ids, ids, per_row, ts, *labelled,
+                                            strict=True)
+    )  # fmt: skip
 
 
 def output_rows(outputs: Mapping[str, np.ndarray[Any, Any]], n: int) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from pipeline.engine.codec import (
     Reject,
     RowBlock,
     encode_predictions,
+    encode_rows,
     is_plain_name,
 )
 from pipeline.engine.spec import ModelSpec
@@ -517,3 +518,30 @@ def test_labels_and_scores_come_from_a_map_probability_output() -> None:
     outputs = {"output_label": np.array([1, 0], dtype=np.int64), "output_probability": maps}
     docs = [orjson.loads(d) for d in encode_predictions(block_of(spec, 2), outputs, 5)]
     assert [(d["label"], d["score"]) for d in docs] == [("benign", 0.75), ("malignant", 0.875)]
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+@pytest.mark.parametrize("with_ids", [True, False])
+def test_each_prediction_document_has_its_fields_in_the_contract_order(
+    labelled: bool, with_ids: bool
+) -> None:
+    probabilities = np.array([[0.25, 0.75], [0.5, 0.5]], dtype=np.float32)
+    if labelled:
+        spec = ModelSpec(name="m", version="3", n_features=2, labels=("no", "yes"),
+                         probability_output="probabilities")  # fmt: skip
+        outputs = {"label": np.array([1, 0]), "probabilities": probabilities}
+    else:
+        spec = ModelSpec(name="m", version="3", n_features=2)
+        outputs = {"variable": probabilities[:, :1]}
+    prediction_ids = ["in/0/7/m/3", "in/0/8/m/3"] if with_ids else None
+
+    docs = [orjson.loads(d) for d in encode_rows(spec, ["a", "b"], [10, 11], outputs, 99,
+                                                  prediction_ids)]  # fmt: skip
+
+    keys = ["id", "model", "version", *(["label", "score"] if labelled else []), "outputs",
+            "ts", "predicted_at"]  # fmt: skip
+    assert [list(d) for d in docs] == [(["prediction_id"] if with_ids else []) + keys] * 2
+    assert [d.get("prediction_id") for d in docs] == (prediction_ids or [None, None])
+    assert [(d["id"], d["ts"], d["predicted_at"]) for d in docs] == [("a", 10, 99), ("b", 11, 99)]
+    if labelled:
+        assert [(d["label"], d["score"]) for d in docs] == [("yes", 0.75), ("no", 0.5)]
