@@ -276,13 +276,13 @@ class Engine(Generic[T]):
             return False
         if self._max_queue_rows is not None and feed_rows(feed) > self._max_queue_rows:
             return False
+        limits = self._limits.get(key) or self._limits_of(key)  # as `submit`: never under the lock
         if not self._runner.acquire(blocking=False):
             return False
         try:
             with self._lock:
                 if len(self._batcher) or self._queue.ready:
                     return False
-                limits = self._limits.get(key) or self._limits_of(key)
                 submission = _Submission(ticket, done, deadline)
                 self._batcher.add((model, version, shape_key(feed)), feed, submission, limits)
             self._run_all(flush=True)
