@@ -255,6 +255,10 @@ class PrometheusSensor(Sensor, Collector):
         with self._lock:
             self._histograms[name].observe(labels, values)
 
+    def _observe_one(self, name: str, labels: tuple[str, ...], value: float) -> None:
+        with self._lock:
+            self._histograms[name].observe_one(labels, value)
+
     # -- sensor events ----------------------------------------------------------------------
 
     def inference(
@@ -321,8 +325,7 @@ class PrometheusSensor(Sensor, Collector):
         self._add("predictions_total", (model, version), rows)
 
     def produce_acknowledged(self, model: str, version: str, seconds: float) -> None:
-        with self._lock:
-            self._histograms["produce_ack_seconds"].observe_one((model, version), seconds)
+        self._observe_one("produce_ack_seconds", (model, version), seconds)
 
     def dead_letters(self, stage: str, error_type: str, n: int) -> None:
         self._add("dead_letters_total", (stage, error_type), n)
@@ -362,8 +365,7 @@ class PrometheusSensor(Sensor, Collector):
 
     def request(self, door: str, status: str, seconds: float) -> None:
         self._add("requests_total", (door, status), 1)
-        with self._lock:
-            self._histograms["request_seconds"].observe_one((door,), seconds)
+        self._observe_one("request_seconds", (door,), seconds)
 
     # -- the collector ----------------------------------------------------------------------
 

@@ -121,7 +121,8 @@ def _tail_targets(p: dict[str, Any], target: float) -> list[dict[str, Any]]:
 def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One entry per target: its text, whether it was met (None: not measured), the figure."""
     rows = results.get("contenders", [])
-    mine = _row(results, "worker-1").get("throughput")
+    worker = _row(results, "worker-1")
+    mine = worker.get("throughput")
     targets = [
         _ratio_target(mine, _ceiling(rows), 0.5,
                       "worker (1 process) >= 50% of the relay ceiling (its best settings)"),
@@ -146,7 +147,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"after an idle spell, no event waits more than {IDLE_MAX_MS:,.0f} ms "
             f"(worst of {len(idle)} ways of batching: {worst['batching']})",
             worst, "max_ms", IDLE_MAX_MS))  # fmt: skip
-    worker, baseline = _row(results, "worker-1"), _row(results, "worker-1-baseline")
+    baseline = _row(results, "worker-1-baseline")
     if baseline:
         text = f"worker (1 process) within {BASELINE_TOLERANCE:.0%} of {baseline['label']}"
         targets.append(_slowdown_target(text, BASELINE_TOLERANCE, worker, baseline))
