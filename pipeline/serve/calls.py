@@ -41,6 +41,7 @@ from pipeline.metrics.sensor import NULL_SENSOR, Sensor
 __all__ = [
     "KEY",
     "LONE_AFTER_S",
+    "LONE_CHECK_EVERY_S",
     "ModelCalls",
     "Refusal",
     "SeedAnswer",
@@ -56,6 +57,12 @@ __all__ = [
 
 LONE_AFTER_S = 0.1
 """A caller is lone (see `ModelCalls`) once no request has had company for this long."""
+
+LONE_CHECK_EVERY_S = 0.02
+"""How long rows may keep running at once since a request last waited on the engine's
+thread. Rows that run at once never let another request in beside them (the loop does not
+turn while they run), so only a request that waits can see company arrive: one in this
+long does, or concurrency that starts after a quiet spell would never be noticed."""
 
 KEY = b"x-routing-key"
 """The request header (HTTP) or metadata key (gRPC) whose value splits a canary's share
@@ -196,9 +203,10 @@ class ModelCalls:
         run_lone_now: Run a lone caller's rows at once on the door's event loop
             (`Engine.run_now`) rather than hand them to the engine's thread and wait for
             it to hand the outcome back. A caller is lone when no other request has been in
-            flight beside one for `LONE_AFTER_S`; with company, rows go to the engine's
-            thread, which batches them. For ``--dispatch when-idle``, whose batches run as
-            soon as the engine is free anyway.
+            flight beside one for `LONE_AFTER_S` and one has waited on the engine's thread
+            (where company can arrive) within `LONE_CHECK_EVERY_S`; with company, rows go
+            to the engine's thread, which batches them. For ``--dispatch when-idle``, whose
+            batches run as soon as the engine is free anyway.
     """
 
     def __init__(
@@ -217,6 +225,7 @@ class ModelCalls:
         self._run_lone_now = run_lone_now
         self._in_flight = 0  # requests between submitting their rows and their outcome
         self._company_at = -LONE_AFTER_S  # when a request last had another beside it
+        self._waited_at = -LONE_CHECK_EVERY_S  # when one last waited on the engine's thread
 
     def model_name(self, name: object) -> str:
         """The model a request means: its own, or the default."""
@@ -259,9 +268,11 @@ class ModelCalls:
         if self._in_flight > 1:
             self._company_at = now
         try:
-            lone = self._run_lone_now and now - self._company_at > LONE_AFTER_S
+            lone = (self._run_lone_now and now - self._company_at > LONE_AFTER_S
+                    and now - self._waited_at < LONE_CHECK_EVERY_S)  # fmt: skip
             if not (lone and self.engine.run_now(spec.name, spec.version, rows, waiter,
                                                  waiter.done_here, deadline=deadline)):  # fmt: skip
+                self._waited_at = now
                 try:
                     self.engine.submit(spec.name, spec.version, rows, waiter, waiter.done,
                                        deadline=deadline, admit=True)  # fmt: skip

@@ -9,6 +9,7 @@ import asyncio
 import json
 import re
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -197,9 +198,7 @@ def _expired_rows(log: str) -> int:
     return sum(int(n) for n in re.findall(r"expired (\d+)", log))
 
 
-def test_64_concurrent_callers_are_answered_correctly_and_batched(
-    serve: Callable[..., Server],
-) -> None:
+def test_64_concurrent_callers_are_answered_correctly(serve: Callable[..., Server]) -> None:
     server = serve("--max-wait-ms", "20")
     label, probabilities = ort_outputs(MLP, ROWS)
 
@@ -218,9 +217,64 @@ def test_64_concurrent_callers_are_answered_correctly_and_batched(
         assert reply.json()["confidence"] == pytest.approx(
             float(probabilities[i % 8].max()), abs=1e-6
         )
+
+
+def test_callers_who_come_at_once_after_a_lone_caller_share_batches(
+    serve: Callable[..., Server],
+) -> None:
+    # Each burst's 64 requests are written before the server reads any of them, so they
+    # wait together whatever the client's speed (an HTTP client slower than the server
+    # hands it one request at a time, and then there is nothing to batch). The lone caller
+    # first has its rows run at once on the doors' thread, which never lets a second request
+    # in beside them: a request that waits on the engine's thread now and then must see the
+    # burst, or it would run one row at a time for as long as it lasted.
+    server = serve()
+    body = json.dumps({"data": ROW}).encode()
+    request = (
+        b"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    address = ("127.0.0.1", server.http_port)
+    with socket.create_connection(address) as lone:
+        for _ in range(50):
+            lone.sendall(request)
+            assert _http_status(lone) == 200
+    callers = [socket.create_connection(address) for _ in range(64)]
+    try:
+        for _ in range(8):
+            for caller in callers:
+                caller.sendall(request)
+            assert [_http_status(caller) for caller in callers] == [200] * 64
+    finally:
+        for caller in callers:
+            caller.close()
     log = server.next_stats_line()  # it counts every batch of the calls above
     batches = [float(b) for b in re.findall(r"mean batch ([\d.]+)", log)]
     assert max(batches) > 1.0, f"rows of concurrent callers did not share batches: {batches}"
+
+
+def _http_status(connection: socket.socket) -> int:
+    """Read the one HTTP/1.1 response awaited on `connection` (a body of Content-Length
+    bytes, or chunked, as uvicorn sends it); return its status."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += _received(connection, data)
+    head, _, body = data.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" in head.lower():
+        while not body.endswith(b"\r\n0\r\n\r\n"):  # the last chunk
+            body += _received(connection, data + body)
+    else:
+        length = re.search(rb"(?i)content-length: *(\d+)", head)
+        assert length, head
+        while len(body) < int(length[1]):
+            body += _received(connection, data + body)
+    return int(head.split(b" ", 2)[1])
+
+
+def _received(connection: socket.socket, so_far: bytes) -> bytes:
+    chunk = connection.recv(65536)
+    assert chunk, f"the server closed the connection after {so_far!r}"
+    return chunk
 
 
 @pytest.mark.parametrize("callers", [64, 200])

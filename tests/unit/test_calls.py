@@ -80,16 +80,21 @@ def test_each_row_answers_its_first_largest_class_and_that_probability_clipped(
 
 
 class _Engine:
-    """Records how a door's rows reach it; `answer` plays the engine's thread."""
+    """Records how a door's rows reach it; `answer` plays the engine's thread. With
+    `runs_now`, `run_now` runs rows at once, as an idle engine does; else it refuses, as
+    when another batch runs."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, runs_now: bool = False) -> None:
         self.asked: list[str] = []  # "run_now" or "submit", in call order
         self.waiting: list[tuple[Any, Any]] = []
+        self._runs_now = runs_now
 
     def run_now(self, model: str, version: str, feed: Any, ticket: Any, done: Any,
                 **_: Any) -> bool:  # fmt: skip
         self.asked.append("run_now")
-        return False  # as if another batch ran: the rows go to `submit`
+        if self._runs_now:
+            done(_outcome(ticket))
+        return self._runs_now
 
     def submit(self, model: str, version: str, feed: Any, ticket: Any, done: Any,
                **_: Any) -> None:  # fmt: skip
@@ -97,10 +102,14 @@ class _Engine:
         self.waiting.append((ticket, done))
 
     def answer(self) -> None:
-        model = SimpleNamespace(spec=SimpleNamespace(version="1"))
         for ticket, done in self.waiting:
-            done(Outcome(ticket, model, (0,), {"y": np.zeros((1, 1))}, [], 0.0))  # type: ignore[arg-type]
+            done(_outcome(ticket))
         self.waiting.clear()
+
+
+def _outcome(ticket: Any) -> Outcome[Any]:
+    model = SimpleNamespace(spec=SimpleNamespace(version="1"))
+    return Outcome(ticket, model, (0,), {"y": np.zeros((1, 1))}, [], 0.0)  # type: ignore[arg-type]
 
 
 _SPEC = ModelSpec(name="m", version="1", n_features=1)
@@ -109,6 +118,7 @@ _FEED = {"x": np.zeros((1, 1), np.float32)}
 
 def test_only_a_lone_caller_asks_to_run_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(calls_module, "LONE_AFTER_S", 0.05)
+    monkeypatch.setattr(calls_module, "LONE_CHECK_EVERY_S", 10.0)  # see the test below
     engine = _Engine()
     calls = ModelCalls(engine, default_model="m", max_rows=8, run_lone_now=True)  # type: ignore[arg-type]
 
@@ -135,9 +145,54 @@ def test_only_a_lone_caller_asks_to_run_at_once(monkeypatch: pytest.MonkeyPatch)
 
     together, just_after, later = asyncio.run(scenario())
 
-    assert together == ["run_now", "submit", "submit"]
+    assert together == ["submit", "submit"]  # the first had waited on nothing yet
     assert just_after == [*together, "submit"]
     assert later == [*just_after, "run_now", "submit"]
+
+
+def test_rows_run_at_once_still_let_company_in_now_and_then(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Rows that run at once never let a second request in beside them; unless a request
+    # waits on the engine's thread now and then, a burst of callers after a quiet spell
+    # would run one row at a time on the doors' thread for as long as it lasted.
+    monkeypatch.setattr(calls_module, "LONE_AFTER_S", 0.05)
+    monkeypatch.setattr(calls_module, "LONE_CHECK_EVERY_S", 0.03)
+    engine = _Engine(runs_now=True)
+    calls = ModelCalls(engine, default_model="m", max_rows=8, run_lone_now=True)  # type: ignore[arg-type]
+
+    def request() -> asyncio.Task[Any]:
+        return asyncio.create_task(calls.run(_SPEC, _FEED, deadline=None))
+
+    async def answered(*tasks: asyncio.Task[Any]) -> list[str]:
+        before = len(engine.asked)
+        await asyncio.sleep(0)  # each task runs at once or submits
+        engine.answer()
+        await asyncio.gather(*tasks)
+        return engine.asked[before:]
+
+    async def scenario() -> list[list[str]]:
+        seen = [await answered(request())]
+        await asyncio.sleep(0.06)  # no company for longer than LONE_AFTER_S
+        seen.append(await answered(request()))  # but nobody has waited for a while
+        seen.append(await answered(request()))
+        seen.append(await answered(request()))
+        await asyncio.sleep(0.035)  # past LONE_CHECK_EVERY_S: the next one waits ...
+        before = len(engine.asked)
+        checking = request()
+        await asyncio.sleep(0)
+        await answered(checking, request())  # ... and a second comes beside it
+        seen.append(engine.asked[before:])
+        seen.append(await answered(request()))
+        return seen
+
+    first, after_quiet, lone, lone_again, burst, after_burst = asyncio.run(scenario())
+
+    assert first == ["submit"]
+    assert after_quiet == ["submit"]
+    assert lone == lone_again == ["run_now"]
+    assert burst == ["submit", "submit"]
+    assert after_burst == ["submit"]
 
 
 def test_without_run_lone_now_rows_always_go_to_the_engine_thread() -> None:
