@@ -72,8 +72,8 @@ test: install $(TRITON)/.installed ## start the local broker unless KAFKA_BOOTST
 	fi; \
 	if [ -n "$(PYTEST_ARGS)" ]; then $(PY) -m pytest $(PYTEST_ARGS); exit $$?; fi; \
 	env -u KAFKA_BOOTSTRAP_SERVERS $(PY) -m pytest tests/unit -n $(CHECK_WORKERS); unit=$$?; \
-	$(PY) -m pytest --ignore=tests/unit -m 'not alone' -n $(TEST_WORKERS); spread=$$?; \
-	$(PY) -m pytest --ignore=tests/unit -m alone; alone=$$?; \
+	$(PY) -m pytest --ignore=tests/unit -m 'not alone' -n $(TEST_WORKERS) --durations=15; spread=$$?; \
+	$(PY) -m pytest --ignore=tests/unit -m alone --durations=5; alone=$$?; \
 	worst=$$(( unit > spread ? unit : spread )); exit $$(( worst > alone ? worst : alone ))
 
 lint: install ## ruff and mypy --strict on pipeline/

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pipeline.dev.localregistry import missing_tools
 
 REQUIRED = ("relay-1", "relay-1-tuned", "relay-2", "relay-2-tuned", "naive", "worker-1",
@@ -25,11 +27,16 @@ OPTIONAL = ("faust", "faust-engine", "quix")
 def test_quick_benchmark_reports_every_row(
     kafka_bootstrap: str, repo_root: Path, tmp_path: Path
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline.dev.bench", "--quick",
-         "--bootstrap-servers", kafka_bootstrap, "--results-dir", str(tmp_path)],
-        cwd=repo_root, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline.dev.bench", "--quick",
+             "--bootstrap-servers", kafka_bootstrap, "--results-dir", str(tmp_path)],
+            cwd=repo_root, capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:  # say where it was, not only that it was late
+        said = exc.stderr or b""
+        tail = said.decode(errors="replace") if isinstance(said, bytes) else said
+        pytest.fail(f"the quick benchmark ran over 900 s; the last it said:\n{tail[-4000:]}")
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "latest.json").read_text())
 
