@@ -5,6 +5,9 @@ positive throughput (or, for the optional Faust and Quix peers, a reason it did 
 run; a required row the bench could not time fails with the bench's reason, such as
 "not measured"), every event size has its rows (the Avro one wherever a Schema Registry can run), and the worker has latency percentiles and stage
 histograms for every way of batching and every phase.
+
+Its last two parts, share groups and the three-node cluster, run as tests of their own
+(the same functions the bench calls), so the suite's workers share the bench's minutes.
 """
 
 from __future__ import annotations
@@ -17,6 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.dev.bench.events import DATASETS
+from pipeline.dev.bench.report import _cluster_table, _share_table
+from pipeline.dev.bench.runner import BenchTopics
+from pipeline.dev.bench.sharebench import run_share
+from pipeline.dev.bench.suite import QUICK, on_a_cluster
 from pipeline.dev.localregistry import missing_tools
 
 REQUIRED = ("relay-1", "relay-1-tuned", "relay-2", "relay-2-tuned", "naive", "worker-1",
@@ -29,7 +37,7 @@ def test_quick_benchmark_reports_every_row(
 ) -> None:
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "pipeline.dev.bench", "--quick",
+            [sys.executable, "-m", "pipeline.dev.bench", "--quick", "--skip", "share,cluster",
              "--bootstrap-servers", kafka_bootstrap, "--results-dir", str(tmp_path)],
             cwd=repo_root, capture_output=True, text=True, timeout=900,
         )  # fmt: skip
@@ -76,23 +84,44 @@ def test_quick_benchmark_reports_every_row(
     (tail,) = [p for p in points if p["latency_target_ms"] and p["phase"] == "2,000 events/s"]
     assert [w["events"] > 0 for w in tail["windows"]] == [True, True], tail  # QUICK's 2 windows
 
-    share = {row["key"]: row for row in results["share"]["rows"]}
-    assert set(share) == {"consumer-1", "share-1", "consumer-4", "share-4"}
-    for row in share.values():
-        _assert_measured(row)
-        assert 1 <= row["busy_workers"] <= row["workers"], row
-    assert share["consumer-4"]["busy_workers"] <= results["share"]["partitions"]
-
-    on_cluster = {row["key"]: row for row in results["cluster"]["rows"]}
-    assert set(on_cluster) == {"relay-1", "relay-1-tuned", "worker-1"}
-    for row in on_cluster.values():
-        _assert_measured(row)
+    assert "share" not in results and "cluster" not in results  # --skip share,cluster
 
     assert {t["target"] for t in results["targets"]}, "targets are evaluated"
     table = (tmp_path / "latest.md").read_text()
     assert "pipeline run, 1 process" in table and table in done.stdout
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "latest.png").stat().st_size > 0
+
+
+def test_quick_share_groups_report_every_row(kafka_bootstrap: str, tmp_path: Path) -> None:
+    topics = BenchTopics(kafka_bootstrap)
+    try:
+        share = run_share(QUICK.share_workers, QUICK.share_events, QUICK.runs, topics,
+                          tmp_path, print)  # fmt: skip
+    finally:
+        topics.delete_all()
+
+    rows = {row["key"]: row for row in share["rows"]}
+    assert set(rows) == {"consumer-1", "share-1", "consumer-4", "share-4"}
+    for row in rows.values():
+        _assert_measured(row)
+        assert 1 <= row["busy_workers"] <= row["workers"], row
+    assert rows["consumer-4"]["busy_workers"] <= share["partitions"]
+    table = "\n".join(_share_table({"share": share}))  # as the report renders it
+    assert table.startswith("Share groups against consumer groups"), table
+
+
+def test_quick_three_node_cluster_reports_every_row(tmp_path: Path) -> None:
+    on_cluster = on_a_cluster(QUICK, DATASETS["full"], tmp_path, print)
+
+    assert "not_run" not in on_cluster, on_cluster
+    rows = {row["key"]: row for row in on_cluster["rows"]}
+    assert set(rows) == {"relay-1", "relay-1-tuned", "worker-1"}
+    for row in rows.values():
+        _assert_measured(row)
+    table = "\n".join(_cluster_table({"cluster": on_cluster}))  # as the report renders it
+    assert table.startswith("A local cluster of 3 nodes"), table
+    assert all(f"| {row['label']} |" in table for row in rows.values()), table
 
 
 def _assert_measured(row: dict[str, object]) -> None:

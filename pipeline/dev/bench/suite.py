@@ -18,7 +18,10 @@
    (`latency.measure_latency`), with the worker's stage histograms per point;
 5. share groups against consumer groups, 1 to 8 workers on a 2-partition topic
    (`sharebench.run_share`);
-6. the relay and the worker again on a local three-node cluster, replication 3.
+6. the relay and the worker again on a local three-node cluster, replication 3
+   (`on_a_cluster`).
+
+``--skip share`` and ``--skip cluster`` leave out the last two parts.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ from pipeline.dev.localregistry import LocalRegistry, missing_tools
 from pipeline.errors import PipelineError, RegistryError
 from pipeline.schemaregistry import avro_encoder
 
-__all__ = ["FULL", "QUICK", "Plan", "run_suite"]
+__all__ = ["FULL", "QUICK", "Plan", "on_a_cluster", "run_suite"]
 
 log = logging.getLogger("pipeline.bench")
 
@@ -279,18 +282,18 @@ def run_suite(
         ]
         worker = next(r for r in results["contenders"] if r["key"] == "worker-1")
         results["latency"] = _latency(plan, topics, worker, main, logs_dir, progress)
-        if plan.share_workers:
+        if plan.share_workers and "share" not in skip:
             results["share"] = run_share(
                 plan.share_workers, plan.share_events, plan.runs, topics, logs_dir, progress
             )
     finally:
         topics.delete_all()
-    if plan.cluster_events:
-        results["cluster"] = _on_a_cluster(plan, main, logs_dir / "cluster", progress)
+    if plan.cluster_events and "cluster" not in skip:
+        results["cluster"] = on_a_cluster(plan, main, logs_dir / "cluster", progress)
     return results
 
 
-def _on_a_cluster(
+def on_a_cluster(
     plan: Plan, events: Dataset, logs_dir: Path, progress: Callable[[str], None]
 ) -> dict[str, Any]:
     """The relay and the worker on a local three-node cluster, topics replicated 3 times
