@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -77,12 +78,18 @@ def test_consume_follows_until_interrupted_and_exits_0(
                kafka_bootstrap, "--topic", topic]  # fmt: skip
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as reader:
         try:
-            time.sleep(3)  # it starts at the end: the old record is not shown
-            send(kafka_bootstrap, topic, [(b"new", b'{"n": 1}')])
+            # It starts at the end, once it has found the end (seconds on a busy machine),
+            # so a new record goes every half second until one is shown: the first line
+            # must be a new one, never the old.
             assert reader.stdout is not None
-            line = reader.stdout.readline()  # still running: it follows
+            deadline = time.monotonic() + 60
+            while not select.select([reader.stdout], [], [], 0.5)[0]:
+                assert reader.poll() is None, "consume exited before it showed a record"
+                assert time.monotonic() < deadline, "consume showed no new record in 60 s"
+                send(kafka_bootstrap, topic, [(b"new", b'{"n": 1}')])
+            line = reader.stdout.readline()
             assert orjson.loads(line)["key"] == "new"
-            assert reader.poll() is None
+            assert reader.poll() is None  # still running: it follows
             reader.send_signal(signal.SIGINT)
             assert reader.wait(30) == exitcodes.OK
         finally:
