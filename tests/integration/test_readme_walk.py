@@ -117,12 +117,19 @@ class Walker:
                 time.sleep(0.2)
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
+            termed = time.monotonic()
             try:
                 code = proc.wait(_STOP_S)
             except subprocess.TimeoutExpired:
+                quiet_s = time.time() - log.stat().st_mtime  # since its last line
                 os.killpg(proc.pid, signal.SIGKILL)
                 code = proc.wait()
-                failures.append(f"`{command.text}` did not stop within {_STOP_S:.0f} s")
+                failures.append(
+                    f"`{command.text}` did not stop within {_STOP_S:.0f} s of SIGTERM (which "
+                    f"went when it had written a line, {termed - started:.1f} s into the wait "
+                    f"for one; it wrote nothing in its last {quiet_s:.1f} s):\n"
+                    f"{log.read_text()[-2500:]}"
+                )
                 continue
             if code != 0:
                 failures.append(f"`{command.text}` exited {code}:\n{log.read_text()[-2500:]}")
