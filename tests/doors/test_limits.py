@@ -235,11 +235,11 @@ def test_callers_who_come_at_once_after_a_lone_caller_share_batches(
         b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
     )
     address = ("127.0.0.1", server.http_port)
-    with socket.create_connection(address) as lone:
+    with socket.create_connection(address, timeout=30) as lone:
         for _ in range(50):
             lone.sendall(request)
             assert _http_status(lone) == 200
-    callers = [socket.create_connection(address) for _ in range(64)]
+    callers = [socket.create_connection(address, timeout=30) for _ in range(64)]
     try:
         for _ in range(8):
             for caller in callers:
