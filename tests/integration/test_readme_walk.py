@@ -125,9 +125,9 @@ class Walker:
                 os.killpg(proc.pid, signal.SIGKILL)
                 code = proc.wait()
                 failures.append(
-                    f"`{command.text}` did not stop within {_STOP_S:.0f} s of SIGTERM (which "
-                    f"went when it had written a line, {termed - started:.1f} s into the wait "
-                    f"for one; it wrote nothing in its last {quiet_s:.1f} s):\n"
+                    f"`{command.text}` did not stop within {_STOP_S:.0f} s of SIGTERM (sent "
+                    f"{termed - started:.1f} s after the walk began waiting for its first "
+                    f"line; it wrote nothing in its last {quiet_s:.1f} s):\n"
                     f"{log.read_text()[-2500:]}"
                 )
                 continue
