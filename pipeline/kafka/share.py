@@ -49,13 +49,13 @@ from pipeline.errors import KafkaError
 from pipeline.kafka.clientlog import client_settings
 from pipeline.kafka.enrich import TableFeed, TableWaits, defaulted_headers, load_tables
 from pipeline.kafka.outputs import Outputs, Owed, now_ms, usable_record
+from pipeline.kafka.registryparts import registry_parts
 from pipeline.kafka.shadowtopic import shadow_topic
 from pipeline.kafka.sharegroup import agree_delivery_limit, set_offset_reset
 from pipeline.kafka.topics import ensure_topics
 from pipeline.metrics import Sensor, Sensors
 from pipeline.metrics.health import Readiness, Stall
 from pipeline.metrics.statsline import StatsLine
-from pipeline.schemaregistry import framed_reader, prediction_writer, table_reader
 
 __all__ = ["ShareWorker"]
 
@@ -190,7 +190,7 @@ class ShareWorker:
         self._deliveries = Stall("outputs", after_s=config.delivery_stall_s)
         self.readiness.watch(self._deliveries)
         self._common = client_settings(config.bootstrap_servers, config.kafka)
-        tables_framed = table_reader(config)  # --enrich values a registry serializer wrote
+        registry = registry_parts(config, engine.models.get)
         self._feeds = [
             TableFeed(
                 spec,
@@ -198,7 +198,7 @@ class ShareWorker:
                 Consumer,
                 self._sensor,
                 config.enrich_max_bytes,
-                framed=tables_framed,
+                framed=registry.tables,
             )
             for spec in config.enrichments
         ]
@@ -207,11 +207,11 @@ class ShareWorker:
             catalog=engine.models,
             default_model=config.default_model,
             value_format=config.value_format,
-            framed=framed_reader(config),
+            framed=registry.events,
             enrichments=[Enrichment(feed.spec, feed.lookup) for feed in self._feeds],
             rollouts=engine.rollouts,
         )
-        self._writer = prediction_writer(config, engine.models.get)
+        self._writer = registry.writer
         self._outcomes: list[Outcome[_Ticket]] = []
         self._acks: _Acks | None = None
         self._stopping = False

@@ -56,6 +56,7 @@ from pipeline.kafka.committer import (
 from pipeline.kafka.enrich import TableFeed, TableWaits, defaulted_headers, load_tables
 from pipeline.kafka.offsets import OffsetTracker, TopicPartitionKey
 from pipeline.kafka.outputs import Outputs, Owed, camel, now_ms, usable_record
+from pipeline.kafka.registryparts import registry_parts
 from pipeline.kafka.shadowtopic import ShadowTopic, shadow_topic
 from pipeline.kafka.share import ShareWorker
 from pipeline.kafka.topics import ensure_topics, message_limit
@@ -66,7 +67,6 @@ from pipeline.metrics.health import Readiness, Stall
 from pipeline.metrics.prometheus import PrometheusSensor
 from pipeline.metrics.statsline import StatsLine
 from pipeline.metrics.tracing import batch_tracer
-from pipeline.schemaregistry import framed_reader, prediction_writer, table_reader
 from pipeline.startup import early_stop
 
 __all__ = ["ABANDONED", "KafkaClients", "Worker", "exit_if_abandoned", "run_worker"]
@@ -172,10 +172,10 @@ class Worker:
         self._engine: Engine[Any] = engine or build_engine(
             config, self._sensor, max_queue=config.max_queue
         )
-        tables_framed = table_reader(config)  # --enrich values a registry serializer wrote
+        registry = registry_parts(config, self._engine.models.get)
         self._feeds = [
             TableFeed(spec, self._common, self._clients.consumer, self._sensor,
-                      config.enrich_max_bytes, framed=tables_framed)
+                      config.enrich_max_bytes, framed=registry.tables)
             for spec in config.enrichments
         ]  # fmt: skip
         self._tables = TableWaits(self._feeds, self._sensor)
@@ -183,11 +183,11 @@ class Worker:
             catalog=self._engine.models,
             default_model=config.default_model,
             value_format=config.value_format,
-            framed=framed_reader(config),
+            framed=registry.events,
             enrichments=[Enrichment(feed.spec, feed.lookup) for feed in self._feeds],
             rollouts=self._engine.rollouts,
         )
-        self._writer = prediction_writer(config, self._engine.models.get)
+        self._writer = registry.writer
         self._tracker = OffsetTracker()
         self._shadow_topic: ShadowTopic | None = None  # --shadow-topic, made in run()
         self._committer: Committer | None = None  # made in run(), once Kafka answers

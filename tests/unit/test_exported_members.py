@@ -123,6 +123,22 @@ def test_importing_the_core_does_not_import_kafka() -> None:
     assert done.stdout.strip() == "False", "pipeline.engine must not import a Kafka client"
 
 
+def test_a_worker_without_a_registry_does_not_import_the_registry_client() -> None:
+    """Its client takes about a third of a second of every worker's start
+    (`pipeline.kafka.registryparts`)."""
+    import subprocess
+    import sys
+
+    kafka = [m for m in MODULES if m.startswith("pipeline.kafka")]
+    code = (
+        f"import sys, pipeline.cli; [__import__(m) for m in {kafka!r}]; "
+        "print(sorted(m for m in sys.modules if m.startswith(('confluent_kafka.schema_registry', "
+        "'pipeline.schemaregistry'))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
+
+
 def test_the_module_walk_finds_the_modules() -> None:
     for name in (
         "pipeline.config",
