@@ -256,6 +256,10 @@ class ShareWorker:
         Raises:
             KafkaError: the broker cannot be reached or refuses the share group.
         """
+        if self._stopping:  # stopped while connecting to a registry: nothing to undo
+            _close_feeds(self._feeds)
+            log.info("worker stopped before joining its share group")
+            return 0
         cfg = self.config
         admin = AdminClient(dict(self._common))
         ensure_topics(
@@ -284,7 +288,7 @@ class ShareWorker:
             finish=self._finished,
             encode=self._writer or encode_rows,
         )
-        if self._writer is not None:  # a version the registry refuses is refused at start
+        if self._writer is not None and not self._stopping:  # a refused version fails here
             self._writer.prepare(self._engine.models.loaded())
         shadows = shadow_topic(cfg, self._engine, self._common, _source, self._sensor)
         consumer = ShareConsumer(

@@ -272,6 +272,11 @@ class Worker:
             KafkaError: the broker cannot be reached, topics cannot be created, or a delivery
                 failed for good (nothing past it was committed).
         """
+        if self._stopping:  # stopped while connecting to a registry: nothing to undo
+            self._close_consumer()
+            self._close_feeds()
+            log.info("worker stopped before joining its group")
+            return 0
         cfg = self.config
         admin = self._clients.admin(dict(self._common))
         ensure_topics(
@@ -295,7 +300,9 @@ class Worker:
             tracer=batch_tracer(),
             encode=self._writer or encode_rows,
         )
-        if self._writer is not None:  # a version the registry refuses is refused at start
+        # A version the registry refuses is refused at start; a worker already told to
+        # stop skips the registry, which may take seconds to answer.
+        if self._writer is not None and not self._stopping:
             self._writer.prepare(self._engine.models.loaded())
         self._shadow_topic = shadow_topic(cfg, self._engine, self._common, _source, self._sensor)
         log.info("worker starting with %s", cfg.summary)
@@ -740,6 +747,8 @@ def run_worker(config: WorkerConfig, index: int = 0) -> int:
             stack.callback(endpoint.stop)
         if config.http_port or config.grpc_port:
             stack.enter_context(_doors(config, engine, readiness, sensor, metrics))
+        if _stopped_while_starting():  # before the worker asks Kafka or a registry anything
+            return 0
         extra = [metrics] if metrics else []
         worker: Worker | ShareWorker
         if config.group_type == "share":
@@ -751,10 +760,16 @@ def run_worker(config: WorkerConfig, index: int = 0) -> int:
                 readiness=readiness, lag_interval_ms=_LAG_INTERVAL_MS if metrics else 0,
             )  # fmt: skip
         _stop_on_signals(worker)
-        if early := early_stop():
-            log.info("received %s while starting: stopping", early.name)
+        if _stopped_while_starting():  # it came while the worker connected
             worker.stop()
         return worker.run()
+
+
+def _stopped_while_starting() -> bool:
+    """Whether a SIGTERM or SIGINT came while the command started (logged if so)."""
+    if early := early_stop():
+        log.info("received %s while starting: stopping", early.name)
+    return early is not None
 
 
 @contextlib.contextmanager

@@ -113,6 +113,29 @@ def too_large(limit: int) -> Callable[[Produced], KafkaException | None]:
     return refuse
 
 
+# -- stopping ---------------------------------------------------------------------------------
+
+
+def test_a_worker_stopped_before_it_runs_asks_kafka_nothing_and_exits_0() -> None:
+    """A SIGTERM while it connected to a registry: run() leaves at once, no topics made,
+    no producer, no group joined, the consumer closed."""
+    asked: list[dict[str, Any]] = []
+    consumer = FakeConsumer({})
+    clients = KafkaClients(
+        consumer=lambda _: consumer,
+        producer=lambda s: asked.append(s),
+        admin=lambda s: asked.append(s),
+    )  # fmt: skip
+    config = WorkerConfig(input_topics=(IN,), output_topic=OUT, dlq_topic=DLQ, models=MODELS,
+                          default_model=MLP)  # fmt: skip
+    worker = Worker(config, clients=clients)
+    worker.stop()
+
+    assert worker.run() == 0
+    assert asked == [] and consumer.closed
+    assert consumer.on_assign is None  # never subscribed
+
+
 # -- records the broker refuses ---------------------------------------------------------------
 
 
