@@ -64,7 +64,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="events per run of the main rows and the Avro row (default: 300,000; quick "
-        "20,000, and 4,000 for Avro)",
+        "20,000, and 4,000 for Avro; the naive, Faust and Quix peers 2,000)",
     )
     add("--runs", type=int, default=None, help="runs per contender (default: 3; quick 1)")
     add(

@@ -68,6 +68,7 @@ __all__ = ["FULL", "QUICK", "Plan", "on_a_cluster", "run_suite"]
 log = logging.getLogger("pipeline.bench")
 
 _BATCH_SIZE = 256  # the worker's default --max-batch-size
+_PEERS = ("naive", "faust", "faust-engine", "quix")  # the slow peers (`Plan.peer_events`)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,7 +79,8 @@ class Plan:
         name: ``full`` or ``quick``.
         events: Events pre-loaded and processed per run (main events).
         runs: Runs per contender (the median is reported).
-        naive_events: Events per run for the naive peer (None: `events`).
+        peer_events: Events per run for the slow peers (the naive loop, Faust and Quix
+            Streams, each under 30,000 events/s here; None: `events`).
         worker_processes: Processes of the multi-process worker and relay rows.
         size_events: Events per run for the other event sets, by set.
         loads: Fractions of the worker's measured maximum for the latency points.
@@ -102,7 +104,7 @@ class Plan:
     name: str
     events: int
     runs: int
-    naive_events: int | None
+    peer_events: int | None
     worker_processes: int
     size_events: dict[str, int]
     loads: tuple[float, ...]
@@ -125,7 +127,7 @@ FULL = Plan(
     name="full",
     events=300_000,
     runs=3,
-    naive_events=None,
+    peer_events=None,
     worker_processes=2,
     size_events={"rounded": 300_000, "wide": 60_000, "typed": 300_000, "avro": 300_000},
     loads=(0.1, 0.3, 0.5, 0.7, 0.9),
@@ -147,7 +149,7 @@ QUICK = Plan(
     name="quick",
     events=20_000,
     runs=1,
-    naive_events=2_000,
+    peer_events=2_000,
     worker_processes=2,
     size_events={"rounded": 10_000, "wide": 2_000, "typed": 4_000, "avro": 4_000},
     loads=(0.5,),
@@ -359,7 +361,7 @@ def _throughput(
         for c in rows:
             if c.not_run:
                 continue
-            target = plan.naive_events if c.key == "naive" and plan.naive_events else count
+            target = plan.peer_events if c.key in _PEERS and plan.peer_events else count
             log_path = logs_dir / f"{events.key}-{c.key}-{n}.log"
             runs[c.key].append(
                 run_once(
