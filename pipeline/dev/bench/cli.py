@@ -1,10 +1,10 @@
 """``pipeline bench`` and ``python -m pipeline.dev.bench``: run the benchmark, write its results.
 
-The full run (the default) took about 31 minutes (1,887 s) on a 2-core machine; ``--quick``
-took 4 minutes on the same idle machine (240 s, 2026-12-07; 13 minutes inside the test
-suite, beside other tests, before its share-group and cluster parts became tests of their
-own: ``--skip share,cluster`` leaves them out) and is what the integration tests run.
-Results go to
+The full run (the default) took about 31 minutes (1,887 s) on a 2-core machine. ``--quick``
+is what the integration tests run: on the same idle machine, 126 s with ``--skip
+share,cluster`` (as the test suite runs it; its share-group and cluster parts are tests of
+their own, about a minute each) on 2026-12-07, and about 10 minutes inside the test suite,
+beside other tests. Results go to
 ``bench-results/`` (``bench-<timestamp>.json`` and ``.png``, plus ``latest.json``,
 ``latest.png`` and ``latest.md``); ``--publish`` also copies the table to
 ``docs/bench.md`` and the plot to ``docs/bench-latency.png``. This module imports
