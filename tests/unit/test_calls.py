@@ -107,6 +107,24 @@ class _Engine:
         self.waiting.clear()
 
 
+class _Clock:
+    """Stands in for the `time` module of `pipeline.serve.calls`: its time moves only when
+    a test moves it, so a busy machine cannot turn a lone caller into company."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    fake = _Clock()
+    monkeypatch.setattr(calls_module, "time", fake)
+    return fake
+
+
 def _outcome(ticket: Any) -> Outcome[Any]:
     model = SimpleNamespace(spec=SimpleNamespace(version="1"))
     return Outcome(ticket, model, (0,), {"y": np.zeros((1, 1))}, [], 0.0)  # type: ignore[arg-type]
@@ -116,8 +134,9 @@ _SPEC = ModelSpec(name="m", version="1", n_features=1)
 _FEED = {"x": np.zeros((1, 1), np.float32)}
 
 
-def test_only_a_lone_caller_asks_to_run_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(calls_module, "LONE_AFTER_S", 0.05)
+def test_only_a_lone_caller_asks_to_run_at_once(
+    monkeypatch: pytest.MonkeyPatch, clock: _Clock
+) -> None:
     monkeypatch.setattr(calls_module, "LONE_CHECK_EVERY_S", 10.0)  # see the test below
     engine = _Engine()
     calls = ModelCalls(engine, default_model="m", max_rows=8, run_lone_now=True)  # type: ignore[arg-type]
@@ -138,7 +157,7 @@ def test_only_a_lone_caller_asks_to_run_at_once(monkeypatch: pytest.MonkeyPatch)
         seen.append(engine.asked[:])
         await answered(request())  # alone now, but it had company a moment ago
         seen.append(engine.asked[:])
-        await asyncio.sleep(0.06)  # nobody beside anyone for longer than LONE_AFTER_S
+        clock.now += calls_module.LONE_AFTER_S + 0.01  # nobody beside anyone for that long
         await answered(request())
         seen.append(engine.asked[:])
         return seen
@@ -150,14 +169,10 @@ def test_only_a_lone_caller_asks_to_run_at_once(monkeypatch: pytest.MonkeyPatch)
     assert later == [*just_after, "run_now", "submit"]
 
 
-def test_rows_run_at_once_still_let_company_in_now_and_then(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_rows_run_at_once_still_let_company_in_now_and_then(clock: _Clock) -> None:
     # Rows that run at once never let a second request in beside them; unless a request
     # waits on the engine's thread now and then, a burst of callers after a quiet spell
     # would run one row at a time on the doors' thread for as long as it lasted.
-    monkeypatch.setattr(calls_module, "LONE_AFTER_S", 0.05)
-    monkeypatch.setattr(calls_module, "LONE_CHECK_EVERY_S", 0.03)
     engine = _Engine(runs_now=True)
     calls = ModelCalls(engine, default_model="m", max_rows=8, run_lone_now=True)  # type: ignore[arg-type]
 
@@ -173,11 +188,11 @@ def test_rows_run_at_once_still_let_company_in_now_and_then(
 
     async def scenario() -> list[list[str]]:
         seen = [await answered(request())]
-        await asyncio.sleep(0.06)  # no company for longer than LONE_AFTER_S
+        clock.now += calls_module.LONE_AFTER_S + 0.01  # no company for that long
         seen.append(await answered(request()))  # but nobody has waited for a while
         seen.append(await answered(request()))
         seen.append(await answered(request()))
-        await asyncio.sleep(0.035)  # past LONE_CHECK_EVERY_S: the next one waits ...
+        clock.now += calls_module.LONE_CHECK_EVERY_S + 0.01  # the next one waits ...
         before = len(engine.asked)
         checking = request()
         await asyncio.sleep(0)
