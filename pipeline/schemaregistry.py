@@ -54,7 +54,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import msgspec
 import numpy as np
@@ -87,6 +87,7 @@ from pipeline.protoschema import (
 __all__ = [
     "AvroPredictionWriter",
     "JsonSchemaPredictionWriter",
+    "PredictionWriter",
     "ProtobufPredictionWriter",
     "RegistryReader",
     "avro_encoder",
@@ -165,7 +166,7 @@ def table_reader(config: WorkerConfig) -> RegistryReader | None:
 
 def prediction_writer(
     config: WorkerConfig, models: Callable[[str, str], LoadedModel]
-) -> AvroPredictionWriter | JsonSchemaPredictionWriter | ProtobufPredictionWriter | None:
+) -> PredictionWriter | None:
     """The writer of predictions `config` asks for, connected; None for JSON text.
 
     Args:
@@ -886,3 +887,9 @@ class AvroPredictionWriter:
         log.error("%s", problem.message)
         self._refused[key] = (problem.error_type, problem.message)
         return problem
+
+
+PredictionWriter: TypeAlias = (
+    AvroPredictionWriter | JsonSchemaPredictionWriter | ProtobufPredictionWriter
+)
+"""A writer of predictions framed for the registry (``--output-format`` other than json)."""

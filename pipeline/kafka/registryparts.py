@@ -16,12 +16,7 @@ from pipeline.config import WorkerConfig
 from pipeline.engine.models import LoadedModel
 
 if TYPE_CHECKING:
-    from pipeline.schemaregistry import (
-        AvroPredictionWriter,
-        JsonSchemaPredictionWriter,
-        ProtobufPredictionWriter,
-        RegistryReader,
-    )
+    from pipeline.schemaregistry import PredictionWriter, RegistryReader
 
 __all__ = ["RegistryParts", "registry_parts"]
 
@@ -38,9 +33,7 @@ class RegistryParts:
 
     tables: RegistryReader | None = None
     events: RegistryReader | None = None
-    writer: AvroPredictionWriter | JsonSchemaPredictionWriter | ProtobufPredictionWriter | None = (
-        None
-    )
+    writer: PredictionWriter | None = None
 
 
 def registry_parts(
