@@ -70,6 +70,16 @@ _MIN_JAVA = 17
 _START_TIMEOUT_S = 90.0
 _STOP_TIMEOUT_S = 30.0
 _LOG_TAIL_LINES = 20
+# The lines that mark a node's way to serving (Kafka 4.x), and what each means.
+_START_STEPS = (
+    ("Transition from SHUTDOWN to STARTING", "broker starting"),
+    ("Successfully registered broker", "registered with the controller"),
+    ("Transitioning from STARTING to RECOVERY", "caught up with the metadata"),
+    (" logs in ", "logs loaded"),
+    ("Transitioning from RECOVERY to RUNNING", "unfenced"),
+    ("Kafka Server started", "started"),
+)
+_LOG_TIME = re.compile(r"\[\d{4}-\d\d-\d\d (\d\d:\d\d:\d\d,\d{3})\]")
 _CLUSTER_SIZES = (3, 5, 7)
 _LAYOUT_FILE = "cluster.json"
 
@@ -334,6 +344,7 @@ class _Node:
         self.log_file = home / "broker.log"
         self.config = home / "server.properties"
         self.log_dirs = home / "logs"
+        self.launched_at = 0  # where this launch's lines begin in log_file (it is appended to)
 
     def running(self) -> BrokerInfo | None:
         """The recorded process if it is alive (stopped by SIGSTOP counts), else None."""
@@ -352,6 +363,28 @@ class _Node:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+    def start_steps(self) -> str:
+        """The steps of its start that this launch reached, each with its log's time: where a
+        slow start spent its time, which the log's last lines (often one step's chatter) hide."""
+        try:
+            with self.log_file.open("rb") as log:
+                log.seek(self.launched_at)
+                lines = log.read().decode(errors="replace").splitlines()
+        except OSError:
+            return "no log"
+        stamps = [m[1] for line in lines if (m := _LOG_TIME.match(line))]
+        if not stamps:
+            return "no line logged"
+        reached = [f"{stamps[0]} its first line"]
+        reached += [
+            f"{stamp[1]} {step}"
+            for line in lines
+            for pattern, step in _START_STEPS
+            if pattern in line and (stamp := _LOG_TIME.match(line))
+        ]
+        reached.append(f"{stamps[-1]} its last line")
+        return "; ".join(reached)
 
     def quorum_leader(self) -> tuple[int, int] | None:
         """(epoch, leader id) of the KRaft quorum as this node last recorded it, if known."""
@@ -834,6 +867,7 @@ class LocalKafka:
         self, java: str, classpath: str, node: _Node, info: BrokerInfo, heap: Sequence[str]
     ) -> BrokerInfo:
         with node.log_file.open("ab") as log:
+            node.launched_at = log.tell()
             proc = subprocess.Popen(
                 [
                     java,
@@ -875,8 +909,11 @@ class LocalKafka:
                 name = (
                     "the Kafka broker" if len(self._nodes()) == 1 else f"Kafka node {info.node_id}"
                 )
+                load = os.getloadavg()[0]
                 raise BrokerError(
-                    f"{name} {what} and was stopped; see {node.log_file}:\n{node.log_tail()}"
+                    f"{name} {what} and was stopped (this machine's load average: {load:.1f}); "
+                    f"the steps of its start it reached: {node.start_steps()}; see "
+                    f"{node.log_file}:\n{node.log_tail()}"
                 )
 
     def _stop_started(self, started: Sequence[tuple[_Node, BrokerInfo]]) -> None:

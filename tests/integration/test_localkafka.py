@@ -25,7 +25,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from pipeline.dev.localkafka import LocalKafka, _pid_alive
+from pipeline.dev.localkafka import LocalKafka, _Node, _pid_alive
 from pipeline.kafka.topics import ensure_topics
 
 from .kafkaio import free_port
@@ -58,6 +58,10 @@ def test_start_status_second_start_stop(tmp_path: Path) -> None:
         status = _cli("status", "--data-dir", data)
         assert status.returncode == 0 and f"127.0.0.1:{port}" in status.stdout
         assert (tmp_path / "kafka" / "broker.log").stat().st_size > 0
+        # What a start that never serves would report: Kafka still logs each step we look for
+        steps = _Node(1, tmp_path / "kafka").start_steps()
+        for step in ("broker starting", "registered", "caught up", "logs loaded", "unfenced"):
+            assert f" {step}" in steps, steps
         pid = LocalKafka(data_dir=tmp_path / "kafka").running()
         assert pid is not None
         _clients_find_the_local_broker(tmp_path, f"127.0.0.1:{port}")

@@ -184,3 +184,35 @@ def test_free_ports_are_picked_below_the_ephemeral_range_and_bind() -> None:
         if low - localserver._UNREACHED_LOW > 1000 + count:
             assert first >= localserver._UNREACHED_LOW and first + count <= low
         assert all(localserver.port_free(first + i) for i in range(count))
+
+
+def test_a_start_names_the_steps_this_launch_reached_with_their_times(tmp_path: Path) -> None:
+    """A node that never served says how far its start went (a slow step is visible), from
+    its own launch's lines only: the log is appended to across restarts."""
+    from pipeline.dev.localkafka import _Node
+
+    node = _Node(1, tmp_path)
+    node.log_file.write_text(
+        "[2026-12-07 22:00:00,000] INFO [BrokerServer id=1] Transition from SHUTDOWN to "
+        "STARTING (kafka.server.BrokerServer)\n"
+        "[2026-12-07 22:00:01,000] INFO [KafkaRaftServer nodeId=1] Kafka Server started\n"
+    )
+    node.launched_at = node.log_file.stat().st_size  # a restart: the lines above are old
+    with node.log_file.open("a") as log:
+        log.write(
+            "[2026-12-07 22:01:00,100] INFO Registered kafka:type=kafka.Log4jController\n"
+            "[2026-12-07 22:01:02,200] INFO [BrokerServer id=1] Transition from SHUTDOWN to "
+            "STARTING (kafka.server.BrokerServer)\n"
+            "[2026-12-07 22:01:03,300] INFO [BrokerLifecycleManager id=1] Successfully "
+            "registered broker 1 with broker epoch 136\n"
+            "\tnum.recovery.threads.per.data.dir = 2\n"
+            "[2026-12-07 22:02:30,400] INFO Loaded 38 logs in 87000ms (kafka.log.LogManager)\n"
+            "[2026-12-07 22:02:31,500] INFO Setting new leader for topicId X, partition 0\n"
+        )
+
+    assert node.start_steps() == (
+        "22:01:00,100 its first line; 22:01:02,200 broker starting; "
+        "22:01:03,300 registered with the controller; 22:02:30,400 logs loaded; "
+        "22:02:31,500 its last line"
+    )
+    assert _Node(2, tmp_path / "none").start_steps() == "no log"
