@@ -39,9 +39,9 @@ class OwnBroker:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> None:
+    def start(self, timeout_s: float = 90.0) -> None:
         """Start (or restart) it on its port, with its data dir and topics intact."""
-        self.kafka.start(port=self.port)
+        self.kafka.start(port=self.port, timeout_s=timeout_s)
 
     def stop(self) -> None:
         self.kafka.stop()
