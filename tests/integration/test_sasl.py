@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.dev.localkafka import BrokerInfo, LocalKafka
+from pipeline.dev.localkafka import SHORT_LIVED, BrokerInfo, LocalKafka
 
 from .kafkaio import WorkerProcess, drop_producers, free_port, good_events, read_all, send
 
@@ -19,7 +19,7 @@ PASSWORD = "s3cret-scram-pw-7f3a"
 
 @pytest.fixture(scope="module")
 def scram_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerInfo]:
-    broker = LocalKafka(data_dir=tmp_path_factory.mktemp("kafka-sasl"))
+    broker = LocalKafka(data_dir=tmp_path_factory.mktemp("kafka-sasl"), jvm_flags=SHORT_LIVED)
     info, _ = broker.start(port=free_port(), sasl_port=free_port(), scram_users={"alice": PASSWORD})
     try:
         yield info

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from pipeline.dev.localkafka import LocalKafka
+from pipeline.dev.localkafka import SHORT_LIVED, LocalKafka
 from tests.integration.conftest import (  # noqa: F401  (fixtures, registered by import)
     kafka_admin,
     kafka_bootstrap,
@@ -58,7 +58,7 @@ class OwnBroker:
 @pytest.fixture
 def own_broker(tmp_path: Path) -> Iterator[OwnBroker]:
     """A fresh single-node broker on a free port, data in this test's tmp_path."""
-    broker = OwnBroker(LocalKafka(data_dir=tmp_path / "kafka"), free_port())
+    broker = OwnBroker(LocalKafka(data_dir=tmp_path / "kafka", jvm_flags=SHORT_LIVED), free_port())
     broker.start()
     try:
         yield broker

@@ -52,7 +52,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from pipeline.dev.localkafka import LocalKafka
+from pipeline.dev.localkafka import SHORT_LIVED, LocalKafka
 from tests.integration.conftest import Pipeline
 from tests.integration.kafkaio import Accounting, WorkerProcess, drop_producers, good_events
 
@@ -110,7 +110,7 @@ SIZES = FULL if SOAK else SHORT
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
     """Three local KRaft nodes for this module, on free ports; stopped after it."""
-    kafka = LocalKafka(data_dir=tmp_path_factory.mktemp("cluster"))
+    kafka = LocalKafka(data_dir=tmp_path_factory.mktemp("cluster"), jvm_flags=SHORT_LIVED)
     info, _ = kafka.start_cluster(nodes=3, port=0, timeout_s=180)
     try:
         _create_coordinator_topics(info.bootstrap)

@@ -216,3 +216,28 @@ def test_a_start_names_the_steps_this_launch_reached_with_their_times(tmp_path: 
         "22:02:31,500 its last line"
     )
     assert _Node(2, tmp_path / "none").start_steps() == "no log"
+
+
+def test_jvm_flags_reach_every_node_after_the_projects_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.dev import localkafka
+
+    launched: list[list[str]] = []
+
+    class Started:
+        pid = 4242
+
+        def __init__(self, command: list[str], **_: object) -> None:
+            launched.append(command)
+
+    monkeypatch.setattr(localkafka.subprocess, "Popen", Started)
+    info = BrokerInfo(pid=0, port=1, controller_port=2, bootstrap="127.0.0.1:1", data_dir="d")
+    for flags in ((), localkafka.SHORT_LIVED):
+        kafka = LocalKafka(data_dir=tmp_path, jvm_flags=flags)
+        kafka._launch("java", "cp", localkafka._Node(1, tmp_path), info, ("-Xmx1g",))
+
+    default, short = launched
+    assert "-XX:TieredStopAtLevel=1" not in default  # a benchmark's broker keeps C2
+    assert short == [*default[:3], "-XX:TieredStopAtLevel=1", *default[3:]]
+    assert default[1:3] == ["-Xmx1g", "-XX:+UseG1GC"]
