@@ -77,6 +77,10 @@ def test_each_row_answers_its_first_largest_class_and_that_probability_clipped(
         expected = np.clip(chosen, 0.0, 1.0)
     assert [a.prediction for a in answers] == best.astype(float).tolist()
     np.testing.assert_array_equal([a.confidence for a in answers], expected)
+    # A request of one row takes a path of its own (Python, not numpy): the same answers
+    alone = [seed_answers(model, {"p": probabilities[i : i + 1]})[0] for i in range(len(best))]  # type: ignore[arg-type]
+    assert [a.prediction for a in alone] == [a.prediction for a in answers]
+    np.testing.assert_array_equal([a.confidence for a in alone], expected)
 
 
 class _Engine:
