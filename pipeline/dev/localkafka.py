@@ -379,17 +379,17 @@ class _Node:
                 lines = log.read().decode(errors="replace").splitlines()
         except OSError:
             return "no log"
-        stamps = [m[1] for line in lines if (m := _LOG_TIME.match(line))]
-        if not stamps:
+        stamped = [(m[1], line) for line in lines if (m := _LOG_TIME.match(line))]
+        if not stamped:
             return "no line logged"
-        reached = [f"{stamps[0]} its first line"]
+        reached = [f"{stamped[0][0]} its first line"]
         reached += [
-            f"{stamp[1]} {step}"
-            for line in lines
+            f"{stamp} {step}"
+            for stamp, line in stamped
             for pattern, step in _START_STEPS
-            if pattern in line and (stamp := _LOG_TIME.match(line))
+            if pattern in line
         ]
-        reached.append(f"{stamps[-1]} its last line")
+        reached.append(f"{stamped[-1][0]} its last line")
         return "; ".join(reached)
 
     def quorum_leader(self) -> tuple[int, int] | None:

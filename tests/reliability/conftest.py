@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from pipeline.dev.localkafka import SHORT_LIVED, LocalKafka
+from pipeline.dev.localkafka import _START_TIMEOUT_S, SHORT_LIVED, LocalKafka
 from tests.integration.conftest import (  # noqa: F401  (fixtures, registered by import)
     kafka_admin,
     kafka_bootstrap,
@@ -39,7 +39,7 @@ class OwnBroker:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 90.0) -> None:
+    def start(self, timeout_s: float = _START_TIMEOUT_S) -> None:
         """Start (or restart) it on its port, with its data dir and topics intact."""
         self.kafka.start(port=self.port, timeout_s=timeout_s)
 
