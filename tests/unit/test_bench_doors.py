@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
+from pipeline.dev.bench import doorload
 from pipeline.dev.bench.doorpeers.model import OneRowModel
 from pipeline.dev.bench.doorservers import Running
 from pipeline.dev.bench.doorsuite import _Marks, _too_thin, mean_batch
@@ -113,3 +114,22 @@ def test_both_peer_apps_answer_post_predict_like_the_seed() -> None:
     assert fastapi_answer.status_code == 200
     assert flask_answer.get_json() == fastapi_answer.json()
     assert set(fastapi_answer.json()) == {"prediction", "confidence"}
+
+
+def test_the_load_generator_builds_into_a_relative_cache_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `go install` refuses a relative GOBIN ("GOBIN must be an absolute path"), so
+    # `--cache-dir .cache/x` failed; every step must see absolute paths
+    steps: list[tuple[list[str], Path, dict[str, str]]] = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(doorload, "go_version", lambda: "go1.26.8")
+    monkeypatch.setattr(doorload, "_step", lambda args, cwd, env: steps.append((args, cwd, env)))
+
+    binary = doorload.build_loadgen(Path("relative-cache"))
+
+    assert binary == tmp_path / "relative-cache" / "doors-loadgen" / "loadgen"
+    assert Path(steps[0][2]["GOBIN"]) == tmp_path / "relative-cache" / "go" / "bin"
+    for args, cwd, _env in steps:
+        assert cwd.is_absolute(), args
+        assert all(Path(a.split("=", 1)[-1]).is_absolute() for a in args if "_out=" in a), args

@@ -71,11 +71,12 @@ def build_loadgen(cache: Path) -> Path:
             "the Go toolchain (`go`) is not on PATH: the door benchmark builds its load "
             "generator from pipeline/dev/bench/loadgen; install Go 1.26 and run again"
         )
-    work = cache / "doors-loadgen"
+    # absolute: `go install` refuses a relative GOBIN, and the steps run in other folders
+    work = cache.absolute() / "doors-loadgen"
     binary, stamp_file, stamp = work / "loadgen", work / "stamp", _stamp(go)
     if binary.exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
         return binary
-    module, bin_dir = work / "module", cache / "go" / "bin"
+    module, bin_dir = work / "module", work.parent / "go" / "bin"
     shutil.rmtree(module, ignore_errors=True)
     shutil.copytree(_SOURCE, module)
     env = {
