@@ -23,6 +23,8 @@ BENCH_ARGS ?=
 # docs/bench-doors.png); DOORS_ARGS for its own flags (python -m pipeline.dev.bench.doors -h).
 DOORS_ARGS ?=
 BENCH_QUIX ?= .cache/bench-quix
+# prints pyproject.toml's dependencies but confluent-kafka, for the Quix peer's venv
+export QUIX_DEPS = import tomllib; deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]; print(" ".join(d for d in deps if not d.startswith("confluent-kafka")))
 # tritonclient, the standard Open Inference Protocol client the door tests talk to the server with.
 TRITON ?= .cache/tritonclient
 
@@ -88,11 +90,12 @@ bench: install $(BENCH_QUIX)/.installed ## micro-benchmarks, the side-by-side Ka
 	$(PY) -m pipeline.dev.bench.doors $(filter --quick --publish,$(BENCH_ARGS)) $(DOORS_ARGS)
 
 # Quix Streams pins confluent-kafka below the worker's version, so its peer gets a venv of its own.
-# The peer imports the `pipeline` package (its codec and model store), hence onnx.
-$(BENCH_QUIX)/.installed: Makefile
+# The peer imports the `pipeline` package (its codec and model store), so the venv gets the
+# project's dependencies as pyproject.toml lists them, but confluent-kafka (Quix's pin), and onnx.
+$(BENCH_QUIX)/.installed: Makefile pyproject.toml
 	$(PYTHON) -m venv $(BENCH_QUIX)
 	$(BENCH_QUIX)/bin/pip install -q --upgrade pip
-	$(BENCH_QUIX)/bin/pip install -q quixstreams onnxruntime onnx numpy orjson
+	$(BENCH_QUIX)/bin/pip install -q quixstreams onnx $$($(PYTHON) -c "$$QUIX_DEPS")
 	touch $@
 
 # tritonclient needs protobuf<7 (the project needs >=7.35) and its `inference` protos collide

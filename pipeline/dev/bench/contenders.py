@@ -16,6 +16,7 @@ came before in the same run, on the same broker and the same events.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,7 @@ __all__ = [
 REPO_ROOT = Path(__file__).resolve().parents[3]
 MODEL = "breast-cancer-mlp"
 QUIX_VENV_PYTHON = REPO_ROOT / ".cache" / "bench-quix" / "bin" / "python"
+_QUIX_APP = "pipeline.dev.bench.peers.quix_app"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -329,25 +331,51 @@ def _without_faust(extra: str) -> str | None:
 
 
 def quix_contender(python: Path | None = None) -> Contender:
-    """A Quix Streams application, one message at a time, in its own virtualenv."""
+    """A Quix Streams application, one message at a time, in its own virtualenv.
+
+    The peer imports this checkout (its codec and model store), so its interpreter needs
+    the project's dependencies beside quixstreams; one that lacks any is not run, with
+    the import error as the reason, rather than failing every run.
+    """
     candidates = [python] if python else [QUIX_VENV_PYTHON, Path(sys.executable)]
-    found = next((p for p in candidates if p and _imports(p, "quixstreams")), None)
     where = QUIX_VENV_PYTHON.parent.parent
+    env = {"PYTHONPATH": str(REPO_ROOT)}
+    found, why = None, f"quixstreams is not installed (make bench puts it in {where})"
+    for candidate in candidates:
+        if candidate is None or _import_error(candidate, "quixstreams") is not None:
+            continue
+        problem = _import_error(candidate, _QUIX_APP, env)
+        if problem is None:
+            found, why = candidate, None
+            break
+        why = (
+            f"{candidate} has quixstreams but cannot import the peer ({problem}); make bench "
+            f"installs the project's dependencies beside it (or delete {where} and run it again)"
+        )
     return Contender(
         key="quix",
         label="Quix Streams app, per message",
         kind="peer",
-        module="pipeline.dev.bench.peers.quix_app",
+        module=_QUIX_APP,
         python=str(found or sys.executable),
-        env={"PYTHONPATH": str(REPO_ROOT)},
-        not_run=None if found else f"quixstreams is not installed (make bench puts it in {where})",
+        env=env,
+        not_run=why,
     )
 
 
-def _imports(python: Path, module: str) -> bool:
+def _import_error(python: Path, module: str, env: dict[str, str] | None = None) -> str | None:
+    """Why `python` cannot import `module` (the error's last line), or None if it can."""
     if not python.exists():
-        return False
+        return f"{python} does not exist"
     done = subprocess.run(
-        [str(python), "-c", f"import {module}"], capture_output=True, check=False, timeout=60
+        [str(python), "-c", f"import {module}"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env={**os.environ, **(env or {})},
     )
-    return done.returncode == 0
+    if done.returncode == 0:
+        return None
+    lines = done.stderr.strip().splitlines()
+    return lines[-1] if lines else f"exit code {done.returncode}"
