@@ -340,7 +340,8 @@ def quix_contender(python: Path | None = None) -> Contender:
     candidates = [python] if python else [QUIX_VENV_PYTHON, Path(sys.executable)]
     where = QUIX_VENV_PYTHON.parent.parent
     env = {"PYTHONPATH": str(REPO_ROOT)}
-    found, why = None, f"quixstreams is not installed (make bench puts it in {where})"
+    found: Path | None = None
+    why: str | None = f"quixstreams is not installed (make bench puts it in {where})"
     for candidate in candidates:
         if candidate is None or _import_error(candidate, "quixstreams") is not None:
             continue
