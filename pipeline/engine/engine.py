@@ -28,6 +28,7 @@ the stream's share the same batches, oldest first). A submission may carry a dea
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -55,6 +56,8 @@ RUN_NOW_MAX_S = 0.005
 took less than this: a door's event loop may pause that long, no longer."""
 
 T = TypeVar("T")
+
+_NEVER = sys.maxsize  # no count of pending rows wakes a waiter
 ModelKey = tuple[str, str]
 
 
@@ -168,6 +171,7 @@ class Engine(Generic[T]):
         self._sensor = sensor
         self._lock = threading.Lock()  # guards the batcher and the queue
         self._wake = threading.Condition(self._lock)  # an EngineLoop waits on it
+        self._wake_at = _NEVER  # rows pending at which `submit` wakes a gathering waiter
         self._runner = threading.RLock()  # one thread runs batches at a time, in order
         self._queue = _Queue()
         self._admitted: dict[ModelKey, int] = {}  # the doors' rows not yet run, per version
@@ -246,7 +250,7 @@ class Engine(Generic[T]):
             for batch in full:
                 self._queue.ready.append(batch)
                 self._queue.rows[key] = self._queue.rows.get(key, 0) + batch.rows
-            if full or was_idle:
+            if full or was_idle or len(self._batcher) >= self._wake_at:
                 self._wake.notify()
 
     def run_now(
@@ -307,18 +311,22 @@ class Engine(Generic[T]):
                 return self._clock()
             return self._batcher.next_deadline()
 
-    def wait_for_work(self, at_most_s: float, *, any_row: bool = False) -> None:
+    def wait_for_work(self, at_most_s: float, *, any_row: bool = False, at_least: int = 1) -> None:
         """Block until a batch is full or due, something is submitted to an idle engine,
         or `at_most_s` passes (what an `EngineLoop` does between runs); with `any_row`,
-        not at all while any row waits."""
+        not at all while `at_least` rows wait (and, while fewer wait, until that many do)."""
         with self._wake:
-            if self._queue.ready or (any_row and len(self._batcher)):
+            if self._queue.ready or (any_row and len(self._batcher) >= at_least):
                 due: float | None = self._clock()
             else:
                 due = self._batcher.next_deadline()
             timeout = at_most_s if due is None else min(due - self._clock(), at_most_s)
             if timeout > 0:
-                self._wake.wait(timeout)
+                self._wake_at = at_least if any_row else _NEVER
+                try:
+                    self._wake.wait(timeout)
+                finally:
+                    self._wake_at = _NEVER
 
     def wake(self) -> None:
         """Wake whoever waits in `wait_for_work`."""
@@ -516,6 +524,11 @@ class EngineLoop(threading.Thread):
     arrive while a batch runs wait for it and then go out together, so batches grow with
     the load by themselves (and never exceed the engine's ``max_batch_size``). Without
     it, a batch waits until it is full or its oldest row has waited ``max_wait_ms``.
+
+    `gather`, with `when_idle`, says how many rows are worth waiting for: the loop runs
+    what waits once that many rows do, and otherwise once the oldest has waited
+    ``max_wait_ms`` (a door's callers that are known to be coming, see
+    `pipeline.serve.company.Company`). 1, or no `gather`, is plain `when_idle`.
     """
 
     def __init__(
@@ -525,20 +538,23 @@ class EngineLoop(threading.Thread):
         idle_s: float = 0.5,
         on_turn: Callable[[], None] | None = None,
         when_idle: bool = False,
+        gather: Callable[[], int] | None = None,
     ) -> None:
         super().__init__(name="engine", daemon=True)
         self._engine = engine
         self._idle_s = idle_s
         self._on_turn = on_turn
         self._when_idle = when_idle
+        self._gather = gather
         self._stopping = threading.Event()
 
     def run(self) -> None:
         engine = self._engine
         while not self._stopping.is_set():
             try:
-                engine.wait_for_work(self._idle_s, any_row=self._when_idle)
-                if self._when_idle:
+                wanted = self._gather() if self._gather is not None else 1
+                engine.wait_for_work(self._idle_s, any_row=self._when_idle, at_least=wanted)
+                if self._when_idle and engine.waiting() >= wanted:
                     engine.flush()
                 else:
                     engine.run_due()

@@ -37,6 +37,7 @@ from pipeline.engine.signature import Feed, feed_rows
 from pipeline.engine.spec import ModelSpec
 from pipeline.errors import ModelLoadError, ModelNotFoundError, Overloaded
 from pipeline.metrics.sensor import NULL_SENSOR, Sensor
+from pipeline.serve.company import Company
 
 __all__ = [
     "KEY",
@@ -63,6 +64,7 @@ LONE_CHECK_EVERY_S = 0.02
 thread. Rows that run at once never let another request in beside them (the loop does not
 turn while they run), so only a request that waits can see company arrive: one in this
 long does, or concurrency that starts after a quiet spell would never be noticed."""
+
 
 KEY = b"x-routing-key"
 """The request header (HTTP) or metadata key (gRPC) whose value splits a canary's share
@@ -214,6 +216,8 @@ class ModelCalls:
             (where company can arrive) within `LONE_CHECK_EVERY_S`; with company, rows go
             to the engine's thread, which batches them. For ``--dispatch when-idle``, whose
             batches run as soon as the engine is free anyway.
+        company: Told how many requests are in flight as each is submitted, for the
+            engine's loop to wait for rows under concurrency (`Company`).
     """
 
     def __init__(
@@ -224,8 +228,10 @@ class ModelCalls:
         max_rows: int,
         sensor: Sensor = NULL_SENSOR,
         run_lone_now: bool = False,
+        company: Company | None = None,
     ) -> None:
         self.engine = engine
+        self._company = company
         self._default_model = default_model
         self._max_rows = max_rows
         self._sensor = sensor
@@ -274,6 +280,8 @@ class ModelCalls:
         self._in_flight += 1
         if self._in_flight > 1:
             self._company_at = now
+        if self._company is not None:
+            self._company.saw(self._in_flight, now)
         try:
             lone = (self._run_lone_now and now - self._company_at > LONE_AFTER_S
                     and now - self._waited_at < LONE_CHECK_EVERY_S)  # fmt: skip

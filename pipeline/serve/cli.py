@@ -44,9 +44,10 @@ def add_serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--dispatch",
         choices=DISPATCHES,
         help="when the rows that wait run: when-idle (the default): as soon as the engine is "
-        "free, so a lone caller is answered at once and the rows that arrive during a batch "
-        "go out together after it; when-due: once a batch is full or its oldest row has "
-        "waited --max-wait-ms. --latency-target-ms sizes batches itself, as when-due",
+        "free and as many rows wait as half the requests lately in flight (the oldest "
+        "waiting no longer than --max-wait-ms), so a lone caller is answered at once and "
+        "many callers' rows go out together; when-due: once a batch is full or its oldest "
+        "row has waited --max-wait-ms. --latency-target-ms sizes batches itself, as when-due",
     )
     add_door_flags(
         parser.add_argument_group("doors").add_argument, http_default=8080, grpc_default=50051

@@ -29,6 +29,7 @@ from pipeline.metrics.health import Readiness
 from pipeline.metrics.prometheus import PrometheusSensor
 from pipeline.metrics.statsline import StatsLine
 from pipeline.serve.calls import ModelCalls
+from pipeline.serve.company import Company
 from pipeline.serve.grpcapp import TokenInterceptor, add_services
 from pipeline.serve.guard import guarded_http
 from pipeline.serve.httpapp import HttpApp
@@ -75,6 +76,7 @@ class Doors:
         default_model: str | None,
         metrics: PrometheusSensor | None = None,
         when_idle: bool = False,
+        company: Company | None = None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
@@ -82,6 +84,7 @@ class Doors:
         self._calls = ModelCalls(
             engine, default_model=default_model or _only_model(engine),
             max_rows=settings.max_rows_per_request, sensor=sensor, run_lone_now=when_idle,
+            company=company,
         )  # fmt: skip
         self._sensor = sensor
         self._http: _Uvicorn | None = None
@@ -180,7 +183,9 @@ def serve(settings: ServeConfig) -> int:
     readiness = Readiness(stale_after_s=ENGINE_STALE_AFTER_S)
     engine = build_engine(settings, sensor, max_queue=settings.max_queue)
     when_idle = settings.dispatch == "when-idle" and not settings.latency_target_ms
-    runner = EngineLoop(engine, on_turn=readiness.heartbeat, when_idle=when_idle)
+    company = Company() if when_idle else None
+    runner = EngineLoop(engine, on_turn=readiness.heartbeat, when_idle=when_idle,
+                        gather=company.rows_to_gather if company else None)  # fmt: skip
     runner.start()
     log.info("serving with %s", settings.summary)
     readiness.wait_for("models", "the models are loading")
@@ -193,7 +198,7 @@ def serve(settings: ServeConfig) -> int:
         log.error("not ready: %s", unready)
         readiness.wait_for("models", unready)
     doors = Doors(settings, engine, readiness, sensor, default_model=settings.default_model,
-                  metrics=metrics, when_idle=when_idle)  # fmt: skip
+                  metrics=metrics, when_idle=when_idle, company=company)  # fmt: skip
 
     async def main() -> None:
         stop = asyncio.Event()

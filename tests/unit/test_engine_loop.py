@@ -73,7 +73,9 @@ def test_the_loop_survives_a_failing_turn_and_reports_each_turn() -> None:
         def __init__(self) -> None:
             self.calls = 0
 
-        def wait_for_work(self, at_most_s: float, *, any_row: bool = False) -> None:
+        def wait_for_work(
+            self, at_most_s: float, *, any_row: bool = False, at_least: int = 1
+        ) -> None:
             time.sleep(0.001)
 
         def run_due(self) -> int:
@@ -107,15 +109,21 @@ class _Batches(Sensor):
         self.sizes.append(rows)
 
 
+def _batching_engine(tmp_path: Path, *, max_wait_ms: float) -> tuple[Engine[str], _Batches]:
+    """An engine of batches of 8 at most, and the sizes of the batches it runs."""
+    two_input_model(tmp_path / "rec" / "1")
+    batches = _Batches()
+    engine: Engine[str] = Engine(ModelCache(ModelStore(tmp_path)), max_batch_size=8,
+                                 max_wait_ms=max_wait_ms, sensor=batches)  # fmt: skip
+    return engine, batches
+
+
 def test_when_idle_a_lone_row_runs_at_once_and_rows_that_wait_on_a_batch_go_together(
     tmp_path: Path,
 ) -> None:
     """max_wait_ms of a minute: when_idle runs a lone row at once anyway; the rows submitted
     while a batch's callback holds the loop run together, in one batch, right after."""
-    two_input_model(tmp_path / "rec" / "1")
-    batches = _Batches()
-    engine: Engine[str] = Engine(ModelCache(ModelStore(tmp_path)), max_batch_size=8,
-                                 max_wait_ms=60_000, sensor=batches)  # fmt: skip
+    engine, batches = _batching_engine(tmp_path, max_wait_ms=60_000)
     held, release = threading.Event(), threading.Event()
     done: list[str] = []
 
@@ -282,3 +290,46 @@ def test_run_now_leaves_more_rows_than_the_queue_bound_to_submit_which_refuses_t
     assert not engine.run_now("rec", "1", _feed(11), "too many", outcomes.append)
     assert engine.run_now("rec", "1", _feed(10), "as many as allowed", outcomes.append)
     assert [o.ticket for o in outcomes] == ["timed", "as many as allowed"]
+
+
+def test_when_idle_with_gather_rows_wait_until_that_many_do_then_go_together(
+    tmp_path: Path,
+) -> None:
+    """gather 4, max_wait_ms of a minute: three rows wait (no batch runs), the fourth
+    sends all four in one batch at once."""
+    engine, batches = _batching_engine(tmp_path, max_wait_ms=60_000)
+    done: list[str] = []
+    loop = EngineLoop(engine, idle_s=0.05, when_idle=True, gather=lambda: 4)
+    loop.start()
+    try:
+        for i in range(3):
+            engine.submit("rec", "1", _feed(1), f"row-{i}", lambda o: done.append(o.ticket))
+        time.sleep(0.3)
+        assert done == [] and batches.sizes == []  # three of the four it waits for
+        engine.submit("rec", "1", _feed(1), "row-3", lambda o: done.append(o.ticket))
+        deadline = time.monotonic() + 5
+        while len(done) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        loop.stop()
+    assert done == [f"row-{i}" for i in range(4)]
+    assert batches.sizes == [4]
+
+
+def test_when_idle_with_gather_the_oldest_row_waits_no_longer_than_max_wait(
+    tmp_path: Path,
+) -> None:
+    engine, batches = _batching_engine(tmp_path, max_wait_ms=100)
+    done: list[float] = []
+    loop = EngineLoop(engine, idle_s=0.05, when_idle=True, gather=lambda: 64)
+    loop.start()
+    try:
+        started = time.monotonic()
+        engine.submit("rec", "1", _feed(2), "two", lambda o: done.append(time.monotonic()))
+        deadline = started + 5
+        while not done and time.monotonic() < deadline:
+            time.sleep(0.005)
+    finally:
+        loop.stop()
+    assert done and 0.09 <= done[0] - started < 2  # its max_wait_ms, not the 64 rows
+    assert batches.sizes == [2]

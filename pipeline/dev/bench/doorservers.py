@@ -216,8 +216,9 @@ def _doors(setup: Setup) -> list[Server]:
                notes=f"as shipped ({flags}): one process, both doors on one event "
                "loop (HTTP on uvicorn with uvloop and httptools, gRPC on grpc.aio); the "
                "engine batches the rows of concurrent requests (up to 256) on one ONNX "
-               "Runtime thread, running what waits whenever it is free (--dispatch "
-               "when-idle, the default)."),
+               "Runtime thread, running what waits whenever it is free and as many rows "
+               "wait as half the requests lately in flight (--dispatch when-idle, the "
+               "default)."),
         Server(key="serve-1-due", label="pipeline serve, 1 process, --dispatch when-due",
                kind="door", doors=("http", "grpc"),
                settings=f"1 process, {flags} {due}", args=tuple(due.split()),
