@@ -56,9 +56,9 @@ RUN_NOW_MAX_S = 0.005
 took less than this: a door's event loop may pause that long, no longer."""
 
 T = TypeVar("T")
+ModelKey = tuple[str, str]
 
 _NEVER = sys.maxsize  # no count of pending rows wakes a waiter
-ModelKey = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,7 +65,6 @@ thread. Rows that run at once never let another request in beside them (the loop
 turn while they run), so only a request that waits can see company arrive: one in this
 long does, or concurrency that starts after a quiet spell would never be noticed."""
 
-
 KEY = b"x-routing-key"
 """The request header (HTTP) or metadata key (gRPC) whose value splits a canary's share
 of keys, as a Kafka record's key does; see `routing_key`."""
