@@ -54,6 +54,6 @@ class Company:
         no request came for a window."""
         if self._clock() >= self._window_ends + self._window_s:
             return 1
-        count = self._count
-        mean = self._mean if self._mean or not count else self._sum / count
+        # the window before, or (the first window after a quiet one) this one so far
+        mean = self._mean or (self._sum / self._count if self._count else 0.0)
         return max(1, int(mean / 2))

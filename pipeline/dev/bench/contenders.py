@@ -343,7 +343,7 @@ def quix_contender(python: Path | None = None) -> Contender:
     found: Path | None = None
     why: str | None = f"quixstreams is not installed (make bench puts it in {where})"
     for candidate in candidates:
-        if candidate is None or _import_error(candidate, "quixstreams") is not None:
+        if _import_error(candidate, "quixstreams") is not None:
             continue
         problem = _import_error(candidate, _QUIX_APP, env)
         if problem is None:

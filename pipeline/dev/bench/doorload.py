@@ -72,11 +72,12 @@ def build_loadgen(cache: Path) -> Path:
             "generator from pipeline/dev/bench/loadgen; install Go 1.26 and run again"
         )
     # absolute: `go install` refuses a relative GOBIN, and the steps run in other folders
-    work = cache.absolute() / "doors-loadgen"
+    cache = cache.absolute()
+    work = cache / "doors-loadgen"
     binary, stamp_file, stamp = work / "loadgen", work / "stamp", _stamp(go)
     if binary.exists() and stamp_file.exists() and stamp_file.read_text() == stamp:
         return binary
-    module, bin_dir = work / "module", work.parent / "go" / "bin"
+    module, bin_dir = work / "module", cache / "go" / "bin"
     shutil.rmtree(module, ignore_errors=True)
     shutil.copytree(_SOURCE, module)
     env = {
